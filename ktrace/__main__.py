@@ -1,0 +1,3 @@
+from ktrace.cli import main
+
+raise SystemExit(main())

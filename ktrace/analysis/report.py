@@ -1,0 +1,189 @@
+"""Run the offline pipeline on capture files and shape the result for output."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from ktrace import __version__
+from ktrace.analysis.context import Analysis
+from ktrace.analysis.dns import DnsTransaction, dns_transactions
+from ktrace.analysis.findings import CheckError, run_checks
+from ktrace.analysis.flows import build_flows
+from ktrace.decode.index import PacketIndex, build_index
+from ktrace.errors import CaptureFileError
+from ktrace.model import Finding
+from ktrace.pcap import linktype
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz")
+
+
+@dataclass(frozen=True)
+class Report:
+    analysis: Analysis
+    findings: list[Finding]
+    check_errors: list[CheckError]
+
+
+def capture_files(inputs: list[Path]) -> list[Path]:
+    """Files as given; directories contribute their capture files (a bundle: its points/)."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            root = p / "points" if (p / "points").is_dir() else p
+            found = sorted(
+                f
+                for f in root.iterdir()
+                if f.is_file() and f.name.lower().endswith(CAPTURE_SUFFIXES)
+            )
+            if not found:
+                raise CaptureFileError(
+                    f"{p}: directory holds no capture files",
+                    "expected *.pcap or *.pcapng files, or a ktrace bundle",
+                )
+            out.extend(found)
+        elif not p.exists():
+            raise CaptureFileError(f"{p}: no such file or directory")
+        else:
+            out.append(p)
+    return out
+
+
+def analyze(
+    inputs: list[Path], cancel: threading.Event | None = None, workers: int | None = None
+) -> Report:
+    index = build_index(capture_files(inputs), cancel, workers)
+    flows = build_flows(index.columns, len(index.points))
+    analysis = Analysis(index, flows, dns_transactions(index, cancel))
+    findings, errors = run_checks(analysis)
+    return Report(analysis, findings, errors)
+
+
+def iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="microseconds")
+
+
+def point_rows(index: PacketIndex) -> list[dict[str, object]]:
+    c = index.columns
+    counts = np.bincount(c.point, minlength=len(index.points))
+    sizes = np.bincount(c.point, weights=c.wirelen, minlength=len(index.points))
+    out = []
+    for k, p in enumerate(index.points):
+        sel = c.ts[c.point == k] if counts[k] else None
+        f = index.file_of(k)
+        out.append(
+            {
+                "id": p.id,
+                "file": p.file,
+                "interface": p.interface,
+                "linktype": linktype.name(p.linktype),
+                "format": f.format,
+                "packets": int(counts[k]),
+                "bytes": int(sizes[k]),
+                "first": iso(int(sel.min())) if sel is not None else None,
+                "duration_s": round((int(sel.max()) - int(sel.min())) / 1e9, 6)
+                if sel is not None
+                else 0.0,
+                "kernel_drops": f.drops.get(k),
+            }
+        )
+    return out
+
+
+def flow_rows(a: Analysis) -> list[dict[str, object]]:
+    f = a.flows
+    npts = max(len(a.index.points), 1)
+    ip = f.flow >= 0
+    key = f.flow[ip] * npts + a.index.columns.point[ip]
+    uniq, counts = np.unique(key, return_counts=True)
+    per_flow: dict[int, dict[str, int]] = {}
+    for k, n in zip(uniq.tolist(), counts.tolist(), strict=True):
+        per_flow.setdefault(k // npts, {})[a.index.points[k % npts].id] = n
+    rows = []
+    for i in range(len(f)):
+        hs = int(f.handshake_ns[i])
+        rows.append(
+            {
+                "proto": a.proto(i),
+                "a": a.endpoint(i, "a"),
+                "b": a.endpoint(i, "b"),
+                "packets_ab": int(f.packets_ab[i]),
+                "packets_ba": int(f.packets_ba[i]),
+                "bytes_ab": int(f.bytes_ab[i]),
+                "bytes_ba": int(f.bytes_ba[i]),
+                "start": iso(int(f.first_ts[i])),
+                "duration_s": round((int(f.last_ts[i]) - int(f.first_ts[i])) / 1e9, 6),
+                "handshake_ms": round(hs / 1e6, 3) if hs >= 0 else None,
+                "retransmissions": int(f.retransmissions[i]),
+                "syn": int(f.syn[i]),
+                "rst": int(f.rst_ab[i] + f.rst_ba[i]),
+                "fin": int(f.fin[i]),
+                "zero_window": int(f.zero_window[i]),
+                "points": per_flow.get(i, {}),
+            }
+        )
+    return rows
+
+
+def dns_row(a: Analysis, t: DnsTransaction) -> dict[str, object]:
+    return {
+        "point": a.index.points[t.point].id,
+        "transport": t.transport,
+        "client": t.client,
+        "server": t.server,
+        "id": t.id,
+        "qname": t.qname,
+        "qtype": t.qtype,
+        "rcode": t.rcode,
+        "answered": t.answered,
+        "latency_ms": round(t.latency_ns / 1e6, 3) if t.latency_ns is not None else None,
+        "retries": t.retries,
+        "answers": list(t.answers),
+        "truncated": t.truncated,
+        "time": iso(t.query_ts),
+        "packet": a.index.ref(t.queries[0]).number,
+    }
+
+
+def finding_row(f: Finding) -> dict[str, object]:
+    return {
+        "id": f.id,
+        "severity": f.severity.name.lower(),
+        "title": f.title,
+        "explanation": f.explanation,
+        "next_step": f.next_step,
+        "evidence": [{"point": r.point, "packet": r.number} for r in f.evidence],
+        "flows": list(f.flows),
+    }
+
+
+def to_dict(report: Report) -> dict[str, object]:
+    a = report.analysis
+    c = a.index.columns
+    tunnels = np.bincount(c.tunnel, minlength=len(a.index.tunnels) + 1)
+    return {
+        "ktrace": __version__,
+        "points": point_rows(a.index),
+        "findings": [finding_row(f) for f in report.findings],
+        "flows": flow_rows(a),
+        "dns": [dns_row(a, t) for t in a.dns.transactions],
+        "tunnels": [
+            {
+                "kind": t.kind,
+                "outer_src": t.outer_src,
+                "outer_dst": t.outer_dst,
+                "vni": t.vni,
+                "port": t.port,
+                "packets": int(tunnels[k + 1]),
+            }
+            for k, t in enumerate(a.index.tunnels)
+        ],
+        "warnings": a.index.warnings
+        + [f"check {e.check} failed: {e.message}" for e in report.check_errors],
+        "dns_malformed": a.dns.malformed,
+        "dns_orphan_responses": a.dns.orphan_responses,
+    }

@@ -1,0 +1,317 @@
+"""Build the packet index of one or more capture files: a generator of progress that the CLI
+drains and the TUI runs in a worker, sharded across processes for large files."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ktrace.decode.batch import DecodedBatch, decode_batch
+from ktrace.decode.columns import PacketColumns, Quotes
+from ktrace.decode.tunnel import Tunnel
+from ktrace.errors import Cancelled
+from ktrace.model import PacketRef, Point
+from ktrace.pcap import linktype as lt
+from ktrace.pcap.pcapng import LayoutChanged
+from ktrace.pcap.reader import CaptureFormat, check_linktypes, open_capture
+
+# File bytes walked per batch: bounds the header windows held at once.
+BATCH = 16 << 20
+# Files smaller than this are not worth a process pool.
+SHARD_MIN_BYTES = 48 << 20
+SHARDS_PER_WORKER = 4
+
+
+@dataclass
+class CaptureFile:
+    path: Path
+    format: str
+    size: int
+    points: list[int]  # global point ids, one per interface of the file
+    first_row: int = 0  # index row of the file's first packet
+    warnings: list[str] = field(default_factory=list)
+    drops: dict[int, int] = field(default_factory=dict)  # point id -> kernel drops
+    reader: CaptureFormat | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Progress:
+    file: Path
+    done: int  # bytes of this file walked
+    total: int
+    packets: int  # packets indexed so far, all files
+
+
+@dataclass
+class PacketIndex:
+    """Every packet of every file: columns plus the tables the columns point into."""
+
+    columns: PacketColumns
+    points: list[Point]
+    files: list[CaptureFile]
+    v6: list[bytes]
+    tunnels: list[Tunnel]
+    quotes: Quotes
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{f.path}: {w}" for f in self.files for w in f.warnings]
+
+    def address(self, l3: int, value: int) -> str:
+        import ipaddress
+
+        if l3 == 6:
+            return str(ipaddress.IPv6Address(self.v6[value]))
+        return str(ipaddress.IPv4Address(int(value)))
+
+    def file_of(self, point: int) -> CaptureFile:
+        return next(f for f in self.files if point in f.points)
+
+    def ref(self, row: int) -> PacketRef:
+        """The packet as a user finds it: its point and its number in its file (1-based)."""
+        point = int(self.columns.point[row])
+        return PacketRef(self.points[point].id, row - self.file_of(point).first_row + 1)
+
+    def packet_bytes(self, row: int) -> bytes:
+        """The captured bytes of one packet, read by offset."""
+        f = self.file_of(int(self.columns.point[row]))
+        assert f.reader is not None
+        start = int(self.columns.offset[row])
+        return bytes(f.reader.mf.view[start : start + int(self.columns.caplen[row])])
+
+    def payload(self, row: int, limit: int = 65535) -> bytes:
+        c = self.columns
+        start = int(c.offset[row]) + int(c.payoff[row])
+        size = min(int(c.paylen[row]), int(c.caplen[row]) - int(c.payoff[row]), limit)
+        f = self.file_of(int(c.point[row]))
+        assert f.reader is not None
+        return bytes(f.reader.mf.view[start : start + max(size, 0)])
+
+    def close(self) -> None:
+        for f in self.files:
+            if f.reader is not None:
+                f.reader.mf.close()
+                f.reader = None
+
+    def __enter__(self) -> PacketIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decode_all(
+    fmt: CaptureFormat, start: int, stop: int, base: int, cancel: threading.Event | None
+) -> Iterator[DecodedBatch | int]:
+    """Decoded batches, each followed by the file offset reached. Interface k feeds point
+    base + k; pcapng may declare interfaces as it goes, so the lists are re-read per batch."""
+    for batch in fmt.walk(start, stop, BATCH):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        linktypes = [i.linktype for i in fmt.interfaces]
+        points = list(range(base, base + len(linktypes)))
+        yield decode_batch(batch, linktypes, points, fmt.mf.view)
+        yield batch.end
+
+
+def _shard(args: tuple[str, int, int, int, bool]) -> tuple[int, int, list[DecodedBatch], list[str]]:
+    """Worker: walk [start, stop) of a file. Returns the offset where the walk really ended."""
+    path, start, stop, base, first = args
+    fmt = open_capture(path)
+    try:
+        if not first and hasattr(fmt, "frozen_layout"):
+            fmt.frozen_layout = True  # type: ignore[attr-defined]
+        if not first:
+            found = fmt.sync(start)
+            if found is None:
+                return start, -1, [], []
+            start = found
+        batches: list[DecodedBatch] = []
+        end = start
+        for item in _decode_all(fmt, start, stop, base, None):
+            if isinstance(item, int):
+                end = item
+            else:
+                batches.append(item)
+        return start, end, batches, fmt.warnings
+    except LayoutChanged:
+        return start, -1, [], []
+    finally:
+        fmt.mf.close()
+
+
+class IndexBuilder:
+    """Accumulates decoded batches into one index, merging per-batch address/tunnel tables."""
+
+    def __init__(self) -> None:
+        self.parts: list[PacketColumns] = []
+        self.quotes: list[Quotes] = []
+        self.v6: dict[bytes, int] = {}
+        self.tunnels: dict[Tunnel, int] = {}
+        self.packets = 0
+
+    def add(self, item: DecodedBatch) -> None:
+        cols = item.columns
+        if item.v6:
+            lut = np.array([self.v6.setdefault(a, len(self.v6)) for a in item.v6], np.uint32)
+            six = cols.l3 == 6
+            cols.src[six] = lut[cols.src[six]]
+            cols.dst[six] = lut[cols.dst[six]]
+        if item.tunnels:
+            lut16 = np.array(
+                [0] + [self.tunnels.setdefault(t, len(self.tunnels) + 1) for t in item.tunnels],
+                np.uint16,
+            )
+            cols.tunnel[:] = lut16[cols.tunnel]
+        if len(item.quotes.row):
+            q = item.quotes
+            self.quotes.append(
+                Quotes(q.row + self.packets, q.l3, q.proto, q.src, q.dst, q.sport, q.dport)
+            )
+        self.parts.append(cols)
+        self.packets += len(cols)
+
+    def result(self, points: list[Point], files: list[CaptureFile]) -> PacketIndex:
+        quotes = Quotes.empty()
+        if self.quotes:
+            quotes = Quotes(
+                *(
+                    np.concatenate([getattr(q, f) for q in self.quotes])
+                    for f in Quotes.__dataclass_fields__
+                )
+            )
+        return PacketIndex(
+            PacketColumns.concat(self.parts),
+            points,
+            files,
+            list(self.v6),
+            list(self.tunnels),
+            quotes,
+        )
+
+
+def _point_names(path: Path, fmt: CaptureFormat) -> list[str]:
+    stem = path.name.split(".")[0] or path.name
+    if len(fmt.interfaces) == 1:
+        return [stem]
+    return [f"{stem}:{i.name or k}" for k, i in enumerate(fmt.interfaces)]
+
+
+def scan(
+    paths: list[Path],
+    builder: IndexBuilder,
+    points: list[Point],
+    files: list[CaptureFile],
+    cancel: threading.Event | None = None,
+    workers: int | None = None,
+) -> Iterator[Progress]:
+    """Index `paths` into `builder`, appending their points and files; yields progress.
+
+    Large files are split into shards walked by a process pool; a shard's start is a guess
+    that the previous shard's walk confirms, and any doubt falls back to a sequential walk.
+    """
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    for path in paths:
+        fmt = open_capture(path)
+        check_linktypes(fmt)
+        base = len(points)
+        names = _point_names(path, fmt)
+        for k, (name, iface) in enumerate(zip(names, fmt.interfaces, strict=True)):
+            points.append(
+                Point(
+                    name,
+                    str(path),
+                    iface.name or iface.description or (f"if{k}" if len(names) > 1 else ""),
+                    iface.linktype,
+                )
+            )
+        info = CaptureFile(
+            path, fmt.kind, fmt.mf.size, list(range(base, len(points))), builder.packets, reader=fmt
+        )
+        files.append(info)
+        size = fmt.mf.size
+        resume = fmt.first
+        if workers > 1 and size >= SHARD_MIN_BYTES and fmt.mf.compressed is False:
+            resume = yield from _scan_sharded(fmt, path, base, builder, cancel, workers)
+        if resume is not None:
+            for item in _decode_all(fmt, resume, size, base, cancel):
+                if isinstance(item, int):
+                    yield Progress(path, item, size, builder.packets)
+                else:
+                    builder.add(item)
+        # pcapng may define interfaces after the first packet: give each its point.
+        for k in range(len(info.points), len(fmt.interfaces)):
+            iface = fmt.interfaces[k]
+            points.append(
+                Point(
+                    f"{names[0].split(':')[0]}:{iface.name or k}",
+                    str(path),
+                    iface.name,
+                    iface.linktype,
+                )
+            )
+            info.points.append(len(points) - 1)
+        info.warnings = fmt.warnings
+        info.drops = {info.points[k]: v for k, v in fmt.drops.items() if k < len(info.points)}
+        yield Progress(path, size, size, builder.packets)
+
+
+def _scan_sharded(
+    fmt: CaptureFormat,
+    path: Path,
+    base: int,
+    builder: IndexBuilder,
+    cancel: threading.Event | None,
+    workers: int,
+) -> Iterator[Progress]:
+    """Returns the offset to continue sequentially from, or None when the shards covered all."""
+    size = fmt.mf.size
+    count = workers * SHARDS_PER_WORKER
+    bounds = [fmt.first + (size - fmt.first) * k // count for k in range(count)] + [size]
+    jobs = [(str(path), bounds[k], bounds[k + 1], base, k == 0) for k in range(count)]
+    expected = fmt.first
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        for start, end, batches, warnings in pool.imap(_shard, jobs):
+            if cancel is not None and cancel.is_set():
+                pool.terminate()
+                raise Cancelled()
+            if end < 0 or start != expected:
+                pool.terminate()
+                return expected
+            for item in batches:
+                builder.add(item)
+            fmt.warnings.extend(w for w in warnings if w not in fmt.warnings)
+            expected = end
+            yield Progress(path, end, size, builder.packets)
+    return None if expected >= size else expected
+
+
+def build_index(
+    paths: list[Path], cancel: threading.Event | None = None, workers: int | None = None
+) -> PacketIndex:
+    builder = IndexBuilder()
+    points: list[Point] = []
+    files: list[CaptureFile] = []
+    try:
+        for _ in scan(paths, builder, points, files, cancel, workers):
+            pass
+    except BaseException:
+        for f in files:
+            if f.reader is not None:
+                f.reader.mf.close()
+        raise
+    return builder.result(points, files)
+
+
+def linktype_name(point: Point) -> str:
+    return lt.name(point.linktype)

@@ -1,0 +1,69 @@
+"""Vectorised field access over packet header windows.
+
+A `Rows` object is a set of packets (a subset of a batch) with a window of bytes for each. Fields
+are read at per-packet positions given in packet coordinates; every read returns the values and
+a mask of the packets for which the field really lies inside the captured bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+U16 = np.uint16
+U32 = np.uint32
+
+
+class Rows:
+    def __init__(self, win: np.ndarray, limit: np.ndarray, base: np.ndarray | None = None) -> None:
+        self.win = win  # (m, W) uint8
+        self.limit = limit.astype(np.int64)  # captured bytes per packet
+        self.base = np.zeros(len(limit), np.int64) if base is None else base.astype(np.int64)
+        self.width = win.shape[1]
+        self._r = np.arange(len(limit))
+
+    def __len__(self) -> int:
+        return len(self.limit)
+
+    def subset(self, sel: np.ndarray) -> Rows:
+        """Rows for the packets `sel` (sorted unique indices); the common all-rows case is free."""
+        if len(sel) == len(self.limit):
+            return self
+        return Rows(self.win[sel], self.limit[sel], self.base[sel])
+
+    def _at(self, pos: np.ndarray, size: int) -> tuple[np.ndarray | int, np.ndarray]:
+        """Window column(s) for `pos`: a single int when every packet has the header at the same
+        place (the common case, read as a column slice), else per-row positions."""
+        local = pos - self.base
+        ok = (local >= 0) & (local + size <= self.width) & (pos + size <= self.limit)
+        if (
+            len(local)
+            and local[0] == local.min() == local.max()
+            and 0 <= local[0] <= self.width - size
+        ):
+            return int(local[0]), ok
+        return np.clip(local, 0, self.width - size), ok
+
+    def _bytes(self, p: np.ndarray | int, size: int) -> np.ndarray:
+        """(m, size) uint8."""
+        if isinstance(p, int):
+            return self.win[:, p : p + size]
+        return self.win[self._r[:, None], p[:, None] + np.arange(size)]
+
+    def u8(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, ok = self._at(pos, 1)
+        return (self.win[:, p] if isinstance(p, int) else self.win[self._r, p]), ok
+
+    def u16(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, ok = self._at(pos, 2)
+        b = np.ascontiguousarray(self._bytes(p, 2))
+        return b.view(">u2").reshape(-1).astype(U16), ok
+
+    def u32(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, ok = self._at(pos, 4)
+        b = np.ascontiguousarray(self._bytes(p, 4))
+        return b.view(">u4").reshape(-1).astype(U32), ok
+
+    def raw(self, pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(m, size) bytes at pos: used for IPv6 addresses."""
+        p, ok = self._at(pos, size)
+        return self._bytes(p, size), ok

@@ -1,0 +1,45 @@
+"""Frozen records shared by every layer: what a capture point, a packet reference and a finding are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+@dataclass(frozen=True)
+class Point:
+    """A place packets were captured: a file, a pcapng interface, or a bundle's declared point."""
+
+    id: str
+    file: str
+    interface: str = ""
+    linktype: int = 1
+    kind: str = "file"  # pod | veth | node | tunnel | file
+    node: str | None = None
+    namespace: str | None = None
+    pod: str | None = None
+
+
+@dataclass(frozen=True)
+class PacketRef:
+    point: str
+    number: int  # 1-based packet number within the point's file, as tcpdump -r and tshark count
+
+
+class Severity(IntEnum):
+    INFO = 1
+    LOW = 2
+    MEDIUM = 3
+    HIGH = 4
+    CRITICAL = 5
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: Severity
+    title: str
+    explanation: str
+    next_step: str
+    evidence: tuple[PacketRef, ...] = field(default=())
+    flows: tuple[str, ...] = field(default=())  # flow keys, "proto a -> b"

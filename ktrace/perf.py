@@ -1,0 +1,29 @@
+"""Process-wide tuning for the CLI and the benchmark (never applied by the library itself)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc's maximum
+TRIM_THRESHOLD = 1 << 30
+
+
+def tune_allocator() -> None:
+    """Keep freed memory in the heap instead of returning it to the kernel.
+
+    The analysis makes many short-lived arrays of a few MB; by default glibc maps and unmaps
+    each, and touching fresh pages again costs more than the arithmetic on them (measured: a
+    flow table on 1M packets drops from 0.27 s to 0.18 s).
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
