@@ -1,4 +1,4 @@
-"""Frozen records shared by every layer: what a capture point, a packet reference and a finding are."""
+"""Frozen records shared by every layer: capture points, packet references, findings."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class CaptureFile:
     size: int
     points: list[int]  # global point ids, one per interface of the file
     first_row: int = 0  # index row of the file's first packet
+    shards: int = 0  # parts walked in parallel (0: one sequential walk)
     warnings: list[str] = field(default_factory=list)
     drops: dict[int, int] = field(default_factory=dict)  # point id -> kernel drops
     reader: CaptureFormat | None = field(default=None, repr=False)
@@ -241,7 +242,7 @@ def scan(
         size = fmt.mf.size
         resume = fmt.first
         if workers > 1 and size >= SHARD_MIN_BYTES and fmt.mf.compressed is False:
-            resume = yield from _scan_sharded(fmt, path, base, builder, cancel, workers)
+            resume = yield from _scan_sharded(fmt, path, base, builder, cancel, workers, info)
         if resume is not None:
             for item in _decode_all(fmt, resume, size, base, cancel):
                 if isinstance(item, int):
@@ -272,7 +273,8 @@ def _scan_sharded(
     builder: IndexBuilder,
     cancel: threading.Event | None,
     workers: int,
-) -> Iterator[Progress]:
+    info: CaptureFile,
+) -> Generator[Progress, None, int | None]:
     """Returns the offset to continue sequentially from, or None when the shards covered all."""
     size = fmt.mf.size
     count = workers * SHARDS_PER_WORKER
@@ -290,6 +292,7 @@ def _scan_sharded(
                 return expected
             for item in batches:
                 builder.add(item)
+            info.shards += 1
             fmt.warnings.extend(w for w in warnings if w not in fmt.warnings)
             expected = end
             yield Progress(path, end, size, builder.packets)

@@ -89,7 +89,7 @@ class Pcapng:
         """Every block the hot loop does not take: headers, statistics, SPB, PB, unknown."""
         view, order = self.mf.view, self._order
         end = off + blen - 4
-        if self.frozen_layout and btype in (IDB, SHB):
+        if self.frozen_layout and btype == IDB:
             raise LayoutChanged(off)
         if btype == IDB:
             linktype, _, snaplen = struct.unpack_from(order + "HHI", view, off + 8)
@@ -139,8 +139,6 @@ class Pcapng:
             rows.extend(piece)
             rows.extend(bytes(ROW_HEAD + WINDOW - len(piece)))
             data.append(off + 28)
-        elif btype == SHB:
-            self._enter_section(off)
 
     def prime(self) -> None:
         """Read the blocks before the first packet (interfaces), so `first` is a packet block."""
@@ -179,6 +177,14 @@ class Pcapng:
                 if off >= limit or off >= stop or off + 12 > size:
                     break
                 btype, blen = pair(view, off)
+                if btype == SHB:
+                    if self.frozen_layout:
+                        raise LayoutChanged(off)
+                    if data:
+                        break  # a new section may change byte order: it starts a new batch
+                    self._enter_section(off)  # its length is in the new section's byte order
+                    order, pair = self._order, self._pair
+                    btype, blen = pair(view, off)
                 if blen < 12 or blen & 3 or (btype == EPB and blen < 32):
                     self.warnings.append(
                         f"pcapng block at byte {off} has a bad length ({blen}): the file is "
@@ -186,8 +192,6 @@ class Pcapng:
                     )
                     stop = off
                     break
-                if btype == SHB and data:
-                    break  # a new section may change byte order: it starts a new batch
                 self._block(off, btype, blen, rows, data)
                 off += blen
                 order, pair = self._order, self._pair
@@ -218,9 +222,10 @@ class Pcapng:
         for index in np.unique(iface[keep]):
             spec = self.interfaces[int(index)]
             sel = iface == index
-            ts[sel] = (raw[sel] * np.uint64(spec.ts_mult) // np.uint64(spec.ts_div)).astype(
-                np.int64
-            ) + spec.ts_offset_ns
+            mult, div = np.uint64(spec.ts_mult), np.uint64(spec.ts_div)
+            # split so that raw * mult cannot overflow 64 bits for sub-microsecond units
+            whole = (raw[sel] // div) * mult + (raw[sel] % div) * mult // div
+            ts[sel] = whole.astype(np.int64) + spec.ts_offset_ns
         no_ts = (head["hi"] == NO_TS) & (head["lo"] == NO_TS)
         if no_ts.any():  # SPBs carry no time: take the previous packet's
             idx = np.where(no_ts, 0, np.arange(n))

@@ -5,10 +5,8 @@ Packets are always read by offset from this mapping: nothing keeps payloads in m
 
 from __future__ import annotations
 
-import gzip
 import mmap
 import os
-import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -44,17 +42,27 @@ class MappedFile:
 
 
 def _inflate(path: Path) -> tuple[Path, str | None]:
+    """Decompress to a private temporary file, keeping whatever precedes damage or a cut."""
     fd, name = tempfile.mkstemp(prefix="ktrace-", suffix=".pcap")  # mkstemp creates it 0600
     warning = None
     try:
-        with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        # A cut-off .gz still holds everything inflated before the cut: keep it.
-        warning = f"gzip stream damaged ({exc}); read what was before the damage"
+        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+            inflater = zlib.decompressobj(wbits=47)  # gzip header, any window size
+            while chunk := src.read(1 << 20):
+                while chunk:
+                    out.write(inflater.decompress(chunk))
+                    chunk = b""
+                    if inflater.eof and inflater.unused_data:  # concatenated gzip members
+                        chunk = inflater.unused_data
+                        inflater = zlib.decompressobj(wbits=47)
+            out.write(inflater.flush())
+            if not inflater.eof:
+                warning = "gzip data ends early (file cut short); read what was there"
+    except zlib.error as exc:
+        warning = f"gzip data damaged ({exc}); read what came before the damage"
     except OSError as exc:
         os.unlink(name)
-        raise CaptureFileError(f"{path}: cannot decompress: {exc}") from exc
+        raise CaptureFileError(f"{path}: cannot decompress: {exc.strerror}") from None
     if os.path.getsize(name) == 0:
         os.unlink(name)
         raise CaptureFileError(f"{path}: gzip file holds no data", "is it a complete .gz file?")

@@ -25,7 +25,7 @@ def run(analysis: Analysis) -> Iterator[Finding]:
     yield Finding(
         id="dns.unanswered",
         severity=Severity.HIGH,
-        title=f"{plural(len(lost), 'DNS query')} never answered (of {total})",
+        title=f"{plural(len(lost), 'DNS query', 'DNS queries')} never answered (of {total})",
         explanation=(
             f"Unanswered: {top}. Server(s): {server_text}. "
             + (

@@ -1,0 +1,134 @@
+"""The command line as a user meets it: real subprocesses, exit codes, exact error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tcp_session
+from tests.test_dns import answer, query
+
+Make = Callable[..., Path]
+SCRIPTS = sysconfig.get_path("scripts")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ktrace", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_analyze_json_schema(make_pcap: Make) -> None:
+    path = make_pcap(tcp_session() + [query("web.example.com"), answer("web.example.com")])
+    out = run("analyze", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert {"points", "flows", "dns", "findings", "warnings"} <= set(data)
+    flow = next(f for f in data["flows"] if f["proto"] == "tcp")
+    for key in ("proto", "a", "b", "packets_ab", "packets_ba", "bytes_ab", "bytes_ba"):
+        assert key in flow
+    dns = data["dns"][0]
+    for key in ("qname", "qtype", "rcode", "latency_ms", "answered"):
+        assert key in dns
+    assert json.loads(run("analyze", str(path), "-o", "json").stdout) == data
+
+
+def test_analyze_text_is_aligned_tables(make_pcap: Make) -> None:
+    path = make_pcap(tcp_session())
+    out = run("analyze", str(path))
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("PROTO"))
+    row = lines[lines.index(header) + 1]
+    assert row.startswith("tcp") and row.index("10.0.1.5:80") == header.index("B")
+    assert "Findings" in out.stdout and "Capture points (1)" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file or directory"),
+        (b"GIF89a not a capture", "not a pcap or pcapng file (starts with 47 49 46 38)"),
+        (b"", "file is empty"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "input.pcap"
+    if content is not None:
+        path.write_bytes(content)
+    out = run("analyze", str(path))
+    assert out.returncode == 3
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1 and message in out.stderr
+    assert out.stderr.startswith("ktrace: error: ")
+    assert "Traceback" not in out.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    out = run("--debug", "analyze", str(tmp_path / "missing.pcap"))
+    assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_partial_file_warns_on_stderr_and_still_reports(make_pcap: Make, tmp_path: Path) -> None:
+    path = make_pcap(tcp_session())
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(path.read_bytes()[:-30])
+    out = run("analyze", str(cut), "--json")
+    assert out.returncode == 0
+    assert "ktrace: warning:" in out.stderr and "cut short" in out.stderr
+    assert json.loads(out.stdout)["points"][0]["packets"] == 8
+
+
+def test_decode_prints_layers_and_hex(make_pcap: Make) -> None:
+    path = make_pcap(tcp_session())
+    out = run("decode", str(path), "4")
+    assert out.returncode == 0, out.stderr
+    assert "packet 4 of 8" in out.stdout
+    for layer in ("###[ Ethernet ]###", "###[ IP ]###", "###[ TCP ]###", "dport     = http"):
+        assert layer in out.stdout
+    assert "GET / HTTP/1.1" in out.stdout  # the ASCII column of the hex dump
+    bad = run("decode", str(path), "9")
+    assert bad.returncode == 2 and "has packets 1 to 8, not 9" in bad.stderr
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = (
+        "import sys\n"
+        "from ktrace.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('scapy', 'kubernetes', 'textual', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in out.stdout
+
+
+def test_kubectl_plugin_dispatch(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the plugin dispatch cannot be tested")
+    env = dict(
+        os.environ,
+        PATH=f"{SCRIPTS}{os.pathsep}{os.environ['PATH']}",
+        KUBECONFIG=str(tmp_path / "none"),
+    )
+    out = subprocess.run(
+        [kubectl, "ktrace", "--help"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: kubectl ktrace")
+    assert "analyze" in out.stdout

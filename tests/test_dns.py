@@ -1,0 +1,142 @@
+"""DNS: the parser's defences and the pairing of queries with responses."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from ktrace.decode.dns import DnsError, parse_dns, read_name
+from tests.conftest import run_analysis
+
+Make = Callable[..., Path]
+CLIENT, SERVER = "10.244.0.5", "10.96.0.10"
+
+
+def query(name: str, qtype: str = "A", ident: int = 1, sport: int = 40123) -> object:
+    return (
+        Ether()
+        / IP(src=CLIENT, dst=SERVER)
+        / UDP(sport=sport, dport=53)
+        / DNS(id=ident, rd=1, qd=DNSQR(qname=name, qtype=qtype))
+    )
+
+
+def answer(
+    name: str,
+    qtype: str = "A",
+    ident: int = 1,
+    rcode: int = 0,
+    rdata: str | None = "10.96.0.20",
+    sport: int = 40123,
+) -> object:
+    an = [DNSRR(rrname=name, type=qtype, rdata=rdata, ttl=30)] if rdata else []
+    return (
+        Ether()
+        / IP(src=SERVER, dst=CLIENT)
+        / UDP(sport=53, dport=sport)
+        / DNS(id=ident, qr=1, rd=1, ra=1, rcode=rcode, qd=DNSQR(qname=name, qtype=qtype), an=an)
+    )
+
+
+def test_parse_answer_records() -> None:
+    msg = parse_dns(bytes(answer("web.default.svc.cluster.local")[DNS]))
+    assert (msg.id, msg.response, msg.rcode, msg.qname, msg.qtype) == (
+        1,
+        True,
+        0,
+        "web.default.svc.cluster.local",
+        "A",
+    )
+    assert [(a.type, a.data, a.ttl) for a in msg.answers] == [("A", "10.96.0.20", 30)]
+
+
+def test_compression_loop_is_an_error_not_a_hang() -> None:
+    header = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0)
+    loop = header + b"\xc0\x0c" + b"\x00\x01\x00\x01"  # name points at itself
+    with pytest.raises(DnsError, match="loop"):
+        parse_dns(loop)
+    two = header + b"\x01a\xc0\x0e" + b"\x00\x01\x00\x01"  # a -> pointer back to "a"
+    with pytest.raises(DnsError):
+        parse_dns(two)
+
+
+def test_pointer_out_of_bounds_and_truncated_records() -> None:
+    header = struct.pack("!HHHHHH", 7, 0x8180, 1, 1, 0, 0)
+    question = b"\x03www\x00\x00\x01\x00\x01"
+    oob = header + question + b"\xc0\xff" + b"\x00\x01\x00\x01" + b"\0\0\0\x1e\x00\x04"
+    msg = parse_dns(oob)  # the question survives; the bad record ends the parse
+    assert msg.qname == "www" and msg.answers == () and not msg.complete
+    cut = header + question + b"\xc0\x0c\x00\x01"
+    assert not parse_dns(cut).complete
+    with pytest.raises(DnsError, match="shorter than a DNS header"):
+        parse_dns(b"\x00\x01")
+    with pytest.raises(DnsError):
+        read_name(b"\x3fabc", 0)  # label longer than the message
+
+
+def test_transactions_pair_retry_and_unanswered(make_pcap: Make) -> None:
+    pkts = [
+        query("web.default.svc.cluster.local", ident=1),
+        query("web.default.svc.cluster.local", "AAAA", ident=2),
+        answer("web.default.svc.cluster.local", ident=1),
+        # AAAA is retried with the same id and then answered
+        query("web.default.svc.cluster.local", "AAAA", ident=2),
+        answer("web.default.svc.cluster.local", "AAAA", ident=2, rdata=None),
+        query("nope.example.com", ident=3, sport=40200),
+        answer("nope.example.com", ident=3, rcode=3, rdata=None, sport=40200),
+        query("lost.example.com", ident=4, sport=40300),
+    ] + [query("filler.example.com", ident=9, sport=50000 + k) for k in range(3)]
+    _, data = run_analysis(make_pcap(pkts, step_ns=500_000_000))
+    dns = {(d["qname"], d["qtype"]): d for d in data["dns"]}
+    a = dns[("web.default.svc.cluster.local", "A")]
+    assert (a["rcode"], a["answered"], a["latency_ms"], a["answers"]) == (
+        "NOERROR",
+        True,
+        1000.0,
+        ["10.96.0.20"],
+    )
+    aaaa = dns[("web.default.svc.cluster.local", "AAAA")]
+    assert aaaa["retries"] == 1 and aaaa["latency_ms"] == 1500.0 and aaaa["answers"] == []
+    assert dns[("nope.example.com", "A")]["rcode"] == "NXDOMAIN"
+    lost = dns[("lost.example.com", "A")]
+    assert not lost["answered"] and lost["rcode"] is None and lost["latency_ms"] is None
+    assert (lost["client"], lost["server"]) == (f"{CLIENT}:40300", f"{SERVER}:53")
+
+
+def test_dns_over_tcp(make_pcap: Make) -> None:
+    q = bytes(DNS(id=5, qd=DNSQR(qname="big.example.com", qtype="TXT")))
+    r = bytes(
+        DNS(
+            id=5,
+            qr=1,
+            qd=DNSQR(qname="big.example.com", qtype="TXT"),
+            an=DNSRR(rrname="big.example.com", type="TXT", rdata="x" * 100),
+        )
+    )
+    c, s = Ether() / IP(src=CLIENT, dst=SERVER), Ether() / IP(src=SERVER, dst=CLIENT)
+    pkts = [
+        c / TCP(sport=33000, dport=53, flags="PA", seq=1) / (struct.pack("!H", len(q)) + q),
+        s / TCP(sport=53, dport=33000, flags="PA", seq=1) / (struct.pack("!H", len(r)) + r),
+    ]
+    _, data = run_analysis(make_pcap(pkts))
+    (d,) = data["dns"]
+    assert (d["transport"], d["qtype"], d["answered"]) == ("tcp", "TXT", True)
+
+
+def test_malformed_dns_packets_are_counted_not_fatal(make_pcap: Make) -> None:
+    bad = Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=1, dport=53) / b"\x00\x01\x02"
+    loop = (
+        Ether()
+        / IP(src=CLIENT, dst=SERVER)
+        / UDP(sport=1, dport=53)
+        / (struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01")
+    )
+    _, data = run_analysis(make_pcap([bad, loop, query("ok.example.com")]))
+    assert data["dns_malformed"] == 2
+    assert [d["qname"] for d in data["dns"]] == ["ok.example.com"]

@@ -1,0 +1,91 @@
+"""First checks: each fires on its symptom, names it, and stays silent on healthy traffic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from ktrace.analysis.findings import load_checks, run_checks
+from tests.conftest import run_analysis, tcp_session
+from tests.test_dns import answer, query
+
+Make = Callable[..., Path]
+
+
+def ids(data: dict) -> list[str]:  # type: ignore[type-arg]
+    return [f["id"] for f in data["findings"]]
+
+
+def test_builtin_checks_are_registered_as_entry_points() -> None:
+    assert {c.id for c in load_checks()} >= {"dns.unanswered", "tcp.syn-unanswered", "tcp.rst"}
+
+
+def test_healthy_traffic_has_no_findings(make_pcap: Make) -> None:
+    pkts = tcp_session() + [
+        query("web.default.svc.cluster.local"),
+        answer("web.default.svc.cluster.local"),
+    ]
+    for k in range(5):
+        pkts += tcp_session(sport=41000 + k)
+    _, data = run_analysis(make_pcap(pkts, step_ns=300_000_000))
+    assert data["findings"] == []
+
+
+def test_unanswered_dns(make_pcap: Make) -> None:
+    pkts = [query("web.default.svc.cluster.local"), answer("web.default.svc.cluster.local")]
+    pkts += [query("blackhole.example.com", ident=10 + k, sport=41000 + k) for k in range(3)]
+    pkts += tcp_session()  # keeps the capture running past the grace period
+    _, data = run_analysis(make_pcap(pkts, step_ns=400_000_000))
+    (f,) = data["findings"]
+    assert f["id"] == "dns.unanswered" and f["severity"] == "high"
+    assert f["title"] == "3 DNS queries never answered (of 4)"
+    assert "blackhole.example.com A (3x)" in f["explanation"]
+    assert "resolver is up" in f["explanation"]
+    assert [e["packet"] for e in f["evidence"]] == [3, 4, 5]
+
+
+def test_query_at_the_very_end_is_not_called_unanswered(make_pcap: Make) -> None:
+    pkts = tcp_session() + [query("late.example.com")]
+    _, data = run_analysis(make_pcap(pkts, step_ns=10_000_000))
+    assert data["findings"] == []
+
+
+def test_syn_unanswered_names_the_destination(make_pcap: Make) -> None:
+    syn = Ether() / IP(src="10.244.0.5", dst="10.96.0.20") / TCP(sport=45000, dport=80, flags="S")
+    pkts = [syn, syn, syn] + tcp_session(client="10.244.0.5", server="10.244.1.9")
+    _, data = run_analysis(make_pcap(pkts, step_ns=1_000_000_000))
+    (f,) = data["findings"]
+    assert f["id"] == "tcp.syn-unanswered"
+    assert "10.96.0.20:80" in f["title"] and "3 SYNs" in f["title"]
+    assert f["flows"] == ["tcp 10.244.0.5:45000 -> 10.96.0.20:80"]
+    assert [e["packet"] for e in f["evidence"]] == [1, 2, 3]
+
+
+def test_refused_connections_and_rst_storm(make_pcap: Make) -> None:
+    pkts = []
+    for k in range(12):
+        c = Ether() / IP(src="10.0.0.1", dst="10.0.0.2")
+        s = Ether() / IP(src="10.0.0.2", dst="10.0.0.1")
+        pkts += [
+            c / TCP(sport=30000 + k, dport=8080, flags="S", seq=1),
+            s / TCP(sport=8080, dport=30000 + k, flags="RA", seq=0, ack=2),
+        ]
+    _, data = run_analysis(make_pcap(pkts))
+    (f,) = data["findings"]
+    assert f["id"] == "tcp.rst" and f["severity"] == "high"
+    assert f["title"] == "12 connections refused by 10.0.0.2:8080"
+
+
+def test_a_broken_plugin_is_reported_not_fatal(make_pcap: Make) -> None:
+    class Broken:
+        id = "test.broken"
+
+        def run(self, analysis):  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom")
+
+    report, _ = run_analysis(make_pcap(tcp_session()))
+    findings, errors = run_checks(report.analysis, [Broken(), *load_checks()])
+    assert findings == [] and errors[0].check == "test.broken" and "boom" in errors[0].message

@@ -1,0 +1,119 @@
+"""Conversations and TCP health."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from tests.conftest import frames, run_analysis, tcp_session, udp
+
+Make = Callable[..., Path]
+
+
+def test_conversation_counts_each_way(make_pcap: Make) -> None:
+    pkts = tcp_session()
+    _, data = run_analysis(make_pcap(pkts))
+    (f,) = data["flows"]
+    assert (f["proto"], f["a"], f["b"]) == ("tcp", "10.0.0.1:40000", "10.0.1.5:80")
+    assert (f["packets_ab"], f["packets_ba"]) == (5, 3)
+    sizes = [len(bytes(p)) for p in pkts]
+    assert f["bytes_ab"] == sum(sizes[i] for i in (0, 2, 3, 5, 7))
+    assert f["bytes_ba"] == sum(sizes[i] for i in (1, 4, 6))
+    assert f["handshake_ms"] == 2.0  # SYN at 0 ms, ACK at 2 ms
+    assert (f["syn"], f["fin"], f["rst"], f["retransmissions"]) == (1, 2, 0, 0)
+    assert f["duration_s"] == 0.007
+
+
+def test_initiator_is_the_syn_sender_even_when_the_synack_comes_first_in_the_file(
+    make_pcap: Make,
+) -> None:
+    pkts = tcp_session(client="10.9.9.9", server="10.0.0.1")  # client > server numerically
+    items = frames(pkts)
+    items[0], items[1] = (items[1][0], items[0][1]), (items[0][0], items[1][1])  # SYN later
+    _, data = run_analysis(make_pcap(items))
+    assert data["flows"][0]["a"] == "10.9.9.9:40000"
+
+
+def test_retransmissions_are_counted_once_per_segment(make_pcap: Make) -> None:
+    pkts = tcp_session()
+    data_seg = pkts[3]
+    items = frames(pkts[:4] + [data_seg, data_seg] + pkts[4:])
+    _, data = run_analysis(make_pcap(items))
+    assert data["flows"][0]["retransmissions"] == 2
+
+
+def test_same_segment_at_two_points_is_not_a_retransmission(make_pcap: Make) -> None:
+    a = make_pcap(tcp_session(), name="pod.pcap")
+    b = make_pcap(tcp_session(), name="node.pcap")
+    _, data = run_analysis(a, b)
+    (f,) = data["flows"]
+    assert f["retransmissions"] == 0
+    assert f["points"] == {"pod": 8, "node": 8}
+    assert f["packets_ab"] == 10  # counts sum the points, as tshark does for one file
+
+
+def test_keepalive_is_not_a_retransmission(make_pcap: Make) -> None:
+    pkts = tcp_session()[:5]
+    ka = (
+        Ether()
+        / IP(src="10.0.0.1", dst="10.0.1.5")
+        / TCP(
+            sport=40000,
+            dport=80,
+            flags="A",
+            seq=pkts[3][TCP].seq + len(pkts[3][TCP].payload) - 1,
+            ack=pkts[4][TCP].seq + len(pkts[4][TCP].payload),
+        )
+        / b"\0"
+    )
+    _, data = run_analysis(make_pcap(pkts + [ka]))
+    assert data["flows"][0]["retransmissions"] == 0
+
+
+def test_udp_and_other_ip_flows(make_pcap: Make) -> None:
+    pkts = [
+        udp("10.0.0.1", "10.0.0.2", 5000, 9000),
+        udp("10.0.0.2", "10.0.0.1", 9000, 5000),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2", proto=50) / b"esp",
+    ]
+    _, data = run_analysis(make_pcap(pkts))
+    flows = {f["proto"]: f for f in data["flows"]}
+    assert flows["udp"]["packets_ab"] == 1 and flows["udp"]["packets_ba"] == 1
+    assert flows["ip-50"]["a"] == "10.0.0.1" and flows["ip-50"]["b"] == "10.0.0.2"
+
+
+def test_rst_and_zero_window(make_pcap: Make) -> None:
+    c = Ether() / IP(src="10.0.0.1", dst="10.0.1.5")
+    s = Ether() / IP(src="10.0.1.5", dst="10.0.0.1")
+    pkts = tcp_session()[:4] + [
+        s / TCP(sport=80, dport=40000, flags="A", seq=5001, ack=1019, window=0),
+        s / TCP(sport=80, dport=40000, flags="R", seq=5001),
+    ]
+    _, data = run_analysis(make_pcap(pkts))
+    f = data["flows"][0]
+    assert f["rst"] == 1 and f["zero_window"] == 1
+
+
+def test_many_flows_large_file_sharded_matches_sequential(make_pcap: Make, tmp_path: Path) -> None:
+    """A file big enough to be split across worker processes indexes exactly as one walk."""
+    from ktrace.decode import index as index_mod
+    from ktrace.decode.index import build_index
+
+    pkts = []
+    for k in range(300):
+        pkts += tcp_session(sport=20000 + k, data=b"x" * 1200, reply=b"y" * 1400)
+    path = make_pcap(pkts, step_ns=1000)
+    old = index_mod.SHARD_MIN_BYTES
+    index_mod.SHARD_MIN_BYTES = 0
+    try:
+        with build_index([path], workers=2) as sharded, build_index([path], workers=1) as seq:
+            for name in ("offset", "ts", "src", "dport", "seq", "paylen"):
+                assert (getattr(sharded.columns, name) == getattr(seq.columns, name)).all()
+            assert len(seq) == len(pkts)
+            assert sharded.files[0].shards == 2 * index_mod.SHARDS_PER_WORKER
+            assert seq.files[0].shards == 0
+    finally:
+        index_mod.SHARD_MIN_BYTES = old
