@@ -93,7 +93,7 @@ def test_ipv6_extension_headers_and_fragment(make_pcap: Make) -> None:
         / UDP(sport=5353, dport=53)
         / b"q"
     )
-    idx, c = one(make_pcap, pkt)
+    _, c = one(make_pcap, pkt)
     assert (c.l3[0], c.proto[0], c.sport[0], c.dport[0], c.paylen[0]) == (6, 17, 5353, 53, 1)
     frag = (
         Ether()
@@ -102,7 +102,7 @@ def test_ipv6_extension_headers_and_fragment(make_pcap: Make) -> None:
         / UDP(sport=1, dport=2)
         / (b"z" * 40)
     )
-    idx, c = one(make_pcap, frag)
+    _idx, c = one(make_pcap, frag)
     assert c.proto[0] == 17 and c.dport[0] == 2 and c.ipflags[0] & MORE_FRAGMENTS
     assert c.ipid[0] == 0x2345
 
@@ -226,5 +226,5 @@ def test_tunnel_over_ipv6_underlay_with_deep_headers(make_pcap: Make) -> None:
 
 def test_snaplen_cut_headers_are_marked_not_guessed(make_pcap: Make) -> None:
     pkt = bytes(Ether() / IP(dst="1.1.1.1") / TCP(dport=80))[:40]  # TCP header cut
-    idx, c = one(make_pcap, pkt)
+    _idx, c = one(make_pcap, pkt)
     assert c.l3[0] == 4 and c.dport[0] == 0 and c.sport[0] == 0

@@ -86,7 +86,7 @@ def test_udp_and_other_ip_flows(make_pcap: Make) -> None:
 
 
 def test_rst_and_zero_window(make_pcap: Make) -> None:
-    c = Ether() / IP(src="10.0.0.1", dst="10.0.1.5")
+    Ether() / IP(src="10.0.0.1", dst="10.0.1.5")
     s = Ether() / IP(src="10.0.1.5", dst="10.0.0.1")
     pkts = tcp_session()[:4] + [
         s / TCP(sport=80, dport=40000, flags="A", seq=5001, ack=1019, window=0),

@@ -12,7 +12,8 @@ import ktrace
 core = []
 for mod in pkgutil.walk_packages(ktrace.__path__, 'ktrace.'):
     name = mod.name
-    if name.split('.')[1] in ('pcap', 'decode', 'analysis', 'report') and name != 'ktrace.decode.deep':
+    layer = name.split('.')[1]
+    if layer in ('pcap', 'decode', 'analysis', 'report') and name != 'ktrace.decode.deep':
         importlib.import_module(name)
         core.append(name)
 print(len(core))
