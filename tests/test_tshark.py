@@ -1,0 +1,274 @@
+"""Differential tests: ktrace and tshark read the same captures and must agree on the
+conversation tables (endpoints, packets and bytes each way) and on DNS transactions."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import GRE, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether, Loopback
+from scapy.layers.vxlan import VXLAN
+from scapy.main import load_contrib
+
+from ktrace.decode.dns import type_name
+from ktrace.pcap.writer import write_pcap
+from tests.conftest import PCAPS, frames, run_analysis, tcp_session
+from tests.test_dns import answer, query
+
+load_contrib("geneve")
+from scapy.contrib.geneve import GENEVE  # noqa: E402
+
+pytestmark = [
+    pytest.mark.tshark,
+    pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed"),
+]
+TUNNEL_PORTS = {4789, 8472, 6081}
+CONV = re.compile(
+    r"^(\S+):(\d+)\s+<->\s+(\S+):(\d+)\s+(\d+)\s+([\d,]+)\s+(bytes|kB|MB|GB)\s+(\d+)\s+"
+    r"([\d,]+)\s+(bytes|kB|MB|GB)"
+)
+UNIT = {"bytes": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3}
+
+
+def tshark(*args: str) -> str:
+    # tshark knows VXLAN on 4789 only; flannel's kernel VXLAN uses 8472.
+    return subprocess.run(
+        ["tshark", "-n", "-d", "udp.port==8472,vxlan", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+
+
+def tshark_conversations(path: Path) -> dict[tuple[str, frozenset[str]], dict[str, tuple]]:
+    """{(proto, {endpoint, endpoint}): {endpoint: (frames sent, bytes sent, exact?)}}"""
+    out = tshark("-q", "-r", str(path), "-z", "conv,tcp", "-z", "conv,udp")
+    convs: dict[tuple[str, frozenset[str]], dict[str, tuple]] = {}
+    proto = ""
+    for line in out.splitlines():
+        if line.startswith(("TCP Conversations", "UDP Conversations")):
+            proto = line[:3].lower()
+        m = CONV.match(line)
+        if not m:
+            continue
+        a_ip, a_port, b_ip, b_port = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+        if proto == "udp" and (a_port in TUNNEL_PORTS or b_port in TUNNEL_PORTS):
+            continue  # the outside of a tunnel: ktrace keys flows on the inner packet
+        a, b = _ep(a_ip, a_port), _ep(b_ip, b_port)
+        b_frames, b_bytes, b_unit = int(m.group(5)), int(m.group(6).replace(",", "")), m.group(7)
+        a_frames, a_bytes, a_unit = int(m.group(8)), int(m.group(9).replace(",", "")), m.group(10)
+        convs[(proto, frozenset((a, b)))] = {
+            a: (a_frames, a_bytes * UNIT[a_unit], a_unit == "bytes"),
+            b: (b_frames, b_bytes * UNIT[b_unit], b_unit == "bytes"),
+        }
+    return convs
+
+
+def tshark_stream_bytes(path: Path) -> dict[tuple[str, frozenset[str]], dict[str, int]]:
+    """Exact bytes per direction of tshark's own tcp.stream/udp.stream assignment."""
+    fields = [
+        "frame.len",
+        "ip.src",
+        "ipv6.src",
+        "tcp.srcport",
+        "udp.srcport",
+        "tcp.stream",
+        "udp.stream",
+        "ip.dst",
+        "ipv6.dst",
+        "tcp.dstport",
+        "udp.dstport",
+    ]
+    out = tshark(
+        "-r",
+        str(path),
+        "-T",
+        "fields",
+        "-E",
+        "separator=/t",
+        *[x for f in fields for x in ("-e", f)],
+    )
+    acc: dict[tuple[str, frozenset[str]], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for line in out.splitlines():
+        v = dict(zip(fields, line.split("\t"), strict=False))
+
+        def last(name: str) -> str:
+            return v.get(name, "").split(",")[-1]
+
+        proto = "tcp" if last("tcp.stream") else "udp" if last("udp.stream") else ""
+        if not proto:
+            continue
+        sport, dport = last(f"{proto}.srcport"), last(f"{proto}.dstport")
+        if (
+            proto == "udp"
+            and {int(sport), int(dport)} & TUNNEL_PORTS
+            and len(v.get("udp.srcport", "").split(",")) == 1
+        ):
+            continue
+        src = (
+            last("ipv6.src")
+            if len(v.get("ipv6.src", "")) > len(v.get("ip.src", ""))
+            else last("ip.src")
+        )
+        dst = (
+            last("ipv6.dst")
+            if len(v.get("ipv6.dst", "")) > len(v.get("ip.dst", ""))
+            else last("ip.dst")
+        )
+        a, b = _ep(src, int(sport)), _ep(dst, int(dport))
+        acc[(proto, frozenset((a, b)))][a] += int(v["frame.len"])
+    return acc
+
+
+def _ep(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def tshark_dns(path: Path) -> dict[tuple[int, str, str], tuple[bool, str | None]]:
+    """First query frame of each transaction -> (answered, rcode)."""
+    fields = [
+        "frame.number",
+        "dns.id",
+        "dns.qry.name",
+        "dns.qry.type",
+        "dns.flags.response",
+        "dns.flags.rcode",
+        "dns.response_in",
+        "dns.retransmission",
+    ]
+    out = tshark(
+        "-2",
+        "-r",
+        str(path),
+        "-Y",
+        "dns",
+        "-T",
+        "fields",
+        "-E",
+        "separator=/t",
+        *[x for f in fields for x in ("-e", f)],
+    )
+    rcodes = {}
+    queries = []
+    for line in out.splitlines():
+        v = dict(zip(fields, line.split("\t"), strict=False))
+        if v["dns.flags.response"] in ("1", "True"):
+            rcodes[v["frame.number"]] = int(v["dns.flags.rcode"])
+        elif not v.get("dns.retransmission"):
+            queries.append(v)
+    result = {}
+    names = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
+    for q in queries:
+        resp = q.get("dns.response_in", "")
+        key = (int(q["dns.id"], 0), q["dns.qry.name"], type_name(int(q["dns.qry.type"])))
+        result[key] = (bool(resp), names.get(rcodes[resp]) if resp in rcodes else None)
+    return result
+
+
+def assert_agree(*paths: Path) -> None:
+    report, data = run_analysis(*paths)
+    for path in paths:
+        mine = [f for f in data["flows"] if f["proto"] in ("tcp", "udp")]
+        if len(paths) > 1:
+            point = path.name.split(".")[0]
+            mine = [f for f in mine if point in f["points"]]
+        theirs = tshark_conversations(path)
+        exact = tshark_stream_bytes(path)
+        assert len(mine) == len(theirs), (path, len(mine), len(theirs))
+        for f in mine:
+            key = (f["proto"], frozenset((f["a"], f["b"])))
+            assert key in theirs, (path, key)
+            t = theirs[key]
+            assert t[f["a"]][0] == f["packets_ab"] and t[f["b"]][0] == f["packets_ba"], key
+            for side, mine_bytes in ((f["a"], f["bytes_ab"]), (f["b"], f["bytes_ba"])):
+                shown, is_exact = t[side][1], t[side][2]
+                if is_exact:
+                    assert shown == mine_bytes, key
+                else:  # tshark prints "156 kB": agree to its precision
+                    unit = 1000 if shown < 1000**2 else 1000**2
+                    assert abs(shown - mine_bytes) < unit, key
+                assert exact[key][side] == mine_bytes, key
+        dns_theirs = tshark_dns(path)
+        dns_mine = {
+            (d["id"], d["qname"], d["qtype"]): (d["answered"], d["rcode"])
+            for d in data["dns"]
+            if len(paths) == 1 or d["point"] == path.name.split(".")[0]
+        }
+        assert dns_mine == dns_theirs, path
+    assert report.analysis.index.warnings == []
+
+
+SAMPLES = sorted(p for p in PCAPS.glob("**/*") if p.suffix in (".pcap", ".pcapng"))
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_samples_agree_with_tshark(path: Path) -> None:
+    assert_agree(path)
+
+
+def _traffic(wrap) -> list[object]:  # type: ignore[no-untyped-def]
+    """A TCP session with payload, a DNS exchange and an unanswered query, each IP packet
+    passed through `wrap` to put it on a link type or in a tunnel."""
+    pkts = tcp_session(data=b"x" * 700, reply=b"y" * 1300)
+    pkts += tcp_session(sport=40001, data=b"x" * 50, reply=b"z" * 20000)
+    pkts += [
+        query("web.default.svc.cluster.local"),
+        answer("web.default.svc.cluster.local"),
+        query("nope.default.svc.cluster.local", ident=2),
+        answer("nope.default.svc.cluster.local", ident=2, rcode=3, rdata=None),
+        query("lost.example.com", ident=3, sport=41000),
+    ]
+    return [wrap(p[IP]) for p in pkts]
+
+
+LINKS = {
+    "ethernet": (1, lambda ip: Ether() / ip),
+    "vlan": (1, lambda ip: Ether() / Dot1Q(vlan=5) / ip),
+    "qinq": (1, lambda ip: Ether() / Dot1AD(vlan=1) / Dot1Q(vlan=5) / ip),
+    "sll": (113, lambda ip: CookedLinux(proto=0x800) / ip),
+    "sll2": (276, lambda ip: CookedLinuxV2(proto=0x800) / ip),
+    "raw": (101, lambda ip: ip),
+    "null": (0, lambda ip: Loopback(type=2) / ip),
+    "ipv6": (
+        1,
+        lambda ip: (
+            Ether()
+            / IPv6(src="fd00::" + ip.src.split(".")[-1], dst="fd00::" + ip.dst.split(".")[-1])
+            / ip.payload
+        ),
+    ),
+}
+OUTER = IP(src="172.18.0.2", dst="172.18.0.3")
+TUNNELS = {
+    "vxlan-flannel": lambda ip: (
+        Ether() / OUTER / UDP(sport=40000, dport=8472) / VXLAN(vni=1) / Ether() / ip
+    ),
+    "vxlan": lambda ip: (
+        Ether() / OUTER / UDP(sport=40000, dport=4789) / VXLAN(vni=7) / Ether() / ip
+    ),
+    "geneve": lambda ip: (
+        Ether() / OUTER / UDP(sport=40000, dport=6081) / GENEVE(vni=3, proto=0x6558) / Ether() / ip
+    ),
+    "ipip": lambda ip: Ether() / OUTER / ip,
+    "gre": lambda ip: Ether() / OUTER / GRE(proto=0x0800) / ip,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LINKS))
+def test_link_types_agree_with_tshark(tmp_path: Path, name: str) -> None:
+    linktype, wrap = LINKS[name]
+    path = write_pcap(tmp_path / f"{name}.pcap", linktype, frames(_traffic(wrap)))
+    assert_agree(path)
+
+
+@pytest.mark.parametrize("name", sorted(TUNNELS))
+def test_tunnels_agree_with_tshark(tmp_path: Path, name: str) -> None:
+    path = write_pcap(tmp_path / f"{name}.pcap", 1, frames(_traffic(TUNNELS[name])))
+    assert_agree(path)
