@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import GRE, IP, TCP, UDP
+from scapy.layers.inet import GRE, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether, Loopback
 from scapy.layers.vxlan import VXLAN
@@ -98,10 +98,7 @@ def tshark_stream_bytes(path: Path) -> dict[tuple[str, frozenset[str]], dict[str
     acc: dict[tuple[str, frozenset[str]], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for line in out.splitlines():
         v = dict(zip(fields, line.split("\t"), strict=False))
-
-        def last(name: str) -> str:
-            return v.get(name, "").split(",")[-1]
-
+        last = {name: value.split(",")[-1] for name, value in v.items()}.get
         proto = "tcp" if last("tcp.stream") else "udp" if last("udp.stream") else ""
         if not proto:
             continue

@@ -200,8 +200,12 @@ class IndexBuilder:
         )
 
 
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0] or path.name
+
+
 def _point_names(path: Path, fmt: CaptureFormat) -> list[str]:
-    stem = path.name.split(".")[0] or path.name
+    stem = _stem(path)
     if len(fmt.interfaces) == 1:
         return [stem]
     return [f"{stem}:{i.name or k}" for k, i in enumerate(fmt.interfaces)]
@@ -254,7 +258,7 @@ def scan(
             iface = fmt.interfaces[k]
             points.append(
                 Point(
-                    f"{names[0].split(':')[0]}:{iface.name or k}",
+                    f"{_stem(path)}:{iface.name or k}",
                     str(path),
                     iface.name,
                     iface.linktype,

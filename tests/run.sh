@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run them all: lint, format, unit, fuzz, tshark
+# differential (and, as they land, the lab's end-to-end tests). Run as root on Debian/Ubuntu:
+# tshark and tcpdump come from apt, the lab makes network namespaces.
+# Extra arguments go to pytest, e.g. tests/run.sh -k dns
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v tshark >/dev/null || missing+=(tshark)
+command -v tcpdump >/dev/null || missing+=(tcpdump)
+command -v ip >/dev/null || missing+=(iproute2)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+
+.venv/bin/ruff check ktrace tests
+.venv/bin/ruff format --check ktrace tests
+exec .venv/bin/python -m pytest "$@"
