@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import struct
 from pathlib import Path
 
@@ -11,7 +12,46 @@ import pytest
 import tests.pcapng_build as ng
 from ktrace.decode.index import build_index
 from ktrace.errors import CaptureFileError
-from tests.conftest import T0, tcp_session
+from ktrace.pcap import hot
+from ktrace.pcap.records import MAX_CAPLEN, WINDOW
+from tests.conftest import PCAPS, T0, tcp_session
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every reader test runs with both implementations of the hot loop."""
+    if request.param == "c":
+        if hot.walk_c is None:
+            pytest.skip("the C walker was not built (no compiler at install time)")
+        monkeypatch.setattr(hot, "walk", hot.walk_c)
+    else:
+        monkeypatch.setattr(hot, "walk", hot.walk_python)
+    return str(request.param)
+
+
+def test_the_c_walker_is_built_where_a_compiler_exists(walker: str) -> None:
+    if walker == "c" and shutil.which("cc"):
+        assert hot.walk_c is not None
+
+
+def test_walk_implementations_agree(tmp_path: Path, walker: str) -> None:
+    if hot.walk_c is None:
+        pytest.skip("the C walker was not built")
+    eth = [bytes(p) for p in tcp_session()]
+    ng_blob = ng.shb() + ng.idb(1) + b"".join(ng.epb(0, k, p) for k, p in enumerate(eth))
+    classic_blob = classic("<", True, packets())
+    cases = [
+        (classic_blob, 16, 24),
+        (classic("<", False, packets(), magic=0xA1B2CD34, hdr_extra=8), 24, 24),
+        (ng_blob, 0, 60),
+    ]
+    cases += [(p.read_bytes(), 16, 24) for p in sorted(PCAPS.glob("*.pcap"))]
+    for blob, mode, first in cases:
+        for cut in (len(blob), len(blob) - 7, len(blob) - 100):
+            data = blob[:cut]
+            for budget in (1, 300, 1 << 20):
+                args = (data, first, len(data), budget, mode, 0, WINDOW, MAX_CAPLEN)
+                assert hot.walk_c(*args) == hot.walk_python(*args), (mode, cut, budget)
 
 
 def classic(

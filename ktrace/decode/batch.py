@@ -41,10 +41,12 @@ def _rewindow(
     rows: Rows, view: memoryview, offset: np.ndarray, idx: np.ndarray, at: np.ndarray
 ) -> None:
     """Re-read windows for packets whose next header starts near or past the window's end."""
+    rows.writable()
+    k = rows.skip
     for i, start in zip(idx.tolist(), at.tolist(), strict=True):
         piece = view[int(offset[i]) + start : int(offset[i]) + start + WINDOW]
-        rows.win[i, : len(piece)] = np.frombuffer(piece, np.uint8)
-        rows.win[i, len(piece) :] = 0
+        rows.win[i, k : k + len(piece)] = np.frombuffer(piece, np.uint8)
+        rows.win[i, k + len(piece) :] = 0
         rows.base[i] = start
 
 
@@ -57,16 +59,18 @@ def decode_batch(
     out["offset"], out["ts"] = batch.offset, batch.ts
     out["caplen"], out["wirelen"] = batch.caplen, batch.wirelen
     out["point"] = np.asarray(points, np.uint16)[batch.iface]
-    win = batch.window if batch.window.flags.writeable else batch.window.copy()
-    rows = Rows(win, batch.caplen)
+    rows = Rows(batch.window, batch.caplen, skip=batch.skip)
 
-    pos = np.zeros(n, np.int64)
-    etype = np.zeros(n, np.uint16)
-    iface_lt = np.asarray(linktypes, np.int64)[batch.iface]
-    for lt in np.unique(iface_lt):
-        sel = np.flatnonzero(iface_lt == lt)
-        p, e = link_layer(rows.subset(sel), int(lt))
-        pos[sel], etype[sel] = p, e
+    if len(set(linktypes)) == 1:
+        pos, etype = link_layer(rows, linktypes[0])
+    else:
+        pos = np.zeros(n, np.int64)
+        etype = np.zeros(n, np.uint16)
+        iface_lt = np.asarray(linktypes, np.int64)[batch.iface]
+        for lt in set(linktypes):
+            sel = np.flatnonzero(iface_lt == lt)
+            p, e = link_layer(rows.subset(sel), lt)
+            pos[sel], etype[sel] = p, e
 
     src6 = dst6 = None
     tunnel_rows: list[np.ndarray] = []

@@ -97,6 +97,30 @@ def read_name(msg: bytes, off: int) -> tuple[str, int]:
     return ".".join(labels) if labels else "<root>", (end if end >= 0 else off)
 
 
+def question(msg: bytes) -> tuple[int, int, bytes, int]:
+    """(id, flags, query name in wire format, qtype) without decoding the name: the fast path
+    for pairing queries with responses. The name of the first question is never compressed."""
+    if len(msg) < 17:
+        raise DnsError(f"message of {len(msg)} bytes is too short for a DNS question")
+    ident, flags, qd = struct.unpack_from("!HHH", msg, 0)
+    if qd == 0:
+        raise DnsError("no question")
+    off = 12
+    end = len(msg)
+    while True:
+        if off >= end:
+            raise DnsError("name runs past the end of the message")
+        n = msg[off]
+        if n == 0:
+            break
+        if n & 0xC0:
+            return ident, flags, b"", -1  # unusual: let parse_dns decide
+        off += n + 1
+    if off + 5 > end:
+        raise DnsError("question cut short")
+    return ident, flags, msg[12 : off + 1], (msg[off + 1] << 8) | msg[off + 2]
+
+
 def _rdata(msg: bytes, rtype: int, start: int, rdlen: int) -> str:
     data = msg[start : start + rdlen]
     if rtype == 1 and rdlen == 4:

@@ -14,11 +14,14 @@ U32 = np.uint32
 
 
 class Rows:
-    def __init__(self, win: np.ndarray, limit: np.ndarray, base: np.ndarray | None = None) -> None:
-        self.win = win  # (m, W) uint8
+    def __init__(
+        self, win: np.ndarray, limit: np.ndarray, base: np.ndarray | None = None, skip: int = 0
+    ) -> None:
+        self.win = win  # (m, skip + W) uint8, C-contiguous: packet bytes start at column skip
+        self.skip = skip
         self.limit = limit.astype(np.int64)  # captured bytes per packet
         self.base = np.zeros(len(limit), np.int64) if base is None else base.astype(np.int64)
-        self.width = win.shape[1]
+        self.width = win.shape[1] - skip
         self._r = np.arange(len(limit))
 
     def __len__(self) -> int:
@@ -28,7 +31,12 @@ class Rows:
         """Rows for the packets `sel` (sorted unique indices); the common all-rows case is free."""
         if len(sel) == len(self.limit):
             return self
-        return Rows(self.win[sel], self.limit[sel], self.base[sel])
+        return Rows(self.win[sel], self.limit[sel], self.base[sel], self.skip)
+
+    def writable(self) -> None:
+        """Windows are read-only views of what the walker returned; copy before re-reading."""
+        if not self.win.flags.writeable:
+            self.win = self.win.copy()
 
     def _at(self, pos: np.ndarray, size: int) -> tuple[np.ndarray | int, np.ndarray]:
         """Window column(s) for `pos`: a single int when every packet has the header at the same
@@ -40,8 +48,8 @@ class Rows:
             and local[0] == local.min() == local.max()
             and 0 <= local[0] <= self.width - size
         ):
-            return int(local[0]), ok
-        return np.clip(local, 0, self.width - size), ok
+            return int(local[0]) + self.skip, ok
+        return np.clip(local, 0, self.width - size) + self.skip, ok
 
     def _bytes(self, p: np.ndarray | int, size: int) -> np.ndarray:
         """(m, size) uint8."""
@@ -49,17 +57,25 @@ class Rows:
             return self.win[:, p : p + size]
         return self.win[self._r[:, None], p[:, None] + np.arange(size)]
 
+    def _column(self, p: int, dtype: str) -> np.ndarray:
+        """A field at the same place in every row, read in place through a strided view."""
+        return np.ndarray((len(self.limit),), dtype, self.win, p, (self.win.shape[1],))
+
     def u8(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p, ok = self._at(pos, 1)
         return (self.win[:, p] if isinstance(p, int) else self.win[self._r, p]), ok
 
     def u16(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p, ok = self._at(pos, 2)
+        if isinstance(p, int):
+            return self._column(p, ">u2").astype(U16), ok
         b = np.ascontiguousarray(self._bytes(p, 2))
         return b.view(">u2").reshape(-1).astype(U16), ok
 
     def u32(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p, ok = self._at(pos, 4)
+        if isinstance(p, int):
+            return self._column(p, ">u4").astype(U32), ok
         b = np.ascontiguousarray(self._bytes(p, 4))
         return b.view(">u4").reshape(-1).astype(U32), ok
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterator
 
 import numpy as np
 
 from ktrace.errors import CaptureFileError
+from ktrace.pcap import hot
 from ktrace.pcap.records import MAX_CAPLEN, WINDOW, Interface, RecordBatch
 from ktrace.pcap.source import MappedFile
 
@@ -42,6 +44,7 @@ class ClassicPcap:
         self.warnings: list[str] = []
         self.drops: dict[int, int] = {}
         self._caplen = struct.Struct(order + "I").unpack_from
+        self.swap = int(order != ("<" if sys.byteorder == "little" else ">"))
         self._rec = np.dtype(
             [
                 ("sec", order + "u4"),
@@ -56,55 +59,33 @@ class ClassicPcap:
 
     def walk(self, start: int, stop: int, batch: int) -> Iterator[RecordBatch]:
         """Records whose header starts in [start, stop), about `batch` file bytes at a time."""
-        view, size, hdr = self.mf.view, self.mf.size, self.hdr
-        row = hdr + WINDOW
-        unpack = self._caplen
-        fast_end = min(stop, size - row)
+        mm, size, hdr = self.mf.mm, self.mf.size, self.hdr
         off = start
         while off < stop and off + hdr <= size:
-            data: list[int] = []
-            app = data.append
-            rows = bytearray()
-            ext = rows.extend
-            # The hot loop: lengths are checked afterwards, vectorised (see _batch).
-            lim = min(off + batch, fast_end)
-            while off < lim:
-                app(off + hdr)
-                ext(view[off : off + row])
-                off += hdr + unpack(view, off + 8)[0]
-            if off >= fast_end:  # the last rows of the file: padded
-                while off < stop and off + hdr <= size and len(data) < 4096:
-                    app(off + hdr)
-                    piece = view[off : off + row]
-                    ext(piece)
-                    ext(bytes(row - len(piece)))
-                    off += hdr + unpack(view, off + 8)[0]
-            if data:
-                records, bad = self._batch(data, rows)
-                if bad is not None:
-                    stop = off = bad
-                yield RecordBatch(*records, end=off)
+            offsets, rows, end, reason = hot.walk(
+                mm, off, stop, batch, hdr, self.swap, WINDOW, MAX_CAPLEN
+            )
+            if rows:
+                yield self._batch(offsets, rows, end)
+            if reason:
+                caplen = self._caplen(mm, end + 8)[0]
+                self.warnings.append(
+                    f"record at byte {end} claims {caplen} captured bytes (limit "
+                    f"{MAX_CAPLEN}): the file is corrupt from there; read what came before"
+                )
+                return
+            if end == off:
+                break
+            off = end
         if off < stop and off < size < off + hdr:
             self.warnings.append(f"file ends inside a record header at byte {off}")
 
-    def _batch(self, data: list[int], rows: bytearray) -> tuple[tuple[np.ndarray, ...], int | None]:
-        """Columns for the walked records, cut at the first impossible length if any."""
-        n = len(data)
+    def _batch(self, offsets: bytes, rows: bytes, end: int) -> RecordBatch:
+        offset = np.frombuffer(offsets, np.int64)
+        n = len(offset)
         grid = np.frombuffer(rows, np.uint8).reshape(n, self.hdr + WINDOW)
         head = np.ascontiguousarray(grid[:, :16]).view(self._rec).reshape(n)
-        offset = np.array(data, np.int64)
         caplen = head["caplen"].astype(np.uint32)
-        bad = None
-        over = np.flatnonzero(caplen > MAX_CAPLEN)
-        if len(over):
-            k = int(over[0])
-            bad = int(offset[k]) - self.hdr
-            self.warnings.append(
-                f"record {k + 1} of this batch, at byte {bad}, claims {int(caplen[k])} captured "
-                f"bytes (limit {MAX_CAPLEN}): the file is corrupt from there; read what came "
-                "before"
-            )
-            n, offset, caplen, head, grid = k, offset[:k], caplen[:k], head[:k], grid[:k]
         room = np.clip(self.mf.size - offset, 0, None).astype(np.uint32)
         cut = caplen > room
         if cut.any():
@@ -115,14 +96,16 @@ class ClassicPcap:
             caplen = np.minimum(caplen, room)
         mult = self.interfaces[0].ts_mult
         ts = head["sec"].astype(np.int64) * 1_000_000_000 + head["frac"].astype(np.int64) * mult
-        return (
+        return RecordBatch(
             offset,
             ts,
             caplen,
             head["len"].astype(np.uint32),
             np.zeros(n, np.uint16),
-            np.ascontiguousarray(grid[:, self.hdr :]),
-        ), bad
+            grid,
+            end,
+            self.hdr,
+        )
 
     def sync(self, near: int, depth: int = 8, scan: int = 1 << 18) -> int | None:
         """A byte offset at or after `near` where `depth` plausible records chain up, or None.

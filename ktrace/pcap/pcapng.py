@@ -4,12 +4,15 @@ EPB/SPB/obsolete PB packets, statistics (kernel drops) and options such as comme
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
 
 from ktrace.errors import CaptureFileError
+from ktrace.pcap import hot
 from ktrace.pcap.records import MAX_CAPLEN, WINDOW, Interface, RecordBatch
 from ktrace.pcap.source import MappedFile
 
@@ -81,6 +84,7 @@ class Pcapng:
             raise CaptureFileError(f"{self.mf.path}: pcapng section at byte {off} is unreadable")
         self._section_base = len(self.interfaces)
         self._pair = struct.Struct(self._order + "II").unpack_from
+        self.swap = int(self._order != ("<" if sys.byteorder == "little" else ">"))
         self._row = np.dtype(
             [(n, self._order + "u4") for n in ("blen", "iface", "hi", "lo", "caplen", "len")]
         )
@@ -134,11 +138,6 @@ class Pcapng:
             rows.extend(piece)
             rows.extend(bytes(WINDOW - len(piece)))
             data.append(start)
-        elif btype == EPB:  # an EPB too close to the end of the file for the hot loop
-            piece = view[off + 4 : off + 28 + WINDOW]
-            rows.extend(piece)
-            rows.extend(bytes(ROW_HEAD + WINDOW - len(piece)))
-            data.append(off + 28)
 
     def prime(self) -> None:
         """Read the blocks before the first packet (interfaces), so `first` is a packet block."""
@@ -154,37 +153,31 @@ class Pcapng:
         self.first = off
 
     def walk(self, start: int, stop: int, batch: int) -> Iterator[RecordBatch]:
-        view, size = self.mf.view, self.mf.size
-        row = 4 + ROW_HEAD + WINDOW
-        fast_end = min(stop, size - row)
+        mm, view, size = self.mf.mm, self.mf.view, self.mf.size
         off = start
         while off < stop and off + 12 <= size:
-            data: list[int] = []
-            app = data.append
-            rows = bytearray()
-            ext = rows.extend
-            order, pair = self._order, self._pair
-            limit = off + batch
-            while off < limit and off < stop and off + 12 <= size:
-                lim = min(limit, fast_end)
-                while off < lim:
-                    btype, blen = pair(view, off)
-                    if btype != EPB or blen < 32 or blen & 3:
-                        break
-                    app(off + 28)
-                    ext(view[off + 4 : off + row])
-                    off += blen
-                if off >= limit or off >= stop or off + 12 > size:
+            offsets: list[bytes] = []
+            rows: list[bytes] = []
+            order, limit = self._order, min(off + batch, stop)
+            while off < limit and off + 12 <= size:
+                got, more, off, reason = hot.walk(
+                    mm, off, limit, limit - off, 0, self.swap, WINDOW, 0
+                )
+                if more:
+                    offsets.append(got)
+                    rows.append(more)
+                if not reason:
                     break
-                btype, blen = pair(view, off)
+                # A block the hot loop does not take: headers, statistics, SPB, PB, damage.
+                btype, blen = self._pair(view, off)
                 if btype == SHB:
                     if self.frozen_layout:
                         raise LayoutChanged(off)
-                    if data:
+                    if offsets:
                         break  # a new section may change byte order: it starts a new batch
                     self._enter_section(off)  # its length is in the new section's byte order
-                    order, pair = self._order, self._pair
-                    btype, blen = pair(view, off)
+                    order = self._order
+                    btype, blen = self._pair(view, off)
                 if blen < 12 or blen & 3 or (btype == EPB and blen < 32):
                     self.warnings.append(
                         f"pcapng block at byte {off} has a bad length ({blen}): the file is "
@@ -192,20 +185,24 @@ class Pcapng:
                     )
                     stop = off
                     break
-                self._block(off, btype, blen, rows, data)
+                extra_rows = bytearray()
+                extra: list[int] = []
+                self._block(off, btype, blen, extra_rows, extra)
+                if extra:
+                    offsets.append(array("q", extra).tobytes())
+                    rows.append(bytes(extra_rows))
                 off += blen
-                order, pair = self._order, self._pair
-            if data:
-                yield self._batch(data, rows, off, order)
+            if offsets:
+                yield self._batch(b"".join(offsets), b"".join(rows), off, order)
         if off < stop and off < size < off + 12:
             self.warnings.append(f"file ends inside a block header at byte {off}")
 
-    def _batch(self, data: list[int], rows: bytearray, end: int, order: str) -> RecordBatch:
-        n = len(data)
+    def _batch(self, offsets: bytes, rows: bytes, end: int, order: str) -> RecordBatch:
+        offset = np.frombuffer(offsets, np.int64)
+        n = len(offset)
         grid = np.frombuffer(rows, np.uint8).reshape(n, ROW_HEAD + WINDOW)
         dtype = np.dtype([(name, order + "u4") for name in self._row.names])
         head = np.ascontiguousarray(grid[:, :ROW_HEAD]).view(dtype).reshape(n)
-        offset = np.array(data, np.int64)
         caplen = np.minimum(head["caplen"], np.maximum(head["blen"].astype(np.int64) - 32, 0))
         room = np.clip(self.mf.size - offset, 0, None)
         if (caplen > room).any():
@@ -236,8 +233,9 @@ class Pcapng:
             caplen[keep],
             head["len"][keep].astype(np.uint32),
             iface[keep].astype(np.uint16),
-            np.ascontiguousarray(grid[keep, ROW_HEAD:]),
+            grid if keep.all() else grid[keep],
             end,
+            ROW_HEAD,
         )
 
     def sync(self, near: int, depth: int = 8, scan: int = 1 << 18) -> int | None:

@@ -40,8 +40,9 @@ class RecordBatch:
     caplen: np.ndarray  # uint32: bytes present in the file
     wirelen: np.ndarray  # uint32: bytes on the wire
     iface: np.ndarray  # uint16: index into the file's interface list
-    window: np.ndarray  # uint8 (n, WINDOW)
+    window: np.ndarray  # uint8 (n, skip + WINDOW), C-contiguous, possibly read-only
     end: int  # file offset just after the last record walked
+    skip: int = 0  # leading bytes of each window row that are not packet data (the header)
 
     def __len__(self) -> int:
         return len(self.offset)

@@ -21,7 +21,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 class MappedFile:
     path: Path
     size: int
-    _mm: mmap.mmap | None = field(repr=False)
+    mm: mmap.mmap = field(repr=False)
     view: memoryview = field(repr=False)
     _temp: Path | None = field(default=None, repr=False)
     compressed: bool = False
@@ -29,8 +29,7 @@ class MappedFile:
 
     def close(self) -> None:
         self.view.release()
-        if self._mm is not None:
-            self._mm.close()
+        self.mm.close()
         if self._temp is not None:
             self._temp.unlink(missing_ok=True)
 

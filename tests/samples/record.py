@@ -128,8 +128,23 @@ def background(
 
 
 @contextlib.contextmanager
-def tcpdump(ns: str, iface: str, out: Path) -> Iterator[None]:
-    cmd = in_ns(ns, "tcpdump", "-i", iface, "-n", "-U", "-s", "0", "-Z", "root", "-w", str(out))
+def tcpdump(ns: str, iface: str, out: Path, buffer_kib: int = 4096) -> Iterator[None]:
+    cmd = in_ns(
+        ns,
+        "tcpdump",
+        "-i",
+        iface,
+        "-n",
+        "-U",
+        "-s",
+        "0",
+        "-Z",
+        "root",
+        "-B",
+        str(buffer_kib),
+        "-w",
+        str(out),
+    )
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     line = ""

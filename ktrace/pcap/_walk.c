@@ -1,0 +1,139 @@
+/* The one sequential step of reading a capture, in C: follow record lengths and copy each
+ * record's header window into one contiguous buffer. Everything after it is vectorised numpy.
+ *
+ * ktrace/pcap/hot.py holds the same loop in Python; it is used when this module was not
+ * built, and the tests run both and require identical results.
+ *
+ * walk(buffer, start, stop, budget, mode, swap, window, max_caplen)
+ *   -> (data_offsets: bytes of int64, rows: bytes, end: int, reason: int)
+ *
+ * mode 16 or 24: classic pcap record header length (24: Kuznetzov's variant). A row is the
+ *   record header + `window` packet bytes; the data offset is record + header.
+ * mode 0: pcapng, consecutive Enhanced Packet Blocks only. A row is the 24 bytes from the
+ *   block length field on (length, interface, ts high, ts low, caplen, original length) +
+ *   `window` packet bytes; the data offset is block + 28.
+ * Rows past the end of the buffer are zero padded. The walk stops at `stop`, after `budget`
+ * bytes, at the end of the buffer, or at a record it does not take (reason 1: a classic caplen
+ * over max_caplen; a pcapng block that is not a well-formed EPB): the caller deals with that
+ * record from `end`.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int reserve(Buf *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : (Py_ssize_t)1 << 16;
+    while (cap < b->len + extra)
+        cap *= 2;
+    /* Raw allocator: this runs without the GIL. */
+    char *grown = PyMem_RawRealloc(b->data, (size_t)cap);
+    if (grown == NULL)
+        return -1;
+    b->data = grown;
+    b->cap = cap;
+    return 0;
+}
+
+static inline uint32_t read32(const unsigned char *p, int swap) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return swap ? __builtin_bswap32(v) : v;
+}
+
+/* Copy [from, from + size) of the buffer, zero padding what lies past its end. */
+static inline void copy_row(char *dst, const unsigned char *buf, Py_ssize_t len,
+                            Py_ssize_t from, Py_ssize_t size) {
+    Py_ssize_t have = len - from;
+    if (have >= size) {
+        memcpy(dst, buf + from, (size_t)size);
+    } else {
+        if (have > 0)
+            memcpy(dst, buf + from, (size_t)have);
+        else
+            have = 0;
+        memset(dst + have, 0, (size_t)(size - have));
+    }
+}
+
+static PyObject *walk(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, stop, budget, window;
+    int mode, swap;
+    unsigned long max_caplen;
+    if (!PyArg_ParseTuple(args, "y*nnniink", &view, &start, &stop, &budget, &mode, &swap,
+                          &window, &max_caplen))
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t len = view.len;
+    Py_ssize_t limit = start + budget < stop ? start + budget : stop;
+    Py_ssize_t head = mode == 0 ? 24 : mode;
+    Py_ssize_t row = head + window;
+    Buf offsets = {0}, rows = {0};
+    Py_ssize_t off = start;
+    int reason = 0;
+    PyObject *result = NULL;
+
+    Py_BEGIN_ALLOW_THREADS
+    while (off < limit) {
+        Py_ssize_t data, next;
+        if (mode == 0) {
+            if (off + 12 > len)
+                break;
+            uint32_t type = read32(buf + off, swap), blen = read32(buf + off + 4, swap);
+            if (type != 6 || blen < 32 || (blen & 3)) {
+                reason = 1;
+                break;
+            }
+            data = off + 28;
+            next = off + (Py_ssize_t)blen;
+        } else {
+            if (off + mode > len)
+                break;
+            uint32_t caplen = read32(buf + off + 8, swap);
+            if (caplen > max_caplen) {
+                reason = 1;
+                break;
+            }
+            data = off + mode;
+            next = data + (Py_ssize_t)caplen;
+        }
+        if (reserve(&offsets, 8) < 0 || reserve(&rows, row) < 0) {
+            reason = -1;
+            break;
+        }
+        int64_t d = data;
+        memcpy(offsets.data + offsets.len, &d, 8);
+        offsets.len += 8;
+        copy_row(rows.data + rows.len, buf, len, mode == 0 ? off + 4 : off, row);
+        rows.len += row;
+        off = next;
+    }
+    Py_END_ALLOW_THREADS
+
+    if (reason >= 0)
+        result = Py_BuildValue("y#y#ni", offsets.data ? offsets.data : "", offsets.len,
+                               rows.data ? rows.data : "", rows.len, off, reason);
+    else
+        PyErr_NoMemory();
+    PyMem_RawFree(offsets.data);
+    PyMem_RawFree(rows.data);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"walk", walk, METH_VARARGS, "Follow record lengths and copy header windows."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_walk", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__walk(void) { return PyModule_Create(&module); }
