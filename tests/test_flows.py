@@ -117,3 +117,15 @@ def test_many_flows_large_file_sharded_matches_sequential(make_pcap: Make, tmp_p
             assert seq.files[0].shards == 0
     finally:
         index_mod.SHARD_MIN_BYTES = old
+
+
+def test_gap_filling_segment_is_out_of_order_not_a_retransmission(make_pcap: Make) -> None:
+    c = Ether() / IP(src="10.0.0.1", dst="10.0.1.5")
+    pkts = tcp_session()[:3]
+    seg = [
+        c / TCP(sport=40000, dport=80, flags="A", seq=1001 + k * 100, ack=5001) / (b"d" * 100)
+        for k in range(3)
+    ]
+    _, data = run_analysis(make_pcap([*pkts, seg[0], seg[2], seg[1], seg[1]]))
+    f = data["flows"][0]
+    assert (f["out_of_order"], f["retransmissions"]) == (1, 1)

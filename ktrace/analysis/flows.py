@@ -41,7 +41,8 @@ class FlowTable:
     rst_ba: np.ndarray
     fin: np.ndarray
     handshake_ns: np.ndarray  # SYN -> ACK of the SYN/ACK at the first point that saw the SYN; -1
-    retransmissions: np.ndarray
+    retransmissions: np.ndarray  # segments sent again (same start, already sent)
+    out_of_order: np.ndarray  # segments below the highest sent that filled a gap
     zero_window: np.ndarray
     flow: np.ndarray  # per packet: flow number, or NO_FLOW
     forward: np.ndarray  # per packet: True when sent a -> b
@@ -153,7 +154,7 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
     synack = tcp & ((flags & (SYN | ACK)) == (SYN | ACK))
     rst = tcp & ((flags & RST) != 0)
     zero = tcp & (c.win[ip] == 0) & ((flags & (RST | SYN | FIN)) == 0)
-    handshake, retrans = _tcp_health(c, ip, inv, fw, tcp, nflows, npoints)
+    handshake, retrans, out_of_order = _tcp_health(c, ip, inv, fw, tcp, nflows, npoints)
 
     flow = np.full(n, NO_FLOW, np.int64)
     flow[ip] = inv
@@ -179,6 +180,7 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
         fin=count(tcp & ((flags & FIN) != 0)),
         handshake_ns=handshake,
         retransmissions=retrans,
+        out_of_order=out_of_order,
         zero_window=count(zero),
         flow=flow,
         forward=forward,
@@ -193,13 +195,12 @@ def _tcp_health(
     tcp: np.ndarray,
     nflows: int,
     npoints: int,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Handshake time and retransmission count per flow, judged within each capture point."""
     handshake = np.full(nflows, -1, np.int64)
-    retrans = np.zeros(nflows, np.int64)
     t = np.flatnonzero(tcp)
     if not len(t):
-        return handshake, retrans
+        return handshake, np.zeros(nflows, np.int64), np.zeros(nflows, np.int64)
     rows = ip[t]
     flow = inv[t]
     point = c.point[rows].astype(np.int64)
@@ -229,17 +230,28 @@ def _tcp_health(
     prev_end = np.where(same, prev & ((1 << 34) - 1), -1)
     carries = (length > 0) | (syn > 0) | (fin > 0)
     keepalive = (length <= 1) & (rel + 1 == prev_end) & (syn == 0) & (fin == 0)
-    again = carries & same & (end <= prev_end) & ~keepalive
-    retrans_point = np.bincount(flow[order][again], minlength=nflows)
-    # Counted at every point that saw it, a retransmission is reported once: the max over points.
-    per_point = np.zeros((nflows, max(npoints, 1)), np.int64)
-    np.add.at(per_point, (flow[order][again], point[order][again]), 1)
-    retrans = per_point.max(axis=1) if npoints > 1 else retrans_point
+    behind = carries & same & (end <= prev_end) & ~keepalive
+    # Below what was already sent: a retransmission if a segment starting at the same
+    # sequence number was seen before, else a late segment filling a gap (out of order).
+    starts = (rank << 34) | rel
+    maybe = np.isin(starts, starts[behind]) & carries
+    cand = np.flatnonzero(maybe)
+    _, first = np.unique(starts[cand], return_index=True)
+    seen_before = np.ones(len(cand), bool)
+    seen_before[first] = False
+    repeated = np.zeros(len(starts), bool)
+    repeated[cand] = seen_before
+    again = behind & repeated
+    late = behind & ~repeated
+    f_o, p_o = flow[order], point[order]
+    # Counted at every point that saw it, a segment is reported once: the max over points.
+    retrans = _per_point_max(f_o[again], p_o[again], nflows, npoints)
+    out_of_order = _per_point_max(f_o[late], p_o[late], nflows, npoints)
 
     # Handshake: SYN -> ACK from the initiator after the SYN/ACK, at each point; keep the point
     # that saw the SYN first.
     ts = c.ts[r]
-    f_o, p_o, d_o = flow[order], point[order], direction[order]
+    d_o = direction[order]
     big = np.iinfo(np.int64).max
     shape = (nflows, max(npoints, 1))
     t_syn = np.full(shape, big, np.int64)
@@ -262,4 +274,12 @@ def _tcp_health(
     idx = np.arange(nflows)
     s, a = t_syn[idx, first_point], t_ack[idx, first_point]
     handshake = np.where((s < big) & (a < big), a - s, -1)
-    return handshake, retrans
+    return handshake, retrans, out_of_order
+
+
+def _per_point_max(flow: np.ndarray, point: np.ndarray, nflows: int, npoints: int) -> np.ndarray:
+    if npoints <= 1:
+        return np.bincount(flow, minlength=nflows)
+    per_point = np.zeros((nflows, npoints), np.int64)
+    np.add.at(per_point, (flow, point), 1)
+    return per_point.max(axis=1)

@@ -119,6 +119,7 @@ def flow_rows(a: Analysis) -> list[dict[str, object]]:
                 "duration_s": round((int(f.last_ts[i]) - int(f.first_ts[i])) / 1e9, 6),
                 "handshake_ms": round(hs / 1e6, 3) if hs >= 0 else None,
                 "retransmissions": int(f.retransmissions[i]),
+                "out_of_order": int(f.out_of_order[i]),
                 "syn": int(f.syn[i]),
                 "rst": int(f.rst_ab[i] + f.rst_ba[i]),
                 "fin": int(f.fin[i]),
