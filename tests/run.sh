@@ -10,6 +10,11 @@ missing=()
 command -v tshark >/dev/null || missing+=(tshark)
 command -v tcpdump >/dev/null || missing+=(tcpdump)
 command -v ip >/dev/null || missing+=(iproute2)
+# the lab: iptables (kube-proxy rules), dnsmasq (cluster DNS), conntrack, ethtool
+command -v iptables-restore >/dev/null || missing+=(iptables)
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+command -v conntrack >/dev/null || missing+=(conntrack)
+command -v ethtool >/dev/null || missing+=(ethtool)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}"

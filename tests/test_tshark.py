@@ -85,6 +85,8 @@ def tshark_stream_bytes(path: Path) -> dict[tuple[str, frozenset[str]], dict[str
         "ipv6.dst",
         "tcp.dstport",
         "udp.dstport",
+        "icmp.type",
+        "icmpv6.type",
     ]
     out = tshark(
         "-r",
@@ -99,6 +101,8 @@ def tshark_stream_bytes(path: Path) -> dict[tuple[str, frozenset[str]], dict[str
     for line in out.splitlines():
         v = dict(zip(fields, line.split("\t"), strict=False))
         last = {name: value.split(",")[-1] for name, value in v.items()}.get
+        if v.get("icmp.type") or v.get("icmpv6.type"):
+            continue  # an ICMP error quoting a segment: tshark's conv table leaves it out too
         proto = "tcp" if last("tcp.stream") else "udp" if last("udp.stream") else ""
         if not proto:
             continue
@@ -205,7 +209,7 @@ def assert_agree(*paths: Path) -> None:
 SAMPLES = sorted(p for p in PCAPS.glob("**/*") if p.suffix in (".pcap", ".pcapng"))
 
 
-@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+@pytest.mark.parametrize("path", SAMPLES, ids=[str(p.relative_to(PCAPS)) for p in SAMPLES])
 def test_samples_agree_with_tshark(path: Path) -> None:
     assert_agree(path)
 

@@ -1,0 +1,94 @@
+"""The capture bundle: a directory that is complete on its own.
+
+    manifest.json      format, versions, cluster, target, points, status
+    points/<id>.pcap   one capture per point
+    inventory.json     pods, services, endpoint slices, nodes: how IPs become names
+    nodes/<node>/      ip, iptables-save, conntrack dumps
+    dns/<pod>.json     DNS checks run in the pod's namespace
+
+Every file is created 0600: captures hold payloads. Nothing from a kubeconfig is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ktrace import __version__
+from ktrace.errors import CaptureFileError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+INVENTORY = "inventory.json"
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    id: str
+    kind: str  # pod | veth | node | tunnel
+    file: str  # relative to the bundle
+    node: str | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    interface: str = ""
+    ifindex: int | None = None
+    linktype: int | None = None
+    packets: int | None = None
+    kernel_drops: int | None = None
+    clock_offset_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    points: tuple[PointSpec, ...]
+    cluster: str = ""
+    target: str = ""
+    status: str = "complete"  # complete | interrupted
+    reason: str = ""
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    format: int = FORMAT
+    ktrace_version: str = __version__
+
+
+def write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    data = asdict(manifest)
+    write_private(bundle / MANIFEST, json.dumps(data, indent=1) + "\n")
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def read_manifest(bundle: Path) -> Manifest | None:
+    path = bundle / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(PointSpec)}
+        points = tuple(
+            PointSpec(**{k: v for k, v in p.items() if k in known}) for p in data.pop("points")
+        )
+        keep = {f.name for f in fields(Manifest)} - {"points"}
+        return Manifest(points, **{k: v for k, v in data.items() if k in keep})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CaptureFileError(
+            f"{path}: not a readable ktrace manifest ({exc})",
+            "analyze the pcap files under points/ directly",
+        ) from None
+
+
+def read_inventory(bundle: Path) -> dict[str, Any] | None:
+    path = bundle / INVENTORY
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,614 @@
+"""Bring the lab up and down, switch faults, and record capture bundles from it.
+
+Everything lives in network namespaces named `<prefix>-*`; nothing touches the host's own
+interfaces. State (process ids, DNS fault switches, logs) is kept in /run/ktrace-lab/<prefix>,
+so `down` can clean up after a crash, and `down` with no prefix removes every lab it finds.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from tests.lab import topology as topo
+
+STATE_ROOT = Path("/run/ktrace-lab")
+ETC_NETNS = Path("/etc/netns")
+REPO = Path(__file__).resolve().parents[2]
+PREFIX_START = "ktl"
+FAULTS = (
+    "policy-drop",
+    "no-endpoints",
+    "mtu-blackhole",
+    "dns-aaaa-drop",
+    "dns-slow",
+    "dns-upstream-down",
+)
+SLOW_DNS_MS = 800
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _sh(*cmd: str, check: bool = True, stdin: str | None = None) -> str:
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise LabError(f"{' '.join(cmd)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def unavailable() -> str | None:
+    """Why the lab cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, iptables)"
+    for tool in ("ip", "iptables-restore", "tcpdump", "dnsmasq", "bridge", "ethtool", "conntrack"):
+        if shutil.which(tool) is None:
+            return f"the lab needs {tool} (tests/run.sh installs it)"
+    name = f"{PREFIX_START}probe{os.getpid()}"
+    try:
+        _sh("ip", "netns", "add", name)
+    except LabError as exc:
+        return f"cannot create network namespaces here: {exc}"
+    _sh("ip", "netns", "del", name, check=False)
+    return None
+
+
+def _chain(kind: str, text: str) -> str:
+    """kube-proxy's chain names: a prefix and 16 base32 characters of a hash."""
+    digest = base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+    return f"{kind}-{digest[:16]}"
+
+
+class Lab:
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or f"{PREFIX_START}{secrets.token_hex(2)}"
+        self.state = STATE_ROOT / self.prefix
+
+    # --- naming -------------------------------------------------------------------------------
+    def ns(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def pod_ns(self, pod: str) -> str:
+        return self.ns(pod)
+
+    def node_ns(self, node: str) -> str:
+        return self.ns(node)
+
+    def exec(self, ns: str, *cmd: str, check: bool = True, stdin: str | None = None) -> str:
+        return _sh("ip", "netns", "exec", self.ns(ns), *cmd, check=check, stdin=stdin)
+
+    def in_ns(self, ns: str, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(ns), *cmd]
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def up(self) -> Lab:
+        reason = unavailable()
+        if reason:
+            raise LabError(reason)
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "state.json").write_text(json.dumps({"prefix": self.prefix, "pids": []}))
+        try:
+            self._underlay()
+            for node in topo.NODES:
+                self._node(node)
+            for node in topo.NODES:
+                self._flannel_peers(node)
+                self._iptables(node)
+            for pod in topo.PODS:
+                self._pod(pod)
+            self._processes()
+            self._write_description()
+            self._wait_ready()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Remove every namespace, process and file of this lab; safe to call twice."""
+        for pid in self._pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        for ns in self._namespaces():
+            for pid in _sh("ip", "netns", "pids", ns, check=False).split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            _sh("ip", "netns", "del", ns, check=False)
+            shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+    def _namespaces(self) -> list[str]:
+        names = [line.split()[0] for line in _sh("ip", "netns", "list").splitlines() if line]
+        return [n for n in names if n.startswith(self.prefix + "-")]
+
+    def _pids(self) -> list[int]:
+        try:
+            return list(json.loads((self.state / "state.json").read_text())["pids"])
+        except (OSError, ValueError, KeyError):
+            return []
+
+    def status(self) -> dict[str, object]:
+        return {
+            "prefix": self.prefix,
+            "namespaces": self._namespaces(),
+            "processes": [p for p in self._pids() if Path(f"/proc/{p}").exists()],
+            "faults": self.faults(),
+        }
+
+    # --- building -----------------------------------------------------------------------------
+    def _netns(self, name: str) -> None:
+        _sh("ip", "netns", "add", self.ns(name))
+        # The cluster is IPv4-only, like a default kind cluster; without this every new link
+        # would fill the captures with IPv6 router solicitations and MLD reports.
+        for scope in ("all", "default"):
+            self.exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
+        self.exec(name, "ip", "link", "set", "lo", "up")
+
+    def _underlay(self) -> None:
+        self._netns("underlay")
+        self.exec("underlay", "ip", "link", "add", "br0", "type", "bridge")
+        self.exec("underlay", "ip", "addr", "add", f"{topo.UNDERLAY_GW}/16", "dev", "br0")
+        self.exec("underlay", "ip", "link", "set", "br0", "up")
+        self._netns("upstream")
+        self._underlay_port("upstream", topo.UPSTREAM_DNS)
+
+    def _underlay_port(self, ns: str, ip: str) -> None:
+        port = f"ul-{ns}"[:15]
+        _sh(
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            self.ns(ns),
+            "type",
+            "veth",
+            "peer",
+            port,
+            "netns",
+            self.ns("underlay"),
+        )
+        self.exec("underlay", "ip", "link", "set", port, "master", "br0", "up")
+        self._no_offloads("underlay", port)
+        self._no_offloads(ns, "eth0")
+        self.exec(ns, "ip", "addr", "add", f"{ip}/16", "dev", "eth0")
+        self.exec(ns, "ip", "link", "set", "eth0", "up")
+        self.exec(ns, "ip", "route", "add", "default", "via", topo.UNDERLAY_GW)
+
+    def _no_offloads(self, ns: str, dev: str) -> None:
+        """One packet on the wire, one packet in the capture: without this, veth TSO/GRO hand
+        tcpdump 64 KB super-packets and let oversized frames slip past an MTU."""
+        self.exec(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", check=False)
+
+    def _node(self, node: topo.Node) -> None:
+        name = node.name
+        self._netns(name)
+        self._underlay_port(name, node.ip)
+        for key, value in (
+            ("net.ipv4.ip_forward", "1"),
+            ("net.bridge.bridge-nf-call-iptables", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+        ):
+            self.exec(name, "sysctl", "-qw", f"{key}={value}")
+        self.exec(name, "ip", "link", "add", "cni0", "type", "bridge")
+        self.exec(name, "ip", "addr", "add", f"{node.gateway}/24", "dev", "cni0")
+        self.exec(name, "ip", "link", "set", "cni0", "mtu", str(topo.FLANNEL_MTU), "up")
+        # flannel's kernel VXLAN: VNI 1, UDP 8472, no learning (flannel writes FDB/ARP), and DF
+        # on the outer header so that an undersized underlay drops rather than fragments.
+        self.exec(
+            name,
+            "ip",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            str(topo.VNI),
+            "local",
+            node.ip,
+            "dev",
+            "eth0",
+            "dstport",
+            str(topo.VXLAN_PORT),
+            "nolearning",
+            "df",
+            "set",
+        )
+        self.exec(
+            name,
+            "ip",
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            node.flannel_mac,
+            "mtu",
+            str(topo.FLANNEL_MTU),
+            "up",
+        )
+        self.exec(name, "ip", "addr", "add", f"{node.flannel_ip}/32", "dev", "flannel.1")
+
+    def _flannel_peers(self, node: topo.Node) -> None:
+        for peer in topo.NODES:
+            if peer.name == node.name:
+                continue
+            n = node.name
+            self.exec(
+                n,
+                "ip",
+                "route",
+                "add",
+                peer.pod_cidr,
+                "via",
+                peer.flannel_ip,
+                "dev",
+                "flannel.1",
+                "onlink",
+            )
+            self.exec(
+                n,
+                "ip",
+                "neigh",
+                "add",
+                peer.flannel_ip,
+                "lladdr",
+                peer.flannel_mac,
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            )
+            self.exec(
+                n, "bridge", "fdb", "append", peer.flannel_mac, "dev", "flannel.1", "dst", peer.ip
+            )
+
+    def _pod(self, pod: topo.Pod) -> None:
+        node = topo.node(pod.node)
+        self._netns(pod.name)
+        _sh(
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            self.ns(pod.name),
+            "type",
+            "veth",
+            "peer",
+            pod.veth,
+            "netns",
+            self.ns(pod.node),
+        )
+        self.exec(
+            pod.node,
+            "ip",
+            "link",
+            "set",
+            pod.veth,
+            "master",
+            "cni0",
+            "mtu",
+            str(topo.FLANNEL_MTU),
+            "up",
+        )
+        self._no_offloads(pod.node, pod.veth)
+        self._no_offloads(pod.name, "eth0")
+        self.exec(pod.name, "ip", "addr", "add", f"{pod.ip}/24", "dev", "eth0")
+        self.exec(pod.name, "ip", "link", "set", "eth0", "mtu", str(topo.FLANNEL_MTU), "up")
+        self.exec(pod.name, "ip", "route", "add", "default", "via", node.gateway)
+        etc = ETC_NETNS / self.ns(pod.name)
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(topo.CLIENT_RESOLV)
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{pod.ip} {pod.name}\n")
+
+    def iptables_rules(self, node: topo.Node, faults: tuple[str, ...] = ()) -> str:
+        """The node's ruleset in iptables-save form, laid out as kube-proxy (iptables mode) and
+        flannel write it. Endpoint selection is round-robin (statistic nth) instead of
+        kube-proxy's random, so that tests know which pod a connection reaches."""
+        nat = [
+            ":KUBE-SERVICES - [0:0]",
+            ":KUBE-POSTROUTING - [0:0]",
+            ":KUBE-MARK-MASQ - [0:0]",
+            '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+            '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+            '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" '
+            "-j KUBE-POSTROUTING",
+            "-A POSTROUTING -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "
+            '"flanneld masq" -j RETURN',
+            "-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "
+            '"flanneld masq" -j MASQUERADE --random-fully',
+            "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+            "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+            "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+            '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring '
+            'SNAT" -j MASQUERADE --random-fully',
+        ]
+        filt = [
+            ":KUBE-SERVICES - [0:0]",
+            '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service '
+            'portals" -j KUBE-SERVICES',
+            '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service '
+            'portals" -j KUBE-SERVICES',
+        ]
+        for svc in topo.SERVICES:
+            for port in svc.ports:
+                proto = port.protocol.lower()
+                label = f"{svc.namespace}/{svc.name}:{port.name}"
+                gone = svc.name == "web" and "no-endpoints" in faults
+                eps = [] if gone else topo.endpoints(svc)
+                if not eps:
+                    filt.append(
+                        f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m "
+                        f'comment --comment "{label} has no endpoints" -m {proto} '
+                        f"--dport {port.port} -j REJECT --reject-with "
+                        "icmp-port-unreachable"
+                    )
+                    continue
+                svc_chain = _chain("KUBE-SVC", label + proto)
+                nat.insert(0, f":{svc_chain} - [0:0]")
+                nat.append(
+                    f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m comment "
+                    f'--comment "{label} cluster IP" -m {proto} --dport {port.port} '
+                    f"-j {svc_chain}"
+                )
+                for i, ep in enumerate(eps):
+                    sep = _chain("KUBE-SEP", label + proto + ep.ip)
+                    nat.insert(0, f":{sep} - [0:0]")
+                    rest = len(eps) - i
+                    pick = f"-m statistic --mode nth --every {rest} --packet 0 " if rest > 1 else ""
+                    nat.append(
+                        f'-A {svc_chain} -m comment --comment "{label} -> '
+                        f'{ep.ip}:{port.target}" {pick}-j {sep}'
+                    )
+                    nat.append(
+                        f'-A {sep} -s {ep.ip}/32 -m comment --comment "{label}" -j KUBE-MARK-MASQ'
+                    )
+                    nat.append(
+                        f'-A {sep} -p {proto} -m comment --comment "{label}" -m '
+                        f"{proto} -j DNAT --to-destination {ep.ip}:{port.target}"
+                    )
+        if "policy-drop" in faults and node.name == topo.pod("web-2").node:
+            client, web2 = topo.pod("client"), topo.pod("web-2")
+            filt.insert(
+                0,
+                f"-I FORWARD -s {client.ip}/32 -d {web2.ip}/32 -p tcp -m tcp "
+                '--dport 80 -m comment --comment "lab: NetworkPolicy denies '
+                'client to web" -j DROP',
+            )
+        return "*nat\n" + "\n".join(nat) + "\nCOMMIT\n*filter\n" + "\n".join(filt) + "\nCOMMIT\n"
+
+    def _iptables(self, node: topo.Node) -> None:
+        """(Re)load the node's whole ruleset; reloading also restarts the round-robin."""
+        rules = self.iptables_rules(node, tuple(self.faults()))
+        self.exec(node.name, "iptables-restore", stdin=rules)
+
+    # --- processes ----------------------------------------------------------------------------
+    def _spawn(
+        self, ns: str, cmd: list[str], name: str, ready: str | None = None, cwd: Path | None = None
+    ) -> None:
+        log = (self.state / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            self.in_ns(ns, *cmd),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=cwd or REPO,
+            start_new_session=True,
+        )
+        state = json.loads((self.state / "state.json").read_text())
+        state["pids"].append(proc.pid)
+        (self.state / "state.json").write_text(json.dumps(state))
+        if ready is not None:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            if ready not in line:
+                raise LabError(f"{name} did not start; see {log.name}")
+
+    def _processes(self) -> None:
+        py = sys.executable
+        for web in ("web-1", "web-2"):
+            root = self.state / web
+            root.mkdir(exist_ok=True)
+            (root / "index.html").write_text(f"<html><body>{web}</body></html>\n")
+            (root / "big.bin").write_bytes(os.urandom(100_000))
+            self._spawn(
+                web,
+                [py, "-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", str(root)],
+                web,
+            )
+        coredns = topo.pod("coredns")
+        records = [
+            f"--host-record={s.name}.{s.namespace}.svc.cluster.local,{s.cluster_ip}"
+            for s in topo.SERVICES
+        ]
+        records += [
+            f"--host-record={p.ip.replace('.', '-')}.{p.namespace}.pod.cluster.local,{p.ip}"
+            for p in topo.PODS
+        ]
+        self._spawn(
+            "coredns",
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--port=5353",
+                f"--server={topo.UPSTREAM_DNS}",
+                "--local=/cluster.local/",
+                "--pid-file=",
+                "--user=root",
+                # no cache: a fault must show on the next query, not later
+                "--cache-size=0",
+                *records,
+            ],
+            "dnsmasq",
+        )
+        self.set_dns_faults({})
+        self._spawn(
+            "coredns",
+            [
+                py,
+                "-m",
+                "tests.lab.dns_proxy",
+                coredns.ip,
+                "5353",
+                str(self.state / "dns-faults.json"),
+            ],
+            "dns-proxy",
+            ready="ready",
+        )
+        self._spawn(
+            "upstream",
+            [
+                py,
+                "-m",
+                "tests.samples.dns_server",
+                topo.UPSTREAM_DNS,
+                json.dumps({"records": topo.UPSTREAM_ZONE, "blackhole": []}),
+            ],
+            "upstream-dns",
+            ready="ready",
+        )
+
+    def _wait_ready(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client_python(
+                    "import socket, urllib.request\n"
+                    "for ip in ('10.244.0.3', '10.244.1.2'):\n"
+                    "    urllib.request.urlopen(f'http://{ip}/', timeout=1).read()\n"
+                    "socket.getaddrinfo('web.default.svc.cluster.local.', 80)\n",
+                    timeout=5,
+                )
+                return
+            except LabError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def client_python(self, code: str, timeout: float = 30) -> str:
+        out = subprocess.run(
+            self.in_ns("client", sys.executable, "-c", code),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if out.returncode != 0:
+            raise LabError(
+                out.stderr.strip().splitlines()[-1]
+                if out.stderr.strip()
+                else f"exit {out.returncode}"
+            )
+        return out.stdout
+
+    # --- faults -------------------------------------------------------------------------------
+    def set_dns_faults(self, faults: dict[str, object]) -> None:
+        path = self.state / "dns-faults.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(faults))
+        tmp.replace(path)  # atomic: the proxy reads it before every query
+
+    def faults(self) -> list[str]:
+        path = self.state / "faults.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def fault(self, name: str, on: bool) -> None:
+        if name not in FAULTS:
+            raise LabError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+        if on == (name in self.faults()):
+            return
+        active = [f for f in self.faults() if f != name] + ([name] if on else [])
+        (self.state / "faults.json").write_text(json.dumps(active))
+        if name in ("policy-drop", "no-endpoints"):
+            for node in topo.NODES:
+                self._iptables(node)
+        elif name == "mtu-blackhole":
+            # The underlay is smaller than what flannel assumed: full-size VXLAN packets (DF)
+            # are dropped silently by the underlay, small ones pass.
+            mtu = "1400" if on else str(topo.MTU)
+            for node in topo.NODES:
+                self.exec("underlay", "ip", "link", "set", f"ul-{node.name}", "mtu", mtu)
+        elif name == "dns-upstream-down":
+            for proto in ("udp", "tcp"):
+                rule = ["INPUT", "-p", proto, "--dport", "53", "-j", "DROP"]
+                if on:
+                    self.exec("upstream", "iptables", "-I", *rule)
+                else:
+                    self.exec("upstream", "iptables", "-D", *rule, check=False)
+        dns: dict[str, object] = {}
+        if "dns-aaaa-drop" in active:
+            dns["drop_aaaa"] = True
+        if "dns-slow" in active:
+            dns["delay_ms"] = SLOW_DNS_MS
+        self.set_dns_faults(dns)
+        # Stale conntrack entries would keep old NAT decisions alive across a switch.
+        for node in topo.NODES:
+            self.exec(node.name, "conntrack", "-F", check=False)
+
+    def reset_balancing(self) -> None:
+        """Reload the rules: the round-robin starts over, so a scenario knows that its first
+        connection to web reaches web-1 and its second web-2."""
+        for node in topo.NODES:
+            self._iptables(node)
+        for node in topo.NODES:
+            self.exec(node.name, "conntrack", "-F", check=False)
+
+    # --- description --------------------------------------------------------------------------
+    def description(self) -> dict[str, object]:
+        """Machine-readable lab: what the Kubernetes API simulator serves."""
+        return {
+            "prefix": self.prefix,
+            "namespaces": {
+                "underlay": self.ns("underlay"),
+                "upstream": self.ns("upstream"),
+                **{n.name: self.ns(n.name) for n in topo.NODES},
+                **{p.name: self.ns(p.name) for p in topo.PODS},
+            },
+            "nodes": [
+                {
+                    **asdict(n),
+                    "interfaces": {"nic": "eth0", "overlay": "flannel.1", "bridge": "cni0"},
+                }
+                for n in topo.NODES
+            ],
+            "pods": [{**asdict(p), "interface": "eth0"} for p in topo.PODS],
+            "services": [asdict(s) for s in topo.SERVICES],
+            "inventory": topo.inventory(),
+            "upstream_dns": topo.UPSTREAM_DNS,
+        }
+
+    def _write_description(self) -> None:
+        (self.state / "lab.json").write_text(json.dumps(self.description(), indent=1))
+
+
+@contextlib.contextmanager
+def running_lab() -> Iterator[Lab]:
+    lab = Lab().up()
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def all_prefixes() -> list[str]:
+    names = [line.split()[0] for line in _sh("ip", "netns", "list").splitlines() if line]
+    found = {n.split("-")[0] for n in names if n.startswith(PREFIX_START)}
+    if STATE_ROOT.exists():
+        found |= {p.name for p in STATE_ROOT.iterdir()}
+    return sorted(found)

@@ -1,0 +1,278 @@
+"""Scenarios run in the lab and recorded as capture bundles: tcpdump at every point on the
+path, node metadata, inventory and manifest, as `ktrace analyze` reads them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ktrace.bundle.manifest import (
+    Manifest,
+    PointSpec,
+    write_json,
+    write_manifest,
+    write_private,
+)
+from tests.lab import topology as topo
+from tests.lab.lab import Lab, LabError
+
+RESOLVE = """
+import socket, time
+for name in NAMES:
+    t = time.monotonic()
+    try:
+        found = sorted({a[4][0] for a in socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)})
+    except socket.gaierror as exc:
+        found = str(exc)
+    print(f"resolve {name}: {found} in {time.monotonic() - t:.2f}s", flush=True)
+"""
+FETCH = """
+import urllib.request, time
+for path in PATHS:
+    t = time.monotonic()
+    try:
+        body = urllib.request.urlopen("http://web" + path, timeout=TIMEOUT).read()
+        print(f"GET {path}: {len(body)} bytes {body[:30]!r} in {time.monotonic() - t:.2f}s")
+    except Exception as exc:
+        print(f"GET {path}: failed ({exc}) after {time.monotonic() - t:.2f}s", flush=True)
+"""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    faults: tuple[str, ...]
+    code: str
+    shows: str
+
+
+def resolve(*names: str) -> str:
+    return f"NAMES = {list(names)!r}\n" + RESOLVE
+
+
+def fetch(*paths: str, timeout: float = 3) -> str:
+    return f"PATHS = {list(paths)!r}\nTIMEOUT = {timeout}\n" + FETCH
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario(
+            "healthy",
+            (),
+            resolve("web") + fetch("/", "/"),
+            "client resolves web, then two HTTP calls to the ClusterIP: the first DNAT-ed to "
+            "web-1 on the same node, the second to web-2 across the VXLAN overlay",
+        ),
+        Scenario(
+            "dns-search",
+            (),
+            resolve("web", "web.default", "kube-dns.kube-system", "example.com", "nothing-here"),
+            "ndots:5 search-path expansion: cluster names, an external name that costs "
+            "three NXDOMAINs before its absolute query, and a name that exists nowhere",
+        ),
+        Scenario(
+            "policy-drop",
+            ("policy-drop",),
+            fetch("/", "/"),
+            "a NetworkPolicy-style DROP on node-b: the call to web-1 works, the SYN to web-2 "
+            "crosses the overlay (seen on node-b eth0 inside VXLAN) and never reaches web-2",
+        ),
+        Scenario(
+            "no-endpoints",
+            ("no-endpoints",),
+            fetch("/"),
+            "the web Service has no endpoints: kube-proxy's REJECT answers the SYN to the "
+            "ClusterIP with ICMP port unreachable",
+        ),
+        Scenario(
+            "mtu-blackhole",
+            ("mtu-blackhole",),
+            fetch("/big.bin", "/big.bin", timeout=4),
+            "the underlay is smaller than the overlay assumes: the download from web-1 (same "
+            "node) works, from web-2 the handshake works but full-size segments vanish "
+            "after encapsulation",
+        ),
+        Scenario(
+            "dns-aaaa-drop",
+            ("dns-aaaa-drop",),
+            resolve("web.default.svc.cluster.local."),
+            "responses to AAAA queries are lost (the conntrack race symptom): A answered at "
+            "once, AAAA retried after the resolver's 5 s timeout",
+        ),
+        Scenario(
+            "dns-slow",
+            ("dns-slow",),
+            resolve("web"),
+            f"every DNS response delayed {800} ms at the DNS pod",
+        ),
+        Scenario(
+            "dns-upstream-down",
+            ("dns-upstream-down",),
+            resolve("web", "example.com"),
+            "the upstream resolver is unreachable: cluster names resolve, external names time out",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Where:
+    id: str
+    kind: str
+    ns: str  # lab namespace short name
+    interface: str
+    node: str
+    pod: str | None = None
+    namespace: str | None = None
+
+
+def capture_points() -> list[Where]:
+    client, web2, dns = topo.pod("client"), topo.pod("web-2"), topo.pod("coredns")
+    return [
+        Where("client-eth0", "pod", "client", "eth0", "node-a", "client", "default"),
+        Where("client-veth", "veth", "node-a", client.veth, "node-a", "client", "default"),
+        Where("node-a-eth0", "node", "node-a", "eth0", "node-a"),
+        Where("node-b-eth0", "node", "node-b", "eth0", "node-b"),
+        Where("web-2-veth", "veth", "node-b", web2.veth, "node-b", "web-2", "default"),
+        Where("web-2-eth0", "pod", "web-2", "eth0", "node-b", "web-2", "default"),
+        Where("coredns-eth0", "pod", "coredns", "eth0", "node-b", dns.name, dns.namespace),
+    ]
+
+
+STATS = re.compile(r"(\d+) packets (captured|received by filter|dropped by kernel)")
+
+
+@contextlib.contextmanager
+def tcpdumps(lab: Lab, points: list[Where], outdir: Path) -> Iterator[dict[str, dict[str, int]]]:
+    """tcpdump at every point, each writing to a file we create 0600; stats filled at exit."""
+    procs = []
+    stats: dict[str, dict[str, int]] = {}
+    try:
+        for p in points:
+            fd = os.open(outdir / f"{p.id}.pcap", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                proc = subprocess.Popen(
+                    # immediate mode: without it TPACKET_V3 holds packets in a ring block
+                    # until a timeout, and a short scenario could end before any arrive
+                    lab.in_ns(
+                        p.ns,
+                        "tcpdump",
+                        "-i",
+                        p.interface,
+                        "-n",
+                        "-U",
+                        "-s",
+                        "0",
+                        "--immediate-mode",
+                        "--time-stamp-precision=nano",
+                        "-w",
+                        "-",
+                    ),
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+            procs.append((p, proc))
+            assert proc.stderr is not None
+            line = ""
+            while "listening on" not in line:
+                line = proc.stderr.readline().decode()
+                if not line:
+                    raise LabError(f"tcpdump did not start on {p.id}")
+        yield stats
+        time.sleep(0.5)  # the last packets of the scenario
+    finally:
+        for _, proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+        for p, proc in procs:
+            _, err = proc.communicate(timeout=10)
+            stats[p.id] = {
+                m.group(2).split()[0]: int(m.group(1)) for m in STATS.finditer(err.decode())
+            }
+
+
+def node_metadata(lab: Lab, bundle: Path) -> None:
+    (bundle / "nodes").mkdir(mode=0o700, exist_ok=True)
+    for node in topo.NODES:
+        for name, cmd in (
+            ("ip-addr", ["ip", "-d", "addr"]),
+            ("ip-link", ["ip", "-d", "link"]),
+            ("ip-route", ["ip", "route", "show", "table", "all"]),
+            ("ip-neigh", ["ip", "neigh"]),
+            ("bridge-fdb", ["bridge", "fdb", "show"]),
+            ("iptables-save", ["iptables-save"]),
+            ("conntrack", ["conntrack", "-L", "-o", "extended"]),
+        ):
+            path = bundle / "nodes" / node.name / f"{name}.txt"
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            write_private(path, lab.exec(node.name, *cmd, check=False))
+
+
+def record(lab: Lab, scenario: str, bundle: Path) -> Path:
+    try:
+        spec = SCENARIOS[scenario]
+    except KeyError:
+        raise LabError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}") from None
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    bundle.mkdir(parents=True, mode=0o700)
+    points_dir = bundle / "points"
+    points_dir.mkdir(mode=0o700)
+    points = capture_points()
+    for fault in spec.faults:
+        lab.fault(fault, True)
+    try:
+        lab.reset_balancing()
+        with tcpdumps(lab, points, points_dir) as stats:
+            output = lab.client_python(spec.code, timeout=60)
+        node_metadata(lab, bundle)
+    finally:
+        for fault in spec.faults:
+            lab.fault(fault, False)
+    manifest = Manifest(
+        points=tuple(
+            PointSpec(
+                id=p.id,
+                kind=p.kind,
+                file=f"points/{p.id}.pcap",
+                node=p.node,
+                namespace=p.namespace,
+                pod=p.pod,
+                interface=p.interface,
+                linktype=1,
+                packets=stats[p.id].get("captured"),
+                kernel_drops=stats[p.id].get("dropped"),
+            )
+            for p in points
+        ),
+        cluster="ktrace-lab",
+        target="pod/client",
+    )
+    write_manifest(bundle, manifest)
+    write_json(bundle / "inventory.json", topo.inventory())
+    write_json(
+        bundle / "scenario.json",
+        {
+            "scenario": spec.name,
+            "faults": list(spec.faults),
+            "shows": spec.shows,
+            "client_output": output.splitlines(),
+        },
+    )
+    return bundle
+
+
+def describe(bundle: Path) -> str:
+    data = json.loads((bundle / "scenario.json").read_text())
+    return f"{data['scenario']}: {data['shows']}"

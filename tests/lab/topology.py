@@ -1,0 +1,144 @@
+"""What the lab cluster looks like: nodes, pods, Services and which interface is which.
+
+Addresses follow a kind + flannel cluster: nodes on a docker-style underlay 172.18.0.0/16,
+pod CIDRs 10.244.N.0/24, Services in 10.96.0.0/12, flannel's VXLAN (VNI 1, UDP 8472).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+UNDERLAY = "172.18.0.0/16"
+UNDERLAY_GW = "172.18.0.1"
+UPSTREAM_DNS = "172.18.0.100"
+CLUSTER_CIDR = "10.244.0.0/16"
+VNI = 1
+VXLAN_PORT = 8472
+MTU = 1500
+FLANNEL_MTU = 1450  # what flannel configures: the underlay MTU less the VXLAN overhead
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    ip: str
+    pod_cidr: str
+    gateway: str  # cni0 address
+    flannel_mac: str
+
+    @property
+    def flannel_ip(self) -> str:
+        return self.pod_cidr.split("/")[0]
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    node: str
+    ip: str
+    labels: dict[str, str] = field(default_factory=dict)
+    veth: str = ""  # host-side interface on the node
+
+    @property
+    def uid(self) -> str:
+        return f"00000000-0000-4000-8000-{abs(hash(self.name)) % 10**12:012d}"
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    port: int
+    target: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    cluster_ip: str
+    ports: tuple[Port, ...]
+    selector: dict[str, str]
+
+
+NODES = (
+    Node("node-a", "172.18.0.2", "10.244.0.0/24", "10.244.0.1", "0e:6b:74:00:00:0a"),
+    Node("node-b", "172.18.0.3", "10.244.1.0/24", "10.244.1.1", "0e:6b:74:00:00:0b"),
+)
+PODS = (
+    Pod("client", "default", "node-a", "10.244.0.2", {"app": "client"}, "veth2a1c0e11"),
+    Pod("web-1", "default", "node-a", "10.244.0.3", {"app": "web"}, "veth3b7f21d4"),
+    Pod("web-2", "default", "node-b", "10.244.1.2", {"app": "web"}, "veth4c9e8a07"),
+    Pod("coredns", "kube-system", "node-b", "10.244.1.3", {"k8s-app": "kube-dns"}, "veth5d0a3f92"),
+)
+SERVICES = (
+    Service(
+        "kube-dns",
+        "kube-system",
+        "10.96.0.10",
+        (Port("dns", 53, 53, "UDP"), Port("dns-tcp", 53, 53, "TCP")),
+        {"k8s-app": "kube-dns"},
+    ),
+    Service("web", "default", "10.96.0.20", (Port("http", 80, 80),), {"app": "web"}),
+)
+CLIENT_RESOLV = (
+    "search default.svc.cluster.local svc.cluster.local cluster.local\n"
+    "nameserver 10.96.0.10\n"
+    "options ndots:5\n"
+)
+# Names the upstream resolver answers (the "internet" as seen from the cluster).
+UPSTREAM_ZONE = {
+    "example.com": {"A": "93.184.216.34", "AAAA": "2606:2800:220:1::248"},
+    "www.example.com": {"A": "93.184.216.34"},
+}
+
+
+def node(name: str) -> Node:
+    return next(n for n in NODES if n.name == name)
+
+
+def pod(name: str) -> Pod:
+    return next(p for p in PODS if p.name == name)
+
+
+def endpoints(service: Service) -> list[Pod]:
+    return [p for p in PODS if all(p.labels.get(k) == v for k, v in service.selector.items())]
+
+
+def inventory() -> dict[str, object]:
+    """Pods, Services, endpoint slices and nodes, as a bundle's inventory.json holds them."""
+    return {
+        "nodes": [{"name": n.name, "internalIP": n.ip, "podCIDR": n.pod_cidr} for n in NODES],
+        "pods": [
+            {
+                "name": p.name,
+                "namespace": p.namespace,
+                "ip": p.ip,
+                "node": p.node,
+                "labels": p.labels,
+                "hostNetwork": False,
+            }
+            for p in PODS
+        ],
+        "services": [
+            {
+                "name": s.name,
+                "namespace": s.namespace,
+                "clusterIP": s.cluster_ip,
+                "ports": [asdict(p) for p in s.ports],
+            }
+            for s in SERVICES
+        ],
+        "endpointslices": [
+            {
+                "service": s.name,
+                "namespace": s.namespace,
+                "endpoints": [
+                    {"ip": p.ip, "pod": p.name, "node": p.node, "ready": True} for p in endpoints(s)
+                ],
+                "ports": [asdict(p) for p in s.ports],
+            }
+            for s in SERVICES
+        ],
+    }
