@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ktrace.analysis.dns import DnsResult
+from ktrace.analysis.correlate import Correlation
+from ktrace.analysis.dns import DnsResult, DnsTransaction
 from ktrace.analysis.flows import FlowTable
+from ktrace.analysis.names import Names
+from ktrace.analysis.paths import ConvPath
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import TCP, UDP
 
@@ -17,6 +20,31 @@ class Analysis:
     index: PacketIndex
     flows: FlowTable
     dns: DnsResult
+    correlation: Correlation
+    paths: list[ConvPath]
+    names: Names
+
+    def path_of_flow(self, flow: int) -> ConvPath | None:
+        conv = int(self.correlation.conv[flow])
+        return next((p for p in self.paths if p.conv == conv), None)
+
+    def point_id(self, point: int) -> str:
+        return self.index.points[point].id
+
+    def named(self, endpoint: str) -> str:
+        return self.names.label(endpoint)
+
+    def dns_primary(self) -> list[DnsTransaction]:
+        """Each DNS exchange once, as seen closest to its client: the copies of one query
+        at several points are the same exchange."""
+        best: dict[int, DnsTransaction] = {}
+        ident, when = self.correlation.ident, self.correlation.when
+        for t in self.dns.transactions:
+            key = int(ident[t.queries[0]])
+            seen = best.get(key)
+            if seen is None or when[t.queries[0]] < when[seen.queries[0]]:
+                best[key] = t
+        return sorted(best.values(), key=lambda t: t.query_ts)
 
     @property
     def end_ts(self) -> int:

@@ -72,7 +72,7 @@ def _attach_fragments(c: PacketColumns, sport: np.ndarray, dport: np.ndarray) ->
             sport[i], dport[i] = known[key]
 
 
-def _group(k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def group_pairs(k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique (k1, k2) pairs -> (first occurrence, inverse)."""
     h = (k1 * _MIX) ^ k2
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)
@@ -107,7 +107,7 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
         | lo_a
     )
     k2 = (hi_p << np.uint64(32)) | hi_a
-    first, inv = _group(k1, k2) if len(ip) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    first, inv = group_pairs(k1, k2) if len(ip) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     nflows = len(first)
     ts = c.ts[ip]
     flags = c.tcp_flags[ip]

@@ -6,17 +6,22 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ktrace import __version__
 from ktrace.analysis.context import Analysis
+from ktrace.analysis.correlate import correlate
 from ktrace.analysis.dns import DnsTransaction, dns_transactions
 from ktrace.analysis.findings import CheckError, run_checks
 from ktrace.analysis.flows import build_flows
+from ktrace.analysis.names import Names
+from ktrace.analysis.paths import conversation_paths
+from ktrace.bundle.manifest import read_inventory, read_manifest
 from ktrace.decode.index import PacketIndex, build_index
 from ktrace.errors import CaptureFileError
-from ktrace.model import Finding
+from ktrace.model import Finding, Point
 from ktrace.pcap import linktype
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz")
@@ -27,6 +32,36 @@ class Report:
     analysis: Analysis
     findings: list[Finding]
     check_errors: list[CheckError]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    files: list[Path]
+    declared: dict[Path, Point]  # from bundle manifests
+    inventory: dict[str, Any] | None
+
+
+def read_inputs(inputs: list[Path]) -> Inputs:
+    """Bundles contribute their declared points and inventory; other inputs are files."""
+    files: list[Path] = []
+    declared: dict[Path, Point] = {}
+    inventory: dict[str, Any] | None = None
+    plain: list[Path] = []
+    for p in inputs:
+        manifest = read_manifest(p) if p.is_dir() else None
+        if manifest is None:
+            plain.append(p)
+            continue
+        for spec in manifest.points:
+            path = p / spec.file
+            if not path.exists():
+                raise CaptureFileError(f"{p}: the manifest lists {spec.file}, which is missing")
+            files.append(path)
+            declared[path] = Point(spec.id, str(path), spec.interface, spec.linktype or 1,
+                                   spec.kind, spec.node, spec.namespace, spec.pod)
+        inventory = read_inventory(p) or inventory
+    files.extend(capture_files(plain))
+    return Inputs(files, declared, inventory)
 
 
 def capture_files(inputs: list[Path]) -> list[Path]:
@@ -56,9 +91,19 @@ def capture_files(inputs: list[Path]) -> list[Path]:
 def analyze(
     inputs: list[Path], cancel: threading.Event | None = None, workers: int | None = None
 ) -> Report:
-    index = build_index(capture_files(inputs), cancel, workers)
+    found = read_inputs(inputs)
+    index = build_index(found.files, cancel, workers, found.declared)
     flows = build_flows(index.columns, len(index.points))
-    analysis = Analysis(index, flows, dns_transactions(index, cancel))
+    same_clock: dict[str, list[int]] = {}
+    for k, point in enumerate(index.points):
+        if point.node:
+            same_clock.setdefault(point.node, []).append(k)
+    correlation = correlate(index.columns, flows, len(index.points), list(same_clock.values()))
+    names = Names.from_inventory(found.inventory)
+    paths = conversation_paths(index, flows, correlation, names)
+    analysis = Analysis(
+        index, flows, dns_transactions(index, cancel), correlation, paths, names
+    )
     findings, errors = run_checks(analysis)
     return Report(analysis, findings, errors)
 

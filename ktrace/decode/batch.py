@@ -148,6 +148,12 @@ def decode_batch(
         keep = np.isin(ietype, (ETH_IPV4, ETH_IPV6))
         todo = hit[keep]
 
+    ip_rows = out["l3"] > 0
+    if ip_rows.any():
+        sel = np.flatnonzero(ip_rows)
+        out["phash"][sel] = rows.subset(sel).prefix_hash(
+            out["payoff"][sel].astype(np.int64), out["paylen"][sel].astype(np.int64))
+
     v6_table: list[bytes] = []
     if src6 is not None:
         assert dst6 is not None

@@ -1,4 +1,4 @@
-"""The packet index: one numpy column per field, 62 bytes a packet, no payloads."""
+"""The packet index: one numpy column per field, 64 bytes a packet, no payloads."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ SCHEMA: dict[str, type[np.generic]] = {
     "paylen": np.uint32,  # transport payload length
     "payoff": np.uint16,  # transport payload position in the packet
     "tunnel": np.uint16,  # 0, or 1 + index into the index's tunnel table
+    "phash": np.uint16,  # hash of the first payload bytes: part of a packet's fingerprint
 }
 
 
@@ -53,6 +54,7 @@ class PacketColumns:
     paylen: np.ndarray
     payoff: np.ndarray
     tunnel: np.ndarray
+    phash: np.ndarray
 
     def __len__(self) -> int:
         return len(self.offset)

@@ -9,7 +9,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ from ktrace.decode.columns import SCHEMA, PacketColumns, Quotes
 from ktrace.decode.tunnel import Tunnel
 from ktrace.errors import Cancelled
 from ktrace.model import PacketRef, Point
-from ktrace.pcap import linktype as lt
 from ktrace.pcap.pcapng import LayoutChanged, Pcapng
 from ktrace.pcap.reader import CaptureFormat, check_linktypes, open_capture
 
@@ -264,8 +263,11 @@ def scan(
     files: list[CaptureFile],
     cancel: threading.Event | None = None,
     workers: int | None = None,
+    declared: dict[Path, Point] | None = None,
 ) -> Iterator[Progress]:
     """Index `paths` into `builder`, appending their points and files; yields progress.
+
+    `declared` gives the point a file is (from a bundle's manifest): its id, kind and place.
 
     Large files are split into shards walked by a process pool; a shard's start is a guess
     that the previous shard's walk confirms, and any doubt falls back to a sequential walk.
@@ -277,14 +279,17 @@ def scan(
         base = len(points)
         names = _point_names(path, fmt)
         for k, (name, iface) in enumerate(zip(names, fmt.interfaces, strict=True)):
-            points.append(
-                Point(
-                    name,
-                    str(path),
-                    iface.name or iface.description or (f"if{k}" if len(names) > 1 else ""),
-                    iface.linktype,
-                )
+            point = Point(
+                name,
+                str(path),
+                iface.name or iface.description or (f"if{k}" if len(names) > 1 else ""),
+                iface.linktype,
             )
+            known = (declared or {}).get(path)
+            if known is not None and len(names) == 1:
+                point = replace(known, file=str(path), linktype=iface.linktype,
+                                interface=known.interface or point.interface)
+            points.append(point)
         info = CaptureFile(
             path, fmt.kind, fmt.mf.size, list(range(base, len(points))), builder.packets, reader=fmt
         )
@@ -358,13 +363,16 @@ def default_workers() -> int:
 
 
 def build_index(
-    paths: list[Path], cancel: threading.Event | None = None, workers: int | None = None
+    paths: list[Path],
+    cancel: threading.Event | None = None,
+    workers: int | None = None,
+    declared: dict[Path, Point] | None = None,
 ) -> PacketIndex:
     builder = IndexBuilder()
     points: list[Point] = []
     files: list[CaptureFile] = []
     try:
-        for _ in scan(paths, builder, points, files, cancel, workers):
+        for _ in scan(paths, builder, points, files, cancel, workers, declared):
             pass
     except BaseException:
         for f in files:
@@ -373,6 +381,3 @@ def build_index(
         raise
     return builder.result(points, files)
 
-
-def linktype_name(point: Point) -> str:
-    return lt.name(point.linktype)

@@ -79,6 +79,20 @@ class Rows:
         b = np.ascontiguousarray(self._bytes(p, 4))
         return b.view(">u4").reshape(-1).astype(U32), ok
 
+    def prefix_hash(self, pos: np.ndarray, avail: np.ndarray, size: int = 16) -> np.ndarray:
+        """16-bit FNV-1a of up to `size` bytes from pos (fewer when fewer are available or
+        the window ends), per packet."""
+        local = pos - self.base
+        h = np.full(len(local), 2166136261, np.uint32)
+        r = self._r
+        with np.errstate(over="ignore"):
+            for k in range(size):
+                col = local + k
+                valid = (k < avail) & (col >= 0) & (col < self.width) & (pos + k < self.limit)
+                b = self.win[r, np.clip(col, 0, self.width - 1) + self.skip]
+                h = np.where(valid, (h ^ b) * np.uint32(16777619), h)
+        return ((h >> 16) ^ (h & 0xFFFF)).astype(np.uint16)
+
     def raw(self, pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(m, size) bytes at pos: used for IPv6 addresses."""
         p, ok = self._at(pos, size)

@@ -1,0 +1,199 @@
+"""Follow each packet across capture points.
+
+A packet keeps a fingerprint through NAT and encapsulation — IP ID, TCP sequence/ack/flags,
+payload length and a hash of its first payload bytes, never addresses, ports or checksums —
+so the copies of one packet at the pod, the veth, the node NICs (decapsulated) and the peer pod
+share it. From those joins: per-point clock offsets, conversations merged across NAT, the path
+each conversation takes with per-hop latency, and where packets stopped.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+
+from ktrace.analysis.flows import FlowTable, group_pairs
+from ktrace.decode.columns import PacketColumns
+
+_K1 = np.uint64(0x9E3779B97F4A7C15)
+_K2 = np.uint64(0xC2B2AE3D27D4EB4F)
+# Two copies of one packet at different points are at most this far apart (after clock
+# correction); further apart, the same fingerprint is another packet.
+WINDOW_NS = 2_000_000_000
+# Offsets smaller than this are taken as latency, not clock difference.
+MIN_OFFSET_NS = 2_000_000
+MIN_SHARED = 3  # identities two points must share before their clocks are compared
+
+
+def fingerprint(c: PacketColumns) -> np.ndarray:
+    """uint64 per packet; 0 for packets that are not IP."""
+    fields = (c.proto, c.ipid, c.seq, c.ack, c.tcp_flags, c.paylen, c.phash)
+    h = np.zeros(len(c), np.uint64)
+    with np.errstate(over="ignore"):
+        for f in fields:
+            h = (h ^ f.astype(np.uint64)) * _K1
+            h ^= h >> np.uint64(29)
+        h = (h * _K2) | np.uint64(1)
+    return np.where(c.l3 > 0, h, np.uint64(0))
+
+
+@dataclass(frozen=True)
+class Correlation:
+    ident: np.ndarray  # per packet: the packet's identity across points, -1 when not IP
+    when: np.ndarray  # per packet: timestamp corrected by its point's clock offset
+    offsets: np.ndarray  # per point: estimated clock offset, ns (point clock - reference)
+    conv: np.ndarray  # per flow: conversation (flows joined across NAT by shared packets)
+    seen: np.ndarray  # per identity: bitmask of the points that saw it
+    first: np.ndarray  # per identity: one packet row of it (the earliest)
+
+
+def _occurrence(key: np.ndarray, order_by: np.ndarray) -> np.ndarray:
+    """For each element, how many earlier (by order_by) elements share its key."""
+    order = np.lexsort((order_by, key))
+    k = key[order]
+    start = np.ones(len(k), bool)
+    start[1:] = k[1:] != k[:-1]
+    idx = np.arange(len(k))
+    run_start = np.maximum.accumulate(np.where(start, idx, 0))
+    occ = np.empty(len(k), np.int64)
+    occ[order] = idx - run_start
+    return occ
+
+
+def _identities(fp: np.ndarray, point: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Identity per row: the k-th copy of a fingerprint at one point is the k-th at another
+    (retransmissions repeat a fingerprint)."""
+    occ = _occurrence((fp ^ (point.astype(np.uint64) * _K2)), ts)
+    _, inv = group_pairs(fp, occ.astype(np.uint64))
+    return inv
+
+
+def _median_by(group: np.ndarray, values: np.ndarray) -> dict[int, float]:
+    out: dict[int, float] = {}
+    if not len(group):
+        return out
+    order = np.lexsort((values, group))
+    g, v = group[order], values[order]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+    for a, b in pairwise(bounds):
+        out[int(g[a])] = float(v[(a + b - 1) // 2] + v[(a + b) // 2]) / 2
+    return out
+
+
+def _pairs(ident: np.ndarray, point: np.ndarray, ts: np.ndarray, forward: np.ndarray
+           ) -> dict[tuple[int, int], tuple[float | None, float | None, int]]:
+    """For every pair of points (p < q) that saw the same packets: the median of
+    t_q - t_p for packets sent a->b and for packets sent b->a, and how many were shared."""
+    order = np.lexsort((point, ident))
+    i, p, t, f = ident[order], point[order], ts[order], forward[order]
+    out: dict[tuple[int, int], tuple[float | None, float | None, int]] = {}
+    # consecutive copies of one identity (points sorted within it): enough for a spanning set
+    same = np.flatnonzero(i[1:] == i[:-1])
+    if not len(same):
+        return out
+    a, b = same, same + 1
+    key = p[a].astype(np.int64) * 65536 + p[b]
+    d = (t[b] - t[a]).astype(np.float64)
+    fwd = f[a]
+    for k in np.unique(key):
+        sel = key == k
+        fw = _median_by(np.zeros(int((sel & fwd).sum()), np.int64), d[sel & fwd])
+        bw = _median_by(np.zeros(int((sel & ~fwd).sum()), np.int64), d[sel & ~fwd])
+        out[(int(k // 65536), int(k % 65536))] = (fw.get(0), bw.get(0), int(sel.sum()))
+    return out
+
+
+def clock_offsets(ident: np.ndarray, point: np.ndarray, ts: np.ndarray, forward: np.ndarray,
+                  npoints: int, same_clock: list[list[int]] | None = None) -> np.ndarray:
+    """Offset of each point's clock against the busiest point's, NTP style: with latency
+    assumed symmetric, the offset is the middle of the two directions' median delays."""
+    offsets = np.zeros(npoints, np.int64)
+    if npoints < 2 or not len(ident):
+        return offsets
+    pairs = _pairs(ident, point, ts, forward)
+    edges: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
+    for (p, q), (fw, bw, n) in pairs.items():
+        if n < MIN_SHARED:
+            continue
+        est = (fw + bw) / 2 if fw is not None and bw is not None else (fw if fw is not None
+                                                                        else bw)
+        assert est is not None
+        edges[p].append((q, n, est))
+        edges[q].append((p, n, -est))
+    counts = np.bincount(point, minlength=npoints)
+    ref = int(counts.argmax())
+    known = {ref: 0.0}
+    frontier = [ref]
+    while frontier:  # best-connected pairs first
+        p = frontier.pop(0)
+        for q, _, est in sorted(edges[p], key=lambda e: -e[1]):
+            if q not in known:
+                known[q] = known[p] + est
+                frontier.append(q)
+    for p, off in known.items():
+        offsets[p] = round(off) if abs(off) >= MIN_OFFSET_NS else 0
+    for group in same_clock or []:  # points captured on one node share its clock
+        members = [p for p in group if p in known]
+        if members:
+            shared = int(np.median([offsets[p] for p in members]))
+            offsets[group] = shared
+    return offsets
+
+
+def correlate(c: PacketColumns, flows: FlowTable, npoints: int,
+              same_clock: list[list[int]] | None = None) -> Correlation:
+    ip = np.flatnonzero(c.l3 > 0)
+    fp = fingerprint(c)[ip]
+    point = c.point[ip].astype(np.int64)
+    ts = c.ts[ip]
+    ident_ip = _identities(fp, point, ts)
+    forward = flows.forward[ip]
+    offsets = clock_offsets(ident_ip, point, ts, forward, npoints, same_clock)
+    when = c.ts - offsets[c.point]
+    # A copy too far from its identity's first copy (after correction) is another packet.
+    nid = int(ident_ip.max()) + 1 if len(ident_ip) else 0
+    earliest = np.full(nid, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(earliest, ident_ip, when[ip])
+    far = when[ip] - earliest[ident_ip] > WINDOW_NS
+    if far.any():
+        ident_ip = ident_ip.copy()
+        ident_ip[far] = nid + np.arange(int(far.sum()))
+        nid += int(far.sum())
+    ident = np.full(len(c), -1, np.int64)
+    ident[ip] = ident_ip
+
+    seen = np.zeros(nid, np.uint64)
+    np.bitwise_or.at(seen, ident_ip, np.left_shift(np.uint64(1), point.astype(np.uint64) % 64))
+    first = np.full(nid, -1, np.int64)
+    order = np.argsort(when[ip], kind="stable")
+    first[ident_ip[order[::-1]]] = ip[order[::-1]]
+
+    conv = _join_flows(ident_ip, flows.flow[ip], len(flows))
+    return Correlation(ident, when, offsets, conv, seen, first)
+
+
+def _join_flows(ident: np.ndarray, flow: np.ndarray, nflows: int) -> np.ndarray:
+    """Flows that share a packet are one conversation seen before and after NAT."""
+    parent = list(range(nflows))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    order = np.lexsort((flow, ident))
+    i, f = ident[order], flow[order]
+    link = np.flatnonzero((i[1:] == i[:-1]) & (f[1:] != f[:-1]))
+    if len(link):
+        pairs = np.unique(np.stack([f[link], f[link + 1]], axis=1), axis=0)
+        for a, b in pairs.tolist():
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([find(x) for x in range(nflows)], np.int64)
+    _, conv = np.unique(roots, return_inverse=True)
+    return conv.reshape(-1)

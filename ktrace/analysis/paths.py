@@ -1,0 +1,220 @@
+"""The path of each conversation across capture points: hops in order with latency, where NAT
+rewrote it, which tunnel carried it, and where its packets stopped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from ktrace.analysis.correlate import Correlation
+from ktrace.analysis.flows import FlowTable
+from ktrace.analysis.names import Names
+from ktrace.decode.index import PacketIndex
+from ktrace.decode.transport import SYN
+
+# A packet that reached a point this close to the end of the next point's capture may simply
+# have been cut off by the capture stopping.
+END_GRACE_NS = 200_000_000
+POINT_ORDER = {"pod": 0, "veth": 1, "node": 2, "tunnel": 2, "file": 3}
+
+
+@dataclass(frozen=True)
+class Hop:
+    point: int
+    packets: int  # packets of the conversation seen here (0: expected, never seen)
+    latency_ns: float | None  # median from the previous hop, a->b packets
+    flow: int | None  # the 5-tuple the conversation has here (index into FlowTable)
+    tunnels: tuple[int, ...]  # tunnel ids (index into the index's tunnel table, 1-based)
+
+
+@dataclass(frozen=True)
+class NatChange:
+    kind: str  # DNAT | SNAT
+    after_hop: int  # the change happened between hops[after_hop] and hops[after_hop + 1]
+    before: int  # flow before
+    after: int  # flow after
+
+
+@dataclass(frozen=True)
+class Loss:
+    direction: str  # "a->b" or "b->a"
+    last_hop: int  # index of the last hop that saw the packets (in a->b order)
+    missing_hop: int  # the next hop, which never did
+    packets: int
+    syn: int  # how many of them were SYNs
+    rows: tuple[int, ...]  # the packets at the last hop that saw them
+    max_size: int  # largest of them there (wire length)
+    passed_max_size: int  # largest packet of the conversation that did cross that hop
+
+
+@dataclass(frozen=True)
+class ConvPath:
+    conv: int
+    flows: tuple[int, ...]
+    hops: tuple[Hop, ...]
+    nat: tuple[NatChange, ...]
+    losses: tuple[Loss, ...]
+
+    @property
+    def first_flow(self) -> int:
+        return self.flows[0]
+
+
+def _tuple_change(flows: FlowTable, a: int, b: int) -> str | None:
+    if (flows.b_addr[a], flows.b_port[a]) != (flows.b_addr[b], flows.b_port[b]):
+        return "DNAT"
+    if (flows.a_addr[a], flows.a_port[a]) != (flows.a_addr[b], flows.a_port[b]):
+        return "SNAT"
+    return None
+
+
+def _expected_tail(index: PacketIndex, flows: FlowTable, names: Names, flow: int,
+                   present: set[int]) -> list[int]:
+    """Points the conversation should have reached but never did: the destination pod's own
+    points (from a bundle's manifest), in the order a packet meets them."""
+    dst = index.address(int(flows.l3[flow]), int(flows.b_addr[flow]))
+    named = names.get(dst)
+    if named is None or named.kind != "pod":
+        return []
+    namespace, pod = named.name.split("/", 1)
+    tail = [k for k, p in enumerate(index.points)
+            if p.pod == pod and (p.namespace in (None, namespace)) and k not in present]
+    # on the destination side a packet meets the node, then the veth, then the pod
+    return sorted(tail, key=lambda k: -POINT_ORDER.get(index.points[k].kind, 3))
+
+
+def conversation_paths(index: PacketIndex, flows: FlowTable, cor: Correlation,
+                       names: Names) -> list[ConvPath]:
+    c = index.columns
+    npoints = len(index.points)
+    rows = np.flatnonzero(flows.flow >= 0)
+    conv = cor.conv[flows.flow[rows]]
+    point = c.point[rows].astype(np.int64)
+    pairs = np.unique(conv * npoints + point)
+    counts = np.bincount(pairs // npoints)
+    multi = set(np.flatnonzero(counts > 1).tolist())
+    # conversations seen at one point may still be expected elsewhere (bundles only)
+    if names.by_ip and any(p.pod for p in index.points):
+        multi |= set(np.flatnonzero(counts == 1).tolist())
+    if not multi:
+        return []
+    ident = cor.ident[rows]
+    when = cor.when[rows]
+    earliest = np.full(int(cor.ident.max()) + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(earliest, ident, when)
+    rel = when - earliest[ident]
+    end_of = np.full(npoints, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(end_of, c.point, cor.when)
+
+    order = np.argsort(conv, kind="stable")
+    bounds = np.searchsorted(conv[order], np.arange(len(counts) + 1))
+    out = []
+    for k in sorted(multi):
+        sel = order[bounds[k] : bounds[k + 1]]
+        if len(sel):
+            out.append(_one(index, flows, names, k, rows[sel], point[sel], ident[sel],
+                            when[sel], rel[sel], end_of))
+    out.sort(key=lambda p: int(flows.first_ts[p.first_flow]))
+    return out
+
+
+def _one(index: PacketIndex, flows: FlowTable, names: Names, conv: int, rows: np.ndarray,
+         point: np.ndarray, ident: np.ndarray, when: np.ndarray, rel: np.ndarray,
+         end_of: np.ndarray) -> ConvPath:
+    c = index.columns
+    fwd = flows.forward[rows]
+    flow = flows.flow[rows]
+    members = tuple(sorted(set(flow.tolist()), key=lambda f: int(flows.first_ts[f])))
+    # Order points by how long after a packet's first sighting they see it.
+    keys = {}
+    for p in np.unique(point).tolist():
+        at = point == p
+        use = at & fwd if (at & fwd).any() else at
+        sign = 1 if (at & fwd).any() else -1
+        keys[p] = sign * float(np.median(rel[use]))
+    hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p].kind, 3)))
+    if fwd.any():
+        hop_points += _expected_tail(index, flows, names, members[-1], set(hop_points))
+    else:
+        hop_points = sorted(hop_points, key=lambda p: keys[p])
+    position = {p: i for i, p in enumerate(hop_points)}
+
+    # a->b copies of one packet: time between consecutive hops
+    f_rows = np.flatnonzero(fwd)
+    hops = []
+    per_point_flow: dict[int, int] = {}
+    for i, p in enumerate(hop_points):
+        at = f_rows[point[f_rows] == p]
+        if len(at) == 0:
+            at_any = np.flatnonzero(point == p)
+            common = Counter(flow[at_any].tolist()).most_common(1)
+        else:
+            common = Counter(flow[at].tolist()).most_common(1)
+        if common:
+            per_point_flow[p] = common[0][0]
+        latency = None
+        if i and len(at):
+            prev = f_rows[point[f_rows] == hop_points[i - 1]]
+            both, ia, ib = np.intersect1d(ident[prev], ident[at], return_indices=True)
+            if len(both):
+                latency = float(np.median(when[at][ib] - when[prev][ia]))
+        tunnels = tuple(sorted(set(c.tunnel[rows[point == p]].tolist()) - {0}))
+        hops.append(Hop(p, int((point == p).sum()), latency, per_point_flow.get(p), tunnels))
+
+    nat = []
+    for i in range(len(hops) - 1):
+        a, b = hops[i].flow, hops[i + 1].flow
+        if a is not None and b is not None and a != b:
+            kind = _tuple_change(flows, a, b)
+            if kind:
+                nat.append(NatChange(kind, i, a, b))
+
+    losses = []
+    for direction, mask in (("a->b", fwd), ("b->a", ~fwd)):
+        losses.extend(_losses(index, direction, mask, rows, point, ident, when, hops,
+                              position, end_of))
+    return ConvPath(conv, members, tuple(hops), tuple(nat), tuple(losses))
+
+
+def _losses(index: PacketIndex, direction: str, mask: np.ndarray, rows: np.ndarray,
+            point: np.ndarray, ident: np.ndarray, when: np.ndarray, hops: list[Hop],
+            position: dict[int, int], end_of: np.ndarray) -> list[Loss]:
+    """Packets whose last sighting is followed, on their way, by a hop that never saw them
+    although it was capturing."""
+    sel = np.flatnonzero(mask)
+    if not len(sel) or len(hops) < 2:
+        return []
+    c = index.columns
+    pos = np.array([position[p] for p in point[sel].tolist()])
+    if direction == "b->a":
+        pos = len(hops) - 1 - pos
+    order = np.lexsort((pos, ident[sel]))
+    ids, ps = ident[sel][order], pos[order]
+    last = np.r_[ids[1:] != ids[:-1], True]
+    last_pos, last_row = ps[last], sel[order][last]
+    stuck = last_pos < len(hops) - 1
+    if not stuck.any():
+        return []
+    reached = np.zeros(len(hops), np.int64)  # largest packet that crossed into each hop
+    for p_pos, r in zip(ps.tolist(), sel[order].tolist(), strict=True):
+        reached[p_pos] = max(reached[p_pos], int(c.wirelen[rows[r]]))
+    groups: dict[int, list[int]] = {}
+    for lp, r in zip(last_pos[stuck].tolist(), last_row[stuck].tolist(), strict=True):
+        nxt = lp + 1
+        hop_next = hops[nxt if direction == "a->b" else len(hops) - 1 - nxt]
+        if when[r] + END_GRACE_NS > end_of[hop_next.point] and hop_next.packets:
+            continue  # that point's capture ended before the packet could arrive
+        groups.setdefault(lp, []).append(r)
+    out = []
+    for lp, members in sorted(groups.items()):
+        found = [int(rows[r]) for r in members]
+        sizes = c.wirelen[found]
+        flags = c.tcp_flags[found]
+        last_hop = lp if direction == "a->b" else len(hops) - 1 - lp
+        missing = lp + 1 if direction == "a->b" else len(hops) - 2 - lp
+        out.append(Loss(direction, last_hop, missing, len(found),
+                        int(((flags & SYN) != 0).sum()), tuple(found), int(sizes.max()),
+                        int(reached[lp + 1])))
+    return out
