@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ktrace.analysis.context import Analysis
+from ktrace.analysis.paths import ConvPath
 from ktrace.model import Finding
 
 # A query or SYN this close to the end of the capture may simply have had no time to be answered.
@@ -21,3 +22,18 @@ class FunctionCheck:
 
 def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
+
+
+def hop_name(analysis: Analysis, path: ConvPath, hop: int) -> str:
+    return analysis.point_id(path.hops[hop].point)
+
+
+def conversation_label(analysis: Analysis, path: ConvPath) -> str:
+    """'tcp 10.244.0.2:50648 (default/client) -> 10.96.0.20:80 (svc default/web)
+    => 10.244.1.2:80 (default/web-2)': the conversation before and after NAT."""
+    first, last = path.flows[0], path.flows[-1]
+    text = (f"{analysis.proto(first)} {analysis.named(analysis.endpoint(first, 'a'))} -> "
+            f"{analysis.named(analysis.endpoint(first, 'b'))}")
+    if last != first and analysis.endpoint(last, "b") != analysis.endpoint(first, "b"):
+        text += f" => {analysis.named(analysis.endpoint(last, 'b'))}"
+    return text

@@ -6,21 +6,25 @@ from collections import Counter
 from collections.abc import Iterator
 
 from ktrace.analysis.checks import GRACE_NS, MAX_EVIDENCE, FunctionCheck, plural
+from ktrace.analysis.checks.dns_patterns import picture
 from ktrace.analysis.context import Analysis
 from ktrace.model import Finding, Severity
 
 
 def run(analysis: Analysis) -> Iterator[Finding]:
     end = analysis.end_ts
-    lost = [t for t in analysis.dns.transactions if not t.answered and t.query_ts + GRACE_NS <= end]
+    explained = picture(analysis).explained  # the AAAA race and a dead upstream say more
+    primary = analysis.dns_primary()
+    lost = [t for t in primary
+            if not t.answered and t.query_ts + GRACE_NS <= end and id(t) not in explained]
     if not lost:
         return
     servers = Counter(t.server for t in lost)
     names = Counter(f"{t.qname} {t.qtype}" for t in lost)
-    total = sum(1 for t in analysis.dns.transactions if t.query_ts + GRACE_NS <= end)
+    total = sum(1 for t in primary if t.query_ts + GRACE_NS <= end)
     top = ", ".join(f"{name} ({n}x)" for name, n in names.most_common(3))
     server_text = ", ".join(f"{s} ({n})" for s, n in servers.most_common(3))
-    answered_elsewhere = {t.qname for t in analysis.dns.transactions if t.answered}
+    answered_elsewhere = {t.qname for t in primary if t.answered}
     partial = len(lost) < total
     yield Finding(
         id="dns.unanswered",

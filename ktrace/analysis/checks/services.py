@@ -1,0 +1,99 @@
+"""svc.no-endpoints and nat.missing: what kube-proxy did, or failed to do, to Service traffic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
+from ktrace.analysis.context import Analysis
+from ktrace.decode.transport import ACK, RST, SYN, TCP
+from ktrace.model import Finding, Severity
+
+PORT_UNREACHABLE = (3 << 8) | 3
+
+
+def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
+    index, names = analysis.index, analysis.names
+    c, q = index.columns, index.quotes
+    rejected: dict[str, list[int]] = {}
+    for k, row in enumerate(q.row.tolist()):
+        if int(c.seq[row]) != PORT_UNREACHABLE or int(q.proto[k]) != TCP:
+            continue
+        dst = f"{index.address(4, int(q.dst[k]))}:{int(q.dport[k])}"
+        if names.by_ip and not names.is_service(dst.rsplit(":", 1)[0]):
+            continue
+        rejected.setdefault(dst, []).append(row)
+    # kube-proxy in nftables/IPVS modes, and some CNIs, answer with a RST instead
+    syn_rst = np.flatnonzero((c.proto == TCP) & ((c.tcp_flags & RST) != 0))
+    for row in syn_rst.tolist():
+        src = index.address(int(c.l3[row]), int(c.src[row]))
+        if names.is_service(src) and int(c.tcp_flags[row]) & ACK:
+            rejected.setdefault(f"{src}:{int(c.sport[row])}", []).append(row)
+    for dst, rows in sorted(rejected.items()):
+        named = names.get(dst.rsplit(":", 1)[0])
+        what = f"Service {named.name} ({dst})" if named else dst
+        yield Finding(
+            id="svc.no-endpoints",
+            severity=Severity.HIGH,
+            title=f"{what} rejects connections: no ready endpoints"
+                  if named else f"connections to {dst} rejected with ICMP port unreachable",
+            explanation=(
+                f"{plural(len(rows), 'connection attempt')} to {what} were refused on the "
+                "spot (ICMP port unreachable or RST from the Service address). That is what "
+                "kube-proxy does for a Service without ready endpoints: no pod matches its "
+                "selector, or none is Ready."
+                if named else
+                f"{plural(len(rows), 'connection attempt')} to {dst} got ICMP port "
+                "unreachable. If it is a Service ClusterIP, the Service has no ready endpoints "
+                "(kube-proxy's REJECT rule)."
+            ),
+            next_step=(
+                "kubectl get endpointslices -l kubernetes.io/service-name=<service>: check the "
+                "selector matches the pods' labels and that they pass their readiness probe."
+            ),
+            evidence=tuple(index.ref(r) for r in rows[:MAX_EVIDENCE]),
+        )
+
+
+def run_nat_missing(analysis: Analysis) -> Iterator[Finding]:
+    index, names = analysis.index, analysis.names
+    vips = names.services()
+    if not vips:
+        return
+    c = index.columns
+    on_wire = np.array([p.kind in ("node", "tunnel") for p in index.points], bool)
+    values = {int.from_bytes(bytes(int(x) for x in ip.split(".")), "big")
+              for ip in vips if ip.count(".") == 3}
+    hits = np.flatnonzero((c.l3 == 4) & np.isin(c.dst, list(values))
+                          & (on_wire[c.point] | (c.tunnel > 0)))
+    if not len(hits):
+        return
+    by_vip: dict[str, list[int]] = {}
+    for row in hits.tolist():
+        by_vip.setdefault(index.address(4, int(c.dst[row])), []).append(row)
+    for vip, rows in sorted(by_vip.items()):
+        points = sorted({index.points[int(c.point[r])].id for r in rows})
+        syns = sum(1 for r in rows if int(c.tcp_flags[r]) & (SYN | ACK) == SYN)
+        yield Finding(
+            id="nat.missing",
+            severity=Severity.HIGH,
+            title=f"traffic to {names.get(vip)} ({vip}) left the node without DNAT",
+            explanation=(
+                f"{plural(len(rows), 'packet')} ({syns} SYNs) addressed to the ClusterIP "
+                f"{vip} were seen at {', '.join(points)}. A ClusterIP only exists in "
+                "kube-proxy's rules on each node: it must be rewritten to a pod address "
+                "before the packet leaves the node. These were not, so nothing will answer."
+            ),
+            next_step=(
+                "Check kube-proxy runs on the client's node and its rules are there "
+                "(iptables-save | grep KUBE-SERVICES, or nft list ruleset); for IPVS check "
+                "ipvsadm -Ln; look at kube-proxy's logs."
+            ),
+            evidence=tuple(index.ref(r) for r in rows[:MAX_EVIDENCE]),
+        )
+
+
+NO_ENDPOINTS = FunctionCheck("svc.no-endpoints", run_no_endpoints)
+NAT_MISSING = FunctionCheck("nat.missing", run_nat_missing)

@@ -1,0 +1,71 @@
+"""tcp.retransmissions and tcp.zero-window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
+from ktrace.analysis.context import Analysis
+from ktrace.decode.transport import TCP
+from ktrace.model import Finding, Severity
+
+MIN_RETRANS = 3
+MIN_RATIO = 0.02
+
+
+def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
+    f = analysis.flows
+    total = f.packets_ab + f.packets_ba
+    bad = np.flatnonzero((f.proto == TCP) & (f.synack + (f.handshake_ns >= 0) > 0)
+                         & (f.retransmissions >= MIN_RETRANS)
+                         & (f.retransmissions >= MIN_RATIO * total))
+    seen_convs: set[int] = set()
+    for flow in bad.tolist():
+        conv = int(analysis.correlation.conv[flow])
+        if conv in seen_convs:
+            continue
+        seen_convs.add(conv)
+        n = int(f.retransmissions[flow])
+        yield Finding(
+            id="tcp.retransmissions",
+            severity=Severity.MEDIUM,
+            title=f"{plural(n, 'retransmission')} in {analysis.flow_label(flow)}",
+            explanation=(
+                f"{n} segments were sent again ({100 * n / max(int(total[flow]), 1):.0f}% of "
+                "the packets): packets are being lost between the endpoints, or the receiver "
+                "stalls. Losses of only the big segments point at the MTU."
+            ),
+            next_step=("Capture at more points on the path to see where the originals "
+                       "disappear; check interface drops and the MTU along the path."),
+            flows=(analysis.flow_label(flow),),
+        )
+
+
+def run_zero_window(analysis: Analysis) -> Iterator[Finding]:
+    f = analysis.flows
+    c = analysis.index.columns
+    stalled = np.flatnonzero((f.proto == TCP) & (f.zero_window > 0))
+    zero = np.flatnonzero((c.proto == TCP) & (c.win == 0) & ((c.tcp_flags & 0x07) == 0))
+    for flow in stalled.tolist():
+        rows = zero[f.flow[zero] == flow]
+        receiver = analysis.index.address(int(c.l3[rows[0]]), int(c.src[rows[0]]))
+        yield Finding(
+            id="tcp.zero-window",
+            severity=Severity.MEDIUM,
+            title=f"{receiver} stopped reading: zero window in {analysis.flow_label(flow)}",
+            explanation=(
+                f"{plural(int(f.zero_window[flow]), 'packet')} advertised a zero receive "
+                f"window: {receiver}'s application is not reading its socket fast enough, so "
+                "the sender has to wait. The network is fine; the receiver is the bottleneck."
+            ),
+            next_step=("Look at the receiving process: CPU throttling (container limits), a "
+                       "blocked thread, slow disk or downstream calls."),
+            evidence=tuple(analysis.index.ref(int(r)) for r in rows[:MAX_EVIDENCE]),
+            flows=(analysis.flow_label(flow),),
+        )
+
+
+RETRANSMISSIONS = FunctionCheck("tcp.retransmissions", run_retransmissions)
+ZERO_WINDOW = FunctionCheck("tcp.zero-window", run_zero_window)
