@@ -83,8 +83,9 @@ def _median_by(group: np.ndarray, values: np.ndarray) -> dict[int, float]:
     return out
 
 
-def _pairs(ident: np.ndarray, point: np.ndarray, ts: np.ndarray, forward: np.ndarray
-           ) -> dict[tuple[int, int], tuple[float | None, float | None, int]]:
+def _pairs(
+    ident: np.ndarray, point: np.ndarray, ts: np.ndarray, forward: np.ndarray
+) -> dict[tuple[int, int], tuple[float | None, float | None, int]]:
     """For every pair of points (p < q) that saw the same packets: the median of
     t_q - t_p for packets sent a->b and for packets sent b->a, and how many were shared."""
     order = np.lexsort((point, ident))
@@ -106,8 +107,14 @@ def _pairs(ident: np.ndarray, point: np.ndarray, ts: np.ndarray, forward: np.nda
     return out
 
 
-def clock_offsets(ident: np.ndarray, point: np.ndarray, ts: np.ndarray, forward: np.ndarray,
-                  npoints: int, same_clock: list[list[int]] | None = None) -> np.ndarray:
+def clock_offsets(
+    ident: np.ndarray,
+    point: np.ndarray,
+    ts: np.ndarray,
+    forward: np.ndarray,
+    npoints: int,
+    same_clock: list[list[int]] | None = None,
+) -> np.ndarray:
     """Offset of each point's clock against the busiest point's, NTP style: with latency
     assumed symmetric, the offset is the middle of the two directions' median delays."""
     offsets = np.zeros(npoints, np.int64)
@@ -118,8 +125,7 @@ def clock_offsets(ident: np.ndarray, point: np.ndarray, ts: np.ndarray, forward:
     for (p, q), (fw, bw, n) in pairs.items():
         if n < MIN_SHARED:
             continue
-        est = (fw + bw) / 2 if fw is not None and bw is not None else (fw if fw is not None
-                                                                        else bw)
+        est = (fw + bw) / 2 if fw is not None and bw is not None else (fw if fw is not None else bw)
         assert est is not None
         edges[p].append((q, n, est))
         edges[q].append((p, n, -est))
@@ -143,8 +149,9 @@ def clock_offsets(ident: np.ndarray, point: np.ndarray, ts: np.ndarray, forward:
     return offsets
 
 
-def correlate(c: PacketColumns, flows: FlowTable, npoints: int,
-              same_clock: list[list[int]] | None = None) -> Correlation:
+def correlate(
+    c: PacketColumns, flows: FlowTable, npoints: int, same_clock: list[list[int]] | None = None
+) -> Correlation:
     ip = np.flatnonzero(c.l3 > 0)
     fp = fingerprint(c)[ip]
     point = c.point[ip].astype(np.int64)

@@ -44,8 +44,11 @@ class Names:
 
     def label(self, endpoint: str) -> str:
         """'10.96.0.20:80' -> '10.96.0.20:80 (svc default/web)'."""
-        ip = endpoint.rsplit(":", 1)[0].strip("[]") if endpoint.count(":") == 1 or \
-            endpoint.startswith("[") else endpoint
+        ip = (
+            endpoint.rsplit(":", 1)[0].strip("[]")
+            if endpoint.count(":") == 1 or endpoint.startswith("[")
+            else endpoint
+        )
         named = self.by_ip.get(ip)
         return f"{endpoint} ({named})" if named else endpoint
 

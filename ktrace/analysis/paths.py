@@ -70,8 +70,9 @@ def _tuple_change(flows: FlowTable, a: int, b: int) -> str | None:
     return None
 
 
-def _expected_tail(index: PacketIndex, flows: FlowTable, names: Names, flow: int,
-                   present: set[int]) -> list[int]:
+def _expected_tail(
+    index: PacketIndex, flows: FlowTable, names: Names, flow: int, present: set[int]
+) -> list[int]:
     """Points the conversation should have reached but never did: the destination pod's own
     points (from a bundle's manifest), in the order a packet meets them."""
     dst = index.address(int(flows.l3[flow]), int(flows.b_addr[flow]))
@@ -79,14 +80,18 @@ def _expected_tail(index: PacketIndex, flows: FlowTable, names: Names, flow: int
     if named is None or named.kind != "pod":
         return []
     namespace, pod = named.name.split("/", 1)
-    tail = [k for k, p in enumerate(index.points)
-            if p.pod == pod and (p.namespace in (None, namespace)) and k not in present]
+    tail = [
+        k
+        for k, p in enumerate(index.points)
+        if p.pod == pod and (p.namespace in (None, namespace)) and k not in present
+    ]
     # on the destination side a packet meets the node, then the veth, then the pod
     return sorted(tail, key=lambda k: -POINT_ORDER.get(index.points[k].kind, 3))
 
 
-def conversation_paths(index: PacketIndex, flows: FlowTable, cor: Correlation,
-                       names: Names) -> list[ConvPath]:
+def conversation_paths(
+    index: PacketIndex, flows: FlowTable, cor: Correlation, names: Names
+) -> list[ConvPath]:
     c = index.columns
     npoints = len(index.points)
     rows = np.flatnonzero(flows.flow >= 0)
@@ -114,20 +119,43 @@ def conversation_paths(index: PacketIndex, flows: FlowTable, cor: Correlation,
     for k in sorted(multi):
         sel = order[bounds[k] : bounds[k + 1]]
         if len(sel):
-            out.append(_one(index, flows, names, k, rows[sel], point[sel], ident[sel],
-                            when[sel], rel[sel], end_of))
+            out.append(
+                _one(
+                    index,
+                    flows,
+                    names,
+                    k,
+                    rows[sel],
+                    point[sel],
+                    ident[sel],
+                    when[sel],
+                    rel[sel],
+                    end_of,
+                )
+            )
     out.sort(key=lambda p: int(flows.first_ts[p.first_flow]))
     return out
 
 
-def _one(index: PacketIndex, flows: FlowTable, names: Names, conv: int, rows: np.ndarray,
-         point: np.ndarray, ident: np.ndarray, when: np.ndarray, rel: np.ndarray,
-         end_of: np.ndarray) -> ConvPath:
+def _one(
+    index: PacketIndex,
+    flows: FlowTable,
+    names: Names,
+    conv: int,
+    rows: np.ndarray,
+    point: np.ndarray,
+    ident: np.ndarray,
+    when: np.ndarray,
+    rel: np.ndarray,
+    end_of: np.ndarray,
+) -> ConvPath:
     c = index.columns
     fwd = flows.forward[rows]
     flow = flows.flow[rows]
-    members = tuple(sorted(set(flow.tolist()), key=lambda f: int(flows.first_ts[f])))
-    # Order points by how long after a packet's first sighting they see it.
+    # flows in the order the conversation meets them (corrected clocks; re-sorted by hops below)
+    first_seen = {f: int(when[flow == f].min()) for f in set(flow.tolist())}
+    members = tuple(sorted(first_seen, key=first_seen.__getitem__))
+    # Order points by how long after a packet's first sighting they see it...
     keys = {}
     for p in np.unique(point).tolist():
         at = point == p
@@ -135,6 +163,31 @@ def _one(index: PacketIndex, flows: FlowTable, names: Names, conv: int, rows: np
         sign = 1 if (at & fwd).any() else -1
         keys[p] = sign * float(np.median(rel[use]))
     hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p].kind, 3)))
+    # ...unless the bundle says where each point is: clocks of different nodes are only
+    # estimated, the topology is known (the client's node first, pod -> veth -> NIC, then the
+    # other nodes NIC -> veth -> pod).
+    src = names.get(index.address(int(flows.l3[members[0]]), int(flows.a_addr[members[0]])))
+    placed = [index.points[p] for p in hop_points]
+    if src is not None and src.node and all(pt.node for pt in placed):
+        node_time: dict[str, float] = {}
+        for p in hop_points:
+            node = index.points[p].node or ""
+            node_time[node] = min(node_time.get(node, keys[p]), keys[p])
+
+        def topo(p: int) -> tuple[int, float, int, float]:
+            pt = index.points[p]
+            local = pt.node == src.node
+            rank = POINT_ORDER.get(pt.kind, 3)
+            return (0 if local else 1, node_time[pt.node or ""], rank if local else -rank, keys[p])
+
+        hop_points = sorted(hop_points, key=topo)
+    at_hop = {p: i for i, p in enumerate(hop_points)}
+    members = tuple(
+        sorted(
+            members,
+            key=lambda f: (min(at_hop[int(p)] for p in np.unique(point[flow == f])), first_seen[f]),
+        )
+    )
     if fwd.any():
         hop_points += _expected_tail(index, flows, names, members[-1], set(hop_points))
     else:
@@ -173,14 +226,24 @@ def _one(index: PacketIndex, flows: FlowTable, names: Names, conv: int, rows: np
 
     losses = []
     for direction, mask in (("a->b", fwd), ("b->a", ~fwd)):
-        losses.extend(_losses(index, direction, mask, rows, point, ident, when, hops,
-                              position, end_of))
+        losses.extend(
+            _losses(index, direction, mask, rows, point, ident, when, hops, position, end_of)
+        )
     return ConvPath(conv, members, tuple(hops), tuple(nat), tuple(losses))
 
 
-def _losses(index: PacketIndex, direction: str, mask: np.ndarray, rows: np.ndarray,
-            point: np.ndarray, ident: np.ndarray, when: np.ndarray, hops: list[Hop],
-            position: dict[int, int], end_of: np.ndarray) -> list[Loss]:
+def _losses(
+    index: PacketIndex,
+    direction: str,
+    mask: np.ndarray,
+    rows: np.ndarray,
+    point: np.ndarray,
+    ident: np.ndarray,
+    when: np.ndarray,
+    hops: list[Hop],
+    position: dict[int, int],
+    end_of: np.ndarray,
+) -> list[Loss]:
     """Packets whose last sighting is followed, on their way, by a hop that never saw them
     although it was capturing."""
     sel = np.flatnonzero(mask)
@@ -214,7 +277,16 @@ def _losses(index: PacketIndex, direction: str, mask: np.ndarray, rows: np.ndarr
         flags = c.tcp_flags[found]
         last_hop = lp if direction == "a->b" else len(hops) - 1 - lp
         missing = lp + 1 if direction == "a->b" else len(hops) - 2 - lp
-        out.append(Loss(direction, last_hop, missing, len(found),
-                        int(((flags & SYN) != 0).sum()), tuple(found), int(sizes.max()),
-                        int(reached[lp + 1])))
+        out.append(
+            Loss(
+                direction,
+                last_hop,
+                missing,
+                len(found),
+                int(((flags & SYN) != 0).sum()),
+                tuple(found),
+                int(sizes.max()),
+                int(reached[lp + 1]),
+            )
+        )
     return out

@@ -57,8 +57,16 @@ def read_inputs(inputs: list[Path]) -> Inputs:
             if not path.exists():
                 raise CaptureFileError(f"{p}: the manifest lists {spec.file}, which is missing")
             files.append(path)
-            declared[path] = Point(spec.id, str(path), spec.interface, spec.linktype or 1,
-                                   spec.kind, spec.node, spec.namespace, spec.pod)
+            declared[path] = Point(
+                spec.id,
+                str(path),
+                spec.interface,
+                spec.linktype or 1,
+                spec.kind,
+                spec.node,
+                spec.namespace,
+                spec.pod,
+            )
         inventory = read_inventory(p) or inventory
     files.extend(capture_files(plain))
     return Inputs(files, declared, inventory)
@@ -101,9 +109,7 @@ def analyze(
     correlation = correlate(index.columns, flows, len(index.points), list(same_clock.values()))
     names = Names.from_inventory(found.inventory)
     paths = conversation_paths(index, flows, correlation, names)
-    analysis = Analysis(
-        index, flows, dns_transactions(index, cancel), correlation, paths, names
-    )
+    analysis = Analysis(index, flows, dns_transactions(index, cancel), correlation, paths, names)
     findings, errors = run_checks(analysis)
     return Report(analysis, findings, errors)
 
@@ -134,6 +140,9 @@ def point_rows(index: PacketIndex) -> list[dict[str, object]]:
                 if sel is not None
                 else 0.0,
                 "kernel_drops": f.drops.get(k),
+                "kind": p.kind,
+                "node": p.node,
+                "pod": f"{p.namespace}/{p.pod}" if p.pod else None,
             }
         )
     return out
@@ -195,6 +204,75 @@ def dns_row(a: Analysis, t: DnsTransaction) -> dict[str, object]:
     }
 
 
+def path_rows(a: Analysis) -> list[dict[str, object]]:
+    from ktrace.analysis.checks import conversation_label
+
+    out = []
+    for path in a.paths:
+        hops = []
+        for h in path.hops:
+            p = a.index.points[h.point]
+            t = a.index.tunnels[h.tunnels[0] - 1] if h.tunnels else None
+            hops.append(
+                {
+                    "point": p.id,
+                    "kind": p.kind,
+                    "node": p.node,
+                    "packets": h.packets,
+                    "expected": h.packets == 0,
+                    "latency_ms": round(h.latency_ns / 1e6, 3)
+                    if h.latency_ns is not None
+                    else None,
+                    "flow": a.flow_label(h.flow) if h.flow is not None else None,
+                    "tunnel": {
+                        "kind": t.kind,
+                        "outer_src": t.outer_src,
+                        "outer_dst": t.outer_dst,
+                        "vni": t.vni,
+                        "port": t.port,
+                    }
+                    if t
+                    else None,
+                }
+            )
+        out.append(
+            {
+                "conversation": conversation_label(a, path),
+                "proto": a.proto(path.first_flow),
+                "flows": [a.flow_label(f) for f in path.flows],
+                "hops": hops,
+                "nat": [
+                    {
+                        "kind": n.kind,
+                        "between": [
+                            a.point_id(path.hops[n.after_hop].point),
+                            a.point_id(path.hops[n.after_hop + 1].point),
+                        ],
+                        "before": a.flow_label(n.before),
+                        "after": a.flow_label(n.after),
+                    }
+                    for n in path.nat
+                ],
+                "lost": [
+                    {
+                        "direction": x.direction,
+                        "last_seen": a.point_id(path.hops[x.last_hop].point),
+                        "never_at": a.point_id(path.hops[x.missing_hop].point),
+                        "packets": x.packets,
+                        "syn": x.syn,
+                        "max_size": x.max_size,
+                        "evidence": [
+                            {"point": r.point, "packet": r.number}
+                            for r in (a.index.ref(k) for k in x.rows[:10])
+                        ],
+                    }
+                    for x in path.losses
+                ],
+            }
+        )
+    return out
+
+
 def finding_row(f: Finding) -> dict[str, object]:
     return {
         "id": f.id,
@@ -211,10 +289,14 @@ def to_dict(report: Report) -> dict[str, object]:
     a = report.analysis
     c = a.index.columns
     tunnels = np.bincount(c.tunnel, minlength=len(a.index.tunnels) + 1)
+    points = point_rows(a.index)
+    for row, offset in zip(points, a.correlation.offsets.tolist(), strict=True):
+        row["clock_offset_ms"] = round(offset / 1e6, 3)
     return {
         "ktrace": __version__,
-        "points": point_rows(a.index),
+        "points": points,
         "findings": [finding_row(f) for f in report.findings],
+        "paths": path_rows(a),
         "flows": flow_rows(a),
         "dns": [dns_row(a, t) for t in a.dns.transactions],
         "tunnels": [

@@ -152,7 +152,8 @@ def decode_batch(
     if ip_rows.any():
         sel = np.flatnonzero(ip_rows)
         out["phash"][sel] = rows.subset(sel).prefix_hash(
-            out["payoff"][sel].astype(np.int64), out["paylen"][sel].astype(np.int64))
+            out["payoff"][sel].astype(np.int64), out["paylen"][sel].astype(np.int64)
+        )
 
     v6_table: list[bytes] = []
     if src6 is not None:

@@ -287,8 +287,12 @@ def scan(
             )
             known = (declared or {}).get(path)
             if known is not None and len(names) == 1:
-                point = replace(known, file=str(path), linktype=iface.linktype,
-                                interface=known.interface or point.interface)
+                point = replace(
+                    known,
+                    file=str(path),
+                    linktype=iface.linktype,
+                    interface=known.interface or point.interface,
+                )
             points.append(point)
         info = CaptureFile(
             path, fmt.kind, fmt.mf.size, list(range(base, len(points))), builder.packets, reader=fmt
@@ -380,4 +384,3 @@ def build_index(
                 f.reader.mf.close()
         raise
     return builder.result(points, files)
-

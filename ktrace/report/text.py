@@ -38,25 +38,78 @@ def render_report(data: dict, limit: int) -> str:  # type: ignore[type-arg]
     else:
         parts.append(_section("Findings", "none: nothing looks wrong in these captures"))
 
+    # the paths that lost packets first: they are why one reads this
+    paths = sorted((p for p in data["paths"] if len(p["hops"]) > 1), key=lambda p: not p["lost"])
+    if paths:
+        lines = []
+        for p in paths[:limit]:
+            lines.append(p["conversation"])
+            for k, h in enumerate(p["hops"], 1):
+                where = h["node"] or ""
+                seen = "never" if h["expected"] else f"{h['packets']} pkts"
+                lat = f"+{h['latency_ms']:.3f} ms" if h["latency_ms"] is not None else ""
+                tun = (
+                    f"{h['tunnel']['kind']} vni {h['tunnel']['vni']} "
+                    f"{h['tunnel']['outer_src']} > {h['tunnel']['outer_dst']}"
+                    if h["tunnel"]
+                    else ""
+                )
+                lines.append(
+                    f"  {k:>2} {h['point']:<16} {h['kind']:<5} {where:<10} "
+                    f"{seen:>9} {lat:>13}  {tun}".rstrip()
+                )
+                for n in p["nat"]:
+                    if n["between"][0] == h["point"]:
+                        lines.append(f"     {n['kind']}: {n['before']}  =>  {n['after']}")
+            for x in p["lost"]:
+                kind = "SYNs" if x["syn"] == x["packets"] else "packets"
+                lines.append(
+                    f"  LOST {x['packets']} {kind} ({x['direction']}, up to "
+                    f"{x['max_size']} B): last seen at {x['last_seen']}, never at "
+                    f"{x['never_at']}"
+                )
+            lines.append("")
+        more = f"... {len(paths) - limit} more\n" if len(paths) > limit else ""
+        parts.append(
+            _section(
+                f"Paths across capture points ({len(paths)})",
+                "\n".join(lines).rstrip() + "\n" + more,
+            )
+        )
+
     points = data["points"]
     parts.append(
         _section(
             f"Capture points ({len(points)})",
             render(
-                ["POINT", "LINKTYPE", "PACKETS", "BYTES", "DURATION", "DROPS", "FILE"],
+                [
+                    "POINT",
+                    "KIND",
+                    "NODE",
+                    "LINKTYPE",
+                    "PACKETS",
+                    "BYTES",
+                    "DURATION",
+                    "DROPS",
+                    "CLOCK",
+                    "FILE",
+                ],
                 [
                     [
                         p["id"],
+                        p["kind"],
+                        p["node"],
                         p["linktype"],
                         p["packets"],
                         _size(p["bytes"]),
                         f"{p['duration_s']:.3f}s",
                         p["kernel_drops"],
+                        f"{p['clock_offset_ms']:+.1f}ms" if p["clock_offset_ms"] else "",
                         p["file"],
                     ]
                     for p in points
                 ],
-                right=(2, 3, 4, 5),
+                right=(4, 5, 6, 7, 8),
             ),
         )
     )

@@ -35,8 +35,20 @@ FAULTS = (
     "dns-aaaa-drop",
     "dns-slow",
     "dns-upstream-down",
+    "kube-proxy-down",
 )
 SLOW_DNS_MS = 800
+STALLED_PORT = 8080
+SINK = f"""
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+s.bind(("0.0.0.0", {STALLED_PORT})); s.listen(8); print("ready", flush=True)
+held = []
+while True:
+    c, _ = s.accept()
+    held.append(c)  # never read: the receive window fills and closes
+"""
 
 
 class LabError(RuntimeError):
@@ -316,6 +328,13 @@ class Lab:
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{pod.ip} {pod.name}\n")
 
     def iptables_rules(self, node: topo.Node, faults: tuple[str, ...] = ()) -> str:
+        if "kube-proxy-down" in faults and node.name == topo.pod("client").node:
+            # kube-proxy is not running on the client's node: only flannel's rules remain
+            return (
+                "*nat\n-A POSTROUTING -s 10.244.0.0/16 -d 10.244.0.0/16 -j RETURN\n"
+                "-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE "
+                "--random-fully\nCOMMIT\n*filter\nCOMMIT\n"
+            )
         """The node's ruleset in iptables-save form, laid out as kube-proxy (iptables mode) and
         flannel write it. Endpoint selection is round-robin (statistic nth) instead of
         kube-proxy's random, so that tests know which pod a connection reaches."""
@@ -419,6 +438,8 @@ class Lab:
 
     def _processes(self) -> None:
         py = sys.executable
+        # web-2 also runs a TCP server that accepts and never reads: a stalled application
+        self._spawn("web-2", [py, "-c", SINK], "stalled-app", ready="ready")
         for web in ("web-1", "web-2"):
             root = self.state / web
             root.mkdir(exist_ok=True)
@@ -535,7 +556,7 @@ class Lab:
             return
         active = [f for f in self.faults() if f != name] + ([name] if on else [])
         (self.state / "faults.json").write_text(json.dumps(active))
-        if name in ("policy-drop", "no-endpoints"):
+        if name in ("policy-drop", "no-endpoints", "kube-proxy-down"):
             for node in topo.NODES:
                 self._iptables(node)
         elif name == "mtu-blackhole":

@@ -40,7 +40,7 @@ import urllib.request, time
 for path in PATHS:
     t = time.monotonic()
     try:
-        body = urllib.request.urlopen("http://web" + path, timeout=TIMEOUT).read()
+        body = urllib.request.urlopen(f"http://{HOST}" + path, timeout=TIMEOUT).read()
         print(f"GET {path}: {len(body)} bytes {body[:30]!r} in {time.monotonic() - t:.2f}s")
     except Exception as exc:
         print(f"GET {path}: failed ({exc}) after {time.monotonic() - t:.2f}s", flush=True)
@@ -59,9 +59,28 @@ def resolve(*names: str) -> str:
     return f"NAMES = {list(names)!r}\n" + RESOLVE
 
 
-def fetch(*paths: str, timeout: float = 3) -> str:
-    return f"PATHS = {list(paths)!r}\nTIMEOUT = {timeout}\n" + FETCH
+def fetch(*paths: str, timeout: float = 3, host: str = "web") -> str:
+    return f"PATHS = {list(paths)!r}\nTIMEOUT = {timeout}\nHOST = {host!r}\n" + FETCH
 
+
+STALL = """
+import socket
+s = socket.create_connection(("10.244.1.2", 8080), timeout=3)
+s.settimeout(3)
+sent = 0
+try:
+    while sent < 4_000_000:
+        sent += s.send(b"x" * 65536)
+except OSError as exc:
+    print(f"send stalled after {sent} bytes ({exc})")
+"""
+REFUSED = """
+import socket
+try:
+    socket.create_connection(("10.244.1.2", 81), timeout=3)
+except OSError as exc:
+    print(f"connect to web-2:81: {exc}")
+"""
 
 SCENARIOS = {
     s.name: s
@@ -120,6 +139,26 @@ SCENARIOS = {
             ("dns-upstream-down",),
             resolve("web", "example.com"),
             "the upstream resolver is unreachable: cluster names resolve, external names time out",
+        ),
+        Scenario(
+            "kube-proxy-down",
+            ("kube-proxy-down",),
+            fetch("/", timeout=2, host="10.96.0.20"),
+            "kube-proxy is not running on node-a: the SYN to the web ClusterIP leaves the "
+            "node un-DNAT-ed, towards the underlay's default gateway, and nothing answers",
+        ),
+        Scenario(
+            "zero-window",
+            (),
+            STALL,
+            "web-2 runs an application that accepts a connection and never reads it: the "
+            "client fills the receive window and web-2 advertises a zero window",
+        ),
+        Scenario(
+            "refused",
+            (),
+            REFUSED,
+            "the client connects to a port of web-2 where nothing listens: RST",
         ),
     )
 }

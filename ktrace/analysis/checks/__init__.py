@@ -32,8 +32,10 @@ def conversation_label(analysis: Analysis, path: ConvPath) -> str:
     """'tcp 10.244.0.2:50648 (default/client) -> 10.96.0.20:80 (svc default/web)
     => 10.244.1.2:80 (default/web-2)': the conversation before and after NAT."""
     first, last = path.flows[0], path.flows[-1]
-    text = (f"{analysis.proto(first)} {analysis.named(analysis.endpoint(first, 'a'))} -> "
-            f"{analysis.named(analysis.endpoint(first, 'b'))}")
+    text = (
+        f"{analysis.proto(first)} {analysis.named(analysis.endpoint(first, 'a'))} -> "
+        f"{analysis.named(analysis.endpoint(first, 'b'))}"
+    )
     if last != first and analysis.endpoint(last, "b") != analysis.endpoint(first, "b"):
         text += f" => {analysis.named(analysis.endpoint(last, 'b'))}"
     return text

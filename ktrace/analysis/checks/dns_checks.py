@@ -13,7 +13,7 @@ from ktrace.analysis.context import Analysis
 from ktrace.model import Finding, Severity
 
 SLOW_MS = 500
-MIN_WASTED = 4  # failed search-path queries before a name resolved that earn a finding
+MIN_WASTED_NAMES = 2  # search-path candidates tried in vain before a finding is worth it
 
 
 def _refs(analysis: Analysis, transactions: list) -> tuple:  # type: ignore[type-arg]
@@ -21,8 +21,11 @@ def _refs(analysis: Analysis, transactions: list) -> tuple:  # type: ignore[type
 
 
 def run_slow(analysis: Analysis) -> Iterator[Finding]:
-    slow = [t for t in analysis.dns_primary()
-            if t.latency_ns is not None and t.latency_ns >= SLOW_MS * 1_000_000]
+    slow = [
+        t
+        for t in analysis.dns_primary()
+        if t.latency_ns is not None and t.latency_ns >= SLOW_MS * 1_000_000
+    ]
     if not slow:
         return
     servers = Counter(t.server for t in slow)
@@ -32,7 +35,7 @@ def run_slow(analysis: Analysis) -> Iterator[Finding]:
         id="dns.slow",
         severity=Severity.MEDIUM,
         title=f"slow DNS: {plural(len(slow), 'answer')} took {median(lat):.0f} ms "
-              f"(median) from {servers.most_common(1)[0][0]}",
+        f"(median) from {servers.most_common(1)[0][0]}",
         explanation=(
             f"{len(slow)} of {total} answers took over {SLOW_MS} ms (up to {max(lat):.0f} "
             "ms). Every lookup pays this, several times over with search-path expansion."
@@ -50,22 +53,36 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
     pic = picture(analysis)
     expansions = {id(t) for ts in pic.expansions.values() for t in ts}
     for rcode, severity, why, step in (
-        ("NXDOMAIN", Severity.LOW,
-         "The name does not exist for this resolver, with every search domain tried.",
-         "Check the spelling and the namespace: a Service is <name>.<namespace>.svc."
-         "cluster.local; a name outside the cluster needs its zone to exist upstream."),
-        ("SERVFAIL", Severity.HIGH,
-         "The resolver could not get an answer: its upstream failed or timed out, or DNSSEC "
-         "validation failed.",
-         "Check CoreDNS logs and that its upstream (forward plugin, the node's "
-         "resolv.conf) is reachable."),
+        (
+            "NXDOMAIN",
+            Severity.LOW,
+            "The name does not exist for this resolver, with every search domain tried.",
+            "Check the spelling and the namespace: a Service is <name>.<namespace>.svc."
+            "cluster.local; a name outside the cluster needs its zone to exist upstream.",
+        ),
+        (
+            "SERVFAIL",
+            Severity.HIGH,
+            "The resolver could not get an answer: its upstream failed or timed out, or DNSSEC "
+            "validation failed.",
+            "Check CoreDNS logs and that its upstream (forward plugin, the node's "
+            "resolv.conf) is reachable.",
+        ),
     ):
         failed = [t for t in pic.primary if t.rcode == rcode and id(t) not in expansions]
         if rcode == "NXDOMAIN":
             # a lookup fails once all its candidates fail: report the names, not each query
-            failed = [t for t in failed
-                      if not any(n.qname != t.qname and n.qname.startswith(t.qname + ".")
-                                 and n.answered and n.rcode == "NOERROR" for n in pic.primary)]
+            failed = [
+                t
+                for t in failed
+                if not any(
+                    n.qname != t.qname
+                    and n.qname.startswith(t.qname + ".")
+                    and n.answered
+                    and n.rcode == "NOERROR"
+                    for n in pic.primary
+                )
+            ]
         if not failed:
             continue
         names = Counter(t.qname for t in failed)
@@ -73,7 +90,7 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
             id=f"dns.{rcode.lower()}",
             severity=severity,
             title=f"{rcode} for {', '.join(n for n, _ in names.most_common(3))}"
-                  + (" and others" if len(names) > 3 else ""),
+            + (" and others" if len(names) > 3 else ""),
             explanation=f"{plural(len(failed), 'query', 'queries')} answered {rcode}. {why}",
             next_step=step,
             evidence=_refs(analysis, failed),
@@ -82,27 +99,34 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
 
 def run_search_path(analysis: Analysis) -> Iterator[Finding]:
     pic = picture(analysis)
-    costly = {k: v for k, v in pic.expansions.items() if len(v) >= MIN_WASTED}
+
+    def names(key: tuple[str, str]) -> set[str]:
+        return {t.qname for t in pic.expansions[key]}
+
+    costly = [k for k in pic.expansions if len(names(k)) >= MIN_WASTED_NAMES]
     if not costly:
         return
-    worst = sorted(costly.items(), key=lambda kv: -len(kv[1]))
-    (client, name), wasted = worst[0]
-    resolved = [t for t in pic.answered_after.get((client, name), []) if t.answered]
-    total = sum(len(v) for v in costly.values())
-    examples = ", ".join(f"{n} ({len(v)} wasted)" for (_, n), v in worst[:3])
+    costly.sort(key=lambda k: -len(names(k)))
+    client, name = costly[0]
+    wasted = pic.expansions[(client, name)]
+    kinds = {t.qtype for t in wasted}
+    per_lookup = len(names((client, name))) * len(kinds)
+    total = sum(len(pic.expansions[k]) for k in costly)
+    examples = ", ".join(f"{n} ({len(names((c, n)))} names tried first)" for c, n in costly[:3])
     yield Finding(
         id="dns.search-path",
         severity=Severity.LOW,
-        title=f"search-path expansion: {name} cost {len(wasted) + len(resolved)} queries, "
-              f"{len(wasted)} of them NXDOMAIN",
+        title=f"search-path expansion: every lookup of {name} first asks "
+        f"{len(names((client, name)))} names that do not exist ({per_lookup} wasted "
+        "queries)",
         explanation=(
             f"With ndots:5 (the Kubernetes default) a name with fewer than 5 dots is tried "
-            f"with every search domain first: {examples}. {total} queries answered NXDOMAIN "
-            f"before the real ones; each lookup of such a name costs that again."
+            f"with every search domain first: {examples}. In this capture {total} queries "
+            "were answered NXDOMAIN before the real ones."
         ),
         next_step=(
             f"Use the fully qualified name with a trailing dot ({name}.), or lower ndots in "
-            "the pod's dnsConfig (options: [{name: ndots, value: \"2\"}]); a NodeLocal "
+            'the pod\'s dnsConfig (options: [{name: ndots, value: "2"}]); a NodeLocal '
             "DNSCache absorbs the extra queries."
         ),
         evidence=_refs(analysis, wasted),
@@ -123,8 +147,7 @@ def run_aaaa_race(analysis: Analysis) -> Iterator[Finding]:
             "The A answer arrives; the AAAA one never does, so the resolver waits its full "
             "timeout (5 s) and asks again. This is the conntrack insertion race on parallel "
             "UDP queries through a DNAT-ed Service IP (or an upstream that drops AAAA)."
-            + (f" {len(pic.aaaa_race) - 1} more names show it." if len(pic.aaaa_race) > 1
-               else "")
+            + (f" {len(pic.aaaa_race) - 1} more names show it." if len(pic.aaaa_race) > 1 else "")
         ),
         next_step=(
             "Add options single-request-reopen (glibc) to the pod's dnsConfig, or run "
@@ -142,12 +165,19 @@ def run_upstream(analysis: Analysis) -> Iterator[Finding]:
     names = Counter(t.qname for t in pic.upstream_failed)
     # where the forwarded queries went: seen from the DNS server's side, unanswered
     domain = analysis.names.cluster_domain
-    forwarded = [t for t in analysis.dns.transactions
-                 if not t.answered and not is_cluster_name(t.qname, domain)
-                 and client_ip(t) != client_ip(pic.upstream_failed[0])]
+    forwarded = [
+        t
+        for t in analysis.dns.transactions
+        if not t.answered
+        and not is_cluster_name(t.qname, domain)
+        and client_ip(t) != client_ip(pic.upstream_failed[0])
+    ]
     upstreams = Counter(t.server for t in forwarded)
-    where = (f" The DNS server forwarded them to {upstreams.most_common(1)[0][0]}, which "
-             "never answered." if upstreams else "")
+    where = (
+        f" The DNS server forwarded them to {upstreams.most_common(1)[0][0]}, which never answered."
+        if upstreams
+        else ""
+    )
     yield Finding(
         id="dns.upstream",
         severity=Severity.HIGH,

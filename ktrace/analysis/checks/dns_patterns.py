@@ -35,25 +35,15 @@ def is_cluster_name(name: str, domain: str) -> bool:
     return name == domain or name.endswith("." + domain)
 
 
-def candidates(base: str, namespaces: set[str], domain: str) -> list[str]:
-    """What a resolver with the Kubernetes search list asks for `base`, in order."""
-    return ([f"{base}.{ns}.svc.{domain}" for ns in sorted(namespaces)]
-            + [f"{base}.svc.{domain}", f"{base}.{domain}", base])
-
-
-def search_base(qname: str, asked: set[str], namespaces: set[str], domain: str) -> str | None:
-    """The name a search-path candidate was made from, when its siblings were asked too."""
-    guesses = []
-    if qname.endswith(".svc." + domain):
-        head = qname[: -len(".svc." + domain)]
-        if "." in head:
-            base, ns = head.rsplit(".", 1)
-            guesses.append((base, namespaces | {ns}))
-        guesses.append((head, namespaces))
-    if qname.endswith("." + domain):
-        guesses.append((qname[: -len("." + domain)], namespaces))
-    for base, nss in guesses:
-        if base and (set(candidates(base, nss, domain)) - {qname}) & asked:
+def search_base(qname: str, asked: set[str]) -> str | None:
+    """The name a search-path candidate was made from: the longest leading part of `qname`
+    that the same client also asked as such or with another suffix."""
+    if any(q.startswith(qname + ".") for q in asked):
+        return None  # the lookup's own name, asked as is after its candidates
+    labels = qname.split(".")
+    for k in range(len(labels) - 1, 0, -1):
+        base = ".".join(labels[:k])
+        if base in asked or any(q != qname and q.startswith(base + ".") for q in asked):
             return base
     return None
 
@@ -67,19 +57,22 @@ def picture(analysis: Analysis) -> DnsPicture:
         by_client[client_ip(t)].append(t)
     for client, ts in by_client.items():
         asked = {t.qname for t in ts}
-        namespaces = {q[: -len(".svc." + domain)].rsplit(".", 1)[-1] for q in asked
-                      if q.endswith(".svc." + domain) and "." in q[: -len(".svc." + domain)]}
         for t in ts:
             if t.rcode != "NXDOMAIN":
                 continue
-            base = search_base(t.qname, asked, namespaces, domain)
+            base = search_base(t.qname, asked)
             if base is not None:
                 pic.expansions.setdefault((client, base), []).append(t)
         for key in list(pic.expansions):
             if key[0] == client:
-                series = set(candidates(key[1], namespaces, domain))
-                pic.answered_after[key] = [t for t in ts if t.qname in series and t.answered
-                                           and t.rcode == "NOERROR"]
+                base = key[1]
+                pic.answered_after[key] = [
+                    t
+                    for t in ts
+                    if (t.qname == base or t.qname.startswith(base + "."))
+                    and t.answered
+                    and t.rcode == "NOERROR"
+                ]
         by_name: dict[str, list[DnsTransaction]] = defaultdict(list)
         for t in ts:
             by_name[t.qname].append(t)
@@ -91,16 +84,17 @@ def picture(analysis: Analysis) -> DnsPicture:
             if not any(t.answered for t in a):
                 continue
             span = max(max(t.queries) for t in group)
-            times = sorted(analysis.index.columns.ts[list(t.queries)].tolist()
-                           for t in aaaa)
+            times = sorted(analysis.index.columns.ts[list(t.queries)].tolist() for t in aaaa)
             flat = sorted(x for ts_ in times for x in ts_)
             if span and flat[-1] - flat[0] >= RETRY_AFTER_NS:
                 pic.aaaa_race[(client, name)] = aaaa
-    cluster_ok = any(t.answered and t.rcode == "NOERROR" and is_cluster_name(t.qname, domain)
-                     for t in primary)
+    cluster_ok = any(
+        t.answered and t.rcode == "NOERROR" and is_cluster_name(t.qname, domain) for t in primary
+    )
     if cluster_ok:
         pic.upstream_failed = [
-            t for t in primary
+            t
+            for t in primary
             if not is_cluster_name(t.qname, domain)
             and (not t.answered or t.rcode in ("SERVFAIL", "REFUSED"))
             and not any(t.qname.startswith(b + ".") for (_, b) in pic.expansions)

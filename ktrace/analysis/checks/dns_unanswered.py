@@ -15,8 +15,11 @@ def run(analysis: Analysis) -> Iterator[Finding]:
     end = analysis.end_ts
     explained = picture(analysis).explained  # the AAAA race and a dead upstream say more
     primary = analysis.dns_primary()
-    lost = [t for t in primary
-            if not t.answered and t.query_ts + GRACE_NS <= end and id(t) not in explained]
+    lost = [
+        t
+        for t in primary
+        if not t.answered and t.query_ts + GRACE_NS <= end and id(t) not in explained
+    ]
     if not lost:
         return
     servers = Counter(t.server for t in lost)

@@ -28,32 +28,49 @@ def is_mtu(loss: Loss) -> bool:
 def frag_needed(analysis: Analysis) -> np.ndarray:
     """ICMP 'fragmentation needed' / ICMPv6 'packet too big' rows."""
     c = analysis.index.columns
-    return np.flatnonzero(((c.proto == 1) & (c.seq == (3 << 8) | 4))
-                          | ((c.proto == 58) & ((c.seq >> 8) == 2)))
+    return np.flatnonzero(
+        ((c.proto == 1) & (c.seq == (3 << 8) | 4)) | ((c.proto == 58) & ((c.seq >> 8) == 2))
+    )
 
 
 def run_drop(analysis: Analysis) -> Iterator[Finding]:
     for path in analysis.paths:
         label = conversation_label(analysis, path)
         for loss in path.losses:
-            if is_mtu(loss) or (loss.syn == loss.packets and loss.direction == "a->b"):
-                continue  # MTU: the next check; lost SYNs: tcp.syn-unanswered says where
-            last, missing = hop_name(analysis, path, loss.last_hop), \
-                hop_name(analysis, path, loss.missing_hop)
+            if is_mtu(loss):
+                continue  # the next check
+            last, missing = (
+                hop_name(analysis, path, loss.last_hop),
+                hop_name(analysis, path, loss.missing_hop),
+            )
+            dest = analysis.named(analysis.endpoint(path.flows[-1], "b"))
+            what = (
+                f"SYN to {dest}"
+                if loss.syn == loss.packets
+                else f"{plural(loss.packets, 'packet')} to {dest}"
+                if loss.direction == "a->b"
+                else f"{plural(loss.packets, 'reply packet')} from {dest}"
+            )
             yield Finding(
                 id="path.drop",
                 severity=Severity.HIGH,
-                title=f"{plural(loss.packets, 'packet')} of {label.split(' ', 1)[0]} "
-                      f"conversation dropped between {last} and {missing}",
+                title=f"{what} dropped between {last} and {missing}",
                 explanation=(
                     f"{label}: {plural(loss.packets, 'packet')} ({loss.direction}) were seen "
-                    f"at {last} and never at {missing}, although {missing} saw the "
-                    "conversation's other packets. Something between the two points drops "
-                    "them selectively."
+                    f"at {last} and never at {missing}, "
+                    + (
+                        f"although {missing} saw the conversation's other packets: something "
+                        "between the two points drops them selectively."
+                        if path.hops[loss.missing_hop].packets
+                        else f"which was capturing and is where {dest} receives its traffic: "
+                        "something between the two points drops them."
+                    )
                 ),
                 next_step=(
-                    f"Look between {last} and {missing}: NetworkPolicy and iptables/nftables "
-                    "rules on the node, conntrack state (INVALID drops), rate limits."
+                    f"Look between {last} and {missing}: NetworkPolicies selecting "
+                    f"{dest.split(' ', 1)[-1].strip('()')}, the node's iptables/nftables "
+                    "FORWARD rules (nodes/<node>/iptables-save.txt in a bundle), conntrack "
+                    "INVALID drops; between nodes, firewalls and security groups."
                 ),
                 evidence=tuple(analysis.index.ref(r) for r in loss.rows[:MAX_EVIDENCE]),
                 flows=(label,),
@@ -69,26 +86,34 @@ def run_mtu(analysis: Analysis) -> Iterator[Finding]:
                 continue
             seen = True
             label = conversation_label(analysis, path)
-            last, missing = hop_name(analysis, path, loss.last_hop), \
-                hop_name(analysis, path, loss.missing_hop)
-            tunnels = [analysis.index.tunnels[t - 1]
-                       for t in path.hops[loss.last_hop].tunnels]
-            inside = (f" inside {tunnels[0].kind.upper()} ({tunnels[0].outer_src} -> "
-                      f"{tunnels[0].outer_dst})" if tunnels else "")
+            last, missing = (
+                hop_name(analysis, path, loss.last_hop),
+                hop_name(analysis, path, loss.missing_hop),
+            )
+            tunnel_id = int(analysis.index.columns.tunnel[loss.rows[0]])
+            tunnels = [analysis.index.tunnels[tunnel_id - 1]] if tunnel_id else []
+            inside = (
+                f" inside {tunnels[0].kind.upper()} ({tunnels[0].outer_src} -> "
+                f"{tunnels[0].outer_dst})"
+                if tunnels
+                else ""
+            )
             yield Finding(
                 id="mtu.blackhole",
                 severity=Severity.HIGH,
                 title=f"MTU black hole between {last} and {missing}: packets of "
-                      f"{loss.max_size} bytes vanish, up to {loss.passed_max_size} pass",
+                f"{loss.max_size} bytes vanish, up to {loss.passed_max_size} pass",
                 explanation=(
                     f"{label}: {plural(loss.packets, 'packet')} of up to {loss.max_size} "
                     f"bytes on the wire{inside} left {last} and never reached {missing}, "
                     f"while packets of up to {loss.passed_max_size} bytes of the same "
                     "conversation did. "
-                    + (f"{plural(len(icmp), 'ICMP fragmentation-needed message')} seen."
-                       if len(icmp) else
-                       "No ICMP fragmentation-needed came back, so the senders never learn "
-                       "to send smaller packets: connections hang once data flows.")
+                    + (
+                        f"{plural(len(icmp), 'ICMP fragmentation-needed message')} seen."
+                        if len(icmp)
+                        else "No ICMP fragmentation-needed came back, so the senders never learn "
+                        "to send smaller packets: connections hang once data flows."
+                    )
                 ),
                 next_step=(
                     "Compare the pod/overlay MTU with the underlay's: an overlay needs the "
@@ -103,8 +128,10 @@ def run_mtu(analysis: Analysis) -> Iterator[Finding]:
             id="mtu.blackhole",
             severity=Severity.MEDIUM,
             title=f"{plural(len(icmp), 'ICMP fragmentation-needed message')} seen",
-            explanation=("Some hop could not forward packets as big as they were sent and "
-                         "said so: the path MTU is smaller than the senders' MTU."),
+            explanation=(
+                "Some hop could not forward packets as big as they were sent and "
+                "said so: the path MTU is smaller than the senders' MTU."
+            ),
             next_step="Check the pod, overlay and underlay MTUs agree.",
             evidence=tuple(analysis.index.ref(int(r)) for r in icmp[:MAX_EVIDENCE]),
         )

@@ -38,14 +38,15 @@ def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
             id="svc.no-endpoints",
             severity=Severity.HIGH,
             title=f"{what} rejects connections: no ready endpoints"
-                  if named else f"connections to {dst} rejected with ICMP port unreachable",
+            if named
+            else f"connections to {dst} rejected with ICMP port unreachable",
             explanation=(
                 f"{plural(len(rows), 'connection attempt')} to {what} were refused on the "
                 "spot (ICMP port unreachable or RST from the Service address). That is what "
                 "kube-proxy does for a Service without ready endpoints: no pod matches its "
                 "selector, or none is Ready."
-                if named else
-                f"{plural(len(rows), 'connection attempt')} to {dst} got ICMP port "
+                if named
+                else f"{plural(len(rows), 'connection attempt')} to {dst} got ICMP port "
                 "unreachable. If it is a Service ClusterIP, the Service has no ready endpoints "
                 "(kube-proxy's REJECT rule)."
             ),
@@ -64,10 +65,14 @@ def run_nat_missing(analysis: Analysis) -> Iterator[Finding]:
         return
     c = index.columns
     on_wire = np.array([p.kind in ("node", "tunnel") for p in index.points], bool)
-    values = {int.from_bytes(bytes(int(x) for x in ip.split(".")), "big")
-              for ip in vips if ip.count(".") == 3}
-    hits = np.flatnonzero((c.l3 == 4) & np.isin(c.dst, list(values))
-                          & (on_wire[c.point] | (c.tunnel > 0)))
+    values = {
+        int.from_bytes(bytes(int(x) for x in ip.split(".")), "big")
+        for ip in vips
+        if ip.count(".") == 3
+    }
+    hits = np.flatnonzero(
+        (c.l3 == 4) & np.isin(c.dst, list(values)) & (on_wire[c.point] | (c.tunnel > 0))
+    )
     if not len(hits):
         return
     by_vip: dict[str, list[int]] = {}

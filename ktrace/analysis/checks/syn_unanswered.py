@@ -12,7 +12,6 @@ from ktrace.analysis.checks import (
     MAX_EVIDENCE,
     FunctionCheck,
     conversation_label,
-    hop_name,
     plural,
 )
 from ktrace.analysis.context import Analysis
@@ -28,8 +27,9 @@ def answered_by_icmp(analysis: Analysis) -> set[int]:
     for k in range(len(f)):
         keys[(int(f.a_addr[k]), int(f.a_port[k]), int(f.b_addr[k]), int(f.b_port[k]))] = k
     out = set()
-    for src, sport, dst, dport in zip(q.src.tolist(), q.sport.tolist(), q.dst.tolist(),
-                                      q.dport.tolist(), strict=True):
+    for src, sport, dst, dport in zip(
+        q.src.tolist(), q.sport.tolist(), q.dst.tolist(), q.dport.tolist(), strict=True
+    ):
         flow = keys.get((src, sport, dst, dport))
         if flow is not None:
             out.add(flow)
@@ -48,51 +48,42 @@ def run(analysis: Analysis) -> Iterator[Finding]:
     syn_rows = np.flatnonzero((c.tcp_flags & (SYN | ACK)) == SYN)
     for members in by_conv.values():
         everyone = np.flatnonzero(conv == conv[members[0]])
-        if (f.synack[everyone].sum() or f.rst_ba[everyone].sum() or f.packets_ba[everyone].sum()
-                or any(x in icmp for x in everyone.tolist())):
+        if (
+            f.synack[everyone].sum()
+            or f.rst_ba[everyone].sum()
+            or f.packets_ba[everyone].sum()
+            or any(x in icmp for x in everyone.tolist())
+        ):
             continue
         if int(f.first_ts[everyone].min()) + GRACE_NS > analysis.end_ts:
             continue
         flow = members[0]
         path = analysis.path_of_flow(flow)
-        tries = len(set(analysis.correlation.ident[
-            syn_rows[np.isin(f.flow[syn_rows], everyone)]].tolist()))
-        dest = analysis.named(analysis.endpoint(int(everyone[-1]) if path is None
-                                                else path.flows[-1], "b"))
+        if path and any(x.direction == "a->b" and x.syn for x in path.losses):
+            continue  # located: path.drop says between which points it died
+        syn_here = syn_rows[np.isin(f.flow[syn_rows], everyone)]
+        tries = len(set(analysis.correlation.ident[syn_here].tolist()))
+        dest = analysis.named(analysis.endpoint(path.flows[-1] if path else flow, "b"))
         span = (int(f.last_ts[everyone].max()) - int(f.first_ts[everyone].min())) / 1e9
-        rows = syn_rows[np.isin(f.flow[syn_rows], everyone)]
-        label = (conversation_label(analysis, path) if path else analysis.flow_label(flow))
-        where = ""
-        loss = next((x for x in path.losses if x.direction == "a->b" and x.syn), None) \
-            if path else None
-        if path and loss:
-            last, missing = hop_name(analysis, path, loss.last_hop), \
-                hop_name(analysis, path, loss.missing_hop)
-            where = f": last seen at {last}, never at {missing}"
-            explanation = (
-                f"{plural(loss.syn, 'SYN')} of {label} reached {last} and none arrived at "
-                f"{missing}, while that point was capturing. Something between the two "
-                "dropped them: on a node, a NetworkPolicy or iptables/nftables FORWARD rule; "
-                "between nodes, a firewall or security group on the underlay."
-            )
-            rows = np.array(loss.rows)
-            step = (f"Check NetworkPolicies that select the destination pod and the node's "
-                    f"filter rules (nodes/<node>/iptables-save.txt in the bundle) for a DROP "
-                    f"between {last} and {missing}.")
-        else:
-            explanation = (
-                f"{label}: nothing came back at any capture point: no SYN/ACK, no RST, no "
-                "ICMP error. The SYN was dropped on the way (NetworkPolicy, firewall, a "
-                "missing route) or the destination is gone."
-            )
-            step = ("Capture along the path (pod, its node, the destination's node) to see "
-                    "where the SYN stops; check NetworkPolicies in the destination namespace "
-                    "and that the endpoint pod exists.")
+        label = conversation_label(analysis, path) if path else analysis.flow_label(flow)
+        last_point = analysis.point_id(int(analysis.index.columns.point[syn_here[-1]]))
+        where = f": last seen at {last_point}"
+        explanation = (
+            f"{label}: nothing came back: no SYN/ACK, no RST, no ICMP error. The SYN was "
+            "dropped after the last point that saw it (NetworkPolicy, firewall, a missing "
+            "route) or the destination is gone."
+        )
+        step = (
+            "Capture further along the path (the node, the destination's node and pod) "
+            "to see where the SYN stops; check NetworkPolicies in the destination "
+            "namespace and that the endpoint pod exists."
+        )
+        rows = syn_here
         yield Finding(
             id="tcp.syn-unanswered",
             severity=Severity.HIGH,
             title=f"SYN to {dest} never answered ({plural(tries, 'try', 'tries')} over "
-                  f"{span:.1f} s){where}",
+            f"{span:.1f} s){where}",
             explanation=explanation,
             next_step=step,
             evidence=tuple(analysis.index.ref(int(r)) for r in rows[:MAX_EVIDENCE]),

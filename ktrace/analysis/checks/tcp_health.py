@@ -18,9 +18,12 @@ MIN_RATIO = 0.02
 def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
     f = analysis.flows
     total = f.packets_ab + f.packets_ba
-    bad = np.flatnonzero((f.proto == TCP) & (f.synack + (f.handshake_ns >= 0) > 0)
-                         & (f.retransmissions >= MIN_RETRANS)
-                         & (f.retransmissions >= MIN_RATIO * total))
+    bad = np.flatnonzero(
+        (f.proto == TCP)
+        & (f.synack + (f.handshake_ns >= 0) > 0)
+        & (f.retransmissions >= MIN_RETRANS)
+        & (f.retransmissions >= MIN_RATIO * total)
+    )
     seen_convs: set[int] = set()
     for flow in bad.tolist():
         conv = int(analysis.correlation.conv[flow])
@@ -37,8 +40,10 @@ def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
                 "the packets): packets are being lost between the endpoints, or the receiver "
                 "stalls. Losses of only the big segments point at the MTU."
             ),
-            next_step=("Capture at more points on the path to see where the originals "
-                       "disappear; check interface drops and the MTU along the path."),
+            next_step=(
+                "Capture at more points on the path to see where the originals "
+                "disappear; check interface drops and the MTU along the path."
+            ),
             flows=(analysis.flow_label(flow),),
         )
 
@@ -60,8 +65,10 @@ def run_zero_window(analysis: Analysis) -> Iterator[Finding]:
                 f"window: {receiver}'s application is not reading its socket fast enough, so "
                 "the sender has to wait. The network is fine; the receiver is the bottleneck."
             ),
-            next_step=("Look at the receiving process: CPU throttling (container limits), a "
-                       "blocked thread, slow disk or downstream calls."),
+            next_step=(
+                "Look at the receiving process: CPU throttling (container limits), a "
+                "blocked thread, slow disk or downstream calls."
+            ),
             evidence=tuple(analysis.index.ref(int(r)) for r in rows[:MAX_EVIDENCE]),
             flows=(analysis.flow_label(flow),),
         )
