@@ -100,6 +100,46 @@ def run_scapy(path: Path) -> int:
     return n
 
 
+CORRELATE_POINTS = 4
+CORRELATE_PACKETS = 250_000
+
+
+def correlation_inputs(path: Path) -> list[Path]:
+    """The capture's first 250k packets as seen at 4 points, each 30 µs further on."""
+    from ktrace.decode.index import build_index
+    from ktrace.pcap.writer import PcapWriter
+
+    out = [path.parent / f"point{k}.pcap" for k in range(CORRELATE_POINTS)]
+    if all(p.exists() for p in out):
+        return out
+    with build_index([path], workers=1) as index:
+        n = min(CORRELATE_PACKETS, len(index))
+        ts = index.columns.ts[:n].tolist()
+        for k, target in enumerate(out):
+            with PcapWriter(target, index.points[0].linktype) as w:
+                for row in range(n):
+                    w.write(ts[row] + k * 30_000, index.packet_bytes(row))
+    return out
+
+
+def run_correlation(paths: list[Path]) -> tuple[float, float, int, int]:
+    """(seconds to index + flows, seconds to correlate + paths, packets, conversations)."""
+    from ktrace.analysis.correlate import correlate
+    from ktrace.analysis.flows import build_flows
+    from ktrace.analysis.names import Names
+    from ktrace.analysis.paths import conversation_paths
+    from ktrace.decode.index import build_index
+
+    start = time.perf_counter()
+    with build_index(paths) as index:
+        flows = build_flows(index.columns, len(index.points))
+        mid = time.perf_counter()
+        cor = correlate(index.columns, flows, len(index.points))
+        paths_found = conversation_paths(index, flows, cor, Names())
+        end = time.perf_counter()
+        return mid - start, end - mid, len(index), len(paths_found)
+
+
 def main() -> None:
     from ktrace.perf import tune_allocator
 
@@ -150,6 +190,13 @@ def main() -> None:
     for name, seconds, n in results:
         ratio = seconds / t_par
         print(f"{name:44} {seconds:9.2f} {n / seconds:12,.0f} {ratio:9.1f}x")
+
+    points = correlation_inputs(path)
+    best = min((run_correlation(points) for _ in range(3)), key=lambda r: r[1])
+    t_index, t_corr, n, convs = best
+    print(f"\ncorrelation, {len(points)} points x {n // len(points):,} packets (best of 3): "
+          f"index + flows {t_index:.2f} s, correlate + paths {t_corr:.2f} s "
+          f"({n / t_corr:,.0f} packets/s), {convs:,} conversations across points")
 
 
 if __name__ == "__main__":
