@@ -217,3 +217,11 @@ def test_upstream_down_cluster_names_fine_external_names_fail(bundles: dict[str,
         if d["server"] == f"{topo.UPSTREAM_DNS}:53"
     ]
     assert upstream and not any(d["answered"] for d in upstream)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_fresh_recordings_get_their_findings(bundles: dict[str, Path], scenario: str) -> None:
+    """The same diagnosis on bundles recorded now as on the committed samples."""
+    from tests.test_diagnosis import EXPECTED, findings
+
+    assert {f["id"] for f in findings(bundles[scenario])} == EXPECTED[scenario]

@@ -79,19 +79,29 @@ class Rows:
         b = np.ascontiguousarray(self._bytes(p, 4))
         return b.view(">u4").reshape(-1).astype(U32), ok
 
-    def prefix_hash(self, pos: np.ndarray, avail: np.ndarray, size: int = 16) -> np.ndarray:
-        """16-bit FNV-1a of up to `size` bytes from pos (fewer when fewer are available or
-        the window ends), per packet."""
+    def prefix_hash(self, pos: np.ndarray, avail: np.ndarray) -> np.ndarray:
+        """16-bit hash of the first 8 payload bytes (fewer when fewer are captured), per
+        packet; 0 when there is no payload. Part of the cross-point fingerprint."""
+        out = np.zeros(len(pos), np.uint16)
         local = pos - self.base
-        h = np.full(len(local), 2166136261, np.uint32)
-        r = self._r
-        with np.errstate(over="ignore"):
-            for k in range(size):
-                col = local + k
-                valid = (k < avail) & (col >= 0) & (col < self.width) & (pos + k < self.limit)
-                b = self.win[r, np.clip(col, 0, self.width - 1) + self.skip]
-                h = np.where(valid, (h ^ b) * np.uint32(16777619), h)
-        return ((h >> 16) ^ (h & 0xFFFF)).astype(np.uint16)
+        have = np.minimum(np.minimum(avail, 8), np.minimum(self.limit - pos, self.width - local))
+        todo = np.flatnonzero((have > 0) & (local >= 0))
+        if not len(todo):
+            return out
+        # Payloads start at a handful of offsets: read each group as one 8-byte column.
+        starts = local[todo]
+        for start in np.unique(starts).tolist():
+            rows = todo[starts == start]
+            width = min(8, self.width - start)
+            block = np.zeros((len(rows), 8), np.uint8)
+            block[:, :width] = self.win[rows, self.skip + start : self.skip + start + width]
+            word = block.view("<u8").reshape(-1)
+            keep = np.left_shift(np.uint64(1), (have[rows] * 8).astype(np.uint64) % 64)
+            word &= np.where(have[rows] >= 8, np.uint64(0xFFFFFFFFFFFFFFFF), keep - np.uint64(1))
+            with np.errstate(over="ignore"):
+                h = (word ^ have[rows].astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15)
+            out[rows] = (h >> np.uint64(48)).astype(np.uint16)
+        return out
 
     def raw(self, pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(m, size) bytes at pos: used for IPv6 addresses."""

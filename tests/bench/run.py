@@ -194,9 +194,11 @@ def main() -> None:
     points = correlation_inputs(path)
     best = min((run_correlation(points) for _ in range(3)), key=lambda r: r[1])
     t_index, t_corr, n, convs = best
-    print(f"\ncorrelation, {len(points)} points x {n // len(points):,} packets (best of 3): "
-          f"index + flows {t_index:.2f} s, correlate + paths {t_corr:.2f} s "
-          f"({n / t_corr:,.0f} packets/s), {convs:,} conversations across points")
+    print(
+        f"\ncorrelation, {len(points)} points x {n // len(points):,} packets (best of 3): "
+        f"index + flows {t_index:.2f} s, correlate + paths {t_corr:.2f} s "
+        f"({n / t_corr:,.0f} packets/s), {convs:,} conversations across points"
+    )
 
 
 if __name__ == "__main__":
