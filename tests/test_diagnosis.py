@@ -183,3 +183,41 @@ def test_nat_and_ipv6_without_ip_ids(make_pcap) -> None:  # type: ignore[no-unty
     assert path["hops"][1]["latency_ms"] == pytest.approx(0.05, abs=0.001)
     idents = report.analysis.correlation.ident
     assert len(np.unique(idents)) == len(session)
+
+
+def test_masquerade_to_the_upstream_resolver_is_snat() -> None:
+    _, data = run_analysis(LAB / "dns-search")
+    snat = [n for p in data["paths"] for n in p["nat"] if n["kind"] == "SNAT"]
+    assert snat
+    assert all(n["between"] == ["coredns-eth0", "node-b-eth0"] for n in snat)
+    assert all(
+        n["before"].startswith("udp 10.244.1.3:")
+        and n["after"].startswith("udp 172.18.0.3:")
+        and n["after"].endswith("-> 172.18.0.100:53")
+        for n in snat
+    )
+
+
+@pytest.mark.parametrize("kind", ["geneve", "ipip"])
+def test_inner_packets_match_across_a_tunnel(make_pcap, kind: str) -> None:  # type: ignore[no-untyped-def]
+    from scapy.layers.inet import UDP
+    from scapy.main import load_contrib
+
+    load_contrib("geneve")
+    from scapy.contrib.geneve import GENEVE
+
+    outer = IP(src="172.18.0.2", dst="172.18.0.3")
+    session = tcp_session()
+    wrapped = [
+        Ether() / outer / UDP(dport=6081) / GENEVE(vni=5, proto=0x6558) / p
+        if kind == "geneve"
+        else Ether() / outer / p[IP]
+        for p in session
+    ]
+    pod = make_pcap(frames(session), name="pod.pcap")
+    nic = make_pcap(frames(wrapped, start=1_700_000_000_000_020_000), name="nic.pcap")
+    _, data = run_analysis(pod, nic)
+    (path,) = data["paths"]
+    assert [h["point"] for h in path["hops"]] == ["pod", "nic"]
+    assert path["hops"][1]["tunnel"]["kind"] == kind
+    assert path["hops"][1]["packets"] == len(session) and path["lost"] == []
