@@ -57,6 +57,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def cmd_open(args: argparse.Namespace) -> int:
+    from ktrace.analysis.report import read_inputs
+
+    read_inputs(args.inputs)  # a missing input is a one-line error before the screen opens
+    # textual costs ~210 ms to import: only when the UI is really wanted
+    from ktrace.tui.app import run
+
+    run(args.inputs)
+    return ExitStatus.OK
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -109,6 +120,17 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
         default=50,
         metavar="N",
         help="rows per table in text output (default: 50)",
+    )
+
+
+@command("open", "browse captures in the terminal UI: points, flows, paths, DNS, findings")
+def _open_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        help="pcap/pcapng files, directories of them, bundles (.tar.gz too)",
     )
 
 

@@ -15,6 +15,8 @@ command -v iptables-restore >/dev/null || missing+=(iptables)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v conntrack >/dev/null || missing+=(conntrack)
 command -v ethtool >/dev/null || missing+=(ethtool)
+# the TUI's real-terminal test
+command -v tmux >/dev/null || missing+=(tmux)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}"

@@ -101,13 +101,22 @@ def analyze(
 ) -> Report:
     found = read_inputs(inputs)
     index = build_index(found.files, cancel, workers, found.declared)
+    return analyze_index(index, found.inventory, cancel)
+
+
+def analyze_index(
+    index: PacketIndex,
+    inventory: dict[str, Any] | None = None,
+    cancel: threading.Event | None = None,
+) -> Report:
+    """Everything after the index: flows, DNS, correlation, paths, findings."""
     flows = build_flows(index.columns, len(index.points))
     same_clock: dict[str, list[int]] = {}
     for k, point in enumerate(index.points):
         if point.node:
             same_clock.setdefault(point.node, []).append(k)
     correlation = correlate(index.columns, flows, len(index.points), list(same_clock.values()))
-    names = Names.from_inventory(found.inventory)
+    names = Names.from_inventory(inventory)
     paths = conversation_paths(index, flows, correlation, names)
     analysis = Analysis(index, flows, dns_transactions(index, cancel), correlation, paths, names)
     findings, errors = run_checks(analysis)

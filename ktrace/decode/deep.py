@@ -45,6 +45,10 @@ def layers(packet: Any) -> list[Layer]:
     return out
 
 
+def hexdump(raw: bytes) -> str:
+    return str(_scapy().hexdump(raw, dump=True))
+
+
 def show(raw: bytes, linktype: int) -> str:
     """The layer tree and a hex/ASCII dump, as text."""
     scapy = _scapy()

@@ -8,7 +8,12 @@ from collections.abc import Iterator
 from statistics import median
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
-from ktrace.analysis.checks.dns_patterns import client_ip, is_cluster_name, picture
+from ktrace.analysis.checks.dns_patterns import (
+    client_ip,
+    is_cluster_name,
+    label_prefixes,
+    picture,
+)
 from ktrace.analysis.context import Analysis
 from ktrace.model import Finding, Severity
 
@@ -71,18 +76,12 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
     ):
         failed = [t for t in pic.primary if t.rcode == rcode and id(t) not in expansions]
         if rcode == "NXDOMAIN":
-            # a lookup fails once all its candidates fail: report the names, not each query
-            failed = [
-                t
-                for t in failed
-                if not any(
-                    n.qname != t.qname
-                    and n.qname.startswith(t.qname + ".")
-                    and n.answered
-                    and n.rcode == "NOERROR"
-                    for n in pic.primary
-                )
-            ]
+            # a lookup fails once all its candidates fail: a name one of whose candidates was
+            # answered did not fail
+            resolved = label_prefixes(
+                {n.qname for n in pic.primary if n.answered and n.rcode == "NOERROR"}
+            )
+            failed = [t for t in failed if not resolved.get(t.qname)]
         if not failed:
             continue
         names = Counter(t.qname for t in failed)

@@ -27,6 +27,12 @@ class DnsPicture:
         return out | {id(t) for t in self.upstream_failed}
 
 
+def _extends(qname: str, bases: set[str], _: dict[str, int]) -> bool:
+    """qname is some base + '.' + a suffix: a search-path candidate of a looked-up name."""
+    labels = qname.split(".")
+    return any(".".join(labels[:k]) in bases for k in range(1, len(labels)))
+
+
 def client_ip(t: DnsTransaction) -> str:
     return t.client.rsplit(":", 1)[0]
 
@@ -35,20 +41,46 @@ def is_cluster_name(name: str, domain: str) -> bool:
     return name == domain or name.endswith("." + domain)
 
 
-def search_base(qname: str, asked: set[str]) -> str | None:
+def label_prefixes(names: set[str]) -> dict[str, int]:
+    """How many of `names` start with each proper leading part ("a.b" of "a.b.c")."""
+    out: dict[str, int] = {}
+    for name in names:
+        labels = name.split(".")
+        for k in range(1, len(labels)):
+            prefix = ".".join(labels[:k])
+            out[prefix] = out.get(prefix, 0) + 1
+    return out
+
+
+def search_base(qname: str, asked: set[str], prefixes: dict[str, int]) -> str | None:
     """The name a search-path candidate was made from: the longest leading part of `qname`
     that the same client also asked as such or with another suffix."""
-    if any(q.startswith(qname + ".") for q in asked):
+    if prefixes.get(qname):
         return None  # the lookup's own name, asked as is after its candidates
     labels = qname.split(".")
     for k in range(len(labels) - 1, 0, -1):
         base = ".".join(labels[:k])
-        if base in asked or any(q != qname and q.startswith(base + ".") for q in asked):
+        # qname itself counts once among the names starting with base
+        if base in asked or prefixes.get(base, 0) > 1:
             return base
     return None
 
 
+_CACHE: dict[int, tuple[Analysis, DnsPicture]] = {}
+
+
 def picture(analysis: Analysis) -> DnsPicture:
+    """Computed once per analysis: every DNS check asks for it."""
+    cached = _CACHE.get(id(analysis))
+    if cached is not None and cached[0] is analysis:
+        return cached[1]
+    result = _picture(analysis)
+    _CACHE.clear()
+    _CACHE[id(analysis)] = (analysis, result)
+    return result
+
+
+def _picture(analysis: Analysis) -> DnsPicture:
     primary = analysis.dns_primary()
     pic = DnsPicture(primary)
     domain = analysis.names.cluster_domain
@@ -57,10 +89,11 @@ def picture(analysis: Analysis) -> DnsPicture:
         by_client[client_ip(t)].append(t)
     for client, ts in by_client.items():
         asked = {t.qname for t in ts}
+        prefixes = label_prefixes(asked)
         for t in ts:
             if t.rcode != "NXDOMAIN":
                 continue
-            base = search_base(t.qname, asked)
+            base = search_base(t.qname, asked, prefixes)
             if base is not None:
                 pic.expansions.setdefault((client, base), []).append(t)
         for key in list(pic.expansions):

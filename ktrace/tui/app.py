@@ -1,0 +1,200 @@
+"""`ktrace open`: captures, bundles or pcap files in a k9s-style terminal UI.
+
+Indexing and analysis run in a background worker (the core's progress generator); the views
+show what is known as soon as it is known and stay responsive meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from textual import on, work
+from textual.app import App
+from textual.command import Hit, Hits, Provider
+from textual.worker import get_current_worker
+
+from ktrace.analysis.report import Report, analyze_index, read_inputs
+from ktrace.decode.index import CaptureFile, IndexBuilder, PacketIndex, scan
+from ktrace.errors import Cancelled, KtraceError
+from ktrace.model import PacketRef, Point
+from ktrace.tui import keymap
+from ktrace.tui.messages import Analyzed, Indexed, LoadError, Progress
+from ktrace.tui.screens.help import HelpScreen, live_bindings
+from ktrace.tui.screens.packets import PacketsView
+from ktrace.tui.screens.views import DnsView, FindingsView, FlowsView, PointsView
+
+VIEWS = {
+    "points": PointsView,
+    "flows": FlowsView,
+    "packets": PacketsView,
+    "dns": DnsView,
+    "findings": FindingsView,
+}
+
+
+class ViewCommands(Provider):
+    """`:` — the views by name, as k9s's `:pods`."""
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name in VIEWS:
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(
+                    score,
+                    matcher.highlight(name),
+                    lambda n=name: self.app.action_view(n),  # type: ignore[attr-defined]
+                    help=f"show the {name} view",
+                )
+
+
+class KtraceApp(App[None]):
+    CSS_PATH = "ktrace.tcss"
+    TITLE = "ktrace"
+    BINDINGS = keymap.APP
+    COMMANDS = {ViewCommands}
+    MODES = VIEWS  # type: ignore[assignment]
+
+    def __init__(self, inputs: list[Path]) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.points: list[Point] = []
+        self.index: PacketIndex | None = None
+        self.report: Report | None = None
+        self.errors: list[str] = []
+        self.progress: Progress | None = None
+        self.cancel = threading.Event()
+        self.phase = "indexing"
+        self._builder: IndexBuilder | None = None
+
+    def on_mount(self) -> None:
+        self.switch_mode("points")
+        self.load()
+
+    # loading ----------------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load(self) -> None:
+        worker = get_current_worker()
+        try:
+            found = read_inputs(self.inputs)
+        except KtraceError as exc:
+            self.post_message(LoadError(Path("."), str(exc)))
+            return
+        builder = IndexBuilder()
+        self._builder = builder
+        points: list[Point] = []
+        files: list[CaptureFile] = []
+        self.points = points
+        for path in found.files:
+            try:
+                for step in scan([path], builder, points, files, self.cancel, None, found.declared):
+                    if worker.is_cancelled:
+                        return
+                    self.post_message(Progress(step.file, step.done, step.total, step.packets))
+            except Cancelled:
+                return
+            except KtraceError as exc:  # one bad file must not hide the good ones
+                self.post_message(LoadError(path, str(exc)))
+        index = builder.result(points, files)
+        self.post_message(Indexed(index))
+        try:
+            report = analyze_index(index, found.inventory, self.cancel)
+        except Cancelled:
+            return
+        self.post_message(Analyzed(report))
+
+    @on(Progress)
+    def on_progress(self, message: Progress) -> None:
+        self.progress = message
+        self._refresh_views()
+
+    @on(Indexed)
+    def on_indexed(self, message: Indexed) -> None:
+        self.index = message.index
+        self.phase = "analysing"
+        self._refresh_views()
+
+    @on(Analyzed)
+    def on_analyzed(self, message: Analyzed) -> None:
+        self.report = message.report
+        self.phase = "ready"
+        self._refresh_views()
+        if message.report.findings:
+            self.notify(f"{len(message.report.findings)} findings: press 5", title="analysis done")
+
+    @on(LoadError)
+    def on_load_error(self, message: LoadError) -> None:
+        self.errors.append(message.text)
+        self.notify(message.text, title="cannot read", severity="error", timeout=10)
+        self._refresh_views()
+
+    def _refresh_views(self) -> None:
+        for screen in self.screen_stack:
+            refresh = getattr(screen, "refresh_data", None)
+            if refresh is not None and screen.is_mounted:
+                refresh()
+
+    # what views ask -----------------------------------------------------------------------
+    def status_text(self) -> str:
+        parts = []
+        if self.phase == "indexing":
+            p = self.progress
+            pct = 100 * p.done / max(p.total, 1) if p else 0
+            parts.append(
+                f"indexing {p.file.name if p else ''} {pct:.0f}% "
+                f"({p.packets if p else 0:,} packets)"
+            )
+        elif self.phase == "analysing":
+            parts.append(f"{len(self.index or []):,} packets indexed; analysing…")
+        else:
+            assert self.report is not None
+            parts.append(
+                f"{len(self.index or []):,} packets, {len(self.points)} points, "
+                f"{len(self.report.findings)} findings"
+            )
+        if self.errors:
+            parts.append(f"{len(self.errors)} unreadable: {self.errors[-1]}")
+        return " | ".join(parts)
+
+    def point_counts(self) -> dict[int, tuple[int, int]]:
+        """Packets and bytes per point: from the index once built, else from what the
+        indexer has gathered so far."""
+        parts = (
+            [self.index.columns]
+            if self.index is not None
+            else list(self._builder.parts)
+            if self._builder is not None
+            else []
+        )
+        out: dict[int, tuple[int, int]] = {}
+        for cols in parts:
+            n = np.bincount(cols.point)
+            b = np.bincount(cols.point, weights=cols.wirelen)
+            for k in range(len(n)):
+                old = out.get(k, (0, 0))
+                out[k] = (old[0] + int(n[k]), old[1] + int(b[k]))
+        return out
+
+    def row_of(self, ref: PacketRef) -> int:
+        assert self.index is not None
+        point = next(k for k, p in enumerate(self.index.points) if p.id == ref.point)
+        return self.index.file_of(point).first_row + ref.number - 1
+
+    # actions ------------------------------------------------------------------------------
+    def action_view(self, name: str) -> None:
+        if name in VIEWS:
+            self.switch_mode(name)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(live_bindings(self.screen)))
+
+    async def action_quit(self) -> None:
+        self.cancel.set()
+        self.workers.cancel_group(self, "load")
+        self.exit()
+
+
+def run(inputs: list[Path]) -> None:
+    KtraceApp(inputs).run()

@@ -1,0 +1,160 @@
+"""A view: a table of rows with a title, a `/` filter, sorting, and a status line."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from ktrace.tui import keymap
+
+if TYPE_CHECKING:
+    from ktrace.tui.app import KtraceApp
+
+
+MAX_ROWS = 2000
+
+
+class StatusLine(Static):
+    """Indexing progress, then what is loaded; errors stay visible."""
+
+
+class TableView(Screen[None]):
+    BINDINGS = keymap.TABLE
+    TITLE = ""
+    COLUMNS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter_text = ""
+        self.sort_column = -1
+        self.rows: list[tuple[Any, tuple[Any, ...]]] = []  # (key, cells)
+
+    @property
+    def ktrace(self) -> KtraceApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.TITLE, id="title")
+        with Vertical(id="body"):
+            yield DataTable(id="table", cursor_type="row", zebra_stripes=True)
+        yield Input(placeholder="filter: IP, name, port, protocol, namespace…", id="filter")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns(*self.columns())
+        self.query_one("#filter", Input).display = False
+        self.refresh_data()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_data()
+
+    def columns(self) -> tuple[str, ...]:
+        return self.COLUMNS
+
+    def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        return []
+
+    def refresh_data(self) -> None:
+        self.query_one(StatusLine).update(self.ktrace.status_text())
+        self.rows = self.build_rows()
+        self.fill()
+
+    def fill(self) -> None:
+        table = self.query_one(DataTable)
+        keep = table.cursor_row
+        table.clear()
+        needle = self.filter_text.lower()
+        rows = [
+            r
+            for r in self.rows
+            if not needle
+            or needle in " ".join(str(c.plain if isinstance(c, Text) else c) for c in r[1]).lower()
+        ]
+        if self.sort_column >= 0:
+            rows.sort(key=lambda r: _sortable(r[1][self.sort_column]))
+        # A table measures every cell it holds: past a few thousand rows, filter instead.
+        if len(rows) > MAX_ROWS:
+            self.notify(f"showing {MAX_ROWS:,} of {len(rows):,} rows: / to filter", timeout=4)
+            rows = rows[:MAX_ROWS]
+        for key, cells in rows:
+            table.add_row(*cells, key=str(key))
+        if rows:
+            table.move_cursor(row=min(keep, len(rows) - 1))
+
+    def selected_key(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    # actions ------------------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.filter_text = event.value
+        event.input.display = bool(event.value)
+        self.fill()
+        self.query_one(DataTable).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.fill()
+
+    def action_back(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.display:
+            box.value = ""
+            box.display = False
+            self.filter_text = ""
+            self.fill()
+            self.query_one(DataTable).focus()
+        elif len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+    def action_sort(self) -> None:
+        table = self.query_one(DataTable)
+        self.sort_column = table.cursor_column if self.sort_column != table.cursor_column else -1
+        self.fill()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        self.sort_column = event.column_index
+        self.fill()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        """Drill into the selected row; views that have somewhere to go override this."""
+
+    def action_cursor_down(self) -> None:
+        self.query_one(DataTable).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one(DataTable).action_cursor_up()
+
+    def action_top(self) -> None:
+        self.query_one(DataTable).move_cursor(row=0)
+
+    def action_bottom(self) -> None:
+        table = self.query_one(DataTable)
+        table.move_cursor(row=max(table.row_count - 1, 0))
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    text = value.plain if isinstance(value, Text) else value
+    if isinstance(text, int | float):
+        return (0, text)
+    try:
+        return (0, float(str(text).split()[0].lstrip("+")))
+    except (ValueError, IndexError):
+        return (1, str(text))

@@ -1,0 +1,296 @@
+"""The top-level views (Points, Flows, DNS, Findings) and the drill-in ones (Path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Static
+
+from ktrace.analysis.views import conversations, dns_lookups, path_packets
+from ktrace.pcap import linktype
+from ktrace.tui.screens.base import TableView
+
+SEVERITY_STYLE = {
+    "critical": "bold white on red",
+    "high": "bold red",
+    "medium": "yellow",
+    "low": "cyan",
+    "info": "dim",
+}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+class PointsView(TableView):
+    TITLE = "Capture points"
+    COLUMNS = ("POINT", "KIND", "NODE", "POD", "LINKTYPE", "PACKETS", "BYTES", "DROPS", "CLOCK")
+
+    def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        index = self.ktrace.index
+        points = self.ktrace.points
+        counts = self.ktrace.point_counts()
+        offsets = self.ktrace.report.analysis.correlation.offsets if self.ktrace.report else None
+        rows = []
+        for k, p in enumerate(points):
+            packets, size = counts.get(k, (0, 0))
+            drops = index.file_of(k).drops.get(k) if index else None
+            clock = f"{offsets[k] / 1e6:+.1f} ms" if offsets is not None and offsets[k] else ""
+            rows.append(
+                (
+                    k,
+                    (
+                        p.id,
+                        p.kind,
+                        p.node or "",
+                        f"{p.namespace}/{p.pod}" if p.pod else "",
+                        linktype.name(p.linktype),
+                        packets,
+                        _size(size),
+                        drops if drops is not None else "",
+                        clock,
+                    ),
+                )
+            )
+        return rows
+
+    def action_open(self) -> None:
+        self.app.action_view("flows")  # type: ignore[attr-defined]
+
+
+class FlowsView(TableView):
+    TITLE = "Conversations across capture points (enter: path)"
+
+    def columns(self) -> tuple[str, ...]:
+        marks = "".join(str(k % 10) for k in range(len(self.ktrace.points)))
+        return (
+            "PROTO",
+            "A",
+            "B",
+            "NAT",
+            f"SEEN {marks}",
+            "PKTS",
+            "BYTES",
+            "RETRANS",
+            "RST",
+            "HANDSHAKE",
+            "LOST",
+        )
+
+    def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        report = self.ktrace.report
+        if report is None:
+            return []
+        n = len(self.ktrace.points)
+        rows = []
+        for c in conversations(report.analysis):
+            seen = "".join("●" if k in c.points else "·" for k in range(n))
+            lost = Text(str(c.lost), style="bold red") if c.lost else ""
+            rows.append(
+                (
+                    c.conv,
+                    (
+                        c.proto,
+                        c.a,
+                        c.b,
+                        c.nat,
+                        seen,
+                        c.packets,
+                        _size(c.bytes),
+                        c.retransmissions or "",
+                        c.rst or "",
+                        f"{c.handshake_ms:.2f} ms" if c.handshake_ms is not None else "",
+                        lost,
+                    ),
+                )
+            )
+        return rows
+
+    def action_open(self) -> None:
+        key = self.selected_key()
+        if key is not None:
+            self.app.push_screen(PathView(int(key)))
+
+
+class PathView(TableView):
+    """One conversation: its hops as columns, its packets as rows, lost ones in red."""
+
+    def __init__(self, conv: int, highlight: int | None = None) -> None:
+        super().__init__()
+        self.conv = conv
+        self.highlight = highlight
+        report = self.ktrace.report
+        self.path = (
+            next((p for p in report.analysis.paths if p.conv == conv), None) if report else None
+        )
+
+    def columns(self) -> tuple[str, ...]:
+        hops = [self.ktrace.points[h.point].id for h in self.path.hops] if self.path else []
+        return ("#", "DIR", "PACKET", *hops)
+
+    def on_mount(self) -> None:
+        # Textual runs TableView.on_mount too (handlers run for every class): decorate after
+        self.call_after_refresh(self.decorate)
+
+    def decorate(self) -> None:
+        a = self.ktrace.report.analysis if self.ktrace.report else None
+        title = self.query_one("#title", Static)
+        if a is None or self.path is None:
+            title.update("This conversation was seen at one point only")
+            return
+        from ktrace.analysis.checks import conversation_label
+
+        lines = [conversation_label(a, self.path)]
+        for nat in self.path.nat:
+            lines.append(
+                f"{nat.kind} between {a.point_id(self.path.hops[nat.after_hop].point)}"
+                f" and {a.point_id(self.path.hops[nat.after_hop + 1].point)}: "
+                f"{a.flow_label(nat.before)} => {a.flow_label(nat.after)}"
+            )
+        for loss in self.path.losses:
+            lines.append(
+                f"LOST {loss.packets} ({loss.direction}): last seen at "
+                f"{a.point_id(self.path.hops[loss.last_hop].point)}, never at "
+                f"{a.point_id(self.path.hops[loss.missing_hop].point)}"
+            )
+        title.update("\n".join(lines))
+        if self.highlight is not None:  # the evidence packet, by its identity across points
+            ident = a.correlation.ident
+            table = self.query_one(DataTable)
+            for i, (key, _) in enumerate(self.rows):
+                if ident[key] == ident[self.highlight]:
+                    table.move_cursor(row=i)
+                    break
+
+    def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        report = self.ktrace.report
+        if report is None or self.path is None:
+            return []
+        rows = []
+        for i, p in enumerate(path_packets(report.analysis, self.path), 1):
+            cells = [Text(c, style="bold red") if c.startswith("✗") else c for c in p.cells]
+            rows.append((p.row, (i, p.direction, p.summary, *cells)))
+        return rows
+
+    def action_open(self) -> None:
+        key = self.selected_key()
+        if key is not None:
+            from ktrace.tui.screens.packet import PacketView
+
+            self.app.push_screen(PacketView(int(key)))
+
+
+class DnsView(TableView):
+    TITLE = "DNS transactions, grouped by lookup (search-path chains together)"
+    COLUMNS = (
+        "LOOKUP",
+        "CLIENT",
+        "SERVER",
+        "QNAME",
+        "TYPE",
+        "RCODE",
+        "LATENCY",
+        "RETRIES",
+        "ANSWERS",
+    )
+
+    def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        report = self.ktrace.report
+        if report is None:
+            return []
+        rows = []
+        for r in dns_lookups(report.analysis):
+            t = r.transaction
+            rcode = Text(t.rcode or "NO ANSWER", style="" if t.rcode == "NOERROR" else "bold red")
+            rows.append(
+                (
+                    t.queries[0],
+                    (
+                        r.lookup,
+                        t.client,
+                        t.server,
+                        t.qname,
+                        t.qtype,
+                        rcode,
+                        f"{t.latency_ns / 1e6:.2f} ms" if t.latency_ns is not None else "",
+                        t.retries or "",
+                        ", ".join(t.answers[:3]),
+                    ),
+                )
+            )
+        return rows
+
+    def action_open(self) -> None:
+        key = self.selected_key()
+        if key is not None:
+            from ktrace.tui.screens.packet import PacketView
+
+            self.app.push_screen(PacketView(int(key)))
+
+
+class FindingsView(TableView):
+    TITLE = "Findings, most severe first (enter: jump to the evidence)"
+    COLUMNS = ("SEVERITY", "CHECK", "FINDING")
+
+    def compose(self) -> ComposeResult:
+        yield from super().compose()
+        yield Static(id="detail")
+
+    def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        report = self.ktrace.report
+        if report is None:
+            return []
+        return [
+            (
+                k,
+                (
+                    Text(f.severity.name.lower(), style=SEVERITY_STYLE[f.severity.name.lower()]),
+                    f.id,
+                    f.title,
+                ),
+            )
+            for k, f in enumerate(report.findings)
+        ]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail(event.row_key.value)
+
+    def fill(self) -> None:
+        super().fill()
+        self.show_detail(self.selected_key())
+
+    def show_detail(self, key: str | None) -> None:
+        report = self.ktrace.report
+        if report is None or key is None:
+            return
+        f = report.findings[int(key)]
+        refs = ", ".join(f"{e.point}#{e.number}" for e in f.evidence[:8])
+        self.query_one("#detail", Static).update(
+            f"{f.title}\n\n{f.explanation}\n\nNext: {f.next_step}\n\nEvidence: {refs}"
+        )
+
+    def action_open(self) -> None:
+        key = self.selected_key()
+        report = self.ktrace.report
+        if key is None or report is None:
+            return
+        finding = report.findings[int(key)]
+        if not finding.evidence:
+            return
+        row = self.ktrace.row_of(finding.evidence[0])
+        a = report.analysis
+        flow = int(a.flows.flow[row])
+        path = a.path_of_flow(flow) if flow >= 0 else None
+        if path is not None:
+            self.app.push_screen(PathView(path.conv, highlight=row))
+        else:
+            from ktrace.tui.screens.packet import PacketView
+
+            self.app.push_screen(PacketView(row))

@@ -1,0 +1,226 @@
+"""The terminal UI: pilot tests of each view and of the way from a finding to its evidence,
+snapshots at a fixed size, a real terminal under tmux, and responsiveness while indexing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from textual.widgets import DataTable, Tree
+
+from ktrace.tui import keymap
+from ktrace.tui.app import KtraceApp
+from tests.conftest import PCAPS
+
+POLICY = PCAPS / "lab" / "policy-drop"
+SIZE = (140, 40)
+
+
+async def loaded(pilot) -> None:  # type: ignore[no-untyped-def]
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def table_rows(app: KtraceApp) -> list[list[str]]:
+    table = app.screen.query_one(DataTable)
+    return [
+        [str(getattr(c, "plain", c)) for c in table.get_row_at(i)] for i in range(table.row_count)
+    ]
+
+
+async def test_from_the_finding_to_the_last_point_reached() -> None:
+    app = KtraceApp([POLICY])
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("5")
+        assert type(app.screen).__name__ == "FindingsView"
+        rows = table_rows(app)
+        assert rows[0][1] == "path.drop"
+        assert "never" not in rows[0][2] and "node-b-eth0 and web-2-veth" in rows[0][2]
+        await pilot.press("enter")
+        assert type(app.screen).__name__ == "PathView"
+        columns = [str(c.label) for c in app.screen.query_one(DataTable).columns.values()]
+        assert columns[3:] == [
+            "client-eth0",
+            "client-veth",
+            "node-a-eth0",
+            "node-b-eth0",
+            "web-2-veth",
+            "web-2-eth0",
+        ]
+        table = app.screen.query_one(DataTable)
+        row = [str(getattr(c, "plain", c)) for c in table.get_row_at(table.cursor_row)]
+        assert row[2].startswith("S ") and row[6] != "·"  # seen at node-b-eth0
+        assert row[7] == "✗ lost"  # never at web-2-veth: the last point reached is obvious
+        await pilot.press("enter")
+        await loaded(pilot)
+        assert type(app.screen).__name__ == "PacketView"
+        layers = [str(n.label) for n in app.screen.query_one(Tree).root.children]
+        assert layers == ["Ethernet", "IP", "TCP"]  # the SYN as the client sent it
+        await pilot.press("escape", "escape")
+        assert type(app.screen).__name__ == "FindingsView"
+
+
+async def test_points_flows_dns_and_packets_views() -> None:
+    app = KtraceApp([PCAPS / "lab" / "dns-search"])
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        points = table_rows(app)
+        assert [r[0] for r in points][:3] == ["client-eth0", "client-veth", "node-a-eth0"]
+        assert points[0][1:4] == ["pod", "node-a", "default/client"]
+        await pilot.press("2")
+        flows = table_rows(app)
+        dns = next(r for r in flows if "svc kube-system/kube-dns" in r[2])
+        assert dns[3] == "10.96.0.10:53 => 10.244.1.3:53"  # the NAT mapping
+        assert dns[4] == "●●●●··●"  # presence per point
+        await pilot.press("slash")
+        await pilot.press(*"172.18.0.100")
+        await pilot.press("enter")
+        assert all("172.18.0.100" in " ".join(r) for r in table_rows(app))
+        await pilot.press("4")
+        lookups = table_rows(app)
+        chain = [r for r in lookups if r[0] == "example.com" and r[1].startswith("10.244.0.2")]
+        assert [r[3] for r in chain][:6:2] == [
+            "example.com.default.svc.cluster.local",
+            "example.com.svc.cluster.local",
+            "example.com.cluster.local",
+        ]
+        await pilot.press("3")
+        plist = app.screen.query_one("PacketList")
+        assert plist.count == len(app.index)  # type: ignore[arg-type]
+        await pilot.press("G")
+        assert plist.cursor == plist.count - 1
+
+
+async def test_help_is_generated_from_the_live_bindings() -> None:
+    app = KtraceApp([POLICY])
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("2", "question_mark")
+        assert type(app.screen).__name__ == "HelpScreen"
+        listed = dict(app.screen.bindings)  # type: ignore[attr-defined]
+        for b in keymap.APP + keymap.TABLE:
+            if b.show:
+                assert listed.get(b.key_display or app.get_key_display(b)) == b.description, b
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "FlowsView"
+
+
+async def test_a_corrupt_file_among_good_ones(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pcap"
+    bad.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 5)
+    app = KtraceApp([PCAPS / "http-dns.pcap", bad])
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        assert app.phase == "ready" and len(app.index) > 0  # type: ignore[arg-type]
+        assert any("broken.pcap" in e for e in app.errors)
+        assert "1 unreadable" in app.status_text()
+
+
+def big_capture(path: Path, packets: int) -> Path:
+    """A capture large enough to take a while to index, written with numpy."""
+    frame = bytes.fromhex(
+        "020000000001020000000002"
+        "0800"
+        "450000280001400040060000"
+        "0a000001"
+        "0a000102"
+        "9c400050"
+        "00000001"
+        "00000000"
+        "50100000"
+        "00000000"
+    )
+    rec = np.frombuffer(
+        struct.pack("<IIII", 1_700_000_000, 0, len(frame), len(frame)) + frame, np.uint8
+    )
+    grid = np.tile(rec, (packets, 1))
+    grid[:, 4:8] = np.arange(packets, dtype="<u4").view(np.uint8).reshape(-1, 4)
+    sport = (20000 + np.arange(packets) % 5000).astype(">u2")
+    grid[:, 16 + 34 : 16 + 36] = sport.view(np.uint8).reshape(-1, 2)
+    with path.open("wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        fh.write(grid.tobytes())
+    return path
+
+
+async def test_the_ui_answers_keys_while_a_large_capture_is_indexed(tmp_path: Path) -> None:
+    path = big_capture(tmp_path / "big.pcap", 3_000_000)
+    app = KtraceApp([path])
+    switched_during_indexing = []
+    async with app.run_test(size=SIZE) as pilot:
+        while app.progress is None:
+            await pilot.pause(0.01)
+        for key, view in (("2", "FlowsView"), ("1", "PointsView"), ("3", "PacketsView")):
+            await pilot.press(key)
+            switched_during_indexing.append(
+                (type(app.screen).__name__ == view, app.phase == "indexing")
+            )
+        await loaded(pilot)
+        assert len(app.index) == 3_000_000  # type: ignore[arg-type]
+    assert all(ok for ok, _ in switched_during_indexing)
+    assert any(during for _, during in switched_during_indexing)
+
+
+def test_snapshots_of_the_main_views(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    for keys in ((), ("2",), ("5",), ("5", "enter"), ("4",)):
+
+        async def run_before(pilot, keys=keys) -> None:  # type: ignore[no-untyped-def]
+            await loaded(pilot)
+            await pilot.press(*keys)
+            await loaded(pilot)
+
+        assert snap_compare(KtraceApp([POLICY]), terminal_size=(120, 34), run_before=run_before)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_real_terminal_under_tmux() -> None:
+    session = f"ktrace-test-{int(time.time() * 1000)}"
+    ktrace = str(Path(sysconfig.get_path("scripts")) / "ktrace")
+    command = (
+        f"{ktrace} open {POLICY}"
+        if Path(ktrace).exists()
+        else f"{sys.executable} -m ktrace open {POLICY}"
+    )
+    # COLUMNS/LINES from the test runner would override the pane's real size
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX")}
+
+    def tmux(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["tmux", "-L", session, *args], capture_output=True, text=True, env=env
+        )
+
+    def wait_for(text: str) -> str:
+        deadline = time.monotonic() + 30
+        shown = ""
+        while time.monotonic() < deadline:
+            shown = tmux("capture-pane", "-p", "-t", session).stdout
+            if text in shown:
+                return shown
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared:\n{shown}")
+
+    assert (
+        tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "36", command).returncode == 0
+    )
+    try:
+        wait_for("1 findings")
+        tmux("send-keys", "-t", session, "5")
+        assert "node-b-eth0 and web-2-veth" in wait_for("path.drop")
+        tmux("send-keys", "-t", session, "Enter")
+        wait_for("✗ lost")
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and tmux("has-session", "-t", session).returncode == 0:
+            time.sleep(0.2)
+        assert tmux("has-session", "-t", session).returncode != 0  # q quits for real
+    finally:
+        tmux("kill-server")
