@@ -221,3 +221,12 @@ def test_inner_packets_match_across_a_tunnel(make_pcap, kind: str) -> None:  # t
     assert [h["point"] for h in path["hops"]] == ["pod", "nic"]
     assert path["hops"][1]["tunnel"]["kind"] == kind
     assert path["hops"][1]["packets"] == len(session) and path["lost"] == []
+
+
+def test_a_bundle_packed_as_tar_gz(tmp_path: Path) -> None:
+    import tarfile
+
+    archive = tmp_path / "policy-drop.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(LAB / "policy-drop", arcname="policy-drop")
+    assert {f["id"] for f in findings(archive)} == {"path.drop"}

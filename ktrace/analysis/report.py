@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tarfile
+import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +45,19 @@ class Inputs:
     inventory: dict[str, Any] | None
 
 
+def unpack_bundle(archive: Path) -> Path:
+    """A .tar.gz bundle, unpacked into a private temporary directory removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix="ktrace-bundle-"))  # created 0700
+    atexit.register(shutil.rmtree, root, True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")  # no absolute paths, links out, devices
+    except (tarfile.TarError, OSError) as exc:
+        raise CaptureFileError(f"{archive}: not a readable bundle archive ({exc})") from None
+    found = [m.parent for m in root.rglob("manifest.json")]
+    return found[0] if len(found) == 1 else root
+
+
 def read_inputs(inputs: list[Path]) -> Inputs:
     """Bundles contribute their declared points and inventory; other inputs are files."""
     files: list[Path] = []
@@ -48,6 +65,8 @@ def read_inputs(inputs: list[Path]) -> Inputs:
     inventory: dict[str, Any] | None = None
     plain: list[Path] = []
     for p in inputs:
+        if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
+            p = unpack_bundle(p)
         manifest = read_manifest(p) if p.is_dir() else None
         if manifest is None:
             plain.append(p)
