@@ -22,3 +22,13 @@ def render(
         return "  ".join(out).rstrip()
 
     return "\n".join([line(list(headers)), *(line(r) for r in cells)])
+
+
+def human_size(n: int) -> str:
+    """1234567 -> '1.2 MB' (SI units, as tshark prints them)."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return str(n)

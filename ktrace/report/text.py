@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from ktrace.report.table import render
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return str(n)
+from ktrace.report.table import human_size, render
 
 
 def _section(title: str, body: str) -> str:
@@ -101,7 +92,7 @@ def render_report(data: dict, limit: int) -> str:  # type: ignore[type-arg]
                         p["node"],
                         p["linktype"],
                         p["packets"],
-                        _size(p["bytes"]),
+                        human_size(p["bytes"]),
                         f"{p['duration_s']:.3f}s",
                         p["kernel_drops"],
                         f"{p['clock_offset_ms']:+.1f}ms" if p["clock_offset_ms"] else "",
@@ -143,8 +134,8 @@ def render_report(data: dict, limit: int) -> str:  # type: ignore[type-arg]
                         f["b"],
                         f["packets_ab"],
                         f["packets_ba"],
-                        _size(f["bytes_ab"]),
-                        _size(f["bytes_ba"]),
+                        human_size(f["bytes_ab"]),
+                        human_size(f["bytes_ba"]),
                         f["start"][11:23],
                         f"{f['duration_s']:.3f}s",
                         f"{f['handshake_ms']:.2f}ms" if f["handshake_ms"] is not None else None,

@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Static
 
 from ktrace.analysis.views import conversations, dns_lookups, path_packets
 from ktrace.pcap import linktype
+from ktrace.report.table import human_size
 from ktrace.tui.screens.base import TableView
 
 SEVERITY_STYLE = {
@@ -19,14 +20,6 @@ SEVERITY_STYLE = {
     "low": "cyan",
     "info": "dim",
 }
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
 
 
 class PointsView(TableView):
@@ -53,7 +46,7 @@ class PointsView(TableView):
                         f"{p.namespace}/{p.pod}" if p.pod else "",
                         linktype.name(p.linktype),
                         packets,
-                        _size(size),
+                        human_size(size),
                         drops if drops is not None else "",
                         clock,
                     ),
@@ -103,7 +96,7 @@ class FlowsView(TableView):
                         c.nat,
                         seen,
                         c.packets,
-                        _size(c.bytes),
+                        human_size(c.bytes),
                         c.retransmissions or "",
                         c.rst or "",
                         f"{c.handshake_ms:.2f} ms" if c.handshake_ms is not None else "",
