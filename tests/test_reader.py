@@ -280,3 +280,24 @@ def test_pcapng_packet_for_undeclared_interface(tmp_path: Path) -> None:
     with build_index([path]) as idx:
         assert len(idx) == 1
         assert any("interface 3" in w for w in idx.warnings)
+
+
+@pytest.mark.parametrize("btype", [1, 5, 3, 2])  # IDB, ISB, SPB, PB
+def test_pcapng_tiny_block_at_the_end(tmp_path: Path, btype: int) -> None:
+    """Found by the fuzzer: a block whose length covers only its header, last in the file."""
+    eth = bytes(tcp_session()[0])
+    tiny = struct.pack("<III", btype, 12, 12)
+    path = tmp_path / "tiny.pcapng"
+    path.write_bytes(ng.shb() + ng.idb(1) + ng.epb(0, 1, eth) + tiny)
+    with build_index([path]) as idx:
+        assert len(idx) == 1
+        assert any("bad length (12)" in w for w in idx.warnings)
+
+
+def test_pcapng_header_block_cut_by_the_end_of_file(tmp_path: Path) -> None:
+    eth = bytes(tcp_session()[0])
+    path = tmp_path / "cut.pcapng"
+    path.write_bytes(ng.shb() + ng.idb(1) + ng.epb(0, 1, eth) + ng.isb(0, 3)[:-8])
+    with build_index([path]) as idx:
+        assert len(idx) == 1
+        assert any("ends inside a pcapng block" in w for w in idx.warnings)

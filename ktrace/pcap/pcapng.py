@@ -26,6 +26,8 @@ BYTE_ORDER_MAGIC = 0x1A2B3C4D
 # EPB row: block length, interface, ts high, ts low, caplen, original length, then the data.
 ROW_HEAD = 24
 NO_TS = 0xFFFFFFFF  # marks SPB rows, which carry no timestamp
+# Shortest well-formed block of each type: header, fixed fields, trailer.
+MIN_LENGTH = {SHB: 28, IDB: 20, PB: 32, SPB: 16, ISB: 24, EPB: 32}
 
 
 def _options(buf: memoryview, start: int, end: int, order: str) -> Iterator[tuple[int, bytes]]:
@@ -178,11 +180,15 @@ class Pcapng:
                     self._enter_section(off)  # its length is in the new section's byte order
                     order = self._order
                     btype, blen = self._pair(view, off)
-                if blen < 12 or blen & 3 or (btype == EPB and blen < 32):
+                if blen < MIN_LENGTH.get(btype, 12) or blen & 3:
                     self.warnings.append(
                         f"pcapng block at byte {off} has a bad length ({blen}): the file is "
                         "corrupt from there; read what came before"
                     )
+                    stop = off
+                    break
+                if off + blen > size and btype not in (EPB, SPB, PB):
+                    self.warnings.append(f"file ends inside a pcapng block at byte {off}")
                     stop = off
                     break
                 extra_rows = bytearray()
