@@ -136,6 +136,14 @@ class TableView(Screen[None]):
     def action_open(self) -> None:
         """Drill into the selected row; views that have somewhere to go override this."""
 
+    def open_packet(self) -> None:
+        """For views whose rows are keyed by a packet: decode it."""
+        key = self.selected_key()
+        if key is not None:
+            from ktrace.tui.screens.packet import PacketView
+
+            self.app.push_screen(PacketView(int(key)))
+
     def action_cursor_down(self) -> None:
         self.query_one(DataTable).action_cursor_down()
 

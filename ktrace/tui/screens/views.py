@@ -173,11 +173,7 @@ class PathView(TableView):
         return rows
 
     def action_open(self) -> None:
-        key = self.selected_key()
-        if key is not None:
-            from ktrace.tui.screens.packet import PacketView
-
-            self.app.push_screen(PacketView(int(key)))
+        self.open_packet()
 
 
 class DnsView(TableView):
@@ -221,11 +217,7 @@ class DnsView(TableView):
         return rows
 
     def action_open(self) -> None:
-        key = self.selected_key()
-        if key is not None:
-            from ktrace.tui.screens.packet import PacketView
-
-            self.app.push_screen(PacketView(int(key)))
+        self.open_packet()
 
 
 class FindingsView(TableView):
