@@ -60,11 +60,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_open(args: argparse.Namespace) -> int:
     from ktrace.analysis.report import read_inputs
 
-    read_inputs(args.inputs)  # a missing input is a one-line error before the screen opens
+    found = read_inputs(args.inputs)  # bad input is a one-line error before the screen opens
     # textual costs ~210 ms to import: only when the UI is really wanted
     from ktrace.tui.app import run
 
-    run(args.inputs)
+    run(args.inputs, found)
     return ExitStatus.OK
 
 

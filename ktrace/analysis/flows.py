@@ -128,12 +128,10 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
     _, pick = np.unique(inv[cand], return_index=True)
     chosen = cand[pick]
     lo_opens[inv[chosen]] = ~swap[chosen]
-    forward_ip = swap != lo_opens[inv]  # sent by the initiator
-    # ~swap means the packet's source is the "lo" endpoint
-    forward_ip = (~swap) == lo_opens[inv]
+    # sent by the initiator: ~swap means the packet's source is the "lo" endpoint
+    fw = (~swap) == lo_opens[inv]
 
     wl = c.wirelen[ip].astype(np.float64)
-    fw = forward_ip
     pk_ab = np.bincount(inv[fw], minlength=nflows)
     pk_ba = np.bincount(inv[~fw], minlength=nflows)
     by_ab = np.bincount(inv[fw], weights=wl[fw], minlength=nflows).astype(np.int64)
@@ -141,12 +139,11 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
     last_ts = np.full(nflows, np.iinfo(np.int64).min, np.int64)
     np.maximum.at(last_ts, inv, ts)
 
-    a_is_lo = lo_opens
     fa = first
     la, ha = np.where(swap[fa], dst[fa], src[fa]), np.where(swap[fa], src[fa], dst[fa])
     lp, hp = np.where(swap[fa], dp[fa], sp[fa]), np.where(swap[fa], sp[fa], dp[fa])
-    a_addr, b_addr = np.where(a_is_lo, la, ha), np.where(a_is_lo, ha, la)
-    a_port, b_port = np.where(a_is_lo, lp, hp), np.where(a_is_lo, hp, lp)
+    a_addr, b_addr = np.where(lo_opens, la, ha), np.where(lo_opens, ha, la)
+    a_port, b_port = np.where(lo_opens, lp, hp), np.where(lo_opens, hp, lp)
 
     def count(mask: np.ndarray) -> np.ndarray:
         return np.bincount(inv[mask], minlength=nflows)

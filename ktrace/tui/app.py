@@ -15,7 +15,7 @@ from textual.app import App
 from textual.command import Hit, Hits, Provider
 from textual.worker import get_current_worker
 
-from ktrace.analysis.report import Report, analyze_index, read_inputs
+from ktrace.analysis.report import Inputs, Report, analyze_index, read_inputs
 from ktrace.decode.index import CaptureFile, IndexBuilder, PacketIndex, scan
 from ktrace.errors import Cancelled, KtraceError
 from ktrace.model import PacketRef, Point
@@ -57,9 +57,10 @@ class KtraceApp(App[None]):
     COMMANDS = {ViewCommands}
     MODES = VIEWS  # type: ignore[assignment]
 
-    def __init__(self, inputs: list[Path]) -> None:
+    def __init__(self, inputs: list[Path], found: Inputs | None = None) -> None:
         super().__init__()
         self.inputs = inputs
+        self.found = found  # already read by the caller: a .tar.gz is unpacked only once
         self.points: list[Point] = []
         self.index: PacketIndex | None = None
         self.report: Report | None = None
@@ -78,7 +79,7 @@ class KtraceApp(App[None]):
     def load(self) -> None:
         worker = get_current_worker()
         try:
-            found = read_inputs(self.inputs)
+            found = self.found or read_inputs(self.inputs)
         except KtraceError as exc:
             self.post_message(LoadError(Path("."), str(exc)))
             return
@@ -196,5 +197,5 @@ class KtraceApp(App[None]):
         self.exit()
 
 
-def run(inputs: list[Path]) -> None:
-    KtraceApp(inputs).run()
+def run(inputs: list[Path], found: Inputs | None = None) -> None:
+    KtraceApp(inputs, found).run()

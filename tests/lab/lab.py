@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -177,22 +176,15 @@ class Lab:
         self._netns("upstream")
         self._underlay_port("upstream", topo.UPSTREAM_DNS)
 
+    def _veth_eth0(self, ns: str, peer: str, peer_ns: str) -> None:
+        """A veth pair: `eth0` inside namespace `ns`, `peer` inside `peer_ns`."""
+        _sh(
+            "ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", peer, "netns", peer_ns
+        )
+
     def _underlay_port(self, ns: str, ip: str) -> None:
         port = f"ul-{ns}"[:15]
-        _sh(
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            self.ns(ns),
-            "type",
-            "veth",
-            "peer",
-            port,
-            "netns",
-            self.ns("underlay"),
-        )
+        self._veth_eth0(self.ns(ns), port, self.ns("underlay"))
         self.exec("underlay", "ip", "link", "set", port, "master", "br0", "up")
         self._no_offloads("underlay", port)
         self._no_offloads(ns, "eth0")
@@ -291,20 +283,7 @@ class Lab:
     def _pod(self, pod: topo.Pod) -> None:
         node = topo.node(pod.node)
         self._netns(pod.name)
-        _sh(
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            self.ns(pod.name),
-            "type",
-            "veth",
-            "peer",
-            pod.veth,
-            "netns",
-            self.ns(pod.node),
-        )
+        self._veth_eth0(self.ns(pod.name), pod.veth, self.ns(pod.node))
         self.exec(
             pod.node,
             "ip",
@@ -616,15 +595,6 @@ class Lab:
 
     def _write_description(self) -> None:
         (self.state / "lab.json").write_text(json.dumps(self.description(), indent=1))
-
-
-@contextlib.contextmanager
-def running_lab() -> Iterator[Lab]:
-    lab = Lab().up()
-    try:
-        yield lab
-    finally:
-        lab.down()
 
 
 def all_prefixes() -> list[str]:
