@@ -68,6 +68,36 @@ def cmd_open(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def _kube(args: argparse.Namespace) -> object:
+    from ktrace.kube.api import KubeFlags
+
+    return KubeFlags(args.kubeconfig, args.context, args.namespace, args.request_timeout)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from ktrace.capture.commands import capture_command
+    from ktrace.capture.session import Options, parse_size
+
+    opts = Options(
+        image=args.image,
+        bpf=" ".join(args.filter) if args.filter else "",
+        duration=args.duration,
+        count=args.count,
+        max_size=parse_size(args.max_size) if args.max_size else None,
+        node=not args.no_node,
+        node_namespace=args.node_namespace,
+        interactive=sys.stderr.isatty(),
+        container=args.container,
+    )
+    return capture_command(_kube(args), args.target, args.selector, opts, args.output_dir)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from ktrace.capture.commands import cleanup_command
+
+    return cleanup_command(_kube(args), args.all_namespaces)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -143,6 +173,96 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="packet number, 1-based as tcpdump -r and tshark count",
     )
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], 0)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 5m or 1h") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _kube_args(p: argparse.ArgumentParser) -> None:
+    """kubectl's own global flags, spelled as kubectl spells them."""
+    g = p.add_argument_group("cluster (as kubectl)")
+    g.add_argument("-n", "--namespace", help="namespace of the target (default: the context's)")
+    g.add_argument("--context", help="kubeconfig context to use")
+    g.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    g.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="DURATION",
+        help="timeout of each API request (default: 30s)",
+    )
+
+
+def _container_args(p: argparse.ArgumentParser) -> None:
+    from ktrace.kube.debug import DEFAULT_IMAGE
+
+    p.add_argument(
+        "-c",
+        "--container",
+        help="the app container whose processes the debug container shares (targetContainerName)",
+    )
+    p.add_argument(
+        "--image",
+        default=DEFAULT_IMAGE,
+        help=f"debug image with tcpdump, dig, ip and sh (default: {DEFAULT_IMAGE})",
+    )
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "target",
+        nargs="?",
+        metavar="TARGET",
+        help="pod/NAME, NAME, deploy/NAME or svc/NAME (its endpoint pods)",
+    )
+    p.add_argument("-l", "--selector", help="pods by label selector instead of TARGET")
+
+
+@command(
+    "capture",
+    "capture a pod's traffic in its network namespace and on its node (veth, NIC, overlay)",
+)
+def _capture_args(p: argparse.ArgumentParser) -> None:
+    _target_args(p)
+    p.add_argument(
+        "-f",
+        "--filter",
+        nargs="+",
+        metavar="BPF",
+        help="tcpdump filter, e.g. -f 'tcp port 80' (node NICs also keep the overlay's packets)",
+    )
+    p.add_argument("--duration", type=_seconds, help="stop after this long, e.g. 30s, 5m")
+    p.add_argument("--count", type=_positive, help="stop after N packets at each pod's eth0")
+    p.add_argument("--max-size", metavar="SIZE", help="stop when the bundle reaches SIZE (100M)")
+    p.add_argument("--no-node", action="store_true", help="pod side only: no node debug pods")
+    p.add_argument(
+        "--node-namespace",
+        metavar="NS",
+        help="namespace for node debug pods (needs PodSecurity privileged; default: the target's)",
+    )
+    p.add_argument(
+        "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
+    )
+    _container_args(p)
+    _kube_args(p)
+
+
+@command("cleanup", "delete node debug pods and end ephemeral containers ktrace left running")
+def _cleanup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="look in every namespace"
+    )
+    _kube_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,3 +43,9 @@ class Cancelled(KtraceError):
 
     def __init__(self, message: str = "cancelled") -> None:
         super().__init__(message)
+
+
+class ClusterError(KtraceError):
+    """The cluster refused or could not do what was asked (RBAC, PodSecurity, not found...)."""
+
+    exit_status = ExitStatus.CLUSTER

@@ -1,4 +1,7 @@
-"""python -m tests.lab up | down [PREFIX] | status | fault NAME on|off | record SCENARIO DIR
+"""python -m tests.lab up | down [PREFIX] | status | fault NAME on|off | record SCENARIO DIR | serve
+
+`serve` runs the Kubernetes API server over the running lab and writes a kubeconfig for it
+(default ./lab.kubeconfig): `KUBECONFIG=lab.kubeconfig kubectl get pods`, `kubectl ktrace ...`.
 
 `up` leaves the lab running and prints its prefix; the other commands act on the running lab
 (or the one named with --prefix). `record` brings a lab up for the recording when none runs.
@@ -47,6 +50,9 @@ def main() -> int:
     rec = sub.add_parser("record", help="record a scenario as a capture bundle")
     rec.add_argument("scenario", choices=(*SCENARIOS, "all"))
     rec.add_argument("dir", type=Path)
+    serve = sub.add_parser("serve", help="serve the running lab as a Kubernetes API")
+    serve.add_argument("--kubeconfig", type=Path, default=Path("lab.kubeconfig"))
+    serve.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     try:
         if args.command == "up":
@@ -74,6 +80,19 @@ def main() -> int:
             finally:
                 if own:
                     lab.down()
+        elif args.command == "serve":
+            from tests.lab.apiserver.server import ApiServer
+
+            lab = running(args.prefix)
+            server = ApiServer(lab.description(), port=args.port)
+            server.kubeconfig(args.kubeconfig)
+            print(f"serving {lab.prefix} at {server.url}; KUBECONFIG={args.kubeconfig}", flush=True)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.stop()
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 1

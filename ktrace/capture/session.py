@@ -1,0 +1,404 @@
+"""A live capture from start to stop: containers up, tcpdump at every point, streams into the
+bundle, and a stop that always cleans up.
+
+Stopping (duration, count, size, Ctrl-C, lost connection) kills each tcpdump through its pid
+(closing a stream does not), keeps tcpdump's captured/dropped counts, ends the ephemeral
+containers, deletes the node pods, and leaves a readable bundle, marked `interrupted` with the
+reason when it was cut short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from ktrace.bundle.manifest import Manifest, PointSpec, write_json, write_manifest, write_private
+from ktrace.capture import tcpdump
+from ktrace.capture.plan import node_points, pod_iflink, pod_points
+from ktrace.capture.point import Plan, PointRun
+from ktrace.capture.progress import Progress
+from ktrace.errors import ClusterError, UsageError
+from ktrace.kube import debug
+from ktrace.kube.api import Api, PodSecurityError
+from ktrace.kube.execstream import ExecStream, run
+from ktrace.kube.targets import Pod, inventory
+
+NODE_METADATA = {
+    "ip-addr": ["ip", "-d", "addr"],
+    "ip-link": ["ip", "-d", "link"],
+    "ip-route": ["ip", "route", "show", "table", "all"],
+    "ip-neigh": ["ip", "neigh"],
+    "iptables-save": ["iptables-save"],
+    "nft-ruleset": ["nft", "list", "ruleset"],
+    "conntrack": ["conntrack", "-L", "-o", "extended"],
+}
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Options:
+    image: str = debug.DEFAULT_IMAGE
+    bpf: str = ""
+    duration: float | None = None
+    count: int | None = None
+    max_size: int | None = None
+    node: bool = True
+    node_namespace: str | None = None
+    interactive: bool = False  # redraw progress in place (stderr is a terminal)
+    container: str | None = None  # the app container whose processes the capture can see
+
+
+@dataclass
+class Outcome:
+    bundle: Path
+    status: str
+    reason: str
+    points: list[PointRun] = field(default_factory=list)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM (a closing terminal, a CI timeout) stops like Ctrl-C: the bundle is kept."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        value = float(t[: -1 if unit else None])
+    except ValueError:
+        raise UsageError(f"--max-size {text!r}: use a size like 500K, 100M or 2G") from None
+    if value <= 0:
+        raise UsageError(f"--max-size {text!r}: must be more than 0")
+    return int(value * units[unit])
+
+
+class Session:
+    def __init__(
+        self, api: Api, target: str, pods: list[Pod], bundle: Path, opts: Options, err: TextIO
+    ) -> None:
+        self.api, self.target, self.pods, self.bundle, self.opts = api, target, pods, bundle, opts
+        self.err = err
+        self.session = debug.suffix()
+        self.ephemeral: dict[str, debug.Container] = {}
+        self.node_pods: dict[str, debug.Container] = {}
+        self.runs: list[PointRun] = []
+        self.ttl = int((opts.duration or 3600) + 120)
+        self.notes: list[str] = []
+        self.inventory: dict[str, Any] = {}
+
+    def say(self, text: str) -> None:
+        print(f"ktrace: {text}", file=self.err, flush=True)
+
+    # --- setting up ---------------------------------------------------------------------------
+    def _ephemeral(self, pod: Pod) -> debug.Container:
+        try:
+            return debug.add_ephemeral(
+                self.api, pod, self.opts.image, self.ttl, target_container=self.opts.container
+            )
+        except PodSecurityError as exc:
+            if exc.level != "baseline":
+                raise PodSecurityError(
+                    f'namespace "{pod.namespace}" enforces PodSecurity "{exc.level}" '
+                    f"(label pod-security.kubernetes.io/enforce={exc.level}): {exc.message}",
+                    "tcpdump cannot run under restricted; capture from the node side only "
+                    "(ktrace cannot skip the pod side yet) or ask for a baseline namespace",
+                    exc.level,
+                ) from None
+        # baseline refuses added capabilities, but containerd's defaults include NET_RAW
+        self.say(
+            f'namespace "{pod.namespace}" enforces PodSecurity baseline (label '
+            "pod-security.kubernetes.io/enforce=baseline), which refuses NET_RAW/NET_ADMIN: "
+            "retrying without added capabilities (the runtime's defaults often include NET_RAW)"
+        )
+        self.notes.append(f"{pod.ref}: ephemeral container without added capabilities")
+        return debug.add_ephemeral(
+            self.api,
+            pod,
+            self.opts.image,
+            self.ttl,
+            capabilities=False,
+            target_container=self.opts.container,
+        )
+
+    def _node_pod(self, node: str) -> debug.Container:
+        ns = self.opts.node_namespace or self.pods[0].namespace
+        try:
+            return debug.create_node_pod(self.api, node, ns, self.opts.image, self.ttl, self.session)
+        except PodSecurityError as exc:
+            raise PodSecurityError(
+                f'node capture refused: namespace "{ns}" enforces PodSecurity "{exc.level}" '
+                f"(label pod-security.kubernetes.io/enforce={exc.level}), which forbids the host "
+                "network and NET_RAW/NET_ADMIN a node debug pod needs",
+                "pass --node-namespace with a namespace labelled "
+                "pod-security.kubernetes.io/enforce=privileged, or --no-node for the pod side only",
+                exc.level,
+            ) from None
+
+    def plan(self) -> list[Plan]:
+        plans: list[Plan] = []
+        by_node: dict[str, list[tuple[Pod, int | None]]] = {}
+        for pod in self.pods:
+            if pod.host_network:
+                if not self.opts.node:
+                    raise UsageError(
+                        f"pod {pod.ref} uses the host network: it has no network namespace of "
+                        "its own, so only the node side can capture it (drop --no-node)"
+                    )
+                by_node.setdefault(pod.node, [])
+                continue
+            self.say(f"adding ephemeral container to {pod.ref} ({self.opts.image})")
+            c = self._ephemeral(pod)
+            self.ephemeral[pod.ref] = c
+            plans += pod_points(pod, c, self.opts.bpf, self.opts.count)
+            if self.opts.node:
+                by_node.setdefault(pod.node, []).append((pod, pod_iflink(self.api, c)))
+        if self.opts.node:
+            nodes = {n["name"]: n["internalIP"] for n in self.inventory.get("nodes", [])}
+            for node, on_node in by_node.items():
+                self.say(f"starting node debug pod on {node}")
+                c = self._node_pod(node)
+                self.node_pods[node] = c
+                plans += node_points(self.api, node, nodes.get(node, ""), c, on_node, self.opts.bpf)
+        return plans
+
+    # --- running ------------------------------------------------------------------------------
+    def _open(self, plan: Plan) -> ExecStream:
+        c = plan.container
+        argv = tcpdump.command(plan.interface, plan.bpf, plan.count)
+        return ExecStream(self.api, c.namespace, c.pod, c.name, argv)
+
+    def start(self, plans: list[Plan]) -> None:
+        points = self.bundle / "points"
+        points.mkdir(mode=0o700, exist_ok=True)
+        for plan in plans:
+            r = PointRun(plan, points / f"{plan.id}.pcap")
+            self.runs.append(r)
+            r.start(self._open)
+        for r in self.runs:
+            r.wait_started(START_TIMEOUT)
+        failed = [r for r in self.runs if r.finished.is_set() and r.bytes == 0]
+        if failed:
+            r = failed[0]
+            hint = None
+            if "permission" in (r.error or "").lower() or "not permitted" in (r.error or ""):
+                hint = "tcpdump needs NET_RAW: this runtime does not grant it by default"
+            raise ClusterError(f"tcpdump at {r.plan.id} did not start: {r.error}", hint)
+
+    def wait(self, stop: threading.Event, progress: Progress) -> str:
+        """Until a stop condition; returns why ("" for a normal end)."""
+        began = time.monotonic()
+        pod_runs = [r for r in self.runs if r.plan.count]
+        poll = began
+        while True:
+            progress.show(self.runs, time.monotonic() - began)
+            if stop.wait(0.5):
+                return "stopped"
+            now = time.monotonic()
+            if self.opts.duration is not None and now - began >= self.opts.duration:
+                return ""
+            if pod_runs and all(r.finished.is_set() for r in pod_runs):
+                return ""
+            if self.opts.max_size and sum(r.bytes for r in self.runs) >= self.opts.max_size:
+                return ""
+            if all(r.finished.is_set() for r in self.runs):
+                return "every capture stream ended"
+            if now - poll >= 3:
+                poll = now
+                self._poke_stats()
+
+    def _poke_stats(self) -> None:
+        """tcpdump prints its counts (kernel drops among them) on SIGUSR1."""
+        for r in self.runs:
+            if r.pid is not None and not r.finished.is_set():
+                c = r.plan.container
+                with contextlib.suppress(ClusterError):
+                    run(self.api, c.namespace, c.pod, c.name, ["kill", "-USR1", str(r.pid)], 5)
+
+    def stop_points(self) -> None:
+        def stop(r: PointRun) -> None:
+            if r.finished.is_set() or r.pid is None:
+                return
+            c = r.plan.container
+            r.stop_requested = True
+            with contextlib.suppress(ClusterError):
+                run(self.api, c.namespace, c.pod, c.name, ["kill", "-INT", str(r.pid)], 10)
+            r.finished.wait(STOP_TIMEOUT)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(stop, self.runs))
+
+    def node_metadata(self) -> None:
+        for node, c in self.node_pods.items():
+            folder = self.bundle / "nodes" / node
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for name, argv in NODE_METADATA.items():
+                try:
+                    result = run(self.api, c.namespace, c.pod, c.name, argv, timeout=30)
+                    text = result.text if result.code == 0 else ""
+                    if result.code != 0:
+                        text = f"# {' '.join(argv)}: exit {result.code}: " + result.stderr.decode(
+                            "utf-8", "replace"
+                        )
+                except ClusterError as exc:
+                    text = f"# {' '.join(argv)}: {exc.message}\n"
+                write_private(folder / f"{name}.txt", text)
+
+    def cleanup(self) -> list[str]:
+        """End what was started, whatever happened before; returns what could not be ended."""
+        left = []
+        for c in self.ephemeral.values():
+            try:
+                debug.end_ephemeral(self.api, c)
+            except ClusterError as exc:
+                left.append(f"ephemeral container {c.name} in {c.where}: {exc.message}")
+        for c in self.node_pods.values():
+            try:
+                debug.delete_pod(self.api, c)
+            except ClusterError as exc:
+                left.append(f"node pod {c.where}: {exc.message}")
+        return left
+
+    # --- the bundle ---------------------------------------------------------------------------
+    def write(self, status: str, reason: str) -> None:
+        points = []
+        for r in self.runs:
+            stats = r.stats()
+            p = r.plan
+            points.append(
+                PointSpec(
+                    id=p.id,
+                    kind=p.kind,
+                    file=f"points/{p.id}.pcap",
+                    node=p.node or None,
+                    namespace=p.namespace,
+                    pod=p.pod,
+                    interface=p.interface,
+                    ifindex=p.ifindex,
+                    linktype=1,
+                    packets=stats.captured if stats.captured is not None else r.packets,
+                    kernel_drops=stats.dropped,
+                )
+            )
+        write_manifest(
+            self.bundle,
+            Manifest(
+                points=tuple(points),
+                cluster=self.api.context,
+                target=self.target,
+                status=status,
+                reason=reason,
+            ),
+        )
+
+
+def default_bundle(target: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    safe = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in target).strip("-")
+    return Path(f"ktrace-{safe}-{stamp}")
+
+
+def capture(
+    api: Api,
+    target: str,
+    pods: list[Pod],
+    bundle: Path,
+    opts: Options,
+    err: TextIO = sys.stderr,
+    during: Callable[[Session], None] | None = None,
+) -> Outcome:
+    """Run a whole capture. `during` runs once every point listens (trace sends its probe)."""
+    if bundle.exists() and any(bundle.iterdir()):
+        raise UsageError(f"{bundle} exists and is not empty", "choose another -o DIR")
+    bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
+    session = Session(api, target, pods, bundle, opts, err)
+    stop = threading.Event()
+    status, reason = "complete", ""
+    progress = Progress(err, opts.interactive)
+    try:
+        with signals_interrupt():
+            try:
+                session.inventory = inventory(api)
+                write_json(bundle / "inventory.json", session.inventory)
+                plans = session.plan()
+                session.start(plans)
+                session.say(
+                    f"capturing at {len(plans)} points: {', '.join(p.id for p in plans)}"
+                    + (" (Ctrl-C stops)" if opts.duration is None and not opts.count else "")
+                )
+                if during is not None:
+                    during(session)
+                why = session.wait(stop, progress)
+                if why:
+                    status, reason = "interrupted", why
+            except KeyboardInterrupt:
+                status, reason = "interrupted", "stopped by the user (Ctrl-C)"
+                session.say("stopping: Ctrl-C")
+            lost = [r for r in session.runs if r.error and r.bytes]
+            if lost and status == "complete":
+                status = "interrupted"
+                reason = "; ".join(f"{r.plan.id}: {r.error}" for r in lost)
+    except BaseException as exc:
+        status = "interrupted"
+        reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        with _quiet_interrupts():
+            _finish(session, status, reason, progress)
+        raise
+    with _quiet_interrupts():
+        _finish(session, status, reason, progress)
+    return Outcome(bundle, status, reason, session.runs)
+
+
+@contextlib.contextmanager
+def _quiet_interrupts() -> Iterator[None]:
+    """A second Ctrl-C must not skip the cleanup: it is short and leaves nothing behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _finish(session: Session, status: str, reason: str, progress: Progress) -> None:
+    session.stop_points()
+    progress.done(session.runs)
+    session.node_metadata()
+    left = session.cleanup()
+    for r in session.runs:
+        if r.error and r.bytes and not r.stop_requested:
+            session.say(f"{r.plan.id}: {r.error}")
+    for what in left:
+        session.say(f"could not clean up {what} (kubectl ktrace cleanup retries)")
+    if session.runs or status != "complete":
+        session.write(status, reason)
