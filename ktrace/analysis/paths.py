@@ -17,7 +17,7 @@ from ktrace.decode.transport import SYN
 # A packet that reached a point this close to the end of the next point's capture may simply
 # have been cut off by the capture stopping.
 END_GRACE_NS = 200_000_000
-POINT_ORDER = {"pod": 0, "veth": 1, "node": 2, "tunnel": 2, "file": 3}
+POINT_ORDER = {"pod": 0, "veth": 1, "tunnel": 2, "node": 3, "file": 4}
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _expected_tail(
         if p.pod == pod and (p.namespace in (None, namespace)) and k not in present
     ]
     # on the destination side a packet meets the node, then the veth, then the pod
-    return sorted(tail, key=lambda k: -POINT_ORDER.get(index.points[k].kind, 3))
+    return sorted(tail, key=lambda k: -POINT_ORDER.get(index.points[k].kind, 4))
 
 
 def conversation_paths(
@@ -162,7 +162,7 @@ def _one(
         use = at & fwd if (at & fwd).any() else at
         sign = 1 if (at & fwd).any() else -1
         keys[p] = sign * float(np.median(rel[use]))
-    hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p].kind, 3)))
+    hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p].kind, 4)))
     # ...unless the bundle says where each point is: clocks of different nodes are only
     # estimated, the topology is known (the client's node first, pod -> veth -> NIC, then the
     # other nodes NIC -> veth -> pod).
@@ -177,7 +177,7 @@ def _one(
         def topo(p: int) -> tuple[int, float, int, float]:
             pt = index.points[p]
             local = pt.node == src.node
-            rank = POINT_ORDER.get(pt.kind, 3)
+            rank = POINT_ORDER.get(pt.kind, 4)
             return (0 if local else 1, node_time[pt.node or ""], rank if local else -rank, keys[p])
 
         hop_points = sorted(hop_points, key=topo)

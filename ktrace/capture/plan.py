@@ -33,8 +33,9 @@ def parse_links(text: str) -> list[Link]:
         m = LINK.match(line)
         if not m:
             continue
-        words = line.split("\\")[1].split() if "\\" in line else []
-        kind = next((w for w in words if w in (*OVERLAY_KINDS, "veth", "bridge")), "")
+        # details come as backslash-separated segments; a segment's first word is its kind
+        firsts = [seg.split()[0] for seg in line.split("\\")[1:] if seg.split()]
+        kind = next((w for w in firsts if w in (*OVERLAY_KINDS, "veth", "bridge")), "")
         out.append(Link(int(m.group(1)), m.group(2), kind))
     return out
 
