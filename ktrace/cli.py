@@ -92,6 +92,19 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return capture_command(_kube(args), args.target, args.selector, opts, args.output_dir)
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from ktrace.capture.session import Options
+    from ktrace.capture.trace import trace_command
+
+    opts = Options(
+        image=args.image,
+        node=not args.no_node,
+        node_namespace=args.node_namespace,
+        container=args.container,
+    )
+    return trace_command(_kube(args), args.source, args.to, args.dns, opts, args.output_dir)
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from ktrace.capture.commands import cleanup_command
 
@@ -218,6 +231,15 @@ def _container_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _node_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-node", action="store_true", help="pod side only: no node debug pods")
+    p.add_argument(
+        "--node-namespace",
+        metavar="NS",
+        help="namespace for node debug pods (needs PodSecurity privileged; default: the target's)",
+    )
+
+
 def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "target",
@@ -244,12 +266,26 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=_seconds, help="stop after this long, e.g. 30s, 5m")
     p.add_argument("--count", type=_positive, help="stop after N packets at each pod's eth0")
     p.add_argument("--max-size", metavar="SIZE", help="stop when the bundle reaches SIZE (100M)")
-    p.add_argument("--no-node", action="store_true", help="pod side only: no node debug pods")
+    _node_args(p)
     p.add_argument(
-        "--node-namespace",
-        metavar="NS",
-        help="namespace for node debug pods (needs PodSecurity privileged; default: the target's)",
+        "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
     )
+    _container_args(p)
+    _kube_args(p)
+
+
+@command(
+    "trace", "send one probe from a pod, capturing on the way: where it went, where it stopped"
+)
+def _trace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", help="the pod the probe leaves from: pod/NAME")
+    p.add_argument(
+        "--to",
+        metavar="DEST",
+        help="TCP connect to svc/NAME[:PORT] (its ClusterIP), pod/NAME:PORT or HOST:PORT",
+    )
+    p.add_argument("--dns", metavar="NAME", help="instead: a DNS query through the pod's resolver")
+    _node_args(p)
     p.add_argument(
         "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
     )
@@ -259,9 +295,7 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
 
 @command("cleanup", "delete node debug pods and end ephemeral containers ktrace left running")
 def _cleanup_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="look in every namespace"
-    )
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="look in every namespace")
     _kube_args(p)
 
 

@@ -174,11 +174,17 @@ def _one(
             node = index.points[p].node or ""
             node_time[node] = min(node_time.get(node, keys[p]), keys[p])
 
+        src_pod = src.name.split("/", 1)[-1] if src.kind == "pod" else None
+
         def topo(p: int) -> tuple[int, float, int, float]:
             pt = index.points[p]
-            local = pt.node == src.node
             rank = POINT_ORDER.get(pt.kind, 4)
-            return (0 if local else 1, node_time[pt.node or ""], rank if local else -rank, keys[p])
+            if pt.pod is not None and pt.pod == src_pod:
+                return (0, 0.0, rank, keys[p])  # the source pod's own points: pod -> veth
+            if pt.pod is None and pt.node == src.node:
+                return (1, 0.0, rank, keys[p])  # out of its node: tunnel -> NIC
+            # other nodes (NIC -> tunnel), then the destination's points (veth -> pod)
+            return (2 if pt.pod is None else 3, node_time[pt.node or ""], -rank, keys[p])
 
         hop_points = sorted(hop_points, key=topo)
     at_hop = {p: i for i, p in enumerate(hop_points)}

@@ -109,7 +109,9 @@ class PointRun:
                         for channel, data in stream.frames(0.5):
                             if channel == STDOUT:
                                 if self.bytes == 0 and data[:4] not in tcpdump.PCAP_MAGICS:
-                                    self.error = "the stream is not a pcap (does the image run tcpdump?)"
+                                    self.error = (
+                                        "the stream is not a pcap (does the image run tcpdump?)"
+                                    )
                                     return
                                 out.write(data)
                                 self.bytes += len(data)

@@ -152,7 +152,9 @@ class Session:
     def _node_pod(self, node: str) -> debug.Container:
         ns = self.opts.node_namespace or self.pods[0].namespace
         try:
-            return debug.create_node_pod(self.api, node, ns, self.opts.image, self.ttl, self.session)
+            return debug.create_node_pod(
+                self.api, node, ns, self.opts.image, self.ttl, self.session
+            )
         except PodSecurityError as exc:
             raise PodSecurityError(
                 f'node capture refused: namespace "{ns}" enforces PodSecurity "{exc.level}" '

@@ -8,6 +8,7 @@ required, and ktrace only needs a few fields.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -75,6 +76,12 @@ class Api:
         with api_errors():
             resp = method(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
             return json.loads(resp.data)
+
+    def in_namespace(self, namespace: str) -> Api:
+        """The same client, looking in another namespace."""
+        other = copy.copy(self)
+        other.namespace = namespace
+        return other
 
     @property
     def server(self) -> str:

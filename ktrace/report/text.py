@@ -11,62 +11,62 @@ def _section(title: str, body: str) -> str:
     return f"{title}\n{'=' * len(title)}\n{body}\n"
 
 
-def render_report(data: dict, limit: int) -> str:  # type: ignore[type-arg]
-    parts = []
-    findings = data["findings"]
-    if findings:
-        lines = []
-        for f in findings:
-            lines.append(f"[{f['severity'].upper()}] {f['id']}: {f['title']}")
-            for text in (f["explanation"], "Next: " + f["next_step"]):
-                lines.extend(
-                    textwrap.wrap(text, 96, initial_indent="    ", subsequent_indent="    ")
-                )
-            if f["evidence"]:
-                refs = ", ".join(f"{e['point']}#{e['packet']}" for e in f["evidence"][:6])
-                lines.append(f"    Evidence: {refs}")
-        parts.append(_section(f"Findings ({len(findings)})", "\n".join(lines)))
-    else:
-        parts.append(_section("Findings", "none: nothing looks wrong in these captures"))
+def render_findings(findings: list[dict]) -> str:  # type: ignore[type-arg]
+    if not findings:
+        return _section("Findings", "none: nothing looks wrong in these captures")
+    lines = []
+    for f in findings:
+        lines.append(f"[{f['severity'].upper()}] {f['id']}: {f['title']}")
+        for text in (f["explanation"], "Next: " + f["next_step"]):
+            lines.extend(textwrap.wrap(text, 96, initial_indent="    ", subsequent_indent="    "))
+        if f["evidence"]:
+            refs = ", ".join(f"{e['point']}#{e['packet']}" for e in f["evidence"][:6])
+            lines.append(f"    Evidence: {refs}")
+    return _section(f"Findings ({len(findings)})", "\n".join(lines))
 
-    # the paths that lost packets first: they are why one reads this
-    paths = sorted((p for p in data["paths"] if len(p["hops"]) > 1), key=lambda p: not p["lost"])
-    if paths:
-        lines = []
-        for p in paths[:limit]:
-            lines.append(p["conversation"])
-            for k, h in enumerate(p["hops"], 1):
-                where = h["node"] or ""
-                seen = "never" if h["expected"] else f"{h['packets']} pkts"
-                lat = f"+{h['latency_ms']:.3f} ms" if h["latency_ms"] is not None else ""
-                tun = (
-                    f"{h['tunnel']['kind']} vni {h['tunnel']['vni']} "
-                    f"{h['tunnel']['outer_src']} > {h['tunnel']['outer_dst']}"
-                    if h["tunnel"]
-                    else ""
-                )
-                lines.append(
-                    f"  {k:>2} {h['point']:<16} {h['kind']:<5} {where:<10} "
-                    f"{seen:>9} {lat:>13}  {tun}".rstrip()
-                )
-                for n in p["nat"]:
-                    if n["between"][0] == h["point"]:
-                        lines.append(f"     {n['kind']}: {n['before']}  =>  {n['after']}")
-            for x in p["lost"]:
-                kind = "SYNs" if x["syn"] == x["packets"] else "packets"
-                lines.append(
-                    f"  LOST {x['packets']} {kind} ({x['direction']}, up to "
-                    f"{x['max_size']} B): last seen at {x['last_seen']}, never at "
-                    f"{x['never_at']}"
-                )
-            lines.append("")
-        more = f"... {len(paths) - limit} more\n" if len(paths) > limit else ""
-        parts.append(
-            _section(
-                f"Paths across capture points ({len(paths)})",
-                "\n".join(lines).rstrip() + "\n" + more,
+
+def render_paths(paths: list[dict], limit: int, title: str = "Paths across capture points") -> str:  # type: ignore[type-arg]
+    """Each conversation hop by hop; the paths that lost packets first."""
+    paths = sorted((p for p in paths if len(p["hops"]) > 1), key=lambda p: not p["lost"])
+    if not paths:
+        return ""
+    lines = []
+    for p in paths[:limit]:
+        lines.append(p["conversation"])
+        for k, h in enumerate(p["hops"], 1):
+            where = h["node"] or ""
+            seen = "never" if h["expected"] else f"{h['packets']} pkts"
+            lat = f"+{h['latency_ms']:.3f} ms" if h["latency_ms"] is not None else ""
+            tun = (
+                f"{h['tunnel']['kind']} vni {h['tunnel']['vni']} "
+                f"{h['tunnel']['outer_src']} > {h['tunnel']['outer_dst']}"
+                if h["tunnel"]
+                else ""
             )
-        )
+            lines.append(
+                f"  {k:>2} {h['point']:<16} {h['kind']:<5} {where:<10} "
+                f"{seen:>9} {lat:>13}  {tun}".rstrip()
+            )
+            for n in p["nat"]:
+                if n["between"][0] == h["point"]:
+                    lines.append(f"     {n['kind']}: {n['before']}  =>  {n['after']}")
+        for x in p["lost"]:
+            kind = "SYNs" if x["syn"] == x["packets"] else "packets"
+            lines.append(
+                f"  LOST {x['packets']} {kind} ({x['direction']}, up to "
+                f"{x['max_size']} B): last seen at {x['last_seen']}, never at "
+                f"{x['never_at']}"
+            )
+        lines.append("")
+    more = f"... {len(paths) - limit} more\n" if len(paths) > limit else ""
+    return _section(f"{title} ({len(paths)})", "\n".join(lines).rstrip() + "\n" + more)
+
+
+def render_report(data: dict, limit: int) -> str:  # type: ignore[type-arg]
+    parts = [render_findings(data["findings"])]
+    paths = render_paths(data["paths"], limit)
+    if paths:
+        parts.append(paths)
 
     points = data["points"]
     parts.append(
