@@ -99,9 +99,8 @@ def probe_paths(data: dict[str, Any], src_ip: str, dest: Destination) -> list[di
         flows = " ".join(p["flows"])
         if f" {src_ip}:" not in f" {flows}":
             continue
-        if dest.dns and (":53 " in f"{flows} " or flows.endswith(":53")):
-            out.append(p)
-        elif not dest.dns and f"{dest.host}:{dest.port}" in flows:
+        wanted = ":53 " if dest.dns else f"{dest.host}:{dest.port} "
+        if wanted in f"{flows} ":
             out.append(p)
     return out
 

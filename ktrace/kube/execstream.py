@@ -92,7 +92,7 @@ class ExecStream:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(READ_SIZE)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return
         except OSError as exc:
             self.closed = True
@@ -148,7 +148,7 @@ class ExecStream:
         self.closed = True
         try:
             self.ws.close(timeout=1)
-        except Exception:  # noqa: BLE001 - the peer may be gone already; nothing to save
+        except Exception:
             self.sock.close()
 
 

@@ -292,8 +292,8 @@ class Cluster:
                 "waiting": {
                     "reason": "ErrImagePull",
                     "message": (
-                        f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
-                        f'failed to resolve reference "{image}": not found'
+                        "rpc error: code = NotFound desc = failed to pull and unpack image "
+                        f'"{image}": failed to resolve reference "{image}": not found'
                     ),
                 }
             }

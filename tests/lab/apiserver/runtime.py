@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # containerd's default capability set (NET_RAW included: what lets tcpdump run under baseline)
 DEFAULT_CAPS = (
@@ -131,7 +132,7 @@ def _forked_child(pid: int, timeout: float = 5) -> int:
     path = f"/proc/{pid}/task/{pid}/children"
     while time.monotonic() < deadline:
         with contextlib.suppress(FileNotFoundError):
-            children = open(path).read().split()
+            children = Path(path).read_text().split()
             if children:
                 return int(children[0])
         time.sleep(0.01)
