@@ -92,6 +92,14 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return capture_command(_kube(args), args.target, args.selector, opts, args.output_dir)
 
 
+def cmd_dns(args: argparse.Namespace) -> int:
+    from ktrace.capture.dnscheck import dns_command
+    from ktrace.capture.session import Options
+
+    opts = Options(image=args.image, container=args.container)
+    return dns_command(_kube(args), args.target, args.selector, args.names, opts, args.output_dir)
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from ktrace.capture.session import Options
     from ktrace.capture.trace import trace_command
@@ -267,6 +275,22 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=_positive, help="stop after N packets at each pod's eth0")
     p.add_argument("--max-size", metavar="SIZE", help="stop when the bundle reaches SIZE (100M)")
     _node_args(p)
+    p.add_argument(
+        "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
+    )
+    _container_args(p)
+    _kube_args(p)
+
+
+@command("dns", "resolve names as the pod does, ask each DNS server directly, capture it all")
+def _dns_args(p: argparse.ArgumentParser) -> None:
+    _target_args(p)
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="names to resolve as the pod's resolver would (default: kubernetes.default)",
+    )
     p.add_argument(
         "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
     )

@@ -353,7 +353,7 @@ def capture(
                 plans = session.plan()
                 session.start(plans)
                 session.say(
-                    f"capturing at {len(plans)} points: {', '.join(p.id for p in plans)}"
+                    f"capturing at {len(plans)} point{'s' if len(plans) != 1 else ''}: {', '.join(p.id for p in plans)}"
                     + (" (Ctrl-C stops)" if opts.duration is None and not opts.count else "")
                 )
                 if during is not None:
