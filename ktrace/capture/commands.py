@@ -57,9 +57,9 @@ def cleanup_command(flags: KubeFlags, all_namespaces: bool) -> int:
             meta = obj["metadata"]
             c = debug.Container(meta["namespace"], meta["name"], name, "")
             try:
-                debug.end_ephemeral(api, c)
-                print(f"ended ephemeral container {name} in {c.where}")
-                done += 1
+                if debug.end_ephemeral(api, c):
+                    print(f"ended ephemeral container {name} in {c.where}")
+                    done += 1
             except ClusterError as exc:
                 print(f"ktrace: could not end {name} in {c.where}: {exc}", file=sys.stderr)
                 failed += 1

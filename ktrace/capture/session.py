@@ -10,6 +10,7 @@ reason when it was cut short.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import sys
 import threading
@@ -112,7 +113,6 @@ class Session:
         self.node_pods: dict[str, debug.Container] = {}
         self.runs: list[PointRun] = []
         self.ttl = int((opts.duration or 3600) + 120)
-        self.notes: list[str] = []
         self.inventory: dict[str, Any] = {}
 
     def say(self, text: str) -> None:
@@ -120,41 +120,59 @@ class Session:
 
     # --- setting up ---------------------------------------------------------------------------
     def _ephemeral(self, pod: Pod) -> debug.Container:
+        # named and remembered before the request: an interrupt during the PATCH must not
+        # leave a container the cleanup does not know about
+        c = debug.Container(pod.namespace, pod.name, f"ktrace-{self.session}", pod.node)
+        self.ephemeral[pod.ref] = c
         try:
-            return debug.add_ephemeral(
-                self.api, pod, self.opts.image, self.ttl, target_container=self.opts.container
-            )
+            self._add(pod, c, capabilities=True)
         except PodSecurityError as exc:
             if exc.level != "baseline":
                 raise PodSecurityError(
                     f'namespace "{pod.namespace}" enforces PodSecurity "{exc.level}" '
                     f"(label pod-security.kubernetes.io/enforce={exc.level}): {exc.message}",
-                    "tcpdump cannot run under restricted; capture from the node side only "
-                    "(ktrace cannot skip the pod side yet) or ask for a baseline namespace",
+                    "tcpdump cannot run under restricted; ask for a baseline or privileged "
+                    "namespace",
                     exc.level,
                 ) from None
-        # baseline refuses added capabilities, but containerd's defaults include NET_RAW
-        self.say(
-            f'namespace "{pod.namespace}" enforces PodSecurity baseline (label '
-            "pod-security.kubernetes.io/enforce=baseline), which refuses NET_RAW/NET_ADMIN: "
-            "retrying without added capabilities (the runtime's defaults often include NET_RAW)"
-        )
-        self.notes.append(f"{pod.ref}: ephemeral container without added capabilities")
-        return debug.add_ephemeral(
+            # baseline refuses added capabilities, but containerd's defaults include NET_RAW
+            self.say(
+                f'namespace "{pod.namespace}" enforces PodSecurity baseline (label '
+                "pod-security.kubernetes.io/enforce=baseline), which refuses NET_RAW/NET_ADMIN: "
+                "retrying without added capabilities (the runtime's defaults often include "
+                "NET_RAW)"
+            )
+            try:
+                self._add(pod, c, capabilities=False)
+            except PodSecurityError as again:
+                # admission judges the whole pod: containers added before the label count
+                raise PodSecurityError(
+                    f'namespace "{pod.namespace}" enforces PodSecurity "baseline" and pod '
+                    f"{pod.ref} already holds containers it refuses: {again.message}",
+                    "ephemeral containers cannot be removed: capture another replica, or relax "
+                    "the namespace label pod-security.kubernetes.io/enforce",
+                    again.level,
+                ) from None
+        debug.wait_running(self.api, c, ephemeral=True)
+        return c
+
+    def _add(self, pod: Pod, c: debug.Container, capabilities: bool) -> None:
+        debug.add_ephemeral(
             self.api,
             pod,
+            c.name,
             self.opts.image,
             self.ttl,
-            capabilities=False,
+            capabilities=capabilities,
             target_container=self.opts.container,
         )
 
     def _node_pod(self, node: str) -> debug.Container:
         ns = self.opts.node_namespace or self.pods[0].namespace
+        c = debug.Container(ns, debug.node_pod_name(node), "capture", node)
+        self.node_pods[node] = c
         try:
-            return debug.create_node_pod(
-                self.api, node, ns, self.opts.image, self.ttl, self.session
-            )
+            debug.create_node_pod(self.api, c, self.opts.image, self.ttl, self.session)
         except PodSecurityError as exc:
             raise PodSecurityError(
                 f'node capture refused: namespace "{ns}" enforces PodSecurity "{exc.level}" '
@@ -164,6 +182,8 @@ class Session:
                 "pod-security.kubernetes.io/enforce=privileged, or --no-node for the pod side only",
                 exc.level,
             ) from None
+        debug.wait_running(self.api, c, ephemeral=False)
+        return c
 
     def plan(self) -> list[Plan]:
         plans: list[Plan] = []
@@ -179,7 +199,6 @@ class Session:
                 continue
             self.say(f"adding ephemeral container to {pod.ref} ({self.opts.image})")
             c = self._ephemeral(pod)
-            self.ephemeral[pod.ref] = c
             plans += pod_points(pod, c, self.opts.bpf, self.opts.count)
             if self.opts.node:
                 by_node.setdefault(pod.node, []).append((pod, pod_iflink(self.api, c)))
@@ -188,7 +207,6 @@ class Session:
             for node, on_node in by_node.items():
                 self.say(f"starting node debug pod on {node}")
                 c = self._node_pod(node)
-                self.node_pods[node] = c
                 plans += node_points(self.api, node, nodes.get(node, ""), c, on_node, self.opts.bpf)
         return plans
 
@@ -232,7 +250,8 @@ class Session:
             if self.opts.max_size and sum(r.bytes for r in self.runs) >= self.opts.max_size:
                 return ""
             if all(r.finished.is_set() for r in self.runs):
-                return "every capture stream ended"
+                lost = [f"{r.plan.id}: {r.error}" for r in self.runs if r.error]
+                return "; ".join(lost) or "every capture stream ended"
             if now - poll >= 3:
                 poll = now
                 self._poke_stats()
@@ -334,13 +353,15 @@ def capture(
     pods: list[Pod],
     bundle: Path,
     opts: Options,
-    err: TextIO = sys.stderr,
+    err: TextIO | None = None,
     during: Callable[[Session], None] | None = None,
 ) -> Outcome:
     """Run a whole capture. `during` runs once every point listens (trace sends its probe)."""
     if bundle.exists() and any(bundle.iterdir()):
         raise UsageError(f"{bundle} exists and is not empty", "choose another -o DIR")
+    created = not bundle.exists()
     bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
+    err = err or sys.stderr  # looked up now: tests and callers swap sys.stderr
     session = Session(api, target, pods, bundle, opts, err)
     stop = threading.Event()
     status, reason = "complete", ""
@@ -352,8 +373,9 @@ def capture(
                 write_json(bundle / "inventory.json", session.inventory)
                 plans = session.plan()
                 session.start(plans)
+                where = ", ".join(p.id for p in plans)
                 session.say(
-                    f"capturing at {len(plans)} point{'s' if len(plans) != 1 else ''}: {', '.join(p.id for p in plans)}"
+                    f"capturing at {len(plans)} point{'s' if len(plans) != 1 else ''}: {where}"
                     + (" (Ctrl-C stops)" if opts.duration is None and not opts.count else "")
                 )
                 if during is not None:
@@ -373,6 +395,8 @@ def capture(
         reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         with _quiet_interrupts():
             _finish(session, status, reason, progress)
+        if created and not session.runs:
+            shutil.rmtree(bundle, ignore_errors=True)  # refused before any packet: nothing to keep
         raise
     with _quiet_interrupts():
         _finish(session, status, reason, progress)

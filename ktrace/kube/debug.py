@@ -58,13 +58,15 @@ class Container:
 def add_ephemeral(
     api: Api,
     pod: Pod,
+    name: str,
     image: str,
     ttl: int,
     capabilities: bool = True,
     target_container: str | None = None,
 ) -> Container:
     """PATCH pods/ephemeralcontainers (strategic merge: the list merges by name, so this
-    appends) with an idle container; caps NET_RAW/NET_ADMIN unless told not to."""
+    appends) with an idle container; caps NET_RAW/NET_ADMIN unless told not to. Returns
+    without waiting for it to run (wait_running)."""
     if pod.static:
         raise ClusterError(
             f"pod {pod.ref} is a static pod: static pods do not support ephemeral containers",
@@ -77,7 +79,6 @@ def add_ephemeral(
             f'pod {pod.ref} has no container "{target_container}"',
             f"its containers: {', '.join(pod.containers)}",
         )
-    name = f"ktrace-{suffix()}"
     security: dict[str, Any] = {"runAsUser": 0, "runAsNonRoot": False}
     if capabilities:
         security["capabilities"] = {"add": CAPS}
@@ -111,9 +112,7 @@ def add_ephemeral(
                 "they need Kubernetes 1.25 or newer",
             ) from None
         raise
-    container = Container(pod.namespace, pod.name, name, pod.node)
-    wait_running(api, container, ephemeral=True)
-    return container
+    return Container(pod.namespace, pod.name, name, pod.node)
 
 
 def _status(pod: dict[str, Any], name: str, ephemeral: bool) -> dict[str, Any] | None:
@@ -155,9 +154,24 @@ def wait_running(api: Api, c: Container, ephemeral: bool, timeout: float = 120) 
         time.sleep(0.25)
 
 
-def end_ephemeral(api: Api, c: Container) -> None:
-    """Ephemeral containers cannot be removed; ending their PID 1 stops them for good."""
+def end_ephemeral(api: Api, c: Container) -> bool:
+    """Ephemeral containers cannot be removed; ending their PID 1 stops them for good.
+    False when it was not running (never added, never started, already ended)."""
+    try:
+        obj = api.call(api.core.read_namespaced_pod, c.pod, c.namespace)
+    except ClusterError as exc:
+        if "not found" in exc.message:
+            return False
+        raise
+    status = _status(obj, c.name, ephemeral=True)
+    if status is None or "running" not in (status.get("state") or {}):
+        return False
     run(api, c.namespace, c.pod, c.name, ["kill", "-TERM", "1"], timeout=15)
+    return True
+
+
+def node_pod_name(node: str) -> str:
+    return f"ktrace-node-{node}"[:57] + f"-{suffix()}"
 
 
 def node_pod_spec(node: str, namespace: str, image: str, ttl: int, session: str) -> dict[str, Any]:
@@ -167,7 +181,7 @@ def node_pod_spec(node: str, namespace: str, image: str, ttl: int, session: str)
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": f"ktrace-node-{node}-{suffix()}"[:63],
+            "name": node_pod_name(node),
             "namespace": namespace,
             "labels": {**MANAGED_BY, "ktrace.io/session": session},
         },
@@ -192,19 +206,12 @@ def node_pod_spec(node: str, namespace: str, image: str, ttl: int, session: str)
     }
 
 
-def create_node_pod(
-    api: Api, node: str, namespace: str, image: str, ttl: int, session: str
-) -> Container:
-    spec = node_pod_spec(node, namespace, image, ttl, session)
+def create_node_pod(api: Api, c: Container, image: str, ttl: int, session: str) -> None:
+    """The pod named by `c`, created without waiting for it to run (wait_running)."""
+    spec = node_pod_spec(c.node, c.namespace, image, ttl, session)
+    spec["metadata"]["name"] = c.pod
     with api_errors():
-        api.core.create_namespaced_pod(namespace, spec, _request_timeout=api.timeout)
-    container = Container(namespace, spec["metadata"]["name"], "capture", node)
-    try:
-        wait_running(api, container, ephemeral=False)
-    except ClusterError:
-        delete_pod(api, container)
-        raise
-    return container
+        api.core.create_namespaced_pod(c.namespace, spec, _request_timeout=api.timeout)
 
 
 def delete_pod(api: Api, c: Container) -> None:

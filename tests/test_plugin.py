@@ -1,0 +1,530 @@
+"""`kubectl ktrace` end to end: the real kubectl 1.32 and the Python client against the lab's
+API server, captures of real packets in real network namespaces, every refusal, and every way
+a capture can stop, each checked for leftovers (tcpdump processes, node pods, running
+ephemeral containers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ktrace.analysis.report import analyze, to_dict
+from ktrace.bundle.manifest import read_manifest
+from ktrace.cli import main
+from ktrace.decode.index import build_index
+from tests.lab import topology as topo
+from tests.lab.apiserver.server import ApiServer
+from tests.lab.lab import Lab, unavailable
+from tests.lab.record import fetch
+
+WHY = unavailable()
+pytestmark = [pytest.mark.lab, pytest.mark.skipif(WHY is not None, reason=WHY or "")]
+SCRIPTS = sysconfig.get_path("scripts")
+KUBECTL = shutil.which("kubectl")
+VIP = "10.96.0.20"
+
+
+@dataclass
+class Env:
+    lab: Lab
+    server: ApiServer
+    kubeconfig: Path
+    env: dict[str, str]
+
+    def leftovers(self) -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if (proc / "comm").read_text().strip() == "tcpdump":
+                        found.append(f"tcpdump pid {proc.name}")
+                except OSError:
+                    continue
+        cluster = self.server.cluster
+        with cluster.lock:
+            for (ns, name), pod in cluster.pods.items():
+                labels = pod["metadata"].get("labels") or {}
+                if labels.get("app.kubernetes.io/managed-by") == "ktrace":
+                    found.append(f"node pod {ns}/{name}")
+            for (ns, name, container), run in cluster.running.items():
+                if container.startswith("ktrace-") and run.alive():
+                    found.append(f"ephemeral container {container} in {ns}/{name}")
+        return found
+
+    def wait_clean(self, timeout: float = 10) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while (left := self.leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return left
+
+    def ktrace(self, *args: str) -> list[str]:
+        return [*args, "--kubeconfig", str(self.kubeconfig)]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("cluster")
+    lab = Lab().up()
+    server = ApiServer(lab.description()).start()
+    try:
+        kubeconfig = server.kubeconfig(root / "kubeconfig")
+        environ = dict(
+            os.environ,
+            KUBECONFIG=str(kubeconfig),
+            KUBECACHEDIR=str(root / "cache"),  # never an older simulator's discovery
+            PATH=f"{SCRIPTS}{os.pathsep}{os.environ['PATH']}",
+        )
+        environ.pop("COLUMNS", None)
+        yield Env(lab, server, kubeconfig, environ)
+    finally:
+        server.stop()
+        lab.down()
+
+
+@pytest.fixture(autouse=True)
+def fresh(env: Env) -> Iterator[None]:
+    """Each test starts from the default switches and leaves nothing running."""
+    yield
+    env.server.behaviour.ephemeral_enabled = True
+    env.server.behaviour.cut_exec_after_bytes = None
+    env.server.cluster.namespaces["default"]["metadata"]["labels"] = {
+        "kubernetes.io/metadata.name": "default"
+    }
+    assert env.wait_clean() == []
+
+
+def kubectl(env: Env, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed")
+    return subprocess.run(
+        [KUBECTL, *args], capture_output=True, text=True, timeout=timeout, env=env.env
+    )
+
+
+class Running:
+    """A plugin process whose stderr is followed line by line."""
+
+    def __init__(self, argv: list[str], env: Env) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env.env
+        )
+        self.lines: list[str] = []
+        self.seen = threading.Condition()
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self.seen:
+                self.lines.append(line)
+                self.seen.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        with self.seen:
+            ok = self.seen.wait_for(
+                lambda: any(text in ln for ln in self.lines) or self.proc.poll() is not None,
+                timeout,
+            )
+        assert ok and any(text in ln for ln in self.lines), "".join(self.lines)
+
+    def finish(self, timeout: float = 90) -> tuple[int, str, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        time.sleep(0.1)
+        return self.proc.returncode, out, "".join(self.lines)
+
+
+def rows(bundle: Path, point: str) -> list[tuple[str, int, str, int, int]]:
+    """(src, sport, dst, dport, tunnel id) of every TCP packet at a point, inner addresses."""
+    with build_index([bundle / "points" / f"{point}.pcap"], workers=1) as index:
+        c = index.columns
+        out = []
+        for k in range(len(index)):
+            if int(c.proto[k]) == 6:
+                out.append(
+                    (
+                        index.address(int(c.l3[k]), int(c.src[k])),
+                        int(c.sport[k]),
+                        index.address(int(c.l3[k]), int(c.dst[k])),
+                        int(c.dport[k]),
+                        int(c.tunnel[k]),
+                    )
+                )
+        return out
+
+
+def assert_private(bundle: Path, env: Env) -> None:
+    token_words = list(env.server.tokens)
+    for path in bundle.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o077 == 0, path
+            data = path.read_bytes()
+            assert not any(t.encode() in data for t in token_words), f"credential in {path}"
+
+
+# --- the API server, as kubectl and the Python client see it ---------------------------------
+def test_kubectl_lists_execs_and_debugs_against_the_lab(env: Env) -> None:
+    out = kubectl(env, "get", "pods", "-o", "wide")
+    assert out.returncode == 0, out.stderr
+    header = out.stdout.splitlines()[0].split()
+    assert header[:5] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert "pending-1" in out.stdout and "Pending" in out.stdout
+    web2 = next(ln for ln in out.stdout.splitlines() if ln.startswith("web-2 "))
+    assert topo.pod("web-2").ip in web2 and "node-b" in web2
+
+    out = kubectl(env, "exec", "web-2", "--", "ip", "-o", "-4", "addr", "show", "eth0")
+    assert out.returncode == 0 and topo.pod("web-2").ip in out.stdout  # really in its netns
+    assert kubectl(env, "exec", "web-2", "--", "sh", "-c", "exit 3").returncode == 3
+
+    out = kubectl(env, "debug", "web-1", "--image=busybox", "-c", "dbg", "--", "sleep", "30")
+    assert out.returncode == 0, out.stderr
+    out = kubectl(env, "exec", "web-1", "-c", "dbg", "--", "sh", "-c", "echo $$; cat /proc/1/comm")
+    pid, comm = out.stdout.split()
+    assert comm == "sleep" and int(pid) > 1  # its own PID namespace, sleep as PID 1
+    out = kubectl(
+        env, "debug", "web-1", "--image=busybox", "-c", "dbg", "--profile=general", "--", "true"
+    )
+    assert out.returncode == 1 and 'existing ephemeral containers "dbg" may not be changed' in (
+        out.stderr
+    )
+    out = kubectl(env, "debug", "-n", "kube-system", "etcd-node-a", "--image=busybox")
+    assert "static pods do not support ephemeral containers" in out.stderr
+    for key, run in env.server.cluster.running.items():
+        if key[2] == "dbg":
+            run.kill()
+
+
+def test_python_client_streams_binary_bytes_exactly(env: Env) -> None:
+    from ktrace.kube.api import Api, KubeFlags
+    from ktrace.kube.execstream import run
+
+    api = Api(KubeFlags(kubeconfig=str(env.kubeconfig)))
+    blob = os.urandom(3_000_000)
+    src = env.lab.state / "blob.bin"
+    src.write_bytes(blob)
+    result = run(api, "default", "web-2", "app", ["sh", "-c", f"cat {src}; echo done >&2; exit 7"])
+    assert result.stdout == blob  # frame boundaries, non-UTF-8 bytes: all intact
+    assert result.stderr == b"done\n" and result.code == 7
+
+
+def test_v4_clients_get_binary_frames_and_the_status_channel(env: Env) -> None:
+    import websocket
+
+    token = next(t for t, u in env.server.tokens.items() if u.admin)
+    url = env.server.url.replace("https", "wss") + (
+        "/api/v1/namespaces/default/pods/web-2/exec?command=printf&command=%5Cxff%5Cx00ok"
+        "&container=app&stdout=true&stderr=true"
+    )
+    ws = websocket.create_connection(
+        url,
+        header=[f"Authorization: Bearer {token}"],
+        subprotocols=["v4.channel.k8s.io"],
+        sslopt={"ca_certs": str(env.server.cert)},
+    )
+    assert ws.subprotocol == "v4.channel.k8s.io"
+    frames = []
+    while True:
+        op, frame = ws.recv_data_frame(True)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            break
+        assert op == websocket.ABNF.OPCODE_BINARY
+        frames.append(frame.data)
+    assert frames[0] == b"\x01\xff\x00ok"
+    assert json.loads(frames[-1][1:]) == {"metadata": {}, "status": "Success"}
+
+
+# --- refusals: one sentence each, nothing left behind ----------------------------------------
+def refused(env: Env, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    out = env.lab.state / "refused"
+    code = main(env.ktrace("capture", *args, "--duration", "1", "-o", str(out)))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("ktrace: error:")]
+    assert code == 4, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert not out.exists()  # nothing captured, no bundle
+    assert not out.exists()  # nothing captured, no bundle
+    return lines[0]
+
+
+def test_pod_security_baseline(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = env.server.cluster.namespaces["default"]["metadata"]["labels"]
+    labels["pod-security.kubernetes.io/enforce"] = "baseline"
+    line = refused(env, capsys, "client")
+    assert 'node capture refused: namespace "default" enforces PodSecurity "baseline"' in line
+    assert "pod-security.kubernetes.io/enforce=baseline" in line and "--no-node" in line
+    # the pod side alone works: retried without added capabilities, NET_RAW is a default
+    bundle = tmp_path / "b"
+    assert (
+        main(env.ktrace("capture", "client", "--no-node", "--duration", "1", "-o", str(bundle)))
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "retrying without added capabilities" in err
+    assert read_manifest(bundle).status == "complete"  # type: ignore[union-attr]
+    # and the node side in a namespace that allows it
+    bundle = tmp_path / "c"
+    argv = env.ktrace(
+        "capture", "client", "--node-namespace", "kube-system", "--duration", "1", "-o", str(bundle)
+    )
+    assert main(argv) == 0
+    assert "client-veth" in {p.id for p in read_manifest(bundle).points}  # type: ignore[union-attr]
+
+
+def test_pod_security_restricted(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    labels = env.server.cluster.namespaces["default"]["metadata"]["labels"]
+    labels["pod-security.kubernetes.io/enforce"] = "restricted"
+    line = refused(env, capsys, "client", "--no-node")
+    assert 'enforces PodSecurity "restricted"' in line and "runAsNonRoot" in line
+
+
+# --- captures --------------------------------------------------------------------------------
+def call_web(env: Env, times: int = 2) -> str:
+    env.lab.reset_balancing()
+    return env.lab.client_python(fetch(*["/"] * times, host=VIP))
+
+
+def test_capture_through_kubectl_sees_the_vip_then_the_overlay(env: Env, tmp_path: Path) -> None:
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed")
+    bundle = tmp_path / "client"
+    run = Running(
+        [KUBECTL, "ktrace", "capture", "pod/client", "--duration", "4", "-o", str(bundle)], env
+    )
+    run.wait_for("capturing at")
+    answers = call_web(env)
+    code, out, err = run.finish()
+    assert code == 0, err
+    assert out.strip() == str(bundle)
+    assert answers.count("GET /: ") == 2 and "failed" not in answers
+    manifest = read_manifest(bundle)
+    assert manifest is not None and manifest.status == "complete"
+    ids = {p.id for p in manifest.points}
+    assert ids == {"client-eth0", "client-veth", "node-a-eth0", "node-a-flannel.1"}
+    web2 = topo.pod("web-2").ip
+    pod_side = rows(bundle, "client-eth0")
+    assert any(d == VIP and dp == 80 for _, _, d, dp, _ in pod_side)  # before DNAT
+    assert not any(d == web2 for _, _, d, _, _ in pod_side)
+    nic = rows(bundle, "node-a-eth0")  # after DNAT, inside VXLAN
+    assert nic and all(t > 0 for *_, t in nic)
+    assert any(d == web2 and dp == 80 for _, _, d, dp, _ in nic)
+    stats = {p.id: p for p in manifest.points}
+    assert stats["client-eth0"].packets == len(pod_side) > 0
+    assert stats["client-eth0"].kernel_drops == 0
+    assert (bundle / "nodes" / "node-a" / "iptables-save.txt").read_text().count("KUBE-SVC") > 0
+    inventory = json.loads((bundle / "inventory.json").read_text())
+    assert {s["clusterIP"] for s in inventory["services"]} >= {VIP, "10.96.0.10"}
+    assert_private(bundle, env)
+    assert env.wait_clean() == []
+
+
+def test_capture_a_service_through_the_python_entry_point(env: Env, tmp_path: Path) -> None:
+    bundle = tmp_path / "web"
+    argv = [sys.executable, "-m", "ktrace", "capture", "svc/web", "-f", "tcp", "port", "80"]
+    run = Running(
+        [*argv, "--duration", "4", "-o", str(bundle), "--kubeconfig", str(env.kubeconfig)], env
+    )
+    run.wait_for("capturing at")
+    call_web(env)
+    code, _, err = run.finish()
+    assert code == 0, err
+    web1, web2, client = (topo.pod(n).ip for n in ("web-1", "web-2", "client"))
+    assert {(s, d) for s, _, d, dp, _ in rows(bundle, "web-2-eth0") if dp == 80} == {(client, web2)}
+    assert {(s, d) for s, _, d, dp, _ in rows(bundle, "web-1-eth0") if dp == 80} == {(client, web1)}
+    # the user's filter does not hide the overlay on the NIC
+    assert any(t and d == web2 for _, _, d, _, t in rows(bundle, "node-b-eth0"))
+    report = to_dict(analyze([bundle]))
+    assert report["findings"] == []
+    crossing = [p for p in report["paths"] if web2 in p["conversation"]]
+    assert [h["point"] for h in crossing[0]["hops"]] == [
+        "node-a-flannel.1",
+        "node-a-eth0",
+        "node-b-eth0",
+        "node-b-flannel.1",
+        "web-2-veth",
+        "web-2-eth0",
+    ]
+
+
+def test_trace_says_where_the_probe_stopped(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.lab.fault("policy-drop", True)
+    try:
+        code = main(
+            env.ktrace("trace", "client", "--to", "pod/web-2:80", "-o", str(tmp_path / "t"))
+        )
+    finally:
+        env.lab.fault("policy-drop", False)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "TCP connect to 10.244.1.2:80: no answer within 3s" in out
+    assert "stopped after node-b-flannel.1: never seen at web-2-veth" in out
+    assert "path.drop" in out
+
+
+def test_dns_resolves_as_the_pod_does(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "dns"
+    code = main(env.ktrace("dns", "client", "web", "example.com", "-o", str(bundle)))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "web: resolves as web.default.svc.cluster.local. -> 10.96.0.20" in out
+    assert "example.com: resolves as example.com. -> 93.184.216.34" in out
+    assert "3 search-list names tried first" in out
+    results = json.loads((bundle / "dns" / "default_client.json").read_text())
+    assert results["resolv_conf"]["ndots"] == 5
+    assert [s["server"] for s in results["servers"]["servers"]] == [
+        "10.96.0.10",
+        "kube-system/coredns",
+    ]
+    assert all(s["tcp"]["status"] == "NOERROR" for s in results["servers"]["servers"])
+    # the queries are in the bundle: every one tried, answered at the pod's eth0
+    dns = to_dict(analyze([bundle]))["dns"]
+    names = {d["qname"].rstrip(".") for d in dns}
+    assert {
+        "example.com.default.svc.cluster.local",
+        "example.com",
+        "web.default.svc.cluster.local",
+    } <= names
+
+
+def test_dns_names_the_upstream_when_only_external_names_fail(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.lab.fault("dns-upstream-down", True)
+    try:
+        code = main(env.ktrace("dns", "client", "example.com", "-o", str(tmp_path / "d")))
+    finally:
+        env.lab.fault("dns-upstream-down", False)
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert "example.com: no answer" in out, err
+    assert "their upstream resolvers do not answer" in out
+
+
+def test_pod_security_counts_containers_added_before_the_label(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = env.server.cluster.namespaces["default"]["metadata"]["labels"]
+    labels["pod-security.kubernetes.io/enforce"] = "baseline"
+    line = refused(env, capsys, "web-2", "--no-node")  # captured with NET_RAW/NET_ADMIN above
+    assert "pod default/web-2 already holds containers it refuses" in line
+    assert "ephemeral containers cannot be removed" in line
+
+
+def test_rbac(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    line = refused(env, capsys, "client", "--context", "ktrace-lab-viewer")
+    assert (
+        'RBAC: user "viewer" may not patch pods/ephemeralcontainers in namespace "default"' in line
+    )
+
+
+def test_unknown_image(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    line = refused(env, capsys, "client", "--image", "example.invalid/nothing:1")
+    assert "cannot start: ErrImagePull" in line and "--image" in line
+
+
+def test_ephemeral_containers_disabled(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    env.server.behaviour.ephemeral_enabled = False
+    line = refused(env, capsys, "client")
+    assert "ephemeral containers are not available on this cluster" in line
+
+
+def test_pod_not_running_and_not_found(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "pod default/pending-1 is Pending, not Running" in refused(env, capsys, "pending-1")
+    assert 'pod "nope" not found in namespace "default"' in refused(env, capsys, "pod/nope")
+    assert 'service "nope" not found' in refused(env, capsys, "svc/nope")
+
+
+def test_static_host_network_pod_is_captured_on_its_node(env: Env, tmp_path: Path) -> None:
+    bundle = tmp_path / "etcd"
+    argv = env.ktrace(
+        "capture", "-n", "kube-system", "etcd-node-a", "--duration", "1", "-o", str(bundle)
+    )
+    assert main(argv) == 0
+    kinds = {p.kind for p in read_manifest(bundle).points}  # type: ignore[union-attr]
+    assert kinds == {"node", "tunnel"}
+
+
+# --- stopping ----------------------------------------------------------------------------------
+def test_a_cut_stream_keeps_what_arrived_and_kills_tcpdump(env: Env, tmp_path: Path) -> None:
+    env.server.behaviour.cut_exec_after_bytes = 1500
+    bundle = tmp_path / "cut"
+    run = Running(
+        [
+            sys.executable,
+            "-m",
+            "ktrace",
+            *env.ktrace("capture", "client", "--no-node", "--duration", "3", "-o", str(bundle)),
+        ],
+        env,
+    )
+    run.wait_for("capturing at")
+    call_web(env)
+    code, _, err = run.finish()
+    assert code == 4, err
+    manifest = read_manifest(bundle)
+    assert manifest is not None and manifest.status == "interrupted"
+    assert "client-eth0" in manifest.reason and "connection" in manifest.reason
+    data = (bundle / "points" / "client-eth0.pcap").read_bytes()
+    assert len(data) > 1000 and rows(bundle, "client-eth0")  # what arrived is readable
+
+
+@pytest.mark.parametrize("stage", ["setting up", "capturing"])
+def test_ctrl_c_at_each_stage(env: Env, tmp_path: Path, stage: str) -> None:
+    bundle = tmp_path / "b"
+    run = Running(
+        [sys.executable, "-m", "ktrace", *env.ktrace("capture", "svc/web", "-o", str(bundle))], env
+    )
+    run.wait_for("adding ephemeral container" if stage == "setting up" else "capturing at")
+    if stage == "capturing":
+        call_web(env, 1)
+    run.proc.send_signal(signal.SIGINT)
+    code, _, err = run.finish()
+    assert code == 130, err
+    manifest = read_manifest(bundle)
+    assert manifest is not None and manifest.status == "interrupted"
+    assert "Ctrl-C" in manifest.reason
+    if stage == "capturing":
+        assert sum(len(rows(bundle, p.id)) for p in manifest.points) > 0
+
+
+def test_kill_9_leaves_what_cleanup_removes(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = Running(
+        [
+            sys.executable,
+            "-m",
+            "ktrace",
+            *env.ktrace("capture", "client", "-o", str(tmp_path / "k")),
+        ],
+        env,
+    )
+    run.wait_for("capturing at")
+    run.proc.kill()
+    run.finish()
+    left = env.leftovers()
+    assert any("node pod" in x for x in left) and any("ephemeral" in x for x in left)
+    assert main(env.ktrace("cleanup")) == 0
+    out = capsys.readouterr().out
+    assert "deleted pod default/ktrace-node-node-a-" in out
+    assert "ended ephemeral container ktrace-" in out
+    # tcpdump dies when its container does, as on a node
+    assert env.wait_clean() == []
+    assert main(env.ktrace("cleanup")) == 0
+    assert "nothing of ktrace's is running" in capsys.readouterr().out
