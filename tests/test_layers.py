@@ -4,6 +4,7 @@ textual, kubernetes nor scapy, checked in a fresh interpreter."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 CODE = """
@@ -28,3 +29,17 @@ def test_core_imports_no_ui_cluster_or_scapy() -> None:
     count, heavy = out.stdout.splitlines()
     assert int(count) >= 20  # the walk really found the core modules
     assert heavy == "[]"
+
+
+def test_only_kube_imports_kubernetes() -> None:
+    """The cluster client stays behind ktrace/kube/; the rest calls its functions."""
+    root = Path(__file__).resolve().parents[1] / "ktrace"
+    importers = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if any(
+            line.strip().startswith(("import kubernetes", "from kubernetes"))
+            for line in path.read_text().splitlines()
+        )
+    )
+    assert importers and all(name.startswith("kube/") for name in importers), importers
