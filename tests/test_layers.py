@@ -4,8 +4,8 @@ textual, kubernetes nor scapy, checked in a fresh interpreter."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 CODE = """
 import importlib, pkgutil, sys
