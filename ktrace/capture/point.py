@@ -42,12 +42,14 @@ class RecordCounter:
         self.packets = 0
         self.skip = 24  # the global header
         self.pending = b""
+        self.magic = b""
         self.order = "<"
 
     def feed(self, data: bytes) -> None:
-        if self.packets == 0 and self.skip == 24 and len(self.pending) + len(data) >= 4:
-            head = (self.pending + data)[:4]
-            self.order = "<" if head in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        if len(self.magic) < 4:
+            self.magic += data[: 4 - len(self.magic)]
+            little = self.magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+            self.order = "<" if little else ">"
         buf = self.pending + data if self.pending else data
         pos = self.skip
         n = len(buf)
