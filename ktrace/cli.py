@@ -89,7 +89,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
         interactive=sys.stderr.isatty(),
         container=args.container,
     )
-    return capture_command(_kube(args), args.target, args.selector, opts, args.output_dir)
+    return capture_command(
+        _kube(args), args.target, args.selector, opts, args.output_dir, open_ui=args.open
+    )
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
@@ -274,6 +276,11 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=_seconds, help="stop after this long, e.g. 30s, 5m")
     p.add_argument("--count", type=_positive, help="stop after N packets at each pod's eth0")
     p.add_argument("--max-size", metavar="SIZE", help="stop when the bundle reaches SIZE (100M)")
+    p.add_argument(
+        "--open",
+        action="store_true",
+        help="follow the capture live in the terminal UI; quitting it stops the capture",
+    )
     _node_args(p)
     p.add_argument(
         "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run them all: lint, format, unit, fuzz, tshark
-# differential (and, as they land, the lab's end-to-end tests). Run as root on Debian/Ubuntu:
+# differential, the lab's end-to-end tests and kubectl ktrace against the lab's API server. Run as root on Debian/Ubuntu:
 # tshark and tcpdump come from apt, the lab makes network namespaces.
 # Extra arguments go to pytest, e.g. tests/run.sh -k dns
 set -euo pipefail
@@ -15,6 +15,11 @@ command -v iptables-restore >/dev/null || missing+=(iptables)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v conntrack >/dev/null || missing+=(conntrack)
 command -v ethtool >/dev/null || missing+=(ethtool)
+# the plugin's end-to-end tests: dig in the "debug image", the API server's TLS certificate,
+# nsenter/unshare/setpriv for containers' namespaces and capabilities
+command -v dig >/dev/null || missing+=(bind9-dnsutils)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v setpriv >/dev/null || missing+=(util-linux)
 # the TUI's real-terminal test
 command -v tmux >/dev/null || missing+=(tmux)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)

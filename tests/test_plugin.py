@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -528,3 +529,53 @@ def test_kill_9_leaves_what_cleanup_removes(
     assert env.wait_clean() == []
     assert main(env.ktrace("cleanup")) == 0
     assert "nothing of ktrace's is running" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_capture_open_follows_the_capture_live_and_q_stops_it(env: Env, tmp_path: Path) -> None:
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed")
+    bundle, rc = tmp_path / "live", tmp_path / "rc"
+    session = f"ktrace-live-{int(time.time() * 1000)}"
+    environ = {k: v for k, v in env.env.items() if k not in ("COLUMNS", "LINES", "TMUX")}
+    command = f"{KUBECTL} ktrace capture pod/client --open -o {bundle}; echo $? > {rc}"
+
+    def tmux(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["tmux", "-L", session, *args], capture_output=True, text=True, env=environ
+        )
+
+    def screen_until(pattern: str, timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        shown = ""
+        while time.monotonic() < deadline:
+            shown = tmux("capture-pane", "-p", "-t", session).stdout
+            m = re.search(pattern, shown)
+            if m:
+                return m
+            time.sleep(0.3)
+        raise AssertionError(f"{pattern!r} never appeared:\n{shown}")
+
+    assert (
+        tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "40", command).returncode == 0
+    )
+    try:
+        screen_until(r"LIVE capturing: 4 points")
+        call_web(env)
+        # the UI indexes what arrived while the capture goes on
+        m = screen_until(r"([1-9][\d,]*) packets, 4 points")
+        assert int(m.group(1).replace(",", "")) >= 20
+        screen_until(r"LIVE capturing")
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 60
+        while not rc.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rc.read_text().strip() == "0"
+    finally:
+        tmux("kill-server")
+    manifest = read_manifest(bundle)
+    assert manifest is not None and manifest.status == "complete"
+    assert {p.id for p in manifest.points} == {
+        "client-eth0", "client-veth", "node-a-eth0", "node-a-flannel.1"
+    }  # fmt: skip
+    assert rows(bundle, "client-eth0")

@@ -230,3 +230,56 @@ def test_a_real_terminal_under_tmux() -> None:
         assert tmux("has-session", "-t", session).returncode != 0  # q quits for real
     finally:
         tmux("kill-server")
+
+
+class FakeLive:
+    """A capture that is still writing: the test appends to its files and ends it."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def running(self) -> bool:
+        return self.on
+
+    def summary(self) -> str:
+        return "capturing" if self.on else "capture ended"
+
+
+def records(data: bytes) -> list[int]:
+    """Byte offsets where each pcap record ends (nanosecond or microsecond, little-endian)."""
+    ends, pos = [], 24
+    while pos + 16 <= len(data):
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+        ends.append(pos)
+    return ends
+
+
+async def test_live_mode_follows_growing_point_files(tmp_path: Path) -> None:
+    bundle = tmp_path / "live"
+    shutil.copytree(POLICY, bundle)
+    full = {p: p.read_bytes() for p in (bundle / "points").glob("*.pcap")}
+    total = sum(len(records(d)) for d in full.values())
+    early = 0
+    for path, data in full.items():  # what had arrived when the UI opened: a few packets
+        ends = records(data)
+        k = min(3, len(ends))
+        early += k
+        cut = ends[k - 1] if k else 24
+        path.write_bytes(data[: cut + 7])  # and a record still arriving
+    live = FakeLive()
+    app = KtraceApp([bundle], live=live)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        assert app.index is not None and len(app.index) == early
+        assert "LIVE capturing" in app.status_text()
+        for path, data in full.items():
+            path.write_bytes(data)
+        live.on = False
+        deadline = time.monotonic() + 30
+        while not (app.report is not None and len(app.index or []) == total):
+            assert time.monotonic() < deadline, app.status_text()
+            await pilot.pause(0.1)
+        await pilot.pause(1.5)  # and it stops following once the capture has ended
+        assert app._live_ended and len(app.index or []) == total
+        assert "LIVE capture ended" in app.status_text()
+        assert [f.id for f in app.report.findings] == ["path.drop"]

@@ -47,7 +47,7 @@ class Manifest:
     points: tuple[PointSpec, ...]
     cluster: str = ""
     target: str = ""
-    status: str = "complete"  # complete | interrupted
+    status: str = "complete"  # complete | interrupted | capturing (still running, or killed)
     reason: str = ""
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format: int = FORMAT

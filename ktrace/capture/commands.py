@@ -3,29 +3,110 @@ between the parsed flags (cli.py) and the capture session."""
 
 from __future__ import annotations
 
+import io
 import sys
+import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ktrace.capture.session import Options, capture, default_bundle
+from ktrace.capture.session import Options, Outcome, Session, capture, default_bundle
 from ktrace.errors import ClusterError, ExitStatus
 from ktrace.kube.api import Api, KubeFlags
 from ktrace.kube.targets import resolve
 
 
 def capture_command(
-    flags: KubeFlags, target: str | None, selector: str | None, opts: Options, out: Path | None
+    flags: KubeFlags,
+    target: str | None,
+    selector: str | None,
+    opts: Options,
+    out: Path | None,
+    open_ui: bool = False,
 ) -> int:
     api = Api(flags)
     label, pods = resolve(api, target, selector)
     bundle = out or default_bundle(label)
-    outcome = capture(api, label, pods, bundle, opts)
+    if open_ui:
+        outcome = capture_with_ui(api, label, pods, bundle, opts)
+    else:
+        outcome = capture(api, label, pods, bundle, opts)
     print(bundle)
     if outcome.status != "complete":
         print(f"ktrace: bundle marked interrupted: {outcome.reason}", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED if "Ctrl-C" in outcome.reason else ExitStatus.CLUSTER)
     print(f"ktrace: analyze it with: ktrace analyze {bundle}", file=sys.stderr)
     return int(ExitStatus.OK)
+
+
+class LiveCapture:
+    """A capture running in a thread while the UI follows its bundle."""
+
+    def __init__(self, api: Api, label: str, pods: list[Any], bundle: Path, opts: Options) -> None:
+        self.stop = threading.Event()
+        self.listening = threading.Event()
+        self.log = io.StringIO()  # the terminal belongs to the UI meanwhile
+        self.session: Session | None = None
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+        self.bundle = bundle
+        self.thread = threading.Thread(
+            target=self._run, args=(api, label, pods, bundle, opts), name="capture", daemon=True
+        )
+
+    def _run(self, api: Api, label: str, pods: list[Any], bundle: Path, opts: Options) -> None:
+        def started(session: Session) -> None:
+            self.session = session
+            self.listening.set()
+
+        try:
+            self.outcome = capture(
+                api, label, pods, bundle, opts, err=self.log, during=started, stop=self.stop
+            )
+        except BaseException as exc:  # handed to the main thread
+            self.error = exc
+        finally:
+            self.listening.set()
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def summary(self) -> str:
+        session = self.session
+        if session is None:
+            return "starting"
+        packets = sum(r.packets for r in session.runs)
+        size = sum(r.bytes for r in session.runs)
+        state = "capturing" if self.running() else "capture ended"
+        return f"{state}: {len(session.runs)} points, {packets:,} packets, {size / 1e6:.1f} MB"
+
+
+def capture_with_ui(api: Api, label: str, pods: list[Any], bundle: Path, opts: Options) -> Outcome:
+    """The capture in a thread, `ktrace open` on its bundle in front; closing the UI stops it."""
+    from ktrace.tui.app import run as run_ui
+
+    live = LiveCapture(
+        api,
+        label,
+        pods,
+        bundle,
+        replace(opts, interactive=False),
+    )
+    live.thread.start()
+    try:
+        while not live.listening.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        live.stop.set()  # setting up: the capture thread stops once it has points
+    if live.error is None and live.session is not None:
+        run_ui([bundle], live=live)
+    live.stop.set()
+    live.thread.join()
+    sys.stderr.write(live.log.getvalue())
+    if live.error is not None:
+        raise live.error
+    assert live.outcome is not None
+    return live.outcome
 
 
 def cleanup_command(flags: KubeFlags, all_namespaces: bool) -> int:

@@ -225,6 +225,8 @@ class Session:
             r.start(self._open)
         for r in self.runs:
             r.wait_started(START_TIMEOUT)
+        # readable while it runs (ktrace open follows it), and after a kill -9
+        self.write("capturing", "")
         failed = [r for r in self.runs if r.finished.is_set() and r.bytes == 0]
         if failed:
             r = failed[0]
@@ -241,7 +243,7 @@ class Session:
         while True:
             progress.show(self.runs, time.monotonic() - began)
             if stop.wait(0.5):
-                return "stopped"
+                return ""  # asked to stop (the UI closed): an end like --duration's
             now = time.monotonic()
             if self.opts.duration is not None and now - began >= self.opts.duration:
                 return ""
@@ -355,15 +357,17 @@ def capture(
     opts: Options,
     err: TextIO | None = None,
     during: Callable[[Session], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Outcome:
-    """Run a whole capture. `during` runs once every point listens (trace sends its probe)."""
+    """Run a whole capture. `during` runs once every point listens (trace sends its probe,
+    `capture --open` opens the UI); setting `stop` ends it as --duration would."""
     if bundle.exists() and any(bundle.iterdir()):
         raise UsageError(f"{bundle} exists and is not empty", "choose another -o DIR")
     created = not bundle.exists()
     bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
     err = err or sys.stderr  # looked up now: tests and callers swap sys.stderr
     session = Session(api, target, pods, bundle, opts, err)
-    stop = threading.Event()
+    stop = stop or threading.Event()
     status, reason = "complete", ""
     progress = Progress(err, opts.interactive)
     try:

@@ -7,7 +7,9 @@ show what is known as soon as it is known and stay responsive meanwhile.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from textual import on, work
@@ -15,7 +17,7 @@ from textual.app import App
 from textual.command import Hit, Hits, Provider
 from textual.worker import get_current_worker
 
-from ktrace.analysis.report import Inputs, Report, analyze_index, read_inputs
+from ktrace.analysis.report import Inputs, Report, analyze_index, capture_files, read_inputs
 from ktrace.decode.index import CaptureFile, IndexBuilder, PacketIndex, scan
 from ktrace.errors import Cancelled, KtraceError
 from ktrace.model import PacketRef, Point
@@ -32,6 +34,14 @@ VIEWS = {
     "dns": DnsView,
     "findings": FindingsView,
 }
+
+
+class Live(Protocol):
+    """A capture still writing the inputs (`kubectl ktrace capture --open`)."""
+
+    def running(self) -> bool: ...
+
+    def summary(self) -> str: ...
 
 
 class ViewCommands(Provider):
@@ -57,8 +67,15 @@ class KtraceApp(App[None]):
     COMMANDS = {ViewCommands}
     MODES = VIEWS  # type: ignore[assignment]
 
-    def __init__(self, inputs: list[Path], found: Inputs | None = None) -> None:
+    def __init__(
+        self, inputs: list[Path], found: Inputs | None = None, live: Live | None = None
+    ) -> None:
         super().__init__()
+        self.live = live
+        self._seen_sizes: tuple[int, ...] = ()
+        self._load_started = 0.0
+        self._load_took = 0.0
+        self._live_ended = False
         self.inputs = inputs
         self.found = found  # already read by the caller: a .tar.gz is unpacked only once
         self.points: list[Point] = []
@@ -73,11 +90,34 @@ class KtraceApp(App[None]):
     def on_mount(self) -> None:
         self.switch_mode("points")
         self.load()
+        if self.live is not None:
+            self.set_interval(1.0, self.follow)
+
+    def follow(self) -> None:
+        """Live mode: index again when the point files have grown, no more often than
+        indexing allows (three times its last duration), and once more when it ends."""
+        assert self.live is not None
+        if self._live_ended or any(w.group == "load" and w.is_running for w in self.workers):
+            self._refresh_views()
+            return
+        if time.monotonic() - self._load_started < 3 * self._load_took:
+            return
+        ended = not self.live.running()
+        try:
+            sizes = tuple(path.stat().st_size for path in capture_files(self.inputs))
+        except OSError:
+            return
+        if sizes != self._seen_sizes or ended:
+            self._seen_sizes = sizes
+            self._live_ended = ended
+            self.found = None  # the manifest changes when the capture ends
+            self.load()
 
     # loading ----------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def load(self) -> None:
         worker = get_current_worker()
+        self._load_started = time.monotonic()
         try:
             found = self.found or read_inputs(self.inputs)
         except KtraceError as exc:
@@ -89,6 +129,8 @@ class KtraceApp(App[None]):
         files: list[CaptureFile] = []
         self.points = points
         for path in found.files:
+            if self.live is not None and path.stat().st_size < 24:
+                continue  # a live point whose tcpdump has not written its header yet
             try:
                 for step in scan([path], builder, points, files, self.cancel, None, found.declared):
                     if worker.is_cancelled:
@@ -104,6 +146,7 @@ class KtraceApp(App[None]):
             report = analyze_index(index, found.inventory, self.cancel)
         except Cancelled:
             return
+        self._load_took = time.monotonic() - self._load_started
         self.post_message(Analyzed(report))
 
     @on(Progress)
@@ -139,7 +182,7 @@ class KtraceApp(App[None]):
 
     # what views ask -----------------------------------------------------------------------
     def status_text(self) -> str:
-        parts = []
+        parts = [f"LIVE {self.live.summary()}"] if self.live is not None else []
         if self.phase == "indexing":
             p = self.progress
             pct = 100 * p.done / max(p.total, 1) if p else 0
@@ -197,5 +240,5 @@ class KtraceApp(App[None]):
         self.exit()
 
 
-def run(inputs: list[Path], found: Inputs | None = None) -> None:
-    KtraceApp(inputs, found).run()
+def run(inputs: list[Path], found: Inputs | None = None, live: Live | None = None) -> None:
+    KtraceApp(inputs, found, live).run()
