@@ -241,6 +241,16 @@ def _container_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cluster_tail(p: argparse.ArgumentParser) -> None:
+    """What every command that runs on the cluster ends with: the bundle, the debug container,
+    kubectl's flags."""
+    p.add_argument(
+        "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
+    )
+    _container_args(p)
+    _kube_args(p)
+
+
 def _node_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-node", action="store_true", help="pod side only: no node debug pods")
     p.add_argument(
@@ -282,11 +292,7 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
         help="follow the capture live in the terminal UI; quitting it stops the capture",
     )
     _node_args(p)
-    p.add_argument(
-        "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
-    )
-    _container_args(p)
-    _kube_args(p)
+    _cluster_tail(p)
 
 
 @command("dns", "resolve names as the pod does, ask each DNS server directly, capture it all")
@@ -298,11 +304,7 @@ def _dns_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="names to resolve as the pod's resolver would (default: kubernetes.default)",
     )
-    p.add_argument(
-        "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
-    )
-    _container_args(p)
-    _kube_args(p)
+    _cluster_tail(p)
 
 
 @command(
@@ -317,11 +319,7 @@ def _trace_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dns", metavar="NAME", help="instead: a DNS query through the pod's resolver")
     _node_args(p)
-    p.add_argument(
-        "-o", "--output-dir", type=Path, metavar="DIR", help="bundle directory (default: new)"
-    )
-    _container_args(p)
-    _kube_args(p)
+    _cluster_tail(p)
 
 
 @command("cleanup", "delete node debug pods and end ephemeral containers ktrace left running")

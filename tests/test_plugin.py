@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from tests.lab import topology as topo
 from tests.lab.apiserver.server import ApiServer
 from tests.lab.lab import Lab, unavailable
 from tests.lab.record import fetch
+from tests.tmux import Tmux
 
 WHY = unavailable()
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(WHY is not None, reason=WHY or "")]
@@ -72,6 +72,10 @@ class Env:
 
     def ktrace(self, *args: str) -> list[str]:
         return [*args, "--kubeconfig", str(self.kubeconfig)]
+
+    def plugin(self, *args: str) -> Running:
+        """`python -m ktrace ARGS` against the lab, followed as it runs."""
+        return Running([sys.executable, "-m", "ktrace", *self.ktrace(*args)], self)
 
 
 @pytest.fixture(scope="module")
@@ -333,9 +337,8 @@ def test_capture_through_kubectl_sees_the_vip_then_the_overlay(env: Env, tmp_pat
 
 def test_capture_a_service_through_the_python_entry_point(env: Env, tmp_path: Path) -> None:
     bundle = tmp_path / "web"
-    argv = [sys.executable, "-m", "ktrace", "capture", "svc/web", "-f", "tcp", "port", "80"]
-    run = Running(
-        [*argv, "--duration", "4", "-o", str(bundle), "--kubeconfig", str(env.kubeconfig)], env
+    run = env.plugin(
+        "capture", "svc/web", "-f", "tcp", "port", "80", "--duration", "4", "-o", str(bundle)
     )
     run.wait_for("capturing at")
     call_web(env)
@@ -465,15 +468,7 @@ def test_static_host_network_pod_is_captured_on_its_node(env: Env, tmp_path: Pat
 def test_a_cut_stream_keeps_what_arrived_and_kills_tcpdump(env: Env, tmp_path: Path) -> None:
     env.server.behaviour.cut_exec_after_bytes = 1500
     bundle = tmp_path / "cut"
-    run = Running(
-        [
-            sys.executable,
-            "-m",
-            "ktrace",
-            *env.ktrace("capture", "client", "--no-node", "--duration", "3", "-o", str(bundle)),
-        ],
-        env,
-    )
+    run = env.plugin("capture", "client", "--no-node", "--duration", "3", "-o", str(bundle))
     run.wait_for("capturing at")
     call_web(env)
     code, _, err = run.finish()
@@ -488,9 +483,7 @@ def test_a_cut_stream_keeps_what_arrived_and_kills_tcpdump(env: Env, tmp_path: P
 @pytest.mark.parametrize("stage", ["setting up", "capturing"])
 def test_ctrl_c_at_each_stage(env: Env, tmp_path: Path, stage: str) -> None:
     bundle = tmp_path / "b"
-    run = Running(
-        [sys.executable, "-m", "ktrace", *env.ktrace("capture", "svc/web", "-o", str(bundle))], env
-    )
+    run = env.plugin("capture", "svc/web", "-o", str(bundle))
     run.wait_for("adding ephemeral container" if stage == "setting up" else "capturing at")
     if stage == "capturing":
         call_web(env, 1)
@@ -507,15 +500,7 @@ def test_ctrl_c_at_each_stage(env: Env, tmp_path: Path, stage: str) -> None:
 def test_kill_9_leaves_what_cleanup_removes(
     env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = Running(
-        [
-            sys.executable,
-            "-m",
-            "ktrace",
-            *env.ktrace("capture", "client", "-o", str(tmp_path / "k")),
-        ],
-        env,
-    )
+    run = env.plugin("capture", "client", "-o", str(tmp_path / "k"))
     run.wait_for("capturing at")
     run.proc.kill()
     run.finish()
@@ -536,43 +521,22 @@ def test_capture_open_follows_the_capture_live_and_q_stops_it(env: Env, tmp_path
     if KUBECTL is None:
         pytest.skip("kubectl is not installed")
     bundle, rc = tmp_path / "live", tmp_path / "rc"
-    session = f"ktrace-live-{int(time.time() * 1000)}"
-    environ = {k: v for k, v in env.env.items() if k not in ("COLUMNS", "LINES", "TMUX")}
     command = f"{KUBECTL} ktrace capture pod/client --open -o {bundle}; echo $? > {rc}"
-
-    def tmux(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["tmux", "-L", session, *args], capture_output=True, text=True, env=environ
-        )
-
-    def screen_until(pattern: str, timeout: float = 60) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        shown = ""
-        while time.monotonic() < deadline:
-            shown = tmux("capture-pane", "-p", "-t", session).stdout
-            m = re.search(pattern, shown)
-            if m:
-                return m
-            time.sleep(0.3)
-        raise AssertionError(f"{pattern!r} never appeared:\n{shown}")
-
-    assert (
-        tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "40", command).returncode == 0
-    )
+    term = Tmux(command, env.env, (160, 40))
     try:
-        screen_until(r"LIVE capturing: 4 points")
+        term.wait_for(r"LIVE capturing: 4 points", 60)
         call_web(env)
         # the UI indexes what arrived while the capture goes on
-        m = screen_until(r"([1-9][\d,]*) packets, 4 points")
+        m = term.wait_for(r"([1-9][\d,]*) packets, 4 points", 60)
         assert int(m.group(1).replace(",", "")) >= 20
-        screen_until(r"LIVE capturing")
-        tmux("send-keys", "-t", session, "q")
+        term.wait_for(r"LIVE capturing")
+        term.keys("q")
         deadline = time.monotonic() + 60
         while not rc.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert rc.read_text().strip() == "0"
     finally:
-        tmux("kill-server")
+        term.close()
     manifest = read_manifest(bundle)
     assert manifest is not None and manifest.status == "complete"
     assert {p.id for p in manifest.points} == {

@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import sysconfig
 import time
@@ -20,6 +19,7 @@ from textual.widgets import DataTable, Tree
 from ktrace.tui import keymap
 from ktrace.tui.app import KtraceApp
 from tests.conftest import PCAPS
+from tests.tmux import Tmux
 
 POLICY = PCAPS / "lab" / "policy-drop"
 SIZE = (140, 40)
@@ -189,47 +189,26 @@ def test_snapshots_of_the_main_views(snap_compare) -> None:  # type: ignore[no-u
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_a_real_terminal_under_tmux() -> None:
-    session = f"ktrace-test-{int(time.time() * 1000)}"
     ktrace = str(Path(sysconfig.get_path("scripts")) / "ktrace")
     command = (
         f"{ktrace} open {POLICY}"
         if Path(ktrace).exists()
         else f"{sys.executable} -m ktrace open {POLICY}"
     )
-    # COLUMNS/LINES from the test runner would override the pane's real size
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX")}
-
-    def tmux(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["tmux", "-L", session, *args], capture_output=True, text=True, env=env
-        )
-
-    def wait_for(text: str) -> str:
-        deadline = time.monotonic() + 30
-        shown = ""
-        while time.monotonic() < deadline:
-            shown = tmux("capture-pane", "-p", "-t", session).stdout
-            if text in shown:
-                return shown
-            time.sleep(0.2)
-        raise AssertionError(f"{text!r} never appeared:\n{shown}")
-
-    assert (
-        tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "36", command).returncode == 0
-    )
+    term = Tmux(command, dict(os.environ), (130, 36))
     try:
-        wait_for("1 findings")
-        tmux("send-keys", "-t", session, "5")
-        assert "node-b-eth0 and web-2-veth" in wait_for("path.drop")
-        tmux("send-keys", "-t", session, "Enter")
-        wait_for("✗ lost")
-        tmux("send-keys", "-t", session, "q")
+        term.wait_for("1 findings")
+        term.keys("5")
+        assert "node-b-eth0 and web-2-veth" in term.wait_for("path.drop").string
+        term.keys("Enter")
+        term.wait_for("✗ lost")
+        term.keys("q")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and tmux("has-session", "-t", session).returncode == 0:
+        while time.monotonic() < deadline and term.alive():
             time.sleep(0.2)
-        assert tmux("has-session", "-t", session).returncode != 0  # q quits for real
+        assert not term.alive()  # q quits for real
     finally:
-        tmux("kill-server")
+        term.close()
 
 
 class FakeLive:
