@@ -24,6 +24,10 @@ from ktrace.analysis.report import analyze, to_dict
 from ktrace.bundle.manifest import read_manifest
 from ktrace.cli import main
 from ktrace.decode.index import build_index
+from ktrace.kube.api import Api, KubeFlags
+from ktrace.kube.debug import Container, add_ephemeral, end_ephemeral, wait_running
+from ktrace.kube.execstream import run as exec_in
+from ktrace.kube.targets import resolve
 from tests.lab import topology as topo
 from tests.lab.apiserver.server import ApiServer
 from tests.lab.lab import Lab, unavailable
@@ -171,9 +175,10 @@ def rows(bundle: Path, point: str) -> list[tuple[str, int, str, int, int]]:
 
 def assert_private(bundle: Path, env: Env) -> None:
     token_words = list(env.server.tokens)
+    assert bundle.stat().st_mode & 0o077 == 0
     for path in bundle.rglob("*"):
+        assert path.stat().st_mode & 0o077 == 0, path
         if path.is_file():
-            assert path.stat().st_mode & 0o077 == 0, path
             data = path.read_bytes()
             assert not any(t.encode() in data for t in token_words), f"credential in {path}"
 
@@ -205,20 +210,19 @@ def test_kubectl_lists_execs_and_debugs_against_the_lab(env: Env) -> None:
     )
     out = kubectl(env, "debug", "-n", "kube-system", "etcd-node-a", "--image=busybox")
     assert "static pods do not support ephemeral containers" in out.stderr
-    for key, run in env.server.cluster.running.items():
+    for key, container in env.server.cluster.running.items():
         if key[2] == "dbg":
-            run.kill()
+            container.kill()
 
 
 def test_python_client_streams_binary_bytes_exactly(env: Env) -> None:
-    from ktrace.kube.api import Api, KubeFlags
-    from ktrace.kube.execstream import run
-
     api = Api(KubeFlags(kubeconfig=str(env.kubeconfig)))
     blob = os.urandom(3_000_000)
     src = env.lab.state / "blob.bin"
     src.write_bytes(blob)
-    result = run(api, "default", "web-2", "app", ["sh", "-c", f"cat {src}; echo done >&2; exit 7"])
+    result = exec_in(
+        api, "default", "web-2", "app", ["sh", "-c", f"cat {src}; echo done >&2; exit 7"]
+    )
     assert result.stdout == blob  # frame boundaries, non-UTF-8 bytes: all intact
     assert result.stderr == b"done\n" and result.code == 7
 
@@ -360,6 +364,53 @@ def test_capture_a_service_through_the_python_entry_point(env: Env, tmp_path: Pa
         "web-2-veth",
         "web-2-eth0",
     ]
+
+
+def test_capture_a_deployment_and_a_selector(env: Env, tmp_path: Path) -> None:
+    for target, name in ((["deploy/web"], "deploy"), (["-l", "app=web"], "selector")):
+        bundle = tmp_path / name
+        assert main(env.ktrace("capture", *target, "--no-node", "--count", "1", "--duration",
+                               "2", "-o", str(bundle))) == 0  # fmt: skip
+        manifest = read_manifest(bundle)
+        assert manifest is not None
+        assert {p.id for p in manifest.points} == {"web-1-eth0", "web-2-eth0"}
+        assert manifest.target == ("deploy/web" if name == "deploy" else "-l app=web")
+
+
+def test_python_client_watches_a_pod_change(env: Env) -> None:
+    """The typed models (strict about required fields) read every event of a watch."""
+    from kubernetes import client, config, watch
+
+    api = client.CoreV1Api(config.new_client_from_config(str(env.kubeconfig)))
+    rv = api.list_namespaced_pod("default").metadata.resource_version
+    seen: list[tuple[str, str]] = []
+
+    def change() -> None:
+        time.sleep(0.5)
+        kapi = Api(KubeFlags(kubeconfig=str(env.kubeconfig)))
+        pod = resolve(kapi, "web-2", None)[1][0]
+        add_ephemeral(kapi, pod, "ktrace-watch", "busybox", 60)
+        c = Container("default", "web-2", "ktrace-watch", "node-b")
+        wait_running(kapi, c, ephemeral=True)
+        end_ephemeral(kapi, c)
+
+    t = threading.Thread(target=change)
+    t.start()
+    w = watch.Watch()
+    for event in w.stream(
+        api.list_namespaced_pod,
+        "default",
+        field_selector="metadata.name=web-2",
+        resource_version=rv,
+        timeout_seconds=10,
+    ):
+        pod = event["object"]
+        names = [s.name for s in pod.status.ephemeral_container_statuses or []]
+        seen.append((event["type"], ",".join(names)))
+        if "ktrace-watch" in names:
+            w.stop()
+    t.join()
+    assert seen and seen[-1][0] == "MODIFIED" and "ktrace-watch" in seen[-1][1]
 
 
 def test_trace_says_where_the_probe_stopped(

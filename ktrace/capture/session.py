@@ -281,8 +281,9 @@ class Session:
 
     def node_metadata(self) -> None:
         for node, c in self.node_pods.items():
+            (self.bundle / "nodes").mkdir(exist_ok=True, mode=0o700)
             folder = self.bundle / "nodes" / node
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder.mkdir(exist_ok=True, mode=0o700)
             for name, argv in NODE_METADATA.items():
                 try:
                     result = run(self.api, c.namespace, c.pod, c.name, argv, timeout=30)
