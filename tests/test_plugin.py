@@ -114,11 +114,13 @@ def fresh(env: Env) -> Iterator[None]:
     assert env.wait_clean() == []
 
 
-def kubectl(env: Env, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    env: Env, *args: str, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     if KUBECTL is None:
         pytest.skip("kubectl is not installed")
     return subprocess.run(
-        [KUBECTL, *args], capture_output=True, text=True, timeout=timeout, env=env.env
+        [KUBECTL, *args], capture_output=True, text=True, timeout=timeout, env=env.env, input=input
     )
 
 
@@ -196,6 +198,17 @@ def test_kubectl_lists_execs_and_debugs_against_the_lab(env: Env) -> None:
     out = kubectl(env, "exec", "web-2", "--", "ip", "-o", "-4", "addr", "show", "eth0")
     assert out.returncode == 0 and topo.pod("web-2").ip in out.stdout  # really in its netns
     assert kubectl(env, "exec", "web-2", "--", "sh", "-c", "exit 3").returncode == 3
+
+    # attach (-i): the container's own shell, our stdin, its output
+    out = kubectl(
+        env, "debug", "-i", "web-2", "--image=busybox", "-c", "att", "--profile=general",
+        "--", "sh", input="ip -4 -o addr show eth0; echo to-stderr >&2\n",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert topo.pod("web-2").ip in out.stdout and "to-stderr" in out.stderr
+    assert "falling back" not in out.stderr
+    logs = kubectl(env, "logs", "web-2", "-c", "att")
+    assert topo.pod("web-2").ip in logs.stdout
 
     out = kubectl(env, "debug", "web-1", "--image=busybox", "-c", "dbg", "--", "sleep", "30")
     assert out.returncode == 0, out.stderr

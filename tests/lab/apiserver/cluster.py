@@ -304,7 +304,11 @@ class Cluster:
                 (sc.get("capabilities") or {}).get("add") or [], bool(sc.get("privileged"))
             )
             self.running[key] = start_container(
-                netns, list(ec.get("command") or ["sleep", "infinity"]), caps, True
+                netns,
+                list(ec.get("command") or ["sleep", "infinity"]),
+                caps,
+                True,
+                stdin=bool(ec.get("stdin")),
             )
             state = {"running": {"startedAt": now()}}
         status = {

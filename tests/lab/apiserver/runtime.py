@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class Running:
     sandbox: Sandbox
     main: subprocess.Popen[bytes] | None = None
     execs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    output: Fanout | None = None
     started: float = field(default_factory=time.time)
     exit_code: int | None = None
 
@@ -91,39 +93,71 @@ class Running:
 
 
 def start_container(
-    netns: str, command: list[str], caps: list[str], own_pid_namespace: bool
+    netns: str, command: list[str], caps: list[str], own_pid_namespace: bool, stdin: bool = False
 ) -> Running:
+    """The container's main process; its output goes to whoever attaches (and to its log)."""
     sandbox = Sandbox(netns, caps)
-    if not own_pid_namespace:
-        main = subprocess.Popen(
-            sandbox.argv(command),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        return Running(sandbox, main)
+    if own_pid_namespace:
+        argv = ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount-proc",
+                "--kill-child", *caps, *command]  # fmt: skip
+    else:
+        argv = sandbox.argv(command)
     main = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            *caps,
-            *command,
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        argv,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    sandbox.init_pid = _forked_child(main.pid)
-    return Running(sandbox, main)
+    if own_pid_namespace:
+        sandbox.init_pid = _forked_child(main.pid)
+    return Running(sandbox, main, output=Fanout(main))
+
+
+class Fanout:
+    """A main process's stdout and stderr, copied to every attached client as records
+    (channel byte, 4-byte length, data) on a pipe each; the tail is kept as its log."""
+
+    LOG_LIMIT = 1 << 16
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.lock = threading.Lock()
+        self.subscribers: list[int] = []
+        self.log = bytearray()
+        self.open = 2
+        for pipe, channel in ((proc.stdout, 1), (proc.stderr, 2)):
+            assert pipe is not None
+            threading.Thread(target=self._pump, args=(pipe, channel), daemon=True).start()
+
+    def subscribe(self) -> int:
+        """A pipe's read end that carries the records until the process ends."""
+        r, w = os.pipe()
+        with self.lock:
+            if self.open:
+                self.subscribers.append(w)
+            else:
+                os.close(w)
+        return r
+
+    def _pump(self, pipe: object, channel: int) -> None:
+        fd = pipe.fileno()  # type: ignore[attr-defined]
+        while data := os.read(fd, 65536):
+            record = bytes([channel]) + len(data).to_bytes(4, "big") + data
+            with self.lock:
+                self.log += data
+                del self.log[: -self.LOG_LIMIT]
+                for w in list(self.subscribers):
+                    try:
+                        os.write(w, record)
+                    except OSError:  # that client went away
+                        self.subscribers.remove(w)
+                        os.close(w)
+        with self.lock:
+            self.open -= 1
+            if not self.open:
+                for w in self.subscribers:
+                    os.close(w)
+                self.subscribers.clear()
 
 
 def _forked_child(pid: int, timeout: float = 5) -> int:

@@ -367,10 +367,13 @@ class Handler(BaseHTTPRequestHandler):
         self._get("deployments", self.cluster.deployments.get((ns, name)), name, ns, "apps")
 
     def pod_log(self, ns: str, name: str) -> None:
+        """What a container wrote (its tail): kubectl debug falls back to it."""
         authorize(self._user(), "get", "pods/log", name, ns)
-        if (ns, name) not in self.cluster.pods:
-            raise not_found("pods", name)
-        self._send(200, b"", "text/plain")
+        pod = self._pod(ns, name)
+        container = self._q("container") or pod["spec"]["containers"][0]["name"]
+        run = self.cluster.running.get((ns, name, container))
+        log = bytes(run.output.log) if run is not None and run.output is not None else b""
+        self._send(200, log, "text/plain")
 
     # --- changing -----------------------------------------------------------------------------
     def _pod(self, ns: str, name: str) -> dict[str, Any]:
@@ -513,10 +516,8 @@ class Handler(BaseHTTPRequestHandler):
         flag = {
             k: self._q(k).lower() in {"true", "1"} for k in ("stdin", "stdout", "stderr", "tty")
         }
-        if sub == "attach":
-            raise Refused(
-                400, "BadRequest", "attach is not supported by the lab API server; use exec"
-            )
+        if sub == "attach" and (run.output is None or run.main is None):
+            raise Refused(400, "BadRequest", f"container {container} has no process to attach to")
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -525,7 +526,77 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         self.close_connection = True
-        self._stream(run, command, flag, protocol)
+        if sub == "attach":
+            self._attach(run, flag)
+        else:
+            self._stream(run, command, flag, protocol)
+
+    def _attach(self, run: Any, flag: dict[str, bool]) -> None:
+        """The container's own process: its output from now on, our stdin to it (when the
+        container was made with stdin), its exit status at the end."""
+        sock = self.connection
+        records = run.output.subscribe()
+        sel = selectors.DefaultSelector()
+        sel.register(records, selectors.EVENT_READ)
+        sel.register(sock, selectors.EVENT_READ)
+        reader, pending = FrameReader(sock), b""
+        stdin = run.main.stdin if flag["stdin"] else None
+        try:
+            while True:
+                for key, _ in sel.select(timeout=1):
+                    if key.fileobj is sock:
+                        if not reader.feed():
+                            return
+                        for f in reader.frames():
+                            if f.opcode == OP_PING:
+                                sock.sendall(frame(OP_PONG, f.payload))
+                            elif f.opcode == OP_CLOSE:
+                                return
+                            elif f.opcode == OP_BINARY and f.payload[:1] == b"\x00" and stdin:
+                                stdin.write(f.payload[1:])
+                                stdin.flush()
+                            elif f.payload[:2] == b"\xff\x00" and stdin:
+                                stdin.close()
+                        continue
+                    data = os.read(records, 1 << 20)
+                    if not data:
+                        # the kubelet's attach ends with Success whatever the exit code:
+                        # that is the container's status, not the stream's
+                        run.main.wait()
+                        self._finish(sock, 0)
+                        return
+                    pending += data
+                    while len(pending) >= 5:
+                        n = int.from_bytes(pending[1:5], "big")
+                        if len(pending) < 5 + n:
+                            break
+                        channel = pending[0]
+                        if flag["stdout" if channel == 1 else "stderr"] or flag["tty"]:
+                            sock.sendall(frame(OP_BINARY, bytes([channel]) + pending[5 : 5 + n]))
+                        pending = pending[5 + n :]
+        except OSError:
+            pass
+        finally:
+            sel.close()
+            os.close(records)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    def _finish(sock: socket.socket, code: int) -> None:
+        """Channel 3's Status as the kubelet words it, then a normal close."""
+        if code == 0:
+            status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+        else:
+            status = {
+                "metadata": {},
+                "status": "Failure",
+                "message": f"command terminated with non-zero exit code: exit status {code}",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }
+        sock.sendall(frame(OP_BINARY, b"\x03" + json.dumps(status).encode()))
+        sock.sendall(frame(OP_CLOSE, (1000).to_bytes(2, "big")))
 
     def _stream(self, run: Any, command: list[str], flag: dict[str, bool], protocol: str) -> None:
         sock = self.connection
@@ -587,19 +658,7 @@ class Handler(BaseHTTPRequestHandler):
                         return
             if client_gone:
                 return
-            code = proc.wait()
-            if code == 0:
-                status = {"metadata": {}, "status": "Success"}
-            else:
-                status = {
-                    "metadata": {},
-                    "status": "Failure",
-                    "message": f"command terminated with non-zero exit code: exit status {code}",
-                    "reason": "NonZeroExitCode",
-                    "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
-                }
-            sock.sendall(frame(OP_BINARY, b"\x03" + json.dumps(status).encode()))
-            sock.sendall(frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+            self._finish(sock, proc.wait())
         except OSError:
             pass
         finally:
