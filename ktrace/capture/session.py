@@ -207,7 +207,15 @@ class Session:
             for node, on_node in by_node.items():
                 self.say(f"starting node debug pod on {node}")
                 c = self._node_pod(node)
-                plans += node_points(self.api, node, nodes.get(node, ""), c, on_node, self.opts.bpf)
+                found = node_points(self.api, node, nodes.get(node, ""), c, on_node, self.opts.bpf)
+                with_veth = {p.pod for p in found if p.kind == "veth"}
+                for pod, iflink in on_node:
+                    if pod.name not in with_veth:
+                        self.say(
+                            f"no host-side interface with index {iflink} on {node} for "
+                            f"{pod.ref}: its veth is not captured (a CNI without veth pairs?)"
+                        )
+                plans += found
         return plans
 
     # --- running ------------------------------------------------------------------------------
