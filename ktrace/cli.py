@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -80,7 +81,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     opts = Options(
         image=args.image,
-        bpf=" ".join(args.filter) if args.filter else "",
+        bpf=args.filter or "",
         duration=args.duration,
         count=args.count,
         max_size=parse_size(args.max_size) if args.max_size else None,
@@ -275,13 +276,21 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     "capture a pod's traffic in its network namespace and on its node (veth, NIC, overlay)",
 )
 def _capture_args(p: argparse.ArgumentParser) -> None:
+    """examples:
+      kubectl ktrace capture web-1 --duration 30s
+      kubectl ktrace capture svc/web -f 'tcp port 80' -o web-bundle
+      kubectl ktrace capture -l app=web --no-node --count 1000 --open
+
+    Each pod gets an idle ephemeral container (ktrace-xxxxx) that runs tcpdump; ephemeral
+    containers cannot be removed from a pod, so ktrace ends its process when done. Node
+    capture starts a node debug pod (host network, NET_ADMIN/NET_RAW) per node, deleted
+    when done; `kubectl ktrace cleanup` ends what an interrupted run left."""
     _target_args(p)
     p.add_argument(
         "-f",
         "--filter",
-        nargs="+",
         metavar="BPF",
-        help="tcpdump filter, e.g. -f 'tcp port 80' (node NICs also keep the overlay's packets)",
+        help="tcpdump filter, one argument: -f 'tcp port 80' (node NICs also keep the overlay)",
     )
     p.add_argument("--duration", type=_seconds, help="stop after this long, e.g. 30s, 5m")
     p.add_argument("--count", type=_positive, help="stop after N packets at each pod's eth0")
@@ -297,6 +306,11 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
 
 @command("dns", "resolve names as the pod does, ask each DNS server directly, capture it all")
 def _dns_args(p: argparse.ArgumentParser) -> None:
+    """examples:
+      kubectl ktrace dns web-1 web example.com
+      kubectl ktrace dns -n shop deploy/checkout payments.shop.svc.cluster.local.
+
+    Exit status 1 when a name does not resolve or a DNS server does not answer."""
     _target_args(p)
     p.add_argument(
         "names",
@@ -311,6 +325,10 @@ def _dns_args(p: argparse.ArgumentParser) -> None:
     "trace", "send one probe from a pod, capturing on the way: where it went, where it stopped"
 )
 def _trace_args(p: argparse.ArgumentParser) -> None:
+    """examples:
+    kubectl ktrace trace client --to svc/web:80
+    kubectl ktrace trace client --to pod/web-2:8080
+    kubectl ktrace trace client --dns example.com"""
     p.add_argument("source", metavar="SOURCE", help="the pod the probe leaves from: pod/NAME")
     p.add_argument(
         "--to",
@@ -341,7 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (summary, run, add) in COMMANDS.items():
-        p = sub.add_parser(name, help=summary, description=summary)
+        # a command's examples and notes are its argument function's docstring
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=inspect.cleandoc(add.__doc__ or "") or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add(p)
         p.set_defaults(run=run)
     return parser

@@ -355,7 +355,7 @@ def test_capture_through_kubectl_sees_the_vip_then_the_overlay(env: Env, tmp_pat
 def test_capture_a_service_through_the_python_entry_point(env: Env, tmp_path: Path) -> None:
     bundle = tmp_path / "web"
     run = env.plugin(
-        "capture", "svc/web", "-f", "tcp", "port", "80", "--duration", "4", "-o", str(bundle)
+        "capture", "svc/web", "-f", "tcp port 80", "--duration", "4", "-o", str(bundle)
     )
     run.wait_for("capturing at")
     call_web(env)
