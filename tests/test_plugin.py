@@ -542,6 +542,8 @@ def test_a_cut_stream_keeps_what_arrived_and_kills_tcpdump(env: Env, tmp_path: P
     assert "client-eth0" in manifest.reason and "connection" in manifest.reason
     data = (bundle / "points" / "client-eth0.pcap").read_bytes()
     assert len(data) > 1000 and rows(bundle, "client-eth0")  # what arrived is readable
+    warnings = to_dict(analyze([bundle]))["warnings"]
+    assert any("the capture was cut short" in w and "client-eth0" in w for w in warnings)
 
 
 @pytest.mark.parametrize("stage", ["setting up", "capturing"])

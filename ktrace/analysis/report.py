@@ -7,7 +7,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ class Report:
     analysis: Analysis
     findings: list[Finding]
     check_errors: list[CheckError]
+    notes: tuple[str, ...] = ()  # about the inputs: a bundle cut short, still being written
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Inputs:
     files: list[Path]
     declared: dict[Path, Point]  # from bundle manifests
     inventory: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
 
 
 def unpack_bundle(archive: Path) -> Path:
@@ -64,6 +66,7 @@ def read_inputs(inputs: list[Path]) -> Inputs:
     declared: dict[Path, Point] = {}
     inventory: dict[str, Any] | None = None
     plain: list[Path] = []
+    notes: list[str] = []
     for p in inputs:
         if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
             p = unpack_bundle(p)
@@ -71,6 +74,10 @@ def read_inputs(inputs: list[Path]) -> Inputs:
         if manifest is None:
             plain.append(p)
             continue
+        if manifest.status == "interrupted":
+            notes.append(f"{p}: the capture was cut short: {manifest.reason or 'no reason given'}")
+        elif manifest.status == "capturing":
+            notes.append(f"{p}: the capture is still running, or was killed before it ended")
         for spec in manifest.points:
             path = p / spec.file
             if not path.exists():
@@ -88,7 +95,7 @@ def read_inputs(inputs: list[Path]) -> Inputs:
             )
         inventory = read_inventory(p) or inventory
     files.extend(capture_files(plain))
-    return Inputs(files, declared, inventory)
+    return Inputs(files, declared, inventory, notes)
 
 
 def capture_files(inputs: list[Path]) -> list[Path]:
@@ -120,7 +127,8 @@ def analyze(
 ) -> Report:
     found = read_inputs(inputs)
     index = build_index(found.files, cancel, workers, found.declared)
-    return analyze_index(index, found.inventory, cancel)
+    report = analyze_index(index, found.inventory, cancel)
+    return replace(report, notes=tuple(found.notes))
 
 
 def analyze_index(
@@ -338,7 +346,8 @@ def to_dict(report: Report) -> dict[str, object]:
             }
             for k, t in enumerate(a.index.tunnels)
         ],
-        "warnings": a.index.warnings
+        "warnings": list(report.notes)
+        + a.index.warnings
         + [f"check {e.check} failed: {e.message}" for e in report.check_errors],
         "dns_malformed": a.dns.malformed,
         "dns_orphan_responses": a.dns.orphan_responses,
