@@ -546,6 +546,27 @@ def test_a_cut_stream_keeps_what_arrived_and_kills_tcpdump(env: Env, tmp_path: P
     assert any("the capture was cut short" in w and "client-eth0" in w for w in warnings)
 
 
+@pytest.mark.parametrize("limit", [("--count", "5"), ("--max-size", "2K")])
+def test_count_and_size_stop_the_capture(env: Env, tmp_path: Path, limit: tuple[str, str]) -> None:
+    bundle = tmp_path / "b"
+    began = time.monotonic()
+    run = env.plugin(
+        "capture", "client", "--no-node", *limit, "--duration", "60", "-o", str(bundle)
+    )
+    run.wait_for("capturing at")
+    call_web(env, 3)
+    code, _, err = run.finish()
+    assert code == 0, err
+    assert time.monotonic() - began < 45  # the limit ended it, not --duration
+    manifest = read_manifest(bundle)
+    assert manifest is not None and manifest.status == "complete"
+    size = (bundle / "points" / "client-eth0.pcap").stat().st_size
+    if limit[0] == "--count":
+        assert manifest.points[0].packets == len(rows(bundle, "client-eth0")) == 5
+    else:
+        assert size >= 2048
+
+
 @pytest.mark.parametrize("stage", ["setting up", "capturing"])
 def test_ctrl_c_at_each_stage(env: Env, tmp_path: Path, stage: str) -> None:
     bundle = tmp_path / "b"

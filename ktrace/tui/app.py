@@ -76,6 +76,7 @@ class KtraceApp(App[None]):
         self._load_started = 0.0
         self._load_took = 0.0
         self._live_ended = False
+        self.input_notes: list[str] = []  # a bundle cut short says so in the status line
         self.inputs = inputs
         self.found = found  # already read by the caller: a .tar.gz is unpacked only once
         self.points: list[Point] = []
@@ -123,6 +124,7 @@ class KtraceApp(App[None]):
         except KtraceError as exc:
             self.post_message(LoadError(Path("."), str(exc)))
             return
+        self.input_notes = [] if self.live is not None else found.notes
         builder = IndexBuilder()
         self._builder = builder
         points: list[Point] = []
@@ -200,6 +202,7 @@ class KtraceApp(App[None]):
             )
         if self.errors:
             parts.append(f"{len(self.errors)} unreadable: {self.errors[-1]}")
+        parts += self.input_notes
         return " | ".join(parts)
 
     def point_counts(self) -> dict[int, tuple[int, int]]:
