@@ -4,6 +4,7 @@ snapshots at a fixed size, a real terminal under tmux, and responsiveness while 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import struct
@@ -262,3 +263,15 @@ async def test_live_mode_follows_growing_point_files(tmp_path: Path) -> None:
         assert app._live_ended and len(app.index or []) == total
         assert "LIVE capture ended" in app.status_text()
         assert [f.id for f in app.report.findings] == ["path.drop"]
+
+
+async def test_a_bundle_cut_short_says_so(tmp_path: Path) -> None:
+    bundle = tmp_path / "cut"
+    shutil.copytree(POLICY, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.update(status="interrupted", reason="stopped by the user (Ctrl-C)")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    app = KtraceApp([bundle])
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        assert "the capture was cut short: stopped by the user (Ctrl-C)" in app.status_text()
