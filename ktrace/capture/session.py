@@ -438,6 +438,6 @@ def _finish(session: Session, status: str, reason: str, progress: Progress) -> N
         if r.error and r.bytes and not r.stop_requested:
             session.say(f"{r.plan.id}: {r.error}")
     for what in left:
-        session.say(f"could not clean up {what} (kubectl ktrace cleanup retries)")
+        session.say(f"could not clean up {what} (kubectl ktrace cleanup -A ends it)")
     if session.runs or status != "complete":
         session.write(status, reason)
