@@ -13,7 +13,7 @@ from typing import Any
 from ktrace.capture.session import Options, Outcome, Session, capture, default_bundle
 from ktrace.errors import ClusterError, ExitStatus
 from ktrace.kube.api import Api, KubeFlags
-from ktrace.kube.targets import resolve
+from ktrace.kube.targets import Pod, resolve
 
 
 def capture_command(
@@ -42,7 +42,7 @@ def capture_command(
 class LiveCapture:
     """A capture running in a thread while the UI follows its bundle."""
 
-    def __init__(self, api: Api, label: str, pods: list[Any], bundle: Path, opts: Options) -> None:
+    def __init__(self, api: Api, label: str, pods: list[Pod], bundle: Path, opts: Options) -> None:
         self.stop = threading.Event()
         self.listening = threading.Event()
         self.log = io.StringIO()  # the terminal belongs to the UI meanwhile
@@ -54,7 +54,7 @@ class LiveCapture:
             target=self._run, args=(api, label, pods, bundle, opts), name="capture", daemon=True
         )
 
-    def _run(self, api: Api, label: str, pods: list[Any], bundle: Path, opts: Options) -> None:
+    def _run(self, api: Api, label: str, pods: list[Pod], bundle: Path, opts: Options) -> None:
         def started(session: Session) -> None:
             self.session = session
             self.listening.set()
@@ -81,17 +81,11 @@ class LiveCapture:
         return f"{state}: {len(session.runs)} points, {packets:,} packets, {size / 1e6:.1f} MB"
 
 
-def capture_with_ui(api: Api, label: str, pods: list[Any], bundle: Path, opts: Options) -> Outcome:
+def capture_with_ui(api: Api, label: str, pods: list[Pod], bundle: Path, opts: Options) -> Outcome:
     """The capture in a thread, `ktrace open` on its bundle in front; closing the UI stops it."""
     from ktrace.tui.app import run as run_ui
 
-    live = LiveCapture(
-        api,
-        label,
-        pods,
-        bundle,
-        replace(opts, interactive=False),
-    )
+    live = LiveCapture(api, label, pods, bundle, replace(opts, interactive=False))
     live.thread.start()
     try:
         while not live.listening.wait(0.2):

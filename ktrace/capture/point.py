@@ -11,12 +11,14 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ktrace.capture import tcpdump
 from ktrace.errors import ClusterError
 from ktrace.kube.debug import Container
+from ktrace.kube.execstream import STDOUT, ExecStream, exit_code
 
 
 @dataclass(frozen=True)
@@ -89,20 +91,18 @@ class PointRun:
     def stats(self) -> tcpdump.Stats:
         return tcpdump.parse_stats(self.stderr.decode("utf-8", "replace"))
 
-    def start(self, stream_factory: object) -> None:
+    def start(self, stream_factory: Callable[[Plan], ExecStream]) -> None:
         self.thread = threading.Thread(
             target=self._run, args=(stream_factory,), name=f"point-{self.plan.id}", daemon=True
         )
         self.thread.start()
 
-    def _run(self, open_stream: object) -> None:
-        from ktrace.kube.execstream import STDOUT, ExecStream
-
+    def _run(self, open_stream: Callable[[Plan], ExecStream]) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
                 try:
-                    stream: ExecStream = open_stream(self.plan)  # type: ignore[operator]
+                    stream = open_stream(self.plan)
                 except ClusterError as exc:
                     self.error = exc.message
                     return
@@ -110,14 +110,19 @@ class PointRun:
                     while not stream.closed and stream.status is None:
                         for channel, data in stream.frames(0.5):
                             if channel == STDOUT:
-                                if self.bytes == 0 and data[:4] not in tcpdump.PCAP_MAGICS:
+                                known = len(self.counter.magic) == 4
+                                self.counter.feed(data)
+                                if (
+                                    not known
+                                    and len(self.counter.magic) == 4
+                                    and (self.counter.magic not in tcpdump.PCAP_MAGICS)
+                                ):
                                     self.error = (
                                         "the stream is not a pcap (does the image run tcpdump?)"
                                     )
                                     return
                                 out.write(data)
                                 self.bytes += len(data)
-                                self.counter.feed(data)
                                 self.started.set()
                             else:
                                 self._stderr(data)
@@ -126,14 +131,20 @@ class PointRun:
                 finally:
                     stream.close()
                 if stream.status is not None:
-                    from ktrace.kube.execstream import exit_code
-
                     self.exit_code = exit_code(stream.status)
                     if self.bytes == 0:
                         self.error = tcpdump.complaint(self.stderr.decode("utf-8", "replace"))
         finally:
             self.finished.set()
             self.started.set()
+
+    def linktype(self) -> int | None:
+        """From the pcap header tcpdump wrote (an IPIP device is not Ethernet)."""
+        with self.path.open("rb") as f:
+            head = f.read(24)
+        if len(head) < 24:
+            return None
+        return int(struct.unpack_from(self.counter.order + "I", head, 20)[0]) & 0xFFFF
 
     def _stderr(self, data: bytes) -> None:
         self.stderr += data

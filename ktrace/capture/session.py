@@ -68,10 +68,6 @@ class Outcome:
     points: list[PointRun] = field(default_factory=list)
 
 
-class Interrupted(Exception):
-    pass
-
-
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """SIGTERM (a closing terminal, a CI timeout) stops like Ctrl-C: the bundle is kept."""
@@ -335,7 +331,7 @@ class Session:
                     pod=p.pod,
                     interface=p.interface,
                     ifindex=p.ifindex,
-                    linktype=1,
+                    linktype=r.linktype(),
                     packets=stats.captured if stats.captured is not None else r.packets,
                     kernel_drops=stats.dropped,
                 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -156,8 +157,6 @@ def run(
     api: Api, namespace: str, pod: str, container: str, command: list[str], timeout: float = 30
 ) -> Result:
     """A short command: its exit code and whole output."""
-    import time
-
     stream = ExecStream(api, namespace, pod, container, command)
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + timeout

@@ -23,6 +23,12 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def container_caps(container: dict[str, Any]) -> list[str]:
+    """setpriv's argv for a container's securityContext (nothing when privileged)."""
+    sc = container.get("securityContext") or {}
+    return cap_argv((sc.get("capabilities") or {}).get("add") or [], bool(sc.get("privileged")))
+
+
 def image_known(image: str) -> bool:
     name = image.split("@")[0]
     last = name.rsplit("/", 1)[-1]
@@ -286,7 +292,6 @@ class Cluster:
         """Pull (or fail to), then start: the status the kubelet would report."""
         key = (namespace, name, ec["name"])
         image = ec.get("image", "")
-        sc = ec.get("securityContext") or {}
         if not image_known(image):
             state: dict[str, Any] = {
                 "waiting": {
@@ -300,9 +305,7 @@ class Cluster:
         else:
             netns = self.pod_netns(namespace, name)
             assert netns is not None
-            caps = cap_argv(
-                (sc.get("capabilities") or {}).get("add") or [], bool(sc.get("privileged"))
-            )
+            caps = container_caps(ec)
             self.running[key] = start_container(
                 netns,
                 list(ec.get("command") or ["sleep", "infinity"]),
@@ -377,11 +380,8 @@ class Cluster:
         self.netns[key] = self.lab["namespaces"][node["name"]]
         statuses = []
         for c in spec["containers"]:
-            sc = c.get("securityContext") or {}
             if image_known(c.get("image", "")):
-                caps = cap_argv(
-                    (sc.get("capabilities") or {}).get("add") or [], bool(sc.get("privileged"))
-                )
+                caps = container_caps(c)
                 self.running[(namespace, meta["name"], c["name"])] = start_container(
                     self.netns[key], list(c.get("command") or ["sleep", "infinity"]), caps, False
                 )

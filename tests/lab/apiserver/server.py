@@ -37,6 +37,7 @@ from tests.lab.apiserver.admission import (
     validate_ephemeral_update,
 )
 from tests.lab.apiserver.cluster import Behaviour, Cluster
+from tests.lab.apiserver.runtime import Running, Sandbox
 from tests.lab.apiserver.websocket import (
     OP_BINARY,
     OP_CLOSE,
@@ -499,8 +500,6 @@ class Handler(BaseHTTPRequestHandler):
             run = self.cluster.running.get((ns, name, container))
             if run is None and container in {c["name"] for c in spec["containers"]}:
                 netns = self.cluster.pod_netns(ns, name)
-                from tests.lab.apiserver.runtime import Running, Sandbox
-
                 run = Running(Sandbox(netns or ""))  # a lab pod's app: its netns, no cgroup
                 self.cluster.running[(ns, name, container)] = run
             if run is None or not run.alive():
