@@ -4,7 +4,7 @@
     points/<id>.pcap   one capture per point
     inventory.json     pods, services, endpoint slices, nodes: how IPs become names
     nodes/<node>/      ip, iptables-save, conntrack dumps
-    dns/<pod>.json     DNS checks run in the pod's namespace
+    dns/<ns>_<pod>.json  DNS checks run in the pod's network namespace
 
 Every file is created 0600: captures hold payloads. Nothing from a kubeconfig is written.
 """
