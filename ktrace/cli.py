@@ -11,10 +11,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ktrace import __version__
 from ktrace.errors import ExitStatus, KtraceError, UsageError
+
+if TYPE_CHECKING:
+    from ktrace.kube.api import KubeFlags
 
 
 def _prog() -> str:
@@ -23,16 +28,16 @@ def _prog() -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ktrace.analysis.report import analyze, to_dict
+    from ktrace.analysis.pipeline import analyze
     from ktrace.report.text import render_report
 
-    data = to_dict(analyze(args.inputs))
+    result = analyze(args.inputs)
     if args.output == "json":
-        json.dump(data, sys.stdout, indent=1)
+        json.dump(result.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_report(data, args.limit))
-    for warning in data["warnings"]:  # type: ignore[attr-defined]
+        sys.stdout.write(render_report(result, args.limit))
+    for warning in result.warnings:
         print(f"{_prog()}: warning: {warning}", file=sys.stderr)
     return ExitStatus.OK
 
@@ -59,17 +64,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_open(args: argparse.Namespace) -> int:
-    from ktrace.analysis.report import read_inputs
+    from ktrace.bundle.inputs import read_inputs
 
     found = read_inputs(args.inputs)  # bad input is a one-line error before the screen opens
     # textual costs ~210 ms to import: only when the UI is really wanted
     from ktrace.tui.app import run
 
-    run(args.inputs, found)
+    run(args.inputs, found, tracebacks=args.debug)
     return ExitStatus.OK
 
 
-def _kube(args: argparse.Namespace) -> object:
+def _kube(args: argparse.Namespace) -> KubeFlags:
     from ktrace.kube.api import KubeFlags
 
     return KubeFlags(args.kubeconfig, args.context, args.namespace, args.request_timeout)
@@ -129,27 +134,6 @@ def _positive(text: str) -> int:
     return value
 
 
-# The one description of every command: the parser and its help are generated from it.
-COMMANDS: dict[
-    str, tuple[str, Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]
-] = {}
-
-
-def command(
-    name: str, summary: str
-) -> Callable[
-    [Callable[[argparse.ArgumentParser], None]], Callable[[argparse.ArgumentParser], None]
-]:
-    def register(
-        add: Callable[[argparse.ArgumentParser], None],
-    ) -> Callable[[argparse.ArgumentParser], None]:
-        COMMANDS[name] = (summary, globals()[f"cmd_{name}"], add)
-        return add
-
-    return register
-
-
-@command("analyze", "flows, DNS transactions and findings of pcap/pcapng files or bundles")
 def _analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
@@ -177,7 +161,6 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command("open", "browse captures in the terminal UI: points, flows, paths, DNS, findings")
 def _open_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
@@ -188,7 +171,6 @@ def _open_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command("decode", "show one packet: scapy layer tree and hex dump")
 def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, help="a pcap/pcapng file")
     p.add_argument(
@@ -271,10 +253,6 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--selector", help="pods by label selector instead of TARGET")
 
 
-@command(
-    "capture",
-    "capture a pod's traffic in its network namespace and on its node (veth, NIC, overlay)",
-)
 def _capture_args(p: argparse.ArgumentParser) -> None:
     """examples:
       kubectl ktrace capture web-1 --duration 30s
@@ -304,7 +282,6 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
     _cluster_tail(p)
 
 
-@command("dns", "resolve names as the pod does, ask each DNS server directly, capture it all")
 def _dns_args(p: argparse.ArgumentParser) -> None:
     """examples:
       kubectl ktrace dns web-1 web example.com
@@ -321,9 +298,6 @@ def _dns_args(p: argparse.ArgumentParser) -> None:
     _cluster_tail(p)
 
 
-@command(
-    "trace", "send one probe from a pod, capturing on the way: where it went, where it stopped"
-)
 def _trace_args(p: argparse.ArgumentParser) -> None:
     """examples:
     kubectl ktrace trace client --to svc/web:80
@@ -340,10 +314,64 @@ def _trace_args(p: argparse.ArgumentParser) -> None:
     _cluster_tail(p)
 
 
-@command("cleanup", "delete node debug pods and end ephemeral containers ktrace left running")
 def _cleanup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-A", "--all-namespaces", action="store_true", help="look in every namespace")
     _kube_args(p)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None]  # its docstring: examples, notes
+
+
+# The one description of every command: the parser and its help are generated from it.
+COMMANDS = (
+    Command(
+        "analyze",
+        "flows, DNS transactions and findings of pcap/pcapng files or bundles",
+        cmd_analyze,
+        _analyze_args,
+    ),
+    Command(
+        "open",
+        "browse captures in the terminal UI: points, flows, paths, DNS, findings",
+        cmd_open,
+        _open_args,
+    ),
+    Command(
+        "decode",
+        "show one packet: scapy layer tree and hex dump",
+        cmd_decode,
+        _decode_args,
+    ),
+    Command(
+        "capture",
+        "capture a pod's traffic in its network namespace and on its node (veth, NIC, overlay)",
+        cmd_capture,
+        _capture_args,
+    ),
+    Command(
+        "dns",
+        "resolve names as the pod does, ask each DNS server directly, capture it all",
+        cmd_dns,
+        _dns_args,
+    ),
+    Command(
+        "trace",
+        "send one probe from a pod, capturing on the way: where it went, where it stopped",
+        cmd_trace,
+        _trace_args,
+    ),
+    Command(
+        "cleanup",
+        "delete node debug pods and end ephemeral containers ktrace left running",
+        cmd_cleanup,
+        _cleanup_args,
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,17 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show tracebacks instead of one-line errors"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (summary, run, add) in COMMANDS.items():
-        # a command's examples and notes are its argument function's docstring
+    for c in COMMANDS:
         p = sub.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog=inspect.cleandoc(add.__doc__ or "") or None,
+            c.name,
+            help=c.summary,
+            description=c.summary,
+            epilog=inspect.cleandoc(c.add_arguments.__doc__ or "") or None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        add(p)
-        p.set_defaults(run=run)
+        c.add_arguments(p)
+        p.set_defaults(run=c.run)
     return parser
 
 

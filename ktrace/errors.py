@@ -45,6 +45,13 @@ class Cancelled(KtraceError):
         super().__init__(message)
 
 
+class UiError(KtraceError):
+    """The terminal UI crashed: reported in one line, the traceback only with --debug."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "run again with --debug for the traceback, and report it")
+
+
 class ClusterError(KtraceError):
     """The cluster refused or could not do what was asked (RBAC, PodSecurity, not found...)."""
 

@@ -23,7 +23,8 @@ class Point:
 @dataclass(frozen=True)
 class PacketRef:
     point: str
-    number: int  # 1-based packet number within the point's file, as tcpdump -r and tshark count
+    # 1-based packet number within the point's file, as tcpdump -r and tshark count
+    number: int = field(metadata={"json": "packet"})
 
 
 class Severity(IntEnum):

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tcp_session
-from tests.test_dns import answer, query
+from tests.helpers import answer, query, tcp_session
 
 Make = Callable[..., Path]
 SCRIPTS = sysconfig.get_path("scripts")

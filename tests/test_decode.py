@@ -22,7 +22,7 @@ from scapy.main import load_contrib
 
 from ktrace.decode.index import build_index
 from ktrace.decode.ip import ICMP_ERROR, LATER_FRAGMENT, MORE_FRAGMENTS
-from tests.conftest import run_analysis
+from tests.helpers import run_analysis
 
 load_contrib("geneve")
 from scapy.contrib.geneve import GENEVE  # noqa: E402

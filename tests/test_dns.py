@@ -12,36 +12,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from ktrace.decode.dns import DnsError, parse_dns, read_name
-from tests.conftest import run_analysis
+from tests.helpers import CLIENT, SERVER, answer, query, run_analysis
 
 Make = Callable[..., Path]
-CLIENT, SERVER = "10.244.0.5", "10.96.0.10"
-
-
-def query(name: str, qtype: str = "A", ident: int = 1, sport: int = 40123) -> object:
-    return (
-        Ether()
-        / IP(src=CLIENT, dst=SERVER)
-        / UDP(sport=sport, dport=53)
-        / DNS(id=ident, rd=1, qd=DNSQR(qname=name, qtype=qtype))
-    )
-
-
-def answer(
-    name: str,
-    qtype: str = "A",
-    ident: int = 1,
-    rcode: int = 0,
-    rdata: str | None = "10.96.0.20",
-    sport: int = 40123,
-) -> object:
-    an = [DNSRR(rrname=name, type=qtype, rdata=rdata, ttl=30)] if rdata else []
-    return (
-        Ether()
-        / IP(src=SERVER, dst=CLIENT)
-        / UDP(sport=53, dport=sport)
-        / DNS(id=ident, qr=1, rd=1, ra=1, rcode=rcode, qd=DNSQR(qname=name, qtype=qtype), an=an)
-    )
 
 
 def test_parse_answer_records() -> None:

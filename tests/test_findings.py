@@ -9,8 +9,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from ktrace.analysis.findings import load_checks, run_checks
-from tests.conftest import run_analysis, tcp_session
-from tests.test_dns import answer, query
+from tests.helpers import answer, query, run_analysis, tcp_session
 
 Make = Callable[..., Path]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from tests.conftest import frames, run_analysis, tcp_session, udp
+from tests.helpers import frames, run_analysis, tcp_session, udp
 
 Make = Callable[..., Path]
 

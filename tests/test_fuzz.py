@@ -11,12 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tests.pcapng_build as ng
-from ktrace.analysis.report import analyze
+from ktrace.analysis.pipeline import analyze
 from ktrace.decode.dns import DnsError, parse_dns
 from ktrace.errors import CaptureFileError
 from ktrace.pcap.writer import write_pcap
-from tests.conftest import PCAPS, frames, tcp_session
-from tests.test_dns import answer, query
+from tests.helpers import PCAPS, answer, frames, query, tcp_session
 
 SEEDS: list[bytes] = []
 

@@ -18,6 +18,7 @@ from ktrace.bundle.manifest import read_manifest
 from ktrace.decode.index import PacketIndex, build_index
 from ktrace.decode.ip import ICMP_ERROR
 from ktrace.decode.transport import ACK, SYN, TCP, UDP
+from tests.helpers import EXPECTED, findings
 from tests.lab import topology as topo
 from tests.lab.lab import ETC_NETNS, Lab, unavailable
 from tests.lab.record import SCENARIOS, capture_points, record
@@ -71,9 +72,9 @@ class Capture:
 
 
 def dns_at(bundle: Path, point: str) -> list[dict]:  # type: ignore[type-arg]
-    from ktrace.analysis.report import analyze, to_dict
+    from ktrace.analysis.pipeline import analyze
 
-    data = to_dict(analyze([bundle / "points" / f"{point}.pcap"], workers=1))
+    data = analyze([bundle / "points" / f"{point}.pcap"], workers=1).to_dict()
     return data["dns"]  # type: ignore[return-value]
 
 
@@ -222,6 +223,4 @@ def test_upstream_down_cluster_names_fine_external_names_fail(bundles: dict[str,
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_fresh_recordings_get_their_findings(bundles: dict[str, Path], scenario: str) -> None:
     """The same diagnosis on bundles recorded now as on the committed samples."""
-    from tests.test_diagnosis import EXPECTED, findings
-
     assert {f["id"] for f in findings(bundles[scenario])} == EXPECTED[scenario]

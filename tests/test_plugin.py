@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ktrace.analysis.report import analyze, to_dict
+from ktrace.analysis.pipeline import analyze
 from ktrace.bundle.manifest import read_manifest
 from ktrace.cli import main
 from ktrace.decode.index import build_index
@@ -367,7 +368,7 @@ def test_capture_a_service_through_the_python_entry_point(env: Env, tmp_path: Pa
     assert {(s, d) for s, _, d, dp, _ in rows(bundle, "web-1-eth0") if dp == 80} == {(client, web1)}
     # the user's filter does not hide the overlay on the NIC
     assert any(t and d == web2 for _, _, d, _, t in rows(bundle, "node-b-eth0"))
-    report = to_dict(analyze([bundle]))
+    report = analyze([bundle]).to_dict()
     assert report["findings"] == []
     crossing = [p for p in report["paths"] if web2 in p["conversation"]]
     assert [h["point"] for h in crossing[0]["hops"]] == [
@@ -438,10 +439,48 @@ def test_trace_says_where_the_probe_stopped(
     finally:
         env.lab.fault("policy-drop", False)
     out = capsys.readouterr().out
-    assert code == 0
-    assert "TCP connect to 10.244.1.2:80: no answer within 3s" in out
+    assert code == 1, out  # a probe failed
+    assert "FAIL default/web-2 at 10.244.1.2:80: no answer within 3 s" in out
     assert "stopped after node-b-flannel.1: never seen at web-2-veth" in out
     assert "path.drop" in out
+
+
+def test_trace_to_a_service_probes_every_backend(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One of two endpoints blocked: found on the first run, whichever the VIP picks."""
+    env.lab.fault("policy-drop", True)
+    try:
+        code = main(env.ktrace("trace", "client", "--to", "svc/web", "-o", str(tmp_path / "t")))
+    finally:
+        env.lab.fault("policy-drop", False)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "the ClusterIP once, then each of its 2 endpoints directly" in out
+    assert "ok   default/web-1 at 10.244.0.3:80: connected in" in out
+    assert "FAIL default/web-2 at 10.244.1.2:80: no answer within 3 s" in out
+    assert re.search(
+        r"default/web-2 at 10.244.1.2:80: stopped after \S+: never seen at web-2-veth", out
+    )
+    assert "path.drop" in out
+
+
+def test_trace_to_a_healthy_service_exits_0(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(env.ktrace("trace", "client", "--to", "svc/web:80", "-o", str(tmp_path / "t")))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("ok   ") == 3 and "FAIL" not in out
+
+
+def test_trace_to_a_missing_service_names_the_namespace(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(env.ktrace("trace", "client", "--to", "svc/nope", "-o", str(tmp_path / "t")))
+    err = capsys.readouterr().err
+    assert code == 4
+    assert 'service "nope" not found in namespace "default"' in err and "-n NAMESPACE" in err
 
 
 def test_dns_resolves_as_the_pod_does(
@@ -462,7 +501,7 @@ def test_dns_resolves_as_the_pod_does(
     ]
     assert all(s["tcp"]["status"] == "NOERROR" for s in results["servers"]["servers"])
     # the queries are in the bundle: every one tried, answered at the pod's eth0
-    dns = to_dict(analyze([bundle]))["dns"]
+    dns = analyze([bundle]).to_dict()["dns"]
     names = {d["qname"].rstrip(".") for d in dns}
     assert {
         "example.com.default.svc.cluster.local",
@@ -543,7 +582,7 @@ def test_a_cut_stream_keeps_what_arrived_and_kills_tcpdump(env: Env, tmp_path: P
     assert "client-eth0" in manifest.reason and "connection" in manifest.reason
     data = (bundle / "points" / "client-eth0.pcap").read_bytes()
     assert len(data) > 1000 and rows(bundle, "client-eth0")  # what arrived is readable
-    warnings = to_dict(analyze([bundle]))["warnings"]
+    warnings = analyze([bundle]).to_dict()["warnings"]
     assert any("the capture was cut short" in w and "client-eth0" in w for w in warnings)
 
 

@@ -14,7 +14,7 @@ from ktrace.decode.index import build_index
 from ktrace.errors import CaptureFileError
 from ktrace.pcap import hot
 from ktrace.pcap.records import MAX_CAPLEN, WINDOW
-from tests.conftest import PCAPS, T0, tcp_session
+from tests.helpers import PCAPS, T0, tcp_session
 
 
 @pytest.fixture(autouse=True, params=["c", "python"])

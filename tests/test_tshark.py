@@ -18,8 +18,7 @@ from scapy.main import load_contrib
 
 from ktrace.decode.dns import type_name
 from ktrace.pcap.writer import write_pcap
-from tests.conftest import PCAPS, frames, run_analysis, tcp_session
-from tests.test_dns import answer, query
+from tests.helpers import PCAPS, answer, frames, query, run_analysis, tcp_session
 
 load_contrib("geneve")
 from scapy.contrib.geneve import GENEVE  # noqa: E402

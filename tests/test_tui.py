@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Tree
 
 from ktrace.tui import keymap
 from ktrace.tui.app import KtraceApp
-from tests.conftest import PCAPS
+from tests.helpers import PCAPS
 from tests.tmux import Tmux
 
 POLICY = PCAPS / "lab" / "policy-drop"
@@ -256,13 +256,13 @@ async def test_live_mode_follows_growing_point_files(tmp_path: Path) -> None:
             path.write_bytes(data)
         live.on = False
         deadline = time.monotonic() + 30
-        while not (app.report is not None and len(app.index or []) == total):
+        while not (app.result is not None and len(app.index or []) == total):
             assert time.monotonic() < deadline, app.status_text()
             await pilot.pause(0.1)
         await pilot.pause(1.5)  # and it stops following once the capture has ended
         assert app._live_ended and len(app.index or []) == total
         assert "LIVE capture ended" in app.status_text()
-        assert [f.id for f in app.report.findings] == ["path.drop"]
+        assert [f.id for f in app.result.findings] == ["path.drop"]
 
 
 async def test_a_bundle_cut_short_says_so(tmp_path: Path) -> None:

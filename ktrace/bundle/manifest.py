@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ from ktrace.errors import CaptureFileError
 FORMAT = 1
 MANIFEST = "manifest.json"
 INVENTORY = "inventory.json"
+
+
+class CaptureStatus(StrEnum):
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"  # cut short: the reason says why
+    CAPTURING = "capturing"  # still running, or killed before it could say otherwise
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class Manifest:
     points: tuple[PointSpec, ...]
     cluster: str = ""
     target: str = ""
-    status: str = "complete"  # complete | interrupted | capturing (still running, or killed)
+    status: CaptureStatus = CaptureStatus.COMPLETE
     reason: str = ""
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format: int = FORMAT
@@ -80,9 +87,10 @@ def read_manifest(bundle: Path) -> Manifest | None:
         points = tuple(
             PointSpec(**{k: v for k, v in p.items() if k in known}) for p in data.pop("points")
         )
-        keep = {f.name for f in fields(Manifest)} - {"points"}
-        return Manifest(points, **{k: v for k, v in data.items() if k in keep})
-    except (ValueError, KeyError, TypeError) as exc:
+        keep = {f.name for f in fields(Manifest)} - {"points", "status"}
+        status = CaptureStatus(data.get("status", CaptureStatus.COMPLETE))
+        return Manifest(points, status=status, **{k: v for k, v in data.items() if k in keep})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CaptureFileError(
             f"{path}: not a readable ktrace manifest ({exc})",
             "analyze the pcap files under points/ directly",

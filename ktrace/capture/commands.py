@@ -92,11 +92,13 @@ def capture_with_ui(api: Api, label: str, pods: list[Pod], bundle: Path, opts: O
             pass
     except KeyboardInterrupt:
         live.stop.set()  # setting up: the capture thread stops once it has points
-    if live.error is None and live.session is not None:
-        run_ui([bundle], live=live)
-    live.stop.set()
-    live.thread.join()
-    sys.stderr.write(live.log.getvalue())
+    try:
+        if live.error is None and live.session is not None:
+            run_ui([bundle], live=live)
+    finally:  # a crashed UI still ends the capture and keeps what arrived
+        live.stop.set()
+        live.thread.join()
+        sys.stderr.write(live.log.getvalue())
     if live.error is not None:
         raise live.error
     assert live.outcome is not None

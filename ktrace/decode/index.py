@@ -48,6 +48,9 @@ class Progress:
     done: int  # bytes of this file walked
     total: int
     packets: int  # packets indexed so far, all files
+    points: tuple[Point, ...] = ()  # known so far
+    point_packets: tuple[int, ...] = ()  # per point so far
+    point_bytes: tuple[int, ...] = ()
 
 
 @dataclass
@@ -209,6 +212,42 @@ class IndexBuilder:
         self.v6: dict[bytes, int] = {}
         self.tunnels: dict[Tunnel, int] = {}
         self.packets = 0
+        self.points: list[Point] = []
+        self.files: list[CaptureFile] = []
+        self._point_packets = np.zeros(0, np.int64)
+        self._point_bytes = np.zeros(0, np.int64)
+
+    def progress(self, path: Path, done: int, total: int) -> Progress:
+        n = len(self.points)
+        packets = np.zeros(n, np.int64)
+        sizes = np.zeros(n, np.int64)
+        m = min(n, len(self._point_packets))
+        packets[:m], sizes[:m] = self._point_packets[:m], self._point_bytes[:m]
+        return Progress(
+            path,
+            done,
+            total,
+            self.packets,
+            tuple(self.points),
+            tuple(packets.tolist()),
+            tuple(sizes.tolist()),
+        )
+
+    def _count(self, cols: PacketColumns) -> None:
+        if not len(cols):
+            return
+        n = max(int(cols.point.max()) + 1, len(self._point_packets))
+        packets = np.bincount(cols.point, minlength=n)
+        sizes = np.bincount(cols.point, weights=cols.wirelen, minlength=n).astype(np.int64)
+        packets[: len(self._point_packets)] += self._point_packets
+        sizes[: len(self._point_bytes)] += self._point_bytes
+        self._point_packets, self._point_bytes = packets, sizes
+
+    def close(self) -> None:
+        for f in self.files:
+            if f.reader is not None:
+                f.reader.mf.close()
+                f.reader = None
 
     def add(self, item: DecodedBatch) -> None:
         cols = item.columns
@@ -230,6 +269,7 @@ class IndexBuilder:
             )
         self.parts.append(cols)
         self.packets += len(cols)
+        self._count(cols)
 
     def merged(self) -> DecodedBatch:
         """Everything added so far as one batch, with this builder's own tables."""
@@ -240,9 +280,11 @@ class IndexBuilder:
         columns = PacketColumns.concat(self.parts)
         return DecodedBatch(columns, list(self.v6), list(self.tunnels), quotes)
 
-    def result(self, points: list[Point], files: list[CaptureFile]) -> PacketIndex:
+    def result(self) -> PacketIndex:
         part = self.merged()
-        return PacketIndex(part.columns, points, files, part.v6, part.tunnels, part.quotes)
+        return PacketIndex(
+            part.columns, list(self.points), list(self.files), part.v6, part.tunnels, part.quotes
+        )
 
 
 def _stem(path: Path) -> str:
@@ -259,13 +301,11 @@ def _point_names(path: Path, fmt: CaptureFormat) -> list[str]:
 def scan(
     paths: list[Path],
     builder: IndexBuilder,
-    points: list[Point],
-    files: list[CaptureFile],
     cancel: threading.Event | None = None,
     workers: int | None = None,
     declared: dict[Path, Point] | None = None,
 ) -> Iterator[Progress]:
-    """Index `paths` into `builder`, appending their points and files; yields progress.
+    """Index `paths` into `builder`, which gains their points and files; yields progress.
 
     `declared` gives the point a file is (from a bundle's manifest): its id, kind and place.
 
@@ -273,6 +313,7 @@ def scan(
     that the previous shard's walk confirms, and any doubt falls back to a sequential walk.
     """
     workers = workers if workers is not None else default_workers()
+    points, files = builder.points, builder.files
     for path in paths:
         fmt = open_capture(path)
         check_linktypes(fmt)
@@ -305,7 +346,7 @@ def scan(
         if resume is not None:
             for item in _decode_all(fmt, resume, size, base, cancel):
                 if isinstance(item, int):
-                    yield Progress(path, item, size, builder.packets)
+                    yield builder.progress(path, item, size)
                 else:
                     builder.add(item)
         # pcapng may define interfaces after the first packet: give each its point.
@@ -322,7 +363,7 @@ def scan(
             info.points.append(len(points) - 1)
         info.warnings = fmt.warnings
         info.drops = {info.points[k]: v for k, v in fmt.drops.items() if k < len(info.points)}
-        yield Progress(path, size, size, builder.packets)
+        yield builder.progress(path, size, size)
 
 
 def _scan_sharded(
@@ -356,7 +397,7 @@ def _scan_sharded(
             expected = shard.end
             info.shards += 1
             fmt.warnings.extend(w for w in shard.warnings if w not in fmt.warnings)
-            yield Progress(path, shard.end, size, builder.packets)
+            yield builder.progress(path, shard.end, size)
     return None if expected >= size else expected
 
 
@@ -373,14 +414,10 @@ def build_index(
     declared: dict[Path, Point] | None = None,
 ) -> PacketIndex:
     builder = IndexBuilder()
-    points: list[Point] = []
-    files: list[CaptureFile] = []
     try:
-        for _ in scan(paths, builder, points, files, cancel, workers, declared):
+        for _ in scan(paths, builder, cancel, workers, declared):
             pass
     except BaseException:
-        for f in files:
-            if f.reader is not None:
-                f.reader.mf.close()
+        builder.close()
         raise
-    return builder.result(points, files)
+    return builder.result()

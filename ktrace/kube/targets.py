@@ -76,14 +76,14 @@ def resolve(api: Api, target: str | None, selector: str | None) -> tuple[str, li
         )
     label = f"{kind if kind != 'deployment' else 'deploy'}/{name}"
     if kind == "pod":
-        obj = _get(api, api.core.read_namespaced_pod, name, ns, "pod")
+        obj = get_object(api, api.core.read_namespaced_pod, name, "pod", ns)
         return label, _running([pod_of(obj)], label)
     if kind == "deployment":
-        dep = _get(api, api.apps.read_namespaced_deployment, name, ns, "deployment")
+        dep = get_object(api, api.apps.read_namespaced_deployment, name, "deployment", ns)
         match = (dep.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
         items = api.call(api.core.list_namespaced_pod, ns, label_selector=_selector(match))
         return label, _running([pod_of(o) for o in items["items"]], label)
-    _get(api, api.core.read_namespaced_service, name, ns, "service")
+    get_object(api, api.core.read_namespaced_service, name, "service", ns)
     slices = api.call(
         api.discovery.list_namespaced_endpoint_slice,
         ns,
@@ -103,11 +103,15 @@ def resolve(api: Api, target: str | None, selector: str | None) -> tuple[str, li
             "its selector matches no ready pod: that may be the incident itself "
             f"(kubectl get endpointslices -n {ns} -l kubernetes.io/service-name={name})",
         )
-    pods = [pod_of(_get(api, api.core.read_namespaced_pod, n, ns, "pod")) for n in names]
+    pods = [pod_of(get_object(api, api.core.read_namespaced_pod, n, "pod", ns)) for n in names]
     return label, _running(pods, label)
 
 
-def _get(api: Api, method: Any, name: str, ns: str, kind: str) -> dict[str, Any]:
+def get_object(
+    api: Api, method: Any, name: str, kind: str, ns: str | None = None
+) -> dict[str, Any]:
+    """One object, or a not-found error that names the namespace and how to pick another."""
+    ns = ns or api.namespace
     try:
         return dict(api.call(method, name, ns))
     except ClusterError as exc:

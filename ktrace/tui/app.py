@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import threading
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 from textual import on, work
 from textual.app import App
 from textual.command import Hit, Hits, Provider
+from textual.message import Message
 from textual.worker import get_current_worker
 
-from ktrace.analysis.report import Inputs, Report, analyze_index, capture_files, read_inputs
-from ktrace.decode.index import CaptureFile, IndexBuilder, PacketIndex, scan
-from ktrace.errors import Cancelled, KtraceError
+from ktrace.analysis.pipeline import FileFailed, Indexed, run_pipeline
+from ktrace.analysis.pipeline import Step as PipelineStep
+from ktrace.analysis.result import Result
+from ktrace.bundle.inputs import Inputs, capture_files, read_inputs
+from ktrace.decode.index import PacketIndex
+from ktrace.decode.index import Progress as Step
+from ktrace.errors import Cancelled, KtraceError, UiError
 from ktrace.model import PacketRef, Point
 from ktrace.tui import keymap
-from ktrace.tui.messages import Analyzed, Indexed, LoadError, Progress
+from ktrace.tui.messages import Analyzed, LoadError, Progress
+from ktrace.tui.messages import Indexed as IndexedMessage
 from ktrace.tui.screens.help import HelpScreen, live_bindings
 from ktrace.tui.screens.packets import PacketsView
 from ktrace.tui.screens.views import DnsView, FindingsView, FlowsView, PointsView
@@ -60,39 +66,58 @@ class ViewCommands(Provider):
                 )
 
 
+class Phase(StrEnum):
+    INDEXING = "indexing"
+    ANALYSING = "analysing"
+    READY = "ready"
+
+
 class KtraceApp(App[None]):
     CSS_PATH = "ktrace.tcss"
     TITLE = "ktrace"
     BINDINGS = keymap.APP
     COMMANDS = {ViewCommands}
-    MODES = VIEWS  # type: ignore[assignment]
+    MODES = VIEWS  # type: ignore[assignment]  # Textual types MODES as str | Callable
 
     def __init__(
-        self, inputs: list[Path], found: Inputs | None = None, live: Live | None = None
+        self,
+        inputs: list[Path],
+        found: Inputs | None = None,
+        live: Live | None = None,
+        tracebacks: bool = True,
     ) -> None:
         super().__init__()
+        self.tracebacks = tracebacks
+        self.crash: Exception | None = None
         self.live = live
         self._seen_sizes: tuple[int, ...] = ()
         self._load_started = 0.0
         self._load_took = 0.0
         self._live_ended = False
-        self.input_notes: list[str] = []  # a bundle cut short says so in the status line
+        self.input_notes: tuple[str, ...] = ()  # a bundle cut short says so in the status line
         self.inputs = inputs
         self.found = found  # already read by the caller: a .tar.gz is unpacked only once
         self.points: list[Point] = []
         self.index: PacketIndex | None = None
-        self.report: Report | None = None
+        self.result: Result | None = None
         self.errors: list[str] = []
-        self.progress: Progress | None = None
+        self.progress: Step | None = None
         self.cancel = threading.Event()
-        self.phase = "indexing"
-        self._builder: IndexBuilder | None = None
+        self.phase = Phase.INDEXING
 
     def on_mount(self) -> None:
         self.switch_mode("points")
         self.load()
         if self.live is not None:
             self.set_interval(1.0, self.follow)
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Textual prints a whole traceback and lets the process exit 0; the CLI turns the
+        # crash into one line and a non-zero status, unless --debug asked for the traceback.
+        self.crash = error
+        super()._handle_exception(error)
+        if not self.tracebacks:
+            self._exit_renderables.clear()
 
     def follow(self) -> None:
         """Live mode: index again when the point files have grown, no more often than
@@ -106,7 +131,7 @@ class KtraceApp(App[None]):
         ended = not self.live.running()
         try:
             sizes = tuple(path.stat().st_size for path in capture_files(self.inputs))
-        except OSError:
+        except (OSError, KtraceError):
             return
         if sizes != self._seen_sizes or ended:
             self._seen_sizes = sizes
@@ -117,58 +142,54 @@ class KtraceApp(App[None]):
     # loading ----------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def load(self) -> None:
+        """The core's pipeline, its steps posted as messages."""
         worker = get_current_worker()
         self._load_started = time.monotonic()
         try:
             found = self.found or read_inputs(self.inputs)
+            self.input_notes = () if self.live is not None else found.notes
+            steps = run_pipeline(found, self.cancel, keep_going=True, live=self.live is not None)
+            for step in steps:
+                if worker.is_cancelled:
+                    return
+                self.post_message(self._message(step))
+        except Cancelled:
+            return
         except KtraceError as exc:
             self.post_message(LoadError(Path("."), str(exc)))
             return
-        self.input_notes = [] if self.live is not None else found.notes
-        builder = IndexBuilder()
-        self._builder = builder
-        points: list[Point] = []
-        files: list[CaptureFile] = []
-        self.points = points
-        for path in found.files:
-            if self.live is not None and path.stat().st_size < 24:
-                continue  # a live point whose tcpdump has not written its header yet
-            try:
-                for step in scan([path], builder, points, files, self.cancel, None, found.declared):
-                    if worker.is_cancelled:
-                        return
-                    self.post_message(Progress(step.file, step.done, step.total, step.packets))
-            except Cancelled:
-                return
-            except KtraceError as exc:  # one bad file must not hide the good ones
-                self.post_message(LoadError(path, str(exc)))
-        index = builder.result(points, files)
-        self.post_message(Indexed(index))
-        try:
-            report = analyze_index(index, found.inventory, self.cancel)
-        except Cancelled:
-            return
         self._load_took = time.monotonic() - self._load_started
-        self.post_message(Analyzed(report))
+
+    @staticmethod
+    def _message(step: PipelineStep) -> Message:
+        if isinstance(step, Step):
+            return Progress(step)
+        if isinstance(step, FileFailed):
+            return LoadError(step.path, step.message)
+        if isinstance(step, Indexed):
+            return IndexedMessage(step.index)
+        return Analyzed(step.result)
 
     @on(Progress)
     def on_progress(self, message: Progress) -> None:
-        self.progress = message
+        self.progress = message.step
+        self.points = list(message.step.points)
         self._refresh_views()
 
-    @on(Indexed)
-    def on_indexed(self, message: Indexed) -> None:
+    @on(IndexedMessage)
+    def on_indexed(self, message: IndexedMessage) -> None:
         self.index = message.index
-        self.phase = "analysing"
+        self.points = message.index.points
+        self.phase = Phase.ANALYSING
         self._refresh_views()
 
     @on(Analyzed)
     def on_analyzed(self, message: Analyzed) -> None:
-        self.report = message.report
-        self.phase = "ready"
+        self.result = message.result
+        self.phase = Phase.READY
         self._refresh_views()
-        if message.report.findings:
-            self.notify(f"{len(message.report.findings)} findings: press 5", title="analysis done")
+        if message.result.findings and self.live is None:
+            self.notify(f"{len(message.result.findings)} findings: press 5", title="analysis done")
 
     @on(LoadError)
     def on_load_error(self, message: LoadError) -> None:
@@ -185,20 +206,20 @@ class KtraceApp(App[None]):
     # what views ask -----------------------------------------------------------------------
     def status_text(self) -> str:
         parts = [f"LIVE {self.live.summary()}"] if self.live is not None else []
-        if self.phase == "indexing":
+        if self.phase == Phase.INDEXING:
             p = self.progress
             pct = 100 * p.done / max(p.total, 1) if p else 0
             parts.append(
                 f"indexing {p.file.name if p else ''} {pct:.0f}% "
                 f"({p.packets if p else 0:,} packets)"
             )
-        elif self.phase == "analysing":
+        elif self.phase == Phase.ANALYSING:
             parts.append(f"{len(self.index or []):,} packets indexed; analysing…")
         else:
-            assert self.report is not None
+            assert self.result is not None
             parts.append(
                 f"{len(self.index or []):,} packets, {len(self.points)} points, "
-                f"{len(self.report.findings)} findings"
+                f"{len(self.result.findings)} findings"
             )
         if self.errors:
             parts.append(f"{len(self.errors)} unreadable: {self.errors[-1]}")
@@ -206,23 +227,13 @@ class KtraceApp(App[None]):
         return " | ".join(parts)
 
     def point_counts(self) -> dict[int, tuple[int, int]]:
-        """Packets and bytes per point: from the index once built, else from what the
-        indexer has gathered so far."""
-        parts = (
-            [self.index.columns]
-            if self.index is not None
-            else list(self._builder.parts)
-            if self._builder is not None
-            else []
-        )
-        out: dict[int, tuple[int, int]] = {}
-        for cols in parts:
-            n = np.bincount(cols.point)
-            b = np.bincount(cols.point, weights=cols.wirelen)
-            for k in range(len(n)):
-                old = out.get(k, (0, 0))
-                out[k] = (old[0] + int(n[k]), old[1] + int(b[k]))
-        return out
+        """Packets and bytes per point: from the result once there, else as indexing goes."""
+        if self.result is not None:
+            return {k: (p.packets, p.bytes) for k, p in enumerate(self.result.points)}
+        p = self.progress
+        if p is None:
+            return {}
+        return dict(enumerate(zip(p.point_packets, p.point_bytes, strict=True)))
 
     def row_of(self, ref: PacketRef) -> int:
         assert self.index is not None
@@ -243,5 +254,13 @@ class KtraceApp(App[None]):
         self.exit()
 
 
-def run(inputs: list[Path], found: Inputs | None = None, live: Live | None = None) -> None:
-    KtraceApp(inputs, found, live).run()
+def run(
+    inputs: list[Path],
+    found: Inputs | None = None,
+    live: Live | None = None,
+    tracebacks: bool = False,
+) -> None:
+    app = KtraceApp(inputs, found, live, tracebacks)
+    app.run()
+    if app.crash is not None:
+        raise UiError(f"the terminal UI stopped: {type(app.crash).__name__}: {app.crash}")

@@ -6,14 +6,15 @@ from pathlib import Path
 
 from textual.message import Message
 
-from ktrace.analysis.report import Report
+from ktrace.analysis.result import Result
 from ktrace.decode.index import PacketIndex
+from ktrace.decode.index import Progress as Step
 
 
 class Progress(Message):
-    def __init__(self, file: Path, done: int, total: int, packets: int) -> None:
+    def __init__(self, step: Step) -> None:
         super().__init__()
-        self.file, self.done, self.total, self.packets = file, done, total, packets
+        self.step = step
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, Progress)
@@ -26,9 +27,9 @@ class Indexed(Message):
 
 
 class Analyzed(Message):
-    def __init__(self, report: Report) -> None:
+    def __init__(self, result: Result) -> None:
         super().__init__()
-        self.report = report
+        self.result = result
 
 
 class LoadError(Message):

@@ -27,15 +27,13 @@ class PointsView(TableView):
     COLUMNS = ("POINT", "KIND", "NODE", "POD", "LINKTYPE", "PACKETS", "BYTES", "DROPS", "CLOCK")
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
-        index = self.ktrace.index
-        points = self.ktrace.points
+        result = self.ktrace.result
         counts = self.ktrace.point_counts()
-        offsets = self.ktrace.report.analysis.correlation.offsets if self.ktrace.report else None
         rows = []
-        for k, p in enumerate(points):
+        for k, p in enumerate(self.ktrace.points):
             packets, size = counts.get(k, (0, 0))
-            drops = index.file_of(k).drops.get(k) if index else None
-            clock = f"{offsets[k] / 1e6:+.1f} ms" if offsets is not None and offsets[k] else ""
+            done = result.points[k] if result else None
+            drops = done.kernel_drops if done else None
             rows.append(
                 (
                     k,
@@ -48,7 +46,7 @@ class PointsView(TableView):
                         packets,
                         human_size(size),
                         drops if drops is not None else "",
-                        clock,
+                        f"{done.clock_offset_ms:+.1f} ms" if done and done.clock_offset_ms else "",
                     ),
                 )
             )
@@ -78,12 +76,12 @@ class FlowsView(TableView):
         )
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
-        report = self.ktrace.report
-        if report is None:
+        result = self.ktrace.result
+        if result is None:
             return []
         n = len(self.ktrace.points)
         rows = []
-        for c in conversations(report.analysis):
+        for c in conversations(result.analysis):
             seen = "".join("●" if k in c.points else "·" for k in range(n))
             lost = Text(str(c.lost), style="bold red") if c.lost else ""
             rows.append(
@@ -119,9 +117,9 @@ class PathView(TableView):
         super().__init__()
         self.conv = conv
         self.highlight = highlight
-        report = self.ktrace.report
+        result = self.ktrace.result
         self.path = (
-            next((p for p in report.analysis.paths if p.conv == conv), None) if report else None
+            next((p for p in result.analysis.paths if p.conv == conv), None) if result else None
         )
 
     def columns(self) -> tuple[str, ...]:
@@ -133,7 +131,7 @@ class PathView(TableView):
         self.call_after_refresh(self.decorate)
 
     def decorate(self) -> None:
-        a = self.ktrace.report.analysis if self.ktrace.report else None
+        a = self.ktrace.result.analysis if self.ktrace.result else None
         title = self.query_one("#title", Static)
         if a is None or self.path is None:
             title.update("This conversation was seen at one point only")
@@ -163,11 +161,11 @@ class PathView(TableView):
                     break
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
-        report = self.ktrace.report
-        if report is None or self.path is None:
+        result = self.ktrace.result
+        if result is None or self.path is None:
             return []
         rows = []
-        for i, p in enumerate(path_packets(report.analysis, self.path), 1):
+        for i, p in enumerate(path_packets(result.analysis, self.path), 1):
             cells = [Text(c, style="bold red") if c.startswith("✗") else c for c in p.cells]
             rows.append((p.row, (i, p.direction, p.summary, *cells)))
         return rows
@@ -191,11 +189,11 @@ class DnsView(TableView):
     )
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
-        report = self.ktrace.report
-        if report is None:
+        result = self.ktrace.result
+        if result is None:
             return []
         rows = []
-        for r in dns_lookups(report.analysis):
+        for r in dns_lookups(result.analysis):
             t = r.transaction
             rcode = Text(t.rcode or "NO ANSWER", style="" if t.rcode == "NOERROR" else "bold red")
             rows.append(
@@ -229,8 +227,8 @@ class FindingsView(TableView):
         yield Static(id="detail")
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
-        report = self.ktrace.report
-        if report is None:
+        result = self.ktrace.result
+        if result is None:
             return []
         return [
             (
@@ -241,7 +239,7 @@ class FindingsView(TableView):
                     f.title,
                 ),
             )
-            for k, f in enumerate(report.findings)
+            for k, f in enumerate(result.findings)
         ]
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -252,10 +250,10 @@ class FindingsView(TableView):
         self.show_detail(self.selected_key())
 
     def show_detail(self, key: str | None) -> None:
-        report = self.ktrace.report
-        if report is None or key is None:
+        result = self.ktrace.result
+        if result is None or key is None:
             return
-        f = report.findings[int(key)]
+        f = result.findings[int(key)]
         refs = ", ".join(f"{e.point}#{e.number}" for e in f.evidence[:8])
         self.query_one("#detail", Static).update(
             f"{f.title}\n\n{f.explanation}\n\nNext: {f.next_step}\n\nEvidence: {refs}"
@@ -263,14 +261,14 @@ class FindingsView(TableView):
 
     def action_open(self) -> None:
         key = self.selected_key()
-        report = self.ktrace.report
-        if key is None or report is None:
+        result = self.ktrace.result
+        if key is None or result is None:
             return
-        finding = report.findings[int(key)]
+        finding = result.findings[int(key)]
         if not finding.evidence:
             return
         row = self.ktrace.row_of(finding.evidence[0])
-        a = report.analysis
+        a = result.analysis
         flow = int(a.flows.flow[row])
         path = a.path_of_flow(flow) if flow >= 0 else None
         if path is not None:

@@ -1,0 +1,107 @@
+"""The one way from capture files to a result: index, then flows, DNS, correlation, paths and
+findings. A generator of steps (progress while indexing, the index once built, the result),
+cancelled through an event; `analyze`, `open`, live mode and `trace` all drive it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ktrace.analysis.context import Analysis
+from ktrace.analysis.correlate import correlate
+from ktrace.analysis.dns import dns_transactions
+from ktrace.analysis.findings import run_checks
+from ktrace.analysis.flows import build_flows
+from ktrace.analysis.names import Names
+from ktrace.analysis.paths import conversation_paths
+from ktrace.analysis.result import Result
+from ktrace.bundle.inputs import Inputs, read_inputs
+from ktrace.decode.index import IndexBuilder, PacketIndex, Progress, scan
+from ktrace.errors import Cancelled, KtraceError
+
+# A live point whose tcpdump has not written its file header yet has nothing to read.
+PCAP_HEADER = 24
+
+
+@dataclass(frozen=True)
+class FileFailed:
+    """One file could not be read; with `keep_going` the others still are."""
+
+    path: Path
+    message: str
+
+
+@dataclass(frozen=True)
+class Indexed:
+    index: PacketIndex
+
+
+@dataclass(frozen=True)
+class Analyzed:
+    result: Result
+
+
+Step = Progress | FileFailed | Indexed | Analyzed
+
+
+def run_pipeline(
+    found: Inputs,
+    cancel: threading.Event | None = None,
+    workers: int | None = None,
+    keep_going: bool = False,
+    live: bool = False,
+) -> Iterator[Step]:
+    """Steps until the result. `keep_going`: a bad file is a FileFailed step, not the end;
+    `live`: files still without a header (capture starting) are skipped, not errors."""
+    builder = IndexBuilder()
+    try:
+        for path in found.files:
+            if live and path.stat().st_size < PCAP_HEADER:
+                continue
+            try:
+                yield from scan([path], builder, cancel, workers, found.declared)
+            except Cancelled:
+                raise
+            except KtraceError as exc:
+                if not keep_going:
+                    raise
+                yield FileFailed(path, str(exc))
+    except BaseException:
+        builder.close()
+        raise
+    index = builder.result()
+    yield Indexed(index)
+    yield Analyzed(analyze_index(index, found.inventory, cancel, found.notes))
+
+
+def analyze_index(
+    index: PacketIndex,
+    inventory: dict[str, Any] | None = None,
+    cancel: threading.Event | None = None,
+    notes: tuple[str, ...] = (),
+) -> Result:
+    """Everything after the index: flows, DNS, correlation, paths, findings."""
+    flows = build_flows(index.columns, len(index.points))
+    same_clock: dict[str, list[int]] = {}
+    for k, point in enumerate(index.points):
+        if point.node:
+            same_clock.setdefault(point.node, []).append(k)
+    correlation = correlate(index.columns, flows, len(index.points), list(same_clock.values()))
+    names = Names.from_inventory(inventory)
+    paths = conversation_paths(index, flows, correlation, names)
+    analysis = Analysis(index, flows, dns_transactions(index, cancel), correlation, paths, names)
+    findings, errors = run_checks(analysis)
+    return Result(analysis, tuple(findings), tuple(errors), notes)
+
+
+def analyze(
+    inputs: list[Path], cancel: threading.Event | None = None, workers: int | None = None
+) -> Result:
+    """The pipeline drained: for callers that need only the result."""
+    for step in run_pipeline(read_inputs(inputs), cancel, workers):
+        if isinstance(step, Analyzed):
+            return step.result
+    raise AssertionError("the pipeline ends with its result")

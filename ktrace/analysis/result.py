@@ -1,0 +1,349 @@
+"""The typed result of an analysis: what `analyze` prints, `--json` writes, the UI and `trace`
+read. Rows are frozen dataclasses built from the analysis on first use; `to_dict` is the one
+JSON shape (README "JSON output")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import UTC, datetime
+from enum import Enum, IntEnum
+from functools import cached_property
+
+import numpy as np
+
+from ktrace import __version__
+from ktrace.analysis.checks import conversation_label
+from ktrace.analysis.context import Analysis
+from ktrace.analysis.dns import DnsTransaction
+from ktrace.analysis.findings import CheckError
+from ktrace.analysis.paths import ConvPath, Hop
+from ktrace.decode.tunnel import Tunnel
+from ktrace.model import Finding, PacketRef
+from ktrace.pcap import linktype
+
+MAX_LOSS_EVIDENCE = 10
+
+
+def iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="microseconds")
+
+
+def _ms(ns: float | None) -> float | None:
+    return round(ns / 1e6, 3) if ns is not None else None
+
+
+@dataclass(frozen=True)
+class PointRow:
+    id: str
+    file: str
+    interface: str
+    linktype: str  # e.g. EN10MB, LINUX_SLL2
+    format: str
+    packets: int
+    bytes: int
+    first: str | None  # ISO time of the first packet
+    duration_s: float
+    kernel_drops: int | None  # from pcapng statistics or the manifest
+    kind: str
+    node: str | None
+    pod: str | None  # namespace/name
+    clock_offset_ms: float
+
+
+@dataclass(frozen=True)
+class FlowRow:
+    proto: str
+    a: str  # the initiator, ip:port
+    b: str
+    packets_ab: int
+    packets_ba: int
+    bytes_ab: int
+    bytes_ba: int
+    start: str
+    duration_s: float
+    handshake_ms: float | None
+    retransmissions: int
+    out_of_order: int
+    syn: int
+    rst: int
+    fin: int
+    zero_window: int
+    points: dict[str, int]  # packets per capture point
+
+
+@dataclass(frozen=True)
+class TunnelRow:
+    kind: str
+    outer_src: str
+    outer_dst: str
+    vni: int
+    port: int
+    packets: int = field(default=0)
+
+
+@dataclass(frozen=True)
+class HopRow:
+    point: str
+    kind: str
+    node: str | None
+    packets: int
+    expected: bool  # it should have seen the conversation and did not
+    latency_ms: float | None  # from the previous hop
+    flow: str | None  # the 5-tuple there
+    tunnel: TunnelRow | None = field(metadata={"drop": ("packets",)})
+
+
+@dataclass(frozen=True)
+class NatRow:
+    kind: str  # DNAT | SNAT
+    between: tuple[str, str]
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class LossRow:
+    direction: str  # a->b | b->a
+    last_seen: str
+    never_at: str
+    packets: int
+    syn: int
+    max_size: int
+    evidence: tuple[PacketRef, ...]
+
+
+@dataclass(frozen=True)
+class PathRow:
+    conversation: str  # before => after NAT, with names
+    proto: str
+    flows: tuple[str, ...]
+    hops: tuple[HopRow, ...]
+    nat: tuple[NatRow, ...]
+    lost: tuple[LossRow, ...]
+    client: str = field(metadata={"json": None})  # ip:port of the initiator
+    server: str = field(metadata={"json": None})  # ip:port it asked for, before NAT
+
+
+@dataclass(frozen=True)
+class DnsRow:
+    point: str
+    transport: str
+    client: str
+    server: str
+    id: int
+    qname: str
+    qtype: str
+    rcode: str | None
+    answered: bool
+    latency_ms: float | None
+    retries: int
+    answers: tuple[str, ...]
+    truncated: bool
+    time: str
+    packet: int
+
+
+def _tunnel_row(t: Tunnel, packets: int = 0) -> TunnelRow:
+    return TunnelRow(t.kind, t.outer_src, t.outer_dst, t.vni, t.port, packets)
+
+
+@dataclass(frozen=True)
+class Result:
+    analysis: Analysis
+    findings: tuple[Finding, ...]
+    check_errors: tuple[CheckError, ...] = ()
+    notes: tuple[str, ...] = ()  # about the inputs: a bundle cut short, still being written
+
+    @cached_property
+    def points(self) -> tuple[PointRow, ...]:
+        index = self.analysis.index
+        c = index.columns
+        counts = np.bincount(c.point, minlength=len(index.points))
+        sizes = np.bincount(c.point, weights=c.wirelen, minlength=len(index.points))
+        offsets = self.analysis.correlation.offsets.tolist()
+        out = []
+        for k, p in enumerate(index.points):
+            sel = c.ts[c.point == k] if counts[k] else None
+            f = index.file_of(k)
+            out.append(
+                PointRow(
+                    id=p.id,
+                    file=p.file,
+                    interface=p.interface,
+                    linktype=linktype.name(p.linktype),
+                    format=f.format,
+                    packets=int(counts[k]),
+                    bytes=int(sizes[k]),
+                    first=iso(int(sel.min())) if sel is not None else None,
+                    duration_s=round((int(sel.max()) - int(sel.min())) / 1e9, 6)
+                    if sel is not None
+                    else 0.0,
+                    kernel_drops=f.drops.get(k),
+                    kind=p.kind,
+                    node=p.node,
+                    pod=f"{p.namespace}/{p.pod}" if p.pod else None,
+                    clock_offset_ms=round(offsets[k] / 1e6, 3),
+                )
+            )
+        return tuple(out)
+
+    @cached_property
+    def flows(self) -> tuple[FlowRow, ...]:
+        a = self.analysis
+        f = a.flows
+        npts = max(len(a.index.points), 1)
+        ip = f.flow >= 0
+        key = f.flow[ip] * npts + a.index.columns.point[ip]
+        uniq, counts = np.unique(key, return_counts=True)
+        per_flow: dict[int, dict[str, int]] = {}
+        for k, n in zip(uniq.tolist(), counts.tolist(), strict=True):
+            per_flow.setdefault(k // npts, {})[a.index.points[k % npts].id] = n
+        return tuple(
+            FlowRow(
+                proto=a.proto(i),
+                a=a.endpoint(i, "a"),
+                b=a.endpoint(i, "b"),
+                packets_ab=int(f.packets_ab[i]),
+                packets_ba=int(f.packets_ba[i]),
+                bytes_ab=int(f.bytes_ab[i]),
+                bytes_ba=int(f.bytes_ba[i]),
+                start=iso(int(f.first_ts[i])),
+                duration_s=round((int(f.last_ts[i]) - int(f.first_ts[i])) / 1e9, 6),
+                handshake_ms=_ms(int(f.handshake_ns[i])) if f.handshake_ns[i] >= 0 else None,
+                retransmissions=int(f.retransmissions[i]),
+                out_of_order=int(f.out_of_order[i]),
+                syn=int(f.syn[i]),
+                rst=int(f.rst_ab[i] + f.rst_ba[i]),
+                fin=int(f.fin[i]),
+                zero_window=int(f.zero_window[i]),
+                points=per_flow.get(i, {}),
+            )
+            for i in range(len(f))
+        )
+
+    @cached_property
+    def paths(self) -> tuple[PathRow, ...]:
+        return tuple(self._path_row(p) for p in self.analysis.paths)
+
+    def _hop_row(self, h: Hop) -> HopRow:
+        a = self.analysis
+        p = a.index.points[h.point]
+        tunnel = a.index.tunnels[h.tunnels[0] - 1] if h.tunnels else None
+        return HopRow(
+            point=p.id,
+            kind=p.kind,
+            node=p.node,
+            packets=h.packets,
+            expected=h.packets == 0,
+            latency_ms=_ms(h.latency_ns),
+            flow=a.flow_label(h.flow) if h.flow is not None else None,
+            tunnel=_tunnel_row(tunnel) if tunnel else None,
+        )
+
+    def _path_row(self, path: ConvPath) -> PathRow:
+        a = self.analysis
+
+        def hop(k: int) -> str:
+            return a.point_id(path.hops[k].point)
+
+        return PathRow(
+            conversation=conversation_label(a, path),
+            proto=a.proto(path.first_flow),
+            flows=tuple(a.flow_label(f) for f in path.flows),
+            hops=tuple(self._hop_row(h) for h in path.hops),
+            nat=tuple(
+                NatRow(
+                    n.kind,
+                    (hop(n.after_hop), hop(n.after_hop + 1)),
+                    a.flow_label(n.before),
+                    a.flow_label(n.after),
+                )
+                for n in path.nat
+            ),
+            lost=tuple(
+                LossRow(
+                    x.direction,
+                    hop(x.last_hop),
+                    hop(x.missing_hop),
+                    x.packets,
+                    x.syn,
+                    x.max_size,
+                    tuple(a.index.ref(k) for k in x.rows[:MAX_LOSS_EVIDENCE]),
+                )
+                for x in path.losses
+            ),
+            client=a.endpoint(path.first_flow, "a"),
+            server=a.endpoint(path.first_flow, "b"),
+        )
+
+    @cached_property
+    def dns(self) -> tuple[DnsRow, ...]:
+        return tuple(self.dns_row(t) for t in self.analysis.dns.transactions)
+
+    def dns_row(self, t: DnsTransaction) -> DnsRow:
+        return DnsRow(
+            point=self.analysis.index.points[t.point].id,
+            transport=t.transport,
+            client=t.client,
+            server=t.server,
+            id=t.id,
+            qname=t.qname,
+            qtype=t.qtype,
+            rcode=t.rcode,
+            answered=t.answered,
+            latency_ms=_ms(t.latency_ns),
+            retries=t.retries,
+            answers=t.answers,
+            truncated=t.truncated,
+            time=iso(t.query_ts),
+            packet=self.analysis.index.ref(t.queries[0]).number,
+        )
+
+    @cached_property
+    def tunnels(self) -> tuple[TunnelRow, ...]:
+        index = self.analysis.index
+        counts = np.bincount(index.columns.tunnel, minlength=len(index.tunnels) + 1)
+        return tuple(_tunnel_row(t, int(counts[k + 1])) for k, t in enumerate(index.tunnels))
+
+    @property
+    def warnings(self) -> list[str]:
+        return (
+            list(self.notes)
+            + self.analysis.index.warnings
+            + [f"check {e.check} failed: {e.message}" for e in self.check_errors]
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ktrace": __version__,
+            "points": plain(self.points),
+            "findings": plain(self.findings),
+            "paths": plain(self.paths),
+            "flows": plain(self.flows),
+            "dns": plain(self.dns),
+            "tunnels": plain(self.tunnels),
+            "warnings": self.warnings,
+            "dns_malformed": self.analysis.dns.malformed,
+            "dns_orphan_responses": self.analysis.dns.orphan_responses,
+        }
+
+
+def plain(value: object, drop: tuple[str, ...] = ()) -> object:
+    """JSON-ready data from rows: a field's metadata may rename it ("json": name), keep it out
+    ("json": None) or drop fields of the row it holds ("drop")."""
+    if is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, object] = {}
+        for f in fields(value):
+            name = f.metadata.get("json", f.name)
+            if name is not None and f.name not in drop:
+                out[name] = plain(getattr(value, f.name), f.metadata.get("drop", ()))
+        return out
+    if isinstance(value, IntEnum):
+        return value.name.lower()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
