@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run them all: lint, format, unit, fuzz, tshark
+# Install everything the tests need, then run them all: lint, format, types, unit, fuzz, tshark
 # differential, the lab's end-to-end tests and kubectl ktrace against the lab's API server. Run as root on Debian/Ubuntu:
 # tshark and tcpdump come from apt, the lab makes network namespaces.
 # Extra arguments go to pytest, e.g. tests/run.sh -k dns
@@ -36,4 +36,5 @@ fi
 
 .venv/bin/ruff check ktrace tests
 .venv/bin/ruff format --check ktrace tests
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

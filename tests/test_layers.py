@@ -3,9 +3,14 @@ textual, kubernetes nor scapy, checked in a fresh interpreter."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
 
 CODE = """
 import importlib, pkgutil, sys
@@ -43,3 +48,25 @@ def test_only_kube_imports_kubernetes() -> None:
         )
     )
     assert importers and all(name.startswith("kube/") for name in importers), importers
+
+
+def test_no_function_in_ktrace_is_over_80_lines() -> None:
+    """Long functions do several jobs: split them (issue 11's rule, checked, not hoped for)."""
+    import ast
+
+    long = []
+    for path in sorted((REPO / "ktrace").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines})")
+    assert not long
+
+
+def test_the_c_walker_is_built_where_a_compiler_exists() -> None:
+    from ktrace.pcap import hot
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: the Python walker is the one in use")
+    assert hot.walk_c is not None

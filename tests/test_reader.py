@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 import struct
 from pathlib import Path
 
@@ -27,11 +26,6 @@ def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     else:
         monkeypatch.setattr(hot, "walk", hot.walk_python)
     return str(request.param)
-
-
-def test_the_c_walker_is_built_where_a_compiler_exists(walker: str) -> None:
-    if walker == "c" and shutil.which("cc"):
-        assert hot.walk_c is not None
 
 
 def test_walk_implementations_agree(tmp_path: Path, walker: str) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ktrace.analysis.correlate import Correlation
 from ktrace.analysis.dns import DnsResult, DnsTransaction
+from ktrace.analysis.dns_patterns import DnsPicture, dns_picture
 from ktrace.analysis.flows import FlowTable
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import ConvPath
@@ -45,6 +47,11 @@ class Analysis:
             if seen is None or when[t.queries[0]] < when[seen.queries[0]]:
                 best[key] = t
         return sorted(best.values(), key=lambda t: t.query_ts)
+
+    @cached_property
+    def dns_picture(self) -> DnsPicture:
+        """What the DNS exchanges add up to, once per analysis: every DNS check asks."""
+        return dns_picture(self.dns_primary(), self.names.cluster_domain, self.index.columns.ts)
 
     @property
     def end_ts(self) -> int:

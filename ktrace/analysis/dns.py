@@ -97,7 +97,7 @@ def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) 
             c.dport[rows],
         )
     ]
-    views = {p: index.file_of(p).reader.mf.mm for p in set(cols[0])}  # type: ignore[union-attr]
+    views = {p: index.mapped(p) for p in set(cols[0])}
     pending: dict[tuple[object, ...], _Open] = {}
     done: list[_Open] = []
     malformed = orphans = 0

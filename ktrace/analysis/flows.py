@@ -89,32 +89,44 @@ def group_pairs(k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return first, inv
 
 
-def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
-    n = len(c)
-    ip = np.flatnonzero(c.l3 > 0)
-    sport, dport = c.sport.copy(), c.dport.copy()
-    _attach_fragments(c, sport, dport)
-    src, dst = c.src[ip].astype(np.uint64), c.dst[ip].astype(np.uint64)
-    sp, dp = sport[ip].astype(np.uint64), dport[ip].astype(np.uint64)
-    swap = (src > dst) | ((src == dst) & (sp > dp))
-    lo_a, hi_a = np.where(swap, dst, src), np.where(swap, src, dst)
-    lo_p, hi_p = np.where(swap, dp, sp), np.where(swap, sp, dp)
-    six = (c.l3[ip] == 6).astype(np.uint64)
-    k1 = (
-        (six << np.uint64(56))
-        | (c.proto[ip].astype(np.uint64) << np.uint64(48))
-        | (lo_p << np.uint64(32))
-        | lo_a
-    )
-    k2 = (hi_p << np.uint64(32)) | hi_a
-    first, inv = group_pairs(k1, k2) if len(ip) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    nflows = len(first)
-    ts = c.ts[ip]
-    flags = c.tcp_flags[ip]
-    tcp = c.proto[ip] == TCP
-    is_syn = tcp & ((flags & (SYN | ACK)) == SYN)
+@dataclass(frozen=True)
+class _Endpoints:
+    """Per IP packet: its addresses and ports, and whether they were swapped so that the
+    lower endpoint comes first (both directions of a flow share one key)."""
 
-    # Initiator: the endpoint that sent the earliest SYN, else the earliest packet.
+    src: np.ndarray
+    dst: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    swap: np.ndarray
+
+    @classmethod
+    def of(cls, c: PacketColumns, ip: np.ndarray) -> _Endpoints:
+        sport, dport = c.sport.copy(), c.dport.copy()
+        _attach_fragments(c, sport, dport)
+        src, dst = c.src[ip].astype(np.uint64), c.dst[ip].astype(np.uint64)
+        sp, dp = sport[ip].astype(np.uint64), dport[ip].astype(np.uint64)
+        return cls(src, dst, sp, dp, (src > dst) | ((src == dst) & (sp > dp)))
+
+    def keys(self, c: PacketColumns, ip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        swap = self.swap
+        lo_a, hi_a = np.where(swap, self.dst, self.src), np.where(swap, self.src, self.dst)
+        lo_p, hi_p = np.where(swap, self.dport, self.sport), np.where(swap, self.sport, self.dport)
+        six = (c.l3[ip] == 6).astype(np.uint64)
+        k1 = (
+            (six << np.uint64(56))
+            | (c.proto[ip].astype(np.uint64) << np.uint64(48))
+            | (lo_p << np.uint64(32))
+            | lo_a
+        )
+        return k1, (hi_p << np.uint64(32)) | hi_a
+
+
+def _initiators(
+    inv: np.ndarray, ts: np.ndarray, is_syn: np.ndarray, swap: np.ndarray, nflows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow: whether its lower endpoint opened it (the earliest SYN's sender, else the
+    earliest packet's), and the flow's first timestamp."""
     big = np.iinfo(np.int64).max
     first_ts = np.full(nflows, big, np.int64)
     np.minimum.at(first_ts, inv, ts)
@@ -128,6 +140,22 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
     _, pick = np.unique(inv[cand], return_index=True)
     chosen = cand[pick]
     lo_opens[inv[chosen]] = ~swap[chosen]
+    return lo_opens, first_ts
+
+
+def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
+    n = len(c)
+    ip = np.flatnonzero(c.l3 > 0)
+    ends = _Endpoints.of(c, ip)
+    swap, src, dst, sp, dp = ends.swap, ends.src, ends.dst, ends.sport, ends.dport
+    k1, k2 = ends.keys(c, ip)
+    first, inv = group_pairs(k1, k2) if len(ip) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    nflows = len(first)
+    ts = c.ts[ip]
+    flags = c.tcp_flags[ip]
+    tcp = c.proto[ip] == TCP
+    is_syn = tcp & ((flags & (SYN | ACK)) == SYN)
+    lo_opens, first_ts = _initiators(inv, ts, is_syn, swap, nflows)
     # sent by the initiator: ~swap means the packet's source is the "lo" endpoint
     fw = (~swap) == lo_opens[inv]
 
@@ -244,11 +272,21 @@ def _tcp_health(
     # Counted at every point that saw it, a segment is reported once: the max over points.
     retrans = _per_point_max(f_o[again], p_o[again], nflows, npoints)
     out_of_order = _per_point_max(f_o[late], p_o[late], nflows, npoints)
+    handshake = _handshakes(c.ts[r], flags, f_o, p_o, direction[order], nflows, npoints)
+    return handshake, retrans, out_of_order
 
-    # Handshake: SYN -> ACK from the initiator after the SYN/ACK, at each point; keep the point
-    # that saw the SYN first.
-    ts = c.ts[r]
-    d_o = direction[order]
+
+def _handshakes(
+    ts: np.ndarray,
+    flags: np.ndarray,
+    f_o: np.ndarray,
+    p_o: np.ndarray,
+    d_o: np.ndarray,
+    nflows: int,
+    npoints: int,
+) -> np.ndarray:
+    """SYN -> the initiator's ACK after the SYN/ACK, at each point; kept from the point that
+    saw the SYN first. -1 where there was no complete handshake."""
     big = np.iinfo(np.int64).max
     shape = (nflows, max(npoints, 1))
     t_syn = np.full(shape, big, np.int64)
@@ -270,8 +308,7 @@ def _tcp_health(
     first_point = t_syn.argmin(axis=1)
     idx = np.arange(nflows)
     s, a = t_syn[idx, first_point], t_ack[idx, first_point]
-    handshake = np.where((s < big) & (a < big), a - s, -1)
-    return handshake, retrans, out_of_order
+    return np.where((s < big) & (a < big), a - s, -1)
 
 
 def _per_point_max(flow: np.ndarray, point: np.ndarray, nflows: int, npoints: int) -> np.ndarray:

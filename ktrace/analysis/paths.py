@@ -119,109 +119,84 @@ def conversation_paths(
     for k in sorted(multi):
         sel = order[bounds[k] : bounds[k + 1]]
         if len(sel):
-            out.append(
-                _one(
-                    index,
-                    flows,
-                    names,
-                    k,
-                    rows[sel],
-                    point[sel],
-                    ident[sel],
-                    when[sel],
-                    rel[sel],
-                    end_of,
-                )
+            seen = _Sightings(
+                rows[sel], point[sel], ident[sel], when[sel], rel[sel], flows.flow[rows[sel]]
             )
+            out.append(_one(index, flows, names, k, seen, end_of))
     out.sort(key=lambda p: int(flows.first_ts[p.first_flow]))
     return out
 
 
-def _one(
-    index: PacketIndex,
-    flows: FlowTable,
-    names: Names,
-    conv: int,
-    rows: np.ndarray,
-    point: np.ndarray,
-    ident: np.ndarray,
-    when: np.ndarray,
-    rel: np.ndarray,
-    end_of: np.ndarray,
-) -> ConvPath:
-    c = index.columns
-    fwd = flows.forward[rows]
-    flow = flows.flow[rows]
-    # flows in the order the conversation meets them (corrected clocks; re-sorted by hops below)
-    first_seen = {f: int(when[flow == f].min()) for f in set(flow.tolist())}
-    members = tuple(sorted(first_seen, key=first_seen.__getitem__))
-    # Order points by how long after a packet's first sighting they see it...
+@dataclass(frozen=True)
+class _Sightings:
+    """One conversation's packets at every point: index rows and what correlation says."""
+
+    rows: np.ndarray
+    point: np.ndarray
+    ident: np.ndarray
+    when: np.ndarray  # corrected time
+    rel: np.ndarray  # after the packet's first sighting anywhere
+    flow: np.ndarray
+
+
+def _hop_keys(seen: _Sightings, fwd: np.ndarray) -> dict[int, float]:
+    """Per point: how long after a packet's first sighting it sees it (negative for points
+    that only saw the replies)."""
     keys = {}
-    for p in np.unique(point).tolist():
-        at = point == p
+    for p in np.unique(seen.point).tolist():
+        at = seen.point == p
         use = at & fwd if (at & fwd).any() else at
         sign = 1 if (at & fwd).any() else -1
-        keys[p] = sign * float(np.median(rel[use]))
+        keys[p] = sign * float(np.median(seen.rel[use]))
+    return keys
+
+
+def _hop_order(index: PacketIndex, names: Names, src_ip: str, keys: dict[int, float]) -> list[int]:
+    """Points by time after first sighting, unless the bundle says where each point is: clocks
+    of different nodes are only estimated, the topology is known (the client's node first,
+    pod -> veth -> NIC, then the other nodes NIC -> veth -> pod)."""
     hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p].kind, 4)))
-    # ...unless the bundle says where each point is: clocks of different nodes are only
-    # estimated, the topology is known (the client's node first, pod -> veth -> NIC, then the
-    # other nodes NIC -> veth -> pod).
-    src = names.get(index.address(int(flows.l3[members[0]]), int(flows.a_addr[members[0]])))
-    placed = [index.points[p] for p in hop_points]
-    if src is not None and src.node and all(pt.node for pt in placed):
-        node_time: dict[str, float] = {}
-        for p in hop_points:
-            node = index.points[p].node or ""
-            node_time[node] = min(node_time.get(node, keys[p]), keys[p])
+    src = names.get(src_ip)
+    if src is None or not src.node or not all(index.points[p].node for p in hop_points):
+        return hop_points
+    node_time: dict[str, float] = {}
+    for p in hop_points:
+        node = index.points[p].node or ""
+        node_time[node] = min(node_time.get(node, keys[p]), keys[p])
+    src_pod = src.name.split("/", 1)[-1] if src.kind == "pod" else None
 
-        src_pod = src.name.split("/", 1)[-1] if src.kind == "pod" else None
+    def topo(p: int) -> tuple[int, float, int, float]:
+        pt = index.points[p]
+        rank = POINT_ORDER.get(pt.kind, 4)
+        if pt.pod is not None and pt.pod == src_pod:
+            return (0, 0.0, rank, keys[p])  # the source pod's own points: pod -> veth
+        if pt.pod is None and pt.node == src.node:
+            return (1, 0.0, rank, keys[p])  # out of its node: tunnel -> NIC
+        # other nodes (NIC -> tunnel), then the destination's points (veth -> pod)
+        return (2 if pt.pod is None else 3, node_time[pt.node or ""], -rank, keys[p])
 
-        def topo(p: int) -> tuple[int, float, int, float]:
-            pt = index.points[p]
-            rank = POINT_ORDER.get(pt.kind, 4)
-            if pt.pod is not None and pt.pod == src_pod:
-                return (0, 0.0, rank, keys[p])  # the source pod's own points: pod -> veth
-            if pt.pod is None and pt.node == src.node:
-                return (1, 0.0, rank, keys[p])  # out of its node: tunnel -> NIC
-            # other nodes (NIC -> tunnel), then the destination's points (veth -> pod)
-            return (2 if pt.pod is None else 3, node_time[pt.node or ""], -rank, keys[p])
+    return sorted(hop_points, key=topo)
 
-        hop_points = sorted(hop_points, key=topo)
-    at_hop = {p: i for i, p in enumerate(hop_points)}
-    members = tuple(
-        sorted(
-            members,
-            key=lambda f: (min(at_hop[int(p)] for p in np.unique(point[flow == f])), first_seen[f]),
-        )
-    )
-    if fwd.any():
-        hop_points += _expected_tail(index, flows, names, members[-1], set(hop_points))
-    else:
-        hop_points = sorted(hop_points, key=lambda p: keys[p])
-    position = {p: i for i, p in enumerate(hop_points)}
 
-    # a->b copies of one packet: time between consecutive hops
-    f_rows = np.flatnonzero(fwd)
-    hops = []
-    per_point_flow: dict[int, int] = {}
-    for i, p in enumerate(hop_points):
-        at = f_rows[point[f_rows] == p]
-        if len(at) == 0:
-            at_any = np.flatnonzero(point == p)
-            common = Counter(flow[at_any].tolist()).most_common(1)
-        else:
-            common = Counter(flow[at].tolist()).most_common(1)
-        if common:
-            per_point_flow[p] = common[0][0]
-        latency = None
-        if i and len(at):
-            prev = f_rows[point[f_rows] == hop_points[i - 1]]
-            both, ia, ib = np.intersect1d(ident[prev], ident[at], return_indices=True)
-            if len(both):
-                latency = float(np.median(when[at][ib] - when[prev][ia]))
-        tunnels = tuple(sorted(set(c.tunnel[rows[point == p]].tolist()) - {0}))
-        hops.append(Hop(p, int((point == p).sum()), latency, per_point_flow.get(p), tunnels))
+def _hop(
+    index: PacketIndex, seen: _Sightings, f_rows: np.ndarray, hop_points: list[int], i: int
+) -> Hop:
+    """The i-th hop: its packets, the flow it has there, latency from the hop before."""
+    p = hop_points[i]
+    at = f_rows[seen.point[f_rows] == p]
+    common = Counter(seen.flow[at if len(at) else np.flatnonzero(seen.point == p)].tolist())
+    latency = None
+    if i and len(at):
+        prev = f_rows[seen.point[f_rows] == hop_points[i - 1]]
+        both, ia, ib = np.intersect1d(seen.ident[prev], seen.ident[at], return_indices=True)
+        if len(both):
+            latency = float(np.median(seen.when[at][ib] - seen.when[prev][ia]))
+    tunnels = tuple(sorted(set(index.columns.tunnel[seen.rows[seen.point == p]].tolist()) - {0}))
+    flow = common.most_common(1)[0][0] if common else None
+    return Hop(p, int((seen.point == p).sum()), latency, flow, tunnels)
 
+
+def _nat_changes(flows: FlowTable, hops: list[Hop]) -> list[NatChange]:
     nat = []
     for i in range(len(hops) - 1):
         a, b = hops[i].flow, hops[i + 1].flow
@@ -229,29 +204,60 @@ def _one(
             kind = _tuple_change(flows, a, b)
             if kind:
                 nat.append(NatChange(kind, i, a, b))
+    return nat
 
+
+def _one(
+    index: PacketIndex,
+    flows: FlowTable,
+    names: Names,
+    conv: int,
+    seen: _Sightings,
+    end_of: np.ndarray,
+) -> ConvPath:
+    fwd = flows.forward[seen.rows]
+    flow = seen.flow
+    # flows in the order the conversation meets them (corrected clocks; re-sorted by hops below)
+    first_seen = {f: int(seen.when[flow == f].min()) for f in set(flow.tolist())}
+    members = tuple(sorted(first_seen, key=first_seen.__getitem__))
+    keys = _hop_keys(seen, fwd)
+    src_ip = index.address(int(flows.l3[members[0]]), int(flows.a_addr[members[0]]))
+    hop_points = _hop_order(index, names, src_ip, keys)
+    at_hop = {p: i for i, p in enumerate(hop_points)}
+    members = tuple(
+        sorted(
+            members,
+            key=lambda f: (
+                min(at_hop[int(p)] for p in np.unique(seen.point[flow == f])),
+                first_seen[f],
+            ),
+        )
+    )
+    if fwd.any():
+        hop_points += _expected_tail(index, flows, names, members[-1], set(hop_points))
+    else:
+        hop_points = sorted(hop_points, key=lambda p: keys[p])
+    position = {p: i for i, p in enumerate(hop_points)}
+    f_rows = np.flatnonzero(fwd)  # a->b copies of one packet: time between consecutive hops
+    hops = [_hop(index, seen, f_rows, hop_points, i) for i in range(len(hop_points))]
     losses = []
     for direction, mask in (("a->b", fwd), ("b->a", ~fwd)):
-        losses.extend(
-            _losses(index, direction, mask, rows, point, ident, when, hops, position, end_of)
-        )
-    return ConvPath(conv, members, tuple(hops), tuple(nat), tuple(losses))
+        losses.extend(_losses(index, direction, mask, seen, hops, position, end_of))
+    return ConvPath(conv, members, tuple(hops), tuple(_nat_changes(flows, hops)), tuple(losses))
 
 
 def _losses(
     index: PacketIndex,
     direction: str,
     mask: np.ndarray,
-    rows: np.ndarray,
-    point: np.ndarray,
-    ident: np.ndarray,
-    when: np.ndarray,
+    seen: _Sightings,
     hops: list[Hop],
     position: dict[int, int],
     end_of: np.ndarray,
 ) -> list[Loss]:
     """Packets whose last sighting is followed, on their way, by a hop that never saw them
     although it was capturing."""
+    rows, point, ident, when = seen.rows, seen.point, seen.ident, seen.when
     sel = np.flatnonzero(mask)
     if not len(sel) or len(hops) < 2:
         return []

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ktrace.analysis.checks import conversation_label
-from ktrace.analysis.checks.dns_patterns import client_ip, label_prefixes, search_base
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns import DnsTransaction
+from ktrace.analysis.dns_patterns import client_ip, label_prefixes, search_base
 from ktrace.analysis.paths import ConvPath
 from ktrace.decode.transport import ACK, FIN, PSH, RST, SYN, TCP
 

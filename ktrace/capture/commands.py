@@ -32,9 +32,9 @@ def capture_command(
     else:
         outcome = capture(api, label, pods, bundle, opts)
     print(bundle)
-    if outcome.status != "complete":
-        print(f"ktrace: bundle marked interrupted: {outcome.reason}", file=sys.stderr)
-        return int(ExitStatus.INTERRUPTED if "Ctrl-C" in outcome.reason else ExitStatus.CLUSTER)
+    status = outcome.interrupted()
+    if status is not None:
+        return int(status)
     print(f"ktrace: analyze it with: ktrace analyze {bundle}", file=sys.stderr)
     return int(ExitStatus.OK)
 

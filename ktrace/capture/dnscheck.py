@@ -9,7 +9,9 @@ truncation and the TCP fallback.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,7 +27,7 @@ from ktrace.capture.resolver import (
     parse_dig,
     parse_resolv_conf,
 )
-from ktrace.capture.session import Options, Session, capture, default_bundle
+from ktrace.capture.session import Options, Session, capture
 from ktrace.errors import ClusterError, ExitStatus
 from ktrace.kube.api import Api, KubeFlags
 from ktrace.kube.debug import Container
@@ -241,12 +243,18 @@ def dns_command(
             )
             reports.append(render(pod, conf, lookups, checks, notes))
 
-    bundle = out or default_bundle(f"dns-{label}")
+    # Without -o the packets go to a private directory removed at the end: nothing is left
+    # in the current directory unasked.
+    bundle = out or Path(tempfile.mkdtemp(prefix="ktrace-dns-")) / "bundle"
     opts = replace(opts, bpf=opts.bpf or DNS_FILTER, duration=SETTLE, count=None, node=False)
-    outcome = capture(api, f"dns {label}", pods, bundle, opts, during=check)
+    try:
+        outcome = capture(api, f"dns {label}", pods, bundle, opts, during=check)
+    finally:
+        if out is None:
+            shutil.rmtree(bundle.parent, ignore_errors=True)
     sys.stdout.write("\n".join(reports))
-    print(f"bundle: {bundle} (the DNS packets; ktrace analyze {bundle})", file=sys.stderr)
-    if outcome.status != "complete":
-        print(f"ktrace: bundle marked interrupted: {outcome.reason}", file=sys.stderr)
+    if out is not None:
+        print(f"bundle: {bundle} (the DNS packets; ktrace analyze {bundle})", file=sys.stderr)
+    if outcome.interrupted() is not None:
         return int(ExitStatus.CLUSTER)
     return int(ExitStatus.ERROR if failed else ExitStatus.OK)

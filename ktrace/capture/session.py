@@ -19,16 +19,24 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from ktrace.bundle.manifest import Manifest, PointSpec, write_json, write_manifest, write_private
+from ktrace.bundle.manifest import (
+    CaptureStatus,
+    Manifest,
+    PointSpec,
+    write_json,
+    write_manifest,
+    write_private,
+)
 from ktrace.capture import tcpdump
 from ktrace.capture.plan import node_points, pod_iflink, pod_points
 from ktrace.capture.point import Plan, PointRun
 from ktrace.capture.progress import Progress
-from ktrace.errors import ClusterError, UsageError
+from ktrace.errors import ClusterError, ExitStatus, UsageError
 from ktrace.kube import debug
 from ktrace.kube.api import Api, PodSecurityError
 from ktrace.kube.execstream import ExecStream, run
@@ -60,12 +68,25 @@ class Options:
     container: str | None = None  # the app container whose processes the capture can see
 
 
+class StopCause(Enum):
+    END = "end"  # duration, count, size, or a stream that ended: the capture's own stop
+    USER = "user"  # Ctrl-C or SIGTERM
+
+
 @dataclass
 class Outcome:
     bundle: Path
-    status: str
+    status: CaptureStatus
     reason: str
     points: list[PointRun] = field(default_factory=list)
+    cause: StopCause = StopCause.END
+
+    def interrupted(self, err: TextIO | None = None) -> ExitStatus | None:
+        """None for a complete bundle; else says why it was cut short and gives the status."""
+        if self.status == CaptureStatus.COMPLETE:
+            return None
+        print(f"ktrace: bundle marked interrupted: {self.reason}", file=err or sys.stderr)
+        return ExitStatus.INTERRUPTED if self.cause == StopCause.USER else ExitStatus.CLUSTER
 
 
 @contextlib.contextmanager
@@ -230,7 +251,7 @@ class Session:
         for r in self.runs:
             r.wait_started(START_TIMEOUT)
         # readable while it runs (ktrace open follows it), and after a kill -9
-        self.write("capturing", "")
+        self.write(CaptureStatus.CAPTURING, "")
         failed = [r for r in self.runs if r.finished.is_set() and r.bytes == 0]
         if failed:
             r = failed[0]
@@ -316,7 +337,7 @@ class Session:
         return left
 
     # --- the bundle ---------------------------------------------------------------------------
-    def write(self, status: str, reason: str) -> None:
+    def write(self, status: CaptureStatus, reason: str) -> None:
         points = []
         for r in self.runs:
             stats = r.stats()
@@ -373,8 +394,9 @@ def capture(
     err = err or sys.stderr  # looked up now: tests and callers swap sys.stderr
     session = Session(api, target, pods, bundle, opts, err)
     stop = stop or threading.Event()
-    status, reason = "complete", ""
+    status, reason = CaptureStatus.COMPLETE, ""
     progress = Progress(err, opts.interactive)
+    cause = StopCause.END
     try:
         with signals_interrupt():
             try:
@@ -391,16 +413,17 @@ def capture(
                     during(session)
                 why = session.wait(stop, progress)
                 if why:
-                    status, reason = "interrupted", why
+                    status, reason = CaptureStatus.INTERRUPTED, why
             except KeyboardInterrupt:
-                status, reason = "interrupted", "stopped by the user (Ctrl-C)"
+                status, reason = CaptureStatus.INTERRUPTED, "stopped by the user (Ctrl-C)"
+                cause = StopCause.USER
                 session.say("stopping: Ctrl-C")
             lost = [r for r in session.runs if r.error and r.bytes]
-            if lost and status == "complete":
-                status = "interrupted"
+            if lost and status == CaptureStatus.COMPLETE:
+                status = CaptureStatus.INTERRUPTED
                 reason = "; ".join(f"{r.plan.id}: {r.error}" for r in lost)
     except BaseException as exc:
-        status = "interrupted"
+        status = CaptureStatus.INTERRUPTED
         reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         with _quiet_interrupts():
             _finish(session, status, reason, progress)
@@ -409,7 +432,7 @@ def capture(
         raise
     with _quiet_interrupts():
         _finish(session, status, reason, progress)
-    return Outcome(bundle, status, reason, session.runs)
+    return Outcome(bundle, status, reason, session.runs, cause)
 
 
 @contextlib.contextmanager
@@ -425,7 +448,7 @@ def _quiet_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def _finish(session: Session, status: str, reason: str, progress: Progress) -> None:
+def _finish(session: Session, status: CaptureStatus, reason: str, progress: Progress) -> None:
     session.stop_points()
     progress.done(session.runs)
     session.node_metadata()
@@ -435,5 +458,5 @@ def _finish(session: Session, status: str, reason: str, progress: Progress) -> N
             session.say(f"{r.plan.id}: {r.error}")
     for what in left:
         session.say(f"could not clean up {what} (kubectl ktrace cleanup -A ends it)")
-    if session.runs or status != "complete":
+    if session.runs or status != CaptureStatus.COMPLETE:
         session.write(status, reason)

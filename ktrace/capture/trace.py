@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ktrace.bundle.manifest import CaptureStatus
 from ktrace.capture.session import Options, Session, capture, default_bundle
 from ktrace.errors import ClusterError, ExitStatus, UsageError
 from ktrace.kube.api import Api, KubeFlags
@@ -89,7 +88,7 @@ def _service_destination(api: Api, name: str, port: int | None) -> Destination:
     vip = svc["spec"]["clusterIP"]
     _, pods = resolve(api, f"svc/{name}", None)
     backends = endpoint_ports(api, name, spec.get("name") or "")
-    probes = [Probe(f"svc/{name}:{chosen} via {vip}", vip, int(chosen))]
+    probes = [Probe(f"svc/{name}:{chosen} via {vip}", vip, int(spec["port"]))]
     probes += [
         Probe(f"{p.ref} at {p.ip}:{backends[p.name]}", p.ip, backends[p.name])
         for p in pods
@@ -100,7 +99,7 @@ def _service_destination(api: Api, name: str, port: int | None) -> Destination:
         if len(probes) > 2
         else ""
     )
-    return Destination(f"svc/{name}:{chosen}", tuple(probes), tuple(pods), how)
+    return Destination(f"svc/{name}:{spec['port']}", tuple(probes), tuple(pods), how)
 
 
 def endpoint_ports(api: Api, service: str, port_name: str) -> dict[str, int]:
@@ -251,7 +250,6 @@ def trace_command(
     text, clean = report(analyze([bundle]), src, dest, sent)
     print(text)
     print(f"bundle: {bundle}", file=sys.stderr)
-    if outcome.status != CaptureStatus.COMPLETE:
-        print(f"ktrace: bundle marked interrupted: {outcome.reason}", file=sys.stderr)
-        return int(ExitStatus.CLUSTER)
+    if outcome.interrupted() is not None:
+        return int(ExitStatus.CLUSTER)  # the probes' picture is incomplete
     return int(ExitStatus.OK if clean else ExitStatus.ERROR)

@@ -50,37 +50,71 @@ def _rewindow(
         rows.base[i] = start
 
 
-def decode_batch(
-    batch: RecordBatch, linktypes: list[int], points: list[int], view: memoryview
-) -> DecodedBatch:
-    """`linktypes`/`points`: per file interface, its link type and the capture point it feeds."""
-    n = len(batch)
-    out = {name: np.zeros(n, dtype) for name, dtype in SCHEMA.items()}
-    out["offset"], out["ts"] = batch.offset, batch.ts
-    out["caplen"], out["wirelen"] = batch.caplen, batch.wirelen
-    out["point"] = np.asarray(points, np.uint16)[batch.iface]
-    rows = Rows(batch.window, batch.caplen, skip=batch.skip)
+@dataclass(frozen=True)
+class _Outer:
+    """The outside of the packets one decapsulation step found (their rows in the batch)."""
 
-    if len(set(linktypes)) == 1:
-        pos, etype = link_layer(rows, linktypes[0])
-    else:
+    rows: np.ndarray
+    kind: np.ndarray
+    l3: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    vni: np.ndarray
+    port: np.ndarray
+    src6: np.ndarray | None
+    dst6: np.ndarray | None
+
+    def matrix(self) -> np.ndarray:
+        parts = [self.kind, self.l3, self.src, self.dst, self.vni, self.port]
+        if self.src6 is not None and self.dst6 is not None:
+            parts += [self.src6, self.dst6]
+        n = len(self.rows)
+        return np.column_stack([np.asarray(p, np.int64).reshape(n, -1) for p in parts])
+
+    def tunnel(self, j: int) -> Tunnel:
+        l3 = int(self.l3[j])
+        return Tunnel(
+            TunnelKind(int(self.kind[j])).name.lower(),
+            _address_text(l3, int(self.src[j]), None if self.src6 is None else self.src6[j]),
+            _address_text(l3, int(self.dst[j]), None if self.dst6 is None else self.dst6[j]),
+            int(self.vni[j]),
+            int(self.port[j]),
+        )
+
+
+class _Decoder:
+    """One batch's columns, filled layer by layer; tunnels loop back to the IP layer."""
+
+    def __init__(self, batch: RecordBatch, points: list[int], view: memoryview) -> None:
+        n = len(batch)
+        self.batch, self.view = batch, view
+        self.out = {name: np.zeros(n, dtype) for name, dtype in SCHEMA.items()}
+        self.out["offset"], self.out["ts"] = batch.offset, batch.ts
+        self.out["caplen"], self.out["wirelen"] = batch.caplen, batch.wirelen
+        self.out["point"] = np.asarray(points, np.uint16)[batch.iface]
+        self.rows = Rows(batch.window, batch.caplen, skip=batch.skip)
+        self.src6: np.ndarray | None = None
+        self.dst6: np.ndarray | None = None
+        self.outers: list[_Outer] = []
+        self.quote_parts: list[tuple[np.ndarray, ...]] = []
+
+    def link_layer(self, linktypes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        if len(set(linktypes)) == 1:
+            return link_layer(self.rows, linktypes[0])
+        n = len(self.batch)
         pos = np.zeros(n, np.int64)
         etype = np.zeros(n, np.uint16)
-        iface_lt = np.asarray(linktypes, np.int64)[batch.iface]
+        iface_lt = np.asarray(linktypes, np.int64)[self.batch.iface]
         for lt in set(linktypes):
             sel = np.flatnonzero(iface_lt == lt)
-            p, e = link_layer(rows.subset(sel), lt)
-            pos[sel], etype[sel] = p, e
+            pos[sel], etype[sel] = link_layer(self.rows.subset(sel), lt)
+        return pos, etype
 
-    src6 = dst6 = None
-    tunnel_rows: list[np.ndarray] = []
-    tunnel_keys: list[tuple[np.ndarray, ...]] = []
-    todo = np.flatnonzero((etype == ETH_IPV4) | (etype == ETH_IPV6))
-    quote_parts: list[tuple[np.ndarray, ...]] = []
-    for _depth in range(MAX_DEPTH):
-        if not len(todo):
-            break
-        sub = rows.subset(todo)
+    def ip_layer(self, todo: np.ndarray, pos: np.ndarray, etype: np.ndarray) -> np.ndarray:
+        """Decode IP and transport at `pos` for rows `todo`; returns the rows found to carry
+        an inner packet, with pos/etype moved onto it."""
+        out = self.out
+        sub = self.rows.subset(todo)
         ip = parse_ip(sub, pos[todo], etype[todo])
         whole = ip.ok & ((ip.flags & LATER_FRAGMENT) == 0)
         tr = parse_transport(sub, ip.proto, ip.l4, ip.end)
@@ -100,100 +134,127 @@ def decode_batch(
         out["tcp_flags"][at] = np.where(t, tr.flags, 0)[good]
         out["paylen"][at] = np.where(t, tr.paylen, np.maximum(ip.end - ip.l4, 0))[good]
         out["payoff"][at] = np.minimum(np.where(t, tr.payload, ip.l4), 0xFFFF)[good]
-        if ip.src6 is not None:
-            if src6 is None:
-                src6 = np.zeros((n, 16), np.uint8)
-                dst6 = np.zeros((n, 16), np.uint8)
-            assert dst6 is not None
-            six = good & (ip.version == 6)
-            src6[todo[six]] = ip.src6[six]
-            dst6[todo[six]] = ip.dst6[six]
-
+        if ip.src6 is not None and ip.dst6 is not None:
+            self._keep_v6(todo, good & (ip.version == 6), ip.src6, ip.dst6)
         err = t & tr.icmp_error
         if err.any():
-            quote_parts.append(_quoted(sub.subset(np.flatnonzero(err)), tr.payload[err], todo[err]))
-
+            self.quote_parts.append(
+                _quoted(sub.subset(np.flatnonzero(err)), tr.payload[err], todo[err])
+            )
         inner = find_inner(sub, ip, tr)
         found = inner.found & whole
         if not found.any():
-            break
+            return todo[:0]
         hit = todo[found]
-        # Record the outside before the inner packet overwrites the row's fields.
-        outer = (
-            inner.kind[found],
-            out["l3"][hit].copy(),
-            out["src"][hit].copy(),
-            out["dst"][hit].copy(),
-            inner.vni[found],
-            np.where(inner.kind[found] <= TunnelKind.GENEVE, tr.dport[found], 0),
-            None if src6 is None else src6[hit].copy(),
-            None if dst6 is None else dst6[hit].copy(),
+        self._keep_outer(hit, inner.kind[found], inner.vni[found], tr.dport[found])
+        return self._enter(
+            hit, inner.pos[found], inner.ethernet[found], inner.etype[found], pos, etype
         )
-        tunnel_rows.append(hit)
-        tunnel_keys.append(outer)
-        ipos = inner.pos[found]
+
+    def _keep_v6(self, todo: np.ndarray, six: np.ndarray, src: np.ndarray, dst: np.ndarray) -> None:
+        if self.src6 is None or self.dst6 is None:
+            n = len(self.batch)
+            self.src6, self.dst6 = np.zeros((n, 16), np.uint8), np.zeros((n, 16), np.uint8)
+        self.src6[todo[six]] = src[six]
+        self.dst6[todo[six]] = dst[six]
+
+    def _keep_outer(
+        self, hit: np.ndarray, kind: np.ndarray, vni: np.ndarray, dport: np.ndarray
+    ) -> None:
+        """Record the outside before the inner packet overwrites the rows' fields."""
+        out = self.out
+        self.outers.append(
+            _Outer(
+                hit,
+                kind,
+                out["l3"][hit].copy(),
+                out["src"][hit].copy(),
+                out["dst"][hit].copy(),
+                vni,
+                np.where(kind <= TunnelKind.GENEVE, dport, 0),
+                None if self.src6 is None else self.src6[hit].copy(),
+                None if self.dst6 is None else self.dst6[hit].copy(),
+            )
+        )
+
+    def _enter(
+        self,
+        hit: np.ndarray,
+        ipos: np.ndarray,
+        eth: np.ndarray,
+        ietype: np.ndarray,
+        pos: np.ndarray,
+        etype: np.ndarray,
+    ) -> np.ndarray:
+        rows = self.rows
         far = ipos + INNER_ROOM > rows.base[hit] + WINDOW
         if far.any():
-            _rewindow(rows, view, batch.offset, hit[far], ipos[far])
-        eth = inner.ethernet[found]
-        ietype = inner.etype[found].copy()
+            _rewindow(rows, self.view, self.batch.offset, hit[far], ipos[far])
+        ietype = ietype.copy()
         if eth.any():
-            sel = hit[eth]
-            p, e = ethernet(rows.subset(sel), ipos[eth])
+            p, e = ethernet(rows.subset(hit[eth]), ipos[eth])
             ipos[eth], ietype[eth] = p, e
         unknown = ~np.isin(ietype, (ETH_IPV4, ETH_IPV6))
         if unknown.any():
             ietype[unknown] = by_version(rows.subset(hit[unknown]), ipos[unknown])
         pos[hit], etype[hit] = ipos, ietype
-        keep = np.isin(ietype, (ETH_IPV4, ETH_IPV6))
-        todo = hit[keep]
+        return hit[np.isin(ietype, (ETH_IPV4, ETH_IPV6))]
 
-    ip_rows = out["l3"] > 0
-    if ip_rows.any():
-        sel = np.flatnonzero(ip_rows)
-        out["phash"][sel] = rows.subset(sel).prefix_hash(
-            out["payoff"][sel].astype(np.int64), out["paylen"][sel].astype(np.int64)
-        )
+    def payload_hashes(self) -> None:
+        out = self.out
+        sel = np.flatnonzero(out["l3"] > 0)
+        if len(sel):
+            out["phash"][sel] = self.rows.subset(sel).prefix_hash(
+                out["payoff"][sel].astype(np.int64), out["paylen"][sel].astype(np.int64)
+            )
 
-    v6_table: list[bytes] = []
-    if src6 is not None:
-        assert dst6 is not None
+    def v6_table(self) -> list[bytes]:
+        """IPv6 addresses as ids into the batch's own table."""
+        if self.src6 is None or self.dst6 is None:
+            return []
+        out = self.out
         six = np.flatnonzero(out["l3"] == 6)
-        both = np.concatenate([src6[six], dst6[six]])
+        both = np.concatenate([self.src6[six], self.dst6[six]])
         uniq, inv = np.unique(both, axis=0, return_inverse=True)
-        v6_table = [bytes(row) for row in uniq]
         inv = inv.reshape(-1)
         out["src"][six] = inv[: len(six)]
         out["dst"][six] = inv[len(six) :]
+        return [bytes(row) for row in uniq]
 
-    tunnels: list[Tunnel] = []
-    if tunnel_rows:
-        # The outermost encapsulation wins: apply innermost first, outer ones overwrite.
+    def tunnels(self) -> list[Tunnel]:
+        """Tunnel ids per row; the outermost encapsulation wins (applied last)."""
         index: dict[Tunnel, int] = {}
-        for hit, key in reversed(list(zip(tunnel_rows, tunnel_keys, strict=True))):
-            kind, l3, src, dst, vni, port, s6, d6 = key
-            parts = [kind, l3, src, dst, vni, port]
-            if s6 is not None and d6 is not None:
-                parts += [s6, d6]
-            matrix = np.column_stack([np.asarray(p, np.int64).reshape(len(hit), -1) for p in parts])
-            uniq, first, inv = np.unique(matrix, axis=0, return_index=True, return_inverse=True)
+        for outer in reversed(self.outers):
+            uniq, first, inv = np.unique(
+                outer.matrix(), axis=0, return_index=True, return_inverse=True
+            )
             ids = np.zeros(len(uniq), np.uint16)
             for u, j in enumerate(first.tolist()):
-                tun = Tunnel(
-                    TunnelKind(int(kind[j])).name.lower(),
-                    _address_text(int(l3[j]), int(src[j]), None if s6 is None else s6[j]),
-                    _address_text(int(l3[j]), int(dst[j]), None if d6 is None else d6[j]),
-                    int(vni[j]),
-                    int(port[j]),
-                )
-                ids[u] = index.setdefault(tun, len(index) + 1)
-            out["tunnel"][hit] = ids[inv.reshape(-1)]
-        tunnels = list(index)
+                ids[u] = index.setdefault(outer.tunnel(j), len(index) + 1)
+            self.out["tunnel"][outer.rows] = ids[inv.reshape(-1)]
+        return list(index)
 
-    quotes = Quotes.empty()
-    if quote_parts:
-        quotes = Quotes(*(np.concatenate([q[k] for q in quote_parts]) for k in range(7)))
-    return DecodedBatch(PacketColumns(**out), v6_table, tunnels, quotes)
+    def quotes(self) -> Quotes:
+        if not self.quote_parts:
+            return Quotes.empty()
+        return Quotes(*(np.concatenate([q[k] for q in self.quote_parts]) for k in range(7)))
+
+
+def decode_batch(
+    batch: RecordBatch, linktypes: list[int], points: list[int], view: memoryview
+) -> DecodedBatch:
+    """`linktypes`/`points`: per file interface, its link type and the capture point it feeds."""
+    d = _Decoder(batch, points, view)
+    pos, etype = d.link_layer(linktypes)
+    todo = np.flatnonzero((etype == ETH_IPV4) | (etype == ETH_IPV6))
+    for _depth in range(MAX_DEPTH):
+        if not len(todo):
+            break
+        todo = d.ip_layer(todo, pos, etype)
+    d.payload_hashes()
+    v6 = d.v6_table()
+    tunnels = d.tunnels()
+    return DecodedBatch(PacketColumns(**d.out), v6, tunnels, d.quotes())
 
 
 def _quoted(rows: Rows, at: np.ndarray, row_ids: np.ndarray) -> tuple[np.ndarray, ...]:

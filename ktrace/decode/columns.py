@@ -75,9 +75,6 @@ class PacketColumns:
             return parts[0]
         return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in SCHEMA})
 
-    def take(self, sel: np.ndarray) -> PacketColumns:
-        return PacketColumns(**{name: getattr(self, name)[sel] for name in SCHEMA})
-
 
 @dataclass(frozen=True)
 class Quotes:

@@ -4,6 +4,7 @@ drains and the TUI runs in a worker, sharded across processes for large files.""
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import multiprocessing
 import os
 import tempfile
@@ -95,32 +96,40 @@ class PacketIndex:
         point = int(self.columns.point[row])
         return PacketRef(self.points[point].id, row - self.file_of(point).first_row + 1)
 
+    def mapped(self, point: int) -> mmap.mmap:
+        """The point's file as mapped memory (open while the index is)."""
+        reader = self.file_of(point).reader
+        if reader is None:
+            raise ValueError("the packet index is closed")
+        return reader.mf.mm
+
     def packet_bytes(self, row: int) -> bytes:
         """The captured bytes of one packet, read by offset."""
-        f = self.file_of(int(self.columns.point[row]))
-        assert f.reader is not None
         start = int(self.columns.offset[row])
-        return bytes(f.reader.mf.view[start : start + int(self.columns.caplen[row])])
+        mm = self.mapped(int(self.columns.point[row]))
+        return mm[start : start + int(self.columns.caplen[row])]
 
     def payload(self, row: int, limit: int = 65535) -> bytes:
         c = self.columns
         start = int(c.offset[row]) + int(c.payoff[row])
         size = min(int(c.paylen[row]), int(c.caplen[row]) - int(c.payoff[row]), limit)
-        f = self.file_of(int(c.point[row]))
-        assert f.reader is not None
-        return bytes(f.reader.mf.view[start : start + max(size, 0)])
+        return self.mapped(int(c.point[row]))[start : start + max(size, 0)]
 
     def close(self) -> None:
-        for f in self.files:
-            if f.reader is not None:
-                f.reader.mf.close()
-                f.reader = None
+        close_files(self.files)
 
     def __enter__(self) -> PacketIndex:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def close_files(files: list[CaptureFile]) -> None:
+    for f in files:
+        if f.reader is not None:
+            f.reader.mf.close()
+            f.reader = None
 
 
 def _decode_all(
@@ -244,10 +253,7 @@ class IndexBuilder:
         self._point_packets, self._point_bytes = packets, sizes
 
     def close(self) -> None:
-        for f in self.files:
-            if f.reader is not None:
-                f.reader.mf.close()
-                f.reader = None
+        close_files(self.files)
 
     def add(self, item: DecodedBatch) -> None:
         cols = item.columns
@@ -340,7 +346,7 @@ def scan(
         )
         files.append(info)
         size = fmt.mf.size
-        resume = fmt.first
+        resume: int | None = fmt.first
         if workers > 1 and size >= SHARD_MIN_BYTES and fmt.mf.compressed is False:
             resume = yield from _scan_sharded(fmt, path, base, builder, cancel, workers, info)
         if resume is not None:

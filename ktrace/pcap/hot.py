@@ -7,15 +7,18 @@ run both. Semantics are documented in `_walk.c`.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from array import array
 from collections.abc import Callable
 
-Walk = Callable[[object, int, int, int, int, int, int, int], tuple[bytes, bytes, int, int]]
+# What the walk reads: a mapped file, or the bytes of a decompressed one.
+Buffer = mmap.mmap | bytes | bytearray | memoryview
+Walk = Callable[[Buffer, int, int, int, int, int, int, int], tuple[bytes, bytes, int, int]]
 
 
 def walk_python(
-    buffer: object,
+    buffer: Buffer,
     start: int,
     stop: int,
     budget: int,
@@ -27,7 +30,7 @@ def walk_python(
     order = ">" if (swap != (struct.pack("=I", 1) == struct.pack(">I", 1))) else "<"
     one = struct.Struct(order + "I").unpack_from
     two = struct.Struct(order + "II").unpack_from
-    size = len(buffer)  # type: ignore[arg-type]
+    size = len(buffer)
     limit = min(start + budget, stop)
     head = 24 if mode == 0 else mode
     row = head + window
@@ -44,7 +47,7 @@ def walk_python(
                 reason = 1
                 break
             app(off + 28)
-            piece = buffer[off + 4 : off + 4 + row]  # type: ignore[index]
+            piece = buffer[off + 4 : off + 4 + row]
             ext(piece)
             if len(piece) < row:
                 ext(bytes(row - len(piece)))
@@ -57,7 +60,7 @@ def walk_python(
                 reason = 1
                 break
             app(off + mode)
-            ext(buffer[off : off + row])  # type: ignore[index]
+            ext(buffer[off : off + row])
             off += mode + caplen
         while reason == 0 and off < limit and off + mode <= size:
             caplen = one(buffer, off + 8)[0]
@@ -65,16 +68,21 @@ def walk_python(
                 reason = 1
                 break
             app(off + mode)
-            piece = buffer[off : off + row]  # type: ignore[index]
+            piece = buffer[off : off + row]
             ext(piece)
             ext(bytes(row - len(piece)))
             off += mode + caplen
     return array("q", data).tobytes(), bytes(rows), off, reason
 
 
-try:
-    from ktrace.pcap._walk import walk as walk_c
-except ImportError:  # not built: no compiler where it was installed
-    walk_c = None
+def _compiled() -> Walk | None:
+    try:
+        from ktrace.pcap._walk import walk as compiled  # type: ignore[import-not-found]  # C
+    except ImportError:  # not built: no compiler where it was installed
+        return None
+    checked: Walk = compiled  # the C function has the Walk signature
+    return checked
 
-walk: Walk = walk_c or walk_python  # type: ignore[assignment]
+
+walk_c = _compiled()
+walk: Walk = walk_c or walk_python

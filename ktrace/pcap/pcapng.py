@@ -207,7 +207,9 @@ class Pcapng:
         offset = np.frombuffer(offsets, np.int64)
         n = len(offset)
         grid = np.frombuffer(rows, np.uint8).reshape(n, ROW_HEAD + WINDOW)
-        dtype = np.dtype([(name, order + "u4") for name in self._row.names])
+        names = self._row.names
+        assert names is not None  # a structured dtype
+        dtype = np.dtype([(name, order + "u4") for name in names])
         head = np.ascontiguousarray(grid[:, :ROW_HEAD]).view(dtype).reshape(n)
         caplen = np.minimum(head["caplen"], np.maximum(head["blen"].astype(np.int64) - 32, 0))
         room = np.clip(self.mf.size - offset, 0, None)

@@ -46,16 +46,3 @@ class RecordBatch:
 
     def __len__(self) -> int:
         return len(self.offset)
-
-
-def empty_batch(end: int) -> RecordBatch:
-    z = np.zeros(0, np.int64)
-    return RecordBatch(
-        z,
-        z.copy(),
-        np.zeros(0, np.uint32),
-        np.zeros(0, np.uint32),
-        np.zeros(0, np.uint16),
-        np.zeros((0, WINDOW), np.uint8),
-        end,
-    )

@@ -10,7 +10,7 @@ import threading
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from textual import on, work
 from textual.app import App
@@ -61,7 +61,7 @@ class ViewCommands(Provider):
                 yield Hit(
                     score,
                     matcher.highlight(name),
-                    lambda n=name: self.app.action_view(n),  # type: ignore[attr-defined]
+                    lambda n=name: cast(KtraceApp, self.app).action_view(n),
                     help=f"show the {name} view",
                 )
 
@@ -75,7 +75,7 @@ class Phase(StrEnum):
 class KtraceApp(App[None]):
     CSS_PATH = "ktrace.tcss"
     TITLE = "ktrace"
-    BINDINGS = keymap.APP
+    BINDINGS = [*keymap.APP]
     COMMANDS = {ViewCommands}
     MODES = VIEWS  # type: ignore[assignment]  # Textual types MODES as str | Callable
 

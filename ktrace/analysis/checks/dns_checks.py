@@ -8,20 +8,20 @@ from collections.abc import Iterator
 from statistics import median
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
-from ktrace.analysis.checks.dns_patterns import (
+from ktrace.analysis.context import Analysis
+from ktrace.analysis.dns import DnsTransaction
+from ktrace.analysis.dns_patterns import (
     client_ip,
     is_cluster_name,
     label_prefixes,
-    picture,
 )
-from ktrace.analysis.context import Analysis
-from ktrace.model import Finding, Severity
+from ktrace.model import Finding, PacketRef, Severity
 
 SLOW_MS = 500
 MIN_WASTED_NAMES = 2  # search-path candidates tried in vain before a finding is worth it
 
 
-def _refs(analysis: Analysis, transactions: list) -> tuple:  # type: ignore[type-arg]
+def _refs(analysis: Analysis, transactions: list[DnsTransaction]) -> tuple[PacketRef, ...]:
     return tuple(analysis.index.ref(t.queries[0]) for t in transactions[:MAX_EVIDENCE])
 
 
@@ -55,7 +55,7 @@ def run_slow(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
-    pic = picture(analysis)
+    pic = analysis.dns_picture
     expansions = {id(t) for ts in pic.expansions.values() for t in ts}
     for rcode, severity, why, step in (
         (
@@ -97,7 +97,7 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_search_path(analysis: Analysis) -> Iterator[Finding]:
-    pic = picture(analysis)
+    pic = analysis.dns_picture
 
     def names(key: tuple[str, str]) -> set[str]:
         return {t.qname for t in pic.expansions[key]}
@@ -133,7 +133,7 @@ def run_search_path(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_aaaa_race(analysis: Analysis) -> Iterator[Finding]:
-    pic = picture(analysis)
+    pic = analysis.dns_picture
     if not pic.aaaa_race:
         return
     (client, name), aaaa = next(iter(pic.aaaa_race.items()))
@@ -158,7 +158,7 @@ def run_aaaa_race(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_upstream(analysis: Analysis) -> Iterator[Finding]:
-    pic = picture(analysis)
+    pic = analysis.dns_picture
     if not pic.upstream_failed:
         return
     names = Counter(t.qname for t in pic.upstream_failed)

@@ -6,14 +6,13 @@ from collections import Counter
 from collections.abc import Iterator
 
 from ktrace.analysis.checks import GRACE_NS, MAX_EVIDENCE, FunctionCheck, plural
-from ktrace.analysis.checks.dns_patterns import picture
 from ktrace.analysis.context import Analysis
 from ktrace.model import Finding, Severity
 
 
 def run(analysis: Analysis) -> Iterator[Finding]:
     end = analysis.end_ts
-    explained = picture(analysis).explained  # the AAAA race and a dead upstream say more
+    explained = analysis.dns_picture.explained  # the AAAA race and a dead upstream say more
     primary = analysis.dns_primary()
     lost = [
         t

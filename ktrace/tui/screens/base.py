@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -24,7 +24,7 @@ class StatusLine(Static):
 
 
 class TableView(Screen[None]):
-    BINDINGS = keymap.TABLE
+    BINDINGS = [*keymap.TABLE]
     TITLE = ""
     COLUMNS: tuple[str, ...] = ()
 
@@ -36,7 +36,7 @@ class TableView(Screen[None]):
 
     @property
     def ktrace(self) -> KtraceApp:
-        return self.app  # type: ignore[return-value]
+        return cast("KtraceApp", self.app)
 
     def compose(self) -> ComposeResult:
         yield Static(self.TITLE, id="title")

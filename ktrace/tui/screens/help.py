@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Static
 
 
@@ -27,11 +27,11 @@ class HelpScreen(ModalScreen[None]):
         for key, description in self.bindings:
             table.add_row(key, description)
 
-    def action_dismiss(self) -> None:  # type: ignore[override]
+    def action_dismiss(self) -> None:  # type: ignore[override]  # closes with no result
         self.dismiss()
 
 
-def live_bindings(screen) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def live_bindings(screen: Screen[object]) -> list[tuple[str, str]]:
     """(key, description) for every binding active on `screen`, app-wide ones included."""
     seen = set()
     out = []

@@ -3,7 +3,7 @@ and run in a worker, for this packet only."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from textual import work
 from textual.app import ComposeResult
@@ -14,11 +14,12 @@ from textual.widgets import Footer, Static, Tree
 from ktrace.tui import keymap
 
 if TYPE_CHECKING:
+    from ktrace.decode.deep import Layer
     from ktrace.tui.app import KtraceApp
 
 
 class PacketView(Screen[None]):
-    BINDINGS = keymap.DETAIL
+    BINDINGS = [*keymap.DETAIL]
 
     def __init__(self, row: int) -> None:
         super().__init__()
@@ -32,7 +33,7 @@ class PacketView(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        app: KtraceApp = self.app  # type: ignore[assignment]
+        app = cast("KtraceApp", self.app)
         index = app.index
         assert index is not None
         c = index.columns
@@ -52,7 +53,7 @@ class PacketView(Screen[None]):
         text = hexdump(raw)
         self.app.call_from_thread(self.show, tree, text)
 
-    def show(self, tree: list, text: str) -> None:  # type: ignore[type-arg]
+    def show(self, tree: list[Layer], text: str) -> None:
         widget = self.query_one(Tree)
         widget.clear()
         widget.root.set_label("packet")

@@ -3,7 +3,7 @@ million-packet capture scrolls as fast as a small one."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.segment import Segment
 from rich.style import Style
@@ -47,7 +47,7 @@ class PacketList(ScrollView, can_focus=True):
 
     @property
     def ktrace(self) -> KtraceApp:
-        return self.app  # type: ignore[return-value]
+        return cast("KtraceApp", self.app)
 
     def set_count(self, count: int) -> None:
         self.count = count
@@ -128,7 +128,7 @@ class PacketsView(Screen[None]):
         self.refresh_data()
 
     def refresh_data(self) -> None:
-        app: KtraceApp = self.app  # type: ignore[assignment]
+        app = cast("KtraceApp", self.app)
         self.query_one(StatusLine).update(app.status_text())
         if app.index is not None:
             self.query_one(PacketList).set_count(len(app.index))

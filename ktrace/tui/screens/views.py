@@ -53,7 +53,7 @@ class PointsView(TableView):
         return rows
 
     def action_open(self) -> None:
-        self.app.action_view("flows")  # type: ignore[attr-defined]
+        self.ktrace.action_view("flows")
 
 
 class FlowsView(TableView):

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ktrace.analysis.context import Analysis
+import numpy as np
+
 from ktrace.analysis.dns import DnsTransaction
 
 RETRY_AFTER_NS = 4_000_000_000  # glibc's default timeout is 5 s
@@ -17,7 +18,6 @@ class DnsPicture:
     primary: list[DnsTransaction]
     # base name -> its search-path expansions (qnames) that failed before it was answered
     expansions: dict[tuple[str, str], list[DnsTransaction]] = field(default_factory=dict)
-    answered_after: dict[tuple[str, str], list[DnsTransaction]] = field(default_factory=dict)
     aaaa_race: dict[tuple[str, str], list[DnsTransaction]] = field(default_factory=dict)
     upstream_failed: list[DnsTransaction] = field(default_factory=list)
 
@@ -25,12 +25,6 @@ class DnsPicture:
     def explained(self) -> set[int]:
         out = {id(t) for ts in self.aaaa_race.values() for t in ts}
         return out | {id(t) for t in self.upstream_failed}
-
-
-def _extends(qname: str, bases: set[str], _: dict[str, int]) -> bool:
-    """qname is some base + '.' + a suffix: a search-path candidate of a looked-up name."""
-    labels = qname.split(".")
-    return any(".".join(labels[:k]) in bases for k in range(1, len(labels)))
 
 
 def client_ip(t: DnsTransaction) -> str:
@@ -66,24 +60,9 @@ def search_base(qname: str, asked: set[str], prefixes: dict[str, int]) -> str | 
     return None
 
 
-_CACHE: dict[int, tuple[Analysis, DnsPicture]] = {}
-
-
-def picture(analysis: Analysis) -> DnsPicture:
-    """Computed once per analysis: every DNS check asks for it."""
-    cached = _CACHE.get(id(analysis))
-    if cached is not None and cached[0] is analysis:
-        return cached[1]
-    result = _picture(analysis)
-    _CACHE.clear()
-    _CACHE[id(analysis)] = (analysis, result)
-    return result
-
-
-def _picture(analysis: Analysis) -> DnsPicture:
-    primary = analysis.dns_primary()
+def dns_picture(primary: list[DnsTransaction], domain: str, packet_ts: np.ndarray) -> DnsPicture:
+    """`primary`: each exchange once, as seen closest to its client; `packet_ts`: per packet."""
     pic = DnsPicture(primary)
-    domain = analysis.names.cluster_domain
     by_client: dict[str, list[DnsTransaction]] = defaultdict(list)
     for t in primary:
         by_client[client_ip(t)].append(t)
@@ -96,16 +75,6 @@ def _picture(analysis: Analysis) -> DnsPicture:
             base = search_base(t.qname, asked, prefixes)
             if base is not None:
                 pic.expansions.setdefault((client, base), []).append(t)
-        for key in list(pic.expansions):
-            if key[0] == client:
-                base = key[1]
-                pic.answered_after[key] = [
-                    t
-                    for t in ts
-                    if (t.qname == base or t.qname.startswith(base + "."))
-                    and t.answered
-                    and t.rcode == "NOERROR"
-                ]
         by_name: dict[str, list[DnsTransaction]] = defaultdict(list)
         for t in ts:
             by_name[t.qname].append(t)
@@ -117,7 +86,7 @@ def _picture(analysis: Analysis) -> DnsPicture:
             if not any(t.answered for t in a):
                 continue
             span = max(max(t.queries) for t in group)
-            times = sorted(analysis.index.columns.ts[list(t.queries)].tolist() for t in aaaa)
+            times = sorted(packet_ts[list(t.queries)].tolist() for t in aaaa)
             flat = sorted(x for ts_ in times for x in ts_)
             if span and flat[-1] - flat[0] >= RETRY_AFTER_NS:
                 pic.aaaa_race[(client, name)] = aaaa
