@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import answer, query, tcp_session
+from tests.helpers import PCAPS, answer, query, tcp_session
 
 Make = Callable[..., Path]
 SCRIPTS = sysconfig.get_path("scripts")
@@ -131,3 +131,31 @@ def test_kubectl_plugin_dispatch(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: kubectl ktrace")
     assert "analyze" in out.stdout
+
+
+def test_an_empty_bundle_cut_short_says_so_first(tmp_path: Path) -> None:
+    """No packets at any point and a capture cut short: the first lines say both, and the
+    report does not claim that nothing looks wrong."""
+    bundle = tmp_path / "empty"
+    shutil.copytree(PCAPS / "lab" / "healthy", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.update(status="interrupted", reason="every capture stream ended")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    for point in (bundle / "points").glob("*.pcap"):
+        point.write_bytes(point.read_bytes()[:24])  # the file header, no packet
+    result = run("analyze", str(bundle))
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()[:2]
+    n = len(manifest["points"])
+    assert (
+        first == f"Verdict: no packets were captured at any of the {n} points: nothing to diagnose."
+    )
+    assert second.startswith("Note: ") and "cut short: every capture stream ended" in second
+    assert "nothing looks wrong" not in result.stdout
+
+
+def test_decode_names_the_argument_not_an_internal(make_pcap: Make) -> None:
+    result = run("decode", str(make_pcap(tcp_session())), "node-b-eth0#9")
+    assert result.returncode == 2
+    assert "_positive" not in result.stderr
+    assert "N: 'node-b-eth0#9' is not a packet number" in result.stderr

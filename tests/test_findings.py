@@ -9,7 +9,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from ktrace.analysis.findings import load_checks, run_checks
-from tests.helpers import answer, query, run_analysis, tcp_session
+from tests.helpers import answer, frames, query, run_analysis, tcp_session
 
 Make = Callable[..., Path]
 
@@ -92,3 +92,33 @@ def test_a_broken_plugin_is_reported_not_fatal(make_pcap: Make) -> None:
     report, _ = run_analysis(make_pcap(tcp_session()))
     findings, errors = run_checks(report.analysis, [Broken(), *load_checks()])
     assert findings == [] and errors[0].check == "test.broken" and "boom" in errors[0].message
+
+
+def test_drops_of_one_cause_and_place_are_one_finding(make_pcap: Make) -> None:
+    """Three connections from two clients lose their request between the same two points:
+    one path.drop naming the count, not three."""
+    sessions = [
+        tcp_session(client=c, sport=p, server="10.0.1.5")
+        for c, p in (("10.0.0.1", 40001), ("10.0.0.1", 40002), ("10.0.0.2", 40003))
+    ]
+    at_a = [pkt for s in sessions for pkt in s[:5]]
+    # the second point sees the handshakes and the answers, never the requests (index 3)
+    at_b = [pkt for s in sessions for k, pkt in enumerate(s[:5]) if k != 3]
+    step = 400_000_000
+    a = make_pcap(at_a, name="node-a.pcap", step_ns=step)
+    b = make_pcap(
+        [
+            (ts + 50_000, raw)
+            for (ts, raw), k in zip(frames(at_a, step), range(len(at_a)), strict=True)
+            if k % 5 != 3
+        ],
+        name="node-b.pcap",
+    )
+    assert len(at_b) == 12
+    _, data = run_analysis(a, b)
+    drops = [f for f in data["findings"] if f["id"] == "path.drop"]
+    assert len(drops) == 1, [f["title"] for f in drops]
+    (f,) = drops
+    assert f["title"].startswith("3 packets to 10.0.1.5:80 dropped between node-a and node-b")
+    assert len(f["flows"]) == 3 and "3 connections" in f["explanation"]
+    assert {e["point"] for e in f["evidence"]} == {"node-a"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+from ktrace.analysis.checks import plural
 from ktrace.analysis.result import DnsRow, FlowRow, HopRow, PathRow, PointRow, Result, TunnelRow
 from ktrace.model import Finding
 from ktrace.report.table import human_size, render
@@ -20,9 +21,10 @@ def _more(shown: int, total: int, hint: str = "") -> str:
     return f"\n... {total - shown} more{hint}" if total > shown else ""
 
 
-def render_findings(findings: Sequence[Finding]) -> str:
+def render_findings(findings: Sequence[Finding], packets: int | None = None) -> str:
     if not findings:
-        return _section("Findings", "none: nothing looks wrong in these captures")
+        none = "none: nothing looks wrong in these captures" if packets != 0 else "none"
+        return _section("Findings", none)
     lines = []
     for f in findings:
         lines.append(f"[{f.severity.name}] {f.id}: {f.title}")
@@ -150,13 +152,39 @@ def render_tunnels(tunnels: Sequence[TunnelRow]) -> str:
     return _section("Tunnels", render(headers, rows, right=(3, 4, 5)))
 
 
+def verdict(result: Result) -> str:
+    """The report's first line: what a reader at 3 a.m. needs before anything else."""
+    points = result.points
+    packets = sum(p.packets for p in points)
+    if not packets:
+        head = (
+            f"Verdict: no packets were captured at any of the {plural(len(points), 'point')}: "
+            "nothing to diagnose."
+        )
+    elif result.findings:
+        worst = result.findings[0]
+        head = (
+            f"Verdict: {plural(len(result.findings), 'finding')}, the most severe "
+            f"[{worst.severity.name}] {worst.title}."
+        )
+    else:
+        head = (
+            f"Verdict: nothing looks wrong in {packets:,} packets at "
+            f"{plural(len(points), 'point')}."
+        )
+    return "\n".join([head, *(f"Note: {n}" for n in result.notes)]) + "\n"
+
+
 def render_report(result: Result, limit: int) -> str:
-    parts = [render_findings(result.findings), render_paths(result.paths, limit)]
+    packets = sum(p.packets for p in result.points)
+    parts = [verdict(result), render_findings(result.findings, packets)]
+    parts.append(render_paths(result.paths, limit))
     parts += [render_points(result.points), render_flows(result.flows, limit)]
     if result.dns:
         parts.append(render_dns(result.dns, limit))
     if result.tunnels:
         parts.append(render_tunnels(result.tunnels))
-    if result.warnings:
-        parts.append(_section("Warnings", "\n".join(f"! {w}" for w in result.warnings)))
+    warnings = [w for w in result.warnings if w not in result.notes]  # notes lead already
+    if warnings:
+        parts.append(_section("Warnings", "\n".join(f"! {w}" for w in warnings)))
     return "\n".join(p for p in parts if p)

@@ -4,6 +4,7 @@ of their conversation got through. Big ones only, small ones passing: an MTU bla
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,9 +34,25 @@ def frag_needed(analysis: Analysis) -> np.ndarray:
     )
 
 
-def run_drop(analysis: Analysis) -> Iterator[Finding]:
+@dataclass
+class _Drops:
+    """Losses that share a cause and a place: one finding."""
+
+    last: str
+    missing: str
+    dest: str
+    direction: str
+    syn_only: bool
+    missing_saw_others: bool
+    labels: list[str] = field(default_factory=list)
+    clients: set[str] = field(default_factory=set)
+    packets: int = 0
+    rows: list[int] = field(default_factory=list)  # the first evidence of each conversation
+
+
+def _drop_groups(analysis: Analysis) -> list[_Drops]:
+    groups: dict[tuple[str, str, str, str, bool], _Drops] = {}
     for path in analysis.paths:
-        label = conversation_label(analysis, path)
         for loss in path.losses:
             if is_mtu(loss):
                 continue  # the next check
@@ -44,37 +61,61 @@ def run_drop(analysis: Analysis) -> Iterator[Finding]:
                 hop_name(analysis, path, loss.missing_hop),
             )
             dest = analysis.named(analysis.endpoint(path.flows[-1], "b"))
-            what = (
-                f"SYN to {dest}"
-                if loss.syn == loss.packets
-                else f"{plural(loss.packets, 'packet')} to {dest}"
-                if loss.direction == "a->b"
-                else f"{plural(loss.packets, 'reply packet')} from {dest}"
+            syn_only = loss.syn == loss.packets
+            key = (last, missing, dest, loss.direction, syn_only)
+            seen_there = bool(path.hops[loss.missing_hop].packets)
+            g = groups.setdefault(
+                key, _Drops(last, missing, dest, loss.direction, syn_only, seen_there)
             )
-            yield Finding(
-                id="path.drop",
-                severity=Severity.HIGH,
-                title=f"{what} dropped between {last} and {missing}",
-                explanation=(
-                    f"{label}: {plural(loss.packets, 'packet')} ({loss.direction}) were seen "
-                    f"at {last} and never at {missing}, "
-                    + (
-                        f"although {missing} saw the conversation's other packets: something "
-                        "between the two points drops them selectively."
-                        if path.hops[loss.missing_hop].packets
-                        else f"which was capturing and is where {dest} receives its traffic: "
-                        "something between the two points drops them."
-                    )
-                ),
-                next_step=(
-                    f"Look between {last} and {missing}: NetworkPolicies selecting "
-                    f"{dest.split(' ', 1)[-1].strip('()')}, the node's iptables/nftables "
-                    "FORWARD rules (nodes/<node>/iptables-save.txt in a bundle), conntrack "
-                    "INVALID drops; between nodes, firewalls and security groups."
-                ),
-                evidence=tuple(analysis.index.ref(r) for r in loss.rows[:MAX_EVIDENCE]),
-                flows=(label,),
-            )
+            g.labels.append(conversation_label(analysis, path))
+            g.clients.add(analysis.endpoint(path.flows[0], "a").rsplit(":", 1)[0])
+            g.packets += loss.packets
+            g.rows += list(loss.rows[: max(1, MAX_EVIDENCE // 4)])
+    return list(groups.values())
+
+
+def _what(g: _Drops) -> str:
+    conns = len(g.labels)
+    if g.syn_only:
+        if conns == 1:  # its retries are in the explanation
+            return f"SYN to {g.dest}"
+        clients = f" from {plural(len(g.clients), 'client')}" if len(g.clients) > 1 else ""
+        return f"{plural(g.packets, 'SYN')}{clients} to {g.dest}"
+    if g.direction == "a->b":
+        return f"{plural(g.packets, 'packet')} to {g.dest}"
+    return f"{plural(g.packets, 'reply packet')} from {g.dest}"
+
+
+def run_drop(analysis: Analysis) -> Iterator[Finding]:
+    for g in _drop_groups(analysis):
+        conns = len(g.labels)
+        where = (
+            f"although {g.missing} saw the conversation's other packets: something "
+            "between the two points drops them selectively."
+            if g.missing_saw_others
+            else f"which was capturing and is where {g.dest} receives its traffic: "
+            "something between the two points drops them."
+        )
+        node = next((p.node for p in analysis.index.points if p.id == g.missing and p.node), None)
+        rules = f"nodes/{node}/iptables-save.txt" if node else "the node's iptables-save"
+        yield Finding(
+            id="path.drop",
+            severity=Severity.HIGH,
+            title=f"{_what(g)} dropped between {g.last} and {g.missing}",
+            explanation=(
+                f"{g.labels[0] if conns == 1 else plural(conns, 'connection')}: "
+                f"{plural(g.packets, 'packet')} ({g.direction}) were seen at {g.last} and never "
+                f"at {g.missing}, {where}"
+            ),
+            next_step=(
+                f"Look between {g.last} and {g.missing}: NetworkPolicies selecting "
+                f"{g.dest.split(' ', 1)[-1].strip('()')}, the node's iptables/nftables "
+                f"FORWARD rules ({rules} in a bundle), conntrack INVALID drops; between "
+                "nodes, firewalls and security groups."
+            ),
+            evidence=tuple(analysis.index.ref(r) for r in g.rows[:MAX_EVIDENCE]),
+            flows=tuple(g.labels),
+        )
 
 
 def run_mtu(analysis: Analysis) -> Iterator[Finding]:

@@ -49,28 +49,37 @@ def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_zero_window(analysis: Analysis) -> Iterator[Finding]:
+    """One finding per receiver: its stalled connections, the zero-window packets counted
+    once each however many points saw them."""
     f = analysis.flows
     c = analysis.index.columns
-    stalled = np.flatnonzero((f.proto == TCP) & (f.zero_window > 0))
+    ident = analysis.correlation.ident
     zero = np.flatnonzero((c.proto == TCP) & (c.win == 0) & ((c.tcp_flags & 0x07) == 0))
-    for flow in stalled.tolist():
-        rows = zero[f.flow[zero] == flow]
-        receiver = analysis.index.address(int(c.l3[rows[0]]), int(c.src[rows[0]]))
+    zero = zero[f.flow[zero] >= 0]
+    by_receiver: dict[str, list[int]] = {}
+    for row in zero.tolist():
+        receiver = analysis.index.address(int(c.l3[row]), int(c.src[row]))
+        by_receiver.setdefault(receiver, []).append(row)
+    for receiver, rows in by_receiver.items():
+        convs = sorted({int(analysis.correlation.conv[f.flow[r]]) for r in rows})
+        labels = sorted({analysis.flow_label(int(f.flow[r])) for r in rows})
+        packets = len({int(ident[r]) for r in rows})
+        where = labels[0] if len(convs) == 1 else plural(len(convs), "connection")
         yield Finding(
             id="tcp.zero-window",
             severity=Severity.MEDIUM,
-            title=f"{receiver} stopped reading: zero window in {analysis.flow_label(flow)}",
+            title=f"{analysis.named(receiver)} stopped reading: zero window in {where}",
             explanation=(
-                f"{plural(int(f.zero_window[flow]), 'packet')} advertised a zero receive "
-                f"window: {receiver}'s application is not reading its socket fast enough, so "
-                "the sender has to wait. The network is fine; the receiver is the bottleneck."
+                f"{plural(packets, 'packet')} advertised a zero receive window: "
+                f"{receiver}'s application is not reading its socket fast enough, so the "
+                "sender has to wait. The network is fine; the receiver is the bottleneck."
             ),
             next_step=(
                 "Look at the receiving process: CPU throttling (container limits), a "
                 "blocked thread, slow disk or downstream calls."
             ),
-            evidence=tuple(analysis.index.ref(int(r)) for r in rows[:MAX_EVIDENCE]),
-            flows=(analysis.flow_label(flow),),
+            evidence=tuple(analysis.index.ref(r) for r in rows[:MAX_EVIDENCE]),
+            flows=tuple(labels),
         )
 
 
