@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PCAPS, answer, query, tcp_session
+from tests.helpers import PCAPS, answer, query, tcp_session, udp
 
 Make = Callable[..., Path]
 SCRIPTS = sysconfig.get_path("scripts")
@@ -159,3 +159,21 @@ def test_decode_names_the_argument_not_an_internal(make_pcap: Make) -> None:
     assert result.returncode == 2
     assert "_positive" not in result.stderr
     assert "N: 'node-b-eth0#9' is not a packet number" in result.stderr
+
+
+def test_text_tables_count_each_packet_once_across_points(make_pcap: Make) -> None:
+    session = tcp_session() + [query("web.example.com"), answer("web.example.com")]
+    make_pcap(session, name="pod.pcap")
+    folder = make_pcap(session, name="node.pcap").parent
+    extra = [udp("10.0.0.7", "10.0.3.3", 5000 + k, 9000, b"x%d" % k) for k in range(3)]
+    make_pcap(extra, name="other.pcap")
+    out = run("analyze", str(folder), "--limit", "2")
+    assert out.returncode == 0, out.stderr
+    convs = out.stdout.split("Conversations (5)\n")[1].split("\n\n")[0].splitlines()
+    assert convs[1].split()[-1] == "POINTS"
+    first = convs[2].split()
+    # 8 packets and 1 DNS exchange seen at two points: 8, not 16, and "2" points
+    assert (first[3], first[-1]) == ("8", "2")
+    assert convs[-1] == "... 3 more conversations not shown (--limit 2; -o json has them all)"
+    dns = out.stdout.split("DNS exchanges (1)\n")[1].splitlines()
+    assert dns[2].split()[-1] == "2"

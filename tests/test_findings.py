@@ -67,6 +67,35 @@ def test_syn_unanswered_names_the_destination(make_pcap: Make) -> None:
     assert [e["packet"] for e in f["evidence"]] == [1, 2, 3]
 
 
+def test_unanswered_syns_to_one_destination_are_one_finding(make_pcap: Make) -> None:
+    pkts = []
+    for k, client in enumerate(["10.244.0.5", "10.244.0.5", "10.244.2.7", "10.244.2.7"]):
+        syn = Ether() / IP(src=client, dst="10.96.0.20") / TCP(sport=45000 + k, dport=80, flags="S")
+        pkts += [syn, syn]
+    pkts += tcp_session(client="10.244.0.5", server="10.244.1.9")
+    _, data = run_analysis(make_pcap(pkts, step_ns=500_000_000))
+    (f,) = data["findings"]
+    assert f["title"] == (
+        "4 connections from 2 clients to 10.96.0.20:80 never answered (8 tries over 3.5 s): "
+        "last seen at capture0"
+    )
+    assert len(f["flows"]) == 4
+    # the first tries of each connection, not every retry of the first one
+    assert [e["packet"] for e in f["evidence"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_retransmitting_connections_to_one_server_are_one_finding(make_pcap: Make) -> None:
+    pkts: list[object] = []
+    for sport in (40001, 40002):
+        session = tcp_session(sport=sport)
+        pkts += session[:4] + [session[3]] * 3 + session[4:]
+    _, data = run_analysis(make_pcap(pkts))
+    (f,) = data["findings"]
+    assert f["id"] == "tcp.retransmissions"
+    assert f["title"] == "6 retransmissions in 2 connections to 10.0.1.5:80"
+    assert len(f["flows"]) == 2
+
+
 def test_refused_connections_and_rst_storm(make_pcap: Make) -> None:
     pkts = []
     for k in range(12):

@@ -26,9 +26,15 @@ class Analysis:
     paths: list[ConvPath]
     names: Names
 
+    @cached_property
+    def _path_by_conv(self) -> dict[int, ConvPath]:
+        return {p.conv: p for p in self.paths}
+
+    def path_of_conv(self, conv: int) -> ConvPath | None:
+        return self._path_by_conv.get(conv)
+
     def path_of_flow(self, flow: int) -> ConvPath | None:
-        conv = int(self.correlation.conv[flow])
-        return next((p for p in self.paths if p.conv == conv), None)
+        return self._path_by_conv.get(int(self.correlation.conv[flow]))
 
     def point_id(self, point: int) -> str:
         return self.index.points[point].id
@@ -36,17 +42,25 @@ class Analysis:
     def named(self, endpoint: str) -> str:
         return self.names.label(endpoint)
 
-    def dns_primary(self) -> list[DnsTransaction]:
-        """Each DNS exchange once, as seen closest to its client: the copies of one query
-        at several points are the same exchange."""
+    @cached_property
+    def dns_exchanges(self) -> list[tuple[DnsTransaction, frozenset[int]]]:
+        """Each DNS exchange once, as seen closest to its client (the copies of one query at
+        several points are the same exchange), with the points that saw it."""
         best: dict[int, DnsTransaction] = {}
+        points: dict[int, set[int]] = {}
         ident, when = self.correlation.ident, self.correlation.when
         for t in self.dns.transactions:
             key = int(ident[t.queries[0]])
+            points.setdefault(key, set()).add(t.point)
             seen = best.get(key)
             if seen is None or when[t.queries[0]] < when[seen.queries[0]]:
                 best[key] = t
-        return sorted(best.values(), key=lambda t: t.query_ts)
+        return sorted(
+            ((t, frozenset(points[k])) for k, t in best.items()), key=lambda e: e[0].query_ts
+        )
+
+    def dns_primary(self) -> list[DnsTransaction]:
+        return [t for t, _ in self.dns_exchanges]
 
     @cached_property
     def dns_picture(self) -> DnsPicture:

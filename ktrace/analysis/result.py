@@ -17,6 +17,7 @@ from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns import DnsTransaction
 from ktrace.analysis.findings import CheckError
 from ktrace.analysis.paths import ConvPath, Hop
+from ktrace.analysis.views import ConversationRow, conversations
 from ktrace.decode.tunnel import Tunnel
 from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
@@ -141,6 +142,12 @@ class DnsRow:
     truncated: bool
     time: str
     packet: int
+
+
+@dataclass(frozen=True)
+class ExchangeRow:
+    dns: DnsRow
+    points: tuple[str, ...]
 
 
 def _tunnel_row(t: Tunnel, packets: int = 0) -> TunnelRow:
@@ -297,6 +304,19 @@ class Result:
             truncated=t.truncated,
             time=iso(t.query_ts),
             packet=self.analysis.index.ref(t.queries[0]).number,
+        )
+
+    @cached_property
+    def conversations(self) -> tuple[ConversationRow, ...]:
+        return tuple(conversations(self.analysis))
+
+    @cached_property
+    def exchanges(self) -> tuple[ExchangeRow, ...]:
+        """Each DNS exchange once, as near its client as it was seen, with where it was seen."""
+        a = self.analysis
+        return tuple(
+            ExchangeRow(self.dns_row(t), tuple(sorted(a.point_id(k) for k in points)))
+            for t, points in a.dns_exchanges
         )
 
     @cached_property

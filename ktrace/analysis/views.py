@@ -19,45 +19,96 @@ FLAG_NAMES = ((SYN, "S"), (ACK, "."), (PSH, "P"), (FIN, "F"), (RST, "R"))
 
 @dataclass(frozen=True)
 class ConversationRow:
+    """One conversation however many points saw it: counts are what the point that saw the
+    most of it saw (distinct packets, not sightings summed over points)."""
+
     conv: int
     label: str
     proto: str
     a: str
     b: str
     nat: str  # "10.96.0.20:80 => 10.244.1.2:80", or ""
+    nat_kind: str  # "DNAT", "SNAT" or ""
     points: frozenset[int]
     packets: int
     bytes: int
     retransmissions: int
     rst: int
+    fin: int
     handshake_ms: float | None
     lost: int
     first_ts: int
+    last_ts: int
     flow: int  # the first flow
+
+
+def _presence(a: Analysis) -> dict[int, set[int]]:
+    conv = a.correlation.conv
+    f = a.flows
+    ip = f.flow >= 0
+    presence: dict[int, set[int]] = {}
+    pairs = np.unique(conv[f.flow[ip]].astype(np.int64) * 65536 + a.index.columns.point[ip])
+    for value in pairs.tolist():
+        presence.setdefault(value // 65536, set()).add(value % 65536)
+    return presence
+
+
+def _nat_text(a: Analysis, path: ConvPath | None) -> str:
+    if not (path and path.nat):
+        return ""
+    n = path.nat[0]
+    side = "b" if n.kind == "DNAT" else "a"
+    return f"{a.endpoint(n.before, side)} => {a.endpoint(n.after, side)}"
+
+
+def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
+    """Per conversation: packets, bytes (as first seen), RSTs and FINs, each packet once
+    however many points saw it."""
+    c = a.index.columns
+    rows = np.flatnonzero(a.flows.flow >= 0)
+    conv = a.correlation.conv[a.flows.flow[rows]]
+    ident = a.correlation.ident[rows]
+    order = np.lexsort((a.correlation.when[rows], ident, conv))
+    sc, si = conv[order], ident[order]
+    first = rows[order[np.r_[True, (sc[1:] != sc[:-1]) | (si[1:] != si[:-1])]]]
+    owner = a.correlation.conv[a.flows.flow[first]]
+    flags = c.tcp_flags[first]
+    is_tcp = c.proto[first] == TCP
+
+    def count(weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(owner, weights=weights, minlength=nconv)
+
+    return (
+        count(),
+        count(c.wirelen[first].astype(np.float64)),
+        count((is_tcp & ((flags & RST) > 0)).astype(np.float64)),
+        count((is_tcp & ((flags & FIN) > 0)).astype(np.float64)),
+    )
 
 
 def conversations(a: Analysis) -> list[ConversationRow]:
     f = a.flows
     conv = a.correlation.conv
-    by_path = {p.conv: p for p in a.paths}
-    ip = f.flow >= 0
-    presence: dict[int, set[int]] = {}
-    pairs = np.unique(conv[f.flow[ip]] * 65536 + a.index.columns.point[ip])
-    for value in pairs.tolist():
-        presence.setdefault(value // 65536, set()).add(value % 65536)
+    if not len(conv):
+        return []
+    # group the flows by conversation, earliest first within each: one pass of reductions
+    order = np.lexsort((f.first_ts, conv))
+    sconv = conv[order]
+    starts = np.flatnonzero(np.r_[True, sconv[1:] != sconv[:-1]])
+
+    def most(values: np.ndarray) -> list[int]:
+        return np.maximum.reduceat(values[order], starts).tolist()
+
+    big = np.iinfo(np.int64).max
+    hs = np.minimum.reduceat(np.where(f.handshake_ns >= 0, f.handshake_ns, big)[order], starts)
+    retrans, last = most(f.retransmissions), most(f.last_ts)
+    packets, size, rst, fin = _distinct_counts(a, int(conv.max()) + 1)
+    presence = _presence(a)
     rows = []
-    for k in range(int(conv.max()) + 1 if len(conv) else 0):
-        members = np.flatnonzero(conv == k)
-        path = by_path.get(k)
-        first = int(members[np.argmin(f.first_ts[members])])
-        if path is not None:
-            first = path.flows[0]
-        nat = ""
-        if path and path.nat:
-            n = path.nat[0]
-            side = "b" if n.kind == "DNAT" else "a"
-            nat = f"{a.endpoint(n.before, side)} => {a.endpoint(n.after, side)}"
-        hs = [int(x) for x in f.handshake_ns[members] if x >= 0]
+    for i, start in enumerate(starts.tolist()):
+        k = int(sconv[start])
+        path = a.path_of_conv(k)
+        first = path.flows[0] if path else int(order[start])
         rows.append(
             ConversationRow(
                 conv=k,
@@ -65,15 +116,18 @@ def conversations(a: Analysis) -> list[ConversationRow]:
                 proto=a.proto(first),
                 a=a.named(a.endpoint(first, "a")),
                 b=a.named(a.endpoint(first, "b")),
-                nat=nat,
+                nat=_nat_text(a, path),
+                nat_kind=path.nat[0].kind if path and path.nat else "",
                 points=frozenset(presence.get(k, set())),
-                packets=int((f.packets_ab[members] + f.packets_ba[members]).max()),
-                bytes=int((f.bytes_ab[members] + f.bytes_ba[members]).max()),
-                retransmissions=int(f.retransmissions[members].max()),
-                rst=int((f.rst_ab[members] + f.rst_ba[members]).max()),
-                handshake_ms=round(min(hs) / 1e6, 3) if hs else None,
+                packets=int(packets[k]),
+                bytes=int(size[k]),
+                retransmissions=retrans[i],
+                rst=int(rst[k]),
+                fin=int(fin[k]),
+                handshake_ms=round(int(hs[i]) / 1e6, 3) if hs[i] != big else None,
                 lost=sum(x.packets for x in path.losses) if path else 0,
-                first_ts=int(f.first_ts[members].min()),
+                first_ts=int(f.first_ts[order[start]]),
+                last_ts=last[i],
                 flow=first,
             )
         )

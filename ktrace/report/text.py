@@ -6,7 +6,16 @@ import textwrap
 from collections.abc import Sequence
 
 from ktrace.analysis.checks import plural
-from ktrace.analysis.result import DnsRow, FlowRow, HopRow, PathRow, PointRow, Result, TunnelRow
+from ktrace.analysis.result import (
+    ExchangeRow,
+    HopRow,
+    PathRow,
+    PointRow,
+    Result,
+    TunnelRow,
+    iso,
+)
+from ktrace.analysis.views import ConversationRow
 from ktrace.model import Finding
 from ktrace.report.table import human_size, render
 
@@ -15,10 +24,6 @@ WRAP = 96
 
 def _section(title: str, body: str) -> str:
     return f"{title}\n{'=' * len(title)}\n{body}\n"
-
-
-def _more(shown: int, total: int, hint: str = "") -> str:
-    return f"\n... {total - shown} more{hint}" if total > shown else ""
 
 
 def render_findings(findings: Sequence[Finding], packets: int | None = None) -> str:
@@ -72,9 +77,9 @@ def render_paths(
     multi = sorted((p for p in paths if len(p.hops) > 1), key=lambda p: not p.lost)
     if not multi:
         return ""
-    lines = [line for p in multi[:limit] for line in _path_lines(p)]
-    more = f"... {len(multi) - limit} more\n" if len(multi) > limit else ""
-    return _section(f"{title} ({len(multi)})", "\n".join(lines).rstrip() + "\n" + more)
+    shown = multi[:limit]
+    lines = [line for p in shown for line in _path_lines(p)]
+    return _limited(title, "path", "\n".join(lines).rstrip(), len(shown), len(multi))
 
 
 def render_points(points: Sequence[PointRow]) -> str:
@@ -98,35 +103,53 @@ def render_points(points: Sequence[PointRow]) -> str:
     return _section(f"Capture points ({len(points)})", table)
 
 
-def render_flows(flows: Sequence[FlowRow], limit: int) -> str:
-    ordered = sorted(flows, key=lambda f: -(f.bytes_ab + f.bytes_ba))
-    headers = ["PROTO", "A", "B", "PKTS A>B", "PKTS B>A", "BYTES A>B", "BYTES B>A", "START"]
+def _limited(title: str, what: str, table: str, shown: int, total: int) -> str:
+    """A table section that says how much `--limit` hid and where the rest is."""
+    more = (
+        f"\n... {plural(total - shown, 'more ' + what)} not shown (--limit {shown}; -o json has "
+        "them all)"
+        if total > shown
+        else ""
+    )
+    return _section(f"{title} ({total})", table + more)
+
+
+def _ms_text(value: float | None) -> str | None:
+    return f"{value:.2f}ms" if value is not None else None
+
+
+def render_flows(convs: Sequence[ConversationRow], points: int, limit: int) -> str:
+    """Conversations once each across the points (NAT and tunnels joined): those that lost
+    packets, then the biggest."""
+    ordered = sorted(convs, key=lambda c: (-c.lost, -c.bytes))[:limit]
+    headers = ["PROTO", "A", "B", "PKTS", "BYTES", "START", "DURATION", "HANDSHAKE"]
+    headers += ["RETRANS", "RST", "FIN", "LOST"] + (["POINTS"] if points > 1 else [])
     rows = [
         [
-            f.proto,
-            f.a,
-            f.b,
-            f.packets_ab,
-            f.packets_ba,
-            human_size(f.bytes_ab),
-            human_size(f.bytes_ba),
-            f.start[11:23],
-            f"{f.duration_s:.3f}s",
-            f"{f.handshake_ms:.2f}ms" if f.handshake_ms is not None else None,
-            f.retransmissions,
-            f.rst,
-            f.fin,
+            c.proto,
+            c.a if c.nat_kind != "SNAT" else f"{c.a} => {c.nat.split(' => ')[-1]}",
+            c.b if c.nat_kind != "DNAT" else f"{c.b} => {c.nat.split(' => ')[-1]}",
+            c.packets,
+            human_size(c.bytes),
+            iso(c.first_ts)[11:23],
+            f"{(c.last_ts - c.first_ts) / 1e9:.3f}s",
+            _ms_text(c.handshake_ms),
+            c.retransmissions or "",
+            c.rst or "",
+            c.fin or "",
+            c.lost or "",
+            *([len(c.points)] if points > 1 else []),
         ]
-        for f in ordered[:limit]
+        for c in ordered
     ]
-    headers += ["DURATION", "HANDSHAKE", "RETRANS", "RST", "FIN"]
-    table = render(headers, rows, right=(3, 4, 5, 6, 8, 9, 10, 11, 12))
-    more = _more(min(limit, len(ordered)), len(ordered), " (use --limit or -o json)")
-    return _section(f"Conversations ({len(flows)})", table) + more
+    table = render(headers, rows, right=(3, 4, 6, 7, 8, 9, 10, 11, 12))
+    return _limited("Conversations", "conversation", table, len(rows), len(convs))
 
 
-def render_dns(dns: Sequence[DnsRow], limit: int) -> str:
-    headers = ["TIME", "CLIENT", "SERVER", "ID", "QNAME", "TYPE", "RCODE", "LATENCY"]
+def render_dns(exchanges: Sequence[ExchangeRow], points: int, limit: int) -> str:
+    """Each exchange once, as seen nearest its client, with how many points saw it."""
+    headers = ["TIME", "CLIENT", "SERVER", "ID", "QNAME", "TYPE", "RCODE", "LATENCY", "RETRIES"]
+    headers += ["ANSWERS"] + (["POINTS"] if points > 1 else [])
     rows = [
         [
             d.time[11:23],
@@ -136,14 +159,16 @@ def render_dns(dns: Sequence[DnsRow], limit: int) -> str:
             d.qname,
             d.qtype,
             d.rcode or "NO ANSWER",
-            f"{d.latency_ms:.2f}ms" if d.latency_ms is not None else None,
+            _ms_text(d.latency_ms),
             d.retries or "",
             ", ".join(d.answers[:3]),
+            *([len(e.points)] if points > 1 else []),
         ]
-        for d in dns[:limit]
+        for e in exchanges[:limit]
+        for d in (e.dns,)
     ]
-    table = render([*headers, "RETRIES", "ANSWERS"], rows, right=(7, 8))
-    return _section(f"DNS transactions ({len(dns)})", table) + _more(len(rows), len(dns))
+    table = render(headers, rows, right=(7, 8, 10))
+    return _limited("DNS exchanges", "exchange", table, len(rows), len(exchanges))
 
 
 def render_tunnels(tunnels: Sequence[TunnelRow]) -> str:
@@ -179,9 +204,10 @@ def render_report(result: Result, limit: int) -> str:
     packets = sum(p.packets for p in result.points)
     parts = [verdict(result), render_findings(result.findings, packets)]
     parts.append(render_paths(result.paths, limit))
-    parts += [render_points(result.points), render_flows(result.flows, limit)]
-    if result.dns:
-        parts.append(render_dns(result.dns, limit))
+    points = len(result.points)
+    parts += [render_points(result.points), render_flows(result.conversations, points, limit)]
+    if result.exchanges:
+        parts.append(render_dns(result.exchanges, points, limit))
     if result.tunnels:
         parts.append(render_tunnels(result.tunnels))
     warnings = [w for w in result.warnings if w not in result.notes]  # notes lead already

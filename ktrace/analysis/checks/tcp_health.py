@@ -15,7 +15,9 @@ MIN_RETRANS = 3
 MIN_RATIO = 0.02
 
 
-def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
+def _retransmitting(analysis: Analysis) -> dict[str, list[int]]:
+    """Destination -> one flow per conversation that resent too much (its count is what
+    one point saw, not the sum over the points that saw the same segments)."""
     f = analysis.flows
     total = f.packets_ab + f.packets_ba
     bad = np.flatnonzero(
@@ -24,27 +26,40 @@ def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
         & (f.retransmissions >= MIN_RETRANS)
         & (f.retransmissions >= MIN_RATIO * total)
     )
-    seen_convs: set[int] = set()
+    best: dict[int, int] = {}
     for flow in bad.tolist():
         conv = int(analysis.correlation.conv[flow])
-        if conv in seen_convs:
-            continue
-        seen_convs.add(conv)
-        n = int(f.retransmissions[flow])
+        if conv not in best or f.retransmissions[flow] > f.retransmissions[best[conv]]:
+            best[conv] = flow
+    by_dest: dict[str, list[int]] = {}
+    for flow in best.values():
+        path = analysis.path_of_flow(flow)
+        dest = analysis.named(analysis.endpoint(path.flows[-1] if path else flow, "b"))
+        by_dest.setdefault(dest, []).append(flow)
+    return by_dest
+
+
+def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
+    f = analysis.flows
+    for dest, flows in _retransmitting(analysis).items():
+        n = int(f.retransmissions[flows].sum())
+        total = int((f.packets_ab[flows] + f.packets_ba[flows]).sum())
+        labels = [analysis.flow_label(flow) for flow in flows]
+        where = labels[0] if len(flows) == 1 else f"{plural(len(flows), 'connection')} to {dest}"
         yield Finding(
             id="tcp.retransmissions",
             severity=Severity.MEDIUM,
-            title=f"{plural(n, 'retransmission')} in {analysis.flow_label(flow)}",
+            title=f"{plural(n, 'retransmission')} in {where}",
             explanation=(
-                f"{n} segments were sent again ({100 * n / max(int(total[flow]), 1):.0f}% of "
-                "the packets): packets are being lost between the endpoints, or the receiver "
-                "stalls. Losses of only the big segments point at the MTU."
+                f"{n} segments were sent again ({100 * n / max(total, 1):.0f}% of the packets): "
+                "packets are being lost between the endpoints, or the receiver stalls. Losses "
+                "of only the big segments point at the MTU."
             ),
             next_step=(
                 "Capture at more points on the path to see where the originals "
                 "disappear; check interface drops and the MTU along the path."
             ),
-            flows=(analysis.flow_label(flow),),
+            flows=tuple(labels),
         )
 
 
