@@ -65,8 +65,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_open(args: argparse.Namespace) -> int:
     from ktrace.bundle.inputs import read_inputs
+    from ktrace.pcap.reader import check_capture
 
     found = read_inputs(args.inputs)  # bad input is a one-line error before the screen opens
+    for path in found.files:
+        check_capture(path)
     # textual costs ~210 ms to import: only when the UI is really wanted
     from ktrace.tui.app import run
 

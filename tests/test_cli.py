@@ -63,13 +63,14 @@ def test_analyze_text_is_aligned_tables(make_pcap: Make) -> None:
         (b"", "file is empty"),
     ],
 )
+@pytest.mark.parametrize("command", ["analyze", "open"])
 def test_bad_input_is_one_line_with_exit_code(
-    tmp_path: Path, content: bytes | None, message: str
+    tmp_path: Path, content: bytes | None, message: str, command: str
 ) -> None:
     path = tmp_path / "input.pcap"
     if content is not None:
         path.write_bytes(content)
-    out = run("analyze", str(path))
+    out = run(command, str(path))
     assert out.returncode == 3
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1 and message in out.stderr

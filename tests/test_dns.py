@@ -113,3 +113,28 @@ def test_malformed_dns_packets_are_counted_not_fatal(make_pcap: Make) -> None:
     _, data = run_analysis(make_pcap([bad, loop, query("ok.example.com")]))
     assert data["dns_malformed"] == 2
     assert [d["qname"] for d in data["dns"]] == ["ok.example.com"]
+
+
+def test_search_chains_group_by_the_name_the_application_asked(make_pcap: Make) -> None:
+    from ktrace.analysis.views import dns_lookups
+
+    asked = [  # (qname, rcode): "web" answered at once, then "web.default" via its chain
+        ("web.default.svc.cluster.local", 0),
+        ("web.default.default.svc.cluster.local", 3),
+        ("web.default.svc.cluster.local", 0),
+    ]
+    pkts = []
+    for k, (name, rcode) in enumerate(asked):
+        pkts += [
+            query(name, ident=k, sport=40000 + k),
+            answer(
+                name, ident=k, rcode=rcode, rdata=None if rcode else "10.96.0.20", sport=40000 + k
+            ),
+        ]
+    result, _ = run_analysis(make_pcap(pkts))
+    lookups = [(r.lookup, r.transaction.qname) for r in dns_lookups(result.analysis)]
+    assert lookups == [
+        ("web.default.svc.cluster.local", "web.default.svc.cluster.local"),
+        ("web.default", "web.default.default.svc.cluster.local"),
+        ("web.default", "web.default.svc.cluster.local"),
+    ]

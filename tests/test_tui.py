@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from textual.widgets import DataTable, Tree
+from textual.widgets import DataTable, Static, Tree
 
 from ktrace.tui import keymap
 from ktrace.tui.app import KtraceApp
+from ktrace.tui.screens.base import StatusLine
+from ktrace.tui.screens.packets import PacketList
 from tests.helpers import PCAPS
 from tests.tmux import Tmux
 
@@ -29,6 +31,10 @@ SIZE = (140, 40)
 async def loaded(pilot) -> None:  # type: ignore[no-untyped-def]
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+
+
+def keys(text: str) -> list[str]:
+    return [{" ": "space", "-": "minus"}.get(ch, ch) for ch in text]
 
 
 def table_rows(app: KtraceApp) -> list[list[str]]:
@@ -81,8 +87,8 @@ async def test_points_flows_dns_and_packets_views() -> None:
         await pilot.press("2")
         flows = table_rows(app)
         dns = next(r for r in flows if "svc kube-system/kube-dns" in r[2])
-        assert dns[3] == "10.96.0.10:53 => 10.244.1.3:53"  # the NAT mapping
-        assert dns[4] == "●●●●··●"  # presence per point
+        assert dns[10] == "10.96.0.10:53 => 10.244.1.3:53"  # the NAT mapping
+        assert dns[9] == "●●●●··●"  # presence per point
         await pilot.press("slash")
         await pilot.press(*"172.18.0.100")
         await pilot.press("enter")
@@ -96,10 +102,28 @@ async def test_points_flows_dns_and_packets_views() -> None:
             "example.com.cluster.local",
         ]
         await pilot.press("3")
-        plist = app.screen.query_one("PacketList")
+        plist = app.screen.query_one(PacketList)
         assert plist.count == len(app.index)  # type: ignore[arg-type]
+        assert str(app.screen.query_one("#header", Static).render()).startswith("POINT#PACKET")
         await pilot.press("G")
         assert plist.cursor == plist.count - 1
+        # evidence names packets as the list numbers them: point#number in its file
+        assert app.result is not None
+        ref = app.result.findings[0].evidence[0]
+        await pilot.press("slash", *keys(f"{ref.point} udp"), "enter")
+        lines = [plist.line_text(k) for k in range(plist.count)]
+        assert lines and all(line.startswith(f"{ref.point}#") for line in lines)
+        assert all(" UDP " in line for line in lines)
+        assert any(line.startswith(f"{ref.point}#{ref.number} ") for line in lines)
+        status = str(app.screen.query_one(StatusLine).render())
+        assert f"{plist.count:,} of {len(app.index):,} packets match" in status  # type: ignore[arg-type]
+        await pilot.press("slash", *keys(" bogus"), "enter")
+        assert plist.count == 0
+        assert "not an address, port, protocol or point: bogus" in str(
+            app.screen.query_one(StatusLine).render()
+        )
+        await pilot.press("escape")
+        assert plist.count == len(app.index)  # type: ignore[arg-type]
 
 
 async def test_help_is_generated_from_the_live_bindings() -> None:
@@ -177,15 +201,16 @@ async def test_the_ui_answers_keys_while_a_large_capture_is_indexed(tmp_path: Pa
     assert any(during for _, during in switched_during_indexing)
 
 
-def test_snapshots_of_the_main_views(snap_compare) -> None:  # type: ignore[no-untyped-def]
-    for keys in ((), ("2",), ("5",), ("5", "enter"), ("4",)):
+@pytest.mark.parametrize("size", [(80, 24), (160, 40)], ids=["80", "160"])
+def test_snapshots_of_the_main_views(snap_compare, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    for pressed in ((), ("2",), ("3",), ("5",), ("5", "enter"), ("4",)):
 
-        async def run_before(pilot, keys=keys) -> None:  # type: ignore[no-untyped-def]
+        async def run_before(pilot, pressed=pressed) -> None:  # type: ignore[no-untyped-def]
             await loaded(pilot)
-            await pilot.press(*keys)
+            await pilot.press(*pressed)
             await loaded(pilot)
 
-        assert snap_compare(KtraceApp([POLICY]), terminal_size=(120, 34), run_before=run_before)
+        assert snap_compare(KtraceApp([POLICY]), terminal_size=size, run_before=run_before)
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

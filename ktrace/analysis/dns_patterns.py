@@ -60,6 +60,53 @@ def search_base(qname: str, asked: set[str], prefixes: dict[str, int]) -> str | 
     return None
 
 
+CHAIN_GAP_NS = 10_000_000_000  # a resolver moves to its next candidate well within this
+
+
+@dataclass
+class _Chain:
+    base: str
+    tried: set[str]  # the suffixes tried so far
+    last_ts: int
+    done: bool = False
+
+    def continues(self, t: DnsTransaction) -> bool:
+        if self.done or t.query_ts - self.last_ts > CHAIN_GAP_NS:
+            return False
+        if t.qname == self.base:  # the name as is, after its candidates
+            return True
+        suffix = t.qname[len(self.base) + 1 :]
+        return t.qname.startswith(self.base + ".") and suffix not in self.tried
+
+
+def search_chains(primary: list[DnsTransaction]) -> dict[int, str]:
+    """id(transaction) -> the name the application asked for: a resolver tries the name with
+    each search domain in turn (each candidate its own query, often from a new port) until one
+    is answered, so a candidate belongs to the open chain of this client and query type it
+    continues, or starts one."""
+    asked: dict[str, set[str]] = defaultdict(set)
+    for t in primary:
+        asked[client_ip(t)].add(t.qname)
+    prefixes = {client: label_prefixes(names) for client, names in asked.items()}
+    chains: dict[tuple[str, str], list[_Chain]] = defaultdict(list)
+    out: dict[int, str] = {}
+    for t in sorted(primary, key=lambda t: t.query_ts):
+        client = client_ip(t)
+        open_ = chains[(client, t.qtype)]
+        chain = next((c for c in reversed(open_) if c.continues(t)), None)
+        if chain is None:
+            base = None
+            if t.rcode == "NXDOMAIN":
+                base = search_base(t.qname, asked[client], prefixes[client])
+            chain = _Chain(base or t.qname, set(), t.query_ts)
+            open_.append(chain)
+        chain.tried.add(t.qname[len(chain.base) + 1 :])
+        chain.last_ts = t.query_ts
+        chain.done = t.rcode != "NXDOMAIN"
+        out[id(t)] = chain.base
+    return out
+
+
 def dns_picture(primary: list[DnsTransaction], domain: str, packet_ts: np.ndarray) -> DnsPicture:
     """`primary`: each exchange once, as seen closest to its client; `packet_ts`: per packet."""
     pic = DnsPicture(primary)

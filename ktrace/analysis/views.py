@@ -10,7 +10,7 @@ import numpy as np
 from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns import DnsTransaction
-from ktrace.analysis.dns_patterns import client_ip, label_prefixes, search_base
+from ktrace.analysis.dns_patterns import client_ip, search_chains
 from ktrace.analysis.paths import ConvPath
 from ktrace.decode.transport import ACK, FIN, PSH, RST, SYN, TCP
 
@@ -170,7 +170,7 @@ def path_packets(a: Analysis, path: ConvPath, limit: int = 5000) -> list[PathPac
         for r in copies:
             hop = hop_of.get(int(c.point[r]))
             if hop is not None:
-                cells[hop] = f"+{(int(cor.when[r]) - t0) / 1e6:.3f}"
+                cells[hop] = f"+{(int(cor.when[r]) - t0) / 1e6:.3f} ms"
         if ident in lost_at:
             cells[lost_at[ident]] = "✗ lost"
         forward = bool(a.flows.forward[first])
@@ -195,17 +195,8 @@ class DnsRow:
 
 def dns_lookups(a: Analysis) -> list[DnsRow]:
     primary = a.dns_primary()
-    asked: dict[str, set[str]] = {}
-    for t in primary:
-        asked.setdefault(client_ip(t), set()).add(t.qname)
-    prefixes = {client: label_prefixes(names) for client, names in asked.items()}
-    rows = []
-    for t in primary:
-        client = client_ip(t)
-        base = (
-            search_base(t.qname, asked[client], prefixes[client]) if t.rcode == "NXDOMAIN" else None
-        )
-        rows.append(DnsRow(base or t.qname, t))
+    lookup = search_chains(primary)
+    rows = [DnsRow(lookup[id(t)], t) for t in primary]
     first_seen: dict[tuple[str, str], int] = {}
     for r in rows:
         key = (client_ip(r.transaction), r.lookup)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,22 +31,43 @@ class CaptureFormat(Protocol):
     def sync(self, near: int, depth: int = 8, scan: int = 1 << 18) -> int | None: ...
 
 
+def _check_magic(path: Path | str, head: bytes) -> int:
+    (magic,) = struct.unpack("<I", head.ljust(4, b"\0"))
+    if not head:
+        raise CaptureFileError(
+            f"{path}: file is empty", "was the capture stopped before it started?"
+        )
+    if magic not in MAGICS and magic != SHB:
+        raise CaptureFileError(
+            f"{path}: not a pcap or pcapng file (starts with {head.hex(' ')})",
+            "give a file written by tcpdump, Wireshark, ktrace or any libpcap tool",
+        )
+    return int(magic)
+
+
+def check_capture(path: Path) -> None:
+    """Fail with one clear sentence unless `path` starts like a capture: the check the UI
+    makes before it opens, without reading (or inflating) the whole file."""
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(4)
+            if head[:2] == b"\x1f\x8b":
+                raw.seek(0)
+                with gzip.open(raw) as inflated:
+                    head = inflated.read(4)
+    except (OSError, EOFError) as e:
+        raise CaptureFileError(
+            f"{path}: cannot read: {e}", "check the path and its permissions"
+        ) from e
+    _check_magic(path, head)
+
+
 def open_capture(path: str | Path) -> CaptureFormat:
     """Open a pcap or pcapng file (gzip allowed) or fail with one clear sentence."""
     mf = open_mapped(path)
     try:
-        head = bytes(mf.view[:4])
-        (magic,) = struct.unpack("<I", head.ljust(4, b"\0"))
-        fmt: CaptureFormat
-        if magic in MAGICS:
-            fmt = ClassicPcap(mf)
-        elif magic == SHB:
-            fmt = Pcapng(mf)
-        else:
-            raise CaptureFileError(
-                f"{mf.path}: not a pcap or pcapng file (starts with {head.hex(' ')})",
-                "give a file written by tcpdump, Wireshark, ktrace or any libpcap tool",
-            )
+        magic = _check_magic(mf.path, bytes(mf.view[:4]))
+        fmt: CaptureFormat = ClassicPcap(mf) if magic in MAGICS else Pcapng(mf)
         if mf.warning:
             fmt.warnings.append(mf.warning)
         fmt.prime()

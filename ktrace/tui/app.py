@@ -18,6 +18,7 @@ from textual.command import Hit, Hits, Provider
 from textual.message import Message
 from textual.worker import get_current_worker
 
+from ktrace.analysis.checks import plural
 from ktrace.analysis.pipeline import FileFailed, Indexed, run_pipeline
 from ktrace.analysis.pipeline import Step as PipelineStep
 from ktrace.analysis.result import Result
@@ -189,12 +190,14 @@ class KtraceApp(App[None]):
         self.phase = Phase.READY
         self._refresh_views()
         if message.result.findings and self.live is None:
-            self.notify(f"{len(message.result.findings)} findings: press 5", title="analysis done")
+            found = plural(len(message.result.findings), "finding")
+            self.notify(f"{found}: press 5", title="analysis done")
 
     @on(LoadError)
     def on_load_error(self, message: LoadError) -> None:
-        self.errors.append(message.text)
-        self.notify(message.text, title="cannot read", severity="error", timeout=10)
+        if message.text not in self.errors:  # live mode re-reads: one toast per error
+            self.errors.append(message.text)
+            self.notify(message.text, title="cannot read", severity="error", timeout=10)
         self._refresh_views()
 
     def _refresh_views(self) -> None:
@@ -218,8 +221,8 @@ class KtraceApp(App[None]):
         else:
             assert self.result is not None
             parts.append(
-                f"{len(self.index or []):,} packets, {len(self.points)} points, "
-                f"{len(self.result.findings)} findings"
+                f"{len(self.index or []):,} packets, {plural(len(self.points), 'point')}, "
+                f"{plural(len(self.result.findings), 'finding')}"
             )
         if self.errors:
             parts.append(f"{len(self.errors)} unreadable: {self.errors[-1]}")

@@ -62,7 +62,6 @@ class TableView(Screen[None]):
         return []
 
     def refresh_data(self) -> None:
-        self.query_one(StatusLine).update(self.ktrace.status_text())
         self.rows = self.build_rows()
         self.fill()
 
@@ -80,9 +79,11 @@ class TableView(Screen[None]):
         if self.sort_column >= 0:
             rows.sort(key=lambda r: _sortable(r[1][self.sort_column]))
         # A table measures every cell it holds: past a few thousand rows, filter instead.
+        status = self.ktrace.status_text()
         if len(rows) > MAX_ROWS:
-            self.notify(f"showing {MAX_ROWS:,} of {len(rows):,} rows: / to filter", timeout=4)
+            status += f" | showing {MAX_ROWS:,} of {len(rows):,} rows: / to filter"
             rows = rows[:MAX_ROWS]
+        self.query_one(StatusLine).update(status)
         for key, cells in rows:
             table.add_row(*cells, key=str(key))
         if rows:

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from ktrace.analysis.views import conversations, dns_lookups, path_packets
+from ktrace.analysis.views import dns_lookups, path_packets
 from ktrace.pcap import linktype
 from ktrace.report.table import human_size
 from ktrace.tui.screens.base import TableView
@@ -56,24 +56,31 @@ class PointsView(TableView):
         self.ktrace.action_view("flows")
 
 
+def short_endpoint(label: str) -> str:
+    """'10.244.0.2:39424 (default/client)' as 'default/client:39424' for narrow terminals."""
+    address, _, name = label.partition(" (")
+    if not name:
+        return label
+    return f"{name.rstrip(')')}:{address.rsplit(':', 1)[-1]}"
+
+
+WIDE = 140  # below this many columns the flows view leaves out what the path view shows
+
+
 class FlowsView(TableView):
     TITLE = "Conversations across capture points (enter: path)"
 
+    @property
+    def wide(self) -> bool:
+        return self.app.size.width >= WIDE
+
     def columns(self) -> tuple[str, ...]:
+        # most useful first: what a narrow terminal cuts off is on the right
+        head = ("PROTO", "A", "B", "LOST", "RETRANS", "RST", "HANDSHAKE", "PKTS")
+        if not self.wide:
+            return head
         marks = "".join(str(k % 10) for k in range(len(self.ktrace.points)))
-        return (
-            "PROTO",
-            "A",
-            "B",
-            "NAT",
-            f"SEEN {marks}",
-            "PKTS",
-            "BYTES",
-            "RETRANS",
-            "RST",
-            "HANDSHAKE",
-            "LOST",
-        )
+        return (*head, "BYTES", f"SEEN {marks}", "NAT")
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
         result = self.ktrace.result
@@ -81,27 +88,21 @@ class FlowsView(TableView):
             return []
         n = len(self.ktrace.points)
         rows = []
-        for c in conversations(result.analysis):
-            seen = "".join("●" if k in c.points else "·" for k in range(n))
-            lost = Text(str(c.lost), style="bold red") if c.lost else ""
-            rows.append(
-                (
-                    c.conv,
-                    (
-                        c.proto,
-                        c.a,
-                        c.b,
-                        c.nat,
-                        seen,
-                        c.packets,
-                        human_size(c.bytes),
-                        c.retransmissions or "",
-                        c.rst or "",
-                        f"{c.handshake_ms:.2f} ms" if c.handshake_ms is not None else "",
-                        lost,
-                    ),
-                )
+        for c in result.conversations:
+            cells: tuple[Any, ...] = (
+                c.proto,
+                c.a if self.wide else short_endpoint(c.a),
+                c.b if self.wide else short_endpoint(c.b),
+                Text(str(c.lost), style="bold red") if c.lost else "",
+                c.retransmissions or "",
+                c.rst or "",
+                f"{c.handshake_ms:.2f} ms" if c.handshake_ms is not None else "",
+                c.packets,
             )
+            if self.wide:
+                seen = "".join("●" if k in c.points else "·" for k in range(n))
+                cells += (human_size(c.bytes), seen, c.nat)
+            rows.append((c.conv, cells))
         return rows
 
     def action_open(self) -> None:
