@@ -200,16 +200,30 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _kube_args(p: argparse.ArgumentParser) -> None:
-    """kubectl's own global flags, spelled as kubectl spells them."""
+def _kube_args(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """kubectl's own global flags, spelled as kubectl spells them; like kubectl's, they may
+    come before the command too (the command's own, when given, win)."""
     g = p.add_argument_group("cluster (as kubectl)")
-    g.add_argument("-n", "--namespace", help="namespace of the target (default: the context's)")
-    g.add_argument("--context", help="kubeconfig context to use")
-    g.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    g.add_argument(
+        "-n",
+        "--namespace",
+        default=default(None),
+        help="namespace of the target (default: the context's)",
+    )
+    g.add_argument("--context", default=default(None), help="kubeconfig context to use")
+    g.add_argument(
+        "--kubeconfig",
+        default=default(None),
+        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)",
+    )
     g.add_argument(
         "--request-timeout",
         type=_seconds,
-        default=30.0,
+        default=default(30.0),
         metavar="DURATION",
         help="timeout of each API request (default: 30s)",
     )
@@ -391,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks instead of one-line errors"
     )
+    _kube_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in COMMANDS:
         p = sub.add_parser(

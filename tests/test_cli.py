@@ -178,3 +178,36 @@ def test_text_tables_count_each_packet_once_across_points(make_pcap: Make) -> No
     assert convs[-1] == "... 3 more conversations not shown (--limit 2; -o json has them all)"
     dns = out.stdout.split("DNS exchanges (1)\n")[1].splitlines()
     assert dns[2].split()[-1] == "2"
+
+
+def test_a_bad_filter_is_refused_before_the_cluster_is_touched(tmp_path: Path) -> None:
+    # the kubeconfig does not even exist: the filter is judged before anything is read or made
+    out = run("capture", "pod/web", "-f", "tcp port", "--kubeconfig", str(tmp_path / "missing"))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (
+        "ktrace: error: the filter 'tcp port' does not compile: can't parse filter expression: "
+        "syntax error (see man pcap-filter)\n"
+    )
+
+
+def test_an_unreachable_api_server_is_one_sentence(tmp_path: Path) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }
+        )
+    )
+    # kubectl's flags may come before the command, as kubectl allows
+    out = run("--kubeconfig", str(config), "capture", "pod/web")
+    assert out.returncode == 4
+    assert out.stderr == (
+        "ktrace: error: cannot reach the API server at https://127.0.0.1:1: connection refused "
+        "(check --context and --kubeconfig)\n"
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ktrace.capture.session import Options, Outcome, Session, capture, default_bundle
+from ktrace.capture.tcpdump import check_filter
 from ktrace.errors import ClusterError, ExitStatus
 from ktrace.kube.api import Api, KubeFlags
 from ktrace.kube.targets import Pod, resolve
@@ -24,6 +25,7 @@ def capture_command(
     out: Path | None,
     open_ui: bool = False,
 ) -> int:
+    check_filter(opts.bpf)
     api = Api(flags)
     label, pods = resolve(api, target, selector)
     bundle = out or default_bundle(label)

@@ -8,7 +8,13 @@ does not) and then becomes tcpdump.
 from __future__ import annotations
 
 import re
+import shutil
+import struct
+import subprocess
+import tempfile
 from dataclasses import dataclass
+
+from ktrace.errors import UsageError
 
 PID_LINE = re.compile(rb"ktrace-pid (\d+)\n")
 STATS = re.compile(r"(\d+) packets? (captured|received by filter|dropped by kernel)")
@@ -23,6 +29,24 @@ PCAP_MAGICS = {
     b"\xa1\xb2\x3c\x4d",
     b"\x0a\x0d\x0d\x0a",
 }
+
+
+def check_filter(bpf: str) -> None:
+    """Compile the filter here before any container or pod is created for it: with the local
+    tcpdump reading an empty capture (no privileges needed). Without a local tcpdump the first
+    container's tcpdump is the judge."""
+    exe = shutil.which("tcpdump")
+    if not bpf or exe is None:
+        return
+    with tempfile.NamedTemporaryFile(suffix=".pcap") as empty:
+        empty.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))  # Ethernet
+        empty.flush()
+        done = subprocess.run(
+            [exe, "-d", "-r", empty.name, bpf], capture_output=True, text=True, timeout=30
+        )
+    if done.returncode != 0:
+        why = complaint(done.stderr).removeprefix("tcpdump: ")
+        raise UsageError(f"the filter {bpf!r} does not compile: {why}", "see man pcap-filter")
 
 
 def node_filter(user: str, encapsulated: bool) -> str:
@@ -62,6 +86,8 @@ def complaint(stderr: str) -> str:
     lines = [
         ln.strip()
         for ln in stderr.splitlines()
-        if ln.strip() and not ln.startswith("ktrace-pid") and "listening on" not in ln
+        if ln.strip()
+        and not ln.startswith(("ktrace-pid", "reading from file"))
+        and "listening on" not in ln
     ]
     return lines[-1] if lines else "tcpdump wrote nothing"

@@ -39,6 +39,7 @@ class Api:
     """An isolated client for one context (never the global configuration, never written back)."""
 
     def __init__(self, flags: KubeFlags) -> None:
+        import urllib3
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
@@ -56,6 +57,9 @@ class Api:
             self.api_client = config.new_client_from_config(
                 config_file=path, context=flags.context, persist_config=False
             )
+            if not self.api_client.configuration.verify_ssl:
+                # the kubeconfig asked for insecure-skip-tls-verify: kubectl says nothing either
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         except (ConfigException, OSError) as exc:
             raise ClusterError(
                 f"cannot load a kubeconfig from {path}: {exc}",
@@ -140,6 +144,11 @@ def explain(code: int, status: dict[str, Any]) -> ClusterError:
             "the API server did not accept your credentials",
             "log in again (kubectl get pods should work first)",
         )
+    if code >= 400 and status.get("kind") != "Status":
+        return ClusterError(
+            f"the server answered {code} {message} without a Kubernetes status",
+            "is the kubeconfig's server a Kubernetes API server? check --context and --kubeconfig",
+        )
     return ClusterError(message or f"the API server answered {code}")
 
 
@@ -153,6 +162,30 @@ def api_errors() -> Iterator[None]:
     except ApiException as exc:
         raise explain(*status_of(exc)) from None
     except HTTPError as exc:
-        raise ClusterError(
-            f"cannot reach the API server: {exc}", "check --context and --kubeconfig"
-        ) from None
+        raise unreachable(exc) from None
+
+
+REASONS = (  # what urllib3 and the OS say, as one short phrase
+    ("CERTIFICATE_VERIFY_FAILED", "its TLS certificate is not trusted"),
+    ("Connection refused", "connection refused"),
+    ("timed out", "timed out"),
+    ("Name or service not known", "the name does not resolve"),
+    ("Temporary failure in name resolution", "the name does not resolve"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network unreachable"),
+)
+
+
+def unreachable(exc: Exception) -> ClusterError:
+    """One sentence for a failed connection: the server as the kubeconfig names it and why,
+    without urllib3's retry and pool wording."""
+    pool = getattr(exc, "pool", None)
+    where = f" at {pool.scheme}://{pool.host}:{pool.port}" if pool is not None else ""
+    text = str(getattr(exc, "reason", None) or exc)
+    why = next((short for needle, short in REASONS if needle in text), None)
+    if why is None:
+        errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+        why = errno.group(1).strip() if errno else type(exc).__name__
+    return ClusterError(
+        f"cannot reach the API server{where}: {why}", "check --context and --kubeconfig"
+    )
