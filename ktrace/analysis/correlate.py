@@ -3,8 +3,9 @@
 A packet keeps a fingerprint through NAT and encapsulation — IP ID, TCP sequence/ack/flags,
 payload length and a hash of its first payload bytes, never addresses, ports or checksums —
 so the copies of one packet at the pod, the veth, the node NICs (decapsulated) and the peer pod
-share it. From those joins: per-point clock offsets, conversations merged across NAT, the path
-each conversation takes with per-hop latency, and where packets stopped.
+share it; stitch_rules says where the addresses must agree all the same. From those joins:
+per-point clock offsets, conversations merged across NAT, the path each conversation takes with
+per-hop latency, and where packets stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from itertools import pairwise
 import numpy as np
 
 from ktrace.analysis.flows import FlowTable, group_pairs
+from ktrace.analysis.stitch_rules import home_addresses, link_scoped, split_identities
 from ktrace.decode.columns import PacketColumns
+from ktrace.model import Point
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)
 _K2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -48,6 +51,7 @@ class Correlation:
     conv: np.ndarray  # per flow: conversation (flows joined across NAT by shared packets)
     seen: np.ndarray  # per identity: bitmask of the points that saw it
     first: np.ndarray  # per identity: one packet row of it (the earliest)
+    local: np.ndarray  # per packet: link-scoped (never joined across points, no path)
 
 
 def _occurrence(key: np.ndarray, order_by: np.ndarray) -> np.ndarray:
@@ -150,13 +154,24 @@ def clock_offsets(
 
 
 def correlate(
-    c: PacketColumns, flows: FlowTable, npoints: int, same_clock: list[list[int]] | None = None
+    c: PacketColumns,
+    flows: FlowTable,
+    points: list[Point],
+    v6: list[bytes],
+    same_clock: list[list[int]] | None = None,
 ) -> Correlation:
+    npoints = len(points)
     ip = np.flatnonzero(c.l3 > 0)
     fp = fingerprint(c)[ip]
     point = c.point[ip].astype(np.int64)
     ts = c.ts[ip]
+    local = link_scoped(c, v6)
     ident_ip = _identities(fp, point, ts)
+    scoped = local[ip]
+    if scoped.any():  # rule 1: each sighting its own packet
+        ident_ip = ident_ip.copy()
+        ident_ip[scoped] = int(ident_ip.max()) + 1 + np.arange(int(scoped.sum()))
+    ident_ip = split_identities(ident_ip, ip, ts, c, home_addresses(c, points, local))
     forward = flows.forward[ip]
     offsets = clock_offsets(ident_ip, point, ts, forward, npoints, same_clock)
     when = c.ts - offsets[c.point]
@@ -179,7 +194,7 @@ def correlate(
     first[ident_ip[order[::-1]]] = ip[order[::-1]]
 
     conv = _join_flows(ident_ip, flows.flow[ip], len(flows))
-    return Correlation(ident, when, offsets, conv, seen, first)
+    return Correlation(ident, when, offsets, conv, seen, first, local)
 
 
 def _join_flows(ident: np.ndarray, flow: np.ndarray, nflows: int) -> np.ndarray:

@@ -94,7 +94,7 @@ def conversation_paths(
 ) -> list[ConvPath]:
     c = index.columns
     npoints = len(index.points)
-    rows = np.flatnonzero(flows.flow >= 0)
+    rows = np.flatnonzero((flows.flow >= 0) & ~cor.local)  # link-scoped packets have no path
     conv = cor.conv[flows.flow[rows]]
     point = c.point[rows].astype(np.int64)
     pairs = np.unique(conv * npoints + point)

@@ -89,7 +89,7 @@ def analyze_index(
     for k, point in enumerate(index.points):
         if point.node:
             same_clock.setdefault(point.node, []).append(k)
-    correlation = correlate(index.columns, flows, len(index.points), list(same_clock.values()))
+    correlation = correlate(index.columns, flows, index.points, index.v6, list(same_clock.values()))
     names = Names.from_inventory(inventory)
     paths = conversation_paths(index, flows, correlation, names)
     analysis = Analysis(index, flows, dns_transactions(index, cancel), correlation, paths, names)

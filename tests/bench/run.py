@@ -134,7 +134,7 @@ def run_correlation(paths: list[Path]) -> tuple[float, float, int, int]:
     with build_index(paths) as index:
         flows = build_flows(index.columns, len(index.points))
         mid = time.perf_counter()
-        cor = correlate(index.columns, flows, len(index.points))
+        cor = correlate(index.columns, flows, index.points, index.v6)
         paths_found = conversation_paths(index, flows, cor, Names())
         end = time.perf_counter()
         return mid - start, end - mid, len(index), len(paths_found)

@@ -1,0 +1,123 @@
+"""When two sightings of one fingerprint may be the same packet.
+
+A fingerprint leaves addresses out so that it survives NAT and encapsulation; these rules put
+the addresses back in wherever nothing on a path can change them:
+
+1. Link-scoped packets (multicast, broadcast, link-local or unspecified addresses: ND, RS/RA,
+   MLD, DHCP, mDNS) never cross a router, and identical ones are sent by many hosts at once
+   (no IP ID, same bytes): they are never joined across points, nor followed as paths.
+2. Without a random sequence number (anything but TCP), a packet may change one end of its
+   address pair between points (a DNAT or an SNAT), not both.
+3. A unicast packet has one sender and one receiver: sightings at two endpoint points (a pod's
+   eth0 or its veth, or a file in which every packet involves one address) that each show
+   their own, different address as the sender (or each as the receiver) are two packets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+
+from ktrace.decode.columns import PacketColumns
+from ktrace.decode.transport import TCP
+from ktrace.model import Point
+
+ENDPOINT_KINDS = ("pod", "veth", "file")  # node NICs and tunnels carry many hosts' packets
+MIN_HOME_PACKETS = 2
+
+
+def _v4_scoped(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.int64)
+    return ((a >> 28) == 0xE) | (a == 0xFFFFFFFF) | ((a >> 16) == 0xA9FE) | (a == 0)
+
+
+def link_scoped(c: PacketColumns, v6: list[bytes]) -> np.ndarray:
+    """Per packet: rule 1 (IP packets only)."""
+    six = np.array(
+        [
+            (lambda x: x.is_multicast or x.is_link_local or x.is_unspecified)(
+                ipaddress.IPv6Address(a)
+            )
+            for a in v6
+        ]
+        + [False],
+        bool,
+    )
+    is4, is6 = c.l3 == 4, c.l3 == 6
+    v6_src = six[np.where(is6, c.src, len(v6)).astype(np.int64)]
+    v6_dst = six[np.where(is6, c.dst, len(v6)).astype(np.int64)]
+    return (is4 & (_v4_scoped(c.src) | _v4_scoped(c.dst))) | (is6 & (v6_src | v6_dst))
+
+
+def _key(l3: np.ndarray, addr: np.ndarray) -> np.ndarray:
+    return addr.astype(np.int64) * 8 + l3.astype(np.int64)
+
+
+def home_addresses(c: PacketColumns, points: list[Point], scoped: np.ndarray) -> np.ndarray:
+    """Per point: the address every one of its unicast packets involves (a pod's own), or -1."""
+    home = np.full(len(points), -1, np.int64)
+    usable = (c.l3 > 0) & ~scoped
+    for k, p in enumerate(points):
+        if p.kind not in ENDPOINT_KINDS:
+            continue
+        rows = np.flatnonzero(usable & (c.point == k))
+        if len(rows) < MIN_HOME_PACKETS:
+            continue
+        src, dst = _key(c.l3[rows], c.src[rows]), _key(c.l3[rows], c.dst[rows])
+        for candidate in (int(src[0]), int(dst[0])):
+            if bool(np.all((src == candidate) | (dst == candidate))):
+                home[k] = candidate
+                break
+    return home
+
+
+def _compatible(c: PacketColumns, home: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rules 2 and 3 between rows a and b (arrays of the same length)."""
+    src_a, src_b = _key(c.l3[a], c.src[a]), _key(c.l3[b], c.src[b])
+    dst_a, dst_b = _key(c.l3[a], c.dst[a]), _key(c.l3[b], c.dst[b])
+    same_src = (src_a == src_b) & (c.sport[a] == c.sport[b])
+    same_dst = (dst_a == dst_b) & (c.dport[a] == c.dport[b])
+    strong = (c.proto[a] == TCP) & ((c.seq[a] != 0) | (c.ack[a] != 0))
+    ok = strong | same_src | same_dst
+    ha, hb = home[c.point[a]], home[c.point[b]]
+    two_homes = (ha >= 0) & (hb >= 0) & (ha != hb)
+    two_senders = two_homes & (src_a == ha) & (src_b == hb)
+    two_receivers = two_homes & (dst_a == ha) & (dst_b == hb)
+    return ok & ~two_senders & ~two_receivers
+
+
+def split_identities(
+    ident: np.ndarray, rows: np.ndarray, ts: np.ndarray, c: PacketColumns, home: np.ndarray
+) -> np.ndarray:
+    """Identities (one per element of `rows`) with every sighting that breaks rule 2 or 3
+    against its identity's first one regrouped: a sighting joins the first group of its
+    fingerprint it is consistent with, or starts one."""
+    if not len(ident):
+        return ident
+    order = np.lexsort((ts, ident))
+    firsts = np.r_[True, ident[order][1:] != ident[order][:-1]]
+    ref_pos = np.maximum.accumulate(np.where(firsts, np.arange(len(order)), 0))
+    ref = np.empty(len(ident), np.int64)
+    ref[order] = order[ref_pos]
+    bad = ~_compatible(c, home, rows, rows[ref])
+    if not bad.any():
+        return ident
+    out = ident.copy()
+    fresh = int(ident.max()) + 1
+    for identity in np.unique(ident[bad]).tolist():
+        members = np.flatnonzero(ident == identity)
+        members = members[np.argsort(ts[members], kind="stable")]
+        groups: list[tuple[int, int]] = []  # (reference element, identity)
+        for m in members.tolist():
+            pair = np.array([m])
+            for r, gid in groups:
+                if _compatible(c, home, rows[pair], rows[np.array([r])])[0]:
+                    out[m] = gid
+                    break
+            else:
+                gid = identity if not groups else fresh
+                fresh += 0 if not groups else 1
+                groups.append((m, gid))
+                out[m] = gid
+    return out

@@ -1,0 +1,104 @@
+"""Stitching that cannot collide: packets that look alike but are not one packet are never
+joined across points (stitch_rules), so they cannot be reported lost between them."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import ICMPv6MLReport2, ICMPv6ND_RS, IPv6
+from scapy.layers.l2 import Ether
+
+from tests.helpers import LAB, run_analysis
+
+Make = Callable[..., Path]
+
+
+def append_records(path: Path, records: list[tuple[int, bytes]]) -> None:
+    """Add packets at the end of a classic pcap written by tcpdump (either time precision)."""
+    magic = path.read_bytes()[:4]
+    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    order = "<" if magic[0] in (0xD4, 0x4D) else ">"
+    with path.open("ab") as f:
+        for ts, data in records:
+            frac = ts % 1_000_000_000 if nano else (ts % 1_000_000_000) // 1000
+            f.write(struct.pack(order + "IIII", ts // 1_000_000_000, frac, len(data), len(data)))
+            f.write(data)
+
+
+def first_ts(path: Path) -> int:
+    head = path.read_bytes()[24:32]
+    sec, frac = struct.unpack("<II", head)
+    return sec * 1_000_000_000 + frac
+
+
+def test_identical_link_local_multicast_from_several_pods_is_never_a_path(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "healthy"
+    shutil.copytree(LAB / "healthy", bundle)
+    points = bundle / "points"
+    t = first_ts(points / "client-eth0.pcap") + 5_000_000
+    # what every pod sends when its interface comes up: a router solicitation from its own
+    # link-local address, and an MLD report from the unspecified address (identical bytes)
+    mld = Ether(dst="33:33:00:00:00:16") / IPv6(src="::", dst="ff02::16", hlim=1)
+    mld /= ICMPv6MLReport2()
+    for k, pod in enumerate(("client", "web-2", "coredns"), 1):
+        rs = Ether(dst="33:33:00:00:00:02") / IPv6(src=f"fe80::{k}", dst="ff02::2") / ICMPv6ND_RS()
+        for side in ("eth0", "veth"):
+            if (points / f"{pod}-{side}.pcap").exists():
+                append_records(points / f"{pod}-{side}.pcap", [(t, bytes(rs)), (t, bytes(mld))])
+    result, data = run_analysis(bundle)
+    assert [f["id"] for f in data["findings"]] == []
+    assert not [p for p in data["paths"] if "ff02::" in p["conversation"]]
+    a = result.analysis
+    multicast = [
+        r for r in range(len(a.index)) if a.index.columns.l3[r] == 6 and a.correlation.local[r]
+    ]
+    assert len(multicast) == 10  # 5 points, 2 packets each: none joined to another
+    assert len({int(a.correlation.ident[r]) for r in multicast}) == 10
+
+
+def test_identical_udp_payloads_from_different_pods_stay_apart(make_pcap: Make) -> None:
+    def exchange(client: str) -> list[object]:
+        # same ports, payload and (zero) IP ID, at the same instant: only the address differs
+        ask = Ether() / IP(src=client, dst="10.0.9.9", id=0) / UDP(sport=5000, dport=9000)
+        back = Ether() / IP(src="10.0.9.9", dst=client, id=0) / UDP(sport=9000, dport=5000)
+        return [ask / b"ping", back / b"pong"]
+
+    a = make_pcap(exchange("10.0.0.1"), name="pod-a.pcap")
+    b = make_pcap(exchange("10.0.0.2"), name="pod-b.pcap")
+    result, data = run_analysis(a, b)
+    cor = result.analysis.correlation
+    assert len(set(cor.ident[:4].tolist())) == 4
+    assert len(set(cor.conv.tolist())) == 2  # two conversations, no "SNAT" between them
+    assert not any(p["nat"] for p in data["paths"])
+
+
+def test_a_udp_packet_cannot_change_both_ends(make_pcap: Make) -> None:
+    same = b"same bytes"
+    a = make_pcap(
+        [Ether() / IP(src="10.0.0.1", dst="10.0.9.9", id=7) / UDP(sport=5000, dport=53) / same],
+        name="one.pcap",
+    )
+    b = make_pcap(
+        [Ether() / IP(src="10.0.0.3", dst="10.0.8.8", id=7) / UDP(sport=6000, dport=53) / same],
+        name="two.pcap",
+    )
+    result, _ = run_analysis(a, b)
+    assert len(set(result.analysis.correlation.ident[:2].tolist())) == 2
+
+
+def test_one_nat_between_points_is_still_followed(make_pcap: Make) -> None:
+    payload = b"query"
+    before = Ether() / IP(src="10.0.0.1", dst="10.96.0.10", id=9) / UDP(sport=5000, dport=53)
+    after = Ether() / IP(src="10.0.0.1", dst="10.244.1.3", id=9) / UDP(sport=5000, dport=53)
+    a = make_pcap([before / payload], name="pod.pcap")
+    b = make_pcap([after / payload], name="node.pcap")
+    result, data = run_analysis(a, b)
+    assert len(set(result.analysis.correlation.ident[:2].tolist())) == 1
+    (path,) = data["paths"]
+    assert [n["kind"] for n in path["nat"]] == ["DNAT"]
