@@ -96,6 +96,24 @@ def test_retransmitting_connections_to_one_server_are_one_finding(make_pcap: Mak
     assert len(f["flows"]) == 2
 
 
+def test_a_syn_never_retried_is_capture_loss_not_network_loss(make_pcap: Make) -> None:
+    syn = Ether() / IP(src="10.244.0.5", dst="10.96.0.20") / TCP(sport=45000, dport=80, flags="S")
+    later = [tcp_session(client="10.244.0.5", server="10.244.1.9", sport=46000 + k) for k in (1, 2)]
+    # one SYN, then three more seconds of capture in which the client never tried again
+    pkts = [syn] + [p for s in later for p in s][:12]
+    _, data = run_analysis(make_pcap(pkts, step_ns=250_000_000))
+    (f,) = data["findings"]
+    assert (f["id"], f["severity"]) == ("tcp.syn-unanswered", "info")
+    assert "the capture missed the answer, not the network" in f["title"]
+
+
+def test_a_syn_at_the_end_of_its_capture_is_not_judged(make_pcap: Make) -> None:
+    syn = Ether() / IP(src="10.244.0.5", dst="10.96.0.20") / TCP(sport=45000, dport=80, flags="S")
+    # live mode: the file has been written up to the SYN; its answer may be on its way
+    _, data = run_analysis(make_pcap(tcp_session(client="10.244.0.5", server="10.244.1.9") + [syn]))
+    assert data["findings"] == []
+
+
 def test_refused_connections_and_rst_storm(make_pcap: Make) -> None:
     pkts = []
     for k in range(12):

@@ -19,6 +19,8 @@ from ktrace.analysis.context import Analysis
 from ktrace.decode.transport import ACK, SYN, TCP
 from ktrace.model import Finding, Severity
 
+RETRY_NS = 1_500_000_000  # Linux resends an unanswered SYN after 1 s (initial RTO)
+
 
 def answered_by_icmp(analysis: Analysis) -> set[int]:
     """Flows an ICMP error (unreachable, ...) answered: those got a reply of sorts."""
@@ -43,6 +45,7 @@ class _Unanswered:
 
     dest: str
     last_point: str
+    missed: bool = False  # never retried: the capture, not the network, lost the answer
     labels: list[str] = field(default_factory=list)
     clients: set[str] = field(default_factory=set)
     tries: int = 0
@@ -56,18 +59,24 @@ class _Unanswered:
         return sorted(r for rows in self.syns for r in rows[:each])[:MAX_EVIDENCE]
 
 
+def _point_ends(analysis: Analysis) -> np.ndarray:
+    c = analysis.index.columns
+    ends = np.full(len(analysis.index.points), np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(ends, c.point, c.ts)
+    return ends
+
+
 def _unanswered(analysis: Analysis) -> Iterator[tuple[int, np.ndarray]]:
     """(first flow, its conversation's flows) for each conversation whose SYNs got nothing
-    back, old enough to have been answered and not placed by path.drop."""
+    back and not placed by path.drop."""
     f = analysis.flows
     conv = analysis.correlation.conv
     icmp = answered_by_icmp(analysis)
+    order = np.argsort(conv, kind="stable")
+    bounds = np.searchsorted(conv[order], np.arange(int(conv.max()) + 2 if len(conv) else 1))
     tried = np.flatnonzero((f.proto == TCP) & (f.syn > 0))
-    by_conv: dict[int, list[int]] = {}
-    for flow in tried.tolist():
-        by_conv.setdefault(int(conv[flow]), []).append(flow)
-    for members in by_conv.values():
-        everyone = np.flatnonzero(conv == conv[members[0]])
+    for k in np.unique(conv[tried]).tolist():
+        everyone = order[bounds[k] : bounds[k + 1]]
         if (
             f.synack[everyone].sum()
             or f.rst_ba[everyone].sum()
@@ -75,37 +84,81 @@ def _unanswered(analysis: Analysis) -> Iterator[tuple[int, np.ndarray]]:
             or any(x in icmp for x in everyone.tolist())
         ):
             continue
-        if int(f.first_ts[everyone].min()) + GRACE_NS > analysis.end_ts:
-            continue
-        path = analysis.path_of_flow(members[0])
+        flow = int(everyone[np.argmin(f.first_ts[everyone])])
+        path = analysis.path_of_flow(flow)
         if path and any(x.direction == "a->b" and x.syn for x in path.losses):
             continue  # located: path.drop says between which points it died
-        yield members[0], everyone
+        yield flow, everyone
 
 
 def _groups(analysis: Analysis) -> list[_Unanswered]:
     f = analysis.flows
     c = analysis.index.columns
     syn_rows = np.flatnonzero((c.tcp_flags & (SYN | ACK)) == SYN)
-    groups: dict[tuple[str, str], _Unanswered] = {}
+    ends = _point_ends(analysis)
+    groups: dict[tuple[str, str, bool], _Unanswered] = {}
     for flow, everyone in _unanswered(analysis):
         path = analysis.path_of_flow(flow)
         syn_here = syn_rows[np.isin(f.flow[syn_rows], everyone)]
+        last = int(syn_here[-1])
+        # the answer would follow within milliseconds where the SYN was last seen: a file
+        # that ends (or, live, has been written up to) just after it cannot show it yet
+        if int(f.first_ts[everyone].min()) + GRACE_NS // 2 > int(ends[c.point[last]]):
+            continue
         dest = analysis.named(analysis.endpoint(path.flows[-1] if path else flow, "b"))
-        last_point = analysis.point_id(int(c.point[syn_here[-1]]))
-        g = groups.setdefault((dest, last_point), _Unanswered(dest, last_point))
+        last_point = analysis.point_id(int(c.point[last]))
+        tries = len(set(analysis.correlation.ident[syn_here].tolist()))
+        # a client that gets nothing sends its SYN again after about a second: one try while
+        # the capture went on, or packets after it, mean an answer came and was not recorded
+        more = int(f.packets_ab[everyone].sum()) > len(syn_here)
+        missed = tries == 1 and (more or int(ends[c.point[last]]) - int(c.ts[last]) >= RETRY_NS)
+        g = groups.setdefault(
+            (dest, last_point, missed), _Unanswered(dest, last_point, missed=missed)
+        )
         g.labels.append(conversation_label(analysis, path) if path else analysis.flow_label(flow))
         g.clients.add(analysis.endpoint(flow, "a").rsplit(":", 1)[0])
-        g.tries += len(set(analysis.correlation.ident[syn_here].tolist()))
-        first, last = int(f.first_ts[everyone].min()), int(f.last_ts[everyone].max())
+        g.tries += tries
+        first, last_ns = int(f.first_ts[everyone].min()), int(f.last_ts[everyone].max())
         g.first_ns = min(g.first_ns or first, first)
-        g.last_ns = max(g.last_ns, last)
+        g.last_ns = max(g.last_ns, last_ns)
         g.syns.append(syn_here.tolist())
     return list(groups.values())
 
 
+def _missed(analysis: Analysis, g: _Unanswered) -> Finding:
+    drops = sum(v for f in analysis.index.files for v in f.drops.values())
+    conns = len(g.labels)
+    return Finding(
+        id="tcp.syn-unanswered",
+        severity=Severity.INFO,
+        title=f"{plural(conns, 'SYN')} to {g.dest} without an answer in the capture, never "
+        f"retried: the capture missed the answer{'s' if conns > 1 else ''}, not the network",
+        explanation=(
+            f"{g.labels[0] if conns == 1 else plural(conns, 'connection')}: a client that gets "
+            "no SYN/ACK sends its SYN again after about a second; this one did not although "
+            f"{g.last_point} kept capturing, so an answer reached it and the capture did not "
+            "record it (capture loss"
+            + (
+                f": {plural(drops, 'packet')} dropped by the kernel in this capture"
+                if drops
+                else ""
+            )
+            + ")."
+        ),
+        next_step=(
+            "Nothing to fix on the network for these. If the capture drops packets (DROPS in "
+            "the points table), capture with a narrower -f filter or fewer points at once."
+        ),
+        evidence=tuple(analysis.index.ref(r) for r in g.evidence()),
+        flows=tuple(g.labels),
+    )
+
+
 def run(analysis: Analysis) -> Iterator[Finding]:
     for g in _groups(analysis):
+        if g.missed:
+            yield _missed(analysis, g)
+            continue
         conns = len(g.labels)
         span = (g.last_ns - g.first_ns) / 1e9
         tries = plural(g.tries, "try", "tries")
