@@ -142,30 +142,46 @@ def test_a_broken_plugin_is_reported_not_fatal(make_pcap: Make) -> None:
 
 
 def test_drops_of_one_cause_and_place_are_one_finding(make_pcap: Make) -> None:
-    """Three connections from two clients lose their request between the same two points:
-    one path.drop naming the count, not three."""
+    """Connections lose their request (and its retransmission) between the same two points:
+    one path.drop naming the count, not one per connection."""
     sessions = [
         tcp_session(client=c, sport=p, server="10.0.1.5")
         for c, p in (("10.0.0.1", 40001), ("10.0.0.1", 40002), ("10.0.0.2", 40003))
     ]
-    at_a = [pkt for s in sessions for pkt in s[:5]]
-    # the second point sees the handshakes and the answers, never the requests (index 3)
-    at_b = [pkt for s in sessions for k, pkt in enumerate(s[:5]) if k != 3]
+    at_a = [pkt for s in sessions for pkt in [*s[:4], s[3]]]
     step = 400_000_000
     a = make_pcap(at_a, name="node-a.pcap", step_ns=step)
+    # the second point sees the handshakes, never the requests (4th and 5th of each five)
     b = make_pcap(
-        [
-            (ts + 50_000, raw)
-            for (ts, raw), k in zip(frames(at_a, step), range(len(at_a)), strict=True)
-            if k % 5 != 3
-        ],
+        [(ts + 50_000, raw) for k, (ts, raw) in enumerate(frames(at_a, step)) if k % 5 < 3],
         name="node-b.pcap",
     )
-    assert len(at_b) == 12
     _, data = run_analysis(a, b)
     drops = [f for f in data["findings"] if f["id"] == "path.drop"]
     assert len(drops) == 1, [f["title"] for f in drops]
     (f,) = drops
-    assert f["title"].startswith("3 packets to 10.0.1.5:80 dropped between node-a and node-b")
-    assert len(f["flows"]) == 3 and "3 connections" in f["explanation"]
+    # the last connection's ones came after node-b's capture ended: not judged
+    assert f["title"].startswith("4 packets to 10.0.1.5:80 dropped between node-a and node-b")
+    assert f["severity"] == "high"
+    assert len(f["flows"]) == 2 and "2 connections" in f["explanation"]
     assert {e["point"] for e in f["evidence"]} == {"node-a"}
+
+
+def test_segments_acknowledged_but_not_recorded_are_capture_loss(make_pcap: Make) -> None:
+    """The second point misses requests the server answered and the client never resent:
+    the capture lost them, not the network."""
+    sessions = [tcp_session(sport=p, server="10.0.1.5") for p in (40001, 40002)]
+    at_a = [pkt for s in sessions for pkt in s]
+    step = 400_000_000
+    a = make_pcap(at_a, name="node-a.pcap", step_ns=step)
+    b = make_pcap(
+        [(ts + 50_000, raw) for k, (ts, raw) in enumerate(frames(at_a, step)) if k % 8 != 3],
+        name="node-b.pcap",
+    )
+    _, data = run_analysis(a, b)
+    (f,) = [f for f in data["findings"] if f["id"] == "path.drop"]
+    assert f["severity"] == "info"
+    assert f["title"] == (
+        "2 packets to 10.0.1.5:80 not recorded at node-b: never retransmitted, so they arrived "
+        "(capture loss, not network loss)"
+    )

@@ -12,6 +12,9 @@ from ktrace.model import Finding
 # A query or SYN this close to the end of the capture may simply have had no time to be answered.
 GRACE_NS = 1_000_000_000
 MAX_EVIDENCE = 10
+# Linux sends an unacknowledged segment or SYN again after its RTO (1 s at first): a capture
+# that went on this long after a packet would show the retransmission had it been lost.
+RETRY_NS = 1_500_000_000
 
 
 @dataclass(frozen=True)

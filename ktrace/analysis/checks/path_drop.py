@@ -10,13 +10,15 @@ import numpy as np
 
 from ktrace.analysis.checks import (
     MAX_EVIDENCE,
+    RETRY_NS,
     FunctionCheck,
     conversation_label,
     hop_name,
     plural,
 )
 from ktrace.analysis.context import Analysis
-from ktrace.analysis.paths import Loss
+from ktrace.analysis.paths import ConvPath, Loss
+from ktrace.decode.transport import TCP
 from ktrace.model import Finding, Severity
 
 BIG = 1200  # wire length from which a lost packet can be an MTU victim
@@ -44,14 +46,40 @@ class _Drops:
     direction: str
     syn_only: bool
     missing_saw_others: bool
+    missed: bool  # never retransmitted: the capture at `missing` lost them, not the network
     labels: list[str] = field(default_factory=list)
     clients: set[str] = field(default_factory=set)
     packets: int = 0
     rows: list[int] = field(default_factory=list)  # the first evidence of each conversation
 
 
+def never_resent(analysis: Analysis, path: ConvPath, loss: Loss) -> bool:
+    """TCP segments that vanished but were never sent again although the capture went on
+    long enough for a retransmission: the receiver had them, the capture missed them."""
+    c = analysis.index.columns
+    rows = np.asarray(loss.rows)
+    if not len(rows) or not bool(np.all(c.proto[rows] == TCP)):
+        return False
+    missing_point = path.hops[loss.missing_hop].point
+    at_missing = np.flatnonzero(c.point == missing_point)
+    if not len(at_missing) or int(c.ts[at_missing].max()) - int(c.ts[rows].max()) < RETRY_NS:
+        return False
+    mine = np.flatnonzero(np.isin(analysis.flows.flow, list(path.flows)))
+    ident = analysis.correlation.ident
+    for r in rows.tolist():
+        again = mine[
+            (c.seq[mine] == c.seq[r])
+            & (c.paylen[mine] == c.paylen[r])
+            & (c.tcp_flags[mine] == c.tcp_flags[r])
+            & (ident[mine] != ident[r])
+        ]
+        if len(again):
+            return False
+    return True
+
+
 def _drop_groups(analysis: Analysis) -> list[_Drops]:
-    groups: dict[tuple[str, str, str, str, bool], _Drops] = {}
+    groups: dict[tuple[str, str, str, str, bool, bool], _Drops] = {}
     for path in analysis.paths:
         for loss in path.losses:
             if is_mtu(loss):
@@ -62,10 +90,11 @@ def _drop_groups(analysis: Analysis) -> list[_Drops]:
             )
             dest = analysis.named(analysis.endpoint(path.flows[-1], "b"))
             syn_only = loss.syn == loss.packets
-            key = (last, missing, dest, loss.direction, syn_only)
+            missed = never_resent(analysis, path, loss)
+            key = (last, missing, dest, loss.direction, syn_only, missed)
             seen_there = bool(path.hops[loss.missing_hop].packets)
             g = groups.setdefault(
-                key, _Drops(last, missing, dest, loss.direction, syn_only, seen_there)
+                key, _Drops(last, missing, dest, loss.direction, syn_only, seen_there, missed)
             )
             g.labels.append(conversation_label(analysis, path))
             g.clients.add(analysis.endpoint(path.flows[0], "a").rsplit(":", 1)[0])
@@ -86,8 +115,38 @@ def _what(g: _Drops) -> str:
     return f"{plural(g.packets, 'reply packet')} from {g.dest}"
 
 
+def _capture_missed(analysis: Analysis, g: _Drops) -> Finding:
+    drops = sum(v for f in analysis.index.files for v in f.drops.values())
+    return Finding(
+        id="path.drop",
+        severity=Severity.INFO,
+        title=f"{_what(g)} not recorded at {g.missing}: never retransmitted, so they arrived "
+        "(capture loss, not network loss)",
+        explanation=(
+            f"{plural(g.packets, 'TCP segment')} seen at {g.last} were missing from "
+            f"{g.missing}'s capture, but the sender never sent them again although the capture "
+            "went on: the receiver acknowledged them, so the network delivered them and the "
+            "capture did not record them"
+            + (
+                f" ({plural(drops, 'packet')} dropped by the kernel in this capture)."
+                if drops
+                else "."
+            )
+        ),
+        next_step=(
+            "Nothing to fix on the network for these. If the capture drops packets (DROPS in "
+            "the points table), capture with a narrower -f filter or fewer points at once."
+        ),
+        evidence=tuple(analysis.index.ref(r) for r in g.rows[:MAX_EVIDENCE]),
+        flows=tuple(g.labels),
+    )
+
+
 def run_drop(analysis: Analysis) -> Iterator[Finding]:
     for g in _drop_groups(analysis):
+        if g.missed:
+            yield _capture_missed(analysis, g)
+            continue
         conns = len(g.labels)
         where = (
             f"although {g.missing} saw the conversation's other packets: something "

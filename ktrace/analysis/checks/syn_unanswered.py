@@ -11,6 +11,7 @@ import numpy as np
 from ktrace.analysis.checks import (
     GRACE_NS,
     MAX_EVIDENCE,
+    RETRY_NS,
     FunctionCheck,
     conversation_label,
     plural,
@@ -18,8 +19,6 @@ from ktrace.analysis.checks import (
 from ktrace.analysis.context import Analysis
 from ktrace.decode.transport import ACK, SYN, TCP
 from ktrace.model import Finding, Severity
-
-RETRY_NS = 1_500_000_000  # Linux resends an unanswered SYN after 1 s (initial RTO)
 
 
 def answered_by_icmp(analysis: Analysis) -> set[int]:
