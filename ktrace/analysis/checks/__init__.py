@@ -15,6 +15,10 @@ MAX_EVIDENCE = 10
 # Linux sends an unacknowledged segment or SYN again after its RTO (1 s at first): a capture
 # that went on this long after a packet would show the retransmission had it been lost.
 RETRY_NS = 1_500_000_000
+CAPTURE_LOSS_STEP = (
+    "Nothing to fix on the network for these. If the capture drops packets (DROPS in the "
+    "points table), capture with a narrower -f filter or fewer points at once."
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,12 @@ class FunctionCheck:
 
 def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
+
+
+def kernel_drops_note(analysis: Analysis) -> str:
+    """' (N packets dropped by the kernel in this capture)', or '' when none were."""
+    drops = sum(v for f in analysis.index.files for v in f.drops.values())
+    return f" ({plural(drops, 'packet')} dropped by the kernel in this capture)" if drops else ""
 
 
 def hop_name(analysis: Analysis, path: ConvPath, hop: int) -> str:

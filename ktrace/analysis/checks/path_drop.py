@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ktrace.analysis.checks import (
+    CAPTURE_LOSS_STEP,
     MAX_EVIDENCE,
     RETRY_NS,
     FunctionCheck,
     conversation_label,
     hop_name,
+    kernel_drops_note,
     plural,
 )
 from ktrace.analysis.context import Analysis
@@ -116,7 +118,6 @@ def _what(g: _Drops) -> str:
 
 
 def _capture_missed(analysis: Analysis, g: _Drops) -> Finding:
-    drops = sum(v for f in analysis.index.files for v in f.drops.values())
     return Finding(
         id="path.drop",
         severity=Severity.INFO,
@@ -126,17 +127,9 @@ def _capture_missed(analysis: Analysis, g: _Drops) -> Finding:
             f"{plural(g.packets, 'TCP segment')} seen at {g.last} were missing from "
             f"{g.missing}'s capture, but the sender never sent them again although the capture "
             "went on: the receiver acknowledged them, so the network delivered them and the "
-            "capture did not record them"
-            + (
-                f" ({plural(drops, 'packet')} dropped by the kernel in this capture)."
-                if drops
-                else "."
-            )
+            f"capture did not record them{kernel_drops_note(analysis)}."
         ),
-        next_step=(
-            "Nothing to fix on the network for these. If the capture drops packets (DROPS in "
-            "the points table), capture with a narrower -f filter or fewer points at once."
-        ),
+        next_step=CAPTURE_LOSS_STEP,
         evidence=tuple(analysis.index.ref(r) for r in g.rows[:MAX_EVIDENCE]),
         flows=tuple(g.labels),
     )

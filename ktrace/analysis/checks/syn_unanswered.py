@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ktrace.analysis.checks import (
+    CAPTURE_LOSS_STEP,
     GRACE_NS,
     MAX_EVIDENCE,
     RETRY_NS,
     FunctionCheck,
     conversation_label,
+    kernel_drops_note,
     plural,
 )
 from ktrace.analysis.context import Analysis
@@ -125,7 +127,6 @@ def _groups(analysis: Analysis) -> list[_Unanswered]:
 
 
 def _missed(analysis: Analysis, g: _Unanswered) -> Finding:
-    drops = sum(v for f in analysis.index.files for v in f.drops.values())
     conns = len(g.labels)
     return Finding(
         id="tcp.syn-unanswered",
@@ -136,18 +137,9 @@ def _missed(analysis: Analysis, g: _Unanswered) -> Finding:
             f"{g.labels[0] if conns == 1 else plural(conns, 'connection')}: a client that gets "
             "no SYN/ACK sends its SYN again after about a second; this one did not although "
             f"{g.last_point} kept capturing, so an answer reached it and the capture did not "
-            "record it (capture loss"
-            + (
-                f": {plural(drops, 'packet')} dropped by the kernel in this capture"
-                if drops
-                else ""
-            )
-            + ")."
+            f"record it: capture loss, not network loss{kernel_drops_note(analysis)}."
         ),
-        next_step=(
-            "Nothing to fix on the network for these. If the capture drops packets (DROPS in "
-            "the points table), capture with a narrower -f filter or fewer points at once."
-        ),
+        next_step=CAPTURE_LOSS_STEP,
         evidence=tuple(analysis.index.ref(r) for r in g.evidence()),
         flows=tuple(g.labels),
     )
