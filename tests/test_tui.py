@@ -223,7 +223,7 @@ def test_a_real_terminal_under_tmux() -> None:
     )
     term = Tmux(command, dict(os.environ), (130, 36))
     try:
-        term.wait_for("1 findings")
+        term.wait_for("1 finding")
         term.keys("5")
         assert "node-b-eth0 and web-2-veth" in term.wait_for("path.drop").string
         term.keys("Enter")
