@@ -61,10 +61,12 @@ class Capture:
         return int(ipaddress.IPv4Address(ip))
 
     def syns(self, point: str, dst: str, port: int) -> np.ndarray:
+        """The client's SYNs (the lab's noise sends others: probes, background requests)."""
         c = self.c
         return np.flatnonzero(
             self.at(point)
             & (c.proto == TCP)
+            & (c.src == self.addr(CLIENT))
             & (c.dst == self.addr(dst))
             & (c.dport == port)
             & ((c.tcp_flags & (SYN | ACK)) == SYN)

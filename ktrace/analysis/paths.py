@@ -112,6 +112,11 @@ def conversation_paths(
     rel = when - earliest[ident]
     end_of = np.full(npoints, np.iinfo(np.int64).min, np.int64)
     np.maximum.at(end_of, c.point, cor.when)
+    # a point that saw nothing at all gives no window: it was capturing all along
+    start_of = np.full(npoints, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(start_of, c.point, cor.when)
+    start_of[start_of == np.iinfo(np.int64).max] = np.iinfo(np.int64).min
+    window = np.stack([start_of, end_of])
 
     order = np.argsort(conv, kind="stable")
     bounds = np.searchsorted(conv[order], np.arange(len(counts) + 1))
@@ -122,7 +127,7 @@ def conversation_paths(
             seen = _Sightings(
                 rows[sel], point[sel], ident[sel], when[sel], rel[sel], flows.flow[rows[sel]]
             )
-            out.append(_one(index, flows, names, k, seen, end_of))
+            out.append(_one(index, flows, names, k, seen, window))
     out.sort(key=lambda p: int(flows.first_ts[p.first_flow]))
     return out
 
@@ -213,7 +218,7 @@ def _one(
     names: Names,
     conv: int,
     seen: _Sightings,
-    end_of: np.ndarray,
+    window: np.ndarray,
 ) -> ConvPath:
     fwd = flows.forward[seen.rows]
     flow = seen.flow
@@ -242,7 +247,7 @@ def _one(
     hops = [_hop(index, seen, f_rows, hop_points, i) for i in range(len(hop_points))]
     losses = []
     for direction, mask in (("a->b", fwd), ("b->a", ~fwd)):
-        losses.extend(_losses(index, direction, mask, seen, hops, position, end_of))
+        losses.extend(_losses(index, direction, mask, seen, hops, position, window))
     return ConvPath(conv, members, tuple(hops), tuple(_nat_changes(flows, hops)), tuple(losses))
 
 
@@ -253,10 +258,11 @@ def _losses(
     seen: _Sightings,
     hops: list[Hop],
     position: dict[int, int],
-    end_of: np.ndarray,
+    window: np.ndarray,
 ) -> list[Loss]:
     """Packets whose last sighting is followed, on their way, by a hop that never saw them
-    although it was capturing."""
+    although it was capturing: not before its first packet (the points of a capture start at
+    different moments), nor too near its end."""
     rows, point, ident, when = seen.rows, seen.point, seen.ident, seen.when
     sel = np.flatnonzero(mask)
     if not len(sel) or len(hops) < 2:
@@ -279,8 +285,9 @@ def _losses(
     for lp, r in zip(last_pos[stuck].tolist(), last_row[stuck].tolist(), strict=True):
         nxt = lp + 1
         hop_next = hops[nxt if direction == "a->b" else len(hops) - 1 - nxt]
-        if when[r] + END_GRACE_NS > end_of[hop_next.point] and hop_next.packets:
-            continue  # that point's capture ended before the packet could arrive
+        start, end = window[:, hop_next.point]
+        if when[r] < start or (when[r] + END_GRACE_NS > end and hop_next.packets):
+            continue  # that point's capture had not started, or ended before it could arrive
         groups.setdefault(lp, []).append(r)
     out = []
     for lp, members in sorted(groups.items()):

@@ -121,6 +121,7 @@ class Lab:
             for pod in topo.PODS:
                 self._pod(pod)
             self._processes()
+            self._noise()
             self._write_description()
             self._wait_ready()
         except BaseException:
@@ -162,10 +163,8 @@ class Lab:
     # --- building -----------------------------------------------------------------------------
     def _netns(self, name: str) -> None:
         _sh("ip", "netns", "add", self.ns(name))
-        # The cluster is IPv4-only, like a default kind cluster; without this every new link
-        # would fill the captures with IPv6 router solicitations and MLD reports.
-        for scope in ("all", "default"):
-            self.exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
+        # IPv6 stays on, as on every real node and pod: link-local addresses, router
+        # solicitations, MLD and neighbour discovery are noise ktrace must live with.
         self.exec(name, "ip", "link", "set", "lo", "up")
 
     def _underlay(self) -> None:
@@ -484,6 +483,36 @@ class Lab:
             "upstream-dns",
             ready="ready",
         )
+
+    def _noise(self) -> None:
+        """What a real cluster carries besides the incident (tests.lab.noise): the kubelet
+        probing each web pod from its node every second, web-1 fetching from web-2 across
+        the nodes (pod IPs: the Service's round-robin stays the scenarios'), and every pod's
+        IPv6 link-local chatter."""
+        py = sys.executable
+        for node in topo.NODES:
+            urls = [f"http://{p.ip}/" for p in topo.PODS if p.node == node.name and "web" in p.name]
+            if urls:
+                self._spawn(
+                    node.name,
+                    [py, "-m", "tests.lab.noise", "http", *urls],
+                    f"probes-{node.name}",
+                    ready="ready",
+                )
+        web2 = topo.pod("web-2")
+        self._spawn(
+            "web-1",
+            [py, "-m", "tests.lab.noise", "http", f"http://{web2.ip}/"],
+            "background",
+            ready="ready",
+        )
+        for pod in topo.PODS:
+            self._spawn(
+                pod.name,
+                [py, "-m", "tests.lab.noise", "linklocal", "eth0"],
+                f"linklocal-{pod.name}",
+                ready="ready",
+            )
 
     def _wait_ready(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
