@@ -3,6 +3,8 @@ its fault, at the right place, and the healthy bundles stay silent."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import shutil
 import struct
@@ -123,6 +125,65 @@ def shift(src: Path, dst: Path, delta_ns: int) -> None:
         struct.pack_into("<II", blob, off, *divmod(total, 1_000_000_000))
         off += 16 + cap
     dst.write_bytes(bytes(blob))
+
+
+def drop_records(path: Path, numbers: set[int]) -> None:
+    """Rewrite a little-endian pcap without the records numbered (1-based) in `numbers`."""
+    blob = path.read_bytes()
+    out, off, k = bytearray(blob[:24]), 24, 0
+    while off + 16 <= len(blob):
+        cap = struct.unpack_from("<I", blob, off + 8)[0]
+        k += 1
+        if k not in numbers:
+            out += blob[off : off + 16 + cap]
+        off += 16 + cap
+    path.write_bytes(bytes(out))
+
+
+def client_syns(path: Path) -> set[int]:
+    from ktrace.decode.index import build_index
+    from ktrace.decode.transport import ACK, SYN
+
+    with build_index([path], workers=1) as index:
+        c = index.columns
+        rows = np.flatnonzero(
+            (c.src == int(ipaddress.IPv4Address("10.244.0.2")))
+            & (c.dport == 80)
+            & ((c.tcp_flags & (SYN | ACK)) == SYN)
+        )
+        return {index.ref(int(r)).number for r in rows}
+
+
+@pytest.mark.parametrize(
+    ("removed", "title"),
+    [
+        (
+            ("node-a-eth0", "node-b-eth0"),
+            "SYN to 10.96.0.20:80 (svc default/web) dropped between client-veth and node-a-eth0",
+        ),
+        (
+            ("node-b-eth0",),
+            "SYN to 10.244.1.2:80 (default/web-2) dropped between node-a-eth0 and node-b-eth0",
+        ),
+    ],
+    ids=["source-node", "between-nodes"],
+)
+def test_a_drop_is_placed_at_the_first_expected_point_that_missed_it(
+    tmp_path: Path, removed: tuple[str, ...], title: str
+) -> None:
+    """The SYNs never reach a point they had to pass: the NIC of the client's node (the
+    Service's only endpoint is on the other node) or the NIC of the endpoint's node."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(LAB / "policy-drop", bundle)
+    for point in removed:
+        path = bundle / "points" / f"{point}.pcap"
+        drop_records(path, client_syns(path))
+    inventory = json.loads((bundle / "inventory.json").read_text())
+    for sl in inventory["endpointslices"]:
+        sl["endpoints"] = [e for e in sl["endpoints"] if e["pod"] != "web-1"]
+    (bundle / "inventory.json").write_text(json.dumps(inventory))
+    drops = [f for f in findings(bundle) if f["severity"] == "high"]
+    assert [f["title"] for f in drops] == [title]
 
 
 @pytest.mark.parametrize("delta_ns", [3_000_000_000, -2_500_000_000])

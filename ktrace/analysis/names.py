@@ -20,6 +20,8 @@ class Named:
 class Names:
     by_ip: dict[str, Named] = field(default_factory=dict)
     cluster_domain: str = "cluster.local"
+    # ClusterIP -> the nodes of its ready endpoints (where a packet to it must go)
+    endpoint_nodes: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def from_inventory(cls, inventory: dict[str, Any] | None) -> Names:
@@ -37,7 +39,13 @@ class Names:
             ip = s.get("clusterIP")
             if ip and ip != "None":
                 by_ip[ip] = Named("service", f"{s['namespace']}/{s['name']}")
-        return cls(by_ip, inventory.get("clusterDomain", "cluster.local"))
+        return cls(
+            by_ip, inventory.get("clusterDomain", "cluster.local"), _endpoint_nodes(inventory)
+        )
+
+    def node_of(self, ip: str) -> str | None:
+        named = self.by_ip.get(ip)
+        return named.node if named else None
 
     def get(self, ip: str) -> Named | None:
         return self.by_ip.get(ip)
@@ -58,3 +66,19 @@ class Names:
 
     def services(self) -> set[str]:
         return {ip for ip, n in self.by_ip.items() if n.kind == "service"}
+
+
+def _endpoint_nodes(inventory: dict[str, Any]) -> dict[str, frozenset[str]]:
+    ips = {
+        (s["namespace"], s["name"]): s.get("clusterIP")
+        for s in inventory.get("services", [])
+        if s.get("clusterIP") not in (None, "None")
+    }
+    out: dict[str, set[str]] = {}
+    for sl in inventory.get("endpointslices", []):
+        ip = ips.get((sl.get("namespace"), sl.get("service")))
+        if ip is None:
+            continue
+        nodes = out.setdefault(ip, set())
+        nodes.update(e["node"] for e in sl.get("endpoints", []) if e.get("ready") and e.get("node"))
+    return {ip: frozenset(nodes) for ip, nodes in out.items() if nodes}

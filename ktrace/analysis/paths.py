@@ -70,23 +70,63 @@ def _tuple_change(flows: FlowTable, a: int, b: int) -> str | None:
     return None
 
 
-def _expected_tail(
-    index: PacketIndex, flows: FlowTable, names: Names, flow: int, present: set[int]
-) -> list[int]:
-    """Points the conversation should have reached but never did: the destination pod's own
-    points (from a bundle's manifest), in the order a packet meets them."""
-    dst = index.address(int(flows.l3[flow]), int(flows.b_addr[flow]))
-    named = names.get(dst)
-    if named is None or named.kind != "pod":
-        return []
-    namespace, pod = named.name.split("/", 1)
-    tail = [
+def _cross_node_points(index: PacketIndex, flows: FlowTable, names: Names) -> set[int]:
+    """Points that carried packets between pods of different nodes: where such packets
+    are expected (a NIC that does, an overlay device that does)."""
+    if not names.by_ip:
+        return set()
+    cross = np.zeros(len(flows), bool)
+    for k in range(len(flows)):
+        l3 = int(flows.l3[k])
+        a = names.node_of(index.address(l3, int(flows.a_addr[k])))
+        b = names.node_of(index.address(l3, int(flows.b_addr[k])))
+        cross[k] = a is not None and b is not None and a != b
+    rows = np.flatnonzero(flows.flow >= 0)
+    rows = rows[cross[flows.flow[rows]]]
+    return set(np.unique(index.columns.point[rows]).tolist())
+
+
+def _node_side(index: PacketIndex, node: str, carriers: frozenset[int]) -> list[int]:
+    return [
         k
         for k, p in enumerate(index.points)
-        if p.pod == pod and (p.namespace in (None, namespace)) and k not in present
+        if p.node == node and p.pod is None and p.kind in ("node", "tunnel") and k in carriers
     ]
-    # on the destination side a packet meets the node, then the veth, then the pod
-    return sorted(tail, key=lambda k: -POINT_ORDER.get(index.points[k].kind, 4))
+
+
+def _expected(
+    index: PacketIndex,
+    flows: FlowTable,
+    names: Names,
+    ends: tuple[int, int],
+    present: set[int],
+    carriers: frozenset[int],
+) -> list[int]:
+    """Points the conversation should have reached but never did (bundles: the manifest
+    places the points, the inventory the pods and endpoints): the destination pod's own
+    points and, when the destination is on another node, the NIC and overlay points of the
+    nodes in between that carry traffic between nodes."""
+    first, last = ends
+    src_node = names.node_of(index.address(int(flows.l3[first]), int(flows.a_addr[first])))
+    dst_ip = index.address(int(flows.l3[last]), int(flows.b_addr[last]))
+    named = names.get(dst_ip)
+    out: list[int] = []
+    dst_nodes: frozenset[str] = frozenset()
+    if named is not None and named.kind == "pod":
+        dst_nodes = frozenset([named.node]) if named.node else frozenset()
+        namespace, pod = named.name.split("/", 1)
+        out += [
+            k
+            for k, p in enumerate(index.points)
+            if p.pod == pod and (p.namespace in (None, namespace))
+        ]
+    elif named is not None and named.kind == "service":
+        dst_nodes = names.endpoint_nodes.get(dst_ip, frozenset())
+    if src_node and dst_nodes and src_node not in dst_nodes:
+        out += _node_side(index, src_node, carriers)
+        if len(dst_nodes) == 1:
+            out += _node_side(index, next(iter(dst_nodes)), carriers)
+    return [k for k in dict.fromkeys(out) if k not in present]
 
 
 def conversation_paths(
@@ -112,11 +152,12 @@ def conversation_paths(
     rel = when - earliest[ident]
     end_of = np.full(npoints, np.iinfo(np.int64).min, np.int64)
     np.maximum.at(end_of, c.point, cor.when)
-    # a point that saw nothing at all gives no window: it was capturing all along
     start_of = np.full(npoints, np.iinfo(np.int64).max, np.int64)
     np.minimum.at(start_of, c.point, cor.when)
-    start_of[start_of == np.iinfo(np.int64).max] = np.iinfo(np.int64).min
-    window = np.stack([start_of, end_of])
+    # a point that saw nothing at all gives no window: it was capturing all along
+    silent = np.bincount(c.point, minlength=npoints) == 0
+    start_of[silent], end_of[silent] = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    where = _Where(np.stack([start_of, end_of]), frozenset(_cross_node_points(index, flows, names)))
 
     order = np.argsort(conv, kind="stable")
     bounds = np.searchsorted(conv[order], np.arange(len(counts) + 1))
@@ -127,9 +168,17 @@ def conversation_paths(
             seen = _Sightings(
                 rows[sel], point[sel], ident[sel], when[sel], rel[sel], flows.flow[rows[sel]]
             )
-            out.append(_one(index, flows, names, k, seen, window))
+            out.append(_one(index, flows, names, k, seen, where))
     out.sort(key=lambda p: int(flows.first_ts[p.first_flow]))
     return out
+
+
+@dataclass(frozen=True)
+class _Where:
+    """What the capture as a whole says about its points."""
+
+    window: np.ndarray  # per point: [start, end] it was capturing (first and last packet)
+    carriers: frozenset[int]  # points that carried traffic between nodes
 
 
 @dataclass(frozen=True)
@@ -156,14 +205,19 @@ def _hop_keys(seen: _Sightings, fwd: np.ndarray) -> dict[int, float]:
     return keys
 
 
-def _hop_order(index: PacketIndex, names: Names, src_ip: str, keys: dict[int, float]) -> list[int]:
+def _hop_order(
+    index: PacketIndex, names: Names, src_ip: str, keys: dict[int, float], extra: list[int]
+) -> list[int]:
     """Points by time after first sighting, unless the bundle says where each point is: clocks
     of different nodes are only estimated, the topology is known (the client's node first,
-    pod -> veth -> NIC, then the other nodes NIC -> veth -> pod)."""
+    pod -> veth -> NIC, then the other nodes NIC -> veth -> pod). `extra`: points expected
+    but never reached, placed where the topology puts them."""
     hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p].kind, 4)))
     src = names.get(src_ip)
-    if src is None or not src.node or not all(index.points[p].node for p in hop_points):
-        return hop_points
+    everyone = hop_points + extra
+    if src is None or not src.node or not all(index.points[p].node for p in everyone):
+        return hop_points + sorted(extra, key=lambda k: -POINT_ORDER.get(index.points[k].kind, 4))
+    inf = float("inf")
     node_time: dict[str, float] = {}
     for p in hop_points:
         node = index.points[p].node or ""
@@ -173,14 +227,15 @@ def _hop_order(index: PacketIndex, names: Names, src_ip: str, keys: dict[int, fl
     def topo(p: int) -> tuple[int, float, int, float]:
         pt = index.points[p]
         rank = POINT_ORDER.get(pt.kind, 4)
+        key = keys.get(p, inf)
         if pt.pod is not None and pt.pod == src_pod:
-            return (0, 0.0, rank, keys[p])  # the source pod's own points: pod -> veth
+            return (0, 0.0, rank, key)  # the source pod's own points: pod -> veth
         if pt.pod is None and pt.node == src.node:
-            return (1, 0.0, rank, keys[p])  # out of its node: tunnel -> NIC
+            return (1, 0.0, rank, key)  # out of its node: tunnel -> NIC
         # other nodes (NIC -> tunnel), then the destination's points (veth -> pod)
-        return (2 if pt.pod is None else 3, node_time[pt.node or ""], -rank, keys[p])
+        return (2 if pt.pod is None else 3, node_time.get(pt.node or "", inf), -rank, key)
 
-    return sorted(hop_points, key=topo)
+    return sorted(everyone, key=topo)
 
 
 def _hop(
@@ -218,7 +273,7 @@ def _one(
     names: Names,
     conv: int,
     seen: _Sightings,
-    window: np.ndarray,
+    where: _Where,
 ) -> ConvPath:
     fwd = flows.forward[seen.rows]
     flow = seen.flow
@@ -227,7 +282,7 @@ def _one(
     members = tuple(sorted(first_seen, key=first_seen.__getitem__))
     keys = _hop_keys(seen, fwd)
     src_ip = index.address(int(flows.l3[members[0]]), int(flows.a_addr[members[0]]))
-    hop_points = _hop_order(index, names, src_ip, keys)
+    hop_points = _hop_order(index, names, src_ip, keys, [])
     at_hop = {p: i for i, p in enumerate(hop_points)}
     members = tuple(
         sorted(
@@ -238,16 +293,20 @@ def _one(
             ),
         )
     )
-    if fwd.any():
-        hop_points += _expected_tail(index, flows, names, members[-1], set(hop_points))
-    else:
+    if not fwd.any():
         hop_points = sorted(hop_points, key=lambda p: keys[p])
+    elif not (~fwd).any():
+        # nothing came back: where it should have gone but never was is where it died (an
+        # answered conversation took another way than the inventory suggests, and is fine)
+        ends = (members[0], members[-1])
+        extra = _expected(index, flows, names, ends, set(hop_points), where.carriers)
+        hop_points = _hop_order(index, names, src_ip, keys, extra)
     position = {p: i for i, p in enumerate(hop_points)}
     f_rows = np.flatnonzero(fwd)  # a->b copies of one packet: time between consecutive hops
     hops = [_hop(index, seen, f_rows, hop_points, i) for i in range(len(hop_points))]
     losses = []
     for direction, mask in (("a->b", fwd), ("b->a", ~fwd)):
-        losses.extend(_losses(index, direction, mask, seen, hops, position, window))
+        losses.extend(_losses(index, direction, mask, seen, hops, position, where.window))
     return ConvPath(conv, members, tuple(hops), tuple(_nat_changes(flows, hops)), tuple(losses))
 
 
@@ -286,7 +345,7 @@ def _losses(
         nxt = lp + 1
         hop_next = hops[nxt if direction == "a->b" else len(hops) - 1 - nxt]
         start, end = window[:, hop_next.point]
-        if when[r] < start or (when[r] + END_GRACE_NS > end and hop_next.packets):
+        if when[r] < start or when[r] + END_GRACE_NS > end:
             continue  # that point's capture had not started, or ended before it could arrive
         groups.setdefault(lp, []).append(r)
     out = []
