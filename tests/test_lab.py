@@ -8,7 +8,6 @@ import ipaddress
 import json
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +30,25 @@ WEB2 = topo.pod("web-2").ip
 CLIENT = topo.pod("client").ip
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    lab = Lab().up()
-    try:
-        yield lab
-    finally:
-        lab.down()
+_RECORDED: dict[str, dict[str, Path]] = {}
+
+
+def recordings(shape: str, factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every scenario recorded on a lab of this shape (once per test session)."""
+    if shape not in _RECORDED:
+        lab = Lab(shape=shape).up()
+        try:
+            root = factory.mktemp(shape)
+            _RECORDED[shape] = {name: record(lab, name, root / name) for name in SCENARIOS}
+        finally:
+            lab.down()
+    return _RECORDED[shape]
 
 
 @pytest.fixture(scope="module")
-def bundles(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bundles")
-    return {name: record(lab, name, root / name) for name in SCENARIOS}
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The default shape's recordings, for the assertions about its packets."""
+    return recordings(topo.DEFAULT_SHAPE, tmp_path_factory)
 
 
 class Capture:
@@ -222,7 +227,25 @@ def test_upstream_down_cluster_names_fine_external_names_fail(bundles: dict[str,
     assert upstream and not any(d["answered"] for d in upstream)
 
 
+# Where each fault must be placed, on every shape: (check, words its title must hold).
+PLACED = {
+    "policy-drop": ("path.drop", "dropped between node-b-eth0 and web-2-veth"),
+    "mtu-blackhole": ("mtu.blackhole", "between node-b-eth0 and node-a-eth0"),
+    "kube-proxy-down": ("tcp.syn-unanswered", "last seen at node-a-eth0"),
+    "no-endpoints": ("svc.no-endpoints", "default/web"),
+}
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_fresh_recordings_get_their_findings(bundles: dict[str, Path], scenario: str) -> None:
-    """The same diagnosis on bundles recorded now as on the committed samples."""
-    assert {f["id"] for f in findings(bundles[scenario])} == EXPECTED[scenario]
+@pytest.mark.parametrize("shape", sorted(topo.SHAPES))
+def test_every_fault_on_every_shape(
+    tmp_path_factory: pytest.TempPathFactory, shape: str, scenario: str
+) -> None:
+    """The fault × shape matrix, noise on: exactly the expected findings (the healthy
+    scenario: none at all), each placed between the same points whatever moves the packets."""
+    found = findings(recordings(shape, tmp_path_factory)[scenario])
+    assert {f["id"] for f in found} == EXPECTED[scenario], [f["title"] for f in found]
+    if scenario in PLACED:
+        check, words = PLACED[scenario]
+        titles = [f["title"] for f in found if f["id"] == check]
+        assert any(words in t for t in titles), titles

@@ -1,4 +1,5 @@
-"""python -m tests.lab up | down [PREFIX] | status | fault NAME on|off | record SCENARIO DIR | serve
+"""python -m tests.lab up [--shape S] | down [PREFIX] | status | fault NAME on|off |
+record SCENARIO DIR [--shape S] | serve
 
 `serve` runs the Kubernetes API server over the running lab and writes a kubeconfig for it
 (default ./lab.kubeconfig): `KUBECONFIG=lab.kubeconfig kubectl get pods`, `kubectl ktrace ...`.
@@ -17,6 +18,11 @@ from pathlib import Path
 
 from tests.lab.lab import FAULTS, Lab, LabError, all_prefixes
 from tests.lab.record import SCENARIOS, describe, record
+from tests.lab.topology import DEFAULT_SHAPE, SHAPES
+
+SHAPE_HELP = "how packets move between pods: " + "; ".join(
+    f"{s.name}: {s.about}" for s in SHAPES.values()
+)
 
 
 def running(prefix: str | None) -> Lab:
@@ -40,7 +46,8 @@ def main() -> int:
     )
     parser.add_argument("--prefix", help="the lab to act on (default: the only one running)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="build the lab and leave it running")
+    up = sub.add_parser("up", help="build the lab and leave it running")
+    up.add_argument("--shape", choices=SHAPES, default=DEFAULT_SHAPE, help=SHAPE_HELP)
     down = sub.add_parser("down", help="remove a lab (every lab when none is named)")
     down.add_argument("name", nargs="?", help="prefix of the lab to remove")
     sub.add_parser("status", help="namespaces, processes and faults of the running lab")
@@ -50,13 +57,16 @@ def main() -> int:
     rec = sub.add_parser("record", help="record a scenario as a capture bundle")
     rec.add_argument("scenario", choices=(*SCENARIOS, "all"))
     rec.add_argument("dir", type=Path)
+    rec.add_argument(
+        "--shape", choices=SHAPES, default=DEFAULT_SHAPE, help="shape of a lab built for it"
+    )
     serve = sub.add_parser("serve", help="serve the running lab as a Kubernetes API")
     serve.add_argument("--kubeconfig", type=Path, default=Path("lab.kubeconfig"))
     serve.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     try:
         if args.command == "up":
-            lab = Lab().up()
+            lab = Lab(shape=args.shape).up()
             print(lab.prefix)
         elif args.command == "down":
             for prefix in (
@@ -71,7 +81,7 @@ def main() -> int:
         elif args.command == "record":
             names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
             own = not all_prefixes() and not args.prefix
-            lab = Lab().up() if own else running(args.prefix)
+            lab = Lab(shape=args.shape).up() if own else running(args.prefix)
             try:
                 for name in names:
                     out = args.dir / name if args.scenario == "all" else args.dir

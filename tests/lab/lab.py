@@ -84,9 +84,17 @@ def _chain(kind: str, text: str) -> str:
 
 
 class Lab:
-    def __init__(self, prefix: str | None = None) -> None:
+    def __init__(self, prefix: str | None = None, shape: str | None = None) -> None:
         self.prefix = prefix or f"{PREFIX_START}{secrets.token_hex(2)}"
         self.state = STATE_ROOT / self.prefix
+        if shape is None:  # a running lab keeps the shape it was built with
+            try:
+                shape = json.loads((self.state / "state.json").read_text()).get("shape")
+            except (OSError, ValueError):
+                shape = None
+        if (shape or topo.DEFAULT_SHAPE) not in topo.SHAPES:
+            raise LabError(f"unknown shape {shape!r}; known: {', '.join(topo.SHAPES)}")
+        self.shape = topo.SHAPES[shape or topo.DEFAULT_SHAPE]
 
     # --- naming -------------------------------------------------------------------------------
     def ns(self, name: str) -> str:
@@ -110,13 +118,15 @@ class Lab:
         if reason:
             raise LabError(reason)
         self.state.mkdir(parents=True, exist_ok=True)
-        (self.state / "state.json").write_text(json.dumps({"prefix": self.prefix, "pids": []}))
+        (self.state / "state.json").write_text(
+            json.dumps({"prefix": self.prefix, "shape": self.shape.name, "pids": []})
+        )
         try:
             self._underlay()
             for node in topo.NODES:
                 self._node(node)
             for node in topo.NODES:
-                self._flannel_peers(node)
+                self._peers(node)
                 self._iptables(node)
             for pod in topo.PODS:
                 self._pod(pod)
@@ -206,9 +216,15 @@ class Lab:
             ("net.ipv4.conf.all.rp_filter", "0"),
         ):
             self.exec(name, "sysctl", "-qw", f"{key}={value}")
-        self.exec(name, "ip", "link", "add", "cni0", "type", "bridge")
-        self.exec(name, "ip", "addr", "add", f"{node.gateway}/24", "dev", "cni0")
-        self.exec(name, "ip", "link", "set", "cni0", "mtu", str(topo.FLANNEL_MTU), "up")
+        if self.shape.bridge:
+            self.exec(name, "ip", "link", "add", "cni0", "type", "bridge")
+            self.exec(name, "ip", "addr", "add", f"{node.gateway}/24", "dev", "cni0")
+            self.exec(name, "ip", "link", "set", "cni0", "mtu", str(topo.FLANNEL_MTU), "up")
+        if self.shape.overlay:
+            self._vxlan(node)
+
+    def _vxlan(self, node: topo.Node) -> None:
+        name = node.name
         # flannel's kernel VXLAN: VNI 1, UDP 8472, no learning (flannel writes FDB/ARP), and DF
         # on the outer header so that an undersized underlay drops rather than fragments.
         self.exec(
@@ -245,11 +261,15 @@ class Lab:
         )
         self.exec(name, "ip", "addr", "add", f"{node.flannel_ip}/32", "dev", "flannel.1")
 
-    def _flannel_peers(self, node: topo.Node) -> None:
+    def _peers(self, node: topo.Node) -> None:
+        """Routes to the other nodes' pod CIDRs: through the overlay, or on the underlay."""
         for peer in topo.NODES:
             if peer.name == node.name:
                 continue
             n = node.name
+            if not self.shape.overlay:
+                self.exec(n, "ip", "route", "add", peer.pod_cidr, "via", peer.ip, "dev", "eth0")
+                continue
             self.exec(
                 n,
                 "ip",
@@ -283,23 +303,24 @@ class Lab:
         node = topo.node(pod.node)
         self._netns(pod.name)
         self._veth_eth0(self.ns(pod.name), pod.veth, self.ns(pod.node))
-        self.exec(
-            pod.node,
-            "ip",
-            "link",
-            "set",
-            pod.veth,
-            "master",
-            "cni0",
-            "mtu",
-            str(topo.FLANNEL_MTU),
-            "up",
-        )
+        mtu = str(topo.FLANNEL_MTU)
+        if self.shape.bridge:
+            self.exec(pod.node, "ip", "link", "set", pod.veth, "master", "cni0", "mtu", mtu, "up")
+        else:  # the host answers ARP for the pod's gateway and routes the pod's /32 to it
+            self.exec(pod.node, "sysctl", "-qw", f"net.ipv4.conf.{pod.veth}.proxy_arp=1")
+            self.exec(pod.node, "ip", "link", "set", pod.veth, "mtu", mtu, "up")
+            self.exec(pod.node, "ip", "route", "add", f"{pod.ip}/32", "dev", pod.veth)
         self._no_offloads(pod.node, pod.veth)
         self._no_offloads(pod.name, "eth0")
-        self.exec(pod.name, "ip", "addr", "add", f"{pod.ip}/24", "dev", "eth0")
-        self.exec(pod.name, "ip", "link", "set", "eth0", "mtu", str(topo.FLANNEL_MTU), "up")
-        self.exec(pod.name, "ip", "route", "add", "default", "via", node.gateway)
+        self.exec(pod.name, "ip", "link", "set", "eth0", "mtu", mtu, "up")
+        if self.shape.bridge:
+            self.exec(pod.name, "ip", "addr", "add", f"{pod.ip}/24", "dev", "eth0")
+            self.exec(pod.name, "ip", "route", "add", "default", "via", node.gateway)
+        else:
+            gw = topo.LINK_LOCAL_GW
+            self.exec(pod.name, "ip", "addr", "add", f"{pod.ip}/32", "dev", "eth0")
+            self.exec(pod.name, "ip", "route", "add", gw, "dev", "eth0", "scope", "link")
+            self.exec(pod.name, "ip", "route", "add", "default", "via", gw, "dev", "eth0")
         etc = ETC_NETNS / self.ns(pod.name)
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(topo.CLIENT_RESOLV)
@@ -603,6 +624,7 @@ class Lab:
         """Machine-readable lab: what the Kubernetes API simulator serves."""
         return {
             "prefix": self.prefix,
+            "shape": self.shape.name,
             "namespaces": {
                 "underlay": self.ns("underlay"),
                 "upstream": self.ns("upstream"),
@@ -612,7 +634,11 @@ class Lab:
             "nodes": [
                 {
                     **asdict(n),
-                    "interfaces": {"nic": "eth0", "overlay": "flannel.1", "bridge": "cni0"},
+                    "interfaces": {
+                        "nic": "eth0",
+                        "overlay": "flannel.1" if self.shape.overlay else None,
+                        "bridge": "cni0" if self.shape.bridge else None,
+                    },
                 }
                 for n in topo.NODES
             ],

@@ -19,6 +19,40 @@ FLANNEL_MTU = 1450  # what flannel configures: the underlay MTU less the VXLAN o
 
 
 @dataclass(frozen=True)
+class Shape:
+    """How packets move between pods: what differs between CNIs."""
+
+    name: str
+    bridge: bool  # pods' host-side veths on a cni0 bridge (else routed /32 veths, proxy ARP)
+    overlay: bool  # flannel-style VXLAN between nodes (else pod CIDRs routed on the underlay)
+    about: str
+
+
+SHAPES = {
+    s.name: s
+    for s in (
+        Shape("flannel", True, True, "cni0 bridge, VXLAN overlay (flannel, kind)"),
+        Shape(
+            "routed",
+            False,
+            True,
+            "routed /32 veths with proxy ARP and a link-local gateway, VXLAN between nodes "
+            "(Calico and Cilium style)",
+        ),
+        Shape(
+            "native",
+            True,
+            False,
+            "cni0 bridge, pod CIDRs routed between nodes on the underlay, no overlay "
+            "(VPC-native and native-routing style)",
+        ),
+    )
+}
+DEFAULT_SHAPE = "flannel"
+LINK_LOCAL_GW = "169.254.1.1"  # the routed shape's gateway, answered by proxy ARP
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     ip: str
