@@ -43,6 +43,9 @@ EXPECTED = {
     "kube-proxy-down": {"nat.missing", "tcp.syn-unanswered"},
     "zero-window": {"tcp.zero-window"},
     "refused": {"tcp.rst"},
+    # recorded fresh on the dual-stack shape only (tests/test_lab.py)
+    "healthy-v6": set(),
+    "policy-drop-v6": {"path.drop"},
 }
 
 

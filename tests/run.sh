@@ -10,8 +10,9 @@ missing=()
 command -v tshark >/dev/null || missing+=(tshark)
 command -v tcpdump >/dev/null || missing+=(tcpdump)
 command -v ip >/dev/null || missing+=(iproute2)
-# the lab: iptables (kube-proxy rules), dnsmasq (cluster DNS), conntrack, ethtool
+# the lab: iptables and nft (kube-proxy's two modes), dnsmasq (cluster DNS), conntrack, ethtool
 command -v iptables-restore >/dev/null || missing+=(iptables)
+command -v nft >/dev/null || missing+=(nftables)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v conntrack >/dev/null || missing+=(conntrack)
 command -v ethtool >/dev/null || missing+=(ethtool)

@@ -185,3 +185,60 @@ def test_segments_acknowledged_but_not_recorded_are_capture_loss(make_pcap: Make
         "2 packets to 10.0.1.5:80 not recorded at node-b: never retransmitted, so they arrived "
         "(capture loss, not network loss)"
     )
+
+
+def test_dual_stack_inventories_name_both_families() -> None:
+    from ktrace.analysis.names import Names
+
+    names = Names.from_inventory(
+        {
+            "pods": [
+                {
+                    "name": "web-2",
+                    "namespace": "default",
+                    "ip": "10.244.1.2",
+                    "ips": ["10.244.1.2", "fd00:10:244:1::2"],
+                    "node": "node-b",
+                }
+            ],
+            "services": [
+                {
+                    "name": "web",
+                    "namespace": "default",
+                    "clusterIP": "10.96.0.20",
+                    "clusterIPs": ["10.96.0.20", "fd00:10:96::14"],
+                }
+            ],
+            "endpointslices": [  # one per family, as the EndpointSlice controller makes them
+                {"service": "web", "namespace": "default", "endpoints": [e]}
+                for e in (
+                    {"ip": "10.244.1.2", "node": "node-b", "ready": True},
+                    {"ip": "fd00:10:244:1::2", "node": "node-b", "ready": True},
+                )
+            ],
+        }
+    )
+    assert names.label("[fd00:10:244:1::2]:80") == "[fd00:10:244:1::2]:80 (default/web-2)"
+    assert names.label("[fd00:10:96::14]:80") == "[fd00:10:96::14]:80 (svc default/web)"
+    assert names.endpoint_nodes["fd00:10:96::14"] == frozenset({"node-b"})
+
+
+def test_icmpv6_port_unreachable_answers_the_syn_it_quotes(make_pcap: Make) -> None:
+    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+
+    syn = (
+        Ether()
+        / IPv6(src="fd00:10:244::2", dst="fd00:10:96::20")
+        / TCP(sport=45000, dport=80, flags="S")
+    )
+    reject = (
+        Ether()
+        / IPv6(src="fd00:10:244::1", dst="fd00:10:244::2")
+        / ICMPv6DestUnreach(code=4)
+        / bytes(syn[IPv6])
+    )
+    pkts = [syn, reject] * 2 + tcp_session(client="10.244.0.5", server="10.244.1.9")
+    _, data = run_analysis(make_pcap(pkts, step_ns=500_000_000))
+    (f,) = data["findings"]
+    assert (f["id"], f["severity"]) == ("svc.no-endpoints", "high")
+    assert f["title"] == ("connections to [fd00:10:96::20]:80 rejected with ICMP port unreachable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +34,16 @@ class Names:
                 if n.get(key):
                     by_ip[n[key]] = Named("node", n["name"], n["name"])
         for p in inventory.get("pods", []):
-            if p.get("ip") and not p.get("hostNetwork"):
-                by_ip[p["ip"]] = Named("pod", f"{p['namespace']}/{p['name']}", p.get("node"))
+            if p.get("hostNetwork"):
+                continue
+            for ip in {p.get("ip"), *p.get("ips", [])} - {None, ""}:
+                by_ip[ip] = Named("pod", f"{p['namespace']}/{p['name']}", p.get("node"))
         for s in inventory.get("services", []):
-            ip = s.get("clusterIP")
-            if ip and ip != "None":
+            for ip in _cluster_ips(s):
                 by_ip[ip] = Named("service", f"{s['namespace']}/{s['name']}")
+        canonical = {_canonical(ip): named for ip, named in by_ip.items()}
         return cls(
-            by_ip, inventory.get("clusterDomain", "cluster.local"), _endpoint_nodes(inventory)
+            canonical, inventory.get("clusterDomain", "cluster.local"), _endpoint_nodes(inventory)
         )
 
     def node_of(self, ip: str) -> str | None:
@@ -68,17 +71,27 @@ class Names:
         return {ip for ip, n in self.by_ip.items() if n.kind == "service"}
 
 
+def _canonical(ip: str) -> str:
+    """The address as ktrace prints it (IPv6 compressed), whatever form the API gave."""
+    try:
+        return ipaddress.ip_address(ip).compressed
+    except ValueError:
+        return ip
+
+
+def _cluster_ips(service: dict[str, Any]) -> set[str]:
+    """A Service's ClusterIPs: one per family on a dual-stack cluster."""
+    return {service.get("clusterIP"), *service.get("clusterIPs", [])} - {None, "", "None"}
+
+
 def _endpoint_nodes(inventory: dict[str, Any]) -> dict[str, frozenset[str]]:
-    ips = {
-        (s["namespace"], s["name"]): s.get("clusterIP")
-        for s in inventory.get("services", [])
-        if s.get("clusterIP") not in (None, "None")
-    }
-    out: dict[str, set[str]] = {}
-    for sl in inventory.get("endpointslices", []):
-        ip = ips.get((sl.get("namespace"), sl.get("service")))
-        if ip is None:
-            continue
-        nodes = out.setdefault(ip, set())
+    nodes_of: dict[tuple[str, str], set[str]] = {}
+    for sl in inventory.get("endpointslices", []):  # one slice per address family
+        nodes = nodes_of.setdefault((sl.get("namespace", ""), sl.get("service", "")), set())
         nodes.update(e["node"] for e in sl.get("endpoints", []) if e.get("ready") and e.get("node"))
-    return {ip: frozenset(nodes) for ip, nodes in out.items() if nodes}
+    out: dict[str, frozenset[str]] = {}
+    for s in inventory.get("services", []):
+        ready = nodes_of.get((s["namespace"], s["name"]))
+        if ready:
+            out.update({_canonical(ip): frozenset(ready) for ip in _cluster_ips(s)})
+    return out

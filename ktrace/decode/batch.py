@@ -96,7 +96,7 @@ class _Decoder:
         self.src6: np.ndarray | None = None
         self.dst6: np.ndarray | None = None
         self.outers: list[_Outer] = []
-        self.quote_parts: list[tuple[np.ndarray, ...]] = []
+        self.quote_parts: list[_Quoted] = []
 
     def link_layer(self, linktypes: list[int]) -> tuple[np.ndarray, np.ndarray]:
         if len(set(linktypes)) == 1:
@@ -209,16 +209,28 @@ class _Decoder:
             )
 
     def v6_table(self) -> list[bytes]:
-        """IPv6 addresses as ids into the batch's own table."""
-        if self.src6 is None or self.dst6 is None:
+        """IPv6 addresses (of packets and of the packets ICMPv6 errors quote) as ids into the
+        batch's own table."""
+        quoted = [q for q in self.quote_parts if (q.l3 == 6).any()]
+        if (self.src6 is None or self.dst6 is None) and not quoted:
             return []
         out = self.out
         six = np.flatnonzero(out["l3"] == 6)
-        both = np.concatenate([self.src6[six], self.dst6[six]])
-        uniq, inv = np.unique(both, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        out["src"][six] = inv[: len(six)]
-        out["dst"][six] = inv[len(six) :]
+        src6, dst6 = self.src6, self.dst6
+        parts = [src6[six], dst6[six]] if src6 is not None and dst6 is not None else []
+        for q in quoted:
+            q6 = q.l3 == 6
+            parts += [q.src6[q6], q.dst6[q6]]
+        uniq, inv = np.unique(np.concatenate(parts), axis=0, return_inverse=True)
+        inv = inv.reshape(-1).astype(np.uint32)
+        at = 0
+        if src6 is not None:
+            out["src"][six], out["dst"][six] = inv[: len(six)], inv[len(six) : 2 * len(six)]
+            at = 2 * len(six)
+        for q in quoted:
+            q6 = np.flatnonzero(q.l3 == 6)
+            q.src[q6], q.dst[q6] = inv[at : at + len(q6)], inv[at + len(q6) : at + 2 * len(q6)]
+            at += 2 * len(q6)
         return [bytes(row) for row in uniq]
 
     def tunnels(self) -> list[Tunnel]:
@@ -235,9 +247,12 @@ class _Decoder:
         return list(index)
 
     def quotes(self) -> Quotes:
+        """After v6_table: the quoted IPv6 addresses are ids into the same table."""
         if not self.quote_parts:
             return Quotes.empty()
-        return Quotes(*(np.concatenate([q[k] for q in self.quote_parts]) for k in range(7)))
+        done = [q.final() for q in self.quote_parts]
+        fields = Quotes.__dataclass_fields__
+        return Quotes(*(np.concatenate([getattr(q, f) for q in done]) for f in fields))
 
 
 def decode_batch(
@@ -257,15 +272,16 @@ def decode_batch(
     return DecodedBatch(PacketColumns(**d.out), v6, tunnels, d.quotes())
 
 
-def _quoted(rows: Rows, at: np.ndarray, row_ids: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The IP + first transport bytes an ICMP error carries, IPv4 only for addresses."""
+def _quoted(rows: Rows, at: np.ndarray, row_ids: np.ndarray) -> _Quoted:
+    """The IP + first transport bytes an ICMP or ICMPv6 error carries."""
     etype = by_version(rows, at)
     ip = parse_ip(rows, at, etype)
     # The quote is cut short by design: ports are all we need from the transport header.
     sport, ok = rows.u16(ip.l4)
     dport, _ = rows.u16(ip.l4 + 2)
     ok &= ip.ok
-    return (
+    none6 = np.zeros((len(at), 16), np.uint8)
+    return _Quoted(
         row_ids.astype(np.int64),
         np.where(ok, ip.version, 0).astype(np.uint8),
         ip.proto,
@@ -273,4 +289,24 @@ def _quoted(rows: Rows, at: np.ndarray, row_ids: np.ndarray) -> tuple[np.ndarray
         ip.dst4,
         np.where(ok, sport, 0).astype(np.uint16),
         np.where(ok, dport, 0).astype(np.uint16),
+        ip.src6 if ip.src6 is not None else none6,
+        ip.dst6 if ip.dst6 is not None else none6,
     )
+
+
+@dataclass
+class _Quoted:
+    """Quotes as decoded, IPv6 addresses still as bytes until the batch's table numbers them."""
+
+    row: np.ndarray
+    l3: np.ndarray
+    proto: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    src6: np.ndarray
+    dst6: np.ndarray
+
+    def final(self) -> Quotes:
+        return Quotes(self.row, self.l3, self.proto, self.src, self.dst, self.sport, self.dport)

@@ -270,8 +270,12 @@ class IndexBuilder:
             cols.tunnel[:] = lut16[cols.tunnel]
         if len(item.quotes.row):
             q = item.quotes
+            src, dst = q.src.copy(), q.dst.copy()
+            if item.v6:  # quoted IPv6 addresses are ids into the batch's table too
+                six = q.l3 == 6
+                src[six], dst[six] = lut[src[six]], lut[dst[six]]
             self.quotes.append(
-                Quotes(q.row + self.packets, q.l3, q.proto, q.src, q.dst, q.sport, q.dport)
+                Quotes(q.row + self.packets, q.l3, q.proto, src, dst, q.sport, q.dport)
             )
         self.parts.append(cols)
         self.packets += len(cols)

@@ -163,6 +163,8 @@ def inventory(api: Api) -> dict[str, Any]:
                 "name": p["metadata"]["name"],
                 "namespace": p["metadata"]["namespace"],
                 "ip": p.get("status", {}).get("podIP", ""),
+                # dual-stack: one address per family (podIP is the first of them)
+                "ips": [a["ip"] for a in p.get("status", {}).get("podIPs") or [] if a.get("ip")],
                 "node": p.get("spec", {}).get("nodeName", ""),
                 "labels": p["metadata"].get("labels") or {},
                 "hostNetwork": bool(p.get("spec", {}).get("hostNetwork")),
@@ -175,6 +177,7 @@ def inventory(api: Api) -> dict[str, Any]:
                 "name": s["metadata"]["name"],
                 "namespace": s["metadata"]["namespace"],
                 "clusterIP": s.get("spec", {}).get("clusterIP", ""),
+                "clusterIPs": s.get("spec", {}).get("clusterIPs") or [],
                 "ports": [
                     {
                         "name": p.get("name", ""),

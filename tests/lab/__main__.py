@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tests.lab.lab import FAULTS, Lab, LabError, all_prefixes
-from tests.lab.record import SCENARIOS, describe, record
+from tests.lab.record import SCENARIOS, describe, record, scenarios_for
 from tests.lab.topology import DEFAULT_SHAPE, SHAPES
 
 SHAPE_HELP = "how packets move between pods: " + "; ".join(
@@ -79,9 +79,9 @@ def main() -> int:
         elif args.command == "fault":
             running(args.prefix).fault(args.name, args.state == "on")
         elif args.command == "record":
-            names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
             own = not all_prefixes() and not args.prefix
             lab = Lab(shape=args.shape).up() if own else running(args.prefix)
+            names = scenarios_for(lab) if args.scenario == "all" else [args.scenario]
             try:
                 for name in names:
                     out = args.dir / name if args.scenario == "all" else args.dir

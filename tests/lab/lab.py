@@ -7,9 +7,7 @@ so `down` can clean up after a crash, and `down` with no prefix removes every la
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -21,6 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from tests.lab import proxy
 from tests.lab import topology as topo
 
 STATE_ROOT = Path("/run/ktrace-lab")
@@ -75,12 +74,6 @@ def unavailable() -> str | None:
         return f"cannot create network namespaces here: {exc}"
     _sh("ip", "netns", "del", name, check=False)
     return None
-
-
-def _chain(kind: str, text: str) -> str:
-    """kube-proxy's chain names: a prefix and 16 base32 characters of a hash."""
-    digest = base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
-    return f"{kind}-{digest[:16]}"
 
 
 class Lab:
@@ -181,6 +174,8 @@ class Lab:
         self._netns("underlay")
         self.exec("underlay", "ip", "link", "add", "br0", "type", "bridge")
         self.exec("underlay", "ip", "addr", "add", f"{topo.UNDERLAY_GW}/16", "dev", "br0")
+        if self.shape.dual_stack:
+            self._v6_addr("underlay", "br0", f"{topo.v6(topo.UNDERLAY_GW)}/64")
         self.exec("underlay", "ip", "link", "set", "br0", "up")
         self._netns("upstream")
         self._underlay_port("upstream", topo.UPSTREAM_DNS)
@@ -198,8 +193,16 @@ class Lab:
         self._no_offloads("underlay", port)
         self._no_offloads(ns, "eth0")
         self.exec(ns, "ip", "addr", "add", f"{ip}/16", "dev", "eth0")
+        if self.shape.dual_stack:
+            self._v6_addr(ns, "eth0", f"{topo.v6(ip)}/64")
         self.exec(ns, "ip", "link", "set", "eth0", "up")
         self.exec(ns, "ip", "route", "add", "default", "via", topo.UNDERLAY_GW)
+        if self.shape.dual_stack:
+            self.exec(ns, "ip", "-6", "route", "add", "default", "via", topo.v6(topo.UNDERLAY_GW))
+
+    def _v6_addr(self, ns: str, dev: str, cidr: str) -> None:
+        # nodad: usable at once, not after a second of duplicate detection
+        self.exec(ns, "ip", "-6", "addr", "add", cidr, "dev", dev, "nodad")
 
     def _no_offloads(self, ns: str, dev: str) -> None:
         """One packet on the wire, one packet in the capture: without this, veth TSO/GRO hand
@@ -216,9 +219,13 @@ class Lab:
             ("net.ipv4.conf.all.rp_filter", "0"),
         ):
             self.exec(name, "sysctl", "-qw", f"{key}={value}")
+        if self.shape.dual_stack:
+            self.exec(name, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         if self.shape.bridge:
             self.exec(name, "ip", "link", "add", "cni0", "type", "bridge")
             self.exec(name, "ip", "addr", "add", f"{node.gateway}/24", "dev", "cni0")
+            if self.shape.dual_stack:
+                self._v6_addr(name, "cni0", f"{topo.v6(node.gateway)}/64")
             self.exec(name, "ip", "link", "set", "cni0", "mtu", str(topo.FLANNEL_MTU), "up")
         if self.shape.overlay:
             self._vxlan(node)
@@ -269,6 +276,9 @@ class Lab:
             n = node.name
             if not self.shape.overlay:
                 self.exec(n, "ip", "route", "add", peer.pod_cidr, "via", peer.ip, "dev", "eth0")
+                if self.shape.dual_stack:
+                    cidr, via = topo.v6_cidr(peer.pod_cidr), topo.v6(peer.ip)
+                    self.exec(n, "ip", "-6", "route", "add", cidr, "via", via, "dev", "eth0")
                 continue
             self.exec(
                 n,
@@ -316,6 +326,10 @@ class Lab:
         if self.shape.bridge:
             self.exec(pod.name, "ip", "addr", "add", f"{pod.ip}/24", "dev", "eth0")
             self.exec(pod.name, "ip", "route", "add", "default", "via", node.gateway)
+            if self.shape.dual_stack:
+                self._v6_addr(pod.name, "eth0", f"{topo.v6(pod.ip)}/64")
+                gw6 = topo.v6(node.gateway)
+                self.exec(pod.name, "ip", "-6", "route", "add", "default", "via", gw6)
         else:
             gw = topo.LINK_LOCAL_GW
             self.exec(pod.name, "ip", "addr", "add", f"{pod.ip}/32", "dev", "eth0")
@@ -326,93 +340,15 @@ class Lab:
         (etc / "resolv.conf").write_text(topo.CLIENT_RESOLV)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{pod.ip} {pod.name}\n")
 
-    def iptables_rules(self, node: topo.Node, faults: tuple[str, ...] = ()) -> str:
-        if "kube-proxy-down" in faults and node.name == topo.pod("client").node:
-            # kube-proxy is not running on the client's node: only flannel's rules remain
-            return (
-                "*nat\n-A POSTROUTING -s 10.244.0.0/16 -d 10.244.0.0/16 -j RETURN\n"
-                "-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE "
-                "--random-fully\nCOMMIT\n*filter\nCOMMIT\n"
-            )
-        """The node's ruleset in iptables-save form, laid out as kube-proxy (iptables mode) and
-        flannel write it. Endpoint selection is round-robin (statistic nth) instead of
-        kube-proxy's random, so that tests know which pod a connection reaches."""
-        nat = [
-            ":KUBE-SERVICES - [0:0]",
-            ":KUBE-POSTROUTING - [0:0]",
-            ":KUBE-MARK-MASQ - [0:0]",
-            '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-            '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-            '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" '
-            "-j KUBE-POSTROUTING",
-            "-A POSTROUTING -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "
-            '"flanneld masq" -j RETURN',
-            "-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "
-            '"flanneld masq" -j MASQUERADE --random-fully',
-            "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
-            "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
-            "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
-            '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring '
-            'SNAT" -j MASQUERADE --random-fully',
-        ]
-        filt = [
-            ":KUBE-SERVICES - [0:0]",
-            '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service '
-            'portals" -j KUBE-SERVICES',
-            '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service '
-            'portals" -j KUBE-SERVICES',
-        ]
-        for svc in topo.SERVICES:
-            for port in svc.ports:
-                proto = port.protocol.lower()
-                label = f"{svc.namespace}/{svc.name}:{port.name}"
-                gone = svc.name == "web" and "no-endpoints" in faults
-                eps = [] if gone else topo.endpoints(svc)
-                if not eps:
-                    filt.append(
-                        f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m "
-                        f'comment --comment "{label} has no endpoints" -m {proto} '
-                        f"--dport {port.port} -j REJECT --reject-with "
-                        "icmp-port-unreachable"
-                    )
-                    continue
-                svc_chain = _chain("KUBE-SVC", label + proto)
-                nat.insert(0, f":{svc_chain} - [0:0]")
-                nat.append(
-                    f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m comment "
-                    f'--comment "{label} cluster IP" -m {proto} --dport {port.port} '
-                    f"-j {svc_chain}"
-                )
-                for i, ep in enumerate(eps):
-                    sep = _chain("KUBE-SEP", label + proto + ep.ip)
-                    nat.insert(0, f":{sep} - [0:0]")
-                    rest = len(eps) - i
-                    pick = f"-m statistic --mode nth --every {rest} --packet 0 " if rest > 1 else ""
-                    nat.append(
-                        f'-A {svc_chain} -m comment --comment "{label} -> '
-                        f'{ep.ip}:{port.target}" {pick}-j {sep}'
-                    )
-                    nat.append(
-                        f'-A {sep} -s {ep.ip}/32 -m comment --comment "{label}" -j KUBE-MARK-MASQ'
-                    )
-                    nat.append(
-                        f'-A {sep} -p {proto} -m comment --comment "{label}" -m '
-                        f"{proto} -j DNAT --to-destination {ep.ip}:{port.target}"
-                    )
-        if "policy-drop" in faults and node.name == topo.pod("web-2").node:
-            client, web2 = topo.pod("client"), topo.pod("web-2")
-            filt.insert(
-                0,
-                f"-I FORWARD -s {client.ip}/32 -d {web2.ip}/32 -p tcp -m tcp "
-                '--dport 80 -m comment --comment "lab: NetworkPolicy denies '
-                'client to web" -j DROP',
-            )
-        return "*nat\n" + "\n".join(nat) + "\nCOMMIT\n*filter\n" + "\n".join(filt) + "\nCOMMIT\n"
-
     def _iptables(self, node: topo.Node) -> None:
         """(Re)load the node's whole ruleset; reloading also restarts the round-robin."""
-        rules = self.iptables_rules(node, tuple(self.faults()))
-        self.exec(node.name, "iptables-restore", stdin=rules)
+        faults = tuple(self.faults())
+        nft = self.shape.proxy == "nftables"
+        self.exec(node.name, "iptables-restore", stdin=proxy.iptables_rules(node, faults, not nft))
+        if self.shape.dual_stack:
+            self.exec(node.name, "ip6tables-restore", stdin=proxy.ip6tables_rules(node, faults))
+        if nft:
+            self.exec(node.name, "nft", "-f", "-", stdin=proxy.nft_rules(node, faults))
 
     # --- processes ----------------------------------------------------------------------------
     def _spawn(
@@ -439,6 +375,7 @@ class Lab:
         py = sys.executable
         # web-2 also runs a TCP server that accepts and never reads: a stalled application
         self._spawn("web-2", [py, "-c", SINK], "stalled-app", ready="ready")
+        bind = "::" if self.shape.dual_stack else "0.0.0.0"  # "::" serves both families
         for web in ("web-1", "web-2"):
             root = self.state / web
             root.mkdir(exist_ok=True)
@@ -446,12 +383,14 @@ class Lab:
             (root / "big.bin").write_bytes(os.urandom(100_000))
             self._spawn(
                 web,
-                [py, "-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", str(root)],
+                [py, "-m", "http.server", "80", "--bind", bind, "--directory", str(root)],
                 web,
             )
         coredns = topo.pod("coredns")
+        six = self.shape.dual_stack
         records = [
             f"--host-record={s.name}.{s.namespace}.svc.cluster.local,{s.cluster_ip}"
+            + (f",{topo.v6(s.cluster_ip)}" if six else "")
             for s in topo.SERVICES
         ]
         records += [
@@ -625,6 +564,7 @@ class Lab:
         return {
             "prefix": self.prefix,
             "shape": self.shape.name,
+            "proxy": self.shape.proxy,
             "namespaces": {
                 "underlay": self.ns("underlay"),
                 "upstream": self.ns("upstream"),

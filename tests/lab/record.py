@@ -53,6 +53,7 @@ class Scenario:
     faults: tuple[str, ...]
     code: str
     shows: str
+    ipv6: bool = False  # needs a dual-stack shape
 
 
 def resolve(*names: str) -> str:
@@ -64,7 +65,7 @@ def fetch(*paths: str, timeout: float = 3, host: str = "web") -> str:
 
 
 STALL = """
-import socket
+import socket, struct
 s = socket.create_connection(("10.244.1.2", 8080), timeout=3)
 s.settimeout(3)
 sent = 0
@@ -73,6 +74,10 @@ try:
         sent += s.send(b"x" * 65536)
 except OSError as exc:
     print(f"send stalled after {sent} bytes ({exc})")
+# abort (RST) rather than close: an orphaned socket with unsent data would go on probing the
+# zero window into the scenarios recorded after this one
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
 """
 REFUSED = """
 import socket
@@ -160,8 +165,29 @@ SCENARIOS = {
             REFUSED,
             "the client connects to a port of web-2 where nothing listens: RST",
         ),
+        Scenario(
+            "healthy-v6",
+            (),
+            fetch("/", "/", host=f"[{topo.v6(topo.SERVICES[1].cluster_ip)}]"),
+            "two HTTP calls to web's IPv6 ClusterIP: DNAT-ed by ip6tables to web-1, then to "
+            "web-2 on the other node",
+            ipv6=True,
+        ),
+        Scenario(
+            "policy-drop-v6",
+            ("policy-drop",),
+            fetch("/", "/", host=f"[{topo.v6(topo.SERVICES[1].cluster_ip)}]"),
+            "the NetworkPolicy-style DROP on node-b for IPv6: the call to web-1 works, the SYN "
+            "to web-2 reaches node-b and never web-2",
+            ipv6=True,
+        ),
     )
 }
+
+
+def scenarios_for(lab: Lab) -> list[str]:
+    """The scenarios this lab can run: the IPv6 ones only on a dual-stack shape."""
+    return [n for n, s in SCENARIOS.items() if lab.shape.dual_stack or not s.ipv6]
 
 
 @dataclass(frozen=True)
@@ -251,6 +277,7 @@ def node_metadata(lab: Lab, bundle: Path) -> None:
             ("ip-neigh", ["ip", "neigh"]),
             ("bridge-fdb", ["bridge", "fdb", "show"]),
             ("iptables-save", ["iptables-save"]),
+            ("nft-ruleset", ["nft", "list", "ruleset"]),
             ("conntrack", ["conntrack", "-L", "-o", "extended"]),
         ):
             path = bundle / "nodes" / node.name / f"{name}.txt"
@@ -263,6 +290,8 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
         spec = SCENARIOS[scenario]
     except KeyError:
         raise LabError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}") from None
+    if spec.ipv6 and not lab.shape.dual_stack:
+        raise LabError(f"{scenario} needs a dual-stack lab: --shape native")
     if bundle.exists():
         shutil.rmtree(bundle)
     bundle.mkdir(parents=True, mode=0o700)
@@ -299,11 +328,12 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
         target="pod/client",
     )
     write_manifest(bundle, manifest)
-    write_json(bundle / "inventory.json", topo.inventory())
+    write_json(bundle / "inventory.json", topo.inventory(lab.shape.dual_stack))
     write_json(
         bundle / "scenario.json",
         {
             "scenario": spec.name,
+            "shape": lab.shape.name,
             "faults": list(spec.faults),
             "shows": spec.shows,
             "client_output": output.splitlines(),

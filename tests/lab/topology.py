@@ -6,6 +6,7 @@ pod CIDRs 10.244.N.0/24, Services in 10.96.0.0/12, flannel's VXLAN (VNI 1, UDP 8
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass, field
 
 UNDERLAY = "172.18.0.0/16"
@@ -25,26 +26,31 @@ class Shape:
     name: str
     bridge: bool  # pods' host-side veths on a cni0 bridge (else routed /32 veths, proxy ARP)
     overlay: bool  # flannel-style VXLAN between nodes (else pod CIDRs routed on the underlay)
+    proxy: str  # kube-proxy's mode: iptables | nftables
     about: str
+    dual_stack: bool = False  # pods, Services and nodes have IPv6 addresses too
 
 
 SHAPES = {
     s.name: s
     for s in (
-        Shape("flannel", True, True, "cni0 bridge, VXLAN overlay (flannel, kind)"),
+        Shape("flannel", True, True, "iptables", "cni0 bridge, VXLAN overlay (flannel, kind)"),
         Shape(
             "routed",
             False,
             True,
+            "nftables",
             "routed /32 veths with proxy ARP and a link-local gateway, VXLAN between nodes "
-            "(Calico and Cilium style)",
+            "(Calico and Cilium style), kube-proxy in nftables mode",
         ),
         Shape(
             "native",
             True,
             False,
+            "iptables",
             "cni0 bridge, pod CIDRs routed between nodes on the underlay, no overlay "
-            "(VPC-native and native-routing style)",
+            "(VPC-native and native-routing style), dual-stack (IPv6 pods and Services)",
+            dual_stack=True,
         ),
     )
 }
@@ -128,6 +134,19 @@ UPSTREAM_ZONE = {
 }
 
 
+def v6(ip: str) -> str:
+    """The dual-stack shape's IPv6 twin of an IPv4 address: 10.244.1.2 -> fd00:10:244:1::2,
+    10.96.0.20 -> fd00:10:96::20, 172.18.0.3 -> fd00:172:18::3."""
+    a, b, c, d = ip.split(".")
+    text = f"fd00:{a}:{b}:{c}::{d}" if a == "10" and b == "244" else f"fd00:{a}:{b}::{d}"
+    return ipaddress.IPv6Address(text).compressed
+
+
+def v6_cidr(pod_cidr: str) -> str:
+    a, b, c, _ = pod_cidr.split("/")[0].split(".")
+    return str(ipaddress.IPv6Network(f"fd00:{a}:{b}:{c}::/64"))
+
+
 def node(name: str) -> Node:
     return next(n for n in NODES if n.name == name)
 
@@ -140,8 +159,12 @@ def endpoints(service: Service) -> list[Pod]:
     return [p for p in PODS if all(p.labels.get(k) == v for k, v in service.selector.items())]
 
 
-def inventory() -> dict[str, object]:
+def inventory(dual_stack: bool = False) -> dict[str, object]:
     """Pods, Services, endpoint slices and nodes, as a bundle's inventory.json holds them."""
+
+    def both(ip: str) -> list[str]:
+        return [ip, v6(ip)] if dual_stack else [ip]
+
     return {
         "nodes": [{"name": n.name, "internalIP": n.ip, "podCIDR": n.pod_cidr} for n in NODES],
         "pods": [
@@ -149,6 +172,7 @@ def inventory() -> dict[str, object]:
                 "name": p.name,
                 "namespace": p.namespace,
                 "ip": p.ip,
+                "ips": both(p.ip),
                 "node": p.node,
                 "labels": p.labels,
                 "hostNetwork": False,
@@ -160,6 +184,7 @@ def inventory() -> dict[str, object]:
                 "name": s.name,
                 "namespace": s.namespace,
                 "clusterIP": s.cluster_ip,
+                "clusterIPs": both(s.cluster_ip),
                 "ports": [asdict(p) for p in s.ports],
             }
             for s in SERVICES
@@ -169,10 +194,12 @@ def inventory() -> dict[str, object]:
                 "service": s.name,
                 "namespace": s.namespace,
                 "endpoints": [
-                    {"ip": p.ip, "pod": p.name, "node": p.node, "ready": True} for p in endpoints(s)
+                    {"ip": both(p.ip)[family], "pod": p.name, "node": p.node, "ready": True}
+                    for p in endpoints(s)
                 ],
                 "ports": [asdict(p) for p in s.ports],
             }
             for s in SERVICES
+            for family in range(2 if dual_stack else 1)  # a slice per address family
         ],
     }

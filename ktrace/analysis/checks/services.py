@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 
 import numpy as np
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
+from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import ACK, RST, SYN, TCP
 from ktrace.model import Finding, Severity
 
-PORT_UNREACHABLE = (3 << 8) | 3
+# (protocol of the error, type << 8 | code): ICMP and ICMPv6 "port unreachable"
+PORT_UNREACHABLE = {(1, (3 << 8) | 3), (58, (1 << 8) | 4)}
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
@@ -19,20 +26,28 @@ def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
     c, q = index.columns, index.quotes
     rejected: dict[str, list[int]] = {}
     for k, row in enumerate(q.row.tolist()):
-        if int(c.seq[row]) != PORT_UNREACHABLE or int(q.proto[k]) != TCP:
+        if (int(c.proto[row]), int(c.seq[row])) not in PORT_UNREACHABLE or int(q.proto[k]) != TCP:
             continue
-        dst = f"{index.address(4, int(q.dst[k]))}:{int(q.dport[k])}"
-        if names.by_ip and not names.is_service(dst.rsplit(":", 1)[0]):
+        ip = index.address(int(q.l3[k]), int(q.dst[k]))
+        if names.by_ip and not names.is_service(ip):
             continue
-        rejected.setdefault(dst, []).append(row)
+        rejected.setdefault(_endpoint(ip, int(q.dport[k])), []).append(row)
     # kube-proxy in nftables/IPVS modes, and some CNIs, answer with a RST instead
     syn_rst = np.flatnonzero((c.proto == TCP) & ((c.tcp_flags & RST) != 0))
     for row in syn_rst.tolist():
         src = index.address(int(c.l3[row]), int(c.src[row]))
         if names.is_service(src) and int(c.tcp_flags[row]) & ACK:
-            rejected.setdefault(f"{src}:{int(c.sport[row])}", []).append(row)
+            rejected.setdefault(_endpoint(src, int(c.sport[row])), []).append(row)
+    # one Service, one finding: its ClusterIPs of both families together
+    by_service: dict[str, tuple[list[str], list[int]]] = {}
     for dst, rows in sorted(rejected.items()):
-        named = names.get(dst.rsplit(":", 1)[0])
+        named = names.get(dst.rsplit(":", 1)[0].strip("[]"))
+        addresses, all_rows = by_service.setdefault(named.name if named else dst, ([], []))
+        addresses.append(dst)
+        all_rows.extend(rows)
+    for addresses, rows in by_service.values():
+        dst = ", ".join(addresses)
+        named = names.get(addresses[0].rsplit(":", 1)[0].strip("[]"))
         what = f"Service {named.name} ({dst})" if named else dst
         yield Finding(
             id="svc.no-endpoints",
@@ -65,19 +80,15 @@ def run_nat_missing(analysis: Analysis) -> Iterator[Finding]:
         return
     c = index.columns
     on_wire = np.array([p.kind in ("node", "tunnel") for p in index.points], bool)
-    values = {
-        int.from_bytes(bytes(int(x) for x in ip.split(".")), "big")
-        for ip in vips
-        if ip.count(".") == 3
-    }
-    hits = np.flatnonzero(
-        (c.l3 == 4) & np.isin(c.dst, list(values)) & (on_wire[c.point] | (c.tunnel > 0))
-    )
+    to_vip = np.zeros(len(c), bool)
+    for family, values in _column_values(index, vips).items():
+        to_vip |= (c.l3 == family) & np.isin(c.dst, list(values))
+    hits = np.flatnonzero(to_vip & (on_wire[c.point] | (c.tunnel > 0)))
     if not len(hits):
         return
     by_vip: dict[str, list[int]] = {}
     for row in hits.tolist():
-        by_vip.setdefault(index.address(4, int(c.dst[row])), []).append(row)
+        by_vip.setdefault(index.address(int(c.l3[row]), int(c.dst[row])), []).append(row)
     for vip, rows in sorted(by_vip.items()):
         points = sorted({index.points[int(c.point[r])].id for r in rows})
         syns = sum(1 for r in rows if int(c.tcp_flags[r]) & (SYN | ACK) == SYN)
@@ -98,6 +109,19 @@ def run_nat_missing(analysis: Analysis) -> Iterator[Finding]:
             ),
             evidence=tuple(index.ref(r) for r in rows[:MAX_EVIDENCE]),
         )
+
+
+def _column_values(index: PacketIndex, ips: set[str]) -> dict[int, set[int]]:
+    """Addresses as the index's address columns hold them, per family (IPv6: table ids)."""
+    v6_ids = {a: k for k, a in enumerate(index.v6)}
+    out: dict[int, set[int]] = {4: set(), 6: set()}
+    for ip in ips:
+        addr = ipaddress.ip_address(ip)
+        if addr.version == 4:
+            out[4].add(int(addr))
+        elif addr.packed in v6_ids:
+            out[6].add(v6_ids[addr.packed])
+    return out
 
 
 NO_ENDPOINTS = FunctionCheck("svc.no-endpoints", run_no_endpoints)
