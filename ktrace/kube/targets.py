@@ -136,6 +136,19 @@ def _running(pods: list[Pod], label: str) -> list[Pod]:
     return pods
 
 
+def _pod_entry(p: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": p["metadata"]["name"],
+        "namespace": p["metadata"]["namespace"],
+        "ip": p.get("status", {}).get("podIP", ""),
+        # dual-stack: one address per family (podIP is the first of them)
+        "ips": [a["ip"] for a in p.get("status", {}).get("podIPs") or [] if a.get("ip")],
+        "node": p.get("spec", {}).get("nodeName", ""),
+        "labels": p["metadata"].get("labels") or {},
+        "hostNetwork": bool(p.get("spec", {}).get("hostNetwork")),
+    }
+
+
 def inventory(api: Api) -> dict[str, Any]:
     """Pods, Services, endpoint slices and nodes across namespaces, as names for addresses."""
     pods = api.call(api.core.list_pod_for_all_namespaces)["items"]
@@ -158,20 +171,7 @@ def inventory(api: Api) -> dict[str, Any]:
             }
             for n in nodes
         ],
-        "pods": [
-            {
-                "name": p["metadata"]["name"],
-                "namespace": p["metadata"]["namespace"],
-                "ip": p.get("status", {}).get("podIP", ""),
-                # dual-stack: one address per family (podIP is the first of them)
-                "ips": [a["ip"] for a in p.get("status", {}).get("podIPs") or [] if a.get("ip")],
-                "node": p.get("spec", {}).get("nodeName", ""),
-                "labels": p["metadata"].get("labels") or {},
-                "hostNetwork": bool(p.get("spec", {}).get("hostNetwork")),
-            }
-            for p in pods
-            if p.get("status", {}).get("podIP")
-        ],
+        "pods": [_pod_entry(p) for p in pods if p.get("status", {}).get("podIP")],
         "services": [
             {
                 "name": s["metadata"]["name"],
