@@ -221,8 +221,7 @@ class _Decoder:
         for q in quoted:
             q6 = q.l3 == 6
             parts += [q.src6[q6], q.dst6[q6]]
-        uniq, inv = np.unique(np.concatenate(parts), axis=0, return_inverse=True)
-        inv = inv.reshape(-1).astype(np.uint32)
+        uniq, inv = unique_rows(np.concatenate(parts))
         at = 0
         if src6 is not None:
             out["src"][six], out["dst"][six] = inv[: len(six)], inv[len(six) : 2 * len(six)]
@@ -253,6 +252,19 @@ class _Decoder:
         done = [q.final() for q in self.quote_parts]
         fields = Quotes.__dataclass_fields__
         return Quotes(*(np.concatenate([getattr(q, f) for q in done]) for f in fields))
+
+
+def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(a, axis=0, return_inverse=True) for (n, 16) uint8 addresses, as two 64-bit
+    keys: several times faster than unique over rows."""
+    halves = np.ascontiguousarray(a).view(np.uint64).reshape(-1, 2)
+    order = np.lexsort((halves[:, 1], halves[:, 0]))
+    sorted_halves = halves[order]
+    new = np.r_[True, np.any(sorted_halves[1:] != sorted_halves[:-1], axis=1)]
+    ids = np.cumsum(new) - 1
+    inv = np.empty(len(a), np.uint32)
+    inv[order] = ids
+    return a[order[new]], inv
 
 
 def decode_batch(
