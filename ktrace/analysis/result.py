@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from enum import Enum, IntEnum
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 
@@ -348,16 +348,31 @@ class Result:
         }
 
 
+SCALARS = (str, int, float, bool, type(None))
+
+
+@cache
+def _layout(cls: type) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """A row class's fields as JSON shows them: (attribute, JSON name, fields to drop)."""
+    return tuple(
+        (f.name, f.metadata.get("json", f.name), f.metadata.get("drop", ()))
+        for f in fields(cls)
+        if f.metadata.get("json", f.name) is not None
+    )
+
+
 def plain(value: object, drop: tuple[str, ...] = ()) -> object:
     """JSON-ready data from rows: a field's metadata may rename it ("json": name), keep it out
     ("json": None) or drop fields of the row it holds ("drop")."""
+    kind = type(value)
+    if kind in SCALARS:  # most of a large result: answered before any other test
+        return value
     if is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, object] = {}
-        for f in fields(value):
-            name = f.metadata.get("json", f.name)
-            if name is not None and f.name not in drop:
-                out[name] = plain(getattr(value, f.name), f.metadata.get("drop", ()))
-        return out
+        return {
+            name: plain(getattr(value, attr), inner)
+            for attr, name, inner in _layout(type(value))
+            if attr not in drop
+        }
     if isinstance(value, IntEnum):
         return value.name.lower()
     if isinstance(value, Enum):
