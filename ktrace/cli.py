@@ -19,6 +19,7 @@ from ktrace import __version__
 from ktrace.errors import ExitStatus, KtraceError, UsageError
 
 if TYPE_CHECKING:
+    from ktrace.analysis.result import Result
     from ktrace.kube.api import KubeFlags
 
 
@@ -28,10 +29,9 @@ def _prog() -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ktrace.analysis.pipeline import analyze
     from ktrace.report.text import render_report
 
-    result = analyze(args.inputs)
+    result = _analyze_with_progress(args.inputs, quiet=args.quiet)
     if args.output == "json":
         # one C-encoded string, one write: indenting (pure-Python encoder) and json.dump's
         # small writes cost seconds on a large capture; jq -C indents for a human
@@ -41,6 +41,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"{_prog()}: warning: {warning}", file=sys.stderr)
     return ExitStatus.OK
+
+
+def _analyze_with_progress(inputs: list[Path], quiet: bool) -> Result:
+    """The pipeline drained, with a progress line on a terminal's stderr past a second."""
+    from ktrace.analysis.pipeline import Analyzed, run_pipeline
+    from ktrace.bundle.inputs import read_inputs
+    from ktrace.report.progress import ProgressLine
+
+    found = read_inputs(inputs)
+    line = None if quiet or not sys.stderr.isatty() else ProgressLine(sys.stderr, found.files)
+    try:
+        for step in run_pipeline(found):
+            if isinstance(step, Analyzed):
+                return step.result
+            if line is not None:
+                line.step(step)
+    finally:
+        if line is not None:
+            line.close()
+    raise AssertionError("the pipeline ends with its result")
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -158,6 +178,12 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--json", dest="output", action="store_const", const="json", help="same as -o json"
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress line on stderr (it shows only on a terminal, after a second)",
     )
     p.add_argument(
         "--limit",

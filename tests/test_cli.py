@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ktrace.report.table import human_size
 from tests.helpers import PCAPS, answer, query, tcp_session, udp
 
 Make = Callable[..., Path]
@@ -211,3 +212,33 @@ def test_an_unreachable_api_server_is_one_sentence(tmp_path: Path) -> None:
         "ktrace: error: cannot reach the API server at https://127.0.0.1:1: connection refused "
         "(check --context and --kubeconfig)\n"
     )
+
+
+def test_progress_line_on_a_terminal(make_pcap: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from ktrace.analysis.pipeline import run_pipeline
+    from ktrace.bundle.inputs import read_inputs
+    from ktrace.report import progress
+
+    monkeypatch.setattr(progress, "QUIET_FOR_S", 0.0)
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    path = make_pcap(tcp_session() * 50)
+    found = read_inputs([path])
+    out = io.StringIO()
+    line = progress.ProgressLine(out, found.files)
+    for step in run_pipeline(found):
+        line.step(step)
+        if line.timer is not None:
+            line.timer.join(5)  # the analysing line is written from a timer
+    line.close()
+    text = out.getvalue()
+    size = human_size(path.stat().st_size)
+    assert f"\rreading {path.name}: {size} of {size}, 400 packets" in text
+    assert "\ranalysing 400 packets…" in text
+    assert text.endswith("\r")  # the line is wiped at the end
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(make_pcap: Make) -> None:
+    out = run("analyze", str(make_pcap(tcp_session())))
+    assert out.returncode == 0 and out.stderr == ""
