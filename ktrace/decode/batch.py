@@ -211,7 +211,7 @@ class _Decoder:
     def v6_table(self) -> list[bytes]:
         """IPv6 addresses (of packets and of the packets ICMPv6 errors quote) as ids into the
         batch's own table."""
-        quoted = [q for q in self.quote_parts if (q.l3 == 6).any()]
+        quoted = [q for q in self.quote_parts if (q.quotes.l3 == 6).any()]
         if (self.src6 is None or self.dst6 is None) and not quoted:
             return []
         out = self.out
@@ -219,7 +219,7 @@ class _Decoder:
         src6, dst6 = self.src6, self.dst6
         parts = [src6[six], dst6[six]] if src6 is not None and dst6 is not None else []
         for q in quoted:
-            q6 = q.l3 == 6
+            q6 = q.quotes.l3 == 6
             parts += [q.src6[q6], q.dst6[q6]]
         uniq, inv = unique_rows(np.concatenate(parts))
         at = 0
@@ -227,8 +227,9 @@ class _Decoder:
             out["src"][six], out["dst"][six] = inv[: len(six)], inv[len(six) : 2 * len(six)]
             at = 2 * len(six)
         for q in quoted:
-            q6 = np.flatnonzero(q.l3 == 6)
-            q.src[q6], q.dst[q6] = inv[at : at + len(q6)], inv[at + len(q6) : at + 2 * len(q6)]
+            q6 = np.flatnonzero(q.quotes.l3 == 6)
+            q.quotes.src[q6] = inv[at : at + len(q6)]
+            q.quotes.dst[q6] = inv[at + len(q6) : at + 2 * len(q6)]
             at += 2 * len(q6)
         return [bytes(row) for row in uniq]
 
@@ -249,7 +250,7 @@ class _Decoder:
         """After v6_table: the quoted IPv6 addresses are ids into the same table."""
         if not self.quote_parts:
             return Quotes.empty()
-        done = [q.final() for q in self.quote_parts]
+        done = [q.quotes for q in self.quote_parts]
         fields = Quotes.__dataclass_fields__
         return Quotes(*(np.concatenate([getattr(q, f) for q in done]) for f in fields))
 
@@ -293,7 +294,7 @@ def _quoted(rows: Rows, at: np.ndarray, row_ids: np.ndarray) -> _Quoted:
     dport, _ = rows.u16(ip.l4 + 2)
     ok &= ip.ok
     none6 = np.zeros((len(at), 16), np.uint8)
-    return _Quoted(
+    quotes = Quotes(
         row_ids.astype(np.int64),
         np.where(ok, ip.version, 0).astype(np.uint8),
         ip.proto,
@@ -301,24 +302,19 @@ def _quoted(rows: Rows, at: np.ndarray, row_ids: np.ndarray) -> _Quoted:
         ip.dst4,
         np.where(ok, sport, 0).astype(np.uint16),
         np.where(ok, dport, 0).astype(np.uint16),
+    )
+    return _Quoted(
+        quotes,
         ip.src6 if ip.src6 is not None else none6,
         ip.dst6 if ip.dst6 is not None else none6,
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Quoted:
-    """Quotes as decoded, IPv6 addresses still as bytes until the batch's table numbers them."""
+    """Quotes as decoded: their IPv6 addresses stay bytes until the batch's table numbers
+    them (into the quotes' src/dst)."""
 
-    row: np.ndarray
-    l3: np.ndarray
-    proto: np.ndarray
-    src: np.ndarray
-    dst: np.ndarray
-    sport: np.ndarray
-    dport: np.ndarray
+    quotes: Quotes
     src6: np.ndarray
     dst6: np.ndarray
-
-    def final(self) -> Quotes:
-        return Quotes(self.row, self.l3, self.proto, self.src, self.dst, self.sport, self.dport)
