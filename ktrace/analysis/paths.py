@@ -75,12 +75,21 @@ def _cross_node_points(index: PacketIndex, flows: FlowTable, names: Names) -> se
     are expected (a NIC that does, an overlay device that does)."""
     if not names.by_ip:
         return set()
-    cross = np.zeros(len(flows), bool)
-    for k in range(len(flows)):
-        l3 = int(flows.l3[k])
-        a = names.node_of(index.address(l3, int(flows.a_addr[k])))
-        b = names.node_of(index.address(l3, int(flows.b_addr[k])))
-        cross[k] = a is not None and b is not None and a != b
+    # a node number per distinct address (0: not a pod of a known node), then per flow end
+    keys = np.concatenate([flows.a_addr, flows.b_addr]).astype(np.int64) * 8 + np.concatenate(
+        [flows.l3, flows.l3]
+    )
+    uniq, inv = np.unique(keys, return_inverse=True)
+    node_ids: dict[str, int] = {}
+    node_of = np.array(
+        [
+            node_ids.setdefault(node, len(node_ids) + 1) if node else 0
+            for node in (names.node_of(index.address(int(k % 8), int(k // 8))) for k in uniq)
+        ],
+        np.int64,
+    )[inv.reshape(-1)]
+    a, b = node_of[: len(flows)], node_of[len(flows) :]
+    cross = (a > 0) & (b > 0) & (a != b)
     rows = np.flatnonzero(flows.flow >= 0)
     rows = rows[cross[flows.flow[rows]]]
     return set(np.unique(index.columns.point[rows]).tolist())

@@ -105,9 +105,10 @@ def split_identities(
         return ident
     out = ident.copy()
     fresh = int(ident.max()) + 1
+    sorted_ident = ident[order]  # `order`: by identity, then time
     for identity in np.unique(ident[bad]).tolist():
-        members = np.flatnonzero(ident == identity)
-        members = members[np.argsort(ts[members], kind="stable")]
+        lo, hi = np.searchsorted(sorted_ident, [identity, identity + 1])
+        members = order[lo:hi]
         groups: list[tuple[int, int]] = []  # (reference element, identity)
         for m in members.tolist():
             pair = np.array([m])
