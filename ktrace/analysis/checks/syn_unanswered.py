@@ -95,13 +95,19 @@ def _unanswered(analysis: Analysis) -> Iterator[tuple[int, np.ndarray]]:
 def _groups(analysis: Analysis) -> list[_Unanswered]:
     f = analysis.flows
     c = analysis.index.columns
-    syn_rows = np.flatnonzero((c.tcp_flags & (SYN | ACK)) == SYN)
+    conv, when = analysis.correlation.conv, analysis.correlation.when
+    syn_rows = np.flatnonzero(((c.tcp_flags & (SYN | ACK)) == SYN) & (f.flow >= 0))
+    # the SYNs of each conversation, by one sort (a SYN flood has a conversation per SYN)
+    syn_conv = conv[f.flow[syn_rows]]
+    by_conv = np.argsort(syn_conv, kind="stable")
+    sorted_conv = syn_conv[by_conv]
     ends = _point_ends(analysis)
     groups: dict[tuple[str, str, bool], _Unanswered] = {}
     for flow, everyone in _unanswered(analysis):
         path = analysis.path_of_flow(flow)
-        syn_here = syn_rows[np.isin(f.flow[syn_rows], everyone)]
-        last = int(syn_here[-1])
+        lo, hi = np.searchsorted(sorted_conv, [conv[flow], conv[flow] + 1])
+        syn_here = syn_rows[np.sort(by_conv[lo:hi])]
+        last = int(syn_here[np.argmax(when[syn_here])])  # the furthest sighting of the last try
         # the answer would follow within milliseconds where the SYN was last seen: a file
         # that ends (or, live, has been written up to) just after it cannot show it yet
         if int(f.first_ts[everyone].min()) + GRACE_NS // 2 > int(ends[c.point[last]]):
