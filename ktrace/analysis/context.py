@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from ktrace.analysis.correlate import Correlation
 from ktrace.analysis.dns import DnsResult, DnsTransaction
 from ktrace.analysis.dns_patterns import DnsPicture, dns_picture
@@ -29,6 +31,19 @@ class Analysis:
     @cached_property
     def _path_by_conv(self) -> dict[int, ConvPath]:
         return {p.conv: p for p in self.paths}
+
+    @cached_property
+    def _rows_by_flow(self) -> tuple[np.ndarray, np.ndarray]:
+        flow = self.flows.flow
+        order = np.argsort(flow, kind="stable")
+        bounds = np.searchsorted(flow[order], np.arange(len(self.flows) + 1))
+        return order, bounds
+
+    def rows_of_flows(self, flows: tuple[int, ...] | list[int]) -> np.ndarray:
+        """The packet rows of these flows, in index order, without scanning every packet."""
+        order, bounds = self._rows_by_flow
+        parts = [order[bounds[f] : bounds[f + 1]] for f in flows]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     def path_of_conv(self, conv: int) -> ConvPath | None:
         return self._path_by_conv.get(conv)

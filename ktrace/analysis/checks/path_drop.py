@@ -66,7 +66,7 @@ def never_resent(analysis: Analysis, path: ConvPath, loss: Loss) -> bool:
     at_missing = np.flatnonzero(c.point == missing_point)
     if not len(at_missing) or int(c.ts[at_missing].max()) - int(c.ts[rows].max()) < RETRY_NS:
         return False
-    mine = np.flatnonzero(np.isin(analysis.flows.flow, list(path.flows)))
+    mine = analysis.rows_of_flows(path.flows)
     ident = analysis.correlation.ident
     for r in rows.tolist():
         again = mine[
