@@ -228,3 +228,33 @@ def test_snaplen_cut_headers_are_marked_not_guessed(make_pcap: Make) -> None:
     pkt = bytes(Ether() / IP(dst="1.1.1.1") / TCP(dport=80))[:40]  # TCP header cut
     _idx, c = one(make_pcap, pkt)
     assert c.l3[0] == 4 and c.dport[0] == 0 and c.sport[0] == 0
+
+
+def test_address_table_keys_match_numpy_unique_over_rows() -> None:
+    import numpy as np
+
+    from ktrace.decode.batch import unique_rows
+
+    rng = np.random.default_rng(7)
+    pool = rng.integers(0, 256, (40, 16), dtype=np.uint8)  # repeats, as addresses do
+    rows = pool[rng.integers(0, 40, 5000)]
+    uniq, inv = unique_rows(rows)
+    want, want_inv = np.unique(rows, axis=0, return_inverse=True)
+    assert len(uniq) == len(want)
+    assert (uniq[inv] == rows).all()  # every row maps back to itself
+    # the same grouping as numpy's, whatever the table's order
+    assert len(set(zip(inv.tolist(), want_inv.reshape(-1).tolist(), strict=True))) == len(want)
+
+
+def test_packet_filter_words(make_pcap: Make) -> None:
+    from ktrace.analysis.packet_filter import filter_packets
+
+    six = Ether() / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=5353, dport=53)
+    four = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=80)
+    with build_index([make_pcap([six, four, six], name="node-x.pcap")], workers=1) as index:
+        assert filter_packets(index, "fd00::2").rows.tolist() == [0, 2]
+        assert filter_packets(index, "[fd00::1] dns").rows.tolist() == [0, 2]
+        assert filter_packets(index, "tcp 80 node-x").rows.tolist() == [1]
+        assert filter_packets(index, "fd00::9").rows.tolist() == []
+        found = filter_packets(index, "udp nonsense")
+        assert found.rows.tolist() == [] and found.unknown == ("nonsense",)
