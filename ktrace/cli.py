@@ -45,22 +45,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def _analyze_with_progress(inputs: list[Path], quiet: bool) -> Result:
     """The pipeline drained, with a progress line on a terminal's stderr past a second."""
-    from ktrace.analysis.pipeline import Analyzed, run_pipeline
+    from ktrace.analysis.pipeline import drain
     from ktrace.bundle.inputs import read_inputs
     from ktrace.report.progress import ProgressLine
 
     found = read_inputs(inputs)
-    line = None if quiet or not sys.stderr.isatty() else ProgressLine(sys.stderr, found.files)
+    if quiet or not sys.stderr.isatty():
+        return drain(found)
+    line = ProgressLine(sys.stderr, found.files)
     try:
-        for step in run_pipeline(found):
-            if isinstance(step, Analyzed):
-                return step.result
-            if line is not None:
-                line.step(step)
+        return drain(found, on_step=line.step)
     finally:
-        if line is not None:
-            line.close()
-    raise AssertionError("the pipeline ends with its result")
+        line.close()
 
 
 def cmd_decode(args: argparse.Namespace) -> int:

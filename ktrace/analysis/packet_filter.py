@@ -27,13 +27,9 @@ def _address(index: PacketIndex, text: str) -> np.ndarray | None:
     except ValueError:
         return None
     c = index.columns
-    if addr.version == 4:
-        value = int(addr)
-    else:
-        try:
-            value = index.v6.index(addr.packed)
-        except ValueError:
-            return np.zeros(len(c), bool)  # never seen
+    value = index.value_of(addr)
+    if value is None:
+        return np.zeros(len(c), bool)  # never seen
     return (c.l3 == addr.version) & ((c.src == value) | (c.dst == value))
 
 

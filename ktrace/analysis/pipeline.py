@@ -5,7 +5,7 @@ cancelled through an event; `analyze`, `open`, live mode and `trace` all drive i
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,11 +97,23 @@ def analyze_index(
     return Result(analysis, tuple(findings), tuple(errors), notes)
 
 
+def drain(
+    found: Inputs,
+    cancel: threading.Event | None = None,
+    workers: int | None = None,
+    on_step: Callable[[Step], None] | None = None,
+) -> Result:
+    """The pipeline run to its result; `on_step` sees every step before it (progress)."""
+    for step in run_pipeline(found, cancel, workers):
+        if isinstance(step, Analyzed):
+            return step.result
+        if on_step is not None:
+            on_step(step)
+    raise AssertionError("the pipeline ends with its result")
+
+
 def analyze(
     inputs: list[Path], cancel: threading.Event | None = None, workers: int | None = None
 ) -> Result:
     """The pipeline drained: for callers that need only the result."""
-    for step in run_pipeline(read_inputs(inputs), cancel, workers):
-        if isinstance(step, Analyzed):
-            return step.result
-    raise AssertionError("the pipeline ends with its result")
+    return drain(read_inputs(inputs), cancel, workers)

@@ -32,18 +32,13 @@ def _v4_scoped(a: np.ndarray) -> np.ndarray:
     return ((a >> 28) == 0xE) | (a == 0xFFFFFFFF) | ((a >> 16) == 0xA9FE) | (a == 0)
 
 
+def _v6_scoped(a: ipaddress.IPv6Address) -> bool:
+    return a.is_multicast or a.is_link_local or a.is_unspecified
+
+
 def link_scoped(c: PacketColumns, v6: list[bytes]) -> np.ndarray:
     """Per packet: rule 1 (IP packets only)."""
-    six = np.array(
-        [
-            (lambda x: x.is_multicast or x.is_link_local or x.is_unspecified)(
-                ipaddress.IPv6Address(a)
-            )
-            for a in v6
-        ]
-        + [False],
-        bool,
-    )
+    six = np.array([_v6_scoped(ipaddress.IPv6Address(a)) for a in v6] + [False], bool)
     is4, is6 = c.l3 == 4, c.l3 == 6
     v6_src = six[np.where(is6, c.src, len(v6)).astype(np.int64)]
     v6_dst = six[np.where(is6, c.dst, len(v6)).astype(np.int64)]
@@ -95,8 +90,9 @@ def split_identities(
     fingerprint it is consistent with, or starts one."""
     if not len(ident):
         return ident
-    order = np.lexsort((ts, ident))
-    firsts = np.r_[True, ident[order][1:] != ident[order][:-1]]
+    order = np.lexsort((ts, ident))  # by identity, then time
+    sorted_ident = ident[order]
+    firsts = np.r_[True, sorted_ident[1:] != sorted_ident[:-1]]
     ref_pos = np.maximum.accumulate(np.where(firsts, np.arange(len(order)), 0))
     ref = np.empty(len(ident), np.int64)
     ref[order] = order[ref_pos]
@@ -105,7 +101,6 @@ def split_identities(
         return ident
     out = ident.copy()
     fresh = int(ident.max()) + 1
-    sorted_ident = ident[order]  # `order`: by identity, then time
     for identity in np.unique(ident[bad]).tolist():
         lo, hi = np.searchsorted(sorted_ident, [identity, identity + 1])
         members = order[lo:hi]
@@ -116,9 +111,9 @@ def split_identities(
                 if _compatible(c, home, rows[pair], rows[np.array([r])])[0]:
                     out[m] = gid
                     break
-            else:
-                gid = identity if not groups else fresh
-                fresh += 0 if not groups else 1
+            else:  # the first group keeps the identity, later ones get new ones
+                gid = fresh if groups else identity
+                fresh += bool(groups)
                 groups.append((m, gid))
                 out[m] = gid
     return out

@@ -75,6 +75,7 @@ class PacketIndex:
     def __post_init__(self) -> None:
         self._names: dict[tuple[int, int], str] = {}
         self._file_of = {p: f for f in self.files for p in f.points}
+        self._v6_ids: dict[bytes, int] | None = None
 
     def address(self, l3: int, value: int) -> str:
         """An address column value as text (IPv6 values are ids into the v6 table)."""
@@ -87,6 +88,15 @@ class PacketIndex:
                 name = str(ipaddress.IPv4Address(int(value)))
             self._names[key] = name
         return name
+
+    def value_of(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
+        """The inverse of `address`: the column value of an address (IPv6: its id in the v6
+        table, None when no packet has it)."""
+        if addr.version == 4:
+            return int(addr)
+        if self._v6_ids is None:
+            self._v6_ids = {a: k for k, a in enumerate(self.v6)}
+        return self._v6_ids.get(addr.packed)
 
     def file_of(self, point: int) -> CaptureFile:
         return self._file_of[point]

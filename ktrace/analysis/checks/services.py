@@ -113,14 +113,12 @@ def run_nat_missing(analysis: Analysis) -> Iterator[Finding]:
 
 def _column_values(index: PacketIndex, ips: set[str]) -> dict[int, set[int]]:
     """Addresses as the index's address columns hold them, per family (IPv6: table ids)."""
-    v6_ids = {a: k for k, a in enumerate(index.v6)}
     out: dict[int, set[int]] = {4: set(), 6: set()}
     for ip in ips:
         addr = ipaddress.ip_address(ip)
-        if addr.version == 4:
-            out[4].add(int(addr))
-        elif addr.packed in v6_ids:
-            out[6].add(v6_ids[addr.packed])
+        value = index.value_of(addr)
+        if value is not None:
+            out[addr.version].add(value)
     return out
 
 
