@@ -114,7 +114,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
         node_namespace=args.node_namespace,
         interactive=sys.stderr.isatty(),
         container=args.container,
+        from_outside=args.from_outside,
     )
+    if args.from_outside and args.no_node:
+        raise UsageError(
+            "--from-outside captures the nodes' NICs: it cannot go with --no-node",
+            "drop one of them",
+        )
     return capture_command(
         _kube(args), args.target, args.selector, opts, args.output_dir, open_ui=args.open
     )
@@ -301,6 +307,7 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
       kubectl ktrace capture web-1 --duration 30s
       kubectl ktrace capture svc/web -f 'tcp port 80' -o web-bundle
       kubectl ktrace capture -l app=web --no-node --count 1000 --open
+      kubectl ktrace capture svc/web --from-outside -f 'tcp port 30080 or tcp port 80'
 
     Each pod gets an idle ephemeral container (ktrace-xxxxx) that runs tcpdump; ephemeral
     containers cannot be removed from a pod, so ktrace ends its process when done. Node
@@ -320,6 +327,12 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
         "--open",
         action="store_true",
         help="follow the capture live in the terminal UI; quitting it stops the capture",
+    )
+    p.add_argument(
+        "--from-outside",
+        action="store_true",
+        help="also capture every node's NIC and overlay, where external traffic to a "
+        "NodePort or LoadBalancer enters (whichever node it picks)",
     )
     _node_args(p)
     _cluster_tail(p)

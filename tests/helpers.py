@@ -46,6 +46,15 @@ EXPECTED = {
     # recorded fresh on the dual-stack shape only (tests/test_lab.py)
     "healthy-v6": set(),
     "policy-drop-v6": {"path.drop"},
+    # from outside the cluster (NodePort, LoadBalancer), a hairpin and a hostNetwork client
+    "external": {"nat.snat-hides-client"},  # info only: a healthy Cluster-policy call
+    "external-local": set(),
+    "health-check-down": {"svc.health-check"},
+    "local-no-endpoint": {"svc.local-no-endpoint"},
+    "nodeport-blocked": {"tcp.syn-unanswered"},
+    "asymmetric-return": {"nat.asymmetric-return"},
+    "hairpin": set(),
+    "host-network": set(),
 }
 
 
@@ -66,9 +75,10 @@ def tcp_session(
     data: bytes = b"GET / HTTP/1.1\r\n\r\n",
     reply: bytes = b"HTTP/1.1 200 OK\r\n\r\nhello",
 ) -> list[object]:
-    """A whole TCP conversation over Ethernet: handshake, request, response, FIN exchange."""
+    """A whole TCP conversation over Ethernet: handshake, request, response, FIN exchange.
+    Each connection its own initial sequence numbers, as every TCP stack picks them."""
     c, s = Ether() / IP(src=client, dst=server), Ether() / IP(src=server, dst=client)
-    cs, ss = 1000, 5000
+    cs, ss = (1000 + sport * 7919) % 2**31, (5000 + sport * 104729) % 2**31
     return [
         c / TCP(sport=sport, dport=dport, flags="S", seq=cs),
         s / TCP(sport=dport, dport=sport, flags="SA", seq=ss, ack=cs + 1),

@@ -191,6 +191,13 @@ def test_a_bad_filter_is_refused_before_the_cluster_is_touched(tmp_path: Path) -
     )
 
 
+def test_from_outside_needs_the_node_side(tmp_path: Path) -> None:
+    out = run("capture", "svc/web", "--from-outside", "--no-node", "--kubeconfig", str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("ktrace: error: --from-outside captures the nodes' NICs")
+    assert len(out.stderr.splitlines()) == 1
+
+
 def test_an_unreachable_api_server_is_one_sentence(tmp_path: Path) -> None:
     config = tmp_path / "kubeconfig"
     config.write_text(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -88,7 +89,8 @@ def dns_at(bundle: Path, point: str) -> list[dict]:  # type: ignore[type-arg]
 def test_lab_comes_up_and_goes_away_without_leftovers() -> None:
     lab = Lab().up()
     names = lab.status()["namespaces"]
-    assert len(names) == 2 + len(topo.NODES) + len(topo.PODS)  # type: ignore[arg-type]
+    # underlay, upstream, outside, the nodes and the pods
+    assert len(names) == 3 + len(topo.NODES) + len(topo.PODS)  # type: ignore[arg-type]
     pids = lab.status()["processes"]
     assert pids
     description = json.loads((lab.state / "lab.json").read_text())
@@ -116,7 +118,13 @@ def test_bundle_layout_and_permissions(bundles: dict[str, Path]) -> None:
         rules = (bundle / "nodes" / node / "iptables-save.txt").read_text()
         assert "KUBE-SERVICES" in rules and f"{VIP}/32" in rules
     inventory = json.loads((bundle / "inventory.json").read_text())
-    assert {s["clusterIP"] for s in inventory["services"]} == {"10.96.0.10", VIP}
+    assert {s["clusterIP"] for s in inventory["services"]} == {s.cluster_ip for s in topo.SERVICES}
+    web = next(s for s in inventory["services"] if s["name"] == "web")
+    assert (web["type"], web["ports"][0]["nodePort"], web["loadBalancerIPs"]) == (
+        "LoadBalancer",
+        30080,
+        ["172.18.255.200"],
+    )
 
 
 def test_healthy_call_is_dnat_ed_and_encapsulated(bundles: dict[str, Path]) -> None:
@@ -234,6 +242,10 @@ PLACED = {
     "kube-proxy-down": ("tcp.syn-unanswered", "last seen at node-a-eth0"),
     "no-endpoints": ("svc.no-endpoints", "default/web"),
     "policy-drop-v6": ("path.drop", "dropped between node-b-eth0 and web-2-veth"),
+    "local-no-endpoint": ("svc.local-no-endpoint", "no ready endpoint on node-a"),
+    "nodeport-blocked": ("tcp.syn-unanswered", "last seen at node-b-eth0"),
+    "asymmetric-return": ("nat.asymmetric-return", "bypassed node-a"),
+    "health-check-down": ("svc.health-check", "fails on node-b"),
 }
 
 
@@ -252,3 +264,22 @@ def test_every_fault_on_every_shape(
         check, words = PLACED[scenario]
         titles = [f["title"] for f in found if f["id"] == check]
         assert any(words in t for t in titles), titles
+    if "outside-eth0" in SCENARIOS[scenario].extra_points:
+        # what kubectl ktrace can capture: no point outside the cluster
+        inside = without_point(recordings(shape, tmp_path_factory)[scenario], "outside-eth0",
+                               tmp_path_factory.mktemp("inside"))  # fmt: skip
+        assert {f["id"] for f in findings(inside)} == EXPECTED[scenario]
+        if scenario in PLACED:
+            assert any(words in f["title"] for f in findings(inside) if f["id"] == check)
+
+
+def without_point(bundle: Path, point: str, dest: Path) -> Path:
+    """A copy of a bundle without one of its capture points."""
+    copy = dest / bundle.name
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    gone = next(p for p in manifest["points"] if p["id"] == point)
+    manifest["points"].remove(gone)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / gone["file"]).unlink()
+    return copy

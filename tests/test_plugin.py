@@ -386,6 +386,35 @@ def test_capture_a_service_through_the_python_entry_point(env: Env, tmp_path: Pa
     ]
 
 
+def test_capture_from_outside_places_a_nodeport_call_on_the_node_that_dropped_it(
+    env: Env, tmp_path: Path
+) -> None:
+    """svc/edge has one endpoint (web-2, node-b) and externalTrafficPolicy Local: without
+    --from-outside only node-b would be captured, and a call to node-a's NodePort unseen."""
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed")
+    edge = next(s for s in topo.SERVICES if s.name == "edge")
+    node_a = topo.node("node-a").ip
+    bundle = tmp_path / "edge"
+    argv = ["capture", "svc/edge", "--from-outside", "--duration", "4", "-o", str(bundle)]
+    run = Running([KUBECTL, "ktrace", *argv], env)
+    run.wait_for("capturing at")
+    answers = env.lab.client_python(
+        fetch("/", timeout=2, host=f"{node_a}:{edge.ports[0].node_port}"), ns="outside"
+    )
+    code, _, err = run.finish()
+    assert code == 0, err
+    assert "timed out" in answers
+    manifest = read_manifest(bundle)
+    assert manifest is not None
+    assert {p.id for p in manifest.points} >= {"web-2-eth0", "node-a-eth0", "node-b-eth0"}
+    serious = [f for f in analyze([bundle]).to_dict()["findings"] if f["severity"] != "info"]
+    assert [(f["id"], "no ready endpoint on node-a" in f["title"]) for f in serious] == [
+        ("svc.local-no-endpoint", True)
+    ]
+    assert env.wait_clean() == []
+
+
 def test_capture_a_deployment_and_a_selector(env: Env, tmp_path: Path) -> None:
     for target, name in ((["deploy/web"], "deploy"), (["-l", "app=web"], "selector")):
         bundle = tmp_path / name

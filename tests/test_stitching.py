@@ -103,3 +103,71 @@ def test_one_nat_between_points_is_still_followed(make_pcap: Make) -> None:
     assert len(set(result.analysis.correlation.ident[:2].tolist())) == 1
     (path,) = data["paths"]
     assert [n["kind"] for n in path["nat"]] == ["DNAT"]
+
+
+def _path_to(data: dict, words: str) -> dict:  # type: ignore[type-arg]
+    (path,) = [p for p in data["paths"] if words in p["conversation"]]
+    return path  # type: ignore[no-any-return]
+
+
+def test_a_nic_that_is_both_entry_and_exit_is_two_hops() -> None:
+    """A NodePort call forwarded to the other node: node-a's NIC sees each packet arrive
+    plainly and leave DNAT-ed, SNAT-ed and inside VXLAN; one path through both passes."""
+    _, data = run_analysis(LAB / "external")
+    path = _path_to(data, "(NodePort default/web on node-a) => 10.244.1.2:80")
+    assert [h["point"] for h in path["hops"]] == [
+        "outside-eth0",
+        "node-a-eth0",
+        "node-a-eth0",
+        "node-b-eth0",
+        "web-2-veth",
+        "web-2-eth0",
+    ]
+    assert [h["tunnel"] is not None for h in path["hops"]][1:4] == [False, True, True]
+    (nat,) = path["nat"]
+    assert (nat["kind"], nat["after_hop"]) == ("DNAT+SNAT", 1)
+    assert nat["after"].startswith("tcp 10.244.0.0:")  # masqueraded to node-a's flannel.1
+    assert path["lost"] == []
+    assert all(h["packets"] == path["hops"][0]["packets"] for h in path["hops"])
+
+
+def test_a_hairpin_goes_out_and_back_through_the_same_points() -> None:
+    _, data = run_analysis(LAB / "hairpin")
+    path = _path_to(data, "(svc default/web) => 10.244.0.3:80 (default/web-1)")
+    assert [h["point"] for h in path["hops"]] == [
+        "web-1-eth0",
+        "web-1-veth",
+        "web-1-veth",
+        "web-1-eth0",
+    ]
+    (nat,) = path["nat"]
+    assert nat["kind"] == "DNAT+SNAT" and nat["after_hop"] == 1
+    assert path["lost"] == [] and data["findings"] == []
+
+
+def test_identical_segments_of_two_connections_at_one_point_stay_apart(make_pcap: Make) -> None:
+    """Counting copies per 5-tuple is for sequenced TCP only: two connections whose SYNs
+    carry no sequence number (crafted traffic) are two conversations, not one packet seen
+    twice."""
+    from scapy.layers.inet import TCP
+
+    pkts = [
+        Ether() / IP(src="10.0.0.1", dst="10.0.1.5") / TCP(sport=sport, dport=80, flags="S", seq=0)
+        for sport in (40001, 40002)
+    ]
+    result, _ = run_analysis(make_pcap(pkts))
+    assert len(set(result.analysis.correlation.conv.tolist())) == 2
+
+
+def test_the_path_view_shows_each_pass_in_its_own_column() -> None:
+    from ktrace.analysis.views import path_packets
+
+    result, _ = run_analysis(LAB / "hairpin")
+    a = result.analysis
+    (path,) = [p for p in a.paths if len(p.hops) == 4]
+    syn = path_packets(a, path)[0]
+    assert syn.summary.startswith("S ") and syn.direction == "→"
+    assert syn.cells[0] == "+0.000 ms" and "·" not in syn.cells and not syn.lost
+    # out through web-1's eth0 and veth, back in through the veth and eth0: later each time
+    times = [float(cell.split()[0]) for cell in syn.cells]
+    assert times == sorted(times) and len(set(times)) == 4

@@ -13,6 +13,7 @@ from ktrace.analysis.dns_patterns import DnsPicture, dns_picture
 from ktrace.analysis.flows import FlowTable
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import ConvPath
+from ktrace.analysis.returns import Bypass, bypasses
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import TCP, UDP
 
@@ -44,6 +45,12 @@ class Analysis:
         order, bounds = self._rows_by_flow
         parts = [order[bounds[f] : bounds[f + 1]] for f in flows]
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    @cached_property
+    def bypasses(self) -> dict[int, Bypass]:
+        """Conversations whose replies skipped the node that translated them, by conversation."""
+        found = bypasses(self.index, self.flows, self.paths, self.names, self.rows_of_flows)
+        return {b.conv: b for b in found}
 
     def path_of_conv(self, conv: int) -> ConvPath | None:
         return self._path_by_conv.get(conv)

@@ -17,7 +17,12 @@ from itertools import pairwise
 import numpy as np
 
 from ktrace.analysis.flows import FlowTable, group_pairs
-from ktrace.analysis.stitch_rules import home_addresses, link_scoped, split_identities
+from ktrace.analysis.stitch_rules import (
+    home_addresses,
+    link_scoped,
+    sequenced,
+    split_identities,
+)
 from ktrace.decode.columns import PacketColumns
 from ktrace.model import Point
 
@@ -67,10 +72,17 @@ def _occurrence(key: np.ndarray, order_by: np.ndarray) -> np.ndarray:
     return occ
 
 
-def _identities(fp: np.ndarray, point: np.ndarray, ts: np.ndarray) -> np.ndarray:
+def _identities(
+    fp: np.ndarray, point: np.ndarray, flow: np.ndarray, strong: np.ndarray, ts: np.ndarray
+) -> np.ndarray:
     """Identity per row: the k-th copy of a fingerprint at one point is the k-th at another
-    (retransmissions repeat a fingerprint)."""
-    occ = _occurrence((fp ^ (point.astype(np.uint64) * _K2)), ts)
+    (retransmissions repeat a fingerprint). A point that is both entry and exit (a node NIC
+    for a NodePort, a pod's eth0 for a hairpin) sees one packet twice, before and after NAT
+    or encapsulation there: where the fingerprint holds a random TCP sequence number, that
+    cannot be two packets, so copies are counted per 5-tuple and both are its k-th."""
+    where = point.astype(np.uint64) * _K2
+    where += np.where(strong, flow.astype(np.uint64) * _K1, np.uint64(0))
+    occ = _occurrence(fp ^ where, ts)
     _, inv = group_pairs(fp, occ.astype(np.uint64))
     return inv
 
@@ -166,7 +178,7 @@ def correlate(
     point = c.point[ip].astype(np.int64)
     ts = c.ts[ip]
     local = link_scoped(c, v6)
-    ident_ip = _identities(fp, point, ts)
+    ident_ip = _identities(fp, point, flows.flow[ip], sequenced(c, ip), ts)
     scoped = local[ip]
     if scoped.any():  # rule 1: each sighting its own packet
         ident_ip = ident_ip.copy()

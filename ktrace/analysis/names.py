@@ -1,4 +1,5 @@
-"""How IPs become names: pods, Services (ClusterIPs) and nodes from a bundle's inventory."""
+"""How IPs become names: pods, Services (ClusterIPs, LoadBalancer addresses, NodePorts) and
+nodes from a bundle's inventory."""
 
 from __future__ import annotations
 
@@ -9,12 +10,23 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Named:
-    kind: str  # pod | service | node
+    kind: str  # pod | service | node | lb (a LoadBalancer address: arrives before any DNAT)
     name: str  # "namespace/name" for pods and Services
     node: str | None = None
 
     def __str__(self) -> str:
-        return {"pod": "", "service": "svc ", "node": "node "}[self.kind] + self.name
+        return {"pod": "", "service": "svc ", "node": "node ", "lb": "lb "}[self.kind] + self.name
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """A Service port reachable from outside the cluster: a NodePort on every node, or a
+    LoadBalancer address."""
+
+    service: str  # namespace/name
+    policy: str  # externalTrafficPolicy: Cluster (SNAT, any node forwards) | Local
+    nodes: frozenset[str]  # nodes with a ready endpoint
+    health_port: int  # healthCheckNodePort (Local), 0 if none
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,9 @@ class Names:
     cluster_domain: str = "cluster.local"
     # ClusterIP -> the nodes of its ready endpoints (where a packet to it must go)
     endpoint_nodes: dict[str, frozenset[str]] = field(default_factory=dict)
+    node_ports: dict[int, Exposure] = field(default_factory=dict)
+    lb_ports: dict[tuple[str, int], Exposure] = field(default_factory=dict)
+    health_ports: dict[int, Exposure] = field(default_factory=dict)  # on every node
 
     @classmethod
     def from_inventory(cls, inventory: dict[str, Any] | None) -> Names:
@@ -41,10 +56,34 @@ class Names:
         for s in inventory.get("services", []):
             for ip in _cluster_ips(s):
                 by_ip[ip] = Named("service", f"{s['namespace']}/{s['name']}")
+            for ip in s.get("loadBalancerIPs") or []:
+                by_ip[ip] = Named("lb", f"{s['namespace']}/{s['name']}")
         canonical = {_canonical(ip): named for ip, named in by_ip.items()}
+        ready = _ready_nodes(inventory)
+        node_ports, lb_ports = _exposures(inventory, ready)
         return cls(
-            canonical, inventory.get("clusterDomain", "cluster.local"), _endpoint_nodes(inventory)
+            canonical,
+            inventory.get("clusterDomain", "cluster.local"),
+            _endpoint_nodes(inventory, ready),
+            node_ports,
+            lb_ports,
+            {e.health_port: e for e in node_ports.values() if e.health_port},
         )
+
+    def exposure(self, ip: str, port: int) -> Exposure | None:
+        """The Service behind ip:port when it is a NodePort of a node or a LoadBalancer
+        address's port."""
+        named = self.by_ip.get(ip)
+        if named is None:
+            return None
+        if named.kind == "node":
+            return self.node_ports.get(port)
+        return self.lb_ports.get((ip, port)) if named.kind == "lb" else None
+
+    def health_check(self, ip: str, port: int) -> Exposure | None:
+        """The Service whose health check node port ip:port is (ip: a node's address)."""
+        named = self.by_ip.get(ip)
+        return self.health_ports.get(port) if named is not None and named.kind == "node" else None
 
     def node_of(self, ip: str) -> str | None:
         named = self.by_ip.get(ip)
@@ -61,6 +100,14 @@ class Names:
             else endpoint
         )
         named = self.by_ip.get(ip)
+        if named is not None and named.kind == "node" and endpoint != ip:
+            port = int(endpoint.rsplit(":", 1)[1])
+            exposed = self.node_ports.get(port)
+            if exposed is not None:
+                return f"{endpoint} (NodePort {exposed.service} on {named.name})"
+            checked = self.health_ports.get(port)
+            if checked is not None:
+                return f"{endpoint} (health check of {checked.service} on {named.name})"
         return f"{endpoint} ({named})" if named else endpoint
 
     def is_service(self, ip: str) -> bool:
@@ -84,14 +131,43 @@ def _cluster_ips(service: dict[str, Any]) -> set[str]:
     return {service.get("clusterIP"), *service.get("clusterIPs", [])} - {None, "", "None"}
 
 
-def _endpoint_nodes(inventory: dict[str, Any]) -> dict[str, frozenset[str]]:
+def _ready_nodes(inventory: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
+    """(namespace, Service) -> the nodes of its ready endpoints."""
     nodes_of: dict[tuple[str, str], set[str]] = {}
     for sl in inventory.get("endpointslices", []):  # one slice per address family
         nodes = nodes_of.setdefault((sl.get("namespace", ""), sl.get("service", "")), set())
         nodes.update(e["node"] for e in sl.get("endpoints", []) if e.get("ready") and e.get("node"))
+    return {k: frozenset(v) for k, v in nodes_of.items()}
+
+
+def _endpoint_nodes(
+    inventory: dict[str, Any], ready: dict[tuple[str, str], frozenset[str]]
+) -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
     for s in inventory.get("services", []):
-        ready = nodes_of.get((s["namespace"], s["name"]))
-        if ready:
-            out.update({_canonical(ip): frozenset(ready) for ip in _cluster_ips(s)})
+        nodes = ready.get((s["namespace"], s["name"]))
+        if nodes:
+            out.update({_canonical(ip): nodes for ip in _cluster_ips(s)})
     return out
+
+
+def _exposures(
+    inventory: dict[str, Any], ready: dict[tuple[str, str], frozenset[str]]
+) -> tuple[dict[int, Exposure], dict[tuple[str, int], Exposure]]:
+    node_ports: dict[int, Exposure] = {}
+    lb_ports: dict[tuple[str, int], Exposure] = {}
+    for s in inventory.get("services", []):
+        if s.get("type") not in ("NodePort", "LoadBalancer"):
+            continue
+        exposed = Exposure(
+            f"{s['namespace']}/{s['name']}",
+            s.get("externalTrafficPolicy") or "Cluster",
+            ready.get((s["namespace"], s["name"]), frozenset()),
+            int(s.get("healthCheckNodePort") or 0),
+        )
+        for port in s.get("ports", []):
+            if port.get("nodePort"):
+                node_ports[int(port["nodePort"])] = exposed
+            for ip in s.get("loadBalancerIPs") or []:
+                lb_ports[(_canonical(ip), int(port["port"]))] = exposed
+    return node_ports, lb_ports

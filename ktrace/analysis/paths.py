@@ -3,8 +3,7 @@ rewrote it, which tunnel carried it, and where its packets stopped."""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,11 +26,14 @@ class Hop:
     latency_ns: float | None  # median from the previous hop, a->b packets
     flow: int | None  # the 5-tuple the conversation has here (index into FlowTable)
     tunnels: tuple[int, ...]  # tunnel ids (index into the index's tunnel table, 1-based)
+    # 0, or 1 for the second pass through a point that is both entry and exit: the same
+    # packets again after NAT or encapsulation at this point (a node NIC for a NodePort)
+    leg: int = 0
 
 
 @dataclass(frozen=True)
 class NatChange:
-    kind: str  # DNAT | SNAT
+    kind: str  # DNAT | SNAT | DNAT+SNAT
     after_hop: int  # the change happened between hops[after_hop] and hops[after_hop + 1]
     before: int  # flow before
     after: int  # flow after
@@ -63,11 +65,9 @@ class ConvPath:
 
 
 def _tuple_change(flows: FlowTable, a: int, b: int) -> str | None:
-    if (flows.b_addr[a], flows.b_port[a]) != (flows.b_addr[b], flows.b_port[b]):
-        return "DNAT"
-    if (flows.a_addr[a], flows.a_port[a]) != (flows.a_addr[b], flows.a_port[b]):
-        return "SNAT"
-    return None
+    dnat = (flows.b_addr[a], flows.b_port[a]) != (flows.b_addr[b], flows.b_port[b])
+    snat = (flows.a_addr[a], flows.a_port[a]) != (flows.a_addr[b], flows.a_port[b])
+    return "DNAT+SNAT" if dnat and snat else "DNAT" if dnat else "SNAT" if snat else None
 
 
 def _cross_node_points(index: PacketIndex, flows: FlowTable, names: Names) -> set[int]:
@@ -221,25 +221,27 @@ def _hop_order(
     of different nodes are only estimated, the topology is known (the client's node first,
     pod -> veth -> NIC, then the other nodes NIC -> veth -> pod). `extra`: points expected
     but never reached, placed where the topology puts them."""
-    hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p].kind, 4)))
+    n = len(index.points)
+    hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p % n].kind, 4)))
     src = names.get(src_ip)
     everyone = hop_points + extra
-    if src is None or not src.node or not all(index.points[p].node for p in everyone):
+    if src is None or not src.node or not all(index.points[p % n].node for p in everyone):
         return hop_points + sorted(extra, key=lambda k: -POINT_ORDER.get(index.points[k].kind, 4))
     inf = float("inf")
     node_time: dict[str, float] = {}
     for p in hop_points:
-        node = index.points[p].node or ""
+        node = index.points[p % n].node or ""
         node_time[node] = min(node_time.get(node, keys[p]), keys[p])
     src_pod = src.name.split("/", 1)[-1] if src.kind == "pod" else None
 
     def topo(p: int) -> tuple[int, float, int, float]:
-        pt = index.points[p]
+        pt = index.points[p % n]
         rank = POINT_ORDER.get(pt.kind, 4)
         key = keys.get(p, inf)
-        if pt.pod is not None and pt.pod == src_pod:
+        outbound = p < n  # a second pass through a point is on the way in (a hairpin)
+        if outbound and pt.pod is not None and pt.pod == src_pod:
             return (0, 0.0, rank, key)  # the source pod's own points: pod -> veth
-        if pt.pod is None and pt.node == src.node:
+        if outbound and pt.pod is None and pt.node == src.node:
             return (1, 0.0, rank, key)  # out of its node: tunnel -> NIC
         # other nodes (NIC -> tunnel), then the destination's points (veth -> pod)
         return (2 if pt.pod is None else 3, node_time.get(pt.node or "", inf), -rank, key)
@@ -253,7 +255,9 @@ def _hop(
     """The i-th hop: its packets, the flow it has there, latency from the hop before."""
     p = hop_points[i]
     at = f_rows[seen.point[f_rows] == p]
-    common = Counter(seen.flow[at if len(at) else np.flatnonzero(seen.point == p)].tolist())
+    # the 5-tuple the conversation's first packet had here: what the request looked like
+    # (later packets under another tuple are replies from an unexpected address, or resets)
+    here = at if len(at) else np.flatnonzero(seen.point == p)
     latency = None
     if i and len(at):
         prev = f_rows[seen.point[f_rows] == hop_points[i - 1]]
@@ -261,8 +265,32 @@ def _hop(
         if len(both):
             latency = float(np.median(seen.when[at][ib] - seen.when[prev][ia]))
     tunnels = tuple(sorted(set(index.columns.tunnel[seen.rows[seen.point == p]].tolist()) - {0}))
-    flow = common.most_common(1)[0][0] if common else None
-    return Hop(p, int((seen.point == p).sum()), latency, flow, tunnels)
+    flow = int(seen.flow[here[np.argmin(seen.when[here])]]) if len(here) else None
+    n = len(index.points)
+    return Hop(p % n, int((seen.point == p).sum()), latency, flow, tunnels, p // n)
+
+
+def _passes(seen: _Sightings, npoints: int) -> _Sightings:
+    """Sightings whose `point` tells the passes through one point apart: a point that saw
+    the same packets under two 5-tuples saw them on their way in and again on their way out
+    (after NAT or encapsulation there); the later tuple's sightings get point + npoints, a hop
+    of their own. Different packets under another tuple (a reply from an unexpected address)
+    stay at the point."""
+    pairs = np.unique(seen.point * (int(seen.flow.max()) + 1) + seen.flow)
+    if len(pairs) == len(np.unique(seen.point)):
+        return seen
+    place = seen.point.copy()
+    for p in np.unique(seen.point).tolist():
+        at = seen.point == p
+        flows = np.unique(seen.flow[at]).tolist()
+        if len(flows) < 2:
+            continue
+        first = {f: int(seen.when[at & (seen.flow == f)].min()) for f in flows}
+        entry, *rest = sorted(flows, key=first.__getitem__)
+        inbound = seen.ident[at & (seen.flow == entry)]
+        again = [f for f in rest if np.isin(seen.ident[at & (seen.flow == f)], inbound).any()]
+        place[at & np.isin(seen.flow, again)] = p + npoints
+    return replace(seen, point=place)
 
 
 def _nat_changes(flows: FlowTable, hops: list[Hop]) -> list[NatChange]:
@@ -285,6 +313,8 @@ def _one(
     where: _Where,
 ) -> ConvPath:
     fwd = flows.forward[seen.rows]
+    n = len(index.points)
+    seen = _passes(seen, n)
     flow = seen.flow
     # flows in the order the conversation meets them (corrected clocks; re-sorted by hops below)
     first_seen = {f: int(seen.when[flow == f].min()) for f in set(flow.tolist())}
@@ -308,7 +338,8 @@ def _one(
         # nothing came back: where it should have gone but never was is where it died (an
         # answered conversation took another way than the inventory suggests, and is fine)
         ends = (members[0], members[-1])
-        extra = _expected(index, flows, names, ends, set(hop_points), where.carriers)
+        present = {p % n for p in hop_points}
+        extra = _expected(index, flows, names, ends, present, where.carriers)
         hop_points = _hop_order(index, names, src_ip, keys, extra)
     position = {p: i for i, p in enumerate(hop_points)}
     f_rows = np.flatnonzero(fwd)  # a->b copies of one packet: time between consecutive hops

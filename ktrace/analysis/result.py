@@ -96,10 +96,11 @@ class HopRow:
 
 @dataclass(frozen=True)
 class NatRow:
-    kind: str  # DNAT | SNAT
+    kind: str  # DNAT | SNAT | DNAT+SNAT
     between: tuple[str, str]
     before: str
     after: str
+    after_hop: int  # between hops[after_hop] and hops[after_hop + 1]
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ class Result:
                     (hop(n.after_hop), hop(n.after_hop + 1)),
                     a.flow_label(n.before),
                     a.flow_label(n.after),
+                    n.after_hop,
                 )
                 for n in path.nat
             ),

@@ -67,14 +67,19 @@ def home_addresses(c: PacketColumns, points: list[Point], scoped: np.ndarray) ->
     return home
 
 
+def sequenced(c: PacketColumns, rows: np.ndarray) -> np.ndarray:
+    """Per row: a TCP segment with a sequence or ack number, random per connection, so a
+    fingerprint no other connection's packet shares."""
+    return (c.proto[rows] == TCP) & ((c.seq[rows] != 0) | (c.ack[rows] != 0))
+
+
 def _compatible(c: PacketColumns, home: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rules 2 and 3 between rows a and b (arrays of the same length)."""
     src_a, src_b = _key(c.l3[a], c.src[a]), _key(c.l3[b], c.src[b])
     dst_a, dst_b = _key(c.l3[a], c.dst[a]), _key(c.l3[b], c.dst[b])
     same_src = (src_a == src_b) & (c.sport[a] == c.sport[b])
     same_dst = (dst_a == dst_b) & (c.dport[a] == c.dport[b])
-    strong = (c.proto[a] == TCP) & ((c.seq[a] != 0) | (c.ack[a] != 0))
-    ok = strong | same_src | same_dst
+    ok = sequenced(c, a) | same_src | same_dst
     ha, hb = home[c.point[a]], home[c.point[b]]
     two_homes = (ha >= 0) & (hb >= 0) & (ha != hb)
     two_senders = two_homes & (src_a == ha) & (src_b == hb)

@@ -28,7 +28,7 @@ class ConversationRow:
     a: str
     b: str
     nat: str  # "10.96.0.20:80 => 10.244.1.2:80", or ""
-    nat_kind: str  # "DNAT", "SNAT" or ""
+    nat_kind: str  # "DNAT", "SNAT", "DNAT+SNAT" or ""
     points: frozenset[int]
     packets: int
     bytes: int
@@ -57,7 +57,7 @@ def _nat_text(a: Analysis, path: ConvPath | None) -> str:
     if not (path and path.nat):
         return ""
     n = path.nat[0]
-    side = "b" if n.kind == "DNAT" else "a"
+    side = "b" if "DNAT" in n.kind else "a"
     return f"{a.endpoint(n.before, side)} => {a.endpoint(n.after, side)}"
 
 
@@ -152,9 +152,10 @@ def path_packets(a: Analysis, path: ConvPath, limit: int = 5000) -> list[PathPac
     """The conversation's packets as rows, its hops as columns."""
     c = a.index.columns
     cor = a.correlation
-    flows = set(path.flows)
-    rows = np.flatnonzero(np.isin(a.flows.flow, list(flows)))
-    hop_of = {h.point: i for i, h in enumerate(path.hops)}
+    rows = a.rows_of_flows(path.flows)
+    hop_of = {h.point: i for i, h in enumerate(path.hops) if not h.leg}
+    # a second pass through a point (after NAT there) is told apart by its 5-tuple
+    pass_of = {(h.point, h.flow): i for i, h in enumerate(path.hops) if h.leg}
     lost_at: dict[int, int] = {}  # identity -> index of the hop it never reached
     for loss in path.losses:
         for r in loss.rows:
@@ -168,7 +169,8 @@ def path_packets(a: Analysis, path: ConvPath, limit: int = 5000) -> list[PathPac
         t0 = int(cor.when[first])
         cells = ["·"] * len(path.hops)
         for r in copies:
-            hop = hop_of.get(int(c.point[r]))
+            point = int(c.point[r])
+            hop = pass_of.get((point, int(a.flows.flow[r])), hop_of.get(point))
             if hop is not None:
                 cells[hop] = f"+{(int(cor.when[r]) - t0) / 1e6:.3f} ms"
         if ident in lost_at:

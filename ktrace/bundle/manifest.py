@@ -36,7 +36,7 @@ class CaptureStatus(StrEnum):
 @dataclass(frozen=True)
 class PointSpec:
     id: str
-    kind: str  # pod | veth | node | tunnel
+    kind: str  # pod | veth | node | tunnel | host (a machine outside the cluster)
     file: str  # relative to the bundle
     node: str | None = None
     namespace: str | None = None

@@ -64,6 +64,9 @@ class Options:
     max_size: int | None = None
     node: bool = True
     node_namespace: str | None = None
+    # every node's NIC and overlay devices too: where traffic from outside the cluster
+    # (NodePorts, LoadBalancer addresses) enters, whichever node the load balancer picks
+    from_outside: bool = False
     interactive: bool = False  # redraw progress in place (stderr is a terminal)
     container: str | None = None  # the app container whose processes the capture can see
 
@@ -221,6 +224,9 @@ class Session:
                 by_node.setdefault(pod.node, []).append((pod, pod_iflink(self.api, c)))
         if self.opts.node:
             nodes = {n["name"]: n["internalIP"] for n in self.inventory.get("nodes", [])}
+            if self.opts.from_outside:
+                for node in nodes:
+                    by_node.setdefault(node, [])
             for node, on_node in by_node.items():
                 self.say(f"starting node debug pod on {node}")
                 c = self._node_pod(node)

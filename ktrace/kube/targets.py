@@ -149,6 +149,32 @@ def _pod_entry(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _service_entry(s: dict[str, Any]) -> dict[str, Any]:
+    spec = s.get("spec") or {}
+    ingress = ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return {
+        "name": s["metadata"]["name"],
+        "namespace": s["metadata"]["namespace"],
+        "clusterIP": spec.get("clusterIP", ""),
+        "clusterIPs": spec.get("clusterIPs") or [],
+        "type": spec.get("type", "ClusterIP"),
+        "externalTrafficPolicy": spec.get("externalTrafficPolicy", ""),
+        # what the load balancer answers on (hostname-only ingresses have no address here)
+        "loadBalancerIPs": [i["ip"] for i in ingress if i.get("ip")],
+        "healthCheckNodePort": spec.get("healthCheckNodePort", 0),
+        "ports": [
+            {
+                "name": p.get("name", ""),
+                "port": p["port"],
+                "target": p.get("targetPort", p["port"]),
+                "protocol": p.get("protocol", "TCP"),
+                "nodePort": p.get("nodePort", 0),
+            }
+            for p in spec.get("ports") or []
+        ],
+    }
+
+
 def inventory(api: Api) -> dict[str, Any]:
     """Pods, Services, endpoint slices and nodes across namespaces, as names for addresses."""
     pods = api.call(api.core.list_pod_for_all_namespaces)["items"]
@@ -172,24 +198,7 @@ def inventory(api: Api) -> dict[str, Any]:
             for n in nodes
         ],
         "pods": [_pod_entry(p) for p in pods if p.get("status", {}).get("podIP")],
-        "services": [
-            {
-                "name": s["metadata"]["name"],
-                "namespace": s["metadata"]["namespace"],
-                "clusterIP": s.get("spec", {}).get("clusterIP", ""),
-                "clusterIPs": s.get("spec", {}).get("clusterIPs") or [],
-                "ports": [
-                    {
-                        "name": p.get("name", ""),
-                        "port": p["port"],
-                        "target": p.get("targetPort", p["port"]),
-                        "protocol": p.get("protocol", "TCP"),
-                    }
-                    for p in s.get("spec", {}).get("ports") or []
-                ],
-            }
-            for s in services
-        ],
+        "services": [_service_entry(s) for s in services],
         "endpointslices": [
             {
                 "service": (sl["metadata"].get("labels") or {}).get(

@@ -56,11 +56,9 @@ def _hop_line(k: int, h: HopRow) -> str:
 
 def _path_lines(p: PathRow) -> list[str]:
     lines = [p.conversation]
-    for k, h in enumerate(p.hops, 1):
-        lines.append(_hop_line(k, h))
-        lines.extend(
-            f"     {n.kind}: {n.before}  =>  {n.after}" for n in p.nat if n.between[0] == h.point
-        )
+    for k, h in enumerate(p.hops):
+        lines.append(_hop_line(k + 1, h))
+        lines.extend(f"     {n.kind}: {n.before}  =>  {n.after}" for n in p.nat if n.after_hop == k)
     for x in p.lost:
         kind = "SYNs" if x.syn == x.packets else "packets"
         lines.append(
@@ -128,7 +126,7 @@ def render_flows(convs: Sequence[ConversationRow], points: int, limit: int) -> s
         [
             c.proto,
             c.a if c.nat_kind != "SNAT" else f"{c.a} => {c.nat.split(' => ')[-1]}",
-            c.b if c.nat_kind != "DNAT" else f"{c.b} => {c.nat.split(' => ')[-1]}",
+            c.b if "DNAT" not in c.nat_kind else f"{c.b} => {c.nat.split(' => ')[-1]}",
             c.packets,
             human_size(c.bytes),
             iso(c.first_ts)[11:23],

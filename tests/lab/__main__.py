@@ -66,7 +66,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.command == "up":
-            lab = Lab(shape=args.shape).up()
+            lab = Lab(args.prefix, shape=args.shape).up()
             print(lab.prefix)
         elif args.command == "down":
             for prefix in (
@@ -80,7 +80,7 @@ def main() -> int:
             running(args.prefix).fault(args.name, args.state == "on")
         elif args.command == "record":
             own = not all_prefixes() and not args.prefix
-            lab = Lab(shape=args.shape).up() if own else running(args.prefix)
+            lab = Lab(args.prefix, shape=args.shape).up() if own else running(args.prefix)
             names = scenarios_for(lab) if args.scenario == "all" else [args.scenario]
             try:
                 for name in names:

@@ -34,6 +34,16 @@ FAULTS = (
     "dns-slow",
     "dns-upstream-down",
     "kube-proxy-down",
+    "nodeport-blocked",
+    "no-external-snat",
+    "health-check-down",
+)
+RULE_FAULTS = (
+    "policy-drop",
+    "no-endpoints",
+    "kube-proxy-down",
+    "nodeport-blocked",
+    "no-external-snat",
 )
 SLOW_DNS_MS = 800
 STALLED_PORT = 8080
@@ -124,6 +134,8 @@ class Lab:
             for pod in topo.PODS:
                 self._pod(pod)
             self._processes()
+            self._announce()
+            self._health_checks()
             self._noise()
             self._write_description()
             self._wait_ready()
@@ -179,6 +191,8 @@ class Lab:
         self.exec("underlay", "ip", "link", "set", "br0", "up")
         self._netns("upstream")
         self._underlay_port("upstream", topo.UPSTREAM_DNS)
+        self._netns("outside")
+        self._underlay_port("outside", topo.OUTSIDE)
 
     def _veth_eth0(self, ns: str, peer: str, peer_ns: str) -> None:
         """A veth pair: `eth0` inside namespace `ns`, `peer` inside `peer_ns`."""
@@ -316,6 +330,8 @@ class Lab:
         mtu = str(topo.FLANNEL_MTU)
         if self.shape.bridge:
             self.exec(pod.node, "ip", "link", "set", pod.veth, "master", "cni0", "mtu", mtu, "up")
+            # as flannel's bridge plugin sets it: a pod reaching itself through its Service
+            self.exec(pod.node, "bridge", "link", "set", "dev", pod.veth, "hairpin", "on")
         else:  # the host answers ARP for the pod's gateway and routes the pod's /32 to it
             self.exec(pod.node, "sysctl", "-qw", f"net.ipv4.conf.{pod.veth}.proxy_arp=1")
             self.exec(pod.node, "ip", "link", "set", pod.veth, "mtu", mtu, "up")
@@ -444,6 +460,42 @@ class Lab:
             ready="ready",
         )
 
+    def _announce(self) -> None:
+        """LoadBalancer addresses, each answered for (ARP) by the node that announces it."""
+        for node in topo.NODES:
+            ips = [s.lb_ip for s in topo.SERVICES if s.lb_ip and s.announcer == node.name]
+            if ips:
+                self._spawn(
+                    node.name,
+                    [sys.executable, "-m", "tests.lab.announce", "eth0", *ips],
+                    f"announce-{node.name}",
+                    ready="ready",
+                )
+
+    def _health_checks(self) -> None:
+        """kube-proxy's health check node port of each Local Service, on every node."""
+        for svc in topo.SERVICES:
+            if not svc.health_port:
+                continue
+            for node in topo.NODES:
+                local = sum(1 for p in topo.endpoints(svc) if p.node == node.name)
+                self._spawn(
+                    node.name,
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.lab.healthz",
+                        str(svc.health_port),
+                        str(local),
+                        str(self._health_state(node.name)),
+                    ],
+                    f"healthz-{svc.name}-{node.name}",
+                    ready="ready",
+                )
+
+    def _health_state(self, node: str) -> Path:
+        return self.state / f"healthz-{node}.state"
+
     def _noise(self) -> None:
         """What a real cluster carries besides the incident (tests.lab.noise): the kubelet
         probing each web pod from its node every second, web-1 fetching from web-2 across
@@ -491,9 +543,10 @@ class Lab:
                     raise
                 time.sleep(0.2)
 
-    def client_python(self, code: str, timeout: float = 30) -> str:
+    def client_python(self, code: str, timeout: float = 30, ns: str = "client") -> str:
+        """Run Python code in a namespace (a pod's, a node's for hostNetwork, `outside`)."""
         out = subprocess.run(
-            self.in_ns("client", sys.executable, "-c", code),
+            self.in_ns(ns, sys.executable, "-c", code),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -524,7 +577,7 @@ class Lab:
             return
         active = [f for f in self.faults() if f != name] + ([name] if on else [])
         (self.state / "faults.json").write_text(json.dumps(active))
-        if name in ("policy-drop", "no-endpoints", "kube-proxy-down"):
+        if name in RULE_FAULTS:
             for node in topo.NODES:
                 self._iptables(node)
         elif name == "mtu-blackhole":
@@ -533,6 +586,11 @@ class Lab:
             mtu = "1400" if on else str(topo.MTU)
             for node in topo.NODES:
                 self.exec("underlay", "ip", "link", "set", f"ul-{node.name}", "mtu", mtu)
+        elif name == "health-check-down":
+            # kube-proxy stopped on the node that has edge's endpoint: its rules stay in
+            # place, its health check port closes
+            node = topo.pod("web-2").node
+            self._health_state(node).write_text("down" if on else "up")
         elif name == "dns-upstream-down":
             for proto in ("udp", "tcp"):
                 rule = ["INPUT", "-p", proto, "--dport", "53", "-j", "DROP"]
@@ -568,6 +626,7 @@ class Lab:
             "namespaces": {
                 "underlay": self.ns("underlay"),
                 "upstream": self.ns("upstream"),
+                "outside": self.ns("outside"),
                 **{n.name: self.ns(n.name) for n in topo.NODES},
                 **{p.name: self.ns(p.name) for p in topo.PODS},
             },

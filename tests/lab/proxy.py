@@ -67,10 +67,93 @@ def _policy(node: topo.Node, faults: tuple[str, ...], fam: Family) -> list[str]:
     ]
 
 
-def _kube_proxy_iptables(faults: tuple[str, ...], fam: Family) -> tuple[list[str], list[str]]:
+def _local(eps: list[topo.Pod], node: topo.Node) -> list[topo.Pod]:
+    return [ep for ep in eps if ep.node == node.name]
+
+
+def _sep_chains(
+    label: str, proto: str, port: topo.Port, eps: list[str], chain: str, fam: Family
+) -> list[str]:
+    """A Service chain's round-robin over endpoint chains, and those chains' DNAT."""
+    rules = []
+    for i, ip in enumerate(eps):
+        sep = chain_name("KUBE-SEP", label + proto + ip)
+        target = f"[{ip}]:{port.target}" if fam is V6 else f"{ip}:{port.target}"
+        rest = len(eps) - i
+        pick = f"-m statistic --mode nth --every {rest} --packet 0 " if rest > 1 else ""
+        rules += [
+            f":{sep} - [0:0]",
+            f'-A {chain} -m comment --comment "{label} -> {target}" {pick}-j {sep}',
+            f'-A {sep} -s {ip}/{fam.host} -m comment --comment "{label}" -j KUBE-MARK-MASQ',
+            f'-A {sep} -p {proto} -m comment --comment "{label}" -m {proto} -j DNAT '
+            f"--to-destination {target}",
+        ]
+    return rules
+
+
+def _external_iptables(
+    svc: topo.Service,
+    port: topo.Port,
+    node: topo.Node,
+    eps: list[topo.Pod],
+    faults: tuple[str, ...],
+    svc_chain: str,
+) -> tuple[list[str], list[str], list[str]]:
+    """(nat rules, the KUBE-SERVICES/KUBE-NODEPORTS entries, filter rules) that expose a
+    NodePort/LoadBalancer port on this node, as kube-proxy writes them."""
+    proto = port.protocol.lower()
+    label = f"{svc.namespace}/{svc.name}:{port.name}"
+    ext = chain_name("KUBE-EXT", label + proto)
+    match = f"-p {proto} -m {proto} --dport"
+    entries = [
+        f'-A KUBE-NODEPORTS {match} {port.node_port} -m comment --comment "{label}" -j {ext}'
+    ]
+    if svc.lb_ip:
+        entries.insert(
+            0,
+            f"-A KUBE-SERVICES -d {svc.lb_ip}/32 {match} {port.port} -m comment --comment "
+            f'"{label} loadbalancer IP" -j {ext}',
+        )
+    nat = [f":{ext} - [0:0]"]
+    masq = "no-external-snat" not in faults
+    if svc.external_policy == "Cluster":
+        if masq:
+            nat.append(
+                f'-A {ext} -m comment --comment "masquerade traffic for {label} external '
+                'destinations" -j KUBE-MARK-MASQ'
+            )
+        nat.append(f"-A {ext} -j {svc_chain}")
+        return nat, entries, []
+    nat += [
+        f'-A {ext} -s {V4.cluster} -m comment --comment "pod traffic for {label} external '
+        f'destinations" -j {svc_chain}',
+        f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {label} external '
+        'destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ',
+        f'-A {ext} -m comment --comment "route LOCAL traffic for {label} external '
+        f'destinations" -m addrtype --src-type LOCAL -j {svc_chain}',
+    ]
+    local = [ep.ip for ep in _local(eps, node)]
+    if local:
+        svl = chain_name("KUBE-SVL", label + proto)
+        nat += [f":{svl} - [0:0]", f"-A {ext} -j {svl}"]
+        nat += _sep_chains(label, proto, port, local, svl, V4)
+        return nat, entries, []
+    why = f'-m comment --comment "{label} has no local endpoints" -j DROP'
+    filt = [
+        f"-A KUBE-EXTERNAL-SERVICES -m addrtype --dst-type LOCAL {match} {port.node_port} {why}"
+    ]
+    if svc.lb_ip:
+        filt.append(f"-A KUBE-EXTERNAL-SERVICES -d {svc.lb_ip}/32 {match} {port.port} {why}")
+    return nat, entries, filt
+
+
+def _kube_proxy_iptables(
+    node: topo.Node, faults: tuple[str, ...], fam: Family
+) -> tuple[list[str], list[str]]:
     """(nat, filter) lines of kube-proxy's iptables mode."""
     nat = [
         ":KUBE-SERVICES - [0:0]",
+        ":KUBE-NODEPORTS - [0:0]",
         ":KUBE-POSTROUTING - [0:0]",
         ":KUBE-MARK-MASQ - [0:0]",
         '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
@@ -84,13 +167,20 @@ def _kube_proxy_iptables(faults: tuple[str, ...], fam: Family) -> tuple[list[str
     ]
     filt = [
         ":KUBE-SERVICES - [0:0]",
+        ":KUBE-EXTERNAL-SERVICES - [0:0]",
+        '-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-'
+        'visible service portals" -j KUBE-EXTERNAL-SERVICES',
         '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service '
         'portals" -j KUBE-SERVICES',
+        '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-'
+        'visible service portals" -j KUBE-EXTERNAL-SERVICES',
         '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service '
         'portals" -j KUBE-SERVICES',
     ]
+    nodeports = []
     for svc in topo.SERVICES:
-        eps = [fam.addr(ep.ip) for ep in _endpoints(svc, faults)]
+        pods = _endpoints(svc, faults)
+        eps = [fam.addr(ep.ip) for ep in pods]
         vip = f"{fam.addr(svc.cluster_ip)}/{fam.host}"
         for port in svc.ports:
             proto = port.protocol.lower()
@@ -103,24 +193,42 @@ def _kube_proxy_iptables(faults: tuple[str, ...], fam: Family) -> tuple[list[str
                 )
                 continue
             svc_chain = chain_name("KUBE-SVC", label + proto + vip)
-            nat.insert(0, f":{svc_chain} - [0:0]")
-            nat.append(
+            nat.append(f":{svc_chain} - [0:0]")
+            nat += [
                 f"-A KUBE-SERVICES -d {vip} -p {proto} -m comment --comment "
-                f'"{label} cluster IP" -m {proto} --dport {port.port} -j {svc_chain}'
-            )
-            for i, ip in enumerate(eps):
-                sep = chain_name("KUBE-SEP", label + proto + ip)
-                target = f"[{ip}]:{port.target}" if fam is V6 else f"{ip}:{port.target}"
-                nat.insert(0, f":{sep} - [0:0]")
-                rest = len(eps) - i
-                pick = f"-m statistic --mode nth --every {rest} --packet 0 " if rest > 1 else ""
-                nat += [
-                    f'-A {svc_chain} -m comment --comment "{label} -> {target}" {pick}-j {sep}',
-                    f'-A {sep} -s {ip}/{fam.host} -m comment --comment "{label}" -j KUBE-MARK-MASQ',
-                    f'-A {sep} -p {proto} -m comment --comment "{label}" -m {proto} -j DNAT '
-                    f"--to-destination {target}",
-                ]
+                f'"{label} cluster IP" -m {proto} --dport {port.port} -j {svc_chain}',
+                # off-cluster clients (the node itself, hostNetwork pods) are masqueraded so
+                # that the answer comes back through this node
+                f"-A {svc_chain} ! -s {fam.cluster} -d {vip} -p {proto} -m comment --comment "
+                f'"{label} cluster IP" -m {proto} --dport {port.port} -j KUBE-MARK-MASQ',
+            ]
+            nat += _sep_chains(label, proto, port, eps, svc_chain, fam)
+            if svc.external and fam is V4:
+                ext_nat, entries, ext_filt = _external_iptables(
+                    svc, port, node, pods, faults, svc_chain
+                )
+                nat += ext_nat
+                nodeports += entries
+                filt += ext_filt
+    nat += [e for e in nodeports if e.startswith("-A KUBE-SERVICES")]
+    nat.append(
+        '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must '
+        'be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS'
+    )
+    nat += [e for e in nodeports if e.startswith("-A KUBE-NODEPORTS")]
     return nat, filt
+
+
+def _firewall(node: topo.Node, faults: tuple[str, ...]) -> list[str]:
+    """The lab's host-firewall fault: node-b's raw table drops what arrives for web's NodePort
+    before kube-proxy's DNAT sees it."""
+    if "nodeport-blocked" not in faults or node.name != topo.pod("web-2").node:
+        return []
+    port = next(p for s in topo.SERVICES if s.name == "web" for p in s.ports)
+    return [
+        f"-A PREROUTING -p tcp -m tcp --dport {port.node_port} -m comment --comment "
+        '"lab: host firewall denies NodePorts" -j DROP'
+    ]
 
 
 def iptables_rules(
@@ -130,9 +238,16 @@ def iptables_rules(
     lab's policy fault, and kube-proxy's rules when it runs in iptables mode."""
     nat, filt = _flannel_nat(fam), _policy(node, faults, fam)
     if kube_proxy and _proxy_runs(node, faults):
-        kp_nat, kp_filt = _kube_proxy_iptables(faults, fam)
+        kp_nat, kp_filt = _kube_proxy_iptables(node, faults, fam)
         nat, filt = kp_nat + nat, filt + kp_filt
-    return "*nat\n" + "\n".join(nat) + "\nCOMMIT\n*filter\n" + "\n".join(filt) + "\nCOMMIT\n"
+    raw = _firewall(node, faults) if fam is V4 else []
+    return "".join(
+        f"*{table}\n"
+        # chains declared before the rules that jump to them, as iptables-save prints them
+        + "".join(line + "\n" for line in sorted(lines, key=lambda r: not r.startswith(":")))
+        + "COMMIT\n"
+        for table, lines in (("raw", raw), ("nat", nat), ("filter", filt))
+    )
 
 
 def ip6tables_rules(node: topo.Node, faults: tuple[str, ...]) -> str:
@@ -140,13 +255,31 @@ def ip6tables_rules(node: topo.Node, faults: tuple[str, ...]) -> str:
     return iptables_rules(node, faults, True, V6)
 
 
+def _nft_endpoints(label: str, port: topo.Port, proto: str, eps: list[topo.Pod]) -> list[str]:
+    return [
+        f"  chain {chain_name('endpoint', label + ep.ip)} {{\n"
+        f'    comment "{label} -> {ep.ip}:{port.target}"\n'
+        f"    ip saddr {ep.ip} jump mark-for-masquerade\n"
+        f"    meta l4proto {proto} dnat to {ep.ip}:{port.target}\n  }}"
+        for ep in eps
+    ]
+
+
+def _nft_pick(label: str, eps: list[topo.Pod]) -> str:
+    picks = ", ".join(
+        f"{i} : goto {chain_name('endpoint', label + ep.ip)}" for i, ep in enumerate(eps)
+    )
+    return f"numgen inc mod {len(eps)} vmap {{ {picks} }}"
+
+
 def nft_rules(node: topo.Node, faults: tuple[str, ...]) -> str:
     """kube-proxy's nftables mode as an `nft -f` script: its own `ip kube-proxy` table,
-    Services in a verdict map, one chain per Service and per endpoint (replaced whole)."""
+    Services in verdict maps (ClusterIPs and LoadBalancer IPs; NodePorts for any local
+    address), one chain per Service, per external exposure and per endpoint."""
     head = "table ip kube-proxy\ndelete table ip kube-proxy\n"
     if not _proxy_runs(node, faults):
         return head
-    services, rejects, chains = [], [], []
+    services, rejects, nodeports, closed_ports, chains = [], [], [], [], []
     for svc in topo.SERVICES:
         eps = _endpoints(svc, faults)
         for port in svc.ports:
@@ -158,29 +291,66 @@ def nft_rules(node: topo.Node, faults: tuple[str, ...]) -> str:
                 continue
             svc_chain = chain_name("service", label)
             services.append(f"{key} : goto {svc_chain}")
-            picks = []
-            for i, ep in enumerate(eps):
-                ep_chain = chain_name("endpoint", label + ep.ip)
-                picks.append(f"{i} : goto {ep_chain}")
-                chains.append(
-                    f"  chain {ep_chain} {{\n"
-                    f'    comment "{label} -> {ep.ip}:{port.target}"\n'
-                    f"    ip saddr {ep.ip} jump mark-for-masquerade\n"
-                    f"    meta l4proto {proto} dnat to {ep.ip}:{port.target}\n  }}"
-                )
+            chains += _nft_endpoints(label, port, proto, eps)
             chains.append(
                 f"  chain {svc_chain} {{\n"
                 f'    comment "{label}"\n'
-                f"    numgen inc mod {len(eps)} vmap {{ {', '.join(picks)} }}\n  }}"
+                f"    ip daddr {svc.cluster_ip} ip saddr != {V4.cluster} "
+                "jump mark-for-masquerade\n"
+                f"    {_nft_pick(label, eps)}\n  }}"
             )
+            if not svc.external:
+                continue
+            ext = chain_name("external", label)
+            lb_key = f"{svc.lb_ip} . {proto} . {port.port}"
+            local = _local(eps, node)
+            if svc.external_policy == "Local" and not local:
+                closed_ports.append(f"{proto} . {port.node_port} : drop")
+                if svc.lb_ip:
+                    rejects.append(f"{lb_key} : drop")
+                continue
+            nodeports.append(f"{proto} . {port.node_port} : goto {ext}")
+            if svc.lb_ip:
+                services.append(f"{lb_key} : goto {ext}")
+            if svc.external_policy == "Cluster":
+                masq = "" if "no-external-snat" in faults else "    jump mark-for-masquerade\n"
+                body = f"{masq}    goto {svc_chain}\n"
+            else:
+                body = (
+                    f"    ip saddr {V4.cluster} goto {svc_chain}\n"
+                    "    fib saddr type local jump mark-for-masquerade\n"
+                    f"    fib saddr type local goto {svc_chain}\n"
+                    f"    {_nft_pick(label, local)}\n"
+                )
+            chains.append(f'  chain {ext} {{\n    comment "{label}"\n{body}  }}')
 
-    def verdicts(name: str, elements: list[str]) -> str:
+    def verdicts(name: str, elements: list[str], key: str) -> str:
         body = f" elements = {{ {', '.join(elements)} }}" if elements else ""
-        return (
-            f"  map {name} {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n"
-            f"   {body}\n  }}"
-        )
+        return f"  map {name} {{\n    type {key} : verdict\n   {body}\n  }}"
 
+    service_key = "ipv4_addr . inet_proto . inet_service"
+    port_key = "inet_proto . inet_service"
+    hooks = (
+        ("nat-prerouting", "nat hook prerouting priority dstnat", "jump services"),
+        ("nat-output", "nat hook output priority -100", "jump services"),
+        ("nat-postrouting", "nat hook postrouting priority srcnat", "jump masquerading"),
+        (
+            "filter-input",
+            "filter hook input priority -110",
+            "ct state new jump nodeport-endpoints-check\n"
+            "    ct state new jump service-endpoints-check",
+        ),
+        (
+            "filter-forward",
+            "filter hook forward priority -110",
+            "ct state new jump service-endpoints-check",
+        ),
+        (
+            "filter-output",
+            "filter hook output priority -110",
+            "ct state new jump service-endpoints-check",
+        ),
+    )
     return head + "\n".join(
         [
             "table ip kube-proxy {",
@@ -190,21 +360,21 @@ def nft_rules(node: topo.Node, faults: tuple[str, ...]) -> str:
             f"    meta mark set meta mark ^ {MASQ_MARK}\n    masquerade fully-random\n  }}",
             "  chain reject-chain {\n    reject\n  }",
             *chains,
-            verdicts("service-ips", services),
-            verdicts("no-endpoint-services", rejects),
-            "  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }",
+            verdicts("service-ips", services, service_key),
+            verdicts("service-nodeports", nodeports, port_key),
+            verdicts("no-endpoint-services", rejects, service_key),
+            verdicts("no-endpoint-nodeports", closed_ports, port_key),
+            "  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n"
+            "    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport "
+            "vmap @service-nodeports\n  }",
             "  chain service-endpoints-check {\n"
             "    ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n  }",
-            "  chain nat-prerouting {\n    type nat hook prerouting priority dstnat; "
-            "policy accept;\n    jump services\n  }",
-            "  chain nat-output {\n    type nat hook output priority -100; policy accept;\n"
-            "    jump services\n  }",
-            "  chain nat-postrouting {\n    type nat hook postrouting priority srcnat; "
-            "policy accept;\n    jump masquerading\n  }",
-            "  chain filter-forward {\n    type filter hook forward priority -110; "
-            "policy accept;\n    ct state new jump service-endpoints-check\n  }",
-            "  chain filter-output {\n    type filter hook output priority -110; "
-            "policy accept;\n    ct state new jump service-endpoints-check\n  }",
+            "  chain nodeport-endpoints-check {\n    fib daddr type local ip daddr != "
+            "127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports\n  }",
+            *(
+                f"  chain {name} {{\n    type {hook}; policy accept;\n    {rule}\n  }}"
+                for name, hook, rule in hooks
+            ),
             "}",
             "",
         ]

@@ -54,6 +54,9 @@ class Scenario:
     code: str
     shows: str
     ipv6: bool = False  # needs a dual-stack shape
+    runs_in: str = "client"  # the lab namespace the code runs in (a pod, a node, outside)
+    extra_points: tuple[str, ...] = ()  # ids from EXTRA_POINTS, besides the usual ones
+    target: str = "pod/client"
 
 
 def resolve(*names: str) -> str:
@@ -86,6 +89,10 @@ try:
 except OSError as exc:
     print(f"connect to web-2:81: {exc}")
 """
+
+NODE_A, NODE_B = (n.ip for n in topo.NODES)
+WEB, EDGE = (s for s in topo.SERVICES if s.name in ("web", "edge"))
+WEB_NODE_PORT, EDGE_NODE_PORT = WEB.ports[0].node_port, EDGE.ports[0].node_port
 
 SCENARIOS = {
     s.name: s
@@ -181,6 +188,94 @@ SCENARIOS = {
             "to web-2 reaches node-b and never web-2",
             ipv6=True,
         ),
+        Scenario(
+            "external",
+            (),
+            fetch("/", "/", host=f"{NODE_A}:{WEB_NODE_PORT}")
+            + fetch("/", host=f"{NODE_B}:{WEB_NODE_PORT}")
+            + fetch("/", host=WEB.lb_ip),
+            "a client outside the cluster calls web's NodePort on node-a twice (web-1 on that "
+            "node, then web-2 on the other: DNAT and SNAT to the node's tunnel address, same "
+            "NIC in and out), once on node-b (to web-1 across the nodes), and once its "
+            "LoadBalancer address (announced by node-a): externalTrafficPolicy Cluster",
+            runs_in="outside",
+            extra_points=("outside-eth0",),
+            target="svc/web",
+        ),
+        Scenario(
+            "external-local",
+            (),
+            fetch("/healthz", timeout=2, host=f"{NODE_A}:{EDGE.health_port}")
+            + fetch("/healthz", timeout=2, host=f"{NODE_B}:{EDGE.health_port}")
+            + fetch("/", host=f"{NODE_B}:{EDGE_NODE_PORT}")
+            + fetch("/", host=EDGE.lb_ip),
+            "the outside client health-checks edge (externalTrafficPolicy Local, its one "
+            "endpoint web-2 on node-b) on both nodes (node-a: 503, no local endpoint; node-b: "
+            "200), then calls it through node-b's NodePort and its LoadBalancer address: DNAT "
+            "only, web-2 sees the client's own address",
+            runs_in="outside",
+            target="svc/edge",
+        ),
+        Scenario(
+            "health-check-down",
+            ("health-check-down",),
+            fetch("/healthz", timeout=2, host=f"{NODE_A}:{EDGE.health_port}")
+            + fetch("/healthz", timeout=2, host=f"{NODE_B}:{EDGE.health_port}"),
+            "a load balancer health-checks edge on both nodes: node-a answers 503 (no local "
+            "endpoint, as designed), node-b, which has the endpoint, refuses the connection "
+            "(kube-proxy is not running there), so no node passes",
+            runs_in="outside",
+            target="svc/edge",
+        ),
+        Scenario(
+            "local-no-endpoint",
+            (),
+            fetch("/", timeout=2, host=f"{NODE_A}:{EDGE_NODE_PORT}"),
+            "the outside client calls edge's NodePort on node-a, which has no endpoint of it: "
+            "with externalTrafficPolicy Local kube-proxy drops the SYN there",
+            runs_in="outside",
+            extra_points=("outside-eth0",),
+            target="svc/edge",
+        ),
+        Scenario(
+            "nodeport-blocked",
+            ("nodeport-blocked",),
+            fetch("/", timeout=2, host=f"{NODE_B}:{WEB_NODE_PORT}"),
+            "a host firewall rule on node-b drops what arrives for web's NodePort: the SYN "
+            "reaches node-b's NIC and goes no further",
+            runs_in="outside",
+            target="svc/web",
+        ),
+        Scenario(
+            "asymmetric-return",
+            ("no-external-snat",),
+            fetch("/", "/", timeout=2, host=f"{NODE_A}:{WEB_NODE_PORT}"),
+            "external traffic is not masqueraded: the call through node-a to web-1 works, "
+            "the one forwarded to web-2 is answered by node-b straight to the client, from "
+            "the pod's address the client never called, and the client resets it",
+            runs_in="outside",
+            extra_points=("outside-eth0",),
+            target="svc/web",
+        ),
+        Scenario(
+            "hairpin",
+            (),
+            fetch("/", "/"),
+            "web-1 calls its own Service: the first call is DNAT-ed back to web-1 itself "
+            "(hairpin, masqueraded to the node's bridge address), the second to web-2",
+            runs_in="web-1",
+            extra_points=("web-1-eth0", "web-1-veth"),
+            target="pod/web-1",
+        ),
+        Scenario(
+            "host-network",
+            (),
+            fetch("/", "/", host=WEB.cluster_ip),
+            "a hostNetwork pod on node-a (the node's own address) calls web's ClusterIP "
+            "twice: to web-1 on its node, then to web-2, masqueraded as off-cluster traffic",
+            runs_in="node-a",
+            target="pod/agent",
+        ),
     )
 }
 
@@ -201,9 +296,19 @@ class Where:
     namespace: str | None = None
 
 
-def capture_points() -> list[Where]:
+def capture_points(extra: tuple[str, ...] = ()) -> list[Where]:
     client, web2, dns = topo.pod("client"), topo.pod("web-2"), topo.pod("coredns")
-    return [
+    web1 = topo.pod("web-1")
+    optional = {
+        # a capture on the machine outside the cluster: what a user can add by hand (tcpdump
+        # on their laptop or load balancer), never a point kubectl ktrace places
+        "outside-eth0": Where("outside-eth0", "host", "outside", "eth0", ""),
+        "web-1-eth0": Where("web-1-eth0", "pod", "web-1", "eth0", "node-a", "web-1", "default"),
+        "web-1-veth": Where(
+            "web-1-veth", "veth", "node-a", web1.veth, "node-a", "web-1", "default"
+        ),
+    }
+    return [optional[e] for e in extra] + [
         Where("client-eth0", "pod", "client", "eth0", "node-a", "client", "default"),
         Where("client-veth", "veth", "node-a", client.veth, "node-a", "client", "default"),
         Where("node-a-eth0", "node", "node-a", "eth0", "node-a"),
@@ -297,13 +402,13 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
     bundle.mkdir(parents=True, mode=0o700)
     points_dir = bundle / "points"
     points_dir.mkdir(mode=0o700)
-    points = capture_points()
+    points = capture_points(spec.extra_points)
     for fault in spec.faults:
         lab.fault(fault, True)
     try:
         lab.reset_balancing()
         with tcpdumps(lab, points, points_dir) as stats:
-            output = lab.client_python(spec.code, timeout=60)
+            output = lab.client_python(spec.code, timeout=60, ns=spec.runs_in)
         node_metadata(lab, bundle)
     finally:
         for fault in spec.faults:
@@ -314,7 +419,7 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
                 id=p.id,
                 kind=p.kind,
                 file=f"points/{p.id}.pcap",
-                node=p.node,
+                node=p.node or None,
                 namespace=p.namespace,
                 pod=p.pod,
                 interface=p.interface,
@@ -325,7 +430,7 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
             for p in points
         ),
         cluster="ktrace-lab",
-        target="pod/client",
+        target=spec.target,
     )
     write_manifest(bundle, manifest)
     write_json(bundle / "inventory.json", topo.inventory(lab.shape.dual_stack))

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 UNDERLAY = "172.18.0.0/16"
 UNDERLAY_GW = "172.18.0.1"
 UPSTREAM_DNS = "172.18.0.100"
+# A client outside the cluster on the nodes' network, as a laptop, a load balancer's health
+# checker or another VPC's machine is: in no pod CIDR, no kube-proxy, no cluster DNS.
+OUTSIDE = "172.18.0.50"
 CLUSTER_CIDR = "10.244.0.0/16"
 VNI = 1
 VXLAN_PORT = 8472
@@ -91,6 +94,7 @@ class Port:
     port: int
     target: int
     protocol: str = "TCP"
+    node_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,15 @@ class Service:
     cluster_ip: str
     ports: tuple[Port, ...]
     selector: dict[str, str]
+    type: str = "ClusterIP"  # ClusterIP | NodePort | LoadBalancer
+    external_policy: str = "Cluster"  # externalTrafficPolicy: Cluster | Local
+    lb_ip: str = ""  # the LoadBalancer address on the underlay
+    announcer: str = ""  # the node that answers ARP for lb_ip (MetalLB L2 mode)
+    health_port: int = 0  # healthCheckNodePort (Local policy)
+
+    @property
+    def external(self) -> bool:
+        return self.type in ("NodePort", "LoadBalancer")
 
 
 NODES = (
@@ -109,7 +122,7 @@ NODES = (
 PODS = (
     Pod("client", "default", "node-a", "10.244.0.2", {"app": "client"}, "veth2a1c0e11"),
     Pod("web-1", "default", "node-a", "10.244.0.3", {"app": "web"}, "veth3b7f21d4"),
-    Pod("web-2", "default", "node-b", "10.244.1.2", {"app": "web"}, "veth4c9e8a07"),
+    Pod("web-2", "default", "node-b", "10.244.1.2", {"app": "web", "tier": "edge"}, "veth4c9e8a07"),
     Pod("coredns", "kube-system", "node-b", "10.244.1.3", {"k8s-app": "kube-dns"}, "veth5d0a3f92"),
 )
 SERVICES = (
@@ -120,8 +133,33 @@ SERVICES = (
         (Port("dns", 53, 53, "UDP"), Port("dns-tcp", 53, 53, "TCP")),
         {"k8s-app": "kube-dns"},
     ),
-    Service("web", "default", "10.96.0.20", (Port("http", 80, 80),), {"app": "web"}),
+    Service(
+        "web",
+        "default",
+        "10.96.0.20",
+        (Port("http", 80, 80, node_port=30080),),
+        {"app": "web"},
+        type="LoadBalancer",
+        lb_ip="172.18.255.200",
+        announcer="node-a",
+    ),
+    # One endpoint (web-2 on node-b) and externalTrafficPolicy Local: only node-b serves it,
+    # without SNAT; node-a drops what reaches it, as kube-proxy does.
+    Service(
+        "edge",
+        "default",
+        "10.96.0.30",
+        (Port("http", 80, 80, node_port=30081),),
+        {"app": "web", "tier": "edge"},
+        type="LoadBalancer",
+        external_policy="Local",
+        lb_ip="172.18.255.201",
+        announcer="node-b",
+        health_port=32081,
+    ),
 )
+# A hostNetwork pod (a node agent): it shares node-a's network namespace and address.
+HOST_PODS = (Pod("agent", "kube-system", "node-a", "172.18.0.2", {"app": "agent"}),)
 CLIENT_RESOLV = (
     "search default.svc.cluster.local svc.cluster.local cluster.local\n"
     "nameserver 10.96.0.10\n"
@@ -175,9 +213,9 @@ def inventory(dual_stack: bool = False) -> dict[str, object]:
                 "ips": both(p.ip),
                 "node": p.node,
                 "labels": p.labels,
-                "hostNetwork": False,
+                "hostNetwork": p in HOST_PODS,
             }
-            for p in PODS
+            for p in PODS + HOST_PODS
         ],
         "services": [
             {
@@ -185,7 +223,20 @@ def inventory(dual_stack: bool = False) -> dict[str, object]:
                 "namespace": s.namespace,
                 "clusterIP": s.cluster_ip,
                 "clusterIPs": both(s.cluster_ip),
-                "ports": [asdict(p) for p in s.ports],
+                "ports": [
+                    {
+                        "name": p.name,
+                        "port": p.port,
+                        "target": p.target,
+                        "protocol": p.protocol,
+                        "nodePort": p.node_port,
+                    }
+                    for p in s.ports
+                ],
+                "type": s.type,
+                "externalTrafficPolicy": s.external_policy if s.external else "",
+                "loadBalancerIPs": [s.lb_ip] if s.lb_ip else [],
+                "healthCheckNodePort": s.health_port,
             }
             for s in SERVICES
         ],

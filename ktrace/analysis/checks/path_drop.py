@@ -83,6 +83,8 @@ def never_resent(analysis: Analysis, path: ConvPath, loss: Loss) -> bool:
 def _drop_groups(analysis: Analysis) -> list[_Drops]:
     groups: dict[tuple[str, str, str, str, bool, bool], _Drops] = {}
     for path in analysis.paths:
+        if path.conv in analysis.bypasses:
+            continue  # nat.asymmetric-return says where its replies went
         for loss in path.losses:
             if is_mtu(loss):
                 continue  # the next check

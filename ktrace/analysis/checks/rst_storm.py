@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
+from ktrace.analysis.checks.external import claimed
 from ktrace.analysis.context import Analysis
 from ktrace.decode.transport import RST, TCP
 from ktrace.model import Finding, Severity
@@ -19,6 +20,7 @@ def run(analysis: Analysis) -> Iterator[Finding]:
     c = analysis.index.columns
     tcp = f.proto == TCP
     refused = np.flatnonzero(tcp & (f.syn > 0) & (f.synack == 0) & (f.rst_ba > 0))
+    refused = np.array([x for x in refused.tolist() if not claimed(analysis, x)], np.int64)
     reset = np.flatnonzero(tcp & (f.synack > 0) & ((f.rst_ab + f.rst_ba) > 0))
     rst_rows = np.flatnonzero((c.tcp_flags & RST) != 0)
     if len(refused):

@@ -18,6 +18,7 @@ from ktrace.analysis.checks import (
     kernel_drops_note,
     plural,
 )
+from ktrace.analysis.checks.external import claimed
 from ktrace.analysis.context import Analysis
 from ktrace.decode.transport import ACK, SYN, TCP
 from ktrace.model import Finding, Severity
@@ -53,6 +54,7 @@ class _Unanswered:
     first_ns: int = 0
     last_ns: int = 0
     syns: list[list[int]] = field(default_factory=list)  # per connection
+    exposed: str = ""  # the Service when the destination is a NodePort or LoadBalancer address
 
     def evidence(self) -> list[int]:
         """Every try of a lone connection; the first tries of each of many."""
@@ -86,6 +88,8 @@ def _unanswered(analysis: Analysis) -> Iterator[tuple[int, np.ndarray]]:
         ):
             continue
         flow = int(everyone[np.argmin(f.first_ts[everyone])])
+        if claimed(analysis, flow):
+            continue  # svc.local-no-endpoint or svc.health-check say why
         path = analysis.path_of_flow(flow)
         if path and any(x.direction == "a->b" and x.syn for x in path.losses):
             continue  # located: path.drop says between which points it died
@@ -122,6 +126,9 @@ def _groups(analysis: Analysis) -> list[_Unanswered]:
         g = groups.setdefault(
             (dest, last_point, missed), _Unanswered(dest, last_point, missed=missed)
         )
+        ip, port = analysis.index.address(int(f.l3[flow]), int(f.b_addr[flow])), int(f.b_port[flow])
+        exposed = analysis.names.exposure(ip, port)
+        g.exposed = exposed.service if exposed else ""
         g.labels.append(conversation_label(analysis, path) if path else analysis.flow_label(flow))
         g.clients.add(analysis.endpoint(flow, "a").rsplit(":", 1)[0])
         g.tries += tries
@@ -177,14 +184,25 @@ def run(analysis: Analysis) -> Iterator[Finding]:
                 "point that saw it (NetworkPolicy, firewall, a missing route) or the "
                 "destination is gone."
             ),
-            next_step=(
-                f"Capture further along the path from {g.last_point} (the node, the "
-                "destination's node and pod) to see where the SYN stops; check "
-                "NetworkPolicies in the destination namespace and that the endpoint pod exists."
-            ),
+            next_step=_next_step(g),
             evidence=tuple(analysis.index.ref(r) for r in g.evidence()),
             flows=tuple(g.labels),
         )
+
+
+def _next_step(g: _Unanswered) -> str:
+    if g.exposed:  # arrived for a NodePort or LoadBalancer address and went nowhere
+        return (
+            f"The SYN reached {g.last_point} for {g.exposed} and was never forwarded: look on "
+            "that node for a firewall rule that drops the port before kube-proxy's DNAT "
+            "(iptables-save -t raw and the filter INPUT/FORWARD chains, nft list ruleset), "
+            "check kube-proxy runs there and that the Service has ready endpoints."
+        )
+    return (
+        f"Capture further along the path from {g.last_point} (the node, the destination's node "
+        "and pod) to see where the SYN stops; check NetworkPolicies in the destination "
+        "namespace and that the endpoint pod exists."
+    )
 
 
 CHECK = FunctionCheck("tcp.syn-unanswered", run)

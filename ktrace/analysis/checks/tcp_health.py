@@ -29,6 +29,8 @@ def _retransmitting(analysis: Analysis) -> dict[str, list[int]]:
     best: dict[int, int] = {}
     for flow in bad.tolist():
         conv = int(analysis.correlation.conv[flow])
+        if conv in analysis.bypasses:
+            continue  # the client resends because it rejects the replies: nat.asymmetric-return
         if conv not in best or f.retransmissions[flow] > f.retransmissions[best[conv]]:
             best[conv] = flow
     by_dest: dict[str, list[int]] = {}

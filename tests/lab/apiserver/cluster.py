@@ -232,27 +232,34 @@ class Cluster:
         )
 
     def _service(self, svc: dict[str, Any]) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "type": svc["type"],
+            "clusterIP": svc["cluster_ip"],
+            "clusterIPs": [svc["cluster_ip"]],
+            "selector": svc["selector"],
+            "ports": [
+                {
+                    "name": p["name"],
+                    "port": p["port"],
+                    "targetPort": p["target"],
+                    "protocol": p["protocol"],
+                    **({"nodePort": p["node_port"]} if svc["type"] != "ClusterIP" else {}),
+                }
+                for p in svc["ports"]
+            ],
+            "ipFamilies": ["IPv4"],
+            "sessionAffinity": "None",
+        }
+        if svc["type"] != "ClusterIP":
+            spec["externalTrafficPolicy"] = svc["external_policy"]
+        if svc["health_port"]:
+            spec["healthCheckNodePort"] = svc["health_port"]
+        ingress = [{"ip": svc["lb_ip"], "ipMode": "VIP"}] if svc["lb_ip"] else []
         return self._meta(
             "Service",
             {"name": svc["name"], "namespace": svc["namespace"], "labels": {}},
-            {"loadBalancer": {}},
-            spec={
-                "type": "ClusterIP",
-                "clusterIP": svc["cluster_ip"],
-                "clusterIPs": [svc["cluster_ip"]],
-                "selector": svc["selector"],
-                "ports": [
-                    {
-                        "name": p["name"],
-                        "port": p["port"],
-                        "targetPort": p["target"],
-                        "protocol": p["protocol"],
-                    }
-                    for p in svc["ports"]
-                ],
-                "ipFamilies": ["IPv4"],
-                "sessionAffinity": "None",
-            },
+            {"loadBalancer": {"ingress": ingress} if ingress else {}},
+            spec=spec,
         )
 
     def _slice(self, sl: dict[str, Any]) -> dict[str, Any]:
