@@ -102,3 +102,14 @@ def test_a_cluster_ip_service_exposes_nothing() -> None:
     names = Names.from_inventory(inventory(api_service(type="ClusterIP", ports=[{"port": 443}])))
     assert names.exposure("10.1.0.11", 31443) is None
     assert names.node_ports == {} and names.lb_ports == {}
+
+
+def test_an_address_of_a_node_pod_cidr_belongs_to_that_node() -> None:
+    inv = inventory()
+    inv["nodes"][0]["podCIDR"] = "192.168.6.0/24"
+    inv["nodes"][1]["podCIDR"] = "192.168.7.0/24"
+    names = Names.from_inventory(inv)
+    assert names.host_of("192.168.6.0") == "ip-10-1-0-11"  # flannel.1's address: SNAT's source
+    assert names.host_of("10.1.0.12") == "ip-10-1-0-12"
+    assert names.host_of("192.168.7.3") is None  # a pod is not its node
+    assert names.host_of("8.8.8.8") is None and names.host_of("fd00::1") is None

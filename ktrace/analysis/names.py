@@ -38,6 +38,7 @@ class Names:
     node_ports: dict[int, Exposure] = field(default_factory=dict)
     lb_ports: dict[tuple[str, int], Exposure] = field(default_factory=dict)
     health_ports: dict[int, Exposure] = field(default_factory=dict)  # on every node
+    pod_cidrs: tuple[tuple[str, str], ...] = ()  # (CIDR, node)
 
     @classmethod
     def from_inventory(cls, inventory: dict[str, Any] | None) -> Names:
@@ -68,7 +69,23 @@ class Names:
             node_ports,
             lb_ports,
             {e.health_port: e for e in node_ports.values() if e.health_port},
+            tuple(
+                (n["podCIDR"], n["name"]) for n in inventory.get("nodes", []) if n.get("podCIDR")
+            ),
         )
+
+    def host_of(self, ip: str) -> str | None:
+        """The node an address belongs to: its own address, or one from its pod CIDR that is
+        no pod's (the bridge, tunnel or gateway address SNAT uses)."""
+        named = self.by_ip.get(ip)
+        if named is not None:
+            return named.node if named.kind == "node" else None
+        addr = ipaddress.ip_address(ip)
+        for cidr, node in self.pod_cidrs:
+            net = ipaddress.ip_network(cidr, strict=False)
+            if addr.version == net.version and addr in net:
+                return node
+        return None
 
     def exposure(self, ip: str, port: int) -> Exposure | None:
         """The Service behind ip:port when it is a NodePort of a node or a LoadBalancer

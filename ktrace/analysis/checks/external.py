@@ -189,7 +189,8 @@ def run_snat_hides_client(analysis: Analysis) -> Iterator[Finding]:
             continue
         clients, masks, labels = groups.setdefault(exposed.service, (set(), set(), []))
         clients.add(client)
-        masks.add(seen_as)
+        host = names.host_of(seen_as)
+        masks.add(f"{seen_as} ({host})" if host else seen_as)
         labels.append(conversation_label(analysis, path))
     for service, (clients, masks, labels) in groups.items():
         yield Finding(
