@@ -248,6 +248,21 @@ PLACED = {
     "health-check-down": ("svc.health-check", "fails on node-b"),
 }
 
+# What the nodes' own records add to the finding (rule counters; kernel drop reasons where
+# tracefs could be had): (check, words from the counters, words from the kernel trace).
+NODE_EVIDENCE = {
+    # (on the dual-stack shape the client reaches web over IPv6: getaddrinfo prefers it)
+    "policy-drop": ("path.drop", ("filter FORWARD: -A FORWARD",), ("NETFILTER_DROP",)),
+    "policy-drop-v6": (
+        "path.drop",
+        ("Its rule ipv6 filter FORWARD: -A FORWARD",),
+        ("NETFILTER_DROP",),
+    ),
+    "no-endpoints": ("svc.no-endpoints", ("Rule: node-a:",), ("NETFILTER_DROP",)),
+    "mtu-blackhole": ("mtu.blackhole", ("On node-b: eth0 tx_dropped",), ()),
+    "kube-proxy-down": ("nat.missing", ("has no rule for 10.96.0.20 at all",), ()),
+}
+
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 @pytest.mark.parametrize("shape", sorted(topo.SHAPES))
@@ -264,6 +279,13 @@ def test_every_fault_on_every_shape(
         check, words = PLACED[scenario]
         titles = [f["title"] for f in found if f["id"] == check]
         assert any(words in t for t in titles), titles
+    if scenario in NODE_EVIDENCE:
+        bundle = recordings(shape, tmp_path_factory)[scenario]
+        traced = (bundle / "nodes" / "node-a" / "kfree_skb.txt").exists()
+        check, counted, kernel = NODE_EVIDENCE[scenario]
+        story = " ".join(" ".join(f["explanation"].split()) for f in found if f["id"] == check)
+        for words in (*counted, *(kernel if traced else ())):
+            assert words in story, story
     if "outside-eth0" in SCENARIOS[scenario].extra_points:
         # what kubectl ktrace can capture: no point outside the cluster
         inside = without_point(recordings(shape, tmp_path_factory)[scenario], "outside-eth0",

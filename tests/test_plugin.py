@@ -304,6 +304,10 @@ def test_pod_security_baseline(
     )
     assert main(argv) == 0
     assert "client-veth" in {p.id for p in read_manifest(bundle).points}  # type: ignore[union-attr]
+    # a privileged namespace admits the hostPath volume of tracefs: drop events recorded
+    trace = (bundle / "nodes" / "node-a" / "kfree_skb.txt").read_text()
+    assert "ktrace-clock" in trace and not (bundle / "nodes" / "node-a" / "evidence.txt").exists()
+    assert "kernel drop reasons not recorded" not in capsys.readouterr().err
 
 
 def test_pod_security_restricted(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -465,6 +469,7 @@ def test_python_client_watches_a_pod_change(env: Env) -> None:
 def test_trace_says_where_the_probe_stopped(
     env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    capsys.readouterr()
     env.lab.fault("policy-drop", True)
     try:
         code = main(
@@ -472,11 +477,48 @@ def test_trace_says_where_the_probe_stopped(
         )
     finally:
         env.lab.fault("policy-drop", False)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 1, out  # a probe failed
     assert "FAIL default/web-2 at 10.244.1.2:80: no answer within 3 s" in out
     assert "stopped after node-b-flannel.1: never seen at web-2-veth" in out
     assert "path.drop" in out
+    # node-b's rule counters over the capture quote the rule that dropped it, with its chain
+    assert "Its rule ipv4 filter FORWARD: -A FORWARD -s 10.244.0.2/32 -d 10.244.1.2/32" in " ".join(
+        out.split()
+    )
+    counters = tmp_path / "t" / "nodes" / "node-b" / "counters"
+    assert "-j DROP" in (counters / "end" / "iptables-save.txt").read_text()
+    assert "insert_failed=" in (counters / "start" / "conntrack-stats.txt").read_text()
+    # no --node-namespace: no tracefs asked for, and one line says so
+    skipped = (counters.parent / "evidence.txt").read_text()
+    assert skipped.startswith("kernel drop reasons not recorded: the node pods read tracefs")
+    assert err.count("kernel drop reasons not recorded") == 1
+
+
+def test_trace_through_kubectl_names_the_kernel_reason_and_the_rule(
+    env: Env, tmp_path: Path
+) -> None:
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed")
+    argv = ["trace", "client", "--to", "svc/web", "--node-namespace", "kube-system"]
+    env.lab.fault("policy-drop", True)
+    try:
+        run = Running([KUBECTL, "ktrace", *argv, "-o", str(tmp_path / "t")], env)
+        code, out, err = run.finish()
+    finally:
+        env.lab.fault("policy-drop", False)
+    text = " ".join(out.split())
+    assert code == 1, err  # the probe to web-2 failed
+    assert "NETFILTER_DROP" in text, text
+    assert "Its rule ipv4 filter FORWARD: -A FORWARD -s 10.244.0.2/32 -d 10.244.1.2/32" in text
+    assert "kernel drop reasons not recorded" not in err
+    # the same offline, from the bundle
+    again = " ".join(
+        " ".join(f["explanation"].split())
+        for f in analyze([tmp_path / "t"]).to_dict()["findings"]
+        if f["id"] == "path.drop"
+    )
+    assert "NETFILTER_DROP" in again and "-j DROP" in again
 
 
 def test_trace_to_a_service_probes_every_backend(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -14,6 +14,7 @@ from ktrace.analysis.flows import FlowTable
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import ConvPath
 from ktrace.analysis.returns import Bypass, bypasses
+from ktrace.bundle.node_evidence import NodeEvidence
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import TCP, UDP
 
@@ -28,6 +29,7 @@ class Analysis:
     correlation: Correlation
     paths: list[ConvPath]
     names: Names
+    nodes: dict[str, NodeEvidence] = field(default_factory=dict)  # what the nodes recorded
 
     @cached_property
     def _path_by_conv(self) -> dict[int, ConvPath]:

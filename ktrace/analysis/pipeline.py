@@ -19,6 +19,7 @@ from ktrace.analysis.names import Names
 from ktrace.analysis.paths import conversation_paths
 from ktrace.analysis.result import Result
 from ktrace.bundle.inputs import Inputs, read_inputs
+from ktrace.bundle.node_evidence import NodeEvidence
 from ktrace.decode.index import IndexBuilder, PacketIndex, Progress, scan
 from ktrace.errors import Cancelled, KtraceError
 
@@ -74,7 +75,7 @@ def run_pipeline(
         raise
     index = builder.result()
     yield Indexed(index)
-    yield Analyzed(analyze_index(index, found.inventory, cancel, found.notes))
+    yield Analyzed(analyze_index(index, found.inventory, cancel, found.notes, found.nodes))
 
 
 def analyze_index(
@@ -82,6 +83,7 @@ def analyze_index(
     inventory: dict[str, Any] | None = None,
     cancel: threading.Event | None = None,
     notes: tuple[str, ...] = (),
+    nodes: dict[str, NodeEvidence] | None = None,
 ) -> Result:
     """Everything after the index: flows, DNS, correlation, paths, findings."""
     flows = build_flows(index.columns, len(index.points))
@@ -92,7 +94,9 @@ def analyze_index(
     correlation = correlate(index.columns, flows, index.points, index.v6, list(same_clock.values()))
     names = Names.from_inventory(inventory)
     paths = conversation_paths(index, flows, correlation, names)
-    analysis = Analysis(index, flows, dns_transactions(index, cancel), correlation, paths, names)
+    analysis = Analysis(
+        index, flows, dns_transactions(index, cancel), correlation, paths, names, nodes or {}
+    )
     findings, errors = run_checks(analysis)
     return Result(analysis, tuple(findings), tuple(errors), notes)
 

@@ -7,11 +7,12 @@ import atexit
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ktrace.bundle.manifest import CaptureStatus, Manifest, read_inventory, read_manifest
+from ktrace.bundle.node_evidence import NodeEvidence, read_nodes
 from ktrace.errors import CaptureFileError
 from ktrace.model import Point
 
@@ -25,6 +26,7 @@ class Inputs:
     declared: dict[Path, Point]  # from bundle manifests
     inventory: dict[str, Any] | None
     notes: tuple[str, ...] = ()  # a bundle cut short, or still being written
+    nodes: dict[str, NodeEvidence] = field(default_factory=dict)  # from bundles' nodes/
 
     def current_files(self) -> list[Path]:
         """The capture files as they are now: a live bundle gains its points as they start."""
@@ -78,6 +80,7 @@ def read_inputs(inputs: list[Path]) -> Inputs:
     inventory: dict[str, Any] | None = None
     plain: list[Path] = []
     notes: list[str] = []
+    nodes: dict[str, NodeEvidence] = {}
     for p in inputs:
         if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
             p = unpack_bundle(p)
@@ -91,8 +94,9 @@ def read_inputs(inputs: list[Path]) -> Inputs:
             notes.append(note)
         declared.update(_declared_points(p, manifest))
         inventory = read_inventory(p) or inventory
+        nodes.update(read_nodes(p))
     files = [*declared, *capture_files(plain)]
-    return Inputs(tuple(paths), tuple(files), declared, inventory, tuple(notes))
+    return Inputs(tuple(paths), tuple(files), declared, inventory, tuple(notes), nodes)
 
 
 def capture_files(inputs: list[Path]) -> list[Path]:

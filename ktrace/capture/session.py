@@ -32,7 +32,8 @@ from ktrace.bundle.manifest import (
     write_manifest,
     write_private,
 )
-from ktrace.capture import tcpdump
+from ktrace.bundle.node_evidence import FAILED, SNAPSHOT
+from ktrace.capture import kernel_drops, tcpdump
 from ktrace.capture.plan import node_points, pod_iflink, pod_points
 from ktrace.capture.point import Plan, PointRun
 from ktrace.capture.progress import Progress
@@ -134,6 +135,9 @@ class Session:
         self.runs: list[PointRun] = []
         self.ttl = int((opts.duration or 3600) + 120)
         self.inventory: dict[str, Any] = {}
+        self.tracefs = False  # node pods see the host's tracefs: kernel drop reasons
+        self.traced: dict[str, str] = {}  # node -> "" when tracing, else why not
+        self.trace_skipped = ""
 
     def say(self, text: str) -> None:
         print(f"ktrace: {text}", file=self.err, flush=True)
@@ -192,7 +196,9 @@ class Session:
         c = debug.Container(ns, debug.node_pod_name(node), "capture", node)
         self.node_pods[node] = c
         try:
-            debug.create_node_pod(self.api, c, self.opts.image, self.ttl, self.session)
+            debug.create_node_pod(
+                self.api, c, self.opts.image, self.ttl, self.session, tracefs=self.tracefs
+            )
         except PodSecurityError as exc:
             raise PodSecurityError(
                 f'node capture refused: namespace "{ns}" enforces PodSecurity "{exc.level}" '
@@ -223,6 +229,7 @@ class Session:
             if self.opts.node:
                 by_node.setdefault(pod.node, []).append((pod, pod_iflink(self.api, c)))
         if self.opts.node:
+            self._ask_for_tracefs()
             nodes = {n["name"]: n["internalIP"] for n in self.inventory.get("nodes", [])}
             if self.opts.from_outside:
                 for node in nodes:
@@ -241,6 +248,51 @@ class Session:
                 plans += found
         return plans
 
+    def _ask_for_tracefs(self) -> None:
+        """tracefs only where the node pods' namespace admits a hostPath volume; else say why."""
+        ns = self.opts.node_namespace
+        level = debug.namespace_level(self.api, ns) if ns else None
+        self.tracefs = level == "privileged"
+        if not self.tracefs:
+            self.trace_skipped = kernel_drops.skipped(ns, level)
+            self.say(self.trace_skipped)
+
+    def _each_node(self, work: Callable[[str, debug.Container], None]) -> None:
+        """Some work on every node pod at once: a capture may span many nodes."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda item: work(*item), list(self.node_pods.items())))
+
+    def _start_trace(self, node: str, c: debug.Container) -> None:
+        if not self.tracefs:
+            self.traced[node] = self.trace_skipped
+            return
+        try:
+            result = run(self.api, c.namespace, c.pod, c.name,
+                         kernel_drops.setup_argv(self.session, node), timeout=30)  # fmt: skip
+            why = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            self.traced[node] = (
+                ""
+                if result.code == 0
+                else f"kernel drop reasons not recorded: {why[-1] if why else result.code}"
+            )
+        except ClusterError as exc:
+            self.traced[node] = f"kernel drop reasons not recorded: {exc.message}"
+        if self.traced[node] and self.tracefs:
+            self.say(f"{node}: {self.traced[node]}")
+
+    def _collect_trace(self, node: str, c: debug.Container) -> None:
+        folder = self.bundle / "nodes" / node
+        if self.traced.get(node) != "":
+            why = self.traced.get(node) or "kernel drop reasons not recorded"
+            write_private(folder / "evidence.txt", why + "\n")
+            return
+        try:
+            result = run(self.api, c.namespace, c.pod, c.name,
+                         kernel_drops.collect_argv(self.session, node), timeout=60)  # fmt: skip
+            write_private(folder / "kfree_skb.txt", result.text)
+        except ClusterError as exc:
+            write_private(folder / "evidence.txt", f"kernel drop reasons lost: {exc.message}\n")
+
     # --- running ------------------------------------------------------------------------------
     def _open(self, plan: Plan) -> ExecStream:
         c = plan.container
@@ -250,6 +302,9 @@ class Session:
     def start(self, plans: list[Plan]) -> None:
         points = self.bundle / "points"
         points.mkdir(mode=0o700, exist_ok=True)
+        # counters and drop events first: their window must hold the whole capture
+        self.counters("start")
+        self._each_node(self._start_trace)
         for plan in plans:
             r = PointRun(plan, points / f"{plan.id}.pcap")
             self.runs.append(r)
@@ -310,22 +365,38 @@ class Session:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(stop, self.runs))
 
+    def _node_files(
+        self, node: str, c: debug.Container, sub: str, commands: dict[str, list[str]]
+    ) -> None:
+        """Each command's output on the node into nodes/<node>/<sub>/<name>; a command that
+        failed leaves a FAILED line saying why (the analysis takes it as not recorded)."""
+        folder = self.bundle / "nodes" / node / sub
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for parent in (folder, *folder.parents):
+            if parent == self.bundle:
+                break
+            parent.chmod(0o700)
+        for name, argv in commands.items():
+            try:
+                result = run(self.api, c.namespace, c.pod, c.name, argv, timeout=30)
+                text = result.text
+                if result.code != 0:
+                    why = result.stderr.decode("utf-8", "replace").strip()
+                    text = f"{FAILED} {' '.join(argv)}: exit {result.code}: {why}\n"
+            except ClusterError as exc:
+                text = f"{FAILED} {' '.join(argv)}: {exc.message}\n"
+            write_private(folder / name, text)
+
+    def counters(self, when: str) -> None:
+        """Rule, conntrack, protocol and interface counters on every node: at the start and at
+        the end of the capture, so the analysis sees what rose while it ran."""
+        self._each_node(lambda node, c: self._node_files(node, c, f"counters/{when}", SNAPSHOT))
+
     def node_metadata(self) -> None:
-        for node, c in self.node_pods.items():
-            (self.bundle / "nodes").mkdir(exist_ok=True, mode=0o700)
-            folder = self.bundle / "nodes" / node
-            folder.mkdir(exist_ok=True, mode=0o700)
-            for name, argv in NODE_METADATA.items():
-                try:
-                    result = run(self.api, c.namespace, c.pod, c.name, argv, timeout=30)
-                    text = result.text if result.code == 0 else ""
-                    if result.code != 0:
-                        text = f"# {' '.join(argv)}: exit {result.code}: " + result.stderr.decode(
-                            "utf-8", "replace"
-                        )
-                except ClusterError as exc:
-                    text = f"# {' '.join(argv)}: {exc.message}\n"
-                write_private(folder / f"{name}.txt", text)
+        metadata = {f"{k}.txt": v for k, v in NODE_METADATA.items()}
+        self._each_node(lambda node, c: self._node_files(node, c, ".", metadata))
+        self.counters("end")
+        self._each_node(self._collect_trace)
 
     def cleanup(self) -> list[str]:
         """End what was started, whatever happened before; returns what could not be ended."""

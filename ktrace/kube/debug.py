@@ -174,9 +174,21 @@ def node_pod_name(node: str) -> str:
     return f"ktrace-node-{node}"[:57] + f"-{suffix()}"
 
 
-def node_pod_spec(node: str, namespace: str, image: str, ttl: int, session: str) -> dict[str, Any]:
+TRACEFS = "/sys/kernel/tracing"
+
+
+def node_pod_spec(
+    node: str, namespace: str, image: str, ttl: int, session: str, tracefs: bool = False
+) -> dict[str, Any]:
     """Host network, NET_ADMIN + NET_RAW: enough for tcpdump, ip, iptables-save and conntrack.
-    Not privileged, no host PID, no host filesystem."""
+    Not privileged, no host PID; the host's tracefs (the kernel's drop events) only when
+    asked for, as a hostPath volume, which only a privileged namespace admits."""
+    mount = {"volumeMounts": [{"name": "tracefs", "mountPath": TRACEFS}]} if tracefs else {}
+    volumes = (
+        {"volumes": [{"name": "tracefs", "hostPath": {"path": TRACEFS, "type": "Directory"}}]}
+        if tracefs
+        else {}
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -200,20 +212,35 @@ def node_pod_spec(node: str, namespace: str, image: str, ttl: int, session: str)
                     "command": idle(ttl),
                     "imagePullPolicy": "IfNotPresent",
                     "securityContext": {"runAsUser": 0, "capabilities": {"add": CAPS}},
+                    **mount,
                 }
             ],
+            **volumes,
         },
     }
 
 
-def create_node_pod(api: Api, c: Container, image: str, ttl: int, session: str) -> None:
+def create_node_pod(
+    api: Api, c: Container, image: str, ttl: int, session: str, tracefs: bool = False
+) -> None:
     """The pod named by `c`, created without waiting for it to run (wait_running)."""
-    spec = node_pod_spec(c.node, c.namespace, image, ttl, session)
+    spec = node_pod_spec(c.node, c.namespace, image, ttl, session, tracefs)
     spec["metadata"]["name"] = c.pod
     with api_errors():
         create = api.core.create_namespaced_pod
         # the client sends a plain dict body as it is; its stubs only name V1Pod
         create(c.namespace, spec, _request_timeout=api.timeout)  # type: ignore[arg-type]  # dict body
+
+
+def namespace_level(api: Api, namespace: str) -> str | None:
+    """The PodSecurity level the namespace enforces, as its label says (None: no label, or
+    the namespace cannot be read)."""
+    try:
+        obj = api.call(api.core.read_namespace, namespace)
+    except ClusterError:
+        return None
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get("pod-security.kubernetes.io/enforce")
 
 
 def delete_pod(api: Api, c: Container) -> None:

@@ -22,6 +22,7 @@ from ktrace.bundle.manifest import (
     write_manifest,
     write_private,
 )
+from ktrace.bundle.node_evidence import CLOCK_MARK, KFREE_SKB_FILTER, SNAPSHOT
 from tests.lab import topology as topo
 from tests.lab.lab import Lab, LabError
 
@@ -373,7 +374,6 @@ def tcpdumps(lab: Lab, points: list[Where], outdir: Path) -> Iterator[dict[str, 
 
 
 def node_metadata(lab: Lab, bundle: Path) -> None:
-    (bundle / "nodes").mkdir(mode=0o700, exist_ok=True)
     for node in topo.NODES:
         for name, cmd in (
             ("ip-addr", ["ip", "-d", "addr"]),
@@ -388,6 +388,55 @@ def node_metadata(lab: Lab, bundle: Path) -> None:
             path = bundle / "nodes" / node.name / f"{name}.txt"
             path.parent.mkdir(exist_ok=True, mode=0o700)
             write_private(path, lab.exec(node.name, *cmd, check=False))
+
+
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def counters(lab: Lab, bundle: Path, when: str) -> None:
+    """Each node's counters (rules, conntrack, nstat, links) into counters/<when>/."""
+    for node in topo.NODES:
+        out = bundle / "nodes" / node.name / "counters" / when
+        for level in (out.parent.parent, out.parent, out):  # each 0700, as the bundle's are
+            level.mkdir(exist_ok=True, mode=0o700)
+        for name, cmd in SNAPSHOT.items():
+            write_private(out / name, lab.exec(node.name, *cmd, check=False))
+
+
+@contextlib.contextmanager
+def kernel_drops(bundle: Path) -> Iterator[None]:
+    """skb:kfree_skb over the scenario, in a tracefs instance of its own. The lab's nodes
+    share this machine's kernel, so every node's file holds every namespace's drops (each
+    real node has its own); where tracefs cannot be had, evidence.txt says so."""
+    instance = TRACEFS / "instances" / f"ktrace-lab-{os.getpid()}"
+    why = None
+    try:
+        if not (TRACEFS / "events").is_dir():
+            subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True,
+                           capture_output=True)  # fmt: skip
+        instance.mkdir()
+        (instance / "trace_clock").write_text("mono")
+        event = instance / "events" / "skb" / "kfree_skb"
+        (event / "filter").write_text(KFREE_SKB_FILTER)
+        (event / "enable").write_text("1")
+        (instance / "trace_marker").write_text(f"{CLOCK_MARK} {time.time_ns()}")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        why = f"kernel drop reasons not recorded: tracefs unavailable ({exc})"
+    try:
+        yield
+    finally:
+        trace = ""
+        if why is None:
+            (instance / "events" / "skb" / "kfree_skb" / "enable").write_text("0")
+            trace = (instance / "trace").read_text(errors="replace")
+            instance.rmdir()
+        for node in topo.NODES:
+            where = bundle / "nodes" / node.name
+            where.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if why is None:
+                write_private(where / "kfree_skb.txt", trace)
+            else:
+                write_private(where / "evidence.txt", why + "\n")
 
 
 def record(lab: Lab, scenario: str, bundle: Path) -> Path:
@@ -407,8 +456,11 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
         lab.fault(fault, True)
     try:
         lab.reset_balancing()
-        with tcpdumps(lab, points, points_dir) as stats:
+        (bundle / "nodes").mkdir(mode=0o700)
+        with tcpdumps(lab, points, points_dir) as stats, kernel_drops(bundle):
+            counters(lab, bundle, "start")
             output = lab.client_python(spec.code, timeout=60, ns=spec.runs_in)
+            counters(lab, bundle, "end")
         node_metadata(lab, bundle)
     finally:
         for fault in spec.faults:

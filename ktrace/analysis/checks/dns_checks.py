@@ -15,6 +15,7 @@ from ktrace.analysis.dns_patterns import (
     is_cluster_name,
     label_prefixes,
 )
+from ktrace.analysis.node_story import conntrack_story
 from ktrace.model import Finding, PacketRef, Severity
 
 SLOW_MS = 500
@@ -147,6 +148,7 @@ def run_aaaa_race(analysis: Analysis) -> Iterator[Finding]:
             "timeout (5 s) and asks again. This is the conntrack insertion race on parallel "
             "UDP queries through a DNAT-ed Service IP (or an upstream that drops AAAA)."
             + (f" {len(pic.aaaa_race) - 1} more names show it." if len(pic.aaaa_race) > 1 else "")
+            + (f" {story}" if (story := conntrack_story(analysis.nodes)) else "")
         ),
         next_step=(
             "Add options single-request-reopen (glibc) to the pod's dnsConfig, or run "

@@ -19,6 +19,7 @@ from ktrace.analysis.checks import (
     plural,
 )
 from ktrace.analysis.context import Analysis
+from ktrace.analysis.node_story import SIZE_REASONS, drops_at, link_story, loss_story
 from ktrace.analysis.paths import ConvPath, Loss
 from ktrace.decode.transport import TCP
 from ktrace.model import Finding, Severity
@@ -53,6 +54,8 @@ class _Drops:
     clients: set[str] = field(default_factory=set)
     packets: int = 0
     rows: list[int] = field(default_factory=list)  # the first evidence of each conversation
+    times: list[int] = field(default_factory=list)  # every lost packet's last sighting
+    family: int = 4
 
 
 def never_resent(analysis: Analysis, path: ConvPath, loss: Loss) -> bool:
@@ -104,6 +107,8 @@ def _drop_groups(analysis: Analysis) -> list[_Drops]:
             g.clients.add(analysis.endpoint(path.flows[0], "a").rsplit(":", 1)[0])
             g.packets += loss.packets
             g.rows += list(loss.rows[: max(1, MAX_EVIDENCE // 4)])
+            g.times += analysis.index.columns.ts[list(loss.rows)].tolist()
+            g.family = int(analysis.flows.l3[path.flows[-1]])
     return list(groups.values())
 
 
@@ -137,6 +142,18 @@ def _capture_missed(analysis: Analysis, g: _Drops) -> Finding:
     )
 
 
+def _node_story(analysis: Analysis, g: _Drops) -> str:
+    """The nodes' records of the loss: the node the packets should have reached first, then
+    the one they were last seen on."""
+    node_of = {p.id: p.node for p in analysis.index.points if p.node}
+    for node in dict.fromkeys(n for n in (node_of.get(g.missing), node_of.get(g.last)) if n):
+        ev = analysis.nodes.get(node)
+        story = loss_story(ev, g.times, g.family) if ev else ""
+        if story:
+            return story
+    return ""
+
+
 def run_drop(analysis: Analysis) -> Iterator[Finding]:
     for g in _drop_groups(analysis):
         if g.missed:
@@ -152,6 +169,7 @@ def run_drop(analysis: Analysis) -> Iterator[Finding]:
         )
         node = next((p.node for p in analysis.index.points if p.id == g.missing and p.node), None)
         rules = f"nodes/{node}/iptables-save.txt" if node else "the node's iptables-save"
+        story = _node_story(analysis, g)
         yield Finding(
             id="path.drop",
             severity=Severity.HIGH,
@@ -159,7 +177,7 @@ def run_drop(analysis: Analysis) -> Iterator[Finding]:
             explanation=(
                 f"{g.labels[0] if conns == 1 else plural(conns, 'connection')}: "
                 f"{plural(g.packets, 'packet')} ({g.direction}) were seen at {g.last} and never "
-                f"at {g.missing}, {where}"
+                f"at {g.missing}, {where}" + (f" {story}" if story else "")
             ),
             next_step=(
                 f"Look between {g.last} and {g.missing}: NetworkPolicies selecting "
@@ -209,6 +227,7 @@ def run_mtu(analysis: Analysis) -> Iterator[Finding]:
                         else "No ICMP fragmentation-needed came back, so the senders never learn "
                         "to send smaller packets: connections hang once data flows."
                     )
+                    + _mtu_story(analysis, path, loss)
                 ),
                 next_step=(
                     "Compare the pod/overlay MTU with the underlay's: an overlay needs the "
@@ -230,6 +249,28 @@ def run_mtu(analysis: Analysis) -> Iterator[Finding]:
             next_step="Check the pod, overlay and underlay MTUs agree.",
             evidence=tuple(analysis.index.ref(int(r)) for r in icmp[:MAX_EVIDENCE]),
         )
+
+
+def _mtu_story(analysis: Analysis, path: ConvPath, loss: Loss) -> str:
+    """Interface drops and the kernel's size-related drop reasons on the two nodes."""
+    said = []
+    for hop in (loss.last_hop, loss.missing_hop):
+        node = analysis.index.points[path.hops[hop].point].node
+        ev = analysis.nodes.get(node or "")
+        if ev is None:
+            continue
+        times = analysis.index.columns.ts[list(loss.rows)].tolist()
+        family = int(analysis.flows.l3[path.flows[-1]])
+        sized = {k: n for k, n in drops_at(ev, times, family).items() if k[0] in SIZE_REASONS}
+        if sized:
+            said.append(
+                f"On {node} the kernel dropped them as "
+                + ", ".join(f"{reason} in {fn} ({n})" for (reason, fn), n in sized.items())
+                + "."
+            )
+        said.append(link_story(ev))
+    text = " ".join(dict.fromkeys(s for s in said if s))
+    return f" {text}" if text else ""
 
 
 DROP = FunctionCheck("path.drop", run_drop)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
+from ktrace.analysis.node_story import absent, kernel_story, rule_for
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import ACK, RST, SYN, TCP
 from ktrace.model import Finding, Severity
@@ -64,7 +65,8 @@ def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
                 else f"{plural(len(rows), 'connection attempt')} to {dst} got ICMP port "
                 "unreachable. If it is a Service ClusterIP, the Service has no ready endpoints "
                 "(kube-proxy's REJECT rule)."
-            ),
+            )
+            + _rule_note(analysis, addresses, rows),
             next_step=(
                 "kubectl get endpointslices -l kubernetes.io/service-name=<service>: check the "
                 "selector matches the pods' labels and that they pass their readiness probe."
@@ -101,6 +103,7 @@ def run_nat_missing(analysis: Analysis) -> Iterator[Finding]:
                 f"{vip} were seen at {', '.join(points)}. A ClusterIP only exists in "
                 "kube-proxy's rules on each node: it must be rewritten to a pod address "
                 "before the packet leaves the node. These were not, so nothing will answer."
+                + _missing_rules_note(analysis, vip, rows)
             ),
             next_step=(
                 "Check kube-proxy runs on the client's node and its rules are there "
@@ -109,6 +112,37 @@ def run_nat_missing(analysis: Analysis) -> Iterator[Finding]:
             ),
             evidence=tuple(index.ref(r) for r in rows[:MAX_EVIDENCE]),
         )
+
+
+def _rule_note(analysis: Analysis, addresses: list[str], rows: list[int]) -> str:
+    """The REJECT rules that answered, as the nodes recorded them, and the kernel's reason
+    for the refused SYNs."""
+    c = analysis.index.columns
+    said = [kernel_story(analysis.nodes, c.ts[rows].tolist(), int(c.l3[rows[0]]))]
+    for dst in addresses:
+        ip = dst.rsplit(":", 1)[0].strip("[]")
+        said.append(rule_for(analysis.nodes, "REJECT", ip))
+    text = " ".join(dict.fromkeys(s for s in said if s))
+    return f" {text}" if text else ""
+
+
+def _missing_rules_note(analysis: Analysis, vip: str, rows: list[int]) -> str:
+    """Whether the nodes the packets left had any rule for the ClusterIP at all."""
+    c = analysis.index.columns
+    nodes = sorted({analysis.index.points[int(c.point[r])].node or "" for r in rows} - {""})
+    recorded = [analysis.nodes[n] for n in nodes if n in analysis.nodes]
+    if not recorded:
+        return ""
+    without = [ev.node for ev in recorded if absent(ev, vip)]
+    if without:
+        return (
+            f" The ruleset of {', '.join(without)} (iptables-save and nft list ruleset) has no "
+            f"rule for {vip} at all: kube-proxy's rules are missing there."
+        )
+    return (
+        f" Yet {', '.join(ev.node for ev in recorded)} has rules for {vip}: look at why "
+        "packets do not traverse them (a chain not jumped to, another table first)."
+    )
 
 
 def _column_values(index: PacketIndex, ips: set[str]) -> dict[int, set[int]]:

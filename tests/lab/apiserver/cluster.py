@@ -29,6 +29,19 @@ def container_caps(container: dict[str, Any]) -> list[str]:
     return cap_argv((sc.get("capabilities") or {}).get("add") or [], bool(sc.get("privileged")))
 
 
+def mounts_tracefs(spec: dict[str, Any], container: dict[str, Any]) -> bool:
+    """The container mounts a hostPath volume of the host's tracefs where tracefs lives."""
+    traced = {
+        v["name"]
+        for v in spec.get("volumes") or []
+        if (v.get("hostPath") or {}).get("path") == "/sys/kernel/tracing"
+    }
+    return any(
+        m.get("name") in traced and m.get("mountPath") == "/sys/kernel/tracing"
+        for m in container.get("volumeMounts") or []
+    )
+
+
 def image_known(image: str) -> bool:
     name = image.split("@")[0]
     last = name.rsplit("/", 1)[-1]
@@ -390,7 +403,11 @@ class Cluster:
             if image_known(c.get("image", "")):
                 caps = container_caps(c)
                 self.running[(namespace, meta["name"], c["name"])] = start_container(
-                    self.netns[key], list(c.get("command") or ["sleep", "infinity"]), caps, False
+                    self.netns[key],
+                    list(c.get("command") or ["sleep", "infinity"]),
+                    caps,
+                    False,
+                    tracefs=mounts_tracefs(spec, c),
                 )
                 state: dict[str, Any] = {"running": {"startedAt": now()}}
             else:

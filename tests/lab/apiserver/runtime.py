@@ -53,12 +53,18 @@ class Sandbox:
     netns: str
     caps: list[str] = field(default_factory=list)
     init_pid: int | None = None  # host pid of the container's PID 1, when it has its own
+    # a hostPath volume of the host's tracefs at /sys/kernel/tracing: `ip netns exec` mounts a
+    # fresh sysfs, where tracefs is only seen once mounted again (as the volume would)
+    tracefs: bool = False
 
     def argv(self, command: list[str]) -> list[str]:
         if self.init_pid is not None:
             enter = ["nsenter", f"--target={self.init_pid}", "--pid", "--mount", "--net", "--"]
         else:
             enter = ["ip", "netns", "exec", self.netns]
+        if self.tracefs:
+            mount = 'mount -t tracefs nodev /sys/kernel/tracing && exec "$@"'
+            enter = [*enter, "sh", "-c", mount, "sh"]
         return [*enter, *self.caps, *command]
 
 
@@ -93,10 +99,15 @@ class Running:
 
 
 def start_container(
-    netns: str, command: list[str], caps: list[str], own_pid_namespace: bool, stdin: bool = False
+    netns: str,
+    command: list[str],
+    caps: list[str],
+    own_pid_namespace: bool,
+    stdin: bool = False,
+    tracefs: bool = False,
 ) -> Running:
     """The container's main process; its output goes to whoever attaches (and to its log)."""
-    sandbox = Sandbox(netns, caps)
+    sandbox = Sandbox(netns, caps, tracefs=tracefs)
     if own_pid_namespace:
         argv = ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount-proc",
                 "--kill-child", *caps, *command]  # fmt: skip
