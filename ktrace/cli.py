@@ -59,6 +59,22 @@ def _analyze_with_progress(inputs: list[Path], quiet: bool) -> Result:
         line.close()
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from ktrace.report.parquet import write_parquet
+    except ImportError:
+        raise UsageError(
+            "ktrace export needs pyarrow, which is not installed",
+            "pip install 'ktrace[export]'",
+        ) from None
+    result = _analyze_with_progress(args.inputs, quiet=args.quiet)
+    for path in write_parquet(result, args.parquet):
+        print(path)
+    for warning in result.warnings:
+        print(f"{_prog()}: warning: {warning}", file=sys.stderr)
+    return ExitStatus.OK
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     from ktrace.decode.deep import show
     from ktrace.decode.index import build_index
@@ -163,7 +179,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _analyze_args(p: argparse.ArgumentParser) -> None:
+def _inputs_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
         nargs="+",
@@ -171,6 +187,24 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE_OR_DIR",
         help="pcap/pcapng files (gzip allowed), directories of them, or bundles",
     )
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    """examples:
+      ktrace export bundle/ --parquet out/
+      duckdb -c "SELECT point, count(*) FROM 'out/packets.parquet' GROUP BY point"
+
+    Tables: packets, flows, paths (one row per hop), losses, dns, findings; packets join
+    flows on `flow`, each other across points on `identity`."""
+    _inputs_arg(p)
+    p.add_argument(
+        "--parquet", type=Path, metavar="DIR", required=True, help="write Parquet tables into DIR"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
+
+
+def _analyze_args(p: argparse.ArgumentParser) -> None:
+    _inputs_arg(p)
     p.add_argument(
         "-o",
         "--output",
@@ -390,6 +424,12 @@ COMMANDS = (
         "flows, DNS transactions and findings of pcap/pcapng files or bundles",
         cmd_analyze,
         _analyze_args,
+    ),
+    Command(
+        "export",
+        "the analysis as Parquet tables (packets, flows, paths, DNS, findings) for DuckDB",
+        cmd_export,
+        _export_args,
     ),
     Command(
         "open",

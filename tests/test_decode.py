@@ -258,3 +258,31 @@ def test_packet_filter_words(make_pcap: Make) -> None:
         assert filter_packets(index, "fd00::9").rows.tolist() == []
         found = filter_packets(index, "udp nonsense")
         assert found.rows.tolist() == [] and found.unknown == ("nonsense",)
+
+
+def test_encapsulations_not_decoded_are_named_with_their_count(make_pcap) -> None:  # type: ignore[no-untyped-def]
+    """Encrypted overlays (WireGuard, IPsec) and link encapsulations ktrace cannot enter are
+    not silently dropped: a warning names each with its packets."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from tests.helpers import run_analysis
+
+    wg = (
+        Ether()
+        / IP(src="172.18.0.2", dst="172.18.0.3")
+        / UDP(sport=51820, dport=51820)
+        / (b"\x04" + b"\x00" * 60)
+    )
+    esp = Ether() / IP(src="172.18.0.2", dst="172.18.0.3", proto=50) / (b"\x00" * 40)
+    macsec = Ether(type=0x88E5) / (b"\x2c" + b"\x00" * 40)
+    _, data = run_analysis(make_pcap([wg] * 3 + [esp] * 2 + [macsec]))
+    warnings = [w for w in data["warnings"] if "does not decode" in w]
+    assert warnings == [
+        "3 packets inside WireGuard (encrypted), which ktrace does not decode: the "
+        "conversations they carry are not in the tables",
+        "2 packets inside IPsec ESP (encrypted), which ktrace does not decode: the "
+        "conversations they carry are not in the tables",
+        "1 packet inside MACsec (encrypted), which ktrace does not decode: the "
+        "conversations they carry are not in the tables",
+    ]

@@ -91,7 +91,11 @@ def test_mtu_black_hole_location_and_sizes() -> None:
 
 def test_paths_json_nat_tunnel_and_latency() -> None:
     _, data = run_analysis(LAB / "healthy")
-    web = next(p for p in data["paths"] if "default/web-2" in p["conversation"])
+    web = next(
+        p
+        for p in data["paths"]
+        if "(default/client)" in p["conversation"] and "default/web-2" in p["conversation"]
+    )
     assert [h["point"] for h in web["hops"]] == [
         "client-eth0",
         "client-veth",

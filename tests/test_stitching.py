@@ -164,7 +164,8 @@ def test_the_path_view_shows_each_pass_in_its_own_column() -> None:
 
     result, _ = run_analysis(LAB / "hairpin")
     a = result.analysis
-    (path,) = [p for p in a.paths if len(p.hops) == 4]
+    there_and_back = ["web-1-eth0", "web-1-veth", "web-1-veth", "web-1-eth0"]
+    (path,) = [p for p in a.paths if [a.point_id(h.point) for h in p.hops] == there_and_back]
     syn = path_packets(a, path)[0]
     assert syn.summary.startswith("S ") and syn.direction == "→"
     assert syn.cells[0] == "+0.000 ms" and "·" not in syn.cells and not syn.lost

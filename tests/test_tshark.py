@@ -20,14 +20,21 @@ from ktrace.decode.dns import type_name
 from ktrace.pcap.writer import write_pcap
 from tests.helpers import PCAPS, answer, frames, query, run_analysis, tcp_session
 
-load_contrib("geneve")
+for contrib in ("geneve", "mpls", "gtp", "erspan", "nsh", "chdlc"):
+    load_contrib(contrib)
+from scapy.contrib.chdlc import CHDLC  # noqa: E402
+from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III  # noqa: E402
 from scapy.contrib.geneve import GENEVE  # noqa: E402
+from scapy.contrib.gtp import GTP_U_Header, GTPPDUSessionContainer  # noqa: E402
+from scapy.contrib.mpls import MPLS  # noqa: E402
+from scapy.contrib.nsh import NSH  # noqa: E402
+from scapy.layers.ppp import PPP, PPPoE  # noqa: E402
 
 pytestmark = [
     pytest.mark.tshark,
     pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed"),
 ]
-TUNNEL_PORTS = {4789, 8472, 6081}
+TUNNEL_PORTS = {4789, 8472, 6081, 4790, 2152}  # outer UDP: tshark lists it, ktrace looks inside
 CONV = re.compile(
     r"^(\S+):(\d+)\s+<->\s+(\S+):(\d+)\s+(\d+)\s+([\d,]+)\s+(bytes|kB|MB|GB)\s+(\d+)\s+"
     r"([\d,]+)\s+(bytes|kB|MB|GB)"
@@ -236,6 +243,10 @@ LINKS = {
     "sll2": (276, lambda ip: CookedLinuxV2(proto=0x800) / ip),
     "raw": (101, lambda ip: ip),
     "null": (0, lambda ip: Loopback(type=2) / ip),
+    "pppoe": (1, lambda ip: Ether(type=0x8864) / PPPoE(sessionid=0x1234) / PPP(proto=0x21) / ip),
+    "mpls": (1, lambda ip: Ether() / MPLS(label=16, s=0) / MPLS(label=2001, s=1) / ip),
+    "vlan-mpls": (1, lambda ip: Ether() / Dot1Q(vlan=5, type=0x8847) / MPLS(label=16, s=1) / ip),
+    "chdlc": (104, lambda ip: CHDLC(proto=0x0800) / ip),
     "ipv6": (
         1,
         lambda ip: (
@@ -258,6 +269,48 @@ TUNNELS = {
     ),
     "ipip": lambda ip: Ether() / OUTER / ip,
     "gre": lambda ip: Ether() / OUTER / GRE(proto=0x0800) / ip,
+    "gtpu": lambda ip: Ether() / OUTER / UDP(sport=2152, dport=2152) / GTP_U_Header(teid=77) / ip,
+    # 5G N3: a PDU session container extension header before the user's packet
+    "gtpu-5g": lambda ip: (
+        Ether()
+        / OUTER
+        / UDP(sport=2152, dport=2152)
+        / GTP_U_Header(teid=78, E=1, next_ex=0x85)
+        / GTPPDUSessionContainer(type=1, QFI=9)
+        / ip
+    ),
+    "erspan1": lambda ip: Ether() / OUTER / GRE(proto=0x88BE) / Ether() / ip,
+    "erspan2": lambda ip: (
+        Ether()
+        / OUTER
+        / GRE(proto=0x88BE, seqnum_present=1)
+        / ERSPAN_II(session_id=5)
+        / Ether()
+        / ip
+    ),
+    "erspan3": lambda ip: (
+        Ether()
+        / OUTER
+        / GRE(proto=0x22EB, seqnum_present=1)
+        / ERSPAN_III(session_id=6)
+        / Ether()
+        / ip
+    ),
+    "nsh-gre": lambda ip: (
+        Ether() / OUTER / GRE(proto=0x894F) / NSH(spi=42, si=255, nextproto=1) / ip
+    ),
+    "nsh-ethernet": lambda ip: Ether() / NSH(spi=43, si=254, nextproto=3) / Ether() / ip,
+    "mpls-gre": lambda ip: Ether() / OUTER / GRE(proto=0x8847) / MPLS(label=300, s=1) / ip,
+    # a GRE tunnel carried inside Geneve: both listed, each with its packets
+    "gre-in-geneve": lambda ip: (
+        Ether()
+        / OUTER
+        / UDP(sport=40000, dport=6081)
+        / GENEVE(vni=3, proto=0x0800)
+        / IP(src="192.168.50.1", dst="192.168.50.2")
+        / GRE(proto=0x0800)
+        / ip
+    ),
 }
 
 
@@ -272,3 +325,26 @@ def test_link_types_agree_with_tshark(tmp_path: Path, name: str) -> None:
 def test_tunnels_agree_with_tshark(tmp_path: Path, name: str) -> None:
     path = write_pcap(tmp_path / f"{name}.pcap", 1, frames(_traffic(TUNNELS[name])))
     assert_agree(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("gtpu", [("gtpu", 77, 2152)]),
+        ("gtpu-5g", [("gtpu", 78, 2152)]),
+        ("erspan1", [("erspan", 0, 0)]),
+        ("erspan2", [("erspan", 5, 0)]),
+        ("erspan3", [("erspan", 6, 0)]),
+        ("nsh-gre", [("gre", 0, 0)]),
+        ("mpls-gre", [("gre", 0, 0)]),
+        ("gre-in-geneve", [("gre", 0, 0), ("geneve", 3, 6081)]),
+    ],
+)
+def test_each_tunnel_is_listed_with_every_packet_it_carried(
+    tmp_path: Path, name: str, expected: list[tuple[str, int, int]]
+) -> None:
+    path = write_pcap(tmp_path / f"{name}.pcap", 1, frames(_traffic(TUNNELS[name])))
+    _, data = run_analysis(path)
+    rows = sorted((t["kind"], t["vni"], t["port"], t["packets"]) for t in data["tunnels"])
+    # every packet of the traffic went through each layer: a nested tunnel is no empty row
+    assert rows == sorted((*e, len(_traffic(TUNNELS[name]))) for e in expected)

@@ -324,8 +324,8 @@ class Result:
     @cached_property
     def tunnels(self) -> tuple[TunnelRow, ...]:
         index = self.analysis.index
-        counts = np.bincount(index.columns.tunnel, minlength=len(index.tunnels) + 1)
-        return tuple(_tunnel_row(t, int(counts[k + 1])) for k, t in enumerate(index.tunnels))
+        counts = index.tunnel_packets()
+        return tuple(_tunnel_row(t, int(counts[k])) for k, t in enumerate(index.tunnels))
 
     @property
     def warnings(self) -> list[str]:

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ktrace.decode.columns import SCHEMA, PacketColumns, Quotes
 from ktrace.decode.ip import ICMP_ERROR, LATER_FRAGMENT, SHORT, parse_ip
-from ktrace.decode.link import ETH_IPV4, ETH_IPV6, by_version, ethernet, link_layer
+from ktrace.decode.link import (
+    ETH_IPV4,
+    ETH_IPV6,
+    SHIMS,
+    by_version,
+    ethernet,
+    link_layer,
+    unwrap,
+)
 from ktrace.decode.rows import Rows
 from ktrace.decode.transport import parse_transport
-from ktrace.decode.tunnel import Tunnel, TunnelKind, find_inner
+from ktrace.decode.tunnel import (
+    UNDECODED_ETHERTYPES,
+    Tunnel,
+    TunnelKind,
+    find_inner,
+    undecoded,
+)
 from ktrace.pcap.records import WINDOW, RecordBatch
 
 MAX_DEPTH = 3  # tunnels inside tunnels, at most
@@ -28,6 +42,9 @@ class DecodedBatch:
     v6: list[bytes]
     tunnels: list[Tunnel]
     quotes: Quotes
+    # per tunnel: packets it carried inside another tunnel (the column holds the outermost)
+    nested: list[int] = field(default_factory=list)
+    undecoded: dict[str, int] = field(default_factory=dict)  # encapsulation -> packets
 
 
 def _address_text(l3: int, value: int, v6: np.ndarray | None) -> str:
@@ -97,6 +114,11 @@ class _Decoder:
         self.dst6: np.ndarray | None = None
         self.outers: list[_Outer] = []
         self.quote_parts: list[_Quoted] = []
+        self.undecoded: dict[str, int] = {}  # encapsulation -> packets not looked into
+
+    def count_undecoded(self, found: list[tuple[str, int]]) -> None:
+        for name, n in found:
+            self.undecoded[name] = self.undecoded.get(name, 0) + n
 
     def link_layer(self, linktypes: list[int]) -> tuple[np.ndarray, np.ndarray]:
         if len(set(linktypes)) == 1:
@@ -142,6 +164,7 @@ class _Decoder:
                 _quoted(sub.subset(np.flatnonzero(err)), tr.payload[err], todo[err])
             )
         inner = find_inner(sub, ip, tr)
+        self.count_undecoded(undecoded(ip, tr, inner))
         found = inner.found & whole
         if not found.any():
             return todo[:0]
@@ -171,7 +194,7 @@ class _Decoder:
                 out["src"][hit].copy(),
                 out["dst"][hit].copy(),
                 vni,
-                np.where(kind <= TunnelKind.GENEVE, dport, 0),
+                np.where(np.isin(kind, [k for k in TunnelKind if k.on_udp]), dport, 0),
                 None if self.src6 is None else self.src6[hit].copy(),
                 None if self.dst6 is None else self.dst6[hit].copy(),
             )
@@ -194,6 +217,10 @@ class _Decoder:
         if eth.any():
             p, e = ethernet(rows.subset(hit[eth]), ipos[eth])
             ipos[eth], ietype[eth] = p, e
+        shim = np.isin(ietype, SHIMS)
+        if shim.any():  # MPLS or NSH straight inside GRE or VXLAN-GPE
+            p, e = unwrap(rows.subset(hit[shim]), ipos[shim], ietype[shim])
+            ipos[shim], ietype[shim] = p, e
         unknown = ~np.isin(ietype, (ETH_IPV4, ETH_IPV6))
         if unknown.any():
             ietype[unknown] = by_version(rows.subset(hit[unknown]), ipos[unknown])
@@ -233,18 +260,24 @@ class _Decoder:
             at += 2 * len(q6)
         return [bytes(row) for row in uniq]
 
-    def tunnels(self) -> list[Tunnel]:
-        """Tunnel ids per row; the outermost encapsulation wins (applied last)."""
+    def tunnels(self) -> tuple[list[Tunnel], list[int]]:
+        """Tunnel ids per row, the outermost encapsulation winning (applied last), and per
+        tunnel the packets it carried nested inside another one."""
         index: dict[Tunnel, int] = {}
-        for outer in reversed(self.outers):
+        nested: dict[int, int] = {}
+        for depth, outer in reversed(list(enumerate(self.outers))):
             uniq, first, inv = np.unique(
                 outer.matrix(), axis=0, return_index=True, return_inverse=True
             )
             ids = np.zeros(len(uniq), np.uint16)
             for u, j in enumerate(first.tolist()):
                 ids[u] = index.setdefault(outer.tunnel(j), len(index) + 1)
-            self.out["tunnel"][outer.rows] = ids[inv.reshape(-1)]
-        return list(index)
+            per_row = ids[inv.reshape(-1)]
+            self.out["tunnel"][outer.rows] = per_row
+            if depth:
+                for tid, n in zip(*np.unique(per_row, return_counts=True), strict=True):
+                    nested[int(tid)] = nested.get(int(tid), 0) + int(n)
+        return list(index), [nested.get(k + 1, 0) for k in range(len(index))]
 
     def quotes(self) -> Quotes:
         """After v6_table: the quoted IPv6 addresses are ids into the same table."""
@@ -274,6 +307,9 @@ def decode_batch(
     """`linktypes`/`points`: per file interface, its link type and the capture point it feeds."""
     d = _Decoder(batch, points, view)
     pos, etype = d.link_layer(linktypes)
+    d.count_undecoded(
+        [(name, int((etype == value).sum())) for value, name in UNDECODED_ETHERTYPES.items()]
+    )
     todo = np.flatnonzero((etype == ETH_IPV4) | (etype == ETH_IPV6))
     for _depth in range(MAX_DEPTH):
         if not len(todo):
@@ -281,8 +317,9 @@ def decode_batch(
         todo = d.ip_layer(todo, pos, etype)
     d.payload_hashes()
     v6 = d.v6_table()
-    tunnels = d.tunnels()
-    return DecodedBatch(PacketColumns(**d.out), v6, tunnels, d.quotes())
+    tunnels, nested = d.tunnels()
+    undecoded = {k: v for k, v in d.undecoded.items() if v}
+    return DecodedBatch(PacketColumns(**d.out), v6, tunnels, d.quotes(), nested, undecoded)
 
 
 def _quoted(rows: Rows, at: np.ndarray, row_ids: np.ndarray) -> _Quoted:

@@ -64,13 +64,28 @@ class PacketIndex:
     v6: list[bytes]
     tunnels: list[Tunnel]
     quotes: Quotes
+    # per tunnel: packets it carried nested in another tunnel (the column holds the outermost)
+    tunnel_nested: list[int] = field(default_factory=list)
+    undecoded: dict[str, int] = field(default_factory=dict)  # encapsulation -> packets
 
     def __len__(self) -> int:
         return len(self.columns)
 
+    def tunnel_packets(self) -> np.ndarray:
+        """Per tunnel (in `tunnels` order): the packets it carried, at any depth."""
+        counts = np.bincount(self.columns.tunnel, minlength=len(self.tunnels) + 1)[1:]
+        nested = np.zeros(len(self.tunnels), np.int64)
+        nested[: len(self.tunnel_nested)] = self.tunnel_nested
+        return counts.astype(np.int64) + nested
+
     @property
     def warnings(self) -> list[str]:
-        return [f"{f.path}: {w}" for f in self.files for w in f.warnings]
+        inside = [
+            f"{n:,} packet{'s' if n != 1 else ''} inside {name}, which ktrace does not decode: "
+            "the conversations they carry are not in the tables"
+            for name, n in sorted(self.undecoded.items(), key=lambda kv: -kv[1])
+        ]
+        return [f"{f.path}: {w}" for f in self.files for w in f.warnings] + inside
 
     def __post_init__(self) -> None:
         self._names: dict[tuple[int, int], str] = {}
@@ -214,7 +229,7 @@ def _shard(args: tuple[str, int, int, int, bool]) -> ShardResult:
                 local.add(item)
         part = local.merged()
         spill = _spill(part.columns)
-        empty = DecodedBatch(PacketColumns.empty(), part.v6, part.tunnels, part.quotes)
+        empty = DecodedBatch(PacketColumns.empty(), part.v6, part.tunnels, part.quotes, part.nested)
         return ShardResult(start, end, empty, spill, len(part.columns), fmt.warnings)
     except LayoutChanged:
         return ShardResult(start, -1, None, None, 0, [])
@@ -230,6 +245,8 @@ class IndexBuilder:
         self.quotes: list[Quotes] = []
         self.v6: dict[bytes, int] = {}
         self.tunnels: dict[Tunnel, int] = {}
+        self.nested: dict[int, int] = {}  # tunnel id -> packets carried inside another tunnel
+        self.undecoded: dict[str, int] = {}
         self.packets = 0
         self.points: list[Point] = []
         self.files: list[CaptureFile] = []
@@ -278,6 +295,12 @@ class IndexBuilder:
                 np.uint16,
             )
             cols.tunnel[:] = lut16[cols.tunnel]
+            for k, n in enumerate(item.nested):
+                if n:
+                    tid = int(lut16[k + 1])
+                    self.nested[tid] = self.nested.get(tid, 0) + n
+        for name, n in item.undecoded.items():
+            self.undecoded[name] = self.undecoded.get(name, 0) + n
         if len(item.quotes.row):
             q = item.quotes
             src, dst = q.src.copy(), q.dst.copy()
@@ -298,12 +321,22 @@ class IndexBuilder:
             fields = Quotes.__dataclass_fields__
             quotes = Quotes(*(np.concatenate([getattr(q, f) for q in self.quotes]) for f in fields))
         columns = PacketColumns.concat(self.parts)
-        return DecodedBatch(columns, list(self.v6), list(self.tunnels), quotes)
+        nested = [self.nested.get(k + 1, 0) for k in range(len(self.tunnels))]
+        return DecodedBatch(
+            columns, list(self.v6), list(self.tunnels), quotes, nested, dict(self.undecoded)
+        )
 
     def result(self) -> PacketIndex:
         part = self.merged()
         return PacketIndex(
-            part.columns, list(self.points), list(self.files), part.v6, part.tunnels, part.quotes
+            part.columns,
+            list(self.points),
+            list(self.files),
+            part.v6,
+            part.tunnels,
+            part.quotes,
+            part.nested,
+            part.undecoded,
         )
 
 
@@ -413,7 +446,7 @@ def _scan_sharded(
                 pool.terminate()
                 return expected
             columns = _unspill(shard.spill, shard.packets) if shard.spill else PacketColumns.empty()
-            builder.add(DecodedBatch(columns, shard.part.v6, shard.part.tunnels, shard.part.quotes))
+            builder.add(replace(shard.part, columns=columns))
             expected = shard.end
             info.shards += 1
             fmt.warnings.extend(w for w in shard.warnings if w not in fmt.warnings)

@@ -12,6 +12,15 @@ ETH_IPV6 = 0x86DD
 ETH_ARP = 0x0806
 ETH_TEB = 0x6558  # transparent Ethernet bridging: an Ethernet frame inside GRE/Geneve
 VLAN_TAGS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad (QinQ outer), pre-standard QinQ
+ETH_PPPOE = 0x8864  # PPPoE session stage
+ETH_MPLS = (0x8847, 0x8848)  # unicast, multicast
+ETH_NSH = 0x894F  # network service header (service function chaining)
+PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
+MAX_LABELS = 8
+SHIMS = (ETH_PPPOE, ETH_NSH, *ETH_MPLS)
+# NSH's next protocol -> EtherType: 1 IPv4, 2 IPv6, 3 Ethernet, 5 MPLS
+NSH_NEXT = np.zeros(256, np.uint16)
+NSH_NEXT[[1, 2, 3, 5]] = (ETH_IPV4, ETH_IPV6, ETH_TEB, ETH_MPLS[0])
 AF_INET = 2
 AF_INET6 = (10, 24, 28, 30)  # Linux, NetBSD/OpenBSD, FreeBSD, macOS
 
@@ -26,6 +35,46 @@ def ethernet(rows: Rows, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inner, _ = rows.u16(pos + 2)
         etype = np.where(tagged, inner, etype)
         pos = np.where(tagged, pos + 4, pos)
+    return unwrap(rows, pos, etype)
+
+
+def unwrap(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Past the shims that sit between a link header and IP: a PPPoE session (with its PPP
+    protocol), an MPLS label stack (IP after the bottom label, by its version nibble), and a
+    network service header (NSH; an Ethernet frame after it is entered too)."""
+    pos, etype = pos.copy(), etype.copy()
+    for _ in range(3):  # a shim inside a shim (MPLS after NSH, PPPoE carrying MPLS)
+        if not np.isin(etype, SHIMS).any():
+            break
+        pppoe = etype == ETH_PPPOE
+        if pppoe.any():
+            proto, ok = rows.u16(pos + 6)
+            ip = np.select([proto == PPP_IPV4, proto == PPP_IPV6], [ETH_IPV4, ETH_IPV6], 0)
+            etype[pppoe] = np.where(ok, ip, 0)[pppoe]
+            pos[pppoe] += 8
+        mpls = np.isin(etype, ETH_MPLS)
+        for _ in range(MAX_LABELS):
+            if not mpls.any():
+                break
+            word, ok = rows.u32(pos)
+            bottom = mpls & ok & ((word & 0x100) != 0)
+            pos[mpls] += 4
+            if bottom.any():
+                etype[bottom] = by_version(rows.subset(np.flatnonzero(bottom)), pos[bottom])
+            etype[mpls & ~ok] = 0
+            mpls &= ok & ~bottom
+        etype[mpls] = 0  # a stack deeper than MAX_LABELS
+        nsh = etype == ETH_NSH
+        if nsh.any():
+            words, ok = rows.u8(pos + 1)
+            nxt, _ = rows.u8(pos + 3)
+            size = (words & 0x3F).astype(np.int64) * 4
+            etype[nsh] = np.where(ok & (size >= 8), NSH_NEXT[nxt], 0)[nsh]
+            pos[nsh] += size[nsh]
+            bridged = nsh & (etype == ETH_TEB)
+            if bridged.any():
+                sel = np.flatnonzero(bridged)
+                pos[sel], etype[sel] = ethernet(rows.subset(sel), pos[sel])
     return pos, etype
 
 
@@ -50,10 +99,13 @@ def link_layer(rows: Rows, linktype: int) -> tuple[np.ndarray, np.ndarray]:
         return ethernet(rows, zero)
     if lt == LinkType.LINUX_SLL:
         etype, _ = rows.u16(zero + 14)
-        return zero + 16, etype
+        return unwrap(rows, zero + 16, etype)
     if lt == LinkType.LINUX_SLL2:
         etype, _ = rows.u16(zero)
-        return zero + 20, etype
+        return unwrap(rows, zero + 20, etype)
+    if lt == LinkType.C_HDLC:  # address, control, then an EtherType
+        etype, _ = rows.u16(zero + 2)
+        return unwrap(rows, zero + 4, etype)
     if lt in (LinkType.RAW, LinkType.IPV4, LinkType.IPV6):
         return zero, by_version(rows, zero)
     if lt in (LinkType.NULL, LinkType.LOOP):

@@ -1,4 +1,7 @@
-"""Overlay encapsulations Kubernetes CNIs use: VXLAN (4789, flannel's 8472), Geneve, IPIP, GRE."""
+"""Encapsulations in IP: the overlays Kubernetes CNIs use (VXLAN on 4789 and flannel's 8472,
+Geneve, IPIP, GRE), VXLAN-GPE, GTP-U (mobile cores on Kubernetes) and ERSPAN (GRE types I,
+II and III: traffic mirrored from switches and clouds). GRE may carry an Ethernet frame, IP,
+an MPLS label stack or an NSH header; the shims are unwrapped by link.unwrap."""
 
 from __future__ import annotations
 
@@ -8,12 +11,34 @@ from enum import IntEnum
 import numpy as np
 
 from ktrace.decode.ip import IpHeader
-from ktrace.decode.link import ETH_IPV4, ETH_IPV6, ETH_TEB
+from ktrace.decode.link import ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_NSH, ETH_TEB
 from ktrace.decode.rows import Rows
 from ktrace.decode.transport import UDP, Transport
 
 VXLAN_PORTS = (4789, 8472)
 GENEVE_PORT = 6081
+GPE_PORT = 4790
+GTPU_PORT = 2152
+ERSPAN_I_II, ERSPAN_III = 0x88BE, 0x22EB
+GRE_CARRIES = (ETH_TEB, ETH_IPV4, ETH_IPV6, ETH_NSH, *ETH_MPLS, ERSPAN_I_II, ERSPAN_III)
+# VXLAN-GPE's next protocol -> EtherType: 1 IPv4, 2 IPv6, 3 Ethernet, 4 NSH, 5 MPLS
+GPE_NEXT = np.zeros(256, np.uint16)
+GPE_NEXT[[1, 2, 3, 4, 5]] = (ETH_IPV4, ETH_IPV6, ETH_TEB, ETH_NSH, ETH_MPLS[0])
+MAX_GTP_EXTENSIONS = 4
+# What carries packets ktrace cannot look into, by EtherType, IP protocol or UDP port: named
+# in a warning with their count, since their inner conversations are missing from the tables.
+UNDECODED_ETHERTYPES = {
+    0x88E5: "MACsec (encrypted)",
+    0x88E7: "802.1ah provider backbone bridging",
+    0x8906: "FCoE",
+}
+UNDECODED_PROTOCOLS = {50: "IPsec ESP (encrypted)", 51: "IPsec AH", 115: "L2TPv3"}
+UNDECODED_PORTS = {
+    51820: "WireGuard (encrypted)",
+    4500: "IPsec NAT traversal (encrypted)",
+    1701: "L2TP",
+    2152: "GTP-U signalling or unknown GTP-U",
+}
 IPIP = 4
 IPV6_IN_IP = 41
 GRE = 47
@@ -24,6 +49,12 @@ class TunnelKind(IntEnum):
     GENEVE = 2
     IPIP = 3
     GRE = 4
+    GTPU = 5
+    ERSPAN = 6
+
+    @property
+    def on_udp(self) -> bool:
+        return self in (TunnelKind.VXLAN, TunnelKind.GENEVE, TunnelKind.GTPU)
 
 
 @dataclass(frozen=True)
@@ -33,8 +64,8 @@ class Tunnel:
     kind: str
     outer_src: str
     outer_dst: str
-    vni: int  # VXLAN/Geneve VNI, GRE key; 0 when the encapsulation has none
-    port: int  # UDP destination port; 0 for IPIP/GRE
+    vni: int  # VXLAN/Geneve VNI, GRE key, GTP-U TEID, ERSPAN session; 0 when none
+    port: int  # UDP destination port; 0 for IPIP/GRE/ERSPAN
 
 
 @dataclass
@@ -80,18 +111,101 @@ def find_inner(rows: Rows, ip: IpHeader, tr: Transport) -> Inner:
         kind[ipip], pos[ipip] = TunnelKind.IPIP, ip.l4[ipip]
         etype[ipip] = np.where(ip.proto[ipip] == IPIP, ETH_IPV4, ETH_IPV6)
 
+    gpe = udp & (tr.dport == GPE_PORT)
+    if gpe.any():
+        gflags, ok = rows.u8(p)
+        nxt, _ = rows.u8(p + 3)
+        word, _ = rows.u32(p + 4)
+        gpe &= ok & ((gflags & 0x0C) == 0x0C) & (GPE_NEXT[nxt] > 0)
+        kind[gpe], vni[gpe], pos[gpe] = TunnelKind.VXLAN, word[gpe] >> 8, p[gpe] + 8
+        ethernet[gpe] = GPE_NEXT[nxt][gpe] == ETH_TEB
+        etype[gpe] = GPE_NEXT[nxt][gpe]
+
+    gtp = udp & ((tr.dport == GTPU_PORT) | (tr.sport == GTPU_PORT))
+    if gtp.any():
+        _gtp(rows, p, gtp, kind, vni, pos)
+
+    ipip = ip.ok & ((ip.proto == IPIP) | (ip.proto == IPV6_IN_IP)) & ((ip.flags & 2) == 0)
+    if ipip.any():
+        kind[ipip], pos[ipip] = TunnelKind.IPIP, ip.l4[ipip]
+        etype[ipip] = np.where(ip.proto[ipip] == IPIP, ETH_IPV4, ETH_IPV6)
+
     gre = ip.ok & (ip.proto == GRE) & ((ip.flags & 2) == 0)
     if gre.any():
-        gflags, ok = rows.u16(ip.l4)
-        proto, _ = rows.u16(ip.l4 + 2)
-        csum = ((gflags & 0x8000) != 0).astype(np.int64)
-        has_key = (gflags & 0x2000) != 0
-        seqn = ((gflags & 0x1000) != 0).astype(np.int64)
-        key, _ = rows.u32(ip.l4 + 4 + 4 * csum)
-        gre &= ok & ((gflags & 7) == 0) & np.isin(proto, (ETH_TEB, ETH_IPV4, ETH_IPV6))
-        kind[gre] = TunnelKind.GRE
-        vni[gre] = np.where(has_key[gre], key[gre], 0)
-        pos[gre] = (ip.l4 + 4 + 4 * (csum + has_key + seqn))[gre]
-        ethernet[gre] = proto[gre] == ETH_TEB
-        etype[gre] = proto[gre]
+        _gre(rows, ip, gre, kind, vni, pos, ethernet, etype)
     return Inner(kind > 0, kind, vni, pos, ethernet, etype)
+
+
+def undecoded(ip: IpHeader, tr: Transport, inner: Inner) -> list[tuple[str, int]]:
+    """(name, packets) of the encapsulations in this layer that were not entered."""
+    out = [(n, int(((ip.proto == p) & ip.ok).sum())) for p, n in UNDECODED_PROTOCOLS.items()]
+    udp = tr.ok & (ip.proto == UDP) & ~inner.found
+    for port, name in UNDECODED_PORTS.items():
+        out.append((name, int((udp & ((tr.dport == port) | (tr.sport == port))).sum())))
+    gre = ip.ok & (ip.proto == GRE) & ~inner.found
+    out.append(("GRE with a payload ktrace does not decode", int(gre.sum())))
+    return [(n, c) for n, c in out if c]
+
+
+def _gtp(
+    rows: Rows, p: np.ndarray, gtp: np.ndarray, kind: np.ndarray, vni: np.ndarray, pos: np.ndarray
+) -> None:
+    """GTP-U G-PDUs (version 1, message type 255): the TEID, the optional sequence/N-PDU
+    word, then extension headers (5G's PDU session container) chained by their last byte."""
+    gflags, ok = rows.u8(p)
+    mtype, _ = rows.u8(p + 1)
+    teid, _ = rows.u32(p + 4)
+    gtp &= ok & ((gflags >> 5) == 1) & ((gflags & 0x10) != 0) & (mtype == 0xFF)
+    at = p + 8 + np.where((gflags & 0x07) != 0, 4, 0)
+    nxt, _ = rows.u8(p + 11)
+    ext = gtp & ((gflags & 0x04) != 0) & (nxt != 0)
+    for _ in range(MAX_GTP_EXTENSIONS):
+        if not ext.any():
+            break
+        words, ok = rows.u8(at)
+        size = words.astype(np.int64) * 4
+        gtp &= ~ext | (ok & (size > 0))
+        ext &= ok & (size > 0)
+        at = np.where(ext, at + size, at)
+        nxt, _ = rows.u8(at - 1)
+        ext &= nxt != 0
+    gtp &= ~ext  # more extensions than we follow
+    kind[gtp], vni[gtp], pos[gtp] = TunnelKind.GTPU, teid[gtp], at[gtp]
+
+
+def _gre(
+    rows: Rows,
+    ip: IpHeader,
+    gre: np.ndarray,
+    kind: np.ndarray,
+    vni: np.ndarray,
+    pos: np.ndarray,
+    ethernet: np.ndarray,
+    etype: np.ndarray,
+) -> None:
+    gflags, ok = rows.u16(ip.l4)
+    proto, _ = rows.u16(ip.l4 + 2)
+    csum = ((gflags & 0x8000) != 0).astype(np.int64)
+    has_key = (gflags & 0x2000) != 0
+    seqn = ((gflags & 0x1000) != 0).astype(np.int64)
+    key, _ = rows.u32(ip.l4 + 4 + 4 * csum)
+    gre &= ok & ((gflags & 7) == 0) & np.isin(proto, GRE_CARRIES)
+    after = ip.l4 + 4 + 4 * (csum + has_key + seqn)
+    kind[gre] = TunnelKind.GRE
+    vni[gre] = np.where(has_key[gre], key[gre], 0)
+    pos[gre] = after[gre]
+    ethernet[gre] = proto[gre] == ETH_TEB
+    etype[gre] = proto[gre]
+    # ERSPAN: type I has no header of its own (no sequence number), type II 8 bytes, type III
+    # 12 and 8 more with its platform-specific subheader (the O flag); then the mirrored frame
+    span = gre & np.isin(proto, (ERSPAN_I_II, ERSPAN_III))
+    if span.any():
+        session, _ = rows.u16(after + 2)
+        last, _ = rows.u8(after + 11)
+        three = proto == ERSPAN_III
+        size = np.where(three, 12 + 8 * (last & 1).astype(np.int64), 8 * seqn)
+        kind[span] = TunnelKind.ERSPAN
+        vni[span] = np.where(size > 0, session & 0x3FF, 0)[span]
+        pos[span] = (after + size)[span]
+        ethernet[span] = True
+        etype[span] = 0

@@ -9,6 +9,7 @@ class LinkType(IntEnum):
     NULL = 0  # BSD loopback: 4-byte address family in host byte order
     EN10MB = 1  # Ethernet
     RAW = 101  # raw IPv4/IPv6, version nibble tells which
+    C_HDLC = 104  # Cisco HDLC: address, control, EtherType
     LOOP = 108  # OpenBSD loopback: address family in network byte order
     LINUX_SLL = 113  # Linux cooked v1 (tcpdump -i any, libpcap < 1.10)
     IPV4 = 228

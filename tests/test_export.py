@@ -1,0 +1,70 @@
+"""`ktrace export --parquet`: every table read back with DuckDB agrees with `analyze --json`
+on the same bundle, and the ids join the tables."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import LAB
+from tests.test_cli import run
+
+duckdb = pytest.importorskip("duckdb")
+
+
+@pytest.mark.parametrize("bundle", ["policy-drop", "external"])
+def test_export_round_trips_through_duckdb(tmp_path: Path, bundle: str) -> None:
+    out = tmp_path / "tables"
+    done = run("export", str(LAB / bundle), "--parquet", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        str(out / f"{t}.parquet")
+        for t in ("packets", "flows", "paths", "losses", "dns", "findings")
+    ]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in out.iterdir())
+    data = json.loads(run("analyze", str(LAB / bundle), "--json").stdout)
+
+    db = duckdb.connect()
+
+    def one(sql: str) -> object:
+        return db.execute(sql.replace("@", f"'{out}/")).fetchone()[0]
+
+    assert one("SELECT count(*) FROM @packets.parquet'") == sum(
+        p["packets"] for p in data["points"]
+    )
+    for point in data["points"]:
+        n = one(f"SELECT count(*) FROM @packets.parquet' WHERE point = '{point['id']}'")
+        assert n == point["packets"]
+    assert one("SELECT count(*) FROM @flows.parquet'") == len(data["flows"])
+    assert one("SELECT sum(packets_ab + packets_ba) FROM @flows.parquet'") == sum(
+        f["packets_ab"] + f["packets_ba"] for f in data["flows"]
+    )
+    assert one("SELECT count(*) FROM @paths.parquet'") == sum(len(p["hops"]) for p in data["paths"])
+    assert one("SELECT count(*) FROM @losses.parquet'") == sum(
+        len(p["lost"]) for p in data["paths"]
+    )
+    assert one("SELECT count(*) FROM @dns.parquet'") == len(data["dns"])
+    assert one("SELECT count(*) FROM @findings.parquet'") == len(data["findings"])
+    # a finding's evidence is a packet of the packets table (point#number, as cited)
+    for finding in data["findings"]:
+        for e in finding["evidence"]:
+            hit = one(
+                f"SELECT count(*) FROM @packets.parquet' "
+                f"WHERE point = '{e['point']}' AND number = {e['packet']}"
+            )
+            assert hit == 1, e
+    # one packet seen at several points shares its identity: the conversation joins them
+    spread = one(
+        "SELECT max(n) FROM (SELECT count(DISTINCT point) AS n FROM @packets.parquet' "
+        "WHERE identity >= 0 GROUP BY identity)"
+    )
+    assert spread >= 4
+
+
+def test_export_needs_a_directory(tmp_path: Path) -> None:
+    done = run("export", str(LAB / "healthy"))
+    assert done.returncode == 2 and "--parquet" in done.stderr
