@@ -264,3 +264,34 @@ def test_sizes() -> None:
     for bad in ("lots", "-1M", "0"):
         with pytest.raises(UsageError):
             parse_size(bad)
+
+
+def test_a_node_pod_asks_for_tracefs_only_when_told() -> None:
+    from ktrace.kube.debug import node_pod_spec
+
+    plain = node_pod_spec("node-a", "ns", "img", 60, "abcde")
+    assert "volumes" not in plain["spec"]
+    assert "volumeMounts" not in plain["spec"]["containers"][0]
+    traced = node_pod_spec("node-a", "ns", "img", 60, "abcde", tracefs=True)
+    (volume,) = traced["spec"]["volumes"]
+    assert volume["hostPath"] == {"path": "/sys/kernel/tracing", "type": "Directory"}
+    (container,) = traced["spec"]["containers"]
+    assert container["volumeMounts"] == [
+        {"name": volume["name"], "mountPath": "/sys/kernel/tracing"}
+    ]
+    # least privilege still: capabilities for capture, never a privileged container
+    assert "privileged" not in container["securityContext"]
+
+
+def test_kernel_drop_commands_and_why_they_were_skipped() -> None:
+    from ktrace.capture import kernel_drops
+
+    setup = kernel_drops.setup_argv("abcde", "node-a")
+    assert setup[:2] == ["sh", "-c"] and setup[-2:] == [
+        "ktrace-abcde-node-a",
+        "protocol == 2048 || protocol == 34525",
+    ]
+    assert kernel_drops.collect_argv("abcde", "node-a")[-1] == "ktrace-abcde-node-a"
+    assert "--node-namespace" in kernel_drops.skipped(None, None)
+    why = kernel_drops.skipped("tools", "baseline")
+    assert 'namespace "tools"' in why and "(baseline)" in why and "counters are recorded" in why

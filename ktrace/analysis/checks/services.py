@@ -50,6 +50,8 @@ def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
         dst = ", ".join(addresses)
         named = names.get(addresses[0].rsplit(":", 1)[0].strip("[]"))
         what = f"Service {named.name} ({dst})" if named else dst
+        # one refusal seen at several points is one attempt
+        attempts = len({int(analysis.correlation.ident[r]) for r in rows})
         yield Finding(
             id="svc.no-endpoints",
             severity=Severity.HIGH,
@@ -57,12 +59,13 @@ def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
             if named
             else f"connections to {dst} rejected with ICMP port unreachable",
             explanation=(
-                f"{plural(len(rows), 'connection attempt')} to {what} were refused on the "
+                f"{plural(attempts, 'connection attempt')} to {what} "
+                f"{'was' if attempts == 1 else 'were'} refused on the "
                 "spot (ICMP port unreachable or RST from the Service address). That is what "
                 "kube-proxy does for a Service without ready endpoints: no pod matches its "
                 "selector, or none is Ready."
                 if named
-                else f"{plural(len(rows), 'connection attempt')} to {dst} got ICMP port "
+                else f"{plural(attempts, 'connection attempt')} to {dst} got ICMP port "
                 "unreachable. If it is a Service ClusterIP, the Service has no ready endpoints "
                 "(kube-proxy's REJECT rule)."
             )
