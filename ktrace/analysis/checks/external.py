@@ -60,6 +60,9 @@ def failed_health_check(analysis: Analysis, flow: int) -> tuple[Exposure, str] |
 def claimed(analysis: Analysis, flow: int) -> bool:
     """Unanswered or refused connections these checks explain (the generic TCP checks
     leave them alone)."""
+    names = analysis.names
+    if not (names.node_ports or names.lb_ports):  # nothing exposed, the common case: at once
+        return False
     return (
         closed_here(analysis, flow) is not None or failed_health_check(analysis, flow) is not None
     )
@@ -75,6 +78,9 @@ class _Closed:
 
 
 def run_local_no_endpoint(analysis: Analysis) -> Iterator[Finding]:
+    everything = [*analysis.names.node_ports.values(), *analysis.names.lb_ports.values()]
+    if not any(e.policy == "Local" for e in everything):
+        return
     f, c = analysis.flows, analysis.index.columns
     conv = analysis.correlation.conv
     groups: dict[tuple[str, str], _Closed] = {}
