@@ -315,10 +315,15 @@ class Result:
     @cached_property
     def exchanges(self) -> tuple[ExchangeRow, ...]:
         """Each DNS exchange once, as near its client as it was seen, with where it was seen."""
+        return self.exchange_rows()
+
+    def exchange_rows(self, limit: int | None = None) -> tuple[ExchangeRow, ...]:
+        """The first `limit` exchanges (all without one), in time order."""
         a = self.analysis
+        chosen = a.dns_exchanges if limit is None else a.dns_exchanges[:limit]
         return tuple(
             ExchangeRow(self.dns_row(t), tuple(sorted(a.point_id(k) for k in points)))
-            for t, points in a.dns_exchanges
+            for t, points in chosen
         )
 
     @cached_property

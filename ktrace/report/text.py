@@ -144,8 +144,11 @@ def render_flows(convs: Sequence[ConversationRow], points: int, limit: int) -> s
     return _limited("Conversations", "conversation", table, len(rows), len(convs))
 
 
-def render_dns(exchanges: Sequence[ExchangeRow], points: int, limit: int) -> str:
-    """Each exchange once, as seen nearest its client, with how many points saw it."""
+def render_dns(
+    exchanges: Sequence[ExchangeRow], points: int, limit: int, total: int | None = None
+) -> str:
+    """Each exchange once, as seen nearest its client, with how many points saw it; `total`:
+    how many there are when only the shown ones were built."""
     headers = ["TIME", "CLIENT", "SERVER", "ID", "QNAME", "TYPE", "RCODE", "LATENCY", "RETRIES"]
     headers += ["ANSWERS"] + (["POINTS"] if points > 1 else [])
     rows = [
@@ -166,7 +169,7 @@ def render_dns(exchanges: Sequence[ExchangeRow], points: int, limit: int) -> str
         for d in (e.dns,)
     ]
     table = render(headers, rows, right=(7, 8, 10))
-    return _limited("DNS exchanges", "exchange", table, len(rows), len(exchanges))
+    return _limited("DNS exchanges", "exchange", table, len(rows), total or len(exchanges))
 
 
 def render_tunnels(tunnels: Sequence[TunnelRow]) -> str:
@@ -204,8 +207,9 @@ def render_report(result: Result, limit: int) -> str:
     parts.append(render_paths(result.paths, limit))
     points = len(result.points)
     parts += [render_points(result.points), render_flows(result.conversations, points, limit)]
-    if result.exchanges:
-        parts.append(render_dns(result.exchanges, points, limit))
+    total = len(result.analysis.dns_exchanges)
+    if total:  # rows built for the shown exchanges only: a DNS-heavy capture has 100,000s
+        parts.append(render_dns(result.exchange_rows(limit), points, limit, total))
     if result.tunnels:
         parts.append(render_tunnels(result.tunnels))
     warnings = [w for w in result.warnings if w not in result.notes]  # notes lead already
