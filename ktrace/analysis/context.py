@@ -95,12 +95,18 @@ class Analysis:
     def end_ts(self) -> int:
         return int(self.index.columns.ts.max()) if len(self.index) else 0
 
+    def host(self, flow: int, side: str) -> str:
+        """The address of one end of a flow ("a" or "b"), as text."""
+        f = self.flows
+        return self.index.address(
+            int(f.l3[flow]), int(f.a_addr[flow] if side == "a" else f.b_addr[flow])
+        )
+
     def endpoint(self, flow: int, side: str) -> str:
         f = self.flows
         l3 = int(f.l3[flow])
-        addr = int(f.a_addr[flow] if side == "a" else f.b_addr[flow])
         port = int(f.a_port[flow] if side == "a" else f.b_port[flow])
-        text = self.index.address(l3, addr)
+        text = self.host(flow, side)
         if int(f.proto[flow]) not in (TCP, UDP, 132):
             return text
         return f"[{text}]:{port}" if l3 == 6 else f"{text}:{port}"

@@ -11,6 +11,7 @@ import numpy as np
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, conversation_label, plural
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.names import Exposure
+from ktrace.analysis.returns import Bypass
 from ktrace.decode.transport import ACK, SYN, TCP
 from ktrace.model import Finding, Severity
 
@@ -18,8 +19,7 @@ from ktrace.model import Finding, Severity
 def receiving_node(analysis: Analysis, flow: int) -> str | None:
     """The node a connection to a NodePort or LoadBalancer address arrived at: the node
     whose address it is, or (a LoadBalancer address) the node whose NIC saw it."""
-    ip = analysis.index.address(int(analysis.flows.l3[flow]), int(analysis.flows.b_addr[flow]))
-    named = analysis.names.get(ip)
+    named = analysis.names.get(analysis.host(flow, "b"))
     if named is not None and named.kind == "node":
         return named.node
     rows = analysis.rows_of_flows([flow])
@@ -35,8 +35,7 @@ def closed_here(analysis: Analysis, flow: int) -> tuple[Exposure, str] | None:
     """(the Service, the node) when the flow goes to a Local-policy NodePort or LoadBalancer
     address on a node without a ready endpoint of it: kube-proxy drops it there."""
     f = analysis.flows
-    ip = analysis.index.address(int(f.l3[flow]), int(f.b_addr[flow]))
-    exposed = analysis.names.exposure(ip, int(f.b_port[flow]))
+    exposed = analysis.names.exposure(analysis.host(flow, "b"), int(f.b_port[flow]))
     if exposed is None or exposed.policy != "Local":
         return None
     node = receiving_node(analysis, flow)
@@ -49,7 +48,7 @@ def failed_health_check(analysis: Analysis, flow: int) -> tuple[Exposure, str] |
     """(the Service, the node) when the flow is a load balancer's health check of a node
     that has a ready endpoint, and the node refused it or never answered."""
     f = analysis.flows
-    ip = analysis.index.address(int(f.l3[flow]), int(f.b_addr[flow]))
+    ip = analysis.host(flow, "b")
     checked = analysis.names.health_check(ip, int(f.b_port[flow]))
     node = analysis.names.node_of(ip)
     if checked is None or node not in checked.nodes or f.proto[flow] != TCP or not f.syn[flow]:
@@ -128,6 +127,8 @@ def run_local_no_endpoint(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_health_check(analysis: Analysis) -> Iterator[Finding]:
+    if not analysis.names.health_ports:
+        return
     f = analysis.flows
     failing: dict[str, tuple[Exposure, set[str], list[int], list[str]]] = {}
     for flow in np.flatnonzero((f.proto == TCP) & (f.syn > 0)).tolist():
@@ -179,15 +180,13 @@ def run_health_check(analysis: Analysis) -> Iterator[Finding]:
 
 def run_snat_hides_client(analysis: Analysis) -> Iterator[Finding]:
     names = analysis.names
+    if not (names.node_ports or names.lb_ports):
+        return
     groups: dict[str, tuple[set[str], set[str], list[str]]] = {}
     for path in analysis.paths:
         first, last = path.flows[0], path.flows[-1]
-        client = analysis.index.address(
-            int(analysis.flows.l3[first]), int(analysis.flows.a_addr[first])
-        )
-        seen_as = analysis.index.address(
-            int(analysis.flows.l3[last]), int(analysis.flows.a_addr[last])
-        )
+        client = analysis.host(first, "a")
+        seen_as = analysis.host(last, "a")
         to = analysis.endpoint(first, "b")
         ip, _, port = to.rpartition(":")
         exposed = names.exposure(ip.strip("[]"), int(port)) if port.isdigit() else None
@@ -223,20 +222,21 @@ def run_snat_hides_client(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_asymmetric_return(analysis: Analysis) -> Iterator[Finding]:
-    groups: dict[tuple[str, str], list[tuple[ConvLabel, tuple[int, ...]]]] = {}
+    groups: dict[tuple[str, str], list[Bypass]] = {}
     for b in analysis.bypasses.values():
         called = analysis.named(analysis.endpoint(b.before, "b"))
-        key = (called, b.nat_node)
-        path = analysis.path_of_conv(b.conv)
-        label = conversation_label(analysis, path) if path else analysis.flow_label(b.before)
-        groups.setdefault(key, []).append(
-            ((label, analysis.endpoint(b.after, "b"), b.reply_nodes), b.rows)
-        )
+        groups.setdefault((called, b.nat_node), []).append(b)
     for (called, node), members in groups.items():
-        servers = sorted({m[0][1] for m in members})
-        via = sorted({n for m in members for n in m[0][2] if n})
+        servers = sorted({analysis.endpoint(b.after, "b") for b in members})
+        via = sorted({n for b in members for n in b.reply_nodes if n})
         left = f", leaving {' and '.join(via)}" if via else ""
-        rows = [r for _, rs in members for r in rs[:2]]
+        rows = [r for b in members for r in b.rows[:2]]
+        labels = []
+        for b in members:
+            path = analysis.path_of_conv(b.conv)
+            labels.append(
+                conversation_label(analysis, path) if path else analysis.flow_label(b.before)
+            )
         yield Finding(
             id="nat.asymmetric-return",
             severity=Severity.HIGH,
@@ -258,11 +258,10 @@ def run_asymmetric_return(analysis: Analysis) -> Iterator[Finding]:
                 "around the node."
             ),
             evidence=tuple(analysis.index.ref(r) for r in sorted(rows)[:MAX_EVIDENCE]),
-            flows=tuple(m[0][0] for m in members),
+            flows=tuple(labels),
         )
 
 
-ConvLabel = tuple[str, str, tuple[str, ...]]
 HEALTH_CHECK = FunctionCheck("svc.health-check", run_health_check)
 LOCAL_NO_ENDPOINT = FunctionCheck("svc.local-no-endpoint", run_local_no_endpoint)
 SNAT_HIDES_CLIENT = FunctionCheck("nat.snat-hides-client", run_snat_hides_client)

@@ -126,8 +126,7 @@ def _groups(analysis: Analysis) -> list[_Unanswered]:
         g = groups.setdefault(
             (dest, last_point, missed), _Unanswered(dest, last_point, missed=missed)
         )
-        ip, port = analysis.index.address(int(f.l3[flow]), int(f.b_addr[flow])), int(f.b_port[flow])
-        exposed = analysis.names.exposure(ip, port)
+        exposed = analysis.names.exposure(analysis.host(flow, "b"), int(f.b_port[flow]))
         g.exposed = exposed.service if exposed else ""
         g.labels.append(conversation_label(analysis, path) if path else analysis.flow_label(flow))
         g.clients.add(analysis.endpoint(flow, "a").rsplit(":", 1)[0])
