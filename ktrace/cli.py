@@ -498,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ktrace.perf import tune_allocator
+    from ktrace.perf import tune_process
 
-    tune_allocator()
+    tune_process()
     prog = _prog()
     try:
         return int(args.run(args))

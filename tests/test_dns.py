@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -9,10 +10,13 @@ from pathlib import Path
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from ktrace.decode.dns import DnsError, parse_dns, read_name
-from tests.helpers import CLIENT, SERVER, answer, query, run_analysis
+from ktrace.analysis.dns import dns_rows, dns_transactions
+from ktrace.decode.dns import DnsError, parse_dns, question, read_name
+from ktrace.decode.index import PacketIndex, build_index
+from tests.helpers import CLIENT, SERVER, T0, answer, query, run_analysis
 
 Make = Callable[..., Path]
 
@@ -138,3 +142,85 @@ def test_search_chains_group_by_the_name_the_application_asked(make_pcap: Make) 
         ("web.default", "web.default.default.svc.cluster.local"),
         ("web.default", "web.default.svc.cluster.local"),
     ]
+
+
+def _reference_pairs(index: PacketIndex) -> tuple[list[tuple[object, ...]], int, int]:
+    """Queries paired with responses one message at a time, in packet order: what the bulk
+    reader and pairing must reproduce exactly."""
+    c = index.columns
+    pending: dict[tuple[object, ...], list[int]] = {}
+    done: list[tuple[list[int], int | None]] = []
+    malformed = orphans = 0
+    for row in dns_rows(index).tolist():
+        data = index.payload(row)
+        if int(c.proto[row]) == 6:
+            data = data[2 : 2 + int.from_bytes(data[:2], "big")]
+        try:
+            ident, flags, qwire, qtype = question(data)
+            if qtype < 0:
+                qwire, qtype = parse_dns(data).qname.lower().encode(), -2
+        except DnsError:
+            malformed += 1
+            continue
+        l3 = int(c.l3[row])
+        a = (index.address(l3, int(c.src[row])), int(c.sport[row]))
+        b = (index.address(l3, int(c.dst[row])), int(c.dport[row]))
+        response = bool(flags & 0x8000)
+        client, server = (b, a) if response else (a, b)
+        key = (int(c.point[row]), int(c.proto[row]), client, server, ident, qwire.lower(), qtype)
+        if not response:
+            pending.setdefault(key, []).append(row)
+        elif key in pending:
+            done.append((pending.pop(key), row))
+        else:
+            orphans += 1
+    done += [(rows, None) for rows in pending.values()]
+    ts = c.ts.tolist()
+    out = sorted(((ts[q[0]], tuple(q), r) for q, r in done), key=lambda e: (e[0], e[1][0]))
+    return [(q, r) for _, q, r in out], malformed, orphans
+
+
+def test_bulk_pairing_matches_one_message_at_a_time(make_pcap: Make) -> None:
+    """Retries, repeated ids, names differing only in case, compressed first names, names
+    longer than the bulk window, DNS over TCP and over IPv6, garbage on port 53, responses
+    without query and a last message cut by the end of the file."""
+    rng = random.Random(7)
+    long_name = ".".join(["label-of-thirty-one-characters-x"] * 5)  # 165 wire bytes
+    names = ["web.default.svc.cluster.local", "WEB.default.svc.cluster.local", long_name, "a.b"]
+    pkts: list[object] = []
+    for k in range(600):
+        name, ident = rng.choice(names), rng.randrange(4)
+        sport = 40000 + rng.randrange(3)
+        kind = rng.random()
+        if kind < 0.45:
+            pkts.append(query(name, rng.choice(["A", "AAAA"]), ident, sport))
+        elif kind < 0.85:
+            pkts.append(answer(name, "A", ident, rcode=rng.choice([0, 3]), sport=sport))
+        elif kind < 0.9:  # a first name that is a compression pointer: legal, decoded to pair
+            header = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)
+            body = header + b"\xc0\x12\x00\x01\x00\x01" + b"\x01a\x00"
+            pkts.append(Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=sport, dport=53) / body)
+        elif kind < 0.95:
+            junk = bytes(rng.randrange(256) for _ in range(k % 60))
+            pkts.append(Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=sport, dport=53) / junk)
+        else:
+            msg = bytes(query(name, "A", ident, sport)[DNS])
+            wire = struct.pack("!H", len(msg)) + msg
+            pkts.append(
+                Ether(dst="02:00:00:00:00:0a")  # scapy would solicit fd00::a's address
+                / IPv6(src="fd00::5", dst="fd00::a")
+                / TCP(sport=sport, dport=53, flags="PA")
+                / wire
+            )
+    cut = bytes(answer(long_name, "A", 3, sport=40000))
+    frames = [(T0 + k * 1_000_000, bytes(p)) for k, p in enumerate(pkts)]  # type: ignore[call-overload]
+    path = make_pcap([*frames, (T0 + 10**9, cut[:-7])])
+    with build_index([path], workers=1) as index:
+        result = dns_transactions(index)
+        expected, malformed, orphans = _reference_pairs(index)
+    got = [(t.queries, t.response) for t in result.transactions]
+    assert got == expected
+    assert (result.malformed, result.orphan_responses) == (malformed, orphans)
+    assert malformed > 0 and orphans > 0 and any(len(q) > 1 for q, _ in got)
+    assert {t.transport for t in result.transactions} == {"udp", "tcp"}
+    assert long_name in {t.qname for t in result.transactions}

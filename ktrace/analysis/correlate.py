@@ -24,10 +24,9 @@ from ktrace.analysis.stitch_rules import (
     split_identities,
 )
 from ktrace.decode.columns import PacketColumns
+from ktrace.decode.mix import K1, K2, mix
 from ktrace.model import Point
 
-_K1 = np.uint64(0x9E3779B97F4A7C15)
-_K2 = np.uint64(0xC2B2AE3D27D4EB4F)
 # Two copies of one packet at different points are at most this far apart (after clock
 # correction); further apart, the same fingerprint is another packet.
 WINDOW_NS = 2_000_000_000
@@ -39,12 +38,7 @@ MIN_SHARED = 3  # identities two points must share before their clocks are compa
 def fingerprint(c: PacketColumns) -> np.ndarray:
     """uint64 per packet; 0 for packets that are not IP."""
     fields = (c.proto, c.ipid, c.seq, c.ack, c.tcp_flags, c.paylen, c.phash)
-    h = np.zeros(len(c), np.uint64)
-    with np.errstate(over="ignore"):
-        for f in fields:
-            h = (h ^ f.astype(np.uint64)) * _K1
-            h ^= h >> np.uint64(29)
-        h = (h * _K2) | np.uint64(1)
+    h = mix(fields, len(c)) | np.uint64(1)
     return np.where(c.l3 > 0, h, np.uint64(0))
 
 
@@ -80,8 +74,8 @@ def _identities(
     for a NodePort, a pod's eth0 for a hairpin) sees one packet twice, before and after NAT
     or encapsulation there: where the fingerprint holds a random TCP sequence number, that
     cannot be two packets, so copies are counted per 5-tuple and both are its k-th."""
-    where = point.astype(np.uint64) * _K2
-    where += np.where(strong, flow.astype(np.uint64) * _K1, np.uint64(0))
+    where = point.astype(np.uint64) * K2
+    where += np.where(strong, flow.astype(np.uint64) * K1, np.uint64(0))
     occ = _occurrence(fp ^ where, ts)
     _, inv = group_pairs(fp, occ.astype(np.uint64))
     return inv

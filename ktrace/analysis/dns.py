@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, question, rcode_name
+from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, rcode_name
+from ktrace.decode.dns_bulk import read_questions, tcp_messages
 from ktrace.decode.index import PacketIndex
+from ktrace.decode.mix import K1, K2, mix
 from ktrace.decode.transport import TCP, UDP
-from ktrace.errors import Cancelled
 
 DNS_PORT = 53
 
 
-@dataclass(frozen=True)
-class DnsTransaction:
+class DnsTransaction(NamedTuple):
+    """One query and its response. A named tuple, not a dataclass: a DNS storm makes hundreds
+    of thousands, and a frozen dataclass costs ten times as much to build."""
+
     point: int
     transport: str  # udp | tcp
     client: str  # "ip:port"
@@ -54,127 +58,134 @@ def dns_rows(index: PacketIndex) -> np.ndarray:
     return np.flatnonzero(port & ((c.proto == UDP) | ((c.proto == TCP) & (c.paylen > 2))))
 
 
-@dataclass
-class _Open:
-    """A query waiting for its response; messages are parsed fully only once paired."""
+@dataclass(frozen=True)
+class _Pairs:
+    """Transactions over messages sorted by (key, packet): each is a run of queries with the
+    same key (the first and its retries), closed by the response that follows, if any."""
 
-    key: tuple[int, bool, tuple[str, int], tuple[str, int], int, bytes, int]
-    query: bytes
-    queries: list[int]
-    response: int | None = None
-    answer: bytes | None = None
-    rcode: int = 0
+    order: np.ndarray  # message positions, sorted
+    begin: np.ndarray  # per transaction: where its run starts in `order`
+    queries: np.ndarray  # per transaction: how many queries (0: a response without query)
+    answered: np.ndarray  # per transaction: whether a response closes the run
 
 
-def _payload(data: bytes, tcp: bool) -> bytes:
-    if tcp:  # DNS over TCP: 2-byte length prefix
-        return data[2 : 2 + int.from_bytes(data[:2], "big")]
-    return data
+def _pair(k1: np.ndarray, k2: np.ndarray, response: np.ndarray) -> _Pairs:
+    order = np.lexsort((np.arange(len(k1)), k2, k1))
+    a, b, r = k1[order], k2[order], response[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1]) | r[:-1]  # a response closes a run
+    begin = np.flatnonzero(new)
+    end = np.r_[begin[1:], len(order)]
+    answered = r[end - 1] if len(order) else np.zeros(0, bool)
+    return _Pairs(order, begin, end - begin - answered, answered)
 
 
 def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) -> DnsResult:
     c = index.columns
     rows = dns_rows(index)
-    # One bulk conversion instead of numpy scalar access per packet: this loop can see
-    # hundreds of thousands of DNS packets in a DNS storm.
-    start = (c.offset[rows] + c.payoff[rows]).tolist()
-    size = (
-        np.minimum(
-            c.paylen[rows].astype(np.int64), c.caplen[rows].astype(np.int64) - c.payoff[rows]
-        )
-        .clip(0)
-        .tolist()
-    )
-    cols = [
-        a.tolist()
-        for a in (
-            c.point[rows],
-            c.proto[rows],
-            c.l3[rows],
-            c.src[rows],
-            c.sport[rows],
-            c.dst[rows],
-            c.dport[rows],
-        )
+    point = c.point[rows]
+    payload = c.offset[rows] + c.payoff[rows]
+    caplen = c.caplen[rows].astype(np.int64) - c.payoff[rows]
+    size = np.minimum(c.paylen[rows].astype(np.int64), caplen).clip(0)
+    start, size = tcp_messages(index.mapped, point, payload, size, c.proto[rows] == TCP)
+    q = read_questions(index.mapped, point, start, size, cancel)
+    keep = np.flatnonzero(q.ok)
+    rows, point, start, size = rows[keep], point[keep], start[keep], size[keep]
+    response = (q.flags[keep] & 0x8000) != 0
+    src, dst, sport, dport = c.src[rows], c.dst[rows], c.sport[rows], c.dport[rows]
+    client = np.where(response, dst, src), np.where(response, dport, sport)
+    server = np.where(response, src, dst), np.where(response, sport, dport)
+    l3, proto = c.l3[rows], c.proto[rows]
+    fields = (point, proto, l3, *client, *server, q.ident[keep], q.qtype[keep])
+    name = q.name[keep]
+    k1 = mix((*fields, name[:, 0]), len(rows), K1)
+    k2 = mix((*fields, name[:, 1]), len(rows), K2)
+    pairs = _pair(k1, k2, response)
+    ts = c.ts[rows]
+    tx = np.flatnonzero(pairs.queries > 0)
+    first = pairs.order[pairs.begin[tx]]
+    tx = tx[np.lexsort((point[first], ts[first]))]
+    lo, count, answered = pairs.begin[tx], pairs.queries[tx], pairs.answered[tx]
+    first = pairs.order[lo]
+    # the response's position where there is one, else the query's (never read then)
+    last = np.where(answered, pairs.order[np.minimum(lo + count, len(rows) - 1)], first)
+    message, distinct = _distinct(q.body[keep])
+    parsed = [_parse(index, point[k], start[k], size[k]) for k in distinct.tolist()]
+    answers = [tuple(x.data for x in m.answers) if m else () for m in parsed]
+    asked = [parsed[m] for m in message[first].tolist()]
+    endpoint, ends = _endpoints(index, l3, (client, server))
+    row = rows.tolist()
+    ordered = pairs.order.tolist()
+    queries = [
+        tuple(row[k] for k in ordered[a : a + n]) if n > 1 else (row[ordered[a]],)
+        for a, n in zip(lo.tolist(), count.tolist(), strict=True)
     ]
-    views = {p: index.mapped(p) for p in set(cols[0])}
-    pending: dict[tuple[object, ...], _Open] = {}
-    done: list[_Open] = []
-    malformed = orphans = 0
-    address = index.address
-    for k, (row, point, proto, l3, src, sport, dst, dport) in enumerate(
-        zip(rows.tolist(), *cols, strict=True)
-    ):
-        if cancel is not None and k % 4096 == 0 and cancel.is_set():
-            raise Cancelled()
-        tcp = proto == TCP
-        data = _payload(views[point][start[k] : start[k] + size[k]], tcp)
-        try:
-            ident, flags, qwire, qtype = question(data)
-            if qtype < 0:  # a compressed first name: rare enough for the slow path
-                msg = parse_dns(data)
-                qwire, qtype = msg.qname.encode(), -2
-        except DnsError:
-            malformed += 1
-            continue
-        response = bool(flags & 0x8000)
-        a, b = (address(l3, src), sport), (address(l3, dst), dport)
-        client, server = (b, a) if response else (a, b)
-        key = (point, tcp, client, server, ident, qwire.lower(), qtype)
-        if not response:
-            if key in pending:
-                pending[key].queries.append(row)  # a retry with the same id
-            else:
-                pending[key] = _Open(key, data, [row])
-            continue
-        entry = pending.pop(key, None)
-        if entry is None:
-            orphans += 1
-            continue
-        entry.response, entry.answer, entry.rcode = row, data, flags & 15
-        done.append(entry)
-    done.extend(pending.values())
-    parsed: dict[bytes, DnsMessage] = {}
-    ts = c.ts.tolist()
-    out = [_transaction(ts, e, parsed) for e in done]
-    out.sort(key=lambda t: (t.query_ts, t.point))
-    return DnsResult(out, malformed, orphans)
-
-
-def _parse_cached(data: bytes, cache: dict[bytes, DnsMessage]) -> DnsMessage:
-    """Storms repeat the same messages with new ids: parse each distinct one once."""
-    body = data[2:]
-    msg = cache.get(body)
-    if msg is None:
-        if len(cache) > 65536:
-            cache.clear()
-        msg = cache[body] = parse_dns(data)
-    return msg
-
-
-def _transaction(ts: list[int], e: _Open, cache: dict[bytes, DnsMessage]) -> DnsTransaction:
-    point, tcp, client, server, ident, _, _ = e.key
-    first, resp = e.queries[0], e.response
-    query = _parse_cached(e.query, cache)
-    msg = None
-    if e.answer is not None:
-        try:
-            msg = _parse_cached(e.answer, cache)
-        except DnsError:
-            msg = None  # its question matched; what follows could not be read
-    return DnsTransaction(
-        point=point,
-        transport="tcp" if tcp else "udp",
-        client=f"{client[0]}:{client[1]}",
-        server=f"{server[0]}:{server[1]}",
-        id=ident,
-        qname=query.qname,
-        qtype=query.qtype,
-        query_ts=ts[first],
-        queries=tuple(e.queries),
-        response=resp,
-        rcode=rcode_name(e.rcode) if resp is not None else None,
-        latency_ns=ts[resp] - ts[first] if resp is not None else None,
-        answers=tuple(x.data for x in msg.answers) if msg else (),
-        truncated=msg.truncated if msg else False,
+    responses: list[int | None] = [row[k] for k in last.tolist()]
+    rcodes: list[str | None] = [rcode_name(v) for v in (q.flags[keep][last] & 15).tolist()]
+    latency: list[int | None] = (ts[last] - ts[first]).tolist()
+    got: list[tuple[str, ...]] = [answers[m] for m in message[last].tolist()]
+    truncated = [bool(parsed[m] and parsed[m].truncated) for m in message[last].tolist()]
+    for k in np.flatnonzero(~answered).tolist():
+        responses[k] = rcodes[k] = latency[k] = None
+        got[k], truncated[k] = (), False
+    out = list(
+        map(
+            DnsTransaction._make,
+            zip(
+                point[first].tolist(),
+                ["tcp" if t else "udp" for t in (proto[first] == TCP).tolist()],
+                [endpoint[k] for k in ends[0][first].tolist()],
+                [endpoint[k] for k in ends[1][first].tolist()],
+                q.ident[keep][first].tolist(),
+                [m.qname if m else "" for m in asked],
+                [m.qtype if m else "" for m in asked],
+                ts[first].tolist(),
+                queries,
+                responses,
+                rcodes,
+                latency,
+                got,
+                truncated,
+                strict=True,
+            ),
+        )
     )
+    return DnsResult(out, int((~q.ok).sum()), int((pairs.queries == 0).sum()))
+
+
+def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(id of each message, position of each distinct message's first copy) for messages
+    keyed by hash: storms repeat a few messages thousands of times, each parsed once."""
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    k = keys[order]
+    new = np.ones(len(k), bool)
+    new[1:] = (k[1:] != k[:-1]).any(axis=1)
+    ids = np.empty(len(k), np.int64)
+    ids[order] = np.cumsum(new) - 1
+    return ids, order[new]
+
+
+def _parse(index: PacketIndex, point: int, start: int, size: int) -> DnsMessage | None:
+    try:
+        return parse_dns(index.mapped(int(point))[int(start) : int(start) + int(size)])
+    except DnsError:
+        return None  # its question matched; what follows could not be read
+
+
+def _endpoints(
+    index: PacketIndex, l3: np.ndarray, sides: tuple[tuple[np.ndarray, np.ndarray], ...]
+) -> tuple[list[str], list[np.ndarray]]:
+    """ "address:port" of each distinct endpoint, and per side the endpoint of each message."""
+    keys = [
+        (l3.astype(np.uint64) << np.uint64(48))
+        | (port.astype(np.uint64) << np.uint64(32))
+        | addr.astype(np.uint64)
+        for addr, port in sides
+    ]
+    distinct, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    texts = [
+        f"{index.address(int(v >> 48), int(v & 0xFFFFFFFF))}:{int(v >> 32) & 0xFFFF}"
+        for v in distinct.tolist()
+    ]
+    n = len(l3)
+    return texts, [inverse[k * n : (k + 1) * n] for k in range(len(sides))]

@@ -165,9 +165,9 @@ def run_correlation(paths: list[Path]) -> tuple[float, float, int, int]:
 
 
 def main() -> None:
-    from ktrace.perf import tune_allocator
+    from ktrace.perf import tune_process
 
-    tune_allocator()
+    tune_process()
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
     if not path.exists():
         from tests.bench.traffic import record

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ktrace.perf import tune_allocator
+from ktrace.perf import tune_process
 from ktrace.tui.app import KtraceApp
 from tests.bench.run import DEFAULT
 
@@ -70,5 +70,5 @@ async def measure(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    tune_allocator()
+    tune_process()
     asyncio.run(measure(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT))

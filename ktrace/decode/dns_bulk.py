@@ -1,0 +1,192 @@
+"""DNS questions read in bulk: the header and first question of many messages at once, straight
+from the mapped captures, so that pairing queries with responses needs no Python per packet.
+
+A DNS storm is hundreds of thousands of messages; each is read here as a fixed window of bytes
+gathered by numpy, its question name walked label by label across all messages together and
+hashed lowercased. Names longer than the window or starting with a compression pointer (legal,
+never seen from real resolvers) take `question`/`parse_dns` one by one, as do all messages when
+there are few.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ktrace.decode.dns import DnsError, parse_dns, question
+from ktrace.decode.mix import K1, K2, mix
+from ktrace.errors import Cancelled
+from ktrace.pcap.hot import Buffer
+
+HEADER = 12
+NAME_SPAN = 128  # wire bytes of a question name read in bulk
+WIDTH = HEADER + NAME_SPAN + 12  # the name, its type and class, in whole words
+BODY_SPAN = 512  # messages up to this long are hashed in bulk (the classic UDP limit)
+CHUNK = 16384  # messages gathered at once: bounds the window's memory (2.4 MB)
+
+
+@dataclass(frozen=True)
+class Questions:
+    """One entry per message; `ok` False for messages that are not DNS (the rest is 0)."""
+
+    ident: np.ndarray  # uint16
+    flags: np.ndarray  # uint16
+    qtype: np.ndarray  # int32; -2 when the first name was compressed (decoded to compare)
+    name: np.ndarray  # (n, 2) uint64: hash of the lowercased question name
+    body: np.ndarray  # (n, 2) uint64: hash of the whole message but its id
+    ok: np.ndarray  # bool
+
+
+def tcp_messages(
+    buffer: Callable[[int], Buffer],
+    point: np.ndarray,
+    start: np.ndarray,
+    size: np.ndarray,
+    tcp: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(start, size) of each DNS message: over TCP it follows a 2-byte length (RFC 7766)."""
+    start, size = start.copy(), size.copy()
+    rows = np.flatnonzero(tcp & (size >= 2))
+    if len(rows):
+        head = _gather(buffer, point[rows], start[rows], 2)
+        length = (head[:, 0].astype(np.int64) << 8) | head[:, 1]
+        start[rows] += 2
+        size[rows] = np.minimum(size[rows] - 2, length)
+    return start, size
+
+
+def read_questions(
+    buffer: Callable[[int], Buffer],
+    point: np.ndarray,
+    start: np.ndarray,
+    size: np.ndarray,
+    cancel: threading.Event | None = None,
+) -> Questions:
+    """The question of each message at `start` (`size` bytes) in point `point`'s buffer."""
+    n = len(start)
+    out = Questions(
+        ident=np.zeros(n, np.uint16),
+        flags=np.zeros(n, np.uint16),
+        qtype=np.zeros(n, np.int32),
+        name=np.zeros((n, 2), np.uint64),
+        body=np.zeros((n, 2), np.uint64),
+        ok=np.zeros(n, bool),
+    )
+    for lo in range(0, n, CHUNK):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        hi = min(lo + CHUNK, n)
+        longest = int(size[lo:hi].max(initial=0))
+        width = max(WIDTH, min(BODY_SPAN, -(-longest // 8) * 8))
+        window = _gather(buffer, point[lo:hi], start[lo:hi], width)
+        # Bytes past the message are the next packet's: never read them as this one's.
+        window[np.arange(width) >= size[lo:hi, None]] = 0
+        slow = _parse_windows(window[:, :WIDTH], size[lo:hi], out, lo)
+        _hash_bodies(window, size[lo:hi], out.body[lo:hi])
+        long = np.flatnonzero(size[lo:hi] > width)
+        questions = set(slow.tolist())
+        for k in np.union1d(slow, long).tolist():
+            at = int(start[lo + k])
+            data = bytes(buffer(int(point[lo + k]))[at : at + int(size[lo + k])])
+            if k in questions:
+                _parse_one(data, out, lo + k)
+            if len(data) > width:
+                out.body[lo + k] = _digest(data[2:])
+    return out
+
+
+def _hash_bodies(window: np.ndarray, size: np.ndarray, out: np.ndarray) -> None:
+    """A 128-bit hash of each message but its id (bytes 0-1), for spotting repeats."""
+    window[:, :2] = 0
+    words = window.view(np.uint64)
+    used = int(-(-int(size.max(initial=0)) // 8))
+    cols = [size, *(words[:, j] for j in range(min(used, words.shape[1])))]
+    out[:, 0] = mix(cols, len(window), K1)
+    out[:, 1] = mix(cols, len(window), K2)
+
+
+def _digest(data: bytes) -> np.ndarray:
+    return np.frombuffer(hashlib.blake2b(data, digest_size=16).digest(), np.uint64)
+
+
+def _gather(
+    buffer: Callable[[int], Buffer], point: np.ndarray, start: np.ndarray, width: int
+) -> np.ndarray:
+    """(n, width) bytes from each start; past the end of the file, zeros."""
+    out = np.zeros((len(start), width), np.uint8)
+    for p in np.unique(point).tolist():
+        sel = np.flatnonzero(point == p)
+        at = start[sel]
+        data = np.frombuffer(buffer(p), np.uint8)
+        try:
+            whole = at <= len(data) - width
+            if whole.any():  # rows copied whole from a strided view: no index per byte
+                rows = np.lib.stride_tricks.sliding_window_view(data, width)
+                out[sel[whole]] = rows[at[whole]]
+                del rows
+            for k, begin in zip(sel[~whole].tolist(), at[~whole].tolist(), strict=True):
+                tail = data[begin : begin + width]
+                out[k, : len(tail)] = tail
+        finally:
+            del data  # an mmap with a live export cannot be closed
+    return out
+
+
+def _parse_windows(window: np.ndarray, size: np.ndarray, out: Questions, lo: int) -> np.ndarray:
+    """Fill `out` from lo for the messages whose question lies in their window; return the
+    positions (in this chunk) of those that need the one-by-one parse."""
+    n = len(window)
+    rows = np.arange(n)
+    size = size.astype(np.int64)
+    w16 = window[:, :6].astype(np.uint16)
+    qdcount = (w16[:, 4] << 8) | w16[:, 5]
+    bad = (size < 17) | (qdcount == 0)
+    slow = np.zeros(n, bool)
+    done = np.zeros(n, bool)
+    off = np.full(n, HEADER, np.int64)
+    while True:
+        active = ~(done | slow | bad)
+        if not active.any():
+            break
+        length = window[rows, np.minimum(off, WIDTH - 1)]
+        ends = active & (length == 0)
+        done |= ends
+        slow |= active & (length & 0xC0 != 0)
+        step = active & ~ends & (length & 0xC0 == 0)
+        off[step] += length[step].astype(np.int64) + 1
+        bad |= step & (off >= size)
+        slow |= step & ~bad & (off >= HEADER + NAME_SPAN)
+    bad |= done & (off + 5 > size)
+    good = done & ~bad
+    name = window[:, HEADER : HEADER + NAME_SPAN].copy()
+    name[np.arange(NAME_SPAN) >= (off - HEADER)[:, None]] = 0
+    name += ((name >= 65) & (name <= 90)).view(np.uint8) * np.uint8(32)  # ASCII lowercase
+    words = name.view(np.uint64)
+    used = int((off[good].max() - HEADER + 7) // 8) if good.any() else 0
+    cols = [words[:, j] for j in range(used)]
+    tail = window[rows, np.minimum(off + 1, WIDTH - 2)].astype(np.int32) << 8
+    qtype = tail | window[rows, np.minimum(off + 2, WIDTH - 1)]
+    at = slice(lo, lo + n)
+    out.ok[at] = good
+    out.ident[at] = np.where(good, (w16[:, 0] << 8) | w16[:, 1], 0)
+    out.flags[at] = np.where(good, (w16[:, 2] << 8) | w16[:, 3], 0)
+    out.qtype[at] = np.where(good, qtype, 0)
+    out.name[at, 0] = np.where(good, mix([off, *cols], n, K1), 0)
+    out.name[at, 1] = np.where(good, mix([off, *cols], n, K2), 0)
+    return np.flatnonzero(slow & ~bad)
+
+
+def _parse_one(data: bytes, out: Questions, k: int) -> None:
+    try:
+        ident, flags, qwire, qtype = question(data)
+        if qtype < 0:
+            qwire, qtype = parse_dns(data).qname.lower().encode(), -2
+    except DnsError:
+        return
+    out.ok[k] = True
+    out.ident[k], out.flags[k], out.qtype[k] = ident, flags, qtype
+    out.name[k] = _digest(qwire.lower())
