@@ -70,18 +70,32 @@ class Analysis:
     def dns_exchanges(self) -> list[tuple[DnsTransaction, frozenset[int]]]:
         """Each DNS exchange once, as seen closest to its client (the copies of one query at
         several points are the same exchange), with the points that saw it."""
-        best: dict[int, DnsTransaction] = {}
-        points: dict[int, set[int]] = {}
-        ident, when = self.correlation.ident, self.correlation.when
-        for t in self.dns.transactions:
-            key = int(ident[t.queries[0]])
-            points.setdefault(key, set()).add(t.point)
-            seen = best.get(key)
-            if seen is None or when[t.queries[0]] < when[seen.queries[0]]:
-                best[key] = t
-        return sorted(
-            ((t, frozenset(points[k])) for k, t in best.items()), key=lambda e: e[0].query_ts
-        )
+        txs = self.dns.transactions
+        if not txs:
+            return []
+        first = np.array([t.queries[0] for t in txs], np.int64)
+        point = np.array([t.point for t in txs], np.int64)
+        query_ts = np.array([t.query_ts for t in txs], np.int64)
+        key = self.correlation.ident[first]
+        position = np.arange(len(txs))
+        # per exchange: its copies, earliest (clock-corrected) first, ties in list order
+        order = np.lexsort((position, self.correlation.when[first], key))
+        starts = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
+        best = order[starts]
+        appears = np.minimum.reduceat(order, starts)
+        shown = np.lexsort((appears, query_ts[best]))
+        sizes = np.diff(np.r_[starts, len(order)])
+        alone = {p: frozenset((p,)) for p in np.unique(point).tolist()}
+        points, chosen, many = point.tolist(), best.tolist(), (sizes > 1).tolist()
+        out = []
+        for k in shown.tolist():
+            t = chosen[k]
+            if many[k]:
+                seen = frozenset(point[order[starts[k] : starts[k] + sizes[k]]].tolist())
+            else:
+                seen = alone[points[t]]
+            out.append((txs[t], seen))
+        return out
 
     def dns_primary(self) -> list[DnsTransaction]:
         return [t for t, _ in self.dns_exchanges]

@@ -159,6 +159,17 @@ def clock_offsets(
     return offsets
 
 
+def _repeated(fp: np.ndarray) -> np.ndarray:
+    """Per element: whether another element has the same fingerprint."""
+    order = np.argsort(fp)
+    sorted_fp = fp[order]
+    same = sorted_fp[1:] == sorted_fp[:-1]
+    out = np.zeros(len(fp), bool)
+    out[order[1:][same]] = True
+    out[order[:-1][same]] = True
+    return out
+
+
 def correlate(
     c: PacketColumns,
     flows: FlowTable,
@@ -168,38 +179,44 @@ def correlate(
 ) -> Correlation:
     npoints = len(points)
     ip = np.flatnonzero(c.l3 > 0)
-    fp = fingerprint(c)[ip]
-    point = c.point[ip].astype(np.int64)
-    ts = c.ts[ip]
     local = link_scoped(c, v6)
-    ident_ip = _identities(fp, point, flows.flow[ip], sequenced(c, ip), ts)
-    scoped = local[ip]
-    if scoped.any():  # rule 1: each sighting its own packet
-        ident_ip = ident_ip.copy()
-        ident_ip[scoped] = int(ident_ip.max()) + 1 + np.arange(int(scoped.sum()))
-    ident_ip = split_identities(ident_ip, ip, ts, c, home_addresses(c, points, local))
-    forward = flows.forward[ip]
-    offsets = clock_offsets(ident_ip, point, ts, forward, npoints, same_clock)
+    # A packet whose fingerprint nothing else has, or that is link-scoped (rule 1), is its own
+    # identity: the sorting below is only for the copies. One capture of bulk traffic is
+    # nearly all singles; a bundle of many points nearly all copies.
+    fp = fingerprint(c)[ip]
+    copies = _repeated(fp) & ~local[ip]
+    rows, fp = ip[copies], fp[copies]
+    point = c.point[rows].astype(np.int64)
+    ts = c.ts[rows]
+    ident_rows = _identities(fp, point, flows.flow[rows], sequenced(c, rows), ts)
+    ident_rows = split_identities(ident_rows, rows, ts, c, home_addresses(c, points, local))
+    forward = flows.forward[rows]
+    offsets = clock_offsets(ident_rows, point, ts, forward, npoints, same_clock)
     when = c.ts - offsets[c.point]
     # A copy too far from its identity's first copy (after correction) is another packet.
-    nid = int(ident_ip.max()) + 1 if len(ident_ip) else 0
+    nid = int(ident_rows.max()) + 1 if len(ident_rows) else 0
     earliest = np.full(nid, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(earliest, ident_ip, when[ip])
-    far = when[ip] - earliest[ident_ip] > WINDOW_NS
+    np.minimum.at(earliest, ident_rows, when[rows])
+    far = when[rows] - earliest[ident_rows] > WINDOW_NS
     if far.any():
-        ident_ip = ident_ip.copy()
-        ident_ip[far] = nid + np.arange(int(far.sum()))
+        ident_rows = ident_rows.copy()
+        ident_rows[far] = nid + np.arange(int(far.sum()))
         nid += int(far.sum())
+    singles = ip[~copies]
     ident = np.full(len(c), -1, np.int64)
-    ident[ip] = ident_ip
+    ident[rows] = ident_rows
+    ident[singles] = nid + np.arange(len(singles))
 
-    seen = np.zeros(nid, np.uint64)
-    np.bitwise_or.at(seen, ident_ip, np.left_shift(np.uint64(1), point.astype(np.uint64) % 64))
-    first = np.full(nid, -1, np.int64)
-    order = np.argsort(when[ip], kind="stable")
-    first[ident_ip[order[::-1]]] = ip[order[::-1]]
+    seen = np.zeros(nid + len(singles), np.uint64)
+    bit = np.left_shift(np.uint64(1), c.point.astype(np.uint64) % np.uint64(64))
+    np.bitwise_or.at(seen, ident_rows, bit[rows])
+    seen[nid:] = bit[singles]
+    first = np.full(nid + len(singles), -1, np.int64)
+    order = np.argsort(when[rows], kind="stable")
+    first[ident_rows[order[::-1]]] = rows[order[::-1]]
+    first[nid:] = singles
 
-    conv = _join_flows(ident_ip, flows.flow[ip], len(flows))
+    conv = _join_flows(ident_rows, flows.flow[rows], len(flows))
     return Correlation(ident, when, offsets, conv, seen, first, local)
 
 

@@ -5,7 +5,6 @@ JSON shape (README "JSON output")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
-from datetime import UTC, datetime
 from enum import Enum, IntEnum
 from functools import cache, cached_property
 
@@ -25,8 +24,15 @@ from ktrace.pcap import linktype
 MAX_LOSS_EVIDENCE = 10
 
 
+def isos(ts_ns: np.ndarray) -> list[str]:
+    """ISO 8601 times to the nearest microsecond, UTC, as datetime.isoformat writes them."""
+    micros = ((np.asarray(ts_ns, np.int64) + 500) // 1000).astype("datetime64[us]")
+    text = np.datetime_as_string(micros, "us")
+    return [t + "+00:00" for t in text.tolist()]
+
+
 def iso(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="microseconds")
+    return isos(np.array([ts_ns]))[0]
 
 
 def _ms(ns: float | None) -> float | None:
@@ -287,26 +293,41 @@ class Result:
 
     @cached_property
     def dns(self) -> tuple[DnsRow, ...]:
-        return tuple(self.dns_row(t) for t in self.analysis.dns.transactions)
+        return self.dns_rows(self.analysis.dns.transactions)
 
     def dns_row(self, t: DnsTransaction) -> DnsRow:
-        return DnsRow(
-            point=self.analysis.index.points[t.point].id,
-            transport=t.transport,
-            client=t.client,
-            server=t.server,
-            id=t.id,
-            qname=t.qname,
-            qtype=t.qtype,
-            rcode=t.rcode,
-            answered=t.answered,
-            latency_ms=_ms(t.latency_ns),
-            retries=t.retries,
-            answers=t.answers,
-            truncated=t.truncated,
-            time=iso(t.query_ts),
-            packet=self.analysis.index.ref(t.queries[0]).number,
-        )
+        return self.dns_rows([t])[0]
+
+    def dns_rows(self, ts: list[DnsTransaction]) -> tuple[DnsRow, ...]:
+        columns = self.dns_columns(ts)
+        return tuple(DnsRow(*row) for row in zip(*columns.values(), strict=True))
+
+    def dns_columns(self, ts: list[DnsTransaction]) -> dict[str, list[object]]:
+        """The DnsRow fields of many transactions, in field order, computed per column: a
+        storm has hundreds of thousands (--json writes them from these directly)."""
+        index = self.analysis.index
+        ids = [p.id for p in index.points]
+        first = np.array([t.queries[0] for t in ts], np.int64)
+        file_start = np.array([index.file_of(k).first_row for k in range(len(ids))], np.int64)
+        point = index.columns.point[first].astype(np.int64)
+        columns: dict[str, list[object]] = {
+            "point": [ids[t.point] for t in ts],
+            "transport": [t.transport for t in ts],
+            "client": [t.client for t in ts],
+            "server": [t.server for t in ts],
+            "id": [t.id for t in ts],
+            "qname": [t.qname for t in ts],
+            "qtype": [t.qtype for t in ts],
+            "rcode": [t.rcode for t in ts],
+            "answered": [t.response is not None for t in ts],
+            "latency_ms": [_ms(t.latency_ns) for t in ts],
+            "retries": [len(t.queries) - 1 for t in ts],
+            "answers": [t.answers for t in ts],
+            "truncated": [t.truncated for t in ts],
+            "time": list(isos(np.array([t.query_ts for t in ts], np.int64))),
+            "packet": (first - file_start[point] + 1).tolist(),
+        }
+        return columns
 
     @cached_property
     def conversations(self) -> tuple[ConversationRow, ...]:
@@ -321,9 +342,10 @@ class Result:
         """The first `limit` exchanges (all without one), in time order."""
         a = self.analysis
         chosen = a.dns_exchanges if limit is None else a.dns_exchanges[:limit]
+        rows = self.dns_rows([t for t, _ in chosen])
         return tuple(
-            ExchangeRow(self.dns_row(t), tuple(sorted(a.point_id(k) for k in points)))
-            for t, points in chosen
+            ExchangeRow(row, tuple(sorted(a.point_id(k) for k in points)))
+            for row, (_, points) in zip(rows, chosen, strict=True)
         )
 
     @cached_property
@@ -347,12 +369,20 @@ class Result:
             "findings": plain(self.findings),
             "paths": plain(self.paths),
             "flows": plain(self.flows),
-            "dns": plain(self.dns),
+            "dns": self._dns_json(),
             "tunnels": plain(self.tunnels),
             "warnings": self.warnings,
             "dns_malformed": self.analysis.dns.malformed,
             "dns_orphan_responses": self.analysis.dns.orphan_responses,
         }
+
+    def _dns_json(self) -> list[dict[str, object]]:
+        """As plain(self.dns), without a DnsRow per transaction on the way."""
+        columns = self.dns_columns(self.analysis.dns.transactions)
+        columns["answers"] = [list(a) for a in columns["answers"]]
+        names = [name for attr, name, _ in _layout(DnsRow) if attr in columns]
+        values = [columns[attr] for attr, _, _ in _layout(DnsRow) if attr in columns]
+        return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 SCALARS = (str, int, float, bool, type(None))

