@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,9 +32,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     result = _analyze_with_progress(args.inputs, quiet=args.quiet)
     if args.output == "json":
-        # one C-encoded string, one write: indenting (pure-Python encoder) and json.dump's
+        # C-encoded pieces of a few MB: indenting (pure-Python encoder) and json.dump's
         # small writes cost seconds on a large capture; jq -C indents for a human
-        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        sys.stdout.writelines(result.json_pieces())
+        sys.stdout.write("\n")
     else:
         sys.stdout.write(render_report(result, args.limit))
     for warning in result.warnings:

@@ -48,8 +48,6 @@ class Correlation:
     when: np.ndarray  # per packet: timestamp corrected by its point's clock offset
     offsets: np.ndarray  # per point: estimated clock offset, ns (point clock - reference)
     conv: np.ndarray  # per flow: conversation (flows joined across NAT by shared packets)
-    seen: np.ndarray  # per identity: bitmask of the points that saw it
-    first: np.ndarray  # per identity: one packet row of it (the earliest)
     local: np.ndarray  # per packet: link-scoped (never joined across points, no path)
 
 
@@ -192,7 +190,8 @@ def correlate(
     ident_rows = split_identities(ident_rows, rows, ts, c, home_addresses(c, points, local))
     forward = flows.forward[rows]
     offsets = clock_offsets(ident_rows, point, ts, forward, npoints, same_clock)
-    when = c.ts - offsets[c.point]
+    # with no offset (one clock, or one point) the capture's own times serve: no copy
+    when = c.ts - offsets[c.point] if offsets.any() else c.ts
     # A copy too far from its identity's first copy (after correction) is another packet.
     nid = int(ident_rows.max()) + 1 if len(ident_rows) else 0
     earliest = np.full(nid, np.iinfo(np.int64).max, np.int64)
@@ -203,42 +202,29 @@ def correlate(
         ident_rows[far] = nid + np.arange(int(far.sum()))
         nid += int(far.sum())
     singles = ip[~copies]
-    ident = np.full(len(c), -1, np.int64)
+    ident = np.full(len(c), -1, np.int32 if len(c) < 2**31 else np.int64)
     ident[rows] = ident_rows
     ident[singles] = nid + np.arange(len(singles))
-
-    seen = np.zeros(nid + len(singles), np.uint64)
-    bit = np.left_shift(np.uint64(1), c.point.astype(np.uint64) % np.uint64(64))
-    np.bitwise_or.at(seen, ident_rows, bit[rows])
-    seen[nid:] = bit[singles]
-    first = np.full(nid + len(singles), -1, np.int64)
-    order = np.argsort(when[rows], kind="stable")
-    first[ident_rows[order[::-1]]] = rows[order[::-1]]
-    first[nid:] = singles
-
     conv = _join_flows(ident_rows, flows.flow[rows], len(flows))
-    return Correlation(ident, when, offsets, conv, seen, first, local)
+    return Correlation(ident, when, offsets, conv, local)
 
 
 def _join_flows(ident: np.ndarray, flow: np.ndarray, nflows: int) -> np.ndarray:
-    """Flows that share a packet are one conversation seen before and after NAT."""
-    parent = list(range(nflows))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    """Flows that share a packet are one conversation seen before and after NAT: each flow
+    takes the smallest flow number it is linked to, directly or not."""
     order = np.lexsort((flow, ident))
     i, f = ident[order], flow[order]
     link = np.flatnonzero((i[1:] == i[:-1]) & (f[1:] != f[:-1]))
-    if len(link):
-        pairs = np.unique(np.stack([f[link], f[link + 1]], axis=1), axis=0)
-        for a, b in pairs.tolist():
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(x) for x in range(nflows)], np.int64)
-    _, conv = np.unique(roots, return_inverse=True)
+    a, b = f[link].astype(np.int64), f[link + 1].astype(np.int64)
+    root = np.arange(nflows, dtype=np.int64)
+    while len(a):
+        low = np.minimum(root[a], root[b])
+        np.minimum.at(root, a, low)
+        np.minimum.at(root, b, low)
+        root = root[root]  # pointer jumping: chains shorten by half each round
+        if (root[a] == root[b]).all():
+            break
+    while (root[root] != root).any():
+        root = root[root]
+    _, conv = np.unique(root, return_inverse=True)
     return conv.reshape(-1)

@@ -4,6 +4,8 @@ JSON shape (README "JSON output")."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, IntEnum
 from functools import cache, cached_property
@@ -22,6 +24,7 @@ from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
 
 MAX_LOSS_EVIDENCE = 10
+JSON_SLICE = 8192  # DNS transactions encoded at a time
 
 
 def isos(ts_ns: np.ndarray) -> list[str]:
@@ -363,23 +366,46 @@ class Result:
         )
 
     def to_dict(self) -> dict[str, object]:
+        return {k: v if k != "dns" else self._dns_json() for k, v in self._document().items()}
+
+    def _document(self) -> dict[str, object]:
+        """The JSON document, "dns" left out (None): it can be the largest part by far."""
         return {
             "ktrace": __version__,
             "points": plain(self.points),
             "findings": plain(self.findings),
             "paths": plain(self.paths),
             "flows": plain(self.flows),
-            "dns": self._dns_json(),
+            "dns": None,
             "tunnels": plain(self.tunnels),
             "warnings": self.warnings,
             "dns_malformed": self.analysis.dns.malformed,
             "dns_orphan_responses": self.analysis.dns.orphan_responses,
         }
 
-    def _dns_json(self) -> list[dict[str, object]]:
+    def json_pieces(self) -> Iterator[str]:
+        """json.dumps(to_dict()) in pieces, the DNS transactions a slice at a time: a storm's
+        hundreds of thousands never exist as dicts all at once."""
+        sep = "{"
+        for key, value in self._document().items():
+            yield f"{sep}{json.dumps(key)}: "
+            sep = ", "
+            if key != "dns":
+                yield json.dumps(value)
+                continue
+            txs = self.analysis.dns.transactions
+            yield "["
+            for lo in range(0, len(txs), JSON_SLICE):
+                text = json.dumps(self._dns_json(txs[lo : lo + JSON_SLICE]))
+                yield (", " if lo else "") + text[1:-1]
+            yield "]"
+        yield "}"
+
+    def _dns_json(self, txs: list[DnsTransaction] | None = None) -> list[dict[str, object]]:
         """As plain(self.dns), without a DnsRow per transaction on the way."""
-        columns = self.dns_columns(self.analysis.dns.transactions)
-        columns["answers"] = [list(a) for a in columns["answers"]]
+        txs = self.analysis.dns.transactions if txs is None else txs
+        columns = self.dns_columns(txs)
+        columns["answers"] = [list(t.answers) for t in txs]
         names = [name for attr, name, _ in _layout(DnsRow) if attr in columns]
         values = [columns[attr] for attr, _, _ in _layout(DnsRow) if attr in columns]
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]

@@ -66,11 +66,16 @@ def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
     however many points saw it."""
     c = a.index.columns
     rows = np.flatnonzero(a.flows.flow >= 0)
-    conv = a.correlation.conv[a.flows.flow[rows]]
     ident = a.correlation.ident[rows]
-    order = np.lexsort((a.correlation.when[rows], ident, conv))
-    sc, si = conv[order], ident[order]
-    first = rows[order[np.r_[True, (sc[1:] != sc[:-1]) | (si[1:] != si[:-1])]]]
+    # only packets seen more than once need sorting to keep their first copy
+    copies = np.bincount(ident)[ident] > 1 if len(ident) else np.zeros(0, bool)
+    many, first = rows[copies], rows[~copies]
+    if len(many):
+        conv = a.correlation.conv[a.flows.flow[many]]
+        order = np.lexsort((a.correlation.when[many], ident[copies], conv))
+        sc, si = conv[order], ident[copies][order]
+        new = np.r_[True, (sc[1:] != sc[:-1]) | (si[1:] != si[:-1])]
+        first = np.r_[first, many[order[new]]]
     owner = a.correlation.conv[a.flows.flow[first]]
     flags = c.tcp_flags[first]
     is_tcp = c.proto[first] == TCP

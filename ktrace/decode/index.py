@@ -237,11 +237,44 @@ def _shard(args: tuple[str, int, int, int, bool]) -> ShardResult:
         fmt.mf.close()
 
 
+class _Growing:
+    """Columns appended batch by batch to arrays grown in place. Large blocks are mapped
+    memory that realloc moves with mremap, without copying: the index never exists twice, as
+    it would while concatenating its parts."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.n = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.arrays = {name: np.empty(0, dtype) for name, dtype in SCHEMA.items()}
+        self.n = 0
+
+    def append(self, cols: PacketColumns) -> None:
+        need = self.n + len(cols)
+        if need > len(self.arrays["offset"]):
+            grown = max(need, 2 * len(self.arrays["offset"]), 1 << 16)
+            for a in self.arrays.values():
+                a.resize(grown, refcheck=False)  # no views of these exist before take()
+        for name, a in self.arrays.items():
+            a[self.n : need] = getattr(cols, name)
+        self.n = need
+
+    def take(self) -> PacketColumns:
+        """The columns, trimmed; this store starts again empty."""
+        for a in self.arrays.values():
+            a.resize(self.n, refcheck=False)
+        columns = PacketColumns(**self.arrays)
+        self._reset()
+        return columns
+
+
 class IndexBuilder:
     """Accumulates decoded batches into one index, merging per-batch address/tunnel tables."""
 
     def __init__(self) -> None:
-        self.parts: list[PacketColumns] = []
+        self.parts = _Growing()
         self.quotes: list[Quotes] = []
         self.v6: dict[bytes, int] = {}
         self.tunnels: dict[Tunnel, int] = {}
@@ -315,12 +348,13 @@ class IndexBuilder:
         self._count(cols)
 
     def merged(self) -> DecodedBatch:
-        """Everything added so far as one batch, with this builder's own tables."""
+        """Everything added as one batch, with this builder's own tables (once: the columns
+        are handed over)."""
         quotes = Quotes.empty()
         if self.quotes:
             fields = Quotes.__dataclass_fields__
             quotes = Quotes(*(np.concatenate([getattr(q, f) for q in self.quotes]) for f in fields))
-        columns = PacketColumns.concat(self.parts)
+        columns = self.parts.take()
         nested = [self.nested.get(k + 1, 0) for k in range(len(self.tunnels))]
         return DecodedBatch(
             columns, list(self.v6), list(self.tunnels), quotes, nested, dict(self.undecoded)

@@ -1,0 +1,158 @@
+"""TCP health per flow from sequence numbers: handshake time, retransmissions, segments out of
+order. Judged within each capture point, so that the same segment seen at two points is not
+taken for a retransmission.
+
+Row-local work runs in chunks with what one chunk hands the next carried over (the sequence
+base and the highest end sent so far in the current direction), so that the temporaries stay a
+few MB whatever the capture's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ktrace.decode.columns import PacketColumns
+from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
+
+CHUNK = 1 << 17  # rows per step of row-local work: temporaries of about 1 MB each
+_SHIFT = 34  # a direction's rank above the 33 bits an end can take (32-bit sequence + length)
+_LOW = (1 << _SHIFT) - 1
+
+
+def chunks(n: int) -> Iterator[tuple[int, int]]:
+    return ((lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK))
+
+
+def tcp_health(
+    c: PacketColumns, flow: np.ndarray, forward: np.ndarray, nflows: int, npoints: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(handshake ns or -1, retransmissions, segments out of order) per flow; `flow` per row
+    with rows outside any flow at `nflows`."""
+    tcp = np.flatnonzero((c.proto == TCP) & (flow < nflows))
+    if not len(tcp):
+        zero = np.zeros(nflows, np.int64)
+        return np.full(nflows, -1, np.int64), zero, zero.copy()
+    width = max(npoints, 1)
+    # one group per (flow, point, direction), file order within it
+    group = (flow[tcp].astype(np.int64) * width + c.point[tcp]) * 2 + forward[tcp]
+    order = np.argsort(group, kind="stable")
+    rows = tcp[order]
+    del tcp
+    group = group[order]
+    del order
+    start = np.empty(len(rows), bool)
+    start[0] = True
+    np.not_equal(group[1:], group[:-1], out=start[1:])
+    del group
+    behind, rel, carries = _behind(c, rows, start)
+    again, late = _resent(rows, start, behind, rel, carries)
+    f, p = flow[rows], c.point[rows]
+    retrans = _per_point_max(f[again], p[again], nflows, npoints)
+    out_of_order = _per_point_max(f[late], p[late], nflows, npoints)
+    return _handshakes(c, flow, forward, nflows, npoints), retrans, out_of_order
+
+
+def _behind(
+    c: PacketColumns, rows: np.ndarray, start: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sorted row: whether it ends at or below what its direction already sent (and is
+    not a keep-alive), its sequence relative to the direction's first, whether it carries
+    anything that takes sequence space."""
+    n = len(rows)
+    behind = np.empty(n, bool)
+    rel_all = np.empty(n, np.uint32)
+    carries_all = np.empty(n, bool)
+    base_carry, seen_carry, rank_carry = 0, -1, -1
+    for lo, hi in chunks(n):
+        r, st = rows[lo:hi], start[lo:hi]
+        flags = c.tcp_flags[r]
+        syn = ((flags & SYN) != 0).astype(np.int64)
+        fin = ((flags & FIN) != 0).astype(np.int64)
+        length = c.paylen[r].astype(np.int64)
+        seq = c.seq[r].astype(np.int64)
+        here = np.maximum.accumulate(np.where(st, np.arange(hi - lo), -1))
+        base = np.where(here >= 0, seq[here.clip(0)], base_carry)
+        rel = (seq - base) & 0xFFFFFFFF
+        end = rel + length + syn + fin
+        rank = rank_carry + np.cumsum(st)
+        seen = np.maximum(np.maximum.accumulate((rank << _SHIFT) | end), seen_carry)
+        prev = np.empty_like(seen)
+        prev[0] = seen_carry
+        prev[1:] = seen[:-1]
+        same = (prev >> _SHIFT) == rank
+        prev_end = np.where(same, prev & _LOW, -1)
+        carries = (length > 0) | (syn > 0) | (fin > 0)
+        keepalive = (length <= 1) & (rel + 1 == prev_end) & (syn == 0) & (fin == 0)
+        behind[lo:hi] = carries & same & (end <= prev_end) & ~keepalive
+        rel_all[lo:hi] = rel
+        carries_all[lo:hi] = carries
+        base_carry, seen_carry, rank_carry = int(base[-1]), int(seen[-1]), int(rank[-1])
+    return behind, rel_all, carries_all
+
+
+def _resent(
+    rows: np.ndarray, start: np.ndarray, behind: np.ndarray, rel: np.ndarray, carries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(retransmitted, late) per sorted row. Below what was already sent: a retransmission if
+    a segment starting at the same sequence number was seen before in its direction, else a
+    late segment filling a gap. Only the directions that have such segments are looked at."""
+    n = len(rows)
+    again, late = np.zeros(n, bool), np.zeros(n, bool)
+    hits = np.flatnonzero(behind)
+    if not len(hits):
+        return again, late
+    begins = np.flatnonzero(start)
+    ends = np.r_[begins[1:], n]
+    groups = np.unique(np.searchsorted(begins, hits, side="right") - 1)
+    sizes = ends[groups] - begins[groups]
+    sub = np.repeat(begins[groups] - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(
+        int(sizes.sum())
+    )
+    key = (np.repeat(groups, sizes).astype(np.int64) << _SHIFT) | rel[sub]
+    maybe = np.isin(key, key[behind[sub]]) & carries[sub]
+    cand = np.flatnonzero(maybe)
+    _, first = np.unique(key[cand], return_index=True)
+    repeated = np.zeros(len(sub), bool)
+    repeated[cand] = True
+    repeated[cand[first]] = False
+    again[sub] = behind[sub] & repeated
+    late[sub] = behind[sub] & ~repeated
+    return again, late
+
+
+def _handshakes(
+    c: PacketColumns, flow: np.ndarray, forward: np.ndarray, nflows: int, npoints: int
+) -> np.ndarray:
+    """SYN -> the initiator's ACK after the SYN/ACK, at each point; kept from the point that
+    saw the SYN first. -1 where there was no complete handshake."""
+    big = np.iinfo(np.int64).max
+    shape = (nflows + 1, max(npoints, 1))
+    t_syn, t_synack, t_ack = (np.full(shape, big, np.int64) for _ in range(3))
+    tcp = c.proto == TCP
+    kind = c.tcp_flags & (SYN | ACK)
+    for table, mask in (
+        (t_syn, tcp & (kind == SYN) & forward),
+        (t_synack, tcp & (kind == (SYN | ACK)) & ~forward),
+    ):
+        rows = np.flatnonzero(mask)
+        np.minimum.at(table, (flow[rows], c.point[rows]), c.ts[rows])
+    for lo, hi in chunks(len(c)):
+        f, p = flow[lo:hi], c.point[lo:hi]
+        is_ack = tcp[lo:hi] & ((c.tcp_flags[lo:hi] & (SYN | ACK | RST)) == ACK) & forward[lo:hi]
+        after = np.flatnonzero(is_ack & (c.ts[lo:hi] >= t_synack[f, p]))
+        np.minimum.at(t_ack, (f[after], p[after]), c.ts[lo:hi][after])
+    first_point = t_syn[:nflows].argmin(axis=1)
+    idx = np.arange(nflows)
+    s, a = t_syn[idx, first_point], t_ack[idx, first_point]
+    return np.where((s < big) & (a < big), a - s, -1)
+
+
+def _per_point_max(flow: np.ndarray, point: np.ndarray, nflows: int, npoints: int) -> np.ndarray:
+    """Counted at every point that saw it, a segment is reported once: the max over points."""
+    if npoints <= 1:
+        return np.bincount(flow, minlength=nflows)[:nflows].astype(np.int64)
+    per_point = np.zeros((nflows, npoints), np.int64)
+    np.add.at(per_point, (flow, point), 1)
+    return per_point.max(axis=1)
