@@ -17,6 +17,7 @@ from itertools import pairwise
 import numpy as np
 
 from ktrace.analysis.flows import FlowTable, group_pairs
+from ktrace.analysis.sorting import repeated
 from ktrace.analysis.stitch_rules import (
     home_addresses,
     link_scoped,
@@ -157,17 +158,6 @@ def clock_offsets(
     return offsets
 
 
-def _repeated(fp: np.ndarray) -> np.ndarray:
-    """Per element: whether another element has the same fingerprint."""
-    order = np.argsort(fp)
-    sorted_fp = fp[order]
-    same = sorted_fp[1:] == sorted_fp[:-1]
-    out = np.zeros(len(fp), bool)
-    out[order[1:][same]] = True
-    out[order[:-1][same]] = True
-    return out
-
-
 def correlate(
     c: PacketColumns,
     flows: FlowTable,
@@ -182,7 +172,7 @@ def correlate(
     # identity: the sorting below is only for the copies. One capture of bulk traffic is
     # nearly all singles; a bundle of many points nearly all copies.
     fp = fingerprint(c)[ip]
-    copies = _repeated(fp) & ~local[ip]
+    copies = repeated(fp) & ~local[ip]
     rows, fp = ip[copies], fp[copies]
     point = c.point[rows].astype(np.int64)
     ts = c.ts[rows]

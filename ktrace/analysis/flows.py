@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ktrace.analysis.sorting import factorize
 from ktrace.analysis.tcp_sequence import chunks, tcp_health
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS
@@ -71,22 +72,6 @@ def _attach_fragments(c: PacketColumns, sport: np.ndarray, dport: np.ndarray) ->
         key = (int(c.point[i]), int(c.src[i]), int(c.dst[i]), int(c.proto[i]), int(c.ipid[i]))
         if key in known:
             sport[i], dport[i] = known[key]
-
-
-def factorize(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position of each distinct value's first element, in sorted order of the values; per
-    element, its value's number): np.unique's index and inverse with int32 numbers and
-    without its copies."""
-    order = np.argsort(h, kind="stable")
-    sorted_h = h[order]
-    new = np.empty(len(h), bool)
-    new[:1] = True
-    np.not_equal(sorted_h[1:], sorted_h[:-1], out=new[1:])
-    del sorted_h
-    ids = np.int32 if len(h) < 2**31 else np.int64
-    inv = np.empty(len(h), ids)
-    inv[order] = np.cumsum(new, dtype=ids) - 1
-    return order[new], inv
 
 
 def group_pairs(k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

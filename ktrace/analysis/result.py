@@ -396,10 +396,18 @@ class Result:
             txs = self.analysis.dns.transactions
             yield "["
             for lo in range(0, len(txs), JSON_SLICE):
-                text = json.dumps(self._dns_json(txs[lo : lo + JSON_SLICE]))
-                yield (", " if lo else "") + text[1:-1]
+                yield (", " if lo else "") + self._dns_json_text(txs[lo : lo + JSON_SLICE])
             yield "]"
         yield "}"
+
+    def _dns_json_text(self, txs: list[DnsTransaction]) -> str:
+        """The JSON of these transactions' rows, as json.dumps writes them, without the list's
+        brackets: each column encoded once per distinct value, each row by one format."""
+        columns = self.dns_columns(txs)
+        layout = [(attr, name) for attr, name, _ in _layout(DnsRow) if attr in columns]
+        row = "{" + ", ".join(f"{json.dumps(name)}: %s" for _, name in layout) + "}"
+        encoded = [json_column(columns[attr]) for attr, _ in layout]
+        return ", ".join(map(row.__mod__, zip(*encoded, strict=True)))
 
     def _dns_json(self, txs: list[DnsTransaction] | None = None) -> list[dict[str, object]]:
         """As plain(self.dns), without a DnsRow per transaction on the way."""
@@ -409,6 +417,31 @@ class Result:
         names = [name for attr, name, _ in _layout(DnsRow) if attr in columns]
         values = [columns[attr] for attr, _, _ in _layout(DnsRow) if attr in columns]
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def json_column(values: list[object]) -> list[str]:
+    """json.dumps of each value of one column, by what the column holds: whole-column paths
+    for ints and for plain strings, else one encoding per distinct value."""
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        return list(map(str, values))
+    if kinds == {bool}:
+        return ["true" if v else "false" for v in values]
+    if kinds <= {float, type(None)}:
+        return ["null" if v is None else repr(v) for v in values]
+    if kinds <= {str, type(None)}:
+        text = "".join(v for v in values if v is not None)  # type: ignore[misc]
+        if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+            return ["null" if v is None else f'"{v}"' for v in values]
+    cache: dict[tuple[type, object], str] = {}  # keyed by type too: True == 1 == 1.0
+    out = []
+    for v in values:  # None, bools, tuples, strings with escapes: few distinct values
+        key = (type(v), v)
+        known = cache.get(key)
+        if known is None:
+            known = cache[key] = json.dumps(v)
+        out.append(known)
+    return out
 
 
 SCALARS = (str, int, float, bool, type(None))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ktrace.analysis.sorting import stable_order
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
 
@@ -37,7 +38,7 @@ def tcp_health(
     width = max(npoints, 1)
     # one group per (flow, point, direction), file order within it
     group = (flow[tcp].astype(np.int64) * width + c.point[tcp]) * 2 + forward[tcp]
-    order = np.argsort(group, kind="stable")
+    order = stable_order(group)
     rows = tcp[order]
     del tcp
     group = group[order]

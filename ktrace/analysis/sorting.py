@@ -1,0 +1,115 @@
+"""Ordering and grouping large integer columns fast.
+
+numpy groups only by sorting, and argsort of millions of values costs a second. Equal values
+are numbered by a hash table in C (`_group.c`) where it was built, else by numpy's stable
+argsort; both give identical results and the tests run both. An order is found by sorting keys
+packed with their positions: numpy sorts plain values with SIMD several times faster than it
+argsorts them (measured on 5M uint64: 0.10 s against 1.2 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+Numbering = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def stable_order(key: np.ndarray) -> np.ndarray:
+    """np.argsort(key, kind="stable") for integer keys."""
+    n = len(key)
+    if not n:
+        return np.zeros(0, np.int64)
+    bits = max(1, (n - 1).bit_length())
+    if int(key.min()) < 0 or int(key.max()) >= 1 << (64 - bits):  # no room for the position
+        return np.argsort(key, kind="stable")
+    packed = key.astype(np.uint64) << np.uint64(bits)
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    packed &= np.uint64((1 << bits) - 1)
+    return packed.astype(np.int64)
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position of each distinct value's first element, in sorted order of the values; per
+    element, its value's number, int32): np.unique's index and inverse, without its copies.
+    Values are taken as uint64."""
+    values = np.ascontiguousarray(values).view(np.uint64) if values.itemsize == 8 else values
+    return number(values.astype(np.uint64, copy=False))
+
+
+def number_sorting(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.empty(len(values), bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    del ordered
+    inverse = np.empty(len(values), np.int32)
+    inverse[order] = np.cumsum(new, dtype=np.int32) - 1
+    return order[new], inverse
+
+
+def _compiled() -> Numbering | None:
+    try:
+        from ktrace.analysis._group import factorize as first_seen  # type: ignore[import-not-found]  # C
+    except ImportError:  # not built: no compiler where it was installed
+        return None
+
+    def number_hashing(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.empty(len(values), np.int32)
+        found = first_seen(values, ids, max(len(values) // 8, 1024))
+        if found is None:  # mostly distinct values: sorting them is faster
+            return number_sorting(values)
+        firsts = np.frombuffer(found, np.int64)
+        order = np.argsort(values[firsts], kind="stable")  # as np.unique numbers them
+        rank = np.empty(len(order), np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        return firsts[order], rank[ids]
+
+    return number_hashing
+
+
+number_c = _compiled()
+number: Numbering = number_c or number_sorting
+
+
+def repeated(values: np.ndarray) -> np.ndarray:
+    """Per element: whether another element has the same value. Elements are sorted by a
+    hash of their value packed with their position (one SIMD sort); neighbours with the same
+    hash are compared, and the rare runs where hashes collide are grouped exactly."""
+    n = len(values)
+    out = np.zeros(n, bool)
+    if n < 2:
+        return out
+    bits = (n - 1).bit_length()
+    with np.errstate(over="ignore"):
+        packed = (values.astype(np.uint64) * _MIX) >> np.uint64(bits)
+    packed <<= np.uint64(bits)
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    hashes = packed >> np.uint64(bits)
+    run = np.empty(n, bool)  # same hash as the previous element
+    run[0] = False
+    np.equal(hashes[1:], hashes[:-1], out=run[1:])
+    del hashes
+    packed &= np.uint64((1 << bits) - 1)
+    position = packed.astype(np.int64)
+    del packed
+    value = values[position]
+    equal = run[1:] & (value[1:] == value[:-1])
+    mine = np.zeros(n, bool)
+    mine[1:] |= equal
+    mine[:-1] |= equal
+    out[position] = mine
+    mixed = np.flatnonzero(run[1:] & (value[1:] != value[:-1]))
+    if len(mixed):  # a hash shared by different values: group those runs exactly
+        starts = np.flatnonzero(~run)
+        runs = np.unique(np.searchsorted(starts, mixed, side="right") - 1)
+        ends = np.r_[starts[1:], n]
+        members = np.concatenate([position[starts[r] : ends[r]] for r in runs.tolist()])
+        _, ids = number_sorting(values[members].astype(np.uint64))
+        out[members] = np.bincount(ids)[ids] > 1
+    return out
