@@ -1,0 +1,69 @@
+"""The grouping primitives: the C hash table and numpy's sorting must number values
+identically, and the fast paths must equal argsort/unique exactly."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from ktrace.analysis import sorting
+
+RNG = np.random.default_rng(11)
+CASES = {
+    "few distinct": RNG.integers(0, 300, 200_000).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15),
+    "table grows": RNG.integers(0, 20_000, 200_000).astype(np.uint64),  # C table doubles 6 times
+    "all distinct": RNG.integers(0, 2**63, 100_000, dtype=np.int64).astype(np.uint64),
+    "one value": np.full(1000, 7, np.uint64),
+    "empty": np.zeros(0, np.uint64),
+    "extremes": np.array([0, 2**64 - 1, 0, 2**63, 2**64 - 1], np.uint64),
+}
+
+
+def _reference(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_numberings_agree_with_numpy_unique(case: str) -> None:
+    values = CASES[case]
+    first, inverse = _reference(values)
+    ways = [sorting.number_sorting] + ([sorting.number_c] if sorting.number_c else [])
+    for number in ways:
+        got_first, got_inverse = number(values)
+        assert np.array_equal(got_first, first) and np.array_equal(got_inverse, inverse)
+        assert got_inverse.dtype == np.int32
+
+
+def test_the_c_grouping_is_built_where_a_compiler_exists() -> None:
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: numpy's sorting is the one in use")
+    assert sorting.number_c is not None
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_repeated_marks_exactly_the_values_seen_twice(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = CASES[case]
+    _, inverse = _reference(values)
+    expected = np.bincount(inverse)[inverse] > 1 if len(values) else np.zeros(0, bool)
+    assert np.array_equal(sorting.repeated(values), expected)
+    # every hash equal: all values in one run, grouped by the exact path
+    monkeypatch.setattr(sorting, "_MIX", np.uint64(0))
+    assert np.array_equal(sorting.repeated(values), expected)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        RNG.integers(0, 5000, 300_000),
+        RNG.integers(0, 2**62, 1000, dtype=np.int64),  # no room beside the position: argsort
+        np.array([3, -1, 3, 0]),
+        np.zeros(0, np.int64),
+    ],
+)
+def test_stable_order_is_a_stable_argsort(key: np.ndarray) -> None:
+    assert np.array_equal(sorting.stable_order(key), np.argsort(key, kind="stable"))
