@@ -73,9 +73,7 @@ class Analysis:
         txs = self.dns.transactions
         if not txs:
             return []
-        first = np.array([t.queries[0] for t in txs], np.int64)
-        point = np.array([t.point for t in txs], np.int64)
-        query_ts = np.array([t.query_ts for t in txs], np.int64)
+        first, point, query_ts = self.dns.first_row, self.dns.point, self.dns.query_ts
         key = self.correlation.ident[first]
         position = np.arange(len(txs))
         # per exchange: its copies, earliest (clock-corrected) first, ties in list order

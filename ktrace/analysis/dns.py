@@ -50,6 +50,11 @@ class DnsResult:
     transactions: list[DnsTransaction]
     malformed: int  # DNS-port packets that did not parse
     orphan_responses: int  # responses whose query was not captured
+    # per transaction, as arrays for the analyses that group them: the first query's packet
+    # row, the point, the first query's time
+    first_row: np.ndarray
+    point: np.ndarray
+    query_ts: np.ndarray
 
 
 def dns_rows(index: PacketIndex) -> np.ndarray:
@@ -116,12 +121,13 @@ def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) 
     endpoint, ends = _endpoints(index, l3, (client, server))
     row = rows.tolist()
     ordered = pairs.order.tolist()
-    queries = [
-        tuple(row[k] for k in ordered[a : a + n]) if n > 1 else (row[ordered[a]],)
-        for a, n in zip(lo.tolist(), count.tolist(), strict=True)
-    ]
+    queries = [(r,) for r in rows[first].tolist()]
+    for k in np.flatnonzero(count > 1).tolist():  # retries
+        queries[k] = tuple(row[j] for j in ordered[lo[k] : lo[k] + count[k]])
     responses: list[int | None] = [row[k] for k in last.tolist()]
-    rcodes: list[str | None] = [rcode_name(v) for v in (q.flags[keep][last] & 15).tolist()]
+    codes = (q.flags[keep][last] & 15).tolist()
+    names = {v: rcode_name(v) for v in set(codes)}
+    rcodes: list[str | None] = [names[v] for v in codes]
     latency: list[int | None] = (ts[last] - ts[first]).tolist()
     got: list[tuple[str, ...]] = [answers[m] for m in message[last].tolist()]
     truncated = [bool(parsed[m] and parsed[m].truncated) for m in message[last].tolist()]
@@ -150,7 +156,14 @@ def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) 
             ),
         )
     )
-    return DnsResult(out, int((~q.ok).sum()), int((pairs.queries == 0).sum()))
+    return DnsResult(
+        out,
+        int((~q.ok).sum()),
+        int((pairs.queries == 0).sum()),
+        rows[first],
+        point[first].astype(np.int64),
+        ts[first],
+    )
 
 
 def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

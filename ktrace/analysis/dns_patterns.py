@@ -116,10 +116,11 @@ def dns_picture(primary: list[DnsTransaction], domain: str, packet_ts: np.ndarra
     for client, ts in by_client.items():
         asked = {t.qname for t in ts}
         prefixes = label_prefixes(asked)
+        bases = {name: search_base(name, asked, prefixes) for name in asked}
         for t in ts:
             if t.rcode != "NXDOMAIN":
                 continue
-            base = search_base(t.qname, asked, prefixes)
+            base = bases[t.qname]
             if base is not None:
                 pic.expansions.setdefault((client, base), []).append(t)
         by_name: dict[str, list[DnsTransaction]] = defaultdict(list)
@@ -137,15 +138,15 @@ def dns_picture(primary: list[DnsTransaction], domain: str, packet_ts: np.ndarra
             flat = sorted(x for ts_ in times for x in ts_)
             if span and flat[-1] - flat[0] >= RETRY_AFTER_NS:
                 pic.aaaa_race[(client, name)] = aaaa
-    cluster_ok = any(
-        t.answered and t.rcode == "NOERROR" and is_cluster_name(t.qname, domain) for t in primary
-    )
-    if cluster_ok:
+    names = {t.qname for t in primary}
+    cluster = {name for name in names if is_cluster_name(name, domain)}
+    if any(t.rcode == "NOERROR" and t.qname in cluster for t in primary):
+        expanded = tuple({b + "." for (_, b) in pic.expansions})
         pic.upstream_failed = [
             t
             for t in primary
-            if not is_cluster_name(t.qname, domain)
-            and (not t.answered or t.rcode in ("SERVFAIL", "REFUSED"))
-            and not any(t.qname.startswith(b + ".") for (_, b) in pic.expansions)
+            if (t.response is None or t.rcode in ("SERVFAIL", "REFUSED"))
+            and t.qname not in cluster
+            and not t.qname.startswith(expanded)
         ]
     return pic

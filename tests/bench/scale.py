@@ -52,9 +52,9 @@ def build(source: Path, dest: Path, packets: int, snaplen: int = 192) -> int:
             take = min(n, packets - written)
             record = np.zeros((n, width), np.uint8)
             shifted = ts + copy * span
-            header = np.stack(
-                [shifted // 10**9, shifted % 10**9, caplen, wirelen], axis=1
-            ).astype("<u4")
+            header = np.stack([shifted // 10**9, shifted % 10**9, caplen, wirelen], axis=1).astype(
+                "<u4"
+            )
             record[:, :16] = header.view(np.uint8).reshape(n, 16)
             record[:, 16:] = body
             _move(record, v4, 16 + ETHERNET + 4, copy)  # IPv4 ID
