@@ -201,6 +201,35 @@ def test_tunnels_decapsulate_and_keep_the_outside(make_pcap: Make) -> None:
         ), name
 
 
+def test_a_reply_to_a_client_on_a_tunnel_port_is_not_a_tunnel(make_pcap: Make) -> None:
+    """Clients with a wide ephemeral range (ip_local_port_range 1024 65535) use 4789 and 8472
+    too: a DNS answer to them is DNS, not VXLAN, whatever its id's first byte."""
+    pkts = []
+    for port in (4789, 8472):
+        ask = struct.pack("!HHHHHH", 0x0E01, 0x0100, 1, 0, 0, 0) + b"\x03web\x00\x00\x01\x00\x01"
+        reply = struct.pack("!HHHHHH", 0x0E01, 0x8180, 1, 1, 0, 0) + ask[12:]
+        reply += b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x1e\x00\x04\x0a\x60\x00\x14"
+        client, server = (
+            IP(src="10.244.0.5", dst="10.96.0.10"),
+            IP(src="10.96.0.10", dst="10.244.0.5"),
+        )
+        pkts += [Ether() / client / UDP(sport=port, dport=53) / ask]
+        pkts += [Ether() / server / UDP(sport=53, dport=port) / reply]
+    _, data = run_analysis(make_pcap(pkts))
+    assert not data["tunnels"]
+    assert sorted(f["a"] for f in data["flows"]) == ["10.244.0.5:4789", "10.244.0.5:8472"]
+    assert [d["answers"] for d in data["dns"]] == [["10.96.0.20"], ["10.96.0.20"]]
+
+
+def test_a_tunnel_whose_inner_ipv6_is_cut_short_is_still_counted(make_pcap: Make) -> None:
+    """The inner frame says IPv6 but holds 10 bytes: nothing to decode inside, no crash."""
+    vxlan = struct.pack("!BBHI", 0x08, 0, 0, 7 << 8)
+    inner = b"\x02" * 12 + b"\x86\xdd" + b"\x60" + b"\0" * 9
+    outer = Ether() / IP(src="172.18.0.2", dst="172.18.0.3") / UDP(sport=33333, dport=4789)
+    _, data = run_analysis(make_pcap([outer / (vxlan + inner)]))
+    assert sum(p["packets"] for p in data["points"]) == 1
+
+
 def test_tunnel_over_ipv6_underlay_with_deep_headers(make_pcap: Make) -> None:
     inner = (
         IPv6(src="fd10::5", dst="fd10::7")

@@ -3,9 +3,9 @@ from the mapped captures, so that pairing queries with responses needs no Python
 
 A DNS storm is hundreds of thousands of messages; each is read here as a fixed window of bytes
 gathered by numpy, its question name walked label by label across all messages together and
-hashed lowercased. Names longer than the window or starting with a compression pointer (legal,
-never seen from real resolvers) take `question`/`parse_dns` one by one, as do all messages when
-there are few.
+hashed lowercased, and the whole message but its id hashed (storms repeat a few messages).
+Names longer than the window or starting with a compression pointer (legal, never seen from
+real resolvers) take `question`/`parse_dns` one by one.
 """
 
 from __future__ import annotations

@@ -92,7 +92,9 @@ def find_inner(rows: Rows, ip: IpHeader, tr: Transport) -> Inner:
     if vx.any():
         vflags, ok = rows.u8(p)
         word, _ = rows.u32(p + 4)
-        vx &= ok & ((vflags & 0x08) != 0)
+        # The I flag and the last reserved byte (zero from every implementation, GBP's
+        # included): a reply to a client whose ephemeral port is 4789 or 8472 is not VXLAN.
+        vx &= ok & ((vflags & 0x08) != 0) & ((word & 0xFF) == 0)
         kind[vx], vni[vx], pos[vx], ethernet[vx] = TunnelKind.VXLAN, word[vx] >> 8, p[vx] + 8, True
 
     gv = udp & (tr.dport == GENEVE_PORT)
