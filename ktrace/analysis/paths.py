@@ -202,6 +202,37 @@ class _Sightings:
     flow: np.ndarray
 
 
+def _median(values: np.ndarray) -> float:
+    """np.median, exactly, without its overhead (a conversation of a DNS storm is a handful
+    of packets, and there are tens of thousands of them)."""
+    ordered = np.sort(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[mid])
+    return (float(ordered[mid - 1]) + float(ordered[mid])) / 2
+
+
+SMALL = 256  # sightings matched with dicts below this; numpy's set operations above
+
+
+def _matched(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ia, ib): positions of the first occurrence in `a` and in `b` of each value both
+    hold, as np.intersect1d(a, b, return_indices=True) gives them (in any order)."""
+    if len(a) > SMALL or len(b) > SMALL:
+        _, ia, ib = np.intersect1d(a, b, return_indices=True)
+        return ia, ib
+    first: dict[int, int] = {}
+    for i, x in enumerate(a.tolist()):
+        first.setdefault(x, i)
+    ia, ib, taken = [], [], set()
+    for j, x in enumerate(b.tolist()):
+        if x in first and x not in taken:
+            taken.add(x)
+            ia.append(first[x])
+            ib.append(j)
+    return np.array(ia, np.int64), np.array(ib, np.int64)
+
+
 def _hop_keys(seen: _Sightings, fwd: np.ndarray) -> dict[int, float]:
     """Per point: how long after a packet's first sighting it sees it (negative for points
     that only saw the replies)."""
@@ -210,7 +241,7 @@ def _hop_keys(seen: _Sightings, fwd: np.ndarray) -> dict[int, float]:
         at = seen.point == p
         use = at & fwd if (at & fwd).any() else at
         sign = 1 if (at & fwd).any() else -1
-        keys[p] = sign * float(np.median(seen.rel[use]))
+        keys[p] = sign * _median(seen.rel[use])
     return keys
 
 
@@ -254,20 +285,21 @@ def _hop(
 ) -> Hop:
     """The i-th hop: its packets, the flow it has there, latency from the hop before."""
     p = hop_points[i]
-    at = f_rows[seen.point[f_rows] == p]
+    sighted = seen.point == p
+    at = f_rows[sighted[f_rows]]
     # the 5-tuple the conversation's first packet had here: what the request looked like
     # (later packets under another tuple are replies from an unexpected address, or resets)
-    here = at if len(at) else np.flatnonzero(seen.point == p)
+    here = at if len(at) else np.flatnonzero(sighted)
     latency = None
     if i and len(at):
         prev = f_rows[seen.point[f_rows] == hop_points[i - 1]]
-        both, ia, ib = np.intersect1d(seen.ident[prev], seen.ident[at], return_indices=True)
-        if len(both):
-            latency = float(np.median(seen.when[at][ib] - seen.when[prev][ia]))
-    tunnels = tuple(sorted(set(index.columns.tunnel[seen.rows[seen.point == p]].tolist()) - {0}))
+        ia, ib = _matched(seen.ident[prev], seen.ident[at])
+        if len(ia):
+            latency = _median(seen.when[at][ib] - seen.when[prev][ia])
+    tunnels = tuple(sorted(set(index.columns.tunnel[seen.rows[sighted]].tolist()) - {0}))
     flow = int(seen.flow[here[np.argmin(seen.when[here])]]) if len(here) else None
     n = len(index.points)
-    return Hop(p % n, int((seen.point == p).sum()), latency, flow, tunnels, p // n)
+    return Hop(p % n, int(np.count_nonzero(sighted)), latency, flow, tunnels, p // n)
 
 
 def _passes(seen: _Sightings, npoints: int) -> _Sightings:
@@ -372,7 +404,7 @@ def _losses(
         pos = len(hops) - 1 - pos
     order = np.lexsort((pos, ident[sel]))
     ids, ps = ident[sel][order], pos[order]
-    last = np.r_[ids[1:] != ids[:-1], True]
+    last = np.append(ids[1:] != ids[:-1], True)
     last_pos, last_row = ps[last], sel[order][last]
     stuck = last_pos < len(hops) - 1
     if not stuck.any():
