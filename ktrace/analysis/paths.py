@@ -224,13 +224,15 @@ def _matched(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first: dict[int, int] = {}
     for i, x in enumerate(a.tolist()):
         first.setdefault(x, i)
-    ia, ib, taken = [], [], set()
+    left: list[int] = []
+    right: list[int] = []
+    taken: set[int] = set()
     for j, x in enumerate(b.tolist()):
         if x in first and x not in taken:
             taken.add(x)
-            ia.append(first[x])
-            ib.append(j)
-    return np.array(ia, np.int64), np.array(ib, np.int64)
+            left.append(first[x])
+            right.append(j)
+    return np.array(left, np.int64), np.array(right, np.int64)
 
 
 def _hop_keys(seen: _Sightings, fwd: np.ndarray) -> dict[int, float]:

@@ -23,7 +23,7 @@ from ktrace.analysis.pipeline import FileFailed, Indexed, run_pipeline
 from ktrace.analysis.pipeline import Step as PipelineStep
 from ktrace.analysis.result import Result
 from ktrace.bundle.inputs import Inputs, capture_files, read_inputs
-from ktrace.decode.index import PacketIndex
+from ktrace.decode.index import PacketIndex, default_workers
 from ktrace.decode.index import Progress as Step
 from ktrace.errors import Cancelled, KtraceError, UiError
 from ktrace.model import PacketRef, Point
@@ -149,7 +149,13 @@ class KtraceApp(App[None]):
         try:
             found = self.found or read_inputs(self.inputs)
             self.input_notes = () if self.live is not None else found.notes
-            steps = run_pipeline(found, self.cancel, keep_going=True, live=self.live is not None)
+            steps = run_pipeline(
+                found,
+                self.cancel,
+                workers=default_workers(reserve=1),
+                keep_going=True,
+                live=self.live is not None,
+            )
             for step in steps:
                 if worker.is_cancelled:
                     return
