@@ -49,11 +49,12 @@ def run(bin_dir: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str
     return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
-def test_the_wheel_carries_the_stylesheet_and_the_c_walker(wheel: Path) -> None:
+def test_the_wheel_carries_the_stylesheet_and_the_c_parts(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "ktrace/tui/ktrace.tcss" in names
-    if shutil.which("cc"):  # pip builds the record walker in C where it can
-        assert any(n.startswith("ktrace/pcap/_walk") and n.endswith(".so") for n in names)
+    if shutil.which("cc"):  # pip builds the record walker and the grouping in C where it can
+        for module in ("ktrace/pcap/_walk", "ktrace/analysis/_group"):
+            assert any(n.startswith(module) and n.endswith(".so") for n in names), module
     assert not any(n.startswith(("tests/", "pcaps/")) for n in names)
 
 
