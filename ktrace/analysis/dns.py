@@ -119,12 +119,10 @@ def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) 
     answers = [tuple(x.data for x in m.answers) if m else () for m in parsed]
     asked = [parsed[m] for m in message[first].tolist()]
     endpoint, ends = _endpoints(index, l3, (client, server))
-    row = rows.tolist()
-    ordered = pairs.order.tolist()
     queries = [(r,) for r in rows[first].tolist()]
     for k in np.flatnonzero(count > 1).tolist():  # retries
-        queries[k] = tuple(row[j] for j in ordered[lo[k] : lo[k] + count[k]])
-    responses: list[int | None] = [row[k] for k in last.tolist()]
+        queries[k] = tuple(rows[pairs.order[lo[k] : lo[k] + count[k]]].tolist())
+    responses: list[int | None] = rows[last].tolist()
     codes = (q.flags[keep][last] & 15).tolist()
     names = {v: rcode_name(v) for v in set(codes)}
     rcodes: list[str | None] = [names[v] for v in codes]
