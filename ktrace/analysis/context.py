@@ -84,18 +84,21 @@ class Analysis:
         shown = np.lexsort((appears, query_ts[best]))
         sizes = np.diff(np.r_[starts, len(order)])
         alone = {p: frozenset((p,)) for p in np.unique(point).tolist()}
-        points, chosen, many = point.tolist(), best.tolist(), (sizes > 1).tolist()
-        out = []
-        for k in shown.tolist():
-            t = chosen[k]
-            if many[k]:
-                seen = frozenset(point[order[starts[k] : starts[k] + sizes[k]]].tolist())
-            else:
-                seen = alone[points[t]]
-            out.append((txs[t], seen))
+        chosen = best[shown].tolist()
+        out = [(txs[t], alone[p]) for t, p in zip(chosen, point[best[shown]].tolist(), strict=True)]
+        for k in np.flatnonzero(sizes[shown] > 1).tolist():  # seen at more than one point
+            g = int(shown[k])
+            out[k] = (
+                txs[chosen[k]],
+                frozenset(point[order[starts[g] : starts[g] + sizes[g]]].tolist()),
+            )
         return out
 
     def dns_primary(self) -> list[DnsTransaction]:
+        return self._primary
+
+    @cached_property
+    def _primary(self) -> list[DnsTransaction]:
         return [t for t, _ in self.dns_exchanges]
 
     @cached_property

@@ -111,8 +111,12 @@ def dns_picture(primary: list[DnsTransaction], domain: str, packet_ts: np.ndarra
     """`primary`: each exchange once, as seen closest to its client; `packet_ts`: per packet."""
     pic = DnsPicture(primary)
     by_client: dict[str, list[DnsTransaction]] = defaultdict(list)
+    ips: dict[str, str] = {}  # "ip:port" -> ip, worked out once per endpoint
     for t in primary:
-        by_client[client_ip(t)].append(t)
+        ip = ips.get(t.client)
+        if ip is None:
+            ip = ips[t.client] = client_ip(t)
+        by_client[ip].append(t)
     for client, ts in by_client.items():
         asked = {t.qname for t in ts}
         prefixes = label_prefixes(asked)
