@@ -196,8 +196,13 @@ def _spill(columns: PacketColumns) -> str:
 
 
 def _unspill(name: str, n: int) -> PacketColumns:
+    """The columns a worker spilled, mapped copy-on-write rather than read into the heap
+    (which would keep the space once they are copied into the index)."""
     try:
-        raw = np.fromfile(name, np.uint8)
+        with open(name, "rb") as fh:
+            if not n:
+                return PacketColumns.empty()
+            raw = np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY), np.uint8)
     finally:
         os.unlink(name)
     cols, at = {}, 0
