@@ -15,9 +15,9 @@ from ktrace.analysis.sorting import factorize
 from ktrace.analysis.tcp_sequence import chunks, tcp_health
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS
+from ktrace.decode.mix import K1 as _MIX
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 NO_FLOW = -1
 
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ktrace.decode.mix import K1 as _MIX
+
 Numbering = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 def stable_order(key: np.ndarray) -> np.ndarray:
@@ -36,8 +37,7 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(position of each distinct value's first element, in sorted order of the values; per
     element, its value's number, int32): np.unique's index and inverse, without its copies.
     Values are taken as uint64."""
-    values = np.ascontiguousarray(values).view(np.uint64) if values.itemsize == 8 else values
-    return number(values.astype(np.uint64, copy=False))
+    return number(np.ascontiguousarray(values, np.uint64))
 
 
 def number_sorting(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
