@@ -10,7 +10,9 @@ import numpy as np
 from ktrace.analysis.correlate import Correlation
 from ktrace.analysis.dns import DnsResult, DnsTransaction
 from ktrace.analysis.dns_patterns import DnsPicture, dns_picture
-from ktrace.analysis.flows import FlowTable
+from ktrace.analysis.flows import FlowTable, flow_endpoint, flow_host
+from ktrace.analysis.http import HttpResult, HttpTransaction
+from ktrace.analysis.http_exchanges import HttpExchange, http_exchanges
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import ConvPath
 from ktrace.analysis.returns import Bypass, bypasses
@@ -29,6 +31,7 @@ class Analysis:
     correlation: Correlation
     paths: list[ConvPath]
     names: Names
+    http: HttpResult
     nodes: dict[str, NodeEvidence] = field(default_factory=dict)  # what the nodes recorded
 
     @cached_property
@@ -59,6 +62,19 @@ class Analysis:
 
     def path_of_flow(self, flow: int) -> ConvPath | None:
         return self._path_by_conv.get(int(self.correlation.conv[flow]))
+
+    @cached_property
+    def http_exchanges(self) -> list[HttpExchange]:
+        """Each HTTP request once, with its copies at every point that saw it."""
+        return http_exchanges(self.http.transactions, self.correlation, self._backend)
+
+    def _backend(self, t: HttpTransaction) -> str:
+        """Who answered: the copy's server unless that is the address before a DNAT the
+        conversation's path went through."""
+        path = self.path_of_flow(t.flow)
+        if path is None or self.endpoint(t.flow, "b") != t.server:
+            return t.server
+        return self.endpoint(path.flows[-1], "b")
 
     def point_id(self, point: int) -> str:
         return self.index.points[point].id
@@ -112,19 +128,10 @@ class Analysis:
 
     def host(self, flow: int, side: str) -> str:
         """The address of one end of a flow ("a" or "b"), as text."""
-        f = self.flows
-        return self.index.address(
-            int(f.l3[flow]), int(f.a_addr[flow] if side == "a" else f.b_addr[flow])
-        )
+        return flow_host(self.index, self.flows, flow, side)
 
     def endpoint(self, flow: int, side: str) -> str:
-        f = self.flows
-        l3 = int(f.l3[flow])
-        port = int(f.a_port[flow] if side == "a" else f.b_port[flow])
-        text = self.host(flow, side)
-        if int(f.proto[flow]) not in (TCP, UDP, 132):
-            return text
-        return f"[{text}]:{port}" if l3 == 6 else f"{text}:{port}"
+        return flow_endpoint(self.index, self.flows, flow, side)
 
     def proto(self, flow: int) -> str:
         value = int(self.flows.proto[flow])

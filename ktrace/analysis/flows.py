@@ -14,9 +14,10 @@ import numpy as np
 from ktrace.analysis.sorting import factorize
 from ktrace.analysis.tcp_sequence import chunks, tcp_health
 from ktrace.decode.columns import PacketColumns
+from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS
 from ktrace.decode.mix import K1 as _MIX
-from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
+from ktrace.decode.transport import ACK, FIN, RST, SCTP, SYN, TCP, UDP
 
 NO_FLOW = -1
 
@@ -51,6 +52,20 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self.l3)
+
+
+def flow_host(index: PacketIndex, f: FlowTable, flow: int, side: str) -> str:
+    """The address of one end of a flow ("a" or "b"), as text."""
+    return index.address(int(f.l3[flow]), int(f.a_addr[flow] if side == "a" else f.b_addr[flow]))
+
+
+def flow_endpoint(index: PacketIndex, f: FlowTable, flow: int, side: str) -> str:
+    """ "ip:port" of one end of a flow ("[ip]:port" for IPv6; the address alone without ports)."""
+    port = int(f.a_port[flow] if side == "a" else f.b_port[flow])
+    text = flow_host(index, f, flow, side)
+    if int(f.proto[flow]) not in (TCP, UDP, SCTP):
+        return text
+    return f"[{text}]:{port}" if int(f.l3[flow]) == 6 else f"{text}:{port}"
 
 
 def _attach_fragments(c: PacketColumns, sport: np.ndarray, dport: np.ndarray) -> None:

@@ -15,6 +15,7 @@ from ktrace.analysis.correlate import correlate
 from ktrace.analysis.dns import dns_transactions
 from ktrace.analysis.findings import run_checks
 from ktrace.analysis.flows import build_flows
+from ktrace.analysis.http import http_transactions
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import conversation_paths
 from ktrace.analysis.result import Result
@@ -94,9 +95,9 @@ def analyze_index(
     correlation = correlate(index.columns, flows, index.points, index.v6, list(same_clock.values()))
     names = Names.from_inventory(inventory)
     paths = conversation_paths(index, flows, correlation, names)
-    analysis = Analysis(
-        index, flows, dns_transactions(index, cancel), correlation, paths, names, nodes or {}
-    )
+    dns = dns_transactions(index, cancel)
+    http = http_transactions(index, flows, cancel)
+    analysis = Analysis(index, flows, dns, correlation, paths, names, http, nodes or {})
     findings, errors = run_checks(analysis)
     return Result(analysis, tuple(findings), tuple(errors), notes)
 

@@ -17,6 +17,8 @@ from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns import DnsTransaction
 from ktrace.analysis.findings import CheckError
+from ktrace.analysis.http import GRPC_NAMES
+from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.analysis.paths import ConvPath, Hop
 from ktrace.analysis.views import ConversationRow, conversations
 from ktrace.decode.tunnel import Tunnel
@@ -152,6 +154,60 @@ class DnsRow:
     truncated: bool
     time: str
     packet: int
+
+
+@dataclass(frozen=True)
+class HttpPointRow:
+    point: str
+    request: str  # ISO time the request's first byte passed
+    response: str | None  # the answer's first byte
+    done: str | None  # the answer's last byte
+    latency_ms: float | None  # request -> first byte of the answer, here
+    added_ms: float | None  # how much of the client's wait this step towards the server added
+
+
+@dataclass(frozen=True)
+class HttpRow:
+    time: str
+    protocol: str
+    method: str
+    host: str
+    path: str
+    status: int | None
+    grpc_service: str
+    grpc_method: str
+    grpc_status: str | None
+    grpc_message: str
+    client: str
+    server: str  # what the client asked for (a Service address before DNAT)
+    backend: str  # who answered, after DNAT
+    backend_name: str  # the backend as the inventory names it
+    latency_ms: float | None  # at the client's side: request -> first byte of the answer
+    total_ms: float | None  # request -> last byte of the answer
+    server_ms: float | None  # the same wait at the point nearest the server
+    network_ms: float | None  # the client's wait less the server's
+    request_bytes: int
+    response_bytes: int
+    ended: str  # complete | reset | closed | open
+    reset_by: str
+    points: tuple[HttpPointRow, ...]
+    packet: PacketRef
+
+
+@dataclass(frozen=True)
+class TlsRow:
+    time: str
+    point: str
+    client: str
+    server: str
+    sni: str
+    version: str
+    offered_alpn: tuple[str, ...]
+    alpn: str
+    server_hello: bool
+    alert: str
+    failed: bool
+    packet: PacketRef
 
 
 @dataclass(frozen=True)
@@ -352,6 +408,75 @@ class Result:
         )
 
     @cached_property
+    def http(self) -> tuple[HttpRow, ...]:
+        """Each HTTP request once, with its times at every point that saw it."""
+        return tuple(self.http_row(e) for e in self.analysis.http_exchanges)
+
+    def http_row(self, e: HttpExchange) -> HttpRow:
+        a = self.analysis
+        t = e.primary
+        added = [None, *e.hops_ns()]
+        return HttpRow(
+            time=iso(t.request_ts),
+            protocol=t.protocol,
+            method=t.method,
+            host=t.host,
+            path=t.path,
+            status=t.status,
+            grpc_service=t.grpc_service,
+            grpc_method=t.grpc_method,
+            grpc_status=None
+            if t.grpc_status is None
+            else GRPC_NAMES.get(t.grpc_status, str(t.grpc_status)),
+            grpc_message=t.grpc_message,
+            client=t.client,
+            server=t.server,
+            backend=e.backend,
+            backend_name=a.names.label(e.backend),
+            latency_ms=_ms(t.latency_ns),
+            total_ms=_ms(None if t.done_ts is None else t.done_ts - t.request_ts),
+            server_ms=_ms(e.server_ns),
+            network_ms=_ms(e.network_ns),
+            request_bytes=t.request_bytes,
+            response_bytes=t.response_bytes,
+            ended=t.ended,
+            reset_by=t.reset_by,
+            points=tuple(
+                HttpPointRow(
+                    a.point_id(c.point),
+                    iso(c.request_ts),
+                    None if c.response_ts is None else iso(c.response_ts),
+                    None if c.done_ts is None else iso(c.done_ts),
+                    _ms(c.latency_ns),
+                    _ms(step),
+                )
+                for c, step in zip(e.copies, added, strict=True)
+            ),
+            packet=a.index.ref(t.request_row),
+        )
+
+    @cached_property
+    def tls(self) -> tuple[TlsRow, ...]:
+        a = self.analysis
+        return tuple(
+            TlsRow(
+                iso(s.hello_ts),
+                a.point_id(s.point),
+                s.client,
+                s.server,
+                s.sni,
+                s.version,
+                s.offered_alpn,
+                s.alpn,
+                s.server_hello,
+                s.alert,
+                s.failed,
+                a.index.ref(s.hello_row),
+            )
+            for s in a.http.tls
+        )
+
+    @cached_property
     def tunnels(self) -> tuple[TunnelRow, ...]:
         index = self.analysis.index
         counts = index.tunnel_packets()
@@ -377,6 +502,8 @@ class Result:
             "paths": plain(self.paths),
             "flows": plain(self.flows),
             "dns": None,
+            "http": plain(self.http),
+            "tls": plain(self.tls),
             "tunnels": plain(self.tunnels),
             "warnings": self.warnings,
             "dns_malformed": self.analysis.dns.malformed,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ktrace.decode.dns import DnsError, parse_dns, question
+from ktrace.decode.gather import gather
 from ktrace.decode.mix import K1, K2, mix
 from ktrace.errors import Cancelled
 from ktrace.pcap.hot import Buffer
@@ -52,7 +53,7 @@ def tcp_messages(
     start, size = start.copy(), size.copy()
     rows = np.flatnonzero(tcp & (size >= 2))
     if len(rows):
-        head = _gather(buffer, point[rows], start[rows], 2)
+        head = gather(buffer, point[rows], start[rows], 2)
         length = (head[:, 0].astype(np.int64) << 8) | head[:, 1]
         start[rows] += 2
         size[rows] = np.minimum(size[rows] - 2, length)
@@ -82,7 +83,7 @@ def read_questions(
         hi = min(lo + CHUNK, n)
         longest = int(size[lo:hi].max(initial=0))
         width = max(WIDTH, min(BODY_SPAN, -(-longest // 8) * 8))
-        window = _gather(buffer, point[lo:hi], start[lo:hi], width)
+        window = gather(buffer, point[lo:hi], start[lo:hi], width)
         # Bytes past the message are the next packet's: never read them as this one's.
         window[np.arange(width) >= size[lo:hi, None]] = 0
         slow = _parse_windows(window[:, :WIDTH], size[lo:hi], out, lo)
@@ -111,29 +112,6 @@ def _hash_bodies(window: np.ndarray, size: np.ndarray, out: np.ndarray) -> None:
 
 def _digest(data: bytes) -> np.ndarray:
     return np.frombuffer(hashlib.blake2b(data, digest_size=16).digest(), np.uint64)
-
-
-def _gather(
-    buffer: Callable[[int], Buffer], point: np.ndarray, start: np.ndarray, width: int
-) -> np.ndarray:
-    """(n, width) bytes from each start; past the end of the file, zeros."""
-    out = np.zeros((len(start), width), np.uint8)
-    for p in np.unique(point).tolist():
-        sel = np.flatnonzero(point == p)
-        at = start[sel]
-        data = np.frombuffer(buffer(p), np.uint8)
-        try:
-            whole = at <= len(data) - width
-            if whole.any():  # rows copied whole from a strided view: no index per byte
-                rows = np.lib.stride_tricks.sliding_window_view(data, width)
-                out[sel[whole]] = rows[at[whole]]
-                del rows
-            for k, begin in zip(sel[~whole].tolist(), at[~whole].tolist(), strict=True):
-                tail = data[begin : begin + width]
-                out[k, : len(tail)] = tail
-        finally:
-            del data  # an mmap with a live export cannot be closed
-    return out
 
 
 def _parse_windows(window: np.ndarray, size: np.ndarray, out: Questions, lo: int) -> np.ndarray:

@@ -9,9 +9,11 @@ from ktrace.analysis.checks import plural
 from ktrace.analysis.result import (
     ExchangeRow,
     HopRow,
+    HttpRow,
     PathRow,
     PointRow,
     Result,
+    TlsRow,
     TunnelRow,
     iso,
 )
@@ -172,6 +174,66 @@ def render_dns(
     return _limited("DNS exchanges", "exchange", table, len(rows), total or len(exchanges))
 
 
+MAX_PATH = 40  # characters of a request path in the table; -o json has them whole
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render_http(rows: Sequence[HttpRow], points: int, limit: int) -> str:
+    """Each request once, as its client saw it: failures and the slowest first. SERVER and
+    NETWORK split the wait where the request was seen on the server side too."""
+    ordered = sorted(rows, key=lambda r: (r.ended == "complete" and not _failed(r),
+                                          -(r.latency_ms or 0)))[:limit]  # fmt: skip
+    headers = ["TIME", "REQUEST", "STATUS", "BACKEND", "LATENCY", "SERVER", "NETWORK", "ENDED"]
+    headers += ["POINTS"] if points > 1 else []
+    table = render(
+        headers,
+        [
+            [
+                r.time[11:23],
+                _clip(f"{r.method} {r.host}{r.path}", MAX_PATH),
+                (r.grpc_status or r.status) if r.grpc_status not in (None, "OK") else r.status,
+                r.backend_name,
+                _ms_text(r.latency_ms),
+                _ms_text(r.server_ms),
+                _ms_text(r.network_ms),
+                "" if r.ended == "complete" else r.ended,
+                *([len(r.points)] if points > 1 else []),
+            ]
+            for r in ordered
+        ],
+        right=(4, 5, 6, 8),
+    )
+    return _limited("HTTP requests", "request", table, len(ordered), len(rows))
+
+
+def _failed(r: HttpRow) -> bool:
+    return (r.status or 0) >= 500 or r.grpc_status not in (None, "OK")
+
+
+def render_tls(rows: Sequence[TlsRow], limit: int) -> str:
+    shown = sorted(rows, key=lambda r: not r.failed)[:limit]
+    table = render(
+        ["TIME", "POINT", "CLIENT", "SERVER", "SNI", "VERSION", "ALPN", "ALERT"],
+        [
+            [
+                r.time[11:23],
+                r.point,
+                r.client,
+                r.server,
+                r.sni,
+                r.version,
+                r.alpn or ",".join(r.offered_alpn),
+                r.alert or ("no ServerHello" if r.failed else ""),
+            ]
+            for r in shown
+        ],
+    )
+    return _limited("TLS handshakes", "handshake", table, len(shown), len(rows))
+
+
 def render_tunnels(tunnels: Sequence[TunnelRow]) -> str:
     rows = [[t.kind, t.outer_src, t.outer_dst, t.vni, t.port or "", t.packets] for t in tunnels]
     headers = ["KIND", "OUTER SRC", "OUTER DST", "VNI/KEY", "PORT", "PACKETS"]
@@ -210,6 +272,10 @@ def render_report(result: Result, limit: int) -> str:
     total = len(result.analysis.dns_exchanges)
     if total:  # rows built for the shown exchanges only: a DNS-heavy capture has 100,000s
         parts.append(render_dns(result.exchange_rows(limit), points, limit, total))
+    if result.analysis.http_exchanges:
+        parts.append(render_http(result.http, points, limit))
+    if result.analysis.http.tls:
+        parts.append(render_tls(result.tls, limit))
     if result.tunnels:
         parts.append(render_tunnels(result.tunnels))
     warnings = [w for w in result.warnings if w not in result.notes]  # notes lead already

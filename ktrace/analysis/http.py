@@ -1,0 +1,135 @@
+"""HTTP transactions and TLS handshakes, per capture point: the requests each connection carried
+and their answers (HTTP/1.x, HTTP/2 and gRPC), and what TLS showed in clear."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ktrace.analysis.flows import FlowTable, flow_endpoint
+from ktrace.analysis.http_walk import Exchange, walk_http
+from ktrace.analysis.tcp_streams import connections
+from ktrace.analysis.tls_sessions import TlsSession, tls_session
+from ktrace.decode.index import PacketIndex
+from ktrace.decode.tls import looks_like_tls
+from ktrace.errors import Cancelled
+
+# gRPC statuses that say the server or the way to it failed, not that the caller asked wrong
+GRPC_FAILURES = {2: "UNKNOWN", 4: "DEADLINE_EXCEEDED", 8: "RESOURCE_EXHAUSTED",
+                 13: "INTERNAL", 14: "UNAVAILABLE", 15: "DATA_LOSS"}  # fmt: skip
+GRPC_NAMES = {0: "OK", 1: "CANCELLED", 3: "INVALID_ARGUMENT", 5: "NOT_FOUND",
+              6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 9: "FAILED_PRECONDITION",
+              10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 16: "UNAUTHENTICATED",
+              **GRPC_FAILURES}  # fmt: skip
+
+
+class HttpTransaction(NamedTuple):
+    """One request and its answer as seen at one point."""
+
+    point: int
+    flow: int
+    protocol: str  # HTTP/1.1, HTTP/1.0, HTTP/2
+    client: str  # "ip:port"
+    server: str
+    stream: int  # HTTP/2 stream id; HTTP/1.x: the request's number on its connection
+    method: str
+    host: str
+    path: str
+    status: int | None  # None: no answer (yet)
+    grpc_status: int | None
+    grpc_message: str
+    content_type: str
+    request_bytes: int  # body bytes
+    response_bytes: int  # body bytes seen
+    request_ts: int  # first byte of the request
+    request_row: int
+    response_ts: int | None  # first byte of the answer
+    response_row: int | None
+    done_ts: int | None  # last byte of the answer; None when it did not complete
+    ended: str  # complete | reset | closed | open: how the answer ended (open: capture ended)
+    reset_by: str  # client | server | "" (who reset the connection or the stream)
+
+    @property
+    def answered(self) -> bool:
+        return self.status is not None
+
+    @property
+    def grpc(self) -> bool:
+        return self.content_type.startswith("application/grpc")
+
+    @property
+    def grpc_service(self) -> str:
+        return self.path.strip("/").rpartition("/")[0] if self.grpc else ""
+
+    @property
+    def grpc_method(self) -> str:
+        return self.path.strip("/").rpartition("/")[2] if self.grpc else ""
+
+    @property
+    def failed(self) -> bool:
+        """A server-side failure: a 5xx, or a gRPC status saying the server failed."""
+        return (self.status or 0) >= 500 or self.grpc_status in GRPC_FAILURES
+
+    @property
+    def latency_ns(self) -> int | None:
+        """Request -> first byte of the answer."""
+        return None if self.response_ts is None else self.response_ts - self.request_ts
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    transactions: list[HttpTransaction]  # by request time
+    tls: list[TlsSession]
+    connections: int  # connections at any point that carried HTTP or TLS
+
+
+def http_transactions(
+    index: PacketIndex, flows: FlowTable, cancel: threading.Event | None = None
+) -> HttpResult:
+    out: list[HttpTransaction] = []
+    sessions: list[TlsSession] = []
+    seen = 0
+    for conn in connections(index, flows):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        seen += 1
+        client = flow_endpoint(index, flows, conn.flow, "a" if conn.client_is_a else "b")
+        server = flow_endpoint(index, flows, conn.flow, "b" if conn.client_is_a else "a")
+        if looks_like_tls(conn.client.read(0, 3)):
+            session = tls_session(conn, client, server)
+            if session is not None:
+                sessions.append(session)
+            continue
+        out.extend(_transaction(conn.point, conn.flow, client, server, e) for e in walk_http(conn))
+    out.sort(key=lambda t: (t.request_ts, t.point, t.stream))
+    sessions.sort(key=lambda s: (s.hello_ts, s.point))
+    return HttpResult(out, sessions, seen)
+
+
+def _transaction(point: int, flow: int, client: str, server: str, e: Exchange) -> HttpTransaction:
+    grpc_status = e.grpc_status()
+    return HttpTransaction(
+        point,
+        flow,
+        e.protocol,
+        client,
+        server,
+        e.stream,
+        e.request.get(":method", ""),
+        e.request.get(":authority", ""),
+        e.request.get(":path", ""),
+        e.status(),
+        grpc_status,
+        e.grpc_message(),
+        e.response.get("content-type", "") or e.request.get("content-type", ""),
+        e.request_bytes,
+        e.response_bytes,
+        e.request_ts,
+        e.request_row,
+        e.response_ts,
+        e.response_row,
+        e.done_ts,
+        e.ended,
+        e.reset_by,
+    )

@@ -1,0 +1,325 @@
+"""Walk one connection's two streams as HTTP: HTTP/1.x messages one after the other (keep-alive,
+pipelining, chunked bodies, bodies that end with the connection), HTTP/2 frames with prior
+knowledge or after an h2c upgrade. Bodies are measured, never copied."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+
+from ktrace.analysis.tcp_streams import Connection, Stream
+from ktrace.decode import h2
+from ktrace.decode.http1 import (
+    H2_PREFACE,
+    MAX_HEAD,
+    Head,
+    NeedMore,
+    body_length,
+    chunk_size,
+    parse_head,
+)
+
+FIRST_READ = 4096
+MAX_MESSAGES = 100_000  # per connection: a bound on a hostile or garbled stream
+RESYNC_SEGMENTS = 64  # a capture that began mid-connection: segments tried for a message start
+
+
+@dataclass
+class Exchange:
+    """One request and what came back, filled in as the streams are walked."""
+
+    protocol: str
+    stream: int
+    request_ts: int
+    request_row: int
+    request: dict[str, str]  # HTTP/2 style: ":method", ":path", ":authority", then headers
+    response: dict[str, str] = field(default_factory=dict)  # ":status", then headers
+    trailers: dict[str, str] = field(default_factory=dict)
+    request_bytes: int = 0
+    response_bytes: int = 0
+    response_ts: int | None = None
+    response_row: int | None = None
+    done_ts: int | None = None
+    ended: str = "open"
+    reset_by: str = ""
+
+    def status(self) -> int | None:
+        text = self.response.get(":status", "")
+        return int(text) if text.isdigit() else None
+
+    def grpc_status(self) -> int | None:
+        text = self.trailers.get("grpc-status") or self.response.get("grpc-status", "")
+        return int(text) if text.isdigit() else None
+
+    def grpc_message(self) -> str:
+        text = self.trailers.get("grpc-message") or self.response.get("grpc-message", "")
+        return urllib.parse.unquote(text)
+
+
+@dataclass(frozen=True)
+class _Message:
+    offset: int
+    head: Head
+    body: int  # where its body starts
+    end: int | None  # where it ends; None: not known (lost bytes, or until the close)
+
+
+def walk_http(conn: Connection) -> Iterator[Exchange]:
+    client = conn.client
+    if client.read(0, len(H2_PREFACE)) == H2_PREFACE:
+        yield from _h2(conn, len(H2_PREFACE), 0, {})
+        return
+    requests = _messages(client, _resync(client, request=True), request=True)
+    exchanges: list[Exchange] = []
+    for k, m in enumerate(requests):
+        h = m.head
+        request = {":method": h.method, ":path": h.target, ":authority": h.header("host")}
+        exchanges.append(
+            Exchange(
+                f"HTTP/{h.version}",
+                k + 1,
+                _when(client, m.offset),
+                _row(client, m.offset),
+                request | h.headers,
+                request_bytes=_measured(m),
+            )
+        )
+    upgrade = yield from _answers(conn, requests, exchanges)
+    if upgrade is not None:
+        k, after_101 = upgrade
+        after_request = (requests[k].end or 0) + len(H2_PREFACE)
+        yield from _h2(conn, after_request, after_101, {1: exchanges[k]})
+
+
+def _answers(
+    conn: Connection, requests: list[_Message], exchanges: list[Exchange]
+) -> Generator[Exchange, None, tuple[int, int] | None]:
+    """Pair responses with requests in order; the exchanges are yielded as they complete.
+    After an h2c upgrade, returns the upgraded request's number and where the server's
+    HTTP/2 starts."""
+    server, client = conn.server, conn.client
+    pos = _resync(server, request=False) if requests else None
+    k = 0
+    while k < len(requests) and pos is not None:
+        method = requests[k].head.method
+        m = _message(server, pos, request=False, method=method)
+        if m is None:
+            break
+        e = exchanges[k]
+        status = m.head.status
+        if status == 101 and "h2c" in m.head.header("upgrade").lower():
+            return k, m.body  # the answer comes as HTTP/2 stream 1
+        if 100 <= status < 200:  # interim (100 Continue): the answer follows
+            pos = m.body
+            continue
+        e.response_ts, e.response_row = _when(server, m.offset), _row(server, m.offset)
+        e.response = {":status": str(status)} | m.head.headers
+        e.response_bytes = _measured(m, server)
+        _finish(e, server, client, m.end)
+        yield e
+        k += 1
+        pos = m.end
+    for e in exchanges[k:]:
+        _finish(e, server, client, None)
+        yield e
+    return None
+
+
+def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> None:
+    """How the answer ended: its last byte seen, or the connection reset or closed first."""
+    last = _when(server, end - 1) if end is not None and end > 0 else None
+    if end is not None and last is not None and (e.response_ts is not None):
+        e.done_ts, e.ended = last, "complete"
+        return
+    resets = [(t, who) for t, who in ((server.rst_ts, "server"), (client.rst_ts, "client")) if t]
+    if resets:
+        e.ended, e.reset_by = "reset", min(resets)[1]
+    elif server.fin:
+        e.ended = "closed"
+
+
+def _messages(s: Stream, pos: int | None, request: bool) -> list[_Message]:
+    out: list[_Message] = []
+    while pos is not None and pos < s.length and len(out) < MAX_MESSAGES:
+        m = _message(s, pos, request)
+        if m is None:
+            break
+        out.append(m)
+        if m.head.header("upgrade").lower() == "h2c":
+            break  # what follows depends on the answer
+        pos = m.end
+    return out
+
+
+def _message(s: Stream, pos: int, request: bool, method: str = "") -> _Message | None:
+    """The message at `pos`, or None where none can be read (lost bytes, not HTTP/1.x)."""
+    size = FIRST_READ
+    while True:
+        data = s.read(pos, size)
+        try:
+            head = parse_head(data)
+            break
+        except NeedMore:
+            if len(data) < size or size >= MAX_HEAD:
+                return None
+            size *= 4
+        except ValueError:
+            return None
+    if bool(head.method) != request:
+        return None
+    body = pos + head.length
+    if head.chunked and not (head.status and body_length(head, method) == 0):
+        return _Message(pos, head, body, _chunks_end(s, body))
+    length = body_length(head, method)
+    if length is None:  # the body ends with the connection
+        return _Message(pos, head, body, s.length if s.fin else None)
+    return _Message(pos, head, body, body + length)
+
+
+def _chunks_end(s: Stream, pos: int) -> int | None:
+    """Where a chunked body ends (after its trailers), None where a chunk line is missing."""
+    for _ in range(MAX_MESSAGES):
+        line = s.read(pos, 256)
+        eol = line.find(b"\n")
+        if eol < 0:
+            return None
+        try:
+            size = chunk_size(line[:eol])
+        except ValueError:
+            return None
+        pos += eol + 1
+        if size == 0:
+            trailers = s.read(pos, MAX_HEAD)
+            if trailers[:2] in (b"\r\n", b"\n\n") or trailers[:1] == b"\n":
+                return pos + (1 if trailers[:1] == b"\n" else 2)
+            end = trailers.find(b"\r\n\r\n")
+            return pos + end + 4 if end >= 0 else None
+        pos += size + 2
+    return None
+
+
+def _resync(s: Stream, request: bool) -> int | None:
+    """Where the first message starts: 0, or for a capture that began mid-connection the
+    first of the next segments whose bytes parse as a message head."""
+    if _message(s, 0, request) is not None:
+        return 0
+    for start in s.start[1:RESYNC_SEGMENTS].tolist():
+        if _message(s, int(start), request) is not None:
+            return int(start)
+    return None
+
+
+def _measured(m: _Message, s: Stream | None = None) -> int:
+    """Body bytes of a message: to its end, or to the last byte seen when it did not end."""
+    if m.end is not None:
+        return max(m.end - m.body, 0)
+    return max((s.length if s is not None else m.body) - m.body, 0)
+
+
+def _when(s: Stream, offset: int) -> int:
+    t = s.when(offset)
+    return t if t is not None else 0
+
+
+def _row(s: Stream, offset: int) -> int:
+    k = s.segment(offset)
+    return int(s.row[k]) if k >= 0 else -1
+
+
+def _h2(
+    conn: Connection, client_at: int, server_at: int, known: dict[int, Exchange]
+) -> Iterator[Exchange]:
+    """HTTP/2 from these offsets: the client's frames, then the server's (each direction has
+    its own header table), exchanges keyed by stream id."""
+    exchanges = dict(known)
+    for e in exchanges.values():
+        e.protocol = "HTTP/2"
+    _follow(conn.client, client_at, exchanges, from_client=True)
+    _follow(conn.server, server_at, exchanges, from_client=False)
+    for sid in sorted(exchanges):
+        e = exchanges[sid]
+        if e.ended == "open" and e.done_ts is None:
+            _finish(e, conn.server, conn.client, None)
+        yield e
+
+
+def _frames(s: Stream, pos: int) -> Iterator[tuple[h2.FrameHeader, int, dict[str, str] | None]]:
+    """Each frame from `pos` with its offset, and for the frame that ends a header block the
+    block's headers. Stops where a header block was lost: the header table is lost with it."""
+    decoder = h2.HeaderDecoder()
+    block = bytearray()
+    for _ in range(MAX_MESSAGES * 10):
+        head = s.read(pos, h2.FRAME_HEADER)
+        if len(head) < h2.FRAME_HEADER:
+            return
+        frame = h2.frame_header(head)
+        headers = None
+        if frame.type in (h2.HEADERS, h2.CONTINUATION):
+            payload = s.read(pos + h2.FRAME_HEADER, frame.length)
+            try:
+                if len(payload) < frame.length:
+                    return
+                if frame.type == h2.HEADERS:
+                    block.clear()
+                block += h2.block_fragment(frame, payload)
+                if frame.flags & h2.END_HEADERS:
+                    headers = decoder.decode(bytes(block))
+            except h2.H2Error:
+                return
+        yield frame, pos, headers
+        pos += h2.FRAME_HEADER + frame.length
+
+
+def _follow(s: Stream, pos: int, exchanges: dict[int, Exchange], from_client: bool) -> None:
+    opened: dict[int, int] = {}  # stream -> offset of the HEADERS frame that began its block
+    for frame, offset, headers in _frames(s, pos):
+        sid = frame.stream
+        if frame.type == h2.HEADERS:
+            opened[sid] = offset
+        if headers is not None:
+            _headers(s, exchanges, (sid, opened.get(sid, offset)), headers, from_client)
+        e = exchanges.get(sid)
+        if e is None:
+            continue
+        if frame.type == h2.DATA:
+            if from_client:
+                e.request_bytes += frame.length
+            else:
+                e.response_bytes += frame.length
+        elif frame.type == h2.RST_STREAM and e.done_ts is None:
+            e.ended, e.reset_by = "reset", "client" if from_client else "server"
+        if (
+            frame.flags & h2.END_STREAM
+            and frame.type in (h2.DATA, h2.HEADERS)
+            and not from_client
+            and e.response_ts is not None
+        ):
+            last = s.when(offset + h2.FRAME_HEADER + frame.length - 1)
+            if last is not None:
+                e.done_ts, e.ended = last, "complete"
+
+
+def _headers(
+    s: Stream,
+    exchanges: dict[int, Exchange],
+    where: tuple[int, int],
+    headers: dict[str, str],
+    from_client: bool,
+) -> None:
+    sid, offset = where
+    if from_client:
+        if sid not in exchanges and ":method" in headers:
+            exchanges[sid] = Exchange("HTTP/2", sid, _when(s, offset), _row(s, offset), headers)
+        return
+    e = exchanges.get(sid)
+    if e is None:
+        return
+    status = headers.get(":status", "")
+    if status.startswith("1"):
+        return  # interim
+    if status and not e.response:
+        e.response = headers
+        e.response_ts, e.response_row = _when(s, offset), _row(s, offset)
+    elif e.response:
+        e.trailers = headers

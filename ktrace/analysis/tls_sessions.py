@@ -1,0 +1,87 @@
+"""One TLS connection at one point: what its handshake showed in clear, and whether it failed."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ktrace.analysis.tcp_streams import Connection, Stream
+from ktrace.decode.tls import ALERT, HANDSHAKE, Alert, Hello, NotTls, alert, hello, records
+
+HANDSHAKE_READ = 16384  # the hellos and any plaintext alert are within the first records
+
+
+class TlsSession(NamedTuple):
+    point: int
+    flow: int
+    client: str
+    server: str
+    sni: str
+    offered_alpn: tuple[str, ...]
+    alpn: str  # chosen by the server where it says so in clear (TLS 1.2), else ""
+    version: str  # negotiated; the client's highest offered when no ServerHello was seen
+    hello_ts: int
+    hello_row: int
+    server_hello: bool
+    alert: str  # "" or "<sender> <level> <description>", the first plaintext alert
+    failed: bool  # an alert during the handshake, or the server gave up without a hello
+    rows: tuple[int, ...]  # the ClientHello's, and the alert's or the close's packet
+
+
+def tls_session(conn: Connection, client: str, server: str) -> TlsSession | None:
+    mine = _hellos_and_alerts(conn.client)
+    if mine is None or mine.hello is None or mine.hello.server:
+        return None
+    theirs = _hellos_and_alerts(conn.server) or _Side(None, None, -1)
+    offered = mine.hello
+    answer = theirs.hello if theirs.hello is not None and theirs.hello.server else None
+    warned = theirs if theirs.alert is not None else mine if mine.alert is not None else None
+    said = warned.alert if warned is not None else None
+    gave_up = answer is None and (conn.server.fin or conn.server.rst_ts is not None)
+    bad = said is not None and said.description != "close_notify"
+    evidence = [int(conn.client.row[0])]
+    if bad and warned is not None:
+        side = conn.server if warned is theirs else conn.client
+        evidence.append(int(side.row[side.segment(warned.alert_at)]))
+    elif gave_up and len(conn.server.row):
+        evidence.append(int(conn.server.row[-1]))
+    text = ""
+    if said is not None:
+        text = f"{'server' if warned is theirs else 'client'} {said.level} {said.description}"
+    return TlsSession(
+        conn.point,
+        conn.flow,
+        client,
+        server,
+        offered.sni,
+        offered.alpn,
+        answer.alpn[0] if answer is not None and answer.alpn else "",
+        answer.version if answer is not None else offered.version,
+        int(conn.client.ts[0]),
+        int(conn.client.row[0]),
+        answer is not None,
+        text,
+        bad or gave_up,
+        tuple(evidence),
+    )
+
+
+class _Side(NamedTuple):
+    hello: Hello | None
+    alert: Alert | None
+    alert_at: int  # stream offset of the alert's record
+
+
+def _hellos_and_alerts(s: Stream) -> _Side | None:
+    """The first hello and the first plaintext alert in this side's records; None when the
+    side does not speak TLS."""
+    try:
+        found = records(s.read(0, HANDSHAKE_READ))
+    except NotTls:
+        return None
+    first_hello, first_alert, at = None, None, -1
+    for kind, offset, body in found:
+        if kind == HANDSHAKE and first_hello is None:
+            first_hello = hello(body)
+        elif kind == ALERT and first_alert is None:
+            first_alert, at = alert(body), offset
+    return _Side(first_hello, first_alert, at)

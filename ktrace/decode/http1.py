@@ -1,0 +1,108 @@
+"""HTTP/1.x message heads (RFC 9112): the start line and headers of a request or response, and
+how its body is framed, read from the start of a message in a reassembled stream.
+
+Headers are parsed by dpkt; bodies are never read whole, only measured, so that a keep-alive
+connection carrying a 100 MB download costs one head and one length.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import dpkt
+
+METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PROPFIND MKCOL COPY MOVE".split()
+)
+MAX_HEAD = 32768  # a head longer than this is not HTTP as servers accept it
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# the first bytes of a message, as a 32-bit big-endian word: how streams are spotted in bulk
+STARTS = tuple(
+    int.from_bytes(w[:4].ljust(4, b" "), "big")
+    for w in (*(m + b" " for m in METHODS), b"HTTP/", H2_PREFACE)
+)
+
+
+class NeedMore(Exception):
+    """The head goes on past the bytes given."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """A request (method set) or a response (status set): its start line and headers."""
+
+    length: int  # bytes of start line and headers, through the empty line
+    version: str  # "1.1", "1.0"
+    headers: dict[str, str]  # lowercased names; repeated headers joined with ", "
+    method: str = ""
+    target: str = ""
+    status: int = 0
+    reason: str = ""
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name, "")
+
+    @property
+    def chunked(self) -> bool:
+        return "chunked" in self.header("transfer-encoding").lower()
+
+    @property
+    def content_length(self) -> int | None:
+        text = self.header("content-length").split(",")[0].strip()
+        return int(text) if text.isdigit() else None
+
+
+def head_end(data: bytes) -> int:
+    """Where the head ends (after its empty line); NeedMore when it is not all in `data`,
+    ValueError when it cannot be a head."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return end + 4
+    bare = data.find(b"\n\n")  # tolerated by every server: bare LF line ends
+    if bare >= 0:
+        return bare + 2
+    if len(data) >= MAX_HEAD:
+        raise ValueError("no end of headers")
+    raise NeedMore
+
+
+def parse_head(data: bytes) -> Head:
+    """The message head at the start of `data`. ValueError when it is not HTTP/1.x."""
+    length = head_end(data)
+    line, _, rest = data[:length].partition(b"\n")
+    parts = line.rstrip(b"\r").split(b" ", 2)
+    try:
+        headers = dpkt.http.parse_headers(io.BytesIO(rest))
+    except dpkt.UnpackError as exc:
+        raise ValueError(str(exc)) from None
+    joined = {k: v if isinstance(v, str) else ", ".join(v) for k, v in headers.items()}
+    if parts[0].startswith(b"HTTP/1.") and len(parts) >= 2 and parts[1].isdigit():
+        reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+        return Head(length, parts[0][5:].decode(), joined, status=int(parts[1]), reason=reason)
+    if len(parts) == 3 and parts[0] in METHODS and parts[2].startswith(b"HTTP/1."):
+        method, target = parts[0].decode(), parts[1].decode("latin-1")
+        return Head(length, parts[2][5:].decode("latin-1"), joined, method=method, target=target)
+    raise ValueError("not an HTTP/1.x start line")
+
+
+def body_length(head: Head, request_method: str = "") -> int | None:
+    """Bytes of body after the head when its length is known from the head: 0 for requests
+    without Content-Length, for HEAD answers, 1xx, 204 and 304; None for chunked bodies and
+    for responses that end with the connection."""
+    if head.status and (request_method == "HEAD" or head.status < 200 or head.status in (204, 304)):
+        return 0
+    if head.chunked:
+        return None
+    length = head.content_length
+    if length is not None:
+        return length
+    return 0 if head.method else None
+
+
+def chunk_size(line: bytes) -> int:
+    """The size on a chunk's first line (extensions after ';' ignored); ValueError if none."""
+    text = line.split(b";", 1)[0].strip()
+    if not text:
+        raise ValueError("empty chunk size")
+    return int(text, 16)
