@@ -43,6 +43,10 @@ EXPECTED = {
     "kube-proxy-down": {"nat.missing", "tcp.syn-unanswered"},
     "zero-window": {"tcp.zero-window"},
     "refused": {"tcp.rst"},
+    "http-keepalive": set(),
+    "http-503": {"http.errors"},
+    "http-slow": {"http.slow"},
+    "http-reset": {"http.reset"},
     # recorded fresh on the dual-stack shape only (tests/test_lab.py)
     "healthy-v6": set(),
     "policy-drop-v6": {"path.drop"},

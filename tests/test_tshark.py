@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -348,3 +348,43 @@ def test_each_tunnel_is_listed_with_every_packet_it_carried(
     rows = sorted((t["kind"], t["vni"], t["port"], t["packets"]) for t in data["tunnels"])
     # every packet of the traffic went through each layer: a nested tunnel is no empty row
     assert rows == sorted((*e, len(_traffic(TUNNELS[name]))) for e in expected)
+
+
+def tshark_http_tree(path: Path) -> tuple[Counter[str], Counter[int]]:
+    """(requests by method, responses by status) from tshark's `-z http,tree`."""
+    methods: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+    section = ""
+    for line in tshark("-q", "-r", str(path), "-z", "http,tree").splitlines():
+        if line.startswith(" HTTP "):
+            section = line.split()[1]  # Request | Response
+        elif line.startswith(" Other"):
+            section = ""
+        elif section == "Request" and (m := re.match(r"^  ([A-Z]+)\s+(\d+)\s", line)):
+            methods[m.group(1)] += int(m.group(2))
+        elif section == "Response" and (m := re.match(r"^   (\d{3}) .*?\s{2,}(\d+)\s", line)):
+            statuses[int(m.group(1))] += int(m.group(2))
+    return +methods, +statuses
+
+
+HTTP_FILES = [
+    PCAPS / "http-dns.pcap",
+    PCAPS / "tls-http.pcap",
+    *(
+        PCAPS / "lab" / bundle / "points" / f"{point}.pcap"
+        for bundle in ("healthy", "http-keepalive", "http-503", "http-slow", "http-reset")
+        for point in ("client-eth0", "node-a-eth0", "web-2-eth0")
+    ),
+]
+
+
+@pytest.mark.parametrize("path", HTTP_FILES, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_http_requests_and_answers_match_tshark_http_tree(path: Path) -> None:
+    """HTTP/1.x requests by method and answers by status, as `tshark -z http,tree` counts
+    them: an answer counts once it is whole (tshark reassembles the body first), answers to
+    requests made before the capture began too."""
+    txs = [t for t in run_analysis(path)[0].analysis.http.transactions if t.protocol != "HTTP/2"]
+    methods = Counter(t.method for t in txs if t.method)
+    statuses = Counter(t.status for t in txs if t.status is not None and t.done_ts is not None)
+    assert (methods, statuses) == tshark_http_tree(path)
+    assert methods  # every file here carries HTTP

@@ -32,7 +32,9 @@ class HttpTransaction(NamedTuple):
     protocol: str  # HTTP/1.1, HTTP/1.0, HTTP/2
     client: str  # "ip:port"
     server: str
-    stream: int  # HTTP/2 stream id; HTTP/1.x: the request's number on its connection
+    # HTTP/2 stream id; HTTP/1.x: the request's number on its connection; 0 for an answer to a
+    # request made before the capture began (method and path empty, times those of the answer)
+    stream: int
     method: str
     host: str
     path: str

@@ -63,6 +63,7 @@ class _Message:
     head: Head
     body: int  # where its body starts
     end: int | None  # where it ends; None: not known (lost bytes, or until the close)
+    chunked: int | None = None  # a chunked body's size, its chunks' framing left out
 
 
 def walk_http(conn: Connection) -> Iterator[Exchange]:
@@ -99,26 +100,32 @@ def _answers(
     After an h2c upgrade, returns the upgraded request's number and where the server's
     HTTP/2 starts."""
     server, client = conn.server, conn.client
-    pos = _resync(server, request=False) if requests else None
+    pos = _resync(server, request=False)
     k = 0
-    while k < len(requests) and pos is not None:
-        method = requests[k].head.method
+    while pos is not None and pos < server.length:
+        method = requests[k].head.method if k < len(requests) else ""
         m = _message(server, pos, request=False, method=method)
         if m is None:
             break
-        e = exchanges[k]
         status = m.head.status
-        if status == 101 and "h2c" in m.head.header("upgrade").lower():
-            return k, m.body  # the answer comes as HTTP/2 stream 1
+        at = _when(server, m.offset)
+        if k == len(requests) or at < exchanges[k].request_ts:
+            # the answer to a request made before the capture began
+            e = Exchange(f"HTTP/{m.head.version}", 0, at, _row(server, m.offset), {})
+        else:
+            e = exchanges[k]
+            k += 1
+        if status == 101 and "h2c" in m.head.header("upgrade").lower() and e.stream:
+            return k - 1, m.body  # the answer comes as HTTP/2 stream 1
         if 100 <= status < 200:  # interim (100 Continue): the answer follows
+            k -= 1 if e.stream else 0
             pos = m.body
             continue
-        e.response_ts, e.response_row = _when(server, m.offset), _row(server, m.offset)
+        e.response_ts, e.response_row = at, _row(server, m.offset)
         e.response = {":status": str(status)} | m.head.headers
         e.response_bytes = _measured(m, server)
         _finish(e, server, client, m.end)
         yield e
-        k += 1
         pos = m.end
     for e in exchanges[k:]:
         _finish(e, server, client, None)
@@ -128,8 +135,8 @@ def _answers(
 
 def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> None:
     """How the answer ended: its last byte seen, or the connection reset or closed first."""
-    last = _when(server, end - 1) if end is not None and end > 0 else None
-    if end is not None and last is not None and (e.response_ts is not None):
+    last = server.when(end - 1) if end is not None and end > 0 else None
+    if last is not None and e.response_ts is not None:
         e.done_ts, e.ended = last, "complete"
         return
     resets = [(t, who) for t, who in ((server.rst_ts, "server"), (client.rst_ts, "client")) if t]
@@ -170,33 +177,39 @@ def _message(s: Stream, pos: int, request: bool, method: str = "") -> _Message |
         return None
     body = pos + head.length
     if head.chunked and not (head.status and body_length(head, method) == 0):
-        return _Message(pos, head, body, _chunks_end(s, body))
+        end, size = _chunks_end(s, body)
+        return _Message(pos, head, body, end, size)
     length = body_length(head, method)
     if length is None:  # the body ends with the connection
         return _Message(pos, head, body, s.length if s.fin else None)
     return _Message(pos, head, body, body + length)
 
 
-def _chunks_end(s: Stream, pos: int) -> int | None:
-    """Where a chunked body ends (after its trailers), None where a chunk line is missing."""
+def _chunks_end(s: Stream, pos: int) -> tuple[int | None, int]:
+    """Where a chunked body ends (after its trailers; None where a chunk line is missing),
+    and the size of its chunks so far."""
+    total = 0
     for _ in range(MAX_MESSAGES):
         line = s.read(pos, 256)
         eol = line.find(b"\n")
         if eol < 0:
-            return None
+            return None, total
         try:
             size = chunk_size(line[:eol])
         except ValueError:
-            return None
+            return None, total
         pos += eol + 1
         if size == 0:
             trailers = s.read(pos, MAX_HEAD)
-            if trailers[:2] in (b"\r\n", b"\n\n") or trailers[:1] == b"\n":
-                return pos + (1 if trailers[:1] == b"\n" else 2)
+            if trailers[:1] == b"\n":
+                return pos + 1, total
+            if trailers[:2] == b"\r\n":
+                return pos + 2, total
             end = trailers.find(b"\r\n\r\n")
-            return pos + end + 4 if end >= 0 else None
+            return (pos + end + 4 if end >= 0 else None), total
+        total += size
         pos += size + 2
-    return None
+    return None, total
 
 
 def _resync(s: Stream, request: bool) -> int | None:
@@ -211,7 +224,10 @@ def _resync(s: Stream, request: bool) -> int | None:
 
 
 def _measured(m: _Message, s: Stream | None = None) -> int:
-    """Body bytes of a message: to its end, or to the last byte seen when it did not end."""
+    """Body bytes of a message (a chunked one's chunks): to its end, or to the last byte seen
+    when it did not end."""
+    if m.chunked is not None:
+        return m.chunked
     if m.end is not None:
         return max(m.end - m.body, 0)
     return max((s.length if s is not None else m.body) - m.body, 0)

@@ -201,7 +201,8 @@ class TlsRow:
     client: str
     server: str
     sni: str
-    version: str
+    version: str  # negotiated; "" when the server never said
+    offered_version: str
     offered_alpn: tuple[str, ...]
     alpn: str
     server_hello: bool
@@ -466,6 +467,7 @@ class Result:
                 s.server,
                 s.sni,
                 s.version,
+                s.offered_version,
                 s.offered_alpn,
                 s.alpn,
                 s.server_hello,

@@ -132,24 +132,27 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     for place_key in wanted.tolist():
         a, b = sides.get(place_key * 2 + 1, empty), sides.get(place_key * 2, empty)
         flow, point = divmod(place_key, npoints)
-        b_asks = _asks(index, b) and not _asks(index, a)
+        # the client is the side that asks; without a request in sight, the side that
+        # does not answer; else the initiator
+        b_asks = (_asks(b) and not _asks(a)) or (_answers(a) and not _answers(b))
         yield Connection(flow, point, b if b_asks else a, a if b_asks else b, not b_asks)
 
 
-def _asks(index: PacketIndex, s: Stream) -> bool:
+def _asks(s: Stream) -> bool:
     """This side's bytes start like a request, a TLS ClientHello or the HTTP/2 preface."""
-    first = s.read(0, 24)
+    first = s.read(0, 6)
     if first[:1] == bytes([HANDSHAKE]):
         return len(first) > 5 and first[5] == 1
-    return (
-        first[:5] != b"HTTP/"
-        and bool(first)
-        and bool(
-            looks_like_app(np.array([int.from_bytes(first[:4].ljust(4, b"\0"), "big")], np.uint32))[
-                0
-            ]
-        )
-    )
+    return len(first) >= 4 and not _answers(s) and bool(looks_like_app(_word(first))[0])
+
+
+def _answers(s: Stream) -> bool:
+    """This side's first captured segment starts an HTTP/1.x answer."""
+    return len(s.start) > 0 and s.read(int(s.start[0]), 5) == b"HTTP/"
+
+
+def _word(data: bytes) -> np.ndarray:
+    return np.array([int.from_bytes(data[:4].ljust(4, b"\0"), "big")], np.uint32)
 
 
 def _stream(index: PacketIndex, rows: np.ndarray) -> Stream:
@@ -167,7 +170,8 @@ def _stream(index: PacketIndex, rows: np.ndarray) -> Stream:
     fin = bool((flags & FIN).any())
     r = rows[carry]
     start = rel[carry]
-    length = c.paylen[r].astype(np.int64)
+    # the index's payload length stops at the snap length; the bytes cut off were payload
+    length = c.paylen[r].astype(np.int64) + (c.wirelen[r].astype(np.int64) - c.caplen[r]).clip(0)
     order = np.lexsort((c.ts[r], start))
     r, start, length = r[order], start[order], length[order]
     end = start + length

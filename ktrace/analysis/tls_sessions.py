@@ -18,7 +18,8 @@ class TlsSession(NamedTuple):
     sni: str
     offered_alpn: tuple[str, ...]
     alpn: str  # chosen by the server where it says so in clear (TLS 1.2), else ""
-    version: str  # negotiated; the client's highest offered when no ServerHello was seen
+    version: str  # negotiated ("" without a ServerHello)
+    offered_version: str  # the client's highest
     hello_ts: int
     hello_row: int
     server_hello: bool
@@ -55,7 +56,8 @@ def tls_session(conn: Connection, client: str, server: str) -> TlsSession | None
         offered.sni,
         offered.alpn,
         answer.alpn[0] if answer is not None and answer.alpn else "",
-        answer.version if answer is not None else offered.version,
+        answer.version if answer is not None else "",
+        offered.version,
         int(conn.client.ts[0]),
         int(conn.client.row[0]),
         answer is not None,

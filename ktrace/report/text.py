@@ -175,6 +175,7 @@ def render_dns(
 
 
 MAX_PATH = 40  # characters of a request path in the table; -o json has them whole
+UNSEEN = "(asked before the capture)"
 
 
 def _clip(text: str, width: int) -> str:
@@ -193,7 +194,7 @@ def render_http(rows: Sequence[HttpRow], points: int, limit: int) -> str:
         [
             [
                 r.time[11:23],
-                _clip(f"{r.method} {r.host}{r.path}", MAX_PATH),
+                _clip(f"{r.method} {r.host}{r.path}" if r.method else UNSEEN, MAX_PATH),
                 (r.grpc_status or r.status) if r.grpc_status not in (None, "OK") else r.status,
                 r.backend_name,
                 _ms_text(r.latency_ms),
@@ -214,6 +215,8 @@ def _failed(r: HttpRow) -> bool:
 
 
 def render_tls(rows: Sequence[TlsRow], limit: int) -> str:
+    """Failed handshakes first; in parentheses what the client offered where the server's
+    choice is encrypted (TLS 1.3) or never came."""
     shown = sorted(rows, key=lambda r: not r.failed)[:limit]
     table = render(
         ["TIME", "POINT", "CLIENT", "SERVER", "SNI", "VERSION", "ALPN", "ALERT"],
@@ -224,8 +227,8 @@ def render_tls(rows: Sequence[TlsRow], limit: int) -> str:
                 r.client,
                 r.server,
                 r.sni,
-                r.version,
-                r.alpn or ",".join(r.offered_alpn),
+                r.version or f"({r.offered_version})",
+                r.alpn or f"({','.join(r.offered_alpn)})" if r.offered_alpn else "",
                 r.alert or ("no ServerHello" if r.failed else ""),
             ]
             for r in shown

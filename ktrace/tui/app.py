@@ -32,7 +32,7 @@ from ktrace.tui.messages import Analyzed, LoadError, Progress
 from ktrace.tui.messages import Indexed as IndexedMessage
 from ktrace.tui.screens.help import HelpScreen, live_bindings
 from ktrace.tui.screens.packets import PacketsView
-from ktrace.tui.screens.views import DnsView, FindingsView, FlowsView, PointsView
+from ktrace.tui.screens.views import DnsView, FindingsView, FlowsView, HttpView, PointsView
 
 VIEWS = {
     "points": PointsView,
@@ -40,6 +40,7 @@ VIEWS = {
     "packets": PacketsView,
     "dns": DnsView,
     "findings": FindingsView,
+    "http": HttpView,
 }
 
 

@@ -14,6 +14,7 @@ APP = [
     Binding("3", "view('packets')", "Packets", id="view.packets"),
     Binding("4", "view('dns')", "DNS", id="view.dns"),
     Binding("5", "view('findings')", "Findings", id="view.findings"),
+    Binding("6", "view('http')", "HTTP", id="view.http"),
 ]
 TABLE = [
     Binding("slash", "filter", "Filter", key_display="/", id="filter"),

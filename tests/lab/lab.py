@@ -37,7 +37,17 @@ FAULTS = (
     "nodeport-blocked",
     "no-external-snat",
     "health-check-down",
+    "web-503",
+    "web-slow",
+    "web-reset",
 )
+# the application faults: web-2's HTTP and gRPC servers read them before every request
+WEB_FAULTS = {
+    "web-503": {"status": 503},
+    "web-slow": {"delay_ms": 800},
+    "web-reset": {"reset": True},
+}
+GRPC_PORT = 50051
 RULE_FAULTS = (
     "policy-drop",
     "no-endpoints",
@@ -61,6 +71,13 @@ while True:
 
 class LabError(RuntimeError):
     pass
+
+
+def _atomic_json(path: Path, value: object) -> None:
+    """Written whole or not at all: the servers read it before every request."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
 
 
 def _sh(*cmd: str, check: bool = True, stdin: str | None = None) -> str:
@@ -392,6 +409,7 @@ class Lab:
         # web-2 also runs a TCP server that accepts and never reads: a stalled application
         self._spawn("web-2", [py, "-c", SINK], "stalled-app", ready="ready")
         bind = "::" if self.shape.dual_stack else "0.0.0.0"  # "::" serves both families
+        faults = str(self.state / "web-faults.json")
         for web in ("web-1", "web-2"):
             root = self.state / web
             root.mkdir(exist_ok=True)
@@ -399,9 +417,16 @@ class Lab:
             (root / "big.bin").write_bytes(os.urandom(100_000))
             self._spawn(
                 web,
-                [py, "-m", "http.server", "80", "--bind", bind, "--directory", str(root)],
+                [py, "-m", "tests.lab.web", web, str(root), faults, "80", bind],
                 web,
+                ready="ready",
             )
+        self._spawn(
+            "web-2",
+            [py, "-m", "tests.lab.grpc_server", "web-2", str(GRPC_PORT), faults],
+            "grpc",
+            ready="ready",
+        )
         coredns = topo.pod("coredns")
         six = self.shape.dual_stack
         records = [
@@ -561,10 +586,7 @@ class Lab:
 
     # --- faults -------------------------------------------------------------------------------
     def set_dns_faults(self, faults: dict[str, object]) -> None:
-        path = self.state / "dns-faults.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(faults))
-        tmp.replace(path)  # atomic: the proxy reads it before every query
+        _atomic_json(self.state / "dns-faults.json", faults)
 
     def faults(self) -> list[str]:
         path = self.state / "faults.json"
@@ -604,6 +626,8 @@ class Lab:
         if "dns-slow" in active:
             dns["delay_ms"] = SLOW_DNS_MS
         self.set_dns_faults(dns)
+        app = [WEB_FAULTS[f] for f in active if f in WEB_FAULTS]
+        _atomic_json(self.state / "web-faults.json", {"web-2": app[0]} if app else {})
         # Stale conntrack entries would keep old NAT decisions alive across a switch.
         for node in topo.NODES:
             self.exec(node.name, "conntrack", "-F", check=False)

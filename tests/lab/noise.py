@@ -15,6 +15,7 @@ import contextlib
 import socket
 import struct
 import time
+import urllib.error
 import urllib.request
 
 RS = struct.pack("!BBHI", 133, 0, 0, 0)  # router solicitation; the kernel fills the checksum
@@ -24,8 +25,12 @@ def http(urls: list[str], every: float) -> None:
     print("ready", flush=True)
     while True:
         for url in urls:
-            with contextlib.suppress(OSError):
+            try:
                 urllib.request.urlopen(url, timeout=1).read()
+            except urllib.error.HTTPError as exc:
+                exc.read()  # as kubelet does: the body is read, the connection closed cleanly
+            except OSError:
+                pass
         time.sleep(every)
 
 

@@ -24,7 +24,7 @@ from ktrace.bundle.manifest import (
 )
 from ktrace.bundle.node_evidence import CLOCK_MARK, KFREE_SKB_FILTER, SNAPSHOT
 from tests.lab import topology as topo
-from tests.lab.lab import Lab, LabError
+from tests.lab.lab import GRPC_PORT, Lab, LabError
 
 RESOLVE = """
 import socket, time
@@ -68,6 +68,45 @@ def fetch(*paths: str, timeout: float = 3, host: str = "web") -> str:
     return f"PATHS = {list(paths)!r}\nTIMEOUT = {timeout}\nHOST = {host!r}\n" + FETCH
 
 
+KEEPALIVE = """
+import http.client, time
+for connection in range(2):  # the round-robin sends the first to web-1, the second to web-2
+    conn = http.client.HTTPConnection(HOST, 80, timeout=TIMEOUT)
+    for path in PATHS:
+        t = time.monotonic()
+        try:
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            body = answer.read()
+            print(f"GET {path}: {answer.status} {len(body)} bytes in {time.monotonic() - t:.2f}s")
+        except Exception as exc:
+            print(f"GET {path}: failed ({exc!r}) after {time.monotonic() - t:.2f}s", flush=True)
+            break
+    conn.close()
+"""
+GRPC = """
+import grpc
+with grpc.insecure_channel("WEB2:PORT") as channel:
+    say = channel.unary_unary("/ktrace.lab.Echo/Say")
+    for k in range(3):
+        try:
+            print("Say:", say(b"hello %d" % k, timeout=3))
+        except grpc.RpcError as exc:
+            print("Say failed:", exc.code(), exc.details())
+"""
+
+
+def keepalive(*paths: str, timeout: float = 5, host: str = "web") -> str:
+    """Two keep-alive connections to `host`, each asking for every path in turn."""
+    return f"PATHS = {list(paths)!r}\nTIMEOUT = {timeout}\nHOST = {host!r}\n" + KEEPALIVE
+
+
+def grpc_calls() -> str:
+    """Three gRPC calls (HTTP/2, prior knowledge) to web-2's server, across the overlay."""
+    web2 = next(p.ip for p in topo.PODS if p.name == "web-2")
+    return GRPC.replace("WEB2", web2).replace("PORT", str(GRPC_PORT))
+
+
 STALL = """
 import socket, struct
 s = socket.create_connection(("10.244.1.2", 8080), timeout=3)
@@ -104,6 +143,35 @@ SCENARIOS = {
             resolve("web") + fetch("/", "/"),
             "client resolves web, then two HTTP calls to the ClusterIP: the first DNAT-ed to "
             "web-1 on the same node, the second to web-2 across the VXLAN overlay",
+        ),
+        Scenario(
+            "http-keepalive",
+            (),
+            keepalive("/", "/index.html", "/big.bin") + grpc_calls(),
+            "two HTTP/1.1 keep-alive connections to the web ClusterIP (three requests each, "
+            "the first connection to web-1, the second to web-2 across the overlay) and three "
+            "gRPC calls over HTTP/2 to web-2: all answered in time",
+        ),
+        Scenario(
+            "http-503",
+            ("web-503",),
+            keepalive("/", "/index.html", "/") + grpc_calls(),
+            "web-2 sheds load: its three answers on the second keep-alive connection are 503 "
+            "while web-1 answers 200, and its gRPC calls fail UNAVAILABLE",
+        ),
+        Scenario(
+            "http-slow",
+            ("web-slow",),
+            keepalive("/", "/index.html"),
+            "web-2 answers 800 ms late (its server, not the network): web-1's answers on the "
+            "first connection take a millisecond",
+        ),
+        Scenario(
+            "http-reset",
+            ("web-reset",),
+            keepalive("/big.bin"),
+            "web-2 resets the connection after the head and 3 kB of a 100 kB answer, as a "
+            "crashing worker does",
         ),
         Scenario(
             "dns-search",

@@ -11,6 +11,9 @@ system resolver (search path and ndots from its resolv.conf) and fetches pages. 
 - dns-blackhole.pcap: server side with tcpdump -i any (Linux cooked v2): queries for a name
   the DNS server never answers (the resolver retries, then gives up), and a connection to a
   port nobody listens on (refused with a RST).
+- tls-http.pcap: client eth0: a TLS 1.3 handshake with SNI and ALPN, one refused by a server
+  that stops at TLS 1.2 (alert protocol_version), and an HTTP request the server reads and
+  closes the connection on without answering.
 """
 
 from __future__ import annotations
@@ -53,6 +56,24 @@ if mode == "healthy":
     for path in ("/", "/index.html", "/"):
         urllib.request.urlopen("http://web.example" + path, timeout=5).read()
     urllib.request.urlopen("http://web.example/big.bin", timeout=10).read()
+elif mode == "tls":
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # a self-signed sample server
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with ctx.wrap_socket(socket.create_connection(("{SERVER_IP}", 443)),
+                         server_hostname="web.example") as s:
+        s.sendall(b"GET / HTTP/1.1\\r\\nHost: web.example\\r\\n\\r\\n")
+        print("tls:", s.version(), s.selected_alpn_protocol(), s.recv(100))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        ctx.wrap_socket(socket.create_connection(("{SERVER_IP}", 8443)),
+                        server_hostname="legacy.example")
+    except ssl.SSLError as exc:
+        print("legacy:", exc)
+    s = socket.create_connection(("{SERVER_IP}", 8080))
+    s.sendall(b"GET /report HTTP/1.1\\r\\nHost: legacy.example\\r\\n\\r\\n")
+    print("closed without an answer:", s.recv(100))
 else:
     print(resolve("blackhole.example"))
     s = socket.socket()
@@ -61,6 +82,45 @@ else:
     except OSError as exc:
         print("refused:", exc)
 """
+
+
+# The TLS sample's server: a good TLS 1.3 server on 443, one that stops at TLS 1.2 on 8443,
+# and on 8080 an HTTP server that reads the request and closes without answering.
+TLS_SERVER = """
+import socket, ssl, sys, threading
+cert, key = sys.argv[1:3]
+def serve(port, ctx, answer):
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port)); srv.listen(8)
+    while True:
+        conn, _ = srv.accept()
+        try:
+            if ctx is not None:
+                conn = ctx.wrap_socket(conn, server_side=True)
+            conn.recv(4096)
+            if answer:
+                conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+good = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); good.load_cert_chain(cert, key)
+good.set_alpn_protocols(["http/1.1"])
+old = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); old.load_cert_chain(cert, key)
+old.maximum_version = ssl.TLSVersion.TLSv1_2
+for args in ((443, good, True), (8443, old, True), (8080, None, False)):
+    threading.Thread(target=serve, args=args, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def self_signed(where: Path) -> tuple[Path, Path]:
+    cert, key = where / "cert.pem", where / "key.pem"
+    curve = "ec_paramgen_curve:prime256v1"
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", curve, "-nodes", "-days", "2",
+       "-subj", "/CN=web.example", "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    return cert, key
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -167,7 +227,8 @@ def record(outdir: Path) -> list[Path]:
     (web / "index.html").write_text("<html><body>ktrace sample</body></html>\n")
     (web / "big.bin").write_bytes(os.urandom(150_000))
     py = sys.executable
-    files = [outdir / "http-dns.pcap", outdir / "dns-blackhole.pcap"]
+    files = [outdir / "http-dns.pcap", outdir / "dns-blackhole.pcap", outdir / "tls-http.pcap"]
+    cert, key = self_signed(web)
     try:
         with (
             network(),
@@ -177,11 +238,15 @@ def record(outdir: Path) -> list[Path]:
                 cwd=REPO,
             ),
             background(in_ns(SERVER, py, "-m", "http.server", "--bind", "::", "80"), cwd=web),
+            background(in_ns(SERVER, py, "-c", TLS_SERVER, str(cert), str(key)), ready="ready"),
         ):
             time.sleep(0.5)
-            for (ns, iface, mode), out in zip(
-                [(CLIENT, "eth0", "healthy"), (SERVER, "any", "blackhole")], files, strict=True
-            ):
+            runs = [
+                (CLIENT, "eth0", "healthy"),
+                (SERVER, "any", "blackhole"),
+                (CLIENT, "eth0", "tls"),
+            ]
+            for (ns, iface, mode), out in zip(runs, files, strict=True):
                 with tcpdump(ns, iface, out):
                     result = subprocess.run(
                         in_ns(CLIENT, py, "-c", CLIENT_SCRIPT, mode),

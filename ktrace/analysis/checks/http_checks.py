@@ -8,7 +8,7 @@ the backend at fault."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from statistics import median
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
@@ -19,7 +19,6 @@ from ktrace.model import Finding, PacketRef, Severity
 
 SLOW_MS = 500  # to the first byte of the answer
 HANG_NS = 10_000_000_000  # a request still unanswered this long before the capture ended
-CONCENTRATED = 0.8  # share of a target's failures on one backend that names it
 
 
 def _refs(analysis: Analysis, exchanges: list[HttpExchange]) -> tuple[PacketRef, ...]:
@@ -30,11 +29,44 @@ def _refs(analysis: Analysis, exchanges: list[HttpExchange]) -> tuple[PacketRef,
     return tuple(analysis.index.ref(r) for r in rows[:MAX_EVIDENCE] if r >= 0)
 
 
-def _by_target(exchanges: list[HttpExchange]) -> dict[str, list[HttpExchange]]:
+def _host(endpoint: str) -> str:
+    return (
+        endpoint.rsplit(":", 1)[0].strip("[]")
+        if endpoint.count(":") == 1 or endpoint.startswith("[")
+        else endpoint
+    )
+
+
+def _by_backend(exchanges: list[HttpExchange]) -> dict[str, list[HttpExchange]]:
+    """Exchanges by the pod (address) that answered them, whatever port or name was asked."""
     out: dict[str, list[HttpExchange]] = defaultdict(list)
     for e in exchanges:
-        out[e.primary.server].append(e)
+        out[_host(e.backend)].append(e)
     return out
+
+
+def _asked_as(analysis: Analysis, exchanges: list[HttpExchange]) -> str:
+    """How the clients reached it: '10.96.0.20:80 (svc default/web) 3x, directly 6x'."""
+    asked = Counter(
+        "directly" if e.primary.server == e.backend else analysis.named(e.primary.server)
+        for e in exchanges
+    )
+    return ", ".join(f"{how} {n}x" for how, n in asked.most_common(4))
+
+
+def _siblings(
+    analysis: Analysis, mine: list[HttpExchange], host: str, bad: Callable[[HttpExchange], bool]
+) -> int:
+    """Requests to the same Services as `mine` that other backends answered well."""
+    services = {e.primary.server for e in mine if e.primary.server != e.backend}
+    return sum(
+        1
+        for e in analysis.http_exchanges
+        if e.primary.server in services
+        and _host(e.backend) != host
+        and e.primary.answered
+        and not bad(e)
+    )
 
 
 def _what(e: HttpExchange) -> str:
@@ -52,21 +84,17 @@ def _health_check(analysis: Analysis, target: str) -> bool:
 
 
 def run_errors(analysis: Analysis) -> Iterator[Finding]:
-    for target, group in _by_target(analysis.http_exchanges).items():
-        if _health_check(analysis, target):
-            continue  # svc.health-check reads those answers
+    # kube-proxy's health check node ports are read by svc.health-check
+    asked = [e for e in analysis.http_exchanges if not _health_check(analysis, e.primary.server)]
+    for host, group in _by_backend(asked).items():
         failed = [e for e in group if e.primary.failed]
         if not failed:
             continue
-        backends = Counter(e.backend for e in failed)
-        asked = Counter(e.backend for e in group)
-        top, n = backends.most_common(1)[0]
-        others_ok = sum(asked.values()) - asked[top] - (len(failed) - n)
-        one = len(asked) > 1 and n >= CONCENTRATED * len(failed) and others_ok > 0
         kinds = Counter(_what(e) for e in failed)
         kind_text = ", ".join(f"{k} ({v}x)" for k, v in kinds.most_common(3))
-        name = analysis.named(target)
+        fine = _siblings(analysis, failed, host, lambda e: e.primary.failed)
         rate = len(failed) / len(group)
+        name = analysis.named(host)
         yield Finding(
             id="http.errors",
             severity=Severity.HIGH
@@ -74,26 +102,30 @@ def run_errors(analysis: Analysis) -> Iterator[Finding]:
             else Severity.MEDIUM
             if len(failed) > 1
             else Severity.LOW,
-            title=f"{len(failed)} of {plural(len(group), 'request')} to {name} failed"
-            + (f", {n} of them answered by {analysis.named(top)}" if one else "")
-            + f": {kind_text}",
+            title=f"{name} failed {len(failed)} of {plural(len(group), 'request')}: {kind_text}",
             explanation=(
-                f"Backend {analysis.named(top)} gave {n} of the {len(failed)} failures while "
-                f"{others_ok} request(s) to the other backends succeeded: the fault is that "
-                "backend, not the Service or the network."
-                if one
-                else "The failures are answers from the server side (5xx or a gRPC failure "
-                "status): the requests reached a server, which failed them."
+                f"Asked as: {_asked_as(analysis, failed)}. These are answers from the server "
+                "side (5xx or a gRPC failure status): the requests reached it and it failed "
+                "them."
+                + (
+                    f" Through the same Service, {plural(fine, 'request')} to other backends "
+                    "succeeded: the fault is this backend, not the Service or the network."
+                    if fine
+                    else ""
+                )
             ),
             next_step=(
-                f"Look at {analysis.named(top)}: its logs, readiness, and what it depends on; "
-                "take it out of the endpoints (fail its readiness probe) if it keeps failing."
-                if one
-                else "Read the servers' logs at the times of the failing requests; a 502/503/504 "
-                "from a proxy or ingress names the upstream it could not reach."
+                f"Look at {name}: its logs, readiness, and what it depends on"
+                + ("; fail its readiness probe to take it out of the Service" if fine else "")
+                + ". A 502/503/504 from a proxy or an ingress names the upstream it could not "
+                "reach."
             ),
             evidence=_refs(analysis, failed),
         )
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.0f} ms" if ns >= 10e6 else f"{ns / 1e6:.1f} ms"
 
 
 def _where(analysis: Analysis, slow: list[HttpExchange]) -> str:
@@ -115,42 +147,45 @@ def _where(analysis: Analysis, slow: list[HttpExchange]) -> str:
     if server >= network:
         where = ", ".join(sorted(analysis.point_id(p) for p in seen_at))
         return (
-            f"the time is spent in the server: {server / len(slow) / 1e6:.0f} ms on average "
-            f"between the request and the answer at {where}, the network added "
-            f"{network / len(slow) / 1e6:.0f} ms"
+            f"the time is spent in the server: {_ms(server / len(slow))} on average between "
+            f"the request and the answer at {where}, the network added "
+            f"{_ms(network / len(slow))}"
         )
     hop, ns = hops.most_common(1)[0]
     return (
-        f"the time is spent in the network: {network / len(slow) / 1e6:.0f} ms on average, most "
-        f"of it between {hop} ({ns / len(slow) / 1e6:.0f} ms), against "
-        f"{server / len(slow) / 1e6:.0f} ms in the server"
+        f"the time is spent in the network: {_ms(network / len(slow))} on average, most of it "
+        f"between {hop} ({_ms(ns / len(slow))}), against {_ms(server / len(slow))} in the "
+        "server"
     )
 
 
 def run_slow(analysis: Analysis) -> Iterator[Finding]:
     limit = SLOW_MS * 1_000_000
-    for target, group in _by_target(analysis.http_exchanges).items():
+
+    def late(e: HttpExchange) -> bool:
+        return (e.primary.latency_ns or 0) >= limit
+
+    for host, group in _by_backend(analysis.http_exchanges).items():
         answered = [e for e in group if e.primary.latency_ns is not None]
-        slow = [e for e in answered if (e.primary.latency_ns or 0) >= limit]
+        slow = [e for e in answered if late(e)]
         if not slow:
             continue
-        backends = Counter(e.backend for e in slow)
-        asked = Counter(e.backend for e in answered)
-        top, n = backends.most_common(1)[0]
-        one = len(asked) > 1 and n >= CONCENTRATED * len(slow) and asked[top] < len(answered)
+        fine = _siblings(analysis, slow, host, late)
         waits = [(e.primary.latency_ns or 0) / 1e6 for e in slow]
+        name = analysis.named(host)
         yield Finding(
             id="http.slow",
             severity=Severity.MEDIUM,
-            title=f"slow HTTP: {len(slow)} of {plural(len(answered), 'answer')} from "
-            f"{analysis.named(target)} took {median(waits):.0f} ms (median) to the first byte"
-            + (f", {n} of them from {analysis.named(top)}" if one else ""),
+            title=f"slow HTTP: {len(slow)} of {plural(len(answered), 'answer')} from {name} "
+            f"took {median(waits):.0f} ms (median) to the first byte",
             explanation=(
-                f"{len(slow)} answers took over {SLOW_MS} ms (up to {max(waits):.0f} ms); "
+                f"Asked as: {_asked_as(analysis, slow)}; over {SLOW_MS} ms each (up to "
+                f"{max(waits):.0f} ms): "
                 + _where(analysis, slow)
                 + (
-                    f". The other backends answered in time: {analysis.named(top)} is the slow one."
-                    if one
+                    f". Through the same Service, {plural(fine, 'answer')} from other backends "
+                    "came in time: this backend is the slow one."
+                    if fine
                     else "."
                 )
             ),

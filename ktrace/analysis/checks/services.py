@@ -33,8 +33,13 @@ def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
         if names.by_ip and not names.is_service(ip):
             continue
         rejected.setdefault(_endpoint(ip, int(q.dport[k])), []).append(row)
-    # kube-proxy in nftables/IPVS modes, and some CNIs, answer with a RST instead
-    syn_rst = np.flatnonzero((c.proto == TCP) & ((c.tcp_flags & RST) != 0))
+    # kube-proxy in nftables/IPVS modes, and some CNIs, answer the SYN with a RST instead; a
+    # RST on a connection that was answered (a backend's reset, un-DNAT-ed) is not that
+    f = analysis.flows
+    flow = f.flow
+    rst = (c.proto == TCP) & ((c.tcp_flags & RST) != 0) & (flow >= 0)
+    syn_rst = np.flatnonzero(rst)
+    syn_rst = syn_rst[f.synack[flow[syn_rst]] == 0]
     for row in syn_rst.tolist():
         src = index.address(int(c.l3[row]), int(c.src[row]))
         if names.is_service(src) and int(c.tcp_flags[row]) & ACK:

@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Static
 from ktrace.analysis.views import dns_lookups, path_packets
 from ktrace.pcap import linktype
 from ktrace.report.table import human_size
+from ktrace.report.text import UNSEEN
 from ktrace.tui.screens.base import TableView
 
 SEVERITY_STYLE = {
@@ -217,6 +218,87 @@ class DnsView(TableView):
 
     def action_open(self) -> None:
         self.open_packet()
+
+
+class HttpView(TableView):
+    """Each HTTP request once, as its client saw it; the highlighted one's times at every
+    point below; enter opens its path with the request's packet selected."""
+
+    TITLE = "HTTP requests (enter: the request's path across points)"
+    COLUMNS = ("TIME", "REQUEST", "STATUS", "BACKEND", "LATENCY", "SERVER", "NETWORK", "ENDED")
+
+    def compose(self) -> ComposeResult:
+        yield from super().compose()
+        yield Static(id="detail")
+
+    def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        result = self.ktrace.result
+        if result is None:
+            return []
+        rows = []
+        for k, r in enumerate(result.http):
+            bad = (
+                (r.status or 0) >= 500 or r.grpc_status not in (None, "OK") or r.ended != "complete"
+            )
+            status = r.grpc_status if r.grpc_status not in (None, "OK") else r.status
+            rows.append(
+                (
+                    k,
+                    (
+                        r.time[11:23],
+                        f"{r.method} {r.host}{r.path}" if r.method else UNSEEN,
+                        Text(
+                            "-" if status is None else str(status), style="bold red" if bad else ""
+                        ),
+                        short_endpoint(r.backend_name),
+                        _ms(r.latency_ms),
+                        _ms(r.server_ms),
+                        _ms(r.network_ms),
+                        "" if r.ended == "complete" else r.ended,
+                    ),
+                )
+            )
+        return rows
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail(event.row_key.value)
+
+    def fill(self) -> None:
+        super().fill()
+        self.show_detail(self.selected_key())
+
+    def show_detail(self, key: str | None) -> None:
+        result = self.ktrace.result
+        if result is None or key is None:
+            return
+        r = result.http[int(key)]
+        lines = [f"{r.protocol} {r.client} -> {r.server} => {r.backend_name}"]
+        if r.grpc_service:
+            lines.append(f"gRPC {r.grpc_service}/{r.grpc_method}: {r.grpc_status} {r.grpc_message}")
+        lines += [
+            f"  {p.point:<16} waited {_ms(p.latency_ms) or '-':>10}"
+            + (f"  (+{_ms(p.added_ms)} on the way from the previous point)" if p.added_ms else "")
+            for p in r.points
+        ]
+        self.query_one("#detail", Static).update("\n".join(lines))
+
+    def action_open(self) -> None:
+        key = self.selected_key()
+        result = self.ktrace.result
+        if key is None or result is None:
+            return
+        e = result.analysis.http_exchanges[int(key)]
+        path = result.analysis.path_of_flow(e.primary.flow)
+        if path is not None:
+            self.app.push_screen(PathView(path.conv, highlight=e.primary.request_row))
+        else:
+            from ktrace.tui.screens.packet import PacketView
+
+            self.app.push_screen(PacketView(e.primary.request_row))
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.2f} ms" if value is not None else ""
 
 
 class FindingsView(TableView):

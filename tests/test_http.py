@@ -1,0 +1,333 @@
+"""HTTP/1.x, HTTP/2 (gRPC) and TLS read from TCP streams: messages across segments, keep-alive
+and pipelining, the ways a body is framed, reordered and resent segments, captures cut by the
+snap length or begun mid-connection, h2c, and the checks on what they carry."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import hpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from ktrace.analysis.http import HttpTransaction
+from ktrace.pcap.writer import PcapWriter
+from tests.helpers import LAB, PCAPS, T0, run_analysis
+
+CLIENT_IP, SERVER_IP = "10.244.0.7", "10.244.1.9"
+MS = 1_000_000
+
+
+class Conn:
+    """One TCP connection written packet by packet: each call sends one segment, 1 ms after
+    the previous packet unless told otherwise."""
+
+    def __init__(
+        self, sport: int = 41000, dport: int = 80, handshake: bool = True, start: int = T0
+    ) -> None:
+        self.sport, self.dport = sport, dport
+        self.seq = {"c": 1000 + sport * 7, "s": 900_000 + sport * 13}
+        self.packets: list[tuple[int, bytes, int]] = []  # (ts, frame, wire length)
+        self.t = start
+        if handshake:
+            self._send("c", b"", "S")
+            self._send("s", b"", "SA")
+            self._send("c", b"", "A")
+
+    def _send(self, side: str, data: bytes, flags: str, at: int | None = None) -> int:
+        c = side == "c"
+        src, dst = (CLIENT_IP, SERVER_IP) if c else (SERVER_IP, CLIENT_IP)
+        sport, dport = (self.sport, self.dport) if c else (self.dport, self.sport)
+        other = self.seq["s" if c else "c"]
+        seq = self.seq[side] if at is None else at
+        frame = (
+            Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+            / IP(src=src, dst=dst)
+            / TCP(sport=sport, dport=dport, flags=flags, seq=seq % 2**32, ack=other % 2**32)
+            / data
+        )
+        self.t += MS
+        self.packets.append((self.t, bytes(frame), len(frame)))
+        if at is None:
+            self.seq[side] += len(data) + (1 if ("S" in flags or "F" in flags) else 0)
+        return seq
+
+    def c(self, data: bytes) -> int:
+        return self._send("c", data, "PA")
+
+    def s(self, data: bytes) -> int:
+        return self._send("s", data, "PA")
+
+    def again(self, side: str, at: int, data: bytes) -> None:
+        """A segment sent again (or late) at an earlier sequence number."""
+        self._send(side, data, "PA", at=at)
+
+    def wait(self, ms: int) -> None:
+        self.t += ms * MS
+
+    def fin(self, side: str = "s") -> None:
+        self._send(side, b"", "FA")
+
+    def rst(self, side: str = "s") -> None:
+        self._send(side, b"", "R")
+
+
+def write(path: Path, conns: list[Conn], snap: int = 262144) -> Path:
+    packets = sorted(p for conn in conns for p in conn.packets)
+    with PcapWriter(path, 1, snaplen=snap) as w:
+        for ts, frame, wire in packets:
+            w.write(ts, frame[:snap], wire)
+    return path
+
+
+def transactions(path: Path) -> list[HttpTransaction]:
+    return run_analysis(path)[0].analysis.http.transactions
+
+
+def test_keep_alive_pipelining_and_every_body_framing(tmp_path: Path) -> None:
+    conn = Conn()
+    conn.c(b"GET /a HTTP/1.1\r\nHost: web\r\n\r\nGET /b HTTP/1.1\r\nHo")  # pipelined, split
+    conn.c(b"st: web\r\n\r\n")
+    conn.s(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+    conn.s(b"56789HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd")
+    conn.s(b"\r\n0\r\nX-Trailer: yes\r\n\r\n")
+    conn.c(b"POST /c HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\nContent-Length: 6\r\n\r\n")
+    conn.s(b"HTTP/1.1 100 Continue\r\n\r\n")
+    conn.c(b"abc")
+    conn.c(b"def")
+    conn.wait(40)
+    conn.s(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    conn.c(b"HEAD /d HTTP/1.1\r\nHost: web\r\n\r\n")
+    conn.s(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")  # HEAD: no body follows
+    conn.c(b"GET /e HTTP/1.1\r\nHost: web\r\n\r\n")
+    conn.s(b"HTTP/1.1 204 No Content\r\n\r\n")
+    conn.c(b"GET /f HTTP/1.0\r\nHost: web\r\n\r\n")
+    conn.s(b"HTTP/1.0 200 OK\r\n\r\nuntil the close")
+    conn.fin()
+    txs = transactions(write(tmp_path / "h1.pcap", [conn]))
+    got = [(t.method, t.path, t.status, t.request_bytes, t.response_bytes, t.ended) for t in txs]
+    assert got == [
+        ("GET", "/a", 200, 0, 10, "complete"),
+        ("GET", "/b", 404, 0, 4, "complete"),
+        ("POST", "/c", 201, 6, 0, "complete"),
+        ("HEAD", "/d", 200, 0, 0, "complete"),
+        ("GET", "/e", 204, 0, 0, "complete"),
+        ("GET", "/f", 200, 0, 15, "complete"),
+    ]
+    assert [t.stream for t in txs] == [1, 2, 3, 4, 5, 6]
+    assert {t.protocol for t in txs} == {"HTTP/1.1", "HTTP/1.0"}
+    assert txs[0].host == "web" and txs[0].client == f"{CLIENT_IP}:41000"
+    # /a asked in the first segment, answered in the third packet after it
+    assert txs[0].latency_ns == 2 * MS and txs[0].done_ts == txs[0].response_ts + MS
+    # the 201 follows the 100 Continue: the wait counts to the final answer, 40 ms later
+    assert txs[2].latency_ns is not None and txs[2].latency_ns > 40 * MS
+
+
+def test_reordered_and_resent_segments_keep_first_arrival_times(tmp_path: Path) -> None:
+    conn = Conn()
+    conn.c(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n"
+    first = conn.seq["s"]
+    conn.seq["s"] += len(head) + 1000  # the head and the first 1000 bytes arrive late
+    conn.s(b"y" * 1000)
+    conn.s(b"z" * 1000)
+    conn.again("s", first, head + b"x" * 1000)
+    conn.again("s", first, head + b"x" * 1000)  # and once more: a retransmission
+    txs = transactions(write(tmp_path / "reorder.pcap", [conn]))
+    (t,) = txs
+    assert (t.status, t.response_bytes, t.ended) == (200, 3000, "complete")
+    # the first byte of the answer came in the late segment (3 ms after the request); the
+    # last one had come before it
+    assert t.latency_ns == 3 * MS and t.done_ts == t.request_ts + 2 * MS
+
+
+def test_snapped_capture_still_measures_bodies(tmp_path: Path) -> None:
+    conn = Conn()
+    conn.c(b"GET /x HTTP/1.1\r\nHost: web\r\n\r\n")
+    conn.s(b"HTTP/1.1 200 OK\r\nContent-Length: 2400\r\n\r\n" + b"a" * 1200)
+    conn.s(b"b" * 1200)
+    conn.c(b"GET /y HTTP/1.1\r\nHost: web\r\n\r\n")
+    conn.s(b"HTTP/1.1 500 Oops\r\nContent-Length: 3\r\n\r\nbad")
+    (a, b) = transactions(write(tmp_path / "snap.pcap", [conn], snap=200))
+    assert (a.status, a.response_bytes, a.ended) == (200, 2400, "complete")
+    assert (b.path, b.status) == ("/y", 500)
+
+
+def test_capture_begun_mid_connection_finds_the_next_message(tmp_path: Path) -> None:
+    conn = Conn(handshake=False)
+    conn.c(b"xt/plain\r\n\r\nrest of an earlier body")
+    conn.s(b"tail of an earlier answer")
+    conn.c(b"GET /next HTTP/1.1\r\nHost: web\r\n\r\n")
+    conn.s(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    (t,) = transactions(write(tmp_path / "mid.pcap", [conn]))
+    assert (t.path, t.status, t.ended) == ("/next", 200, "complete")
+
+
+def test_reset_mid_answer_and_a_request_never_answered(tmp_path: Path) -> None:
+    cut = Conn(41001)
+    cut.c(b"GET /big.bin HTTP/1.1\r\nHost: web\r\n\r\n")
+    cut.s(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+    cut.rst("s")
+    closed = Conn(41002)
+    closed.c(b"GET /hang HTTP/1.1\r\nHost: web\r\n\r\n")
+    closed.wait(30)
+    closed.fin("s")
+    path = write(tmp_path / "cut.pcap", [cut, closed])
+    result, data = run_analysis(path)
+    by_path = {t.path: t for t in result.analysis.http.transactions}
+    assert (by_path["/big.bin"].ended, by_path["/big.bin"].reset_by) == ("reset", "server")
+    assert by_path["/big.bin"].done_ts is None and by_path["/big.bin"].status == 200
+    assert (by_path["/hang"].status, by_path["/hang"].ended) == (None, "closed")
+    ids = {f["id"]: f for f in data["findings"]}
+    assert ids["http.reset"]["severity"] == "high"
+    assert ids["http.unanswered"]["title"].startswith("1 HTTP request never answered")
+    assert "closed the connection" in ids["http.unanswered"]["explanation"]
+
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def test_grpc_over_http2_prior_knowledge(tmp_path: Path) -> None:
+    client, server = hpack.Encoder(), hpack.Encoder()
+    conn = Conn(dport=50051)
+    call = [(":method", "POST"), (":scheme", "http"), (":path", "/pkg.Greeter/Hello"),
+            (":authority", "greeter:50051"), ("content-type", "application/grpc")]  # fmt: skip
+    conn.c(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b""))
+    conn.c(h2_frame(1, 4, 1, client.encode(call)) + h2_frame(0, 1, 1, b"\0\0\0\0\x05hello"))
+    # the second call reuses the header table (indexed fields): both must decode
+    conn.c(h2_frame(1, 4, 3, client.encode(call)) + h2_frame(0, 1, 3, b"\0\0\0\0\x02hi"))
+    conn.s(h2_frame(4, 0, 0, b"") + h2_frame(4, 1, 0, b""))
+    conn.wait(5)
+    answer = [(":status", "200"), ("content-type", "application/grpc")]
+    conn.s(h2_frame(1, 4, 1, server.encode(answer)) + h2_frame(0, 0, 1, b"\0\0\0\0\x03bye"))
+    trailers = [("grpc-status", "14"), ("grpc-message", "backend%20down")]
+    conn.s(h2_frame(1, 5, 1, server.encode(trailers)))
+    conn.s(h2_frame(3, 0, 3, (2).to_bytes(4, "big")))  # RST_STREAM INTERNAL_ERROR
+    path = write(tmp_path / "grpc.pcap", [conn])
+    result, data = run_analysis(path)
+    one, three = result.analysis.http.transactions
+    assert (one.protocol, one.stream, one.method, one.path) == (
+        "HTTP/2",
+        1,
+        "POST",
+        "/pkg.Greeter/Hello",
+    )
+    assert (one.grpc_service, one.grpc_method) == ("pkg.Greeter", "Hello")
+    assert (one.status, one.grpc_status, one.grpc_message) == (200, 14, "backend down")
+    assert (one.request_bytes, one.response_bytes, one.ended) == (10, 8, "complete")
+    assert one.failed and one.latency_ns is not None and one.latency_ns > 5 * MS
+    assert (three.stream, three.status, three.ended, three.reset_by) == (3, None, "reset", "server")
+    row = next(r for r in data["http"] if r["path"] == "/pkg.Greeter/Hello")
+    assert row["grpc_status"] == "UNAVAILABLE" and row["grpc_method"] == "Hello"
+    assert {f["id"] for f in data["findings"]} >= {"http.errors", "http.unanswered"}
+
+
+def test_h2c_upgrade_answers_the_upgraded_request_as_stream_1(tmp_path: Path) -> None:
+    server = hpack.Encoder()
+    conn = Conn()
+    conn.c(b"GET /up HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+           b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")  # fmt: skip
+    conn.s(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    conn.c(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b""))
+    conn.s(h2_frame(4, 0, 0, b""))
+    conn.s(h2_frame(1, 4, 1, server.encode([(":status", "200")])) + h2_frame(0, 1, 1, b"hey"))
+    (t,) = transactions(write(tmp_path / "h2c.pcap", [conn]))
+    assert (t.protocol, t.stream, t.path, t.status, t.response_bytes) == (
+        "HTTP/2",
+        1,
+        "/up",
+        200,
+        3,
+    )
+    assert t.ended == "complete"
+
+
+def client_hello(name: str, alpn: list[str]) -> bytes:
+    """A real ClientHello, from Python's TLS stack writing into memory."""
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_tls_hello_and_a_handshake_refused_with_an_alert(tmp_path: Path) -> None:
+    ok = Conn(41010, 443)
+    ok.c(client_hello("api.example", ["h2", "http/1.1"]))
+    refused = Conn(41011, 443, start=T0 + 100 * MS)
+    refused.c(client_hello("old.example", ["http/1.1"]))
+    refused.s(b"\x15\x03\x03\x00\x02\x02\x28")  # fatal handshake_failure
+    refused.fin("s")
+    result, data = run_analysis(write(tmp_path / "tls.pcap", [ok, refused]))
+    first, second = result.analysis.http.tls
+    assert (first.sni, first.offered_alpn, first.failed) == (
+        "api.example",
+        ("h2", "http/1.1"),
+        False,
+    )
+    assert first.offered_version == "TLS 1.3"
+    assert (second.sni, second.alert, second.failed) == (
+        "old.example",
+        "server fatal handshake_failure",
+        True,
+    )
+    (finding,) = [f for f in data["findings"] if f["id"] == "tls.handshake"]
+    assert "old.example" in finding["title"] and len(finding["evidence"]) == 2
+    assert not result.analysis.http.transactions  # nothing of HTTP is read inside TLS
+
+
+def test_tls_sample_recorded_from_real_stacks() -> None:
+    result, data = run_analysis(PCAPS / "tls-http.pcap")
+    tls = {s.sni: s for s in result.analysis.http.tls}
+    assert tls["web.example"].version == "TLS 1.3" and not tls["web.example"].failed
+    assert tls["legacy.example"].alert == "server fatal protocol_version"
+    assert {f["id"] for f in data["findings"]} == {"tls.handshake", "http.unanswered"}
+
+
+def test_lab_request_followed_from_client_to_backend() -> None:
+    """The keep-alive connection DNAT-ed to web-2: each request at all six points, its wait
+    shrinking towards the server, the backend named although the client asked the VIP."""
+    _, data = run_analysis(LAB / "http-keepalive")
+    rows = [r for r in data["http"] if r["server"] == "10.96.0.20:80" and len(r["points"]) == 6]
+    assert [r["path"] for r in rows] == ["/", "/index.html", "/big.bin"]
+    for r in rows:
+        assert r["backend_name"].endswith("(default/web-2)")
+        assert (r["points"][0]["point"], r["points"][-1]["point"]) == ("client-eth0", "web-2-eth0")
+        waits = [p["latency_ms"] for p in r["points"]]
+        assert waits == sorted(waits, reverse=True)  # each hop towards the server waits less
+        assert r["server_ms"] == waits[-1] and r["network_ms"] == pytest.approx(
+            waits[0] - waits[-1], abs=0.002
+        )
+    grpc = [r for r in data["http"] if r["grpc_service"]]
+    assert len(grpc) == 3 and {r["grpc_status"] for r in grpc} == {"OK"}
+    assert not data["findings"]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=6),
+    st.lists(st.binary(max_size=300), max_size=6),
+)
+def test_garbage_after_a_request_start_never_breaks_the_analysis(
+    tmp_path: Path, client: list[bytes], server: list[bytes]
+) -> None:
+    conn = Conn()
+    conn.c(b"GET / HTTP/1.1\r\n" + client[0])
+    for data in client[1:]:
+        conn.c(data)
+    for data in server:
+        conn.s(b"HTTP/1.1 " + data)
+    path = write(tmp_path / "junk.pcap", [conn])
+    for t in transactions(path):
+        assert t.method == "GET" and t.ended in ("complete", "reset", "closed", "open")
