@@ -76,8 +76,8 @@ def tcp_session(
     server: str = "10.0.1.5",
     sport: int = 40000,
     dport: int = 80,
-    data: bytes = b"GET / HTTP/1.1\r\n\r\n",
-    reply: bytes = b"HTTP/1.1 200 OK\r\n\r\nhello",
+    data: bytes = b"ping 1\n",  # not HTTP: tests that want HTTP say so (tests/test_http.py)
+    reply: bytes = b"pong 1\n",
 ) -> list[object]:
     """A whole TCP conversation over Ethernet: handshake, request, response, FIN exchange.
     Each connection its own initial sequence numbers, as every TCP stack picks them."""

@@ -95,7 +95,7 @@ def test_partial_file_warns_on_stderr_and_still_reports(make_pcap: Make, tmp_pat
 
 
 def test_decode_prints_layers_and_hex(make_pcap: Make) -> None:
-    path = make_pcap(tcp_session())
+    path = make_pcap(tcp_session(data=b"GET / HTTP/1.1\r\n\r\n"))
     out = run("decode", str(path), "4")
     assert out.returncode == 0, out.stderr
     assert "packet 4 of 8" in out.stdout

@@ -167,6 +167,23 @@ def test_capture_begun_mid_connection_finds_the_next_message(tmp_path: Path) -> 
     assert (t.path, t.status, t.ended) == ("/next", 200, "complete")
 
 
+def test_an_answer_to_a_request_made_before_the_capture(tmp_path: Path) -> None:
+    """It is kept (tshark counts it too), without a method and without a wait."""
+    conn = Conn(handshake=False)
+    conn.s(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+    conn.c(b"GET /again HTTP/1.1\r\nHost: web\r\n\r\n")
+    conn.s(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    earlier, again = transactions(write(tmp_path / "orphan.pcap", [conn]))
+    assert (earlier.method, earlier.stream, earlier.status, earlier.latency_ns) == (
+        "",
+        0,
+        503,
+        None,
+    )
+    assert earlier.client == f"{CLIENT_IP}:41000"  # the side that does not answer
+    assert (again.path, again.status, again.latency_ns) == ("/again", 200, MS)
+
+
 def test_reset_mid_answer_and_a_request_never_answered(tmp_path: Path) -> None:
     cut = Conn(41001)
     cut.c(b"GET /big.bin HTTP/1.1\r\nHost: web\r\n\r\n")
@@ -179,7 +196,7 @@ def test_reset_mid_answer_and_a_request_never_answered(tmp_path: Path) -> None:
     path = write(tmp_path / "cut.pcap", [cut, closed])
     result, data = run_analysis(path)
     by_path = {t.path: t for t in result.analysis.http.transactions}
-    assert (by_path["/big.bin"].ended, by_path["/big.bin"].reset_by) == ("reset", "server")
+    assert (by_path["/big.bin"].ended, by_path["/big.bin"].ended_by) == ("reset", "server")
     assert by_path["/big.bin"].done_ts is None and by_path["/big.bin"].status == 200
     assert (by_path["/hang"].status, by_path["/hang"].ended) == (None, "closed")
     ids = {f["id"]: f for f in data["findings"]}
@@ -223,7 +240,7 @@ def test_grpc_over_http2_prior_knowledge(tmp_path: Path) -> None:
     assert (one.status, one.grpc_status, one.grpc_message) == (200, 14, "backend down")
     assert (one.request_bytes, one.response_bytes, one.ended) == (10, 8, "complete")
     assert one.failed and one.latency_ns is not None and one.latency_ns > 5 * MS
-    assert (three.stream, three.status, three.ended, three.reset_by) == (3, None, "reset", "server")
+    assert (three.stream, three.status, three.ended, three.ended_by) == (3, None, "reset", "server")
     row = next(r for r in data["http"] if r["path"] == "/pkg.Greeter/Hello")
     assert row["grpc_status"] == "UNAVAILABLE" and row["grpc_method"] == "Hello"
     assert {f["id"] for f in data["findings"]} >= {"http.errors", "http.unanswered"}
@@ -280,6 +297,7 @@ def test_tls_hello_and_a_handshake_refused_with_an_alert(tmp_path: Path) -> None
         "server fatal handshake_failure",
         True,
     )
+    assert (second.client, second.server) == (f"{CLIENT_IP}:41011", f"{SERVER_IP}:443")
     (finding,) = [f for f in data["findings"] if f["id"] == "tls.handshake"]
     assert "old.example" in finding["title"] and len(finding["evidence"]) == 2
     assert not result.analysis.http.transactions  # nothing of HTTP is read inside TLS
@@ -331,3 +349,55 @@ def test_garbage_after_a_request_start_never_breaks_the_analysis(
     path = write(tmp_path / "junk.pcap", [conn])
     for t in transactions(path):
         assert t.method == "GET" and t.ended in ("complete", "reset", "closed", "open")
+
+
+def test_websocket_upgrade_is_an_answer_and_a_client_giving_up_is_named(tmp_path: Path) -> None:
+    ws = Conn(41020)
+    ws.c(b"GET /chat HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    ws.s(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    ws.c(b"\x81\x85abcd" + b"\x00" * 5)  # frames, not HTTP
+    ws.wait(20_000)
+    ws.fin("s")
+    impatient = Conn(41021, start=T0 + 5 * MS)
+    impatient.c(b"GET /slow HTTP/1.1\r\nHost: web\r\n\r\n")
+    impatient.wait(3000)
+    impatient.fin("c")  # its timeout
+    impatient.fin("s")
+    result, data = run_analysis(write(tmp_path / "ws.pcap", [ws, impatient]))
+    chat, slow = result.analysis.http.transactions
+    assert (chat.path, chat.status, chat.ended) == ("/chat", 101, "complete")
+    assert (slow.path, slow.status, slow.ended, slow.ended_by) == (
+        "/slow",
+        None,
+        "closed",
+        "client",
+    )
+    (finding,) = [f for f in data["findings"] if f["id"] == "http.unanswered"]
+    assert "1 HTTP request never answered" in finding["title"]
+    assert "the client closed the connection" in finding["explanation"]
+
+
+def test_tls_warning_goes_on_and_a_silent_close_fails(tmp_path: Path) -> None:
+    warned = Conn(41030, 443)
+    warned.c(client_hello("a.example", []))
+    server_hello = bytes.fromhex(
+        "0200002603030000000000000000000000000000000000000000000000000000000000000000c02f00"
+    )
+    warned.s(
+        b"\x15\x03\x03\x00\x02\x01\x70"
+        + b"\x16\x03\x03"
+        + len(server_hello).to_bytes(2, "big")
+        + server_hello
+    )
+    silent = Conn(41031, 443, start=T0 + 50 * MS)
+    silent.c(client_hello("b.example", []))
+    silent.fin("s")
+    result, _ = run_analysis(write(tmp_path / "warn.pcap", [warned, silent]))
+    a, b = result.analysis.http.tls
+    assert (a.alert, a.server_hello, a.version, a.failed) == (
+        "server warning unrecognized_name",
+        True,
+        "TLS 1.2",
+        False,
+    )
+    assert (b.sni, b.server_hello, b.failed) == ("b.example", False, True)

@@ -221,6 +221,20 @@ def test_slow_dns(bundles: dict[str, Path]) -> None:
     assert dns and all(d["latency_ms"] >= 790 for d in dns if d["answered"])
 
 
+def test_slow_backend_is_server_time_and_reset_is_the_server(bundles: dict[str, Path]) -> None:
+    from ktrace.analysis.pipeline import analyze
+
+    slow = analyze([bundles["http-slow"]], workers=1).to_dict()["http"]
+    via_web2 = [r for r in slow if r["server"] == f"{VIP}:80" and len(r["points"]) == 6]  # type: ignore[index]
+    assert len(via_web2) == 2
+    for r in via_web2:
+        assert r["server_ms"] >= 790 and r["network_ms"] < 50  # type: ignore[index]
+    reset = analyze([bundles["http-reset"]], workers=1).to_dict()["http"]
+    cut = [r for r in reset if r["ended"] == "reset"]  # type: ignore[index]
+    assert len(cut) == 1 and cut[0]["ended_by"] == "server"  # type: ignore[index]
+    assert cut[0]["backend_name"] == f"{WEB2}:80 (default/web-2)"  # type: ignore[index]
+
+
 def test_upstream_down_cluster_names_fine_external_names_fail(bundles: dict[str, Path]) -> None:
     dns = dns_at(bundles["dns-upstream-down"], "client-eth0")
     web = [d for d in dns if d["qname"] == "web.default.svc.cluster.local"]
@@ -246,6 +260,9 @@ PLACED = {
     "nodeport-blocked": ("tcp.syn-unanswered", "last seen at node-b-eth0"),
     "asymmetric-return": ("nat.asymmetric-return", "bypassed node-a"),
     "health-check-down": ("svc.health-check", "fails on node-b"),
+    "http-503": ("http.errors", "(default/web-2) failed"),
+    "http-slow": ("http.slow", "from 10.244.1.2 (default/web-2)"),
+    "http-reset": ("http.reset", "(default/web-2)"),
 }
 
 # What the nodes' own records add to the finding (rule counters; kernel drop reasons where

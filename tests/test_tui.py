@@ -77,6 +77,31 @@ async def test_from_the_finding_to_the_last_point_reached() -> None:
         assert type(app.screen).__name__ == "FindingsView"
 
 
+async def test_http_view_opens_the_request_path() -> None:
+    app = KtraceApp([PCAPS / "lab" / "http-503"])
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("6")
+        assert type(app.screen).__name__ == "HttpView"
+        rows = table_rows(app)
+        failed = [r for r in rows if r[2] in ("503", "UNAVAILABLE")]
+        assert len(failed) == 9 and all("default/web-2" in r[3] for r in failed)
+        via_service = next(
+            k for k, r in enumerate(rows) if r[1].startswith("GET web/") and r[2] == "503"
+        )
+        app.screen.query_one(DataTable).move_cursor(row=via_service)
+        await pilot.pause()
+        detail = str(app.screen.query_one("#detail", Static).render())
+        assert "client-eth0" in detail and "web-2-eth0" in detail
+        await pilot.press("enter")
+        assert type(app.screen).__name__ == "PathView"
+        table = app.screen.query_one(DataTable)
+        row = [str(getattr(c, "plain", c)) for c in table.get_row_at(table.cursor_row)]
+        # the request, client to server, at all six points on its way to web-2
+        assert row[1] == "→" and row[2].startswith(".P ") and len(row) == 3 + 6, row
+        assert not any("lost" in cell for cell in row[3:]), row
+
+
 async def test_points_flows_dns_and_packets_views() -> None:
     app = KtraceApp([PCAPS / "lab" / "dns-search"])
     async with app.run_test(size=SIZE) as pilot:
@@ -203,7 +228,7 @@ async def test_the_ui_answers_keys_while_a_large_capture_is_indexed(tmp_path: Pa
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 40)], ids=["80", "160"])
 def test_snapshots_of_the_main_views(snap_compare, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
-    for pressed in ((), ("2",), ("3",), ("5",), ("5", "enter"), ("4",)):
+    for pressed in ((), ("2",), ("3",), ("5",), ("5", "enter"), ("4",), ("6",)):
 
         async def run_before(pilot, pressed=pressed) -> None:  # type: ignore[no-untyped-def]
             await loaded(pilot)

@@ -50,7 +50,7 @@ class HttpTransaction(NamedTuple):
     response_row: int | None
     done_ts: int | None  # last byte of the answer; None when it did not complete
     ended: str  # complete | reset | closed | open: how the answer ended (open: capture ended)
-    reset_by: str  # client | server | "" (who reset the connection or the stream)
+    ended_by: str  # client | server: who reset or closed it when the answer did not complete
 
     @property
     def answered(self) -> bool:
@@ -74,9 +74,16 @@ class HttpTransaction(NamedTuple):
         return (self.status or 0) >= 500 or self.grpc_status in GRPC_FAILURES
 
     @property
+    def asked(self) -> bool:
+        """The request is in the capture (not an answer to one made before it began)."""
+        return bool(self.method)
+
+    @property
     def latency_ns(self) -> int | None:
         """Request -> first byte of the answer."""
-        return None if self.response_ts is None else self.response_ts - self.request_ts
+        if self.response_ts is None or not self.asked:
+            return None
+        return self.response_ts - self.request_ts
 
 
 @dataclass(frozen=True)
@@ -133,5 +140,5 @@ def _transaction(point: int, flow: int, client: str, server: str, e: Exchange) -
         e.response_row,
         e.done_ts,
         e.ended,
-        e.reset_by,
+        e.ended_by,
     )

@@ -42,7 +42,7 @@ class Exchange:
     response_row: int | None = None
     done_ts: int | None = None
     ended: str = "open"
-    reset_by: str = ""
+    ended_by: str = ""
 
     def status(self) -> int | None:
         text = self.response.get(":status", "")
@@ -117,7 +117,7 @@ def _answers(
             k += 1
         if status == 101 and "h2c" in m.head.header("upgrade").lower() and e.stream:
             return k - 1, m.body  # the answer comes as HTTP/2 stream 1
-        if 100 <= status < 200:  # interim (100 Continue): the answer follows
+        if 100 <= status < 200 and status != 101:  # interim (100 Continue): the answer follows
             k -= 1 if e.stream else 0
             pos = m.body
             continue
@@ -126,6 +126,8 @@ def _answers(
         e.response_bytes = _measured(m, server)
         _finish(e, server, client, m.end)
         yield e
+        if status == 101 or (e.request.get(":method") == "CONNECT" and status < 300):
+            break  # another protocol (a WebSocket, a tunnel) follows: nothing more to pair
         pos = m.end
     for e in exchanges[k:]:
         _finish(e, server, client, None)
@@ -139,11 +141,14 @@ def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> Non
     if last is not None and e.response_ts is not None:
         e.done_ts, e.ended = last, "complete"
         return
-    resets = [(t, who) for t, who in ((server.rst_ts, "server"), (client.rst_ts, "client")) if t]
-    if resets:
-        e.ended, e.reset_by = "reset", min(resets)[1]
-    elif server.fin:
-        e.ended = "closed"
+    for kind, server_ts, client_ts in (
+        ("reset", server.rst_ts, client.rst_ts),
+        ("closed", server.fin_ts, client.fin_ts),
+    ):
+        ends = [(t, who) for t, who in ((server_ts, "server"), (client_ts, "client")) if t]
+        if ends:
+            e.ended, e.ended_by = kind, min(ends)[1]
+            return
 
 
 def _messages(s: Stream, pos: int | None, request: bool) -> list[_Message]:
@@ -181,7 +186,7 @@ def _message(s: Stream, pos: int, request: bool, method: str = "") -> _Message |
         return _Message(pos, head, body, end, size)
     length = body_length(head, method)
     if length is None:  # the body ends with the connection
-        return _Message(pos, head, body, s.length if s.fin else None)
+        return _Message(pos, head, body, s.length if s.fin_ts is not None else None)
     return _Message(pos, head, body, body + length)
 
 
@@ -217,9 +222,9 @@ def _resync(s: Stream, request: bool) -> int | None:
     first of the next segments whose bytes parse as a message head."""
     if _message(s, 0, request) is not None:
         return 0
-    for start in s.start[1:RESYNC_SEGMENTS].tolist():
-        if _message(s, int(start), request) is not None:
-            return int(start)
+    for start in s.start[1:RESYNC_SEGMENTS]:
+        if _message(s, start, request) is not None:
+            return start
     return None
 
 
@@ -304,7 +309,7 @@ def _follow(s: Stream, pos: int, exchanges: dict[int, Exchange], from_client: bo
             else:
                 e.response_bytes += frame.length
         elif frame.type == h2.RST_STREAM and e.done_ts is None:
-            e.ended, e.reset_by = "reset", "client" if from_client else "server"
+            e.ended, e.ended_by = "reset", "client" if from_client else "server"
         if (
             frame.flags & h2.END_STREAM
             and frame.type in (h2.DATA, h2.HEADERS)

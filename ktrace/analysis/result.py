@@ -189,7 +189,7 @@ class HttpRow:
     request_bytes: int
     response_bytes: int
     ended: str  # complete | reset | closed | open
-    reset_by: str
+    ended_by: str
     points: tuple[HttpPointRow, ...]
     packet: PacketRef
 
@@ -435,13 +435,13 @@ class Result:
             backend=e.backend,
             backend_name=a.names.label(e.backend),
             latency_ms=_ms(t.latency_ns),
-            total_ms=_ms(None if t.done_ts is None else t.done_ts - t.request_ts),
+            total_ms=_ms(t.done_ts - t.request_ts if t.done_ts is not None and t.asked else None),
             server_ms=_ms(e.server_ns),
             network_ms=_ms(e.network_ns),
             request_bytes=t.request_bytes,
             response_bytes=t.response_bytes,
             ended=t.ended,
-            reset_by=t.reset_by,
+            ended_by=t.ended_by,
             points=tuple(
                 HttpPointRow(
                     a.point_id(c.point),

@@ -8,6 +8,7 @@ the HTTP/2 preface, a TLS record), so bulk transfers cost one gather and no Pyth
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,30 +31,32 @@ MAX_READ = 1 << 20
 class Stream:
     """The bytes one side sent, as captured at one point: segments sorted by their offset in
     the stream (0 = the byte after the SYN, or the lowest seen without one), each kept only
-    where it brings bytes not seen before (a retransmission's time is not the byte's time)."""
+    where it brings bytes not seen before (a retransmission's time is not the byte's time).
+    Plain lists: a stream is read a few times at a few places, where numpy's per-call cost
+    would outweigh the work."""
 
-    start: np.ndarray  # int64 offset of each segment's first byte
-    end: np.ndarray  # offset after its last byte on the wire
-    captured: np.ndarray  # int64 bytes of it in the capture (less when snapped)
-    at: np.ndarray  # int64 file offset of its payload
-    ts: np.ndarray
-    row: np.ndarray
+    start: list[int]  # offset of each segment's first byte
+    end: list[int]  # offset after its last byte on the wire (increasing)
+    captured: list[int]  # bytes of it in the capture (fewer when snapped)
+    at: list[int]  # file offset of its payload
+    ts: list[int]
+    row: list[int]
     buffer: Buffer
-    fin: bool  # this side closed its half of the connection
+    fin_ts: int | None  # this side closed its half of the connection, at that time
     rst_ts: int | None  # this side reset the connection, at that time
 
     @property
     def length(self) -> int:
-        return int(self.end.max()) if len(self.end) else 0
+        return self.end[-1] if self.end else 0
 
     def segment(self, offset: int) -> int:
         """The segment holding this byte, -1 where none was captured."""
-        k = int(np.searchsorted(self.start, offset, side="right")) - 1
-        return k if k >= 0 and offset < int(self.end[k]) else -1
+        k = bisect_right(self.start, offset) - 1
+        return k if k >= 0 and offset < self.end[k] else -1
 
     def when(self, offset: int) -> int | None:
         k = self.segment(offset)
-        return int(self.ts[k]) if k >= 0 else None
+        return self.ts[k] if k >= 0 else None
 
     def read(self, offset: int, size: int) -> bytes:
         """The captured bytes from `offset` on, at most `size`, stopping at the first byte
@@ -64,15 +67,15 @@ class Stream:
             k = self.segment(offset)
             if k < 0:
                 break
-            skip = offset - int(self.start[k])
-            have = int(self.captured[k]) - skip
+            skip = offset - self.start[k]
+            have = self.captured[k] - skip
             if have <= 0:
                 break
             take = min(have, size - len(out))
-            begin = int(self.at[k]) + skip
+            begin = self.at[k] + skip
             out += self.buffer[begin : begin + take]
             offset += take
-            if take < int(self.end[k]) - int(self.start[k]) - skip:
+            if take < self.end[k] - self.start[k] - skip:
                 break  # the rest of this segment was not captured
         return bytes(out)
 
@@ -119,23 +122,83 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     wanted = np.unique(flows.flow[marked].astype(np.int64) * npoints + c.point[marked])
     tcp = np.flatnonzero((c.proto == TCP) & (flows.flow >= 0))
     place = flows.flow[tcp].astype(np.int64) * npoints + c.point[tcp]
-    tcp = tcp[np.isin(place, wanted)]
-    # both directions of each wanted connection, each in sequence order
-    key = (flows.flow[tcp].astype(np.int64) * npoints + c.point[tcp]) * 2 + flows.forward[tcp]
+    keep = np.isin(place, wanted)
+    tcp = tcp[keep]
+    key = place[keep] * 2 + flows.forward[tcp]  # one side of one connection at one point
     order = np.lexsort((c.ts[tcp], key))
-    tcp, key = tcp[order], key[order]
-    bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
-    sides: dict[int, Stream] = {}
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        sides[int(key[lo])] = _stream(index, tcp[lo:hi])
-    empty = _stream(index, tcp[:0])
+    sides = _Sides(index, tcp[order], key[order])
     for place_key in wanted.tolist():
-        a, b = sides.get(place_key * 2 + 1, empty), sides.get(place_key * 2, empty)
+        a, b = sides.get(place_key * 2 + 1), sides.get(place_key * 2)
         flow, point = divmod(place_key, npoints)
         # the client is the side that asks; without a request in sight, the side that
         # does not answer; else the initiator
         b_asks = (_asks(b) and not _asks(a)) or (_answers(a) and not _answers(b))
         yield Connection(flow, point, b if b_asks else a, a if b_asks else b, not b_asks)
+
+
+class _Sides:
+    """Every side's segments in stream order, worked out for all sides at once (`rows`: the
+    sides' packets, never none, sorted by side and time)."""
+
+    def __init__(self, index: PacketIndex, rows: np.ndarray, key: np.ndarray) -> None:
+        c = index.columns
+        self.index = index
+        change = key[1:] != key[:-1]
+        begin = np.flatnonzero(np.r_[True, change])
+        side = np.cumsum(np.r_[False, change])
+        flags = c.tcp_flags[rows]
+        seq = c.seq[rows].astype(np.int64)
+        far = np.iinfo(np.int64).max
+        syn_at = np.minimum.reduceat(np.where(flags & SYN, np.arange(len(rows)), far), begin)
+        has_syn = syn_at < far
+        ref = np.where(has_syn, seq[np.where(has_syn, syn_at, begin)] + 1, seq[begin])
+        rel = ((seq - ref[side] + (1 << 31)) % (1 << 32)) - (1 << 31)  # wraps and reorders
+        carry = c.paylen[rows] > 0
+        # without a SYN, the lowest byte seen is the stream's start
+        low = np.minimum.reduceat(np.where(carry, rel, far), begin)
+        rel -= np.where(has_syn | (low == far), 0, low)[side]
+        self.fin, self.rst = (
+            [None if t == far else t for t in first.tolist()]
+            for first in (
+                np.minimum.reduceat(np.where((flags & bit) > 0, c.ts[rows], far), begin)
+                for bit in (FIN, RST)
+            )
+        )
+        self.keys = {k: i for i, k in enumerate(key[begin].tolist())}
+        self.points = c.point[rows[begin]].tolist()
+        r, g, start = rows[carry], side[carry], rel[carry]
+        # the index's payload length stops at the snap length; the bytes cut off were payload
+        cut = (c.wirelen[r].astype(np.int64) - c.caplen[r]).clip(0)
+        order = np.lexsort((c.ts[r], start, g))
+        r, g, start = r[order], g[order], start[order]
+        end = start + c.paylen[r] + cut[order]
+        # a segment is kept where it reaches past every earlier one of its side
+        reach = (g.astype(np.int64) << 41) + end + (1 << 40)
+        new = np.r_[True, reach[1:] > np.maximum.accumulate(reach)[:-1]][: len(r)]
+        r, g, start, end = r[new], g[new], start[new], end[new]
+        self.bounds = np.searchsorted(g, np.arange(len(begin) + 1)).tolist()
+        self.start, self.end = start.tolist(), end.tolist()
+        captured = np.minimum(end - start, c.caplen[r].astype(np.int64) - c.payoff[r])
+        self.captured = captured.clip(0).tolist()
+        self.at = (c.offset[r] + c.payoff[r]).tolist()
+        self.ts, self.row = c.ts[r].tolist(), r.tolist()
+
+    def get(self, key: int) -> Stream:
+        k = self.keys.get(key)
+        if k is None:
+            return Stream([], [], [], [], [], [], b"", None, None)
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        return Stream(
+            self.start[lo:hi],
+            self.end[lo:hi],
+            self.captured[lo:hi],
+            self.at[lo:hi],
+            self.ts[lo:hi],
+            self.row[lo:hi],
+            self.index.mapped(self.points[k]),
+            self.fin[k],
+            self.rst[k],
+        )
 
 
 def _asks(s: Stream) -> bool:
@@ -148,46 +211,8 @@ def _asks(s: Stream) -> bool:
 
 def _answers(s: Stream) -> bool:
     """This side's first captured segment starts an HTTP/1.x answer."""
-    return len(s.start) > 0 and s.read(int(s.start[0]), 5) == b"HTTP/"
+    return len(s.start) > 0 and s.read(s.start[0], 5) == b"HTTP/"
 
 
 def _word(data: bytes) -> np.ndarray:
     return np.array([int.from_bytes(data[:4].ljust(4, b"\0"), "big")], np.uint32)
-
-
-def _stream(index: PacketIndex, rows: np.ndarray) -> Stream:
-    """One side's segments (rows in time order) in stream order."""
-    c = index.columns
-    flags = c.tcp_flags[rows]
-    seq = c.seq[rows].astype(np.int64)
-    syn = np.flatnonzero(flags & SYN)
-    ref = int(seq[syn[0]]) + 1 if len(syn) else (int(seq[0]) if len(seq) else 0)
-    rel = ((seq - ref + (1 << 31)) % (1 << 32)) - (1 << 31)  # signed distance: wraps and reorders
-    carry = np.flatnonzero(c.paylen[rows] > 0)
-    if not len(syn) and len(carry):
-        rel -= rel[carry].min()
-    rst = np.flatnonzero(flags & RST)
-    fin = bool((flags & FIN).any())
-    r = rows[carry]
-    start = rel[carry]
-    # the index's payload length stops at the snap length; the bytes cut off were payload
-    length = c.paylen[r].astype(np.int64) + (c.wirelen[r].astype(np.int64) - c.caplen[r]).clip(0)
-    order = np.lexsort((c.ts[r], start))
-    r, start, length = r[order], start[order], length[order]
-    end = start + length
-    reach = np.maximum.accumulate(end) if len(end) else end
-    new = np.r_[True, end[1:] > reach[:-1]] if len(end) else np.zeros(0, bool)
-    r, start, end = r[new], start[new], end[new]
-    captured = np.minimum(end - start, c.caplen[r].astype(np.int64) - c.payoff[r]).clip(0)
-    point = int(c.point[rows[0]]) if len(rows) else 0
-    return Stream(
-        start,
-        end,
-        captured,
-        c.offset[r] + c.payoff[r],
-        c.ts[r],
-        r,
-        index.mapped(point) if len(rows) else b"",
-        fin,
-        int(c.ts[rows[rst[0]]]) if len(rst) else None,
-    )

@@ -24,7 +24,7 @@ class TlsSession(NamedTuple):
     hello_row: int
     server_hello: bool
     alert: str  # "" or "<sender> <level> <description>", the first plaintext alert
-    failed: bool  # an alert during the handshake, or the server gave up without a hello
+    failed: bool  # a fatal alert during the handshake, or the server closed without a word
     rows: tuple[int, ...]  # the ClientHello's, and the alert's or the close's packet
 
 
@@ -37,14 +37,20 @@ def tls_session(conn: Connection, client: str, server: str) -> TlsSession | None
     answer = theirs.hello if theirs.hello is not None and theirs.hello.server else None
     warned = theirs if theirs.alert is not None else mine if mine.alert is not None else None
     said = warned.alert if warned is not None else None
-    gave_up = answer is None and (conn.server.fin or conn.server.rst_ts is not None)
-    bad = said is not None and said.description != "close_notify"
-    evidence = [int(conn.client.row[0])]
+    # the server closed on the ClientHello without a byte back (bytes that could not be read,
+    # the capture's loss perhaps, are not taken for a refusal)
+    back = conn.server
+    gave_up = (
+        answer is None and not back.start and (back.fin_ts is not None or back.rst_ts is not None)
+    )
+    # a warning (unrecognized_name from some servers) lets the handshake go on
+    bad = said is not None and (said.level == "fatal" or (answer is None and gave_up))
+    evidence = [conn.client.row[0]]
     if bad and warned is not None:
         side = conn.server if warned is theirs else conn.client
-        evidence.append(int(side.row[side.segment(warned.alert_at)]))
+        evidence.append(side.row[side.segment(warned.alert_at)])
     elif gave_up and len(conn.server.row):
-        evidence.append(int(conn.server.row[-1]))
+        evidence.append(conn.server.row[-1])
     text = ""
     if said is not None:
         text = f"{'server' if warned is theirs else 'client'} {said.level} {said.description}"
@@ -58,8 +64,8 @@ def tls_session(conn: Connection, client: str, server: str) -> TlsSession | None
         answer.alpn[0] if answer is not None and answer.alpn else "",
         answer.version if answer is not None else "",
         offered.version,
-        int(conn.client.ts[0]),
-        int(conn.client.row[0]),
+        conn.client.ts[0],
+        conn.client.row[0],
         answer is not None,
         text,
         bad or gave_up,

@@ -178,8 +178,9 @@ MAX_PATH = 40  # characters of a request path in the table; -o json has them who
 UNSEEN = "(asked before the capture)"
 
 
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+def clip(text: str, width: int | None) -> str:
+    """The text cut to `width` characters (None: whole), the cut marked."""
+    return text if width is None or len(text) <= width else text[: width - 3] + "..."
 
 
 def render_http(rows: Sequence[HttpRow], points: int, limit: int) -> str:
@@ -194,7 +195,7 @@ def render_http(rows: Sequence[HttpRow], points: int, limit: int) -> str:
         [
             [
                 r.time[11:23],
-                _clip(f"{r.method} {r.host}{r.path}" if r.method else UNSEEN, MAX_PATH),
+                clip(f"{r.method} {r.host}{r.path}" if r.method else UNSEEN, MAX_PATH),
                 (r.grpc_status or r.status) if r.grpc_status not in (None, "OK") else r.status,
                 r.backend_name,
                 _ms_text(r.latency_ms),

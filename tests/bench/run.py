@@ -46,6 +46,19 @@ def run_ktrace(path: Path, workers: int | None) -> tuple[int, int, int]:
         return len(index), len(flows), index.columns.nbytes
 
 
+def run_http(path: Path) -> tuple[float, int, int]:
+    """The HTTP and TLS step of the analysis alone, on a built index: (seconds, best of 3;
+    transactions; connections read)."""
+    from ktrace.analysis.flows import build_flows
+    from ktrace.analysis.http import http_transactions
+    from ktrace.decode.index import build_index
+
+    with build_index([path]) as index:
+        flows = build_flows(index.columns, len(index.points))
+        seconds, found = timed(lambda: http_transactions(index, flows), repeat=3)
+        return seconds, len(found.transactions), found.connections
+
+
 def run_analyze(path: Path, *flags: str) -> tuple[float, int]:
     """The whole `ktrace analyze` as a user runs it: (seconds, peak anonymous memory in bytes
     of it and its index workers, sampled every 10 ms: what they hold beside the mapped
@@ -242,6 +255,12 @@ def main() -> None:
     for label, seconds, peak in whole:
         vs = f"{t_tshark / seconds:9.1f}x" if t_tshark else "-"
         print(f"{label:44} {seconds:9.2f} {vs:>10} {peak / 1e6:8.0f} MB {peak / packets:9.0f}")
+
+    t_http, transactions, connections = run_http(path)
+    print(
+        f"of which HTTP and TLS ({transactions:,} requests on {connections:,} connections): "
+        f"{t_http:.2f} s, {100 * t_http / whole[0][1]:.0f}% of `ktrace analyze FILE`"
+    )
 
     scaled = path.parent / f"scale-{SCALE_PACKETS // 1_000_000}m.pcap"
     if not scaled.exists():

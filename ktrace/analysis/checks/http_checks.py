@@ -18,6 +18,7 @@ from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.model import Finding, PacketRef, Severity
 
 SLOW_MS = 500  # to the first byte of the answer
+SLOW_MANY = 3  # slow answers from one backend that are a pattern, not an endpoint's nature
 HANG_NS = 10_000_000_000  # a request still unanswered this long before the capture ended
 
 
@@ -173,9 +174,12 @@ def run_slow(analysis: Analysis) -> Iterator[Finding]:
         fine = _siblings(analysis, slow, host, late)
         waits = [(e.primary.latency_ns or 0) / 1e6 for e in slow]
         name = analysis.named(host)
+        network = sum(e.network_ns or 0 for e in slow) > sum(e.server_ns or 0 for e in slow)
+        # a lone slow answer may be a slow endpoint by design (a report, a long poll)
+        telling = len(slow) >= SLOW_MANY or fine > 0 or network
         yield Finding(
             id="http.slow",
-            severity=Severity.MEDIUM,
+            severity=Severity.MEDIUM if telling else Severity.LOW,
             title=f"slow HTTP: {len(slow)} of {plural(len(answered), 'answer')} from {name} "
             f"took {median(waits):.0f} ms (median) to the first byte",
             explanation=(
@@ -209,10 +213,9 @@ def run_unanswered(analysis: Analysis) -> Iterator[Finding]:
     if not lost:
         return
     how = Counter(
-        "the server closed the connection"
-        if e.primary.ended == "closed"
-        else f"the {e.primary.reset_by} reset the connection"
-        if e.primary.ended == "reset"
+        f"the {e.primary.ended_by} {'closed' if e.primary.ended == 'closed' else 'reset'} "
+        "the connection"
+        if e.primary.ended in ("closed", "reset")
         else "still waiting when the capture ended"
         for e in lost
     )
@@ -245,7 +248,7 @@ def run_reset(analysis: Analysis) -> Iterator[Finding]:
     ]
     if not cut:
         return
-    servers = [e for e in cut if e.primary.reset_by == "server"]
+    servers = [e for e in cut if e.primary.ended_by == "server"]
     backends = Counter(analysis.named(e.backend) for e in cut)
     yield Finding(
         id="http.reset",

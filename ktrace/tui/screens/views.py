@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Static
 from ktrace.analysis.views import dns_lookups, path_packets
 from ktrace.pcap import linktype
 from ktrace.report.table import human_size
-from ktrace.report.text import UNSEEN
+from ktrace.report.text import UNSEEN, clip
 from ktrace.tui.screens.base import TableView
 
 SEVERITY_STYLE = {
@@ -225,7 +225,9 @@ class HttpView(TableView):
     point below; enter opens its path with the request's packet selected."""
 
     TITLE = "HTTP requests (enter: the request's path across points)"
-    COLUMNS = ("TIME", "REQUEST", "STATUS", "BACKEND", "LATENCY", "SERVER", "NETWORK", "ENDED")
+    # most useful first: what a narrow terminal cuts off is on the right
+    COLUMNS = ("TIME", "REQUEST", "STATUS", "LATENCY", "BACKEND", "SERVER", "NETWORK", "ENDED")
+    NARROW_REQUEST = 30  # characters of the request line below WIDE columns
 
     def compose(self) -> ComposeResult:
         yield from super().compose()
@@ -235,29 +237,24 @@ class HttpView(TableView):
         result = self.ktrace.result
         if result is None:
             return []
+        width = None if self.app.size.width >= WIDE else self.NARROW_REQUEST
         rows = []
         for k, r in enumerate(result.http):
-            bad = (
-                (r.status or 0) >= 500 or r.grpc_status not in (None, "OK") or r.ended != "complete"
-            )
+            failed = (r.status or 0) >= 500 or r.grpc_status not in (None, "OK")
             status = r.grpc_status if r.grpc_status not in (None, "OK") else r.status
-            rows.append(
-                (
-                    k,
-                    (
-                        r.time[11:23],
-                        f"{r.method} {r.host}{r.path}" if r.method else UNSEEN,
-                        Text(
-                            "-" if status is None else str(status), style="bold red" if bad else ""
-                        ),
-                        short_endpoint(r.backend_name),
-                        _ms(r.latency_ms),
-                        _ms(r.server_ms),
-                        _ms(r.network_ms),
-                        "" if r.ended == "complete" else r.ended,
-                    ),
-                )
+            style = "bold red" if failed or r.ended != "complete" else ""
+            request = f"{r.method} {r.host}{r.path}" if r.method else UNSEEN
+            cells = (
+                r.time[11:23],
+                clip(request, width),
+                Text("-" if status is None else str(status), style=style),
+                _ms(r.latency_ms),
+                short_endpoint(r.backend_name),
+                _ms(r.server_ms),
+                _ms(r.network_ms),
+                "" if r.ended == "complete" else r.ended,
             )
+            rows.append((k, cells))
         return rows
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -277,7 +274,7 @@ class HttpView(TableView):
             lines.append(f"gRPC {r.grpc_service}/{r.grpc_method}: {r.grpc_status} {r.grpc_message}")
         lines += [
             f"  {p.point:<16} waited {_ms(p.latency_ms) or '-':>10}"
-            + (f"  (+{_ms(p.added_ms)} on the way from the previous point)" if p.added_ms else "")
+            + (f"  +{_ms(p.added_ms)} from the point before" if p.added_ms else "")
             for p in r.points
         ]
         self.query_one("#detail", Static).update("\n".join(lines))
