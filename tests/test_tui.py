@@ -85,7 +85,7 @@ async def test_http_view_opens_the_request_path() -> None:
         assert type(app.screen).__name__ == "HttpView"
         rows = table_rows(app)
         failed = [r for r in rows if r[2] in ("503", "UNAVAILABLE")]
-        assert len(failed) == 9 and all("default/web-2" in r[3] for r in failed)
+        assert len(failed) == 9 and all("default/web-2" in r[4] for r in failed)
         via_service = next(
             k for k, r in enumerate(rows) if r[1].startswith("GET web/") and r[2] == "503"
         )

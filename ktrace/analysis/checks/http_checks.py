@@ -241,25 +241,27 @@ def run_unanswered(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_reset(analysis: Analysis) -> Iterator[Finding]:
+    # a client resetting mid-answer gave up (its timeout): the table shows it, the cause is
+    # elsewhere; a server that resets mid-answer is the fault
     cut = [
         e
         for e in analysis.http_exchanges
-        if e.primary.response_ts is not None and e.primary.ended == "reset"
+        if e.primary.response_ts is not None
+        and e.primary.ended == "reset"
+        and e.primary.ended_by == "server"
     ]
     if not cut:
         return
-    servers = [e for e in cut if e.primary.ended_by == "server"]
     backends = Counter(analysis.named(e.backend) for e in cut)
     yield Finding(
         id="http.reset",
-        severity=Severity.HIGH if servers else Severity.LOW,
-        title=f"{plural(len(cut), 'answer')} cut by a reset mid-answer, from "
+        severity=Severity.HIGH,
+        title=f"{plural(len(cut), 'answer')} cut by the server's reset mid-answer, from "
         + ", ".join(b for b, _ in backends.most_common(2)),
         explanation=(
-            f"The answer had begun (status {_what(cut[0])}) when the connection or stream was "
-            f"reset: {len(servers)} by the server side, {len(cut) - len(servers)} by the "
-            "client. A server reset mid-answer is a crash, a killed worker, a proxy timeout or "
-            "an OOM kill; a client reset is a caller giving up (its timeout)."
+            f"The answer had begun (status {_what(cut[0])}) when the server side reset the "
+            "connection or the stream: a crash, a killed worker, an OOM kill, or a proxy's "
+            "timeout on the way."
         ),
         next_step=(
             "Check the backend's restarts and logs at these times (kubectl get pod, "

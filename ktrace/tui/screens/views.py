@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
+from ktrace.analysis.result import Result
 from ktrace.analysis.views import dns_lookups, path_packets
 from ktrace.pcap import linktype
 from ktrace.report.table import human_size
@@ -21,6 +22,29 @@ SEVERITY_STYLE = {
     "low": "cyan",
     "info": "dim",
 }
+
+
+class DetailedTableView(TableView):
+    """A table with what the highlighted row holds written out below it."""
+
+    def compose(self) -> ComposeResult:
+        yield from super().compose()
+        yield Static(id="detail")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail(event.row_key.value)
+
+    def fill(self) -> None:
+        super().fill()
+        self.show_detail(self.selected_key())
+
+    def show_detail(self, key: str | None) -> None:
+        result = self.ktrace.result
+        if result is not None and key is not None:
+            self.query_one("#detail", Static).update(self.detail(result, int(key)))
+
+    def detail(self, result: Result, key: int) -> str:
+        raise NotImplementedError
 
 
 class PointsView(TableView):
@@ -220,7 +244,7 @@ class DnsView(TableView):
         self.open_packet()
 
 
-class HttpView(TableView):
+class HttpView(DetailedTableView):
     """Each HTTP request once, as its client saw it; the highlighted one's times at every
     point below; enter opens its path with the request's packet selected."""
 
@@ -228,10 +252,6 @@ class HttpView(TableView):
     # most useful first: what a narrow terminal cuts off is on the right
     COLUMNS = ("TIME", "REQUEST", "STATUS", "LATENCY", "BACKEND", "SERVER", "NETWORK", "ENDED")
     NARROW_REQUEST = 30  # characters of the request line below WIDE columns
-
-    def compose(self) -> ComposeResult:
-        yield from super().compose()
-        yield Static(id="detail")
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
         result = self.ktrace.result
@@ -257,18 +277,8 @@ class HttpView(TableView):
             rows.append((k, cells))
         return rows
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self.show_detail(event.row_key.value)
-
-    def fill(self) -> None:
-        super().fill()
-        self.show_detail(self.selected_key())
-
-    def show_detail(self, key: str | None) -> None:
-        result = self.ktrace.result
-        if result is None or key is None:
-            return
-        r = result.http[int(key)]
+    def detail(self, result: Result, key: int) -> str:
+        r = result.http[key]
         lines = [f"{r.protocol} {r.client} -> {r.server} => {r.backend_name}"]
         if r.grpc_service:
             lines.append(f"gRPC {r.grpc_service}/{r.grpc_method}: {r.grpc_status} {r.grpc_message}")
@@ -277,7 +287,7 @@ class HttpView(TableView):
             + (f"  +{_ms(p.added_ms)} from the point before" if p.added_ms else "")
             for p in r.points
         ]
-        self.query_one("#detail", Static).update("\n".join(lines))
+        return "\n".join(lines)
 
     def action_open(self) -> None:
         key = self.selected_key()
@@ -298,13 +308,9 @@ def _ms(value: float | None) -> str:
     return f"{value:.2f} ms" if value is not None else ""
 
 
-class FindingsView(TableView):
+class FindingsView(DetailedTableView):
     TITLE = "Findings, most severe first (enter: jump to the evidence)"
     COLUMNS = ("SEVERITY", "CHECK", "FINDING")
-
-    def compose(self) -> ComposeResult:
-        yield from super().compose()
-        yield Static(id="detail")
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
         result = self.ktrace.result
@@ -322,22 +328,10 @@ class FindingsView(TableView):
             for k, f in enumerate(result.findings)
         ]
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self.show_detail(event.row_key.value)
-
-    def fill(self) -> None:
-        super().fill()
-        self.show_detail(self.selected_key())
-
-    def show_detail(self, key: str | None) -> None:
-        result = self.ktrace.result
-        if result is None or key is None:
-            return
-        f = result.findings[int(key)]
+    def detail(self, result: Result, key: int) -> str:
+        f = result.findings[key]
         refs = ", ".join(f"{e.point}#{e.number}" for e in f.evidence[:8])
-        self.query_one("#detail", Static).update(
-            f"{f.title}\n\n{f.explanation}\n\nNext: {f.next_step}\n\nEvidence: {refs}"
-        )
+        return f"{f.title}\n\n{f.explanation}\n\nNext: {f.next_step}\n\nEvidence: {refs}"
 
     def action_open(self) -> None:
         key = self.selected_key()
