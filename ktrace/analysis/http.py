@@ -99,12 +99,20 @@ def http_transactions(
     out: list[HttpTransaction] = []
     sessions: list[TlsSession] = []
     seen = 0
+    named: dict[tuple[int, str], str] = {}  # a connection seen at several points: named once
+
+    def endpoint(flow: int, side: str) -> str:
+        text = named.get((flow, side))
+        if text is None:
+            text = named[flow, side] = flow_endpoint(index, flows, flow, side)
+        return text
+
     for conn in connections(index, flows):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         seen += 1
-        client = flow_endpoint(index, flows, conn.flow, "a" if conn.client_is_a else "b")
-        server = flow_endpoint(index, flows, conn.flow, "b" if conn.client_is_a else "a")
+        client = endpoint(conn.flow, "a" if conn.client_is_a else "b")
+        server = endpoint(conn.flow, "b" if conn.client_is_a else "a")
         if looks_like_tls(conn.client.read(0, 3)):
             session = tls_session(conn, client, server)
             if session is not None:

@@ -71,7 +71,7 @@ def walk_http(conn: Connection) -> Iterator[Exchange]:
     if client.read(0, len(H2_PREFACE)) == H2_PREFACE:
         yield from _h2(conn, len(H2_PREFACE), 0, {})
         return
-    requests = _messages(client, _resync(client, request=True), request=True)
+    requests = _messages(client, _resync(client, request=True))
     exchanges: list[Exchange] = []
     for k, m in enumerate(requests):
         h = m.head
@@ -100,13 +100,14 @@ def _answers(
     After an h2c upgrade, returns the upgraded request's number and where the server's
     HTTP/2 starts."""
     server, client = conn.server, conn.client
-    pos = _resync(server, request=False)
+    m = _resync(server, request=False)
     k = 0
-    while pos is not None and pos < server.length:
+    while m is not None:
         method = requests[k].head.method if k < len(requests) else ""
-        m = _message(server, pos, request=False, method=method)
-        if m is None:
-            break
+        if method == "HEAD":  # its answer's Content-Length has no body behind it
+            m = _message(server, m.offset, request=False, method=method)
+            if m is None:
+                break
         status = m.head.status
         at = _when(server, m.offset)
         if k == len(requests) or at < exchanges[k].request_ts:
@@ -119,7 +120,7 @@ def _answers(
             return k - 1, m.body  # the answer comes as HTTP/2 stream 1
         if 100 <= status < 200 and status != 101:  # interim (100 Continue): the answer follows
             k -= 1 if e.stream else 0
-            pos = m.body
+            m = _message(server, m.body, request=False)
             continue
         e.response_ts, e.response_row = at, _row(server, m.offset)
         e.response = {":status": str(status)} | m.head.headers
@@ -128,7 +129,7 @@ def _answers(
         yield e
         if status == 101 or (e.request.get(":method") == "CONNECT" and status < 300):
             break  # another protocol (a WebSocket, a tunnel) follows: nothing more to pair
-        pos = m.end
+        m = _next(server, m, request=False)
     for e in exchanges[k:]:
         _finish(e, server, client, None)
         yield e
@@ -151,17 +152,23 @@ def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> Non
             return
 
 
-def _messages(s: Stream, pos: int | None, request: bool) -> list[_Message]:
+def _messages(s: Stream, first: _Message | None) -> list[_Message]:
+    """The requests from the first one on."""
     out: list[_Message] = []
-    while pos is not None and pos < s.length and len(out) < MAX_MESSAGES:
-        m = _message(s, pos, request)
-        if m is None:
-            break
+    m = first
+    while m is not None and len(out) < MAX_MESSAGES:
         out.append(m)
         if m.head.header("upgrade").lower() == "h2c":
             break  # what follows depends on the answer
-        pos = m.end
+        m = _next(s, m, request=True)
     return out
+
+
+def _next(s: Stream, m: _Message, request: bool) -> _Message | None:
+    """The message after this one, if its end is known and more bytes follow."""
+    if m.end is None or m.end >= s.length:
+        return None
+    return _message(s, m.end, request)
 
 
 def _message(s: Stream, pos: int, request: bool, method: str = "") -> _Message | None:
@@ -217,14 +224,13 @@ def _chunks_end(s: Stream, pos: int) -> tuple[int | None, int]:
     return None, total
 
 
-def _resync(s: Stream, request: bool) -> int | None:
-    """Where the first message starts: 0, or for a capture that began mid-connection the
-    first of the next segments whose bytes parse as a message head."""
-    if _message(s, 0, request) is not None:
-        return 0
-    for start in s.start[1:RESYNC_SEGMENTS]:
-        if _message(s, start, request) is not None:
-            return start
+def _resync(s: Stream, request: bool) -> _Message | None:
+    """The first message: at 0, or for a capture that began mid-connection at the first of
+    the next segments whose bytes parse as a message head."""
+    for start in (0, *s.start[1:RESYNC_SEGMENTS]):
+        m = _message(s, start, request)
+        if m is not None:
+            return m
     return None
 
 

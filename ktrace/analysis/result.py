@@ -411,14 +411,30 @@ class Result:
     @cached_property
     def http(self) -> tuple[HttpRow, ...]:
         """Each HTTP request once, with its times at every point that saw it."""
-        return tuple(self.http_row(e) for e in self.analysis.http_exchanges)
+        return self.http_rows(self.analysis.http_exchanges)
 
-    def http_row(self, e: HttpExchange) -> HttpRow:
+    def http_rows(self, exchanges: list[HttpExchange]) -> tuple[HttpRow, ...]:
+        """The rows of these exchanges; their times written in one pass (there can be
+        hundreds of thousands)."""
+        times = [
+            v for e in exchanges for c in e.copies for v in (c.request_ts, c.response_ts, c.done_ts)
+        ]
+        known = np.array([-1 if v is None else v for v in times], np.int64)
+        texts: list[str | None] = list(isos(known)) if len(known) else []
+        for k in np.flatnonzero(known < 0).tolist():
+            texts[k] = None
+        rows, at = [], 0
+        for e in exchanges:
+            rows.append(self._http_row(e, texts[at : at + 3 * len(e.copies)]))
+            at += 3 * len(e.copies)
+        return tuple(rows)
+
+    def _http_row(self, e: HttpExchange, times: list[str | None]) -> HttpRow:
         a = self.analysis
         t = e.primary
         added = [None, *e.hops_ns()]
         return HttpRow(
-            time=iso(t.request_ts),
+            time=times[0] or "",
             protocol=t.protocol,
             method=t.method,
             host=t.host,
@@ -445,16 +461,26 @@ class Result:
             points=tuple(
                 HttpPointRow(
                     a.point_id(c.point),
-                    iso(c.request_ts),
-                    None if c.response_ts is None else iso(c.response_ts),
-                    None if c.done_ts is None else iso(c.done_ts),
+                    times[3 * k] or "",
+                    times[3 * k + 1],
+                    times[3 * k + 2],
                     _ms(c.latency_ns),
                     _ms(step),
                 )
-                for c, step in zip(e.copies, added, strict=True)
+                for k, (c, step) in enumerate(zip(e.copies, added, strict=True))
             ),
             packet=a.index.ref(t.request_row),
         )
+
+    def worst_http(self, limit: int) -> tuple[HttpRow, ...]:
+        """The rows of the `limit` requests a reader wants first: failed or cut short, then
+        the slowest."""
+
+        def rank(e: HttpExchange) -> tuple[bool, int]:
+            t = e.primary
+            return t.ended == "complete" and not t.failed, -(t.latency_ns or 0)
+
+        return self.http_rows(sorted(self.analysis.http_exchanges, key=rank)[:limit])
 
     @cached_property
     def tls(self) -> tuple[TlsRow, ...]:

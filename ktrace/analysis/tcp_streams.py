@@ -61,8 +61,15 @@ class Stream:
     def read(self, offset: int, size: int) -> bytes:
         """The captured bytes from `offset` on, at most `size`, stopping at the first byte
         missing from the capture (lost, or cut by the snap length)."""
-        out = bytearray()
         size = min(size, MAX_READ)
+        k = self.segment(offset)
+        if k < 0:
+            return b""
+        skip = offset - self.start[k]
+        if self.captured[k] - skip >= size:  # most reads: within one segment
+            begin = self.at[k] + skip
+            return bytes(self.buffer[begin : begin + size])
+        out = bytearray()
         while len(out) < size:
             k = self.segment(offset)
             if k < 0:

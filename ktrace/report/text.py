@@ -183,11 +183,10 @@ def clip(text: str, width: int | None) -> str:
     return text if width is None or len(text) <= width else text[: width - 3] + "..."
 
 
-def render_http(rows: Sequence[HttpRow], points: int, limit: int) -> str:
-    """Each request once, as its client saw it: failures and the slowest first. SERVER and
-    NETWORK split the wait where the request was seen on the server side too."""
-    ordered = sorted(rows, key=lambda r: (r.ended == "complete" and not _failed(r),
-                                          -(r.latency_ms or 0)))[:limit]  # fmt: skip
+def render_http(ordered: Sequence[HttpRow], points: int, total: int) -> str:
+    """Each request once, as its client saw it (the rows as given: Result.worst_http puts
+    failures and the slowest first). SERVER and NETWORK split the wait where the request was
+    seen on the server side too."""
     headers = ["TIME", "REQUEST", "STATUS", "BACKEND", "LATENCY", "SERVER", "NETWORK", "ENDED"]
     headers += ["POINTS"] if points > 1 else []
     table = render(
@@ -208,11 +207,7 @@ def render_http(rows: Sequence[HttpRow], points: int, limit: int) -> str:
         ],
         right=(4, 5, 6, 8),
     )
-    return _limited("HTTP requests", "request", table, len(ordered), len(rows))
-
-
-def _failed(r: HttpRow) -> bool:
-    return (r.status or 0) >= 500 or r.grpc_status not in (None, "OK")
+    return _limited("HTTP requests", "request", table, len(ordered), total)
 
 
 def render_tls(rows: Sequence[TlsRow], limit: int) -> str:
@@ -276,8 +271,9 @@ def render_report(result: Result, limit: int) -> str:
     total = len(result.analysis.dns_exchanges)
     if total:  # rows built for the shown exchanges only: a DNS-heavy capture has 100,000s
         parts.append(render_dns(result.exchange_rows(limit), points, limit, total))
-    if result.analysis.http_exchanges:
-        parts.append(render_http(result.http, points, limit))
+    total = len(result.analysis.http_exchanges)
+    if total:  # rows built for the shown requests only
+        parts.append(render_http(result.worst_http(limit), points, total))
     if result.analysis.http.tls:
         parts.append(render_tls(result.tls, limit))
     if result.tunnels:

@@ -86,7 +86,9 @@ def _health_check(analysis: Analysis, target: str) -> bool:
 
 def run_errors(analysis: Analysis) -> Iterator[Finding]:
     # kube-proxy's health check node ports are read by svc.health-check
-    asked = [e for e in analysis.http_exchanges if not _health_check(analysis, e.primary.server)]
+    targets = {e.primary.server for e in analysis.http_exchanges}
+    probes = {t for t in targets if _health_check(analysis, t)}
+    asked = [e for e in analysis.http_exchanges if e.primary.server not in probes]
     for host, group in _by_backend(asked).items():
         failed = [e for e in group if e.primary.failed]
         if not failed:
