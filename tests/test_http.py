@@ -9,7 +9,7 @@ from pathlib import Path
 
 import hpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
@@ -401,3 +401,40 @@ def test_tls_warning_goes_on_and_a_silent_close_fails(tmp_path: Path) -> None:
         False,
     )
     assert (b.sni, b.server_hello, b.failed) == ("b.example", False, True)
+
+
+HEADER_NAME = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_0123456789 \t\x1c",
+    min_size=1,
+    max_size=12,
+)
+HEADER_VALUE = st.text(
+    st.characters(min_codepoint=0, max_codepoint=0xFF, blacklist_characters="\r\n"), max_size=20
+)
+
+
+@settings(max_examples=300, deadline=None)
+@example([("X-Sep", ": ", "end\x1c"), ("X-Tab", ":", "\x0bmid\t")], "\r\n")
+@example([("Bad\x1cName", ": ", "v")], "\r\n")
+@given(
+    st.lists(
+        st.tuples(HEADER_NAME, st.sampled_from([":", ": ", ":  ", " : ", ""]), HEADER_VALUE),
+        max_size=8,
+    ),
+    st.sampled_from(["\r\n", "\n"]),
+)
+def test_plain_header_path_reads_as_dpkt_does(fields: list[tuple[str, str, str]], eol: str) -> None:
+    """The fast path either declines or gives exactly dpkt's headers."""
+    from ktrace.decode.http1 import dpkt_headers, plain_headers
+
+    block = "".join(f"{n}{sep}{v}{eol}" for n, sep, v in fields).encode("latin-1") + eol.encode()
+    fast = plain_headers(block)
+    try:
+        slow: dict[str, str] | None = dpkt_headers(block)
+    except ValueError:
+        slow = None
+    if fast is not None:
+        assert fast == slow
+    plain = all(n.isalnum() and sep.startswith(":") for n, sep, _ in fields)
+    if eol == "\r\n" and block.isascii() and plain:
+        assert fast is not None  # the common case does take the fast path

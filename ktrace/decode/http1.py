@@ -8,6 +8,7 @@ connection carrying a 100 MB download costs one head and one length.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import dpkt
@@ -15,6 +16,8 @@ import dpkt
 METHODS = frozenset(
     b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PROPFIND MKCOL COPY MOVE".split()
 )
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110)
+ASCII_SPACE = " \t\x0b\x0c"  # what dpkt strips from a line (bytes.strip)
 MAX_HEAD = 32768  # a head longer than this is not HTTP as servers accept it
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # the first bytes of a message, as a 32-bit big-endian word: how streams are spotted in bulk
@@ -105,10 +108,10 @@ def plain_headers(block: bytes) -> dict[str, str] | None:
         if not line:
             break
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or " " in name or "\t" in name:
+        if not sep or not TOKEN.fullmatch(name):
             return None
         key = name.lower()
-        value = value.strip()
+        value = value.strip(ASCII_SPACE)
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
 
