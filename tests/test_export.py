@@ -15,14 +15,14 @@ from tests.test_cli import run
 duckdb = pytest.importorskip("duckdb")
 
 
-@pytest.mark.parametrize("bundle", ["policy-drop", "external"])
+@pytest.mark.parametrize("bundle", ["policy-drop", "external", "http-503"])
 def test_export_round_trips_through_duckdb(tmp_path: Path, bundle: str) -> None:
     out = tmp_path / "tables"
     done = run("export", str(LAB / bundle), "--parquet", str(out))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
         str(out / f"{t}.parquet")
-        for t in ("packets", "flows", "paths", "losses", "dns", "findings")
+        for t in ("packets", "flows", "paths", "losses", "dns", "http", "tls", "findings")
     ]
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in out.iterdir())
@@ -49,6 +49,18 @@ def test_export_round_trips_through_duckdb(tmp_path: Path, bundle: str) -> None:
     )
     assert one("SELECT count(*) FROM @dns.parquet'") == len(data["dns"])
     assert one("SELECT count(*) FROM @findings.parquet'") == len(data["findings"])
+    assert one("SELECT count(*) FROM @http.parquet'") == len(data["http"])
+    assert one("SELECT count(*) FROM @tls.parquet'") == len(data["tls"])
+    assert one("SELECT count(*) FROM @http.parquet' WHERE status >= 500") == sum(
+        1 for r in data["http"] if (r["status"] or 0) >= 500
+    )
+    # each request's first packet is a packet of the packets table
+    for packet in db.execute(f"SELECT packet FROM '{out}/http.parquet'").fetchall():
+        point, number = packet[0].rsplit("#", 1)
+        hit = one(
+            f"SELECT count(*) FROM @packets.parquet' WHERE point = '{point}' AND number = {number}"
+        )
+        assert hit == 1, packet
     # a finding's evidence is a packet of the packets table (point#number, as cited)
     for finding in data["findings"]:
         for e in finding["evidence"]:

@@ -9,6 +9,9 @@ report (DuckDB on one machine, Spark or Trino over many nodes' captures).
     paths.parquet     one row per hop of each conversation's path (path = its number)
     losses.parquet    where each path lost packets
     dns.parquet       one row per DNS transaction
+    http.parquet      one row per HTTP request, as `analyze --json` "http" (points: its times at
+                      each point that saw it), packet as "point#packet"
+    tls.parquet       one row per TLS connection per point
     findings.parquet  one row per finding, evidence as "point#packet" strings
 """
 
@@ -46,6 +49,21 @@ SCHEMAS = {
         [("point", S), ("transport", S), ("client", S), ("server", S), ("id", INT), ("qname", S),
          ("qtype", S), ("rcode", S), ("answered", B), ("latency_ms", F), ("retries", INT),
          ("answers", STRINGS), ("truncated", B), ("time", S), ("packet", INT)]
+    ),
+    "http": pa.schema(
+        [("time", S), ("protocol", S), ("method", S), ("host", S), ("path", S), ("status", INT),
+         ("grpc_service", S), ("grpc_method", S), ("grpc_status", S), ("grpc_message", S),
+         ("client", S), ("server", S), ("backend", S), ("backend_name", S), ("latency_ms", F),
+         ("total_ms", F), ("server_ms", F), ("network_ms", F), ("request_bytes", INT),
+         ("response_bytes", INT), ("ended", S), ("ended_by", S),
+         ("points", pa.list_(pa.struct([("point", S), ("request", S), ("response", S),
+                                        ("done", S), ("latency_ms", F), ("added_ms", F)]))),
+         ("packet", S)]
+    ),
+    "tls": pa.schema(
+        [("time", S), ("point", S), ("client", S), ("server", S), ("sni", S), ("version", S),
+         ("offered_version", S), ("offered_alpn", STRINGS), ("alpn", S), ("server_hello", B),
+         ("alert", S), ("failed", B), ("packet", S)]
     ),
     "findings": pa.schema(
         [("id", S), ("severity", S), ("title", S), ("explanation", S), ("next_step", S),
@@ -126,6 +144,13 @@ def paths_tables(result: Result) -> tuple[pa.Table, pa.Table]:
     return _table("paths", hops), _table("losses", losses)
 
 
+def _cited(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows whose `packet` is a reference, written as findings cite it: "point#number"."""
+    for row in rows:
+        row["packet"] = f"{row['packet']['point']}#{row['packet']['packet']}"
+    return _table(name, rows)
+
+
 def findings_table(result: Result) -> pa.Table:
     rows = _rows(result.findings)
     for row in rows:
@@ -147,6 +172,8 @@ def write_parquet(result: Result, directory: Path) -> list[Path]:
         "paths": hops,
         "losses": losses,
         "dns": _table("dns", _rows(result.dns)),
+        "http": _cited("http", _rows(result.http)),
+        "tls": _cited("tls", _rows(result.tls)),
         "findings": findings_table(result),
     }
     written = []
