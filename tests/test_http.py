@@ -363,8 +363,13 @@ def test_websocket_upgrade_is_an_answer_and_a_client_giving_up_is_named(tmp_path
     impatient.wait(3000)
     impatient.fin("c")  # its timeout
     impatient.fin("s")
-    result, data = run_analysis(write(tmp_path / "ws.pcap", [ws, impatient]))
-    chat, slow = result.analysis.http.transactions
+    hedged = Conn(41022, start=T0 + 9 * MS)  # a duplicate request, cancelled when the first won
+    hedged.c(b"GET /slow HTTP/1.1\r\nHost: web\r\n\r\n")
+    hedged.wait(100)
+    hedged.rst("c")
+    result, data = run_analysis(write(tmp_path / "ws.pcap", [ws, impatient, hedged]))
+    chat, slow, cancelled = result.analysis.http.transactions
+    assert (cancelled.ended, cancelled.ended_by) == ("reset", "client")
     assert (chat.path, chat.status, chat.ended) == ("/chat", 101, "complete")
     assert (slow.path, slow.status, slow.ended, slow.ended_by) == (
         "/slow",

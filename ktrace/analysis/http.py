@@ -51,6 +51,7 @@ class HttpTransaction(NamedTuple):
     done_ts: int | None  # last byte of the answer; None when it did not complete
     ended: str  # complete | reset | closed | open: how the answer ended (open: capture ended)
     ended_by: str  # client | server: who reset or closed it when the answer did not complete
+    ended_ts: int | None  # when
 
     @property
     def answered(self) -> bool:
@@ -149,4 +150,5 @@ def _transaction(point: int, flow: int, client: str, server: str, e: Exchange) -
         e.done_ts,
         e.ended,
         e.ended_by,
+        e.ended_ts,
     )

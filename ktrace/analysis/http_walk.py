@@ -43,6 +43,7 @@ class Exchange:
     done_ts: int | None = None
     ended: str = "open"
     ended_by: str = ""
+    ended_ts: int | None = None  # when the reset or the close came
 
     def status(self) -> int | None:
         text = self.response.get(":status", "")
@@ -148,7 +149,7 @@ def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> Non
     ):
         ends = [(t, who) for t, who in ((server_ts, "server"), (client_ts, "client")) if t]
         if ends:
-            e.ended, e.ended_by = kind, min(ends)[1]
+            (e.ended_ts, e.ended_by), e.ended = min(ends), kind
             return
 
 
@@ -316,6 +317,7 @@ def _follow(s: Stream, pos: int, exchanges: dict[int, Exchange], from_client: bo
                 e.response_bytes += frame.length
         elif frame.type == h2.RST_STREAM and e.done_ts is None:
             e.ended, e.ended_by = "reset", "client" if from_client else "server"
+            e.ended_ts = s.when(offset)
         if (
             frame.flags & h2.END_STREAM
             and frame.type in (h2.DATA, h2.HEADERS)

@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from statistics import median
 
-from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
+from ktrace.analysis.checks import GRACE_NS, MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
@@ -204,16 +204,23 @@ def run_slow(analysis: Analysis) -> Iterator[Finding]:
         )
 
 
+def _unanswered(e: HttpExchange, end: int) -> bool:
+    """No answer: the server ended the connection, the client gave up after waiting (a hedged
+    or cancelled request is let go sooner), or the capture went on long after the request."""
+    t = e.primary
+    if t.response_ts is not None or not t.asked:
+        return False
+    if t.ended in ("reset", "closed"):
+        return t.ended_by == "server" or (t.ended_ts or 0) - t.request_ts >= GRACE_NS
+    return t.request_ts + HANG_NS <= end
+
+
 def run_unanswered(analysis: Analysis) -> Iterator[Finding]:
     end = analysis.end_ts
-    lost = [
-        e
-        for e in analysis.http_exchanges
-        if e.primary.response_ts is None
-        and (e.primary.ended in ("reset", "closed") or e.primary.request_ts + HANG_NS <= end)
-    ]
+    lost = [e for e in analysis.http_exchanges if _unanswered(e, end)]
     if not lost:
         return
+    ended = any(e.primary.ended != "open" for e in lost)
     how = Counter(
         f"the {e.primary.ended_by} {'closed' if e.primary.ended == 'closed' else 'reset'} "
         "the connection"
@@ -224,7 +231,8 @@ def run_unanswered(analysis: Analysis) -> Iterator[Finding]:
     targets = Counter(analysis.named(e.primary.server) for e in lost)
     yield Finding(
         id="http.unanswered",
-        severity=Severity.HIGH,
+        # still waiting at the end may be a stream the server answers when it has news
+        severity=Severity.HIGH if ended else Severity.MEDIUM,
         title=f"{plural(len(lost), 'HTTP request')} never answered, to "
         + ", ".join(t for t, _ in targets.most_common(2)),
         explanation=(
