@@ -13,6 +13,7 @@ from ktrace.decode import h2
 from ktrace.decode.http1 import (
     H2_PREFACE,
     MAX_HEAD,
+    PREFACE_WORD,
     Head,
     NeedMore,
     body_length,
@@ -69,7 +70,7 @@ class _Message:
 
 def walk_http(conn: Connection) -> Iterator[Exchange]:
     client = conn.client
-    if client.read(0, len(H2_PREFACE)) == H2_PREFACE:
+    if client.lead == PREFACE_WORD and client.read(0, len(H2_PREFACE)) == H2_PREFACE:
         yield from _h2(conn, len(H2_PREFACE), 0, {})
         return
     requests = _messages(client, _resync(client, request=True))

@@ -16,9 +16,9 @@ import numpy as np
 
 from ktrace.analysis.flows import FlowTable
 from ktrace.decode.gather import gather
-from ktrace.decode.http1 import STARTS
+from ktrace.decode.http1 import REQUEST_WORDS, RESPONSE_WORD, STARTS
 from ktrace.decode.index import PacketIndex
-from ktrace.decode.tls import ALERT, HANDSHAKE
+from ktrace.decode.tls import ALERT, CLIENT_HELLO, HANDSHAKE
 from ktrace.decode.transport import FIN, RST, SYN, TCP
 from ktrace.pcap.hot import Buffer
 
@@ -44,6 +44,7 @@ class Stream:
     buffer: Buffer
     fin_ts: int | None  # this side closed its half of the connection, at that time
     rst_ts: int | None  # this side reset the connection, at that time
+    lead: int = 0  # the first four bytes of its first segment, big-endian (0: fewer)
 
     @property
     def length(self) -> int:
@@ -122,7 +123,8 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     data = np.flatnonzero((c.proto == TCP) & (c.paylen > 0) & (flows.flow >= 0))
     if not len(data):
         return
-    marked = data[looks_like_app(_words(index, data))]
+    words = _words(index, data)
+    marked = data[looks_like_app(words)]
     if not len(marked):
         return
     npoints = len(index.points)
@@ -133,7 +135,7 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     tcp = tcp[keep]
     key = place[keep] * 2 + flows.forward[tcp]  # one side of one connection at one point
     order = np.lexsort((c.ts[tcp], key))
-    sides = _Sides(index, tcp[order], key[order])
+    sides = _Sides(index, tcp[order], key[order], (data, words))
     for place_key in wanted.tolist():
         a, b = sides.get(place_key * 2 + 1), sides.get(place_key * 2)
         flow, point = divmod(place_key, npoints)
@@ -147,7 +149,13 @@ class _Sides:
     """Every side's segments in stream order, worked out for all sides at once (`rows`: the
     sides' packets, never none, sorted by side and time)."""
 
-    def __init__(self, index: PacketIndex, rows: np.ndarray, key: np.ndarray) -> None:
+    def __init__(
+        self,
+        index: PacketIndex,
+        rows: np.ndarray,
+        key: np.ndarray,
+        words: tuple[np.ndarray, np.ndarray],
+    ) -> None:
         c = index.columns
         self.index = index
         change = key[1:] != key[:-1]
@@ -189,6 +197,12 @@ class _Sides:
         self.captured = captured.clip(0).tolist()
         self.at = (c.offset[r] + c.payoff[r]).tolist()
         self.ts, self.row = c.ts[r].tolist(), r.tolist()
+        # the first segment's word, from the words already read for every data segment
+        data, word = words
+        first = r[np.minimum(self.bounds[:-1], len(r) - 1)] if len(r) else np.zeros(0, np.int64)
+        at = np.minimum(np.searchsorted(data, first), len(data) - 1)
+        lead = np.where(data[at] == first, word[at], 0)
+        self.lead = np.where(np.diff(self.bounds) > 0, lead, 0).tolist()
 
     def get(self, key: int) -> Stream:
         k = self.keys.get(key)
@@ -205,21 +219,19 @@ class _Sides:
             self.index.mapped(self.points[k]),
             self.fin[k],
             self.rst[k],
+            self.lead[k],
         )
 
 
 def _asks(s: Stream) -> bool:
     """This side's bytes start like a request, a TLS ClientHello or the HTTP/2 preface."""
-    first = s.read(0, 6)
-    if first[:1] == bytes([HANDSHAKE]):
-        return len(first) > 5 and first[5] == 1
-    return len(first) >= 4 and not _answers(s) and bool(looks_like_app(_word(first))[0])
+    if not s.start or s.start[0] != 0:
+        return False
+    if s.lead >> 24 == HANDSHAKE:
+        return s.read(5, 1) == bytes([CLIENT_HELLO])
+    return s.lead in REQUEST_WORDS
 
 
 def _answers(s: Stream) -> bool:
     """This side's first captured segment starts an HTTP/1.x answer."""
-    return len(s.start) > 0 and s.read(s.start[0], 5) == b"HTTP/"
-
-
-def _word(data: bytes) -> np.ndarray:
-    return np.array([int.from_bytes(data[:4].ljust(4, b"\0"), "big")], np.uint32)
+    return s.lead == RESPONSE_WORD

@@ -20,11 +20,17 @@ TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110)
 ASCII_SPACE = " \t\x0b\x0c"  # what dpkt strips from a line (bytes.strip)
 MAX_HEAD = 32768  # a head longer than this is not HTTP as servers accept it
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _word(start: bytes) -> int:
+    return int.from_bytes(start[:4].ljust(4, b" "), "big")
+
+
 # the first bytes of a message, as a 32-bit big-endian word: how streams are spotted in bulk
-STARTS = tuple(
-    int.from_bytes(w[:4].ljust(4, b" "), "big")
-    for w in (*(m + b" " for m in METHODS), b"HTTP/", H2_PREFACE)
-)
+REQUEST_WORDS = frozenset(_word(m + b" ") for m in METHODS) | {_word(H2_PREFACE)}
+RESPONSE_WORD = _word(b"HTTP/")
+PREFACE_WORD = _word(H2_PREFACE)
+STARTS = (*REQUEST_WORDS, RESPONSE_WORD)
 
 
 class NeedMore(Exception):
