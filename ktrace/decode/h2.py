@@ -9,18 +9,12 @@ from dataclasses import dataclass
 import hpack
 
 FRAME_HEADER = 9
-DATA, HEADERS, RST_STREAM, GOAWAY, CONTINUATION = 0, 1, 3, 7, 9
+DATA, HEADERS, RST_STREAM, CONTINUATION = 0, 1, 3, 9
 END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
 MAX_FRAME = 1 << 24
 # the largest dynamic table an observer accepts: it sees the peer's SETTINGS only when they
 # were captured, so it takes whatever size the encoder announces
 TABLE_LIMIT = 1 << 20
-ERRORS = {
-    0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLOW_CONTROL_ERROR",
-    4: "SETTINGS_TIMEOUT", 5: "STREAM_CLOSED", 6: "FRAME_SIZE_ERROR", 7: "REFUSED_STREAM",
-    8: "CANCEL", 9: "COMPRESSION_ERROR", 10: "CONNECT_ERROR", 11: "ENHANCE_YOUR_CALM",
-    12: "INADEQUATE_SECURITY", 13: "HTTP_1_1_REQUIRED",
-}  # fmt: skip
 
 
 class H2Error(ValueError):
@@ -57,11 +51,6 @@ def block_fragment(frame: FrameHeader, payload: bytes) -> bytes:
     if start > end:
         raise H2Error("padding longer than the frame")
     return payload[start:end]
-
-
-def rst_error(payload: bytes) -> str:
-    code = struct.unpack("!I", payload[:4])[0] if len(payload) >= 4 else -1
-    return ERRORS.get(code, f"error {code}")
 
 
 class HeaderDecoder:

@@ -47,7 +47,6 @@ class Head:
     method: str = ""
     target: str = ""
     status: int = 0
-    reason: str = ""
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "")
@@ -85,8 +84,7 @@ def parse_head(data: bytes) -> Head:
     if joined is None:
         joined = dpkt_headers(rest)
     if parts[0].startswith(b"HTTP/1.") and len(parts) >= 2 and parts[1].isdigit():
-        reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
-        return Head(length, parts[0][5:].decode(), joined, status=int(parts[1]), reason=reason)
+        return Head(length, parts[0][5:].decode(), joined, status=int(parts[1]))
     if len(parts) == 3 and parts[0] in METHODS and parts[2].startswith(b"HTTP/1."):
         method, target = parts[0].decode(), parts[1].decode("latin-1")
         return Head(length, parts[2][5:].decode("latin-1"), joined, method=method, target=target)
