@@ -52,6 +52,8 @@ class HttpTransaction(NamedTuple):
     ended: str  # complete | reset | closed | open: how the answer ended (open: capture ended)
     ended_by: str  # client | server: who reset or closed it when the answer did not complete
     ended_ts: int | None  # when
+    # request -> first byte of the answer (None without either): every check and row reads it
+    latency_ns: int | None
 
     @property
     def answered(self) -> bool:
@@ -78,13 +80,6 @@ class HttpTransaction(NamedTuple):
     def asked(self) -> bool:
         """The request is in the capture (not an answer to one made before it began)."""
         return bool(self.method)
-
-    @property
-    def latency_ns(self) -> int | None:
-        """Request -> first byte of the answer."""
-        if self.response_ts is None or not self.asked:
-            return None
-        return self.response_ts - self.request_ts
 
 
 @dataclass(frozen=True)
@@ -127,6 +122,7 @@ def http_transactions(
 
 def _transaction(point: int, flow: int, client: str, server: str, e: Exchange) -> HttpTransaction:
     grpc_status = e.grpc_status()
+    asked = bool(e.request.get(":method"))
     return HttpTransaction(
         point,
         flow,
@@ -151,4 +147,5 @@ def _transaction(point: int, flow: int, client: str, server: str, e: Exchange) -
         e.ended,
         e.ended_by,
         e.ended_ts,
+        e.response_ts - e.request_ts if e.response_ts is not None and asked else None,
     )

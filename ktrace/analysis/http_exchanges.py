@@ -5,7 +5,7 @@ client towards the server, with the client's wait split into server time and net
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
@@ -18,24 +18,24 @@ from ktrace.analysis.http import HttpTransaction
 class HttpExchange:
     copies: tuple[HttpTransaction, ...]  # one per point, nearest the client first
     backend: str  # "ip:port" that answered, after any DNAT; "" when no point shows it
+    # the wait at the point nearest the server: time spent in the server (and its hop)
+    server_ns: int | None = field(init=False)
+    # the client's wait less the server's: time on the way there and back
+    network_ns: int | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        answered = [t.latency_ns for t in self.copies if t.latency_ns is not None]
+        server = answered[-1] if answered else None
+        first = self.copies[0].latency_ns
+        network = None
+        if first is not None and server is not None and len(self.copies) > 1:
+            network = max(first - server, 0)
+        object.__setattr__(self, "server_ns", server)
+        object.__setattr__(self, "network_ns", network)
 
     @property
     def primary(self) -> HttpTransaction:
         return self.copies[0]
-
-    @property
-    def server_ns(self) -> int | None:
-        """The wait at the point nearest the server: time spent in the server (and its hop)."""
-        answered = [t.latency_ns for t in self.copies if t.latency_ns is not None]
-        return answered[-1] if answered else None
-
-    @property
-    def network_ns(self) -> int | None:
-        """The client's wait less the server's: time on the way there and back."""
-        first, server = self.copies[0].latency_ns, self.server_ns
-        if first is None or server is None or len(self.copies) < 2:
-            return None
-        return max(first - server, 0)
 
     def hops_ns(self) -> list[int | None]:
         """Per step between consecutive points: how much of the wait it added."""
