@@ -443,3 +443,30 @@ def test_plain_header_path_reads_as_dpkt_does(fields: list[tuple[str, str, str]]
     plain = all(n.isalnum() and sep.startswith(":") for n, sep, _ in fields)
     if eol == "\r\n" and block.isascii() and plain:
         assert fast is not None  # the common case does take the fast path
+
+
+def test_a_request_crossing_the_servers_idle_close_is_not_unanswered(tmp_path: Path) -> None:
+    """The keep-alive race every HTTP client meets: the server closes an idle connection as
+    the client sends on it. The server's FIN acknowledges none of the request: it closed
+    first, and the client sends the request again elsewhere. A server that reads the request
+    (acknowledges it) and then closes did not answer it."""
+    raced = Conn(41040)
+    raced.c(b"GET /one HTTP/1.1\r\nHost: web\r\n\r\n")
+    raced.s(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    raced.wait(5000)  # idle
+    acked = raced.seq["c"]
+    raced.c(b"GET /two HTTP/1.1\r\nHost: web\r\n\r\n")
+    sent = raced.seq["c"]
+    raced.seq["c"] = acked  # the FIN acknowledges what came before the second request
+    raced.fin("s")
+    raced.seq["c"] = sent
+    raced.rst("s")  # the request then reached a closed socket
+    read = Conn(41041, start=T0 + 10 * MS)
+    read.c(b"GET /three HTTP/1.1\r\nHost: web\r\n\r\n")
+    read.fin("s")
+    result, data = run_analysis(write(tmp_path / "race.pcap", [raced, read]))
+    by_path = {t.path: t for t in result.analysis.http.transactions}
+    assert (by_path["/two"].ended, by_path["/two"].ended_by) == ("crossed", "server")
+    assert (by_path["/three"].ended, by_path["/three"].ended_by) == ("closed", "server")
+    (finding,) = [f for f in data["findings"] if f["id"] == "http.unanswered"]
+    assert finding["title"].startswith("1 HTTP request never answered")

@@ -49,7 +49,9 @@ class HttpTransaction(NamedTuple):
     response_ts: int | None  # first byte of the answer
     response_row: int | None
     done_ts: int | None  # last byte of the answer; None when it did not complete
-    ended: str  # complete | reset | closed | open: how the answer ended (open: capture ended)
+    # how the answer ended: complete | reset | closed | open (the capture ended first) |
+    # crossed (the server had closed the idle connection before the request reached it)
+    ended: str
     ended_by: str  # client | server: who reset or closed it when the answer did not complete
     ended_ts: int | None  # when
     # request -> first byte of the answer (None without either): every check and row reads it

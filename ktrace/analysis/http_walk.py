@@ -45,6 +45,7 @@ class Exchange:
     ended: str = "open"
     ended_by: str = ""
     ended_ts: int | None = None  # when the reset or the close came
+    request_end: int | None = None  # where the request ends in the client's stream
 
     def status(self) -> int | None:
         text = self.response.get(":status", "")
@@ -86,6 +87,7 @@ def walk_http(conn: Connection) -> Iterator[Exchange]:
                 _row(client, m.offset),
                 request | h.headers,
                 request_bytes=_measured(m),
+                request_end=m.end,
             )
         )
     upgrade = yield from _answers(conn, requests, exchanges)
@@ -143,6 +145,16 @@ def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> Non
     last = server.when(end - 1) if end is not None and end > 0 else None
     if last is not None and e.response_ts is not None:
         e.done_ts, e.ended = last, "complete"
+        return
+    if (
+        e.response_ts is None
+        and server.fin_ack is not None
+        and e.request_end is not None
+        and server.fin_ack < e.request_end
+    ):
+        # the server closed an idle keep-alive connection before the request reached it:
+        # the request crossed the FIN, and clients send it again on a new connection
+        e.ended, e.ended_by, e.ended_ts = "crossed", "server", server.fin_ts
         return
     for kind, server_ts, client_ts in (
         ("reset", server.rst_ts, client.rst_ts),

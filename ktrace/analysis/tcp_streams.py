@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ktrace.analysis.flows import FlowTable
+from ktrace.decode.columns import PacketColumns
 from ktrace.decode.gather import gather
 from ktrace.decode.http1 import REQUEST_WORDS, RESPONSE_WORD, STARTS
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.tls import ALERT, CLIENT_HELLO, HANDSHAKE
-from ktrace.decode.transport import FIN, RST, SYN, TCP
+from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
 from ktrace.pcap.hot import Buffer
 
 # TLS records start with their type and major version 3; the minor is 0-4
@@ -45,6 +46,9 @@ class Stream:
     fin_ts: int | None  # this side closed its half of the connection, at that time
     rst_ts: int | None  # this side reset the connection, at that time
     lead: int = 0  # the first four bytes of its first segment, big-endian (0: fewer)
+    # how far into the other side's stream its FIN acknowledged: what it had received when
+    # it closed
+    fin_ack: int | None = None
 
     @property
     def length(self) -> int:
@@ -171,7 +175,9 @@ class _Sides:
         carry = c.paylen[rows] > 0
         # without a SYN, the lowest byte seen is the stream's start
         low = np.minimum.reduceat(np.where(carry, rel, far), begin)
-        rel -= np.where(has_syn | (low == far), 0, low)[side]
+        shift = np.where(has_syn | (low == far), 0, low)
+        rel -= shift[side]
+        self.fin_ack = self._fin_acks(c, rows, begin, key[begin], (ref, shift))
         self.fin, self.rst = (
             [None if t == far else t for t in first.tolist()]
             for first in (
@@ -204,6 +210,28 @@ class _Sides:
         lead = np.where(data[at] == first, word[at], 0)
         self.lead = np.where(np.diff(self.bounds) > 0, lead, 0).tolist()
 
+    @staticmethod
+    def _fin_acks(
+        c: PacketColumns,
+        rows: np.ndarray,
+        begin: np.ndarray,
+        side_key: np.ndarray,
+        base: tuple[np.ndarray, np.ndarray],
+    ) -> list[int | None]:
+        """Per side: its first FIN's acknowledgement as an offset in the other side's stream
+        (None without a FIN, an ACK on it, or the other side)."""
+        ref, shift = base
+        far = np.iinfo(np.int64).max
+        flags = c.tcp_flags[rows]
+        fin_at = np.minimum.reduceat(np.where(flags & FIN, np.arange(len(rows)), far), begin)
+        has_fin = fin_at < far
+        fin_row = rows[np.where(has_fin, fin_at, 0)]
+        other = np.minimum(np.searchsorted(side_key, side_key ^ 1), len(side_key) - 1)
+        known = has_fin & (side_key[other] == side_key ^ 1) & ((c.tcp_flags[fin_row] & ACK) > 0)
+        acked = c.ack[fin_row].astype(np.int64) - ref[other]
+        acked = ((acked + (1 << 31)) % (1 << 32)) - (1 << 31) - shift[other]
+        return [a if ok else None for a, ok in zip(acked.tolist(), known.tolist(), strict=True)]
+
     def get(self, key: int) -> Stream:
         k = self.keys.get(key)
         if k is None:
@@ -220,6 +248,7 @@ class _Sides:
             self.fin[k],
             self.rst[k],
             self.lead[k],
+            self.fin_ack[k],
         )
 
 
