@@ -421,6 +421,7 @@ HEADER_VALUE = st.text(
 @settings(max_examples=300, deadline=None)
 @example([("X-Sep", ": ", "end\x1c"), ("X-Tab", ":", "\x0bmid\t")], "\r\n")
 @example([("Bad\x1cName", ": ", "v")], "\r\n")
+@example([("0", ":", "\x1f")], "\r\n")
 @given(
     st.lists(
         st.tuples(HEADER_NAME, st.sampled_from([":", ": ", ":  ", " : ", ""]), HEADER_VALUE),
@@ -470,3 +471,20 @@ def test_a_request_crossing_the_servers_idle_close_is_not_unanswered(tmp_path: P
     assert (by_path["/three"].ended, by_path["/three"].ended_by) == ("closed", "server")
     (finding,) = [f for f in data["findings"] if f["id"] == "http.unanswered"]
     assert finding["title"].startswith("1 HTTP request never answered")
+
+
+def test_http2_streams_after_a_goaway_were_never_taken_up(tmp_path: Path) -> None:
+    client, server = hpack.Encoder(), hpack.Encoder()
+    conn = Conn(41050, 8080)
+    get = [(":method", "GET"), (":scheme", "http"), (":path", "/a"), (":authority", "web")]
+    conn.c(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b""))
+    conn.c(h2_frame(1, 5, 1, client.encode(get)))
+    conn.c(h2_frame(1, 5, 3, client.encode([*get[:2], (":path", "/b"), get[3]])))
+    conn.s(h2_frame(4, 0, 0, b"") + h2_frame(1, 5, 1, server.encode([(":status", "204")])))
+    conn.s(h2_frame(7, 0, 0, (1).to_bytes(4, "big") + (0).to_bytes(4, "big")))  # GOAWAY, last 1
+    conn.fin("s")
+    result, data = run_analysis(write(tmp_path / "goaway.pcap", [conn]))
+    a, b = result.analysis.http.transactions
+    assert (a.path, a.status, a.ended) == ("/a", 204, "complete")
+    assert (b.path, b.status, b.ended, b.ended_by) == ("/b", None, "crossed", "server")
+    assert not [f for f in data["findings"] if f["id"] == "http.unanswered"]

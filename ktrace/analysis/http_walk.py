@@ -320,6 +320,8 @@ def _follow(s: Stream, pos: int, exchanges: dict[int, Exchange], from_client: bo
             opened[sid] = offset
         if headers is not None:
             _headers(s, exchanges, (sid, opened.get(sid, offset)), headers, from_client)
+        if frame.type == h2.GOAWAY and not from_client:
+            _unprocessed(s, exchanges, offset)
         e = exchanges.get(sid)
         if e is None:
             continue
@@ -340,6 +342,16 @@ def _follow(s: Stream, pos: int, exchanges: dict[int, Exchange], from_client: bo
             last = s.when(offset + h2.FRAME_HEADER + frame.length - 1)
             if last is not None:
                 e.done_ts, e.ended = last, "complete"
+
+
+def _unprocessed(s: Stream, exchanges: dict[int, Exchange], offset: int) -> None:
+    """A GOAWAY names the last stream the server will process: the streams after it were
+    never taken up and clients send them again (RFC 9113 6.8), like a request that crossed
+    an idle close."""
+    last = int.from_bytes(s.read(offset + h2.FRAME_HEADER, 4).ljust(4, b"\xff"), "big")
+    for sid, e in exchanges.items():
+        if sid > last & 0x7FFFFFFF and e.response_ts is None:
+            e.ended, e.ended_by, e.ended_ts = "crossed", "server", s.when(offset)
 
 
 def _headers(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import hpack
 
 FRAME_HEADER = 9
-DATA, HEADERS, RST_STREAM, CONTINUATION = 0, 1, 3, 9
+DATA, HEADERS, RST_STREAM, GOAWAY, CONTINUATION = 0, 1, 3, 7, 9
 END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
 MAX_FRAME = 1 << 24
 # the largest dynamic table an observer accepts: it sees the peer's SETTINGS only when they

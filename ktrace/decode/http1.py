@@ -17,7 +17,7 @@ METHODS = frozenset(
     b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PROPFIND MKCOL COPY MOVE".split()
 )
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110)
-ASCII_SPACE = " \t\x0b\x0c"  # what dpkt strips from a line (bytes.strip)
+ASCII_SPACE = " \t\x0b\x0c"  # what dpkt strips from the end of a line (bytes.strip)
 MAX_HEAD = 32768  # a head longer than this is not HTTP as servers accept it
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -115,7 +115,7 @@ def plain_headers(block: bytes) -> dict[str, str] | None:
         if not sep or not TOKEN.fullmatch(name):
             return None
         key = name.lower()
-        value = value.strip(ASCII_SPACE)
+        value = value.rstrip(ASCII_SPACE).lstrip()  # as dpkt: the line, then the value
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
 
