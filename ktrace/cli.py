@@ -421,19 +421,19 @@ class Command:
 COMMANDS = (
     Command(
         "analyze",
-        "flows, DNS transactions and findings of pcap/pcapng files or bundles",
+        "flows, DNS, HTTP and TLS, and findings of pcap/pcapng files or bundles",
         cmd_analyze,
         _analyze_args,
     ),
     Command(
         "export",
-        "the analysis as Parquet tables (packets, flows, paths, DNS, findings) for DuckDB",
+        "the analysis as Parquet tables (packets, flows, paths, DNS, HTTP, findings) for DuckDB",
         cmd_export,
         _export_args,
     ),
     Command(
         "open",
-        "browse captures in the terminal UI: points, flows, paths, DNS, findings",
+        "browse captures in the terminal UI: points, flows, paths, DNS, findings, HTTP",
         cmd_open,
         _open_args,
     ),
