@@ -488,3 +488,24 @@ def test_http2_streams_after_a_goaway_were_never_taken_up(tmp_path: Path) -> Non
     assert (a.path, a.status, a.ended) == ("/a", 204, "complete")
     assert (b.path, b.status, b.ended, b.ended_by) == ("/b", None, "crossed", "server")
     assert not [f for f in data["findings"] if f["id"] == "http.unanswered"]
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=400), st.binary(max_size=400), st.sampled_from(["h2", "tls"]))
+def test_garbage_after_a_preface_or_a_hello_never_breaks_the_analysis(
+    tmp_path: Path, client: bytes, server: bytes, kind: str
+) -> None:
+    """Frames with any lengths, flags and header blocks (hpack errors), records cut anywhere:
+    whatever is read is kept, nothing raises."""
+    conn = Conn(dport=443 if kind == "tls" else 50051)
+    if kind == "h2":
+        conn.c(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + client)
+    else:
+        conn.c(b"\x16\x03\x01" + len(client).to_bytes(2, "big") + b"\x01" + client)
+    if server:
+        conn.s(server)
+    result, _ = run_analysis(write(tmp_path / "junk.pcap", [conn]))
+    for t in result.analysis.http.transactions:
+        assert t.protocol == "HTTP/2" and t.stream > 0
