@@ -293,7 +293,7 @@ def _kube_args(p: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def _container_args(p: argparse.ArgumentParser) -> None:
-    from ktrace.kube.debug import DEFAULT_IMAGE
+    from ktrace.kube.image import DEFAULT_IMAGE
 
     p.add_argument(
         "-c",

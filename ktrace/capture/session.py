@@ -41,6 +41,7 @@ from ktrace.errors import ClusterError, ExitStatus, UsageError
 from ktrace.kube import debug
 from ktrace.kube.api import Api, PodSecurityError
 from ktrace.kube.execstream import ExecStream, run
+from ktrace.kube.image import DEFAULT_IMAGE
 from ktrace.kube.targets import Pod, inventory
 
 NODE_METADATA = {
@@ -58,7 +59,7 @@ STOP_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Options:
-    image: str = debug.DEFAULT_IMAGE
+    image: str = DEFAULT_IMAGE
     bpf: str = ""
     duration: float | None = None
     count: int | None = None

@@ -6,8 +6,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import hpack
-
 FRAME_HEADER = 9
 DATA, HEADERS, RST_STREAM, GOAWAY, CONTINUATION = 0, 1, 3, 7, 9
 END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
@@ -57,14 +55,17 @@ class HeaderDecoder:
     """HPACK for one direction of one connection."""
 
     def __init__(self) -> None:
+        import hpack  # here: only captures with HTTP/2 in clear pay for it (10 ms)
+
         self._decoder = hpack.Decoder()
+        self._error = hpack.HPACKError
         self._decoder.max_allowed_table_size = TABLE_LIMIT
         self._decoder.max_header_list_size = MAX_FRAME
 
     def decode(self, block: bytes) -> dict[str, str]:
         try:
             pairs = self._decoder.decode(block, raw=True)
-        except hpack.HPACKError as exc:
+        except self._error as exc:
             raise H2Error(f"header block: {exc}") from None
         out: dict[str, str] = {}
         for name, value in pairs:

@@ -16,9 +16,9 @@ from typing import Any
 from ktrace.errors import ClusterError
 from ktrace.kube.api import Api, api_errors
 from ktrace.kube.execstream import run
+from ktrace.kube.image import DEFAULT_IMAGE
 from ktrace.kube.targets import Pod
 
-DEFAULT_IMAGE = "nicolaka/netshoot:v0.13"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ktrace"}
 CAPS = ["NET_ADMIN", "NET_RAW"]
 FAILED_WAITING = {
