@@ -113,19 +113,18 @@ def _answers(
             if m is None:
                 break
         status = m.head.status
+        if 100 <= status < 200 and status != 101:  # interim (100 Continue): the answer follows
+            m = _message(server, m.body, request=False)
+            continue
         at = _when(server, m.offset)
         if k == len(requests) or at < exchanges[k].request_ts:
             # the answer to a request made before the capture began
             e = Exchange(f"HTTP/{m.head.version}", 0, at, _row(server, m.offset), {})
         else:
+            if status == 101 and "h2c" in m.head.header("upgrade").lower():
+                return k, m.body  # the answer comes as HTTP/2 stream 1
             e = exchanges[k]
             k += 1
-        if status == 101 and "h2c" in m.head.header("upgrade").lower() and e.stream:
-            return k - 1, m.body  # the answer comes as HTTP/2 stream 1
-        if 100 <= status < 200 and status != 101:  # interim (100 Continue): the answer follows
-            k -= 1 if e.stream else 0
-            m = _message(server, m.body, request=False)
-            continue
         e.response_ts, e.response_row = at, _row(server, m.offset)
         e.response = {":status": str(status)} | m.head.headers
         e.response_bytes = _measured(m, server)

@@ -193,6 +193,16 @@ class HttpRow:
     points: tuple[HttpPointRow, ...]
     packet: PacketRef
 
+    @property
+    def outcome(self) -> str | int | None:
+        """What a reader looks at first: the gRPC status when it is not OK, else the HTTP one."""
+        return self.grpc_status if self.grpc_status not in (None, "OK") else self.status
+
+    @property
+    def failed(self) -> bool:
+        """A server error or a gRPC call that did not end OK."""
+        return (self.status or 0) >= 500 or self.grpc_status not in (None, "OK")
+
 
 @dataclass(frozen=True)
 class TlsRow:

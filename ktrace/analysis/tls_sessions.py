@@ -44,7 +44,7 @@ def tls_session(conn: Connection, client: str, server: str) -> TlsSession | None
         answer is None and not back.start and (back.fin_ts is not None or back.rst_ts is not None)
     )
     # a warning (unrecognized_name from some servers) lets the handshake go on
-    bad = said is not None and (said.level == "fatal" or (answer is None and gave_up))
+    bad = said is not None and (said.level == "fatal" or gave_up)
     evidence = [conn.client.row[0]]
     if bad and warned is not None:
         side = conn.server if warned is theirs else conn.client

@@ -195,7 +195,7 @@ def render_http(ordered: Sequence[HttpRow], points: int, total: int) -> str:
             [
                 r.time[11:23],
                 clip(f"{r.method} {r.host}{r.path}" if r.method else UNSEEN, MAX_PATH),
-                (r.grpc_status or r.status) if r.grpc_status not in (None, "OK") else r.status,
+                r.outcome,
                 r.backend_name,
                 _ms_text(r.latency_ms),
                 _ms_text(r.server_ms),

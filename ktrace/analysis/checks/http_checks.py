@@ -38,6 +38,16 @@ def _host(endpoint: str) -> str:
     )
 
 
+def _tally(counts: Counter[str], n: int, sep: str = ", ") -> str:
+    """'a (3x), b (1x)': the n most common, with their counts."""
+    return sep.join(f"{what} ({k}x)" for what, k in counts.most_common(n))
+
+
+def _top(counts: Counter[str], n: int) -> str:
+    """'a, b': the n most common."""
+    return ", ".join(what for what, _ in counts.most_common(n))
+
+
 def _by_backend(exchanges: list[HttpExchange]) -> dict[str, list[HttpExchange]]:
     """Exchanges by the pod (address) that answered them, whatever port or name was asked."""
     out: dict[str, list[HttpExchange]] = defaultdict(list)
@@ -94,7 +104,7 @@ def run_errors(analysis: Analysis) -> Iterator[Finding]:
         if not failed:
             continue
         kinds = Counter(_what(e) for e in failed)
-        kind_text = ", ".join(f"{k} ({v}x)" for k, v in kinds.most_common(3))
+        kind_text = _tally(kinds, 3)
         fine = _siblings(analysis, failed, host, lambda e: e.primary.failed)
         rate = len(failed) / len(group)
         name = analysis.named(host)
@@ -233,11 +243,10 @@ def run_unanswered(analysis: Analysis) -> Iterator[Finding]:
         id="http.unanswered",
         # still waiting at the end may be a stream the server answers when it has news
         severity=Severity.HIGH if ended else Severity.MEDIUM,
-        title=f"{plural(len(lost), 'HTTP request')} never answered, to "
-        + ", ".join(t for t, _ in targets.most_common(2)),
+        title=f"{plural(len(lost), 'HTTP request')} never answered, to " + _top(targets, 2),
         explanation=(
             "No byte of an answer came back: "
-            + "; ".join(f"{text} ({n}x)" for text, n in how.most_common())
+            + _tally(how, len(how), "; ")
             + ". The request reached the connection; the server took it and did not answer, "
             "or it was lost on the way."
         ),
@@ -267,7 +276,7 @@ def run_reset(analysis: Analysis) -> Iterator[Finding]:
         id="http.reset",
         severity=Severity.HIGH,
         title=f"{plural(len(cut), 'answer')} cut by the server's reset mid-answer, from "
-        + ", ".join(b for b, _ in backends.most_common(2)),
+        + _top(backends, 2),
         explanation=(
             f"The answer had begun (status {_what(cut[0])}) when the server side reset the "
             "connection or the stream: a crash, a killed worker, an OOM kill, or a proxy's "
@@ -298,11 +307,10 @@ def run_tls(analysis: Analysis) -> Iterator[Finding]:
     yield Finding(
         id="tls.handshake",
         severity=Severity.HIGH,
-        title=f"{plural(len(failed), 'TLS handshake')} failed with "
-        + ", ".join(n for n, _ in names.most_common(3)),
+        title=f"{plural(len(failed), 'TLS handshake')} failed with " + _top(names, 3),
         explanation=(
             "Reasons: "
-            + "; ".join(f"{r} ({n}x)" for r, n in reasons.most_common(3))
+            + _tally(reasons, 3, "; ")
             + ". The handshake ended before any application data: the client and server do "
             "not agree on versions, ciphers, names or certificates."
         ),

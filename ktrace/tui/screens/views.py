@@ -260,9 +260,8 @@ class HttpView(DetailedTableView):
         width = None if self.app.size.width >= WIDE else self.NARROW_REQUEST
         rows = []
         for k, r in enumerate(result.http):
-            failed = (r.status or 0) >= 500 or r.grpc_status not in (None, "OK")
-            status = r.grpc_status if r.grpc_status not in (None, "OK") else r.status
-            style = "bold red" if failed or r.ended != "complete" else ""
+            status = r.outcome
+            style = "bold red" if r.failed or r.ended != "complete" else ""
             request = f"{r.method} {r.host}{r.path}" if r.method else UNSEEN
             cells = (
                 r.time[11:23],
