@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 
 import hpack
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -309,6 +310,32 @@ def test_tls_sample_recorded_from_real_stacks() -> None:
     assert tls["web.example"].version == "TLS 1.3" and not tls["web.example"].failed
     assert tls["legacy.example"].alert == "server fatal protocol_version"
     assert {f["id"] for f in data["findings"]} == {"tls.handshake", "http.unanswered"}
+
+
+@pytest.mark.parametrize(
+    "capture",
+    [PCAPS / "tls-http.pcap", PCAPS / "http-dns.pcap", LAB / "http-keepalive", LAB / "hairpin"],
+    ids=lambda p: p.name,
+)
+def test_app_start_flag_is_the_payloads_first_word(capture: Path) -> None:
+    """The decoder's APP_START flag, set from the header windows (inner packets of VXLAN
+    included), says what the payload's first four bytes read from the file say."""
+    from ktrace.bundle.inputs import read_inputs
+    from ktrace.decode.gather import gather
+    from ktrace.decode.index import build_index
+    from ktrace.decode.ip import APP_START
+    from ktrace.decode.lead import looks_like_app
+
+    with build_index(read_inputs([capture]).files) as index:
+        c = index.columns
+        have = np.minimum(c.paylen.astype(np.int64), c.caplen.astype(np.int64) - c.payoff)
+        tcp = (c.proto == 6) & (c.l3 > 0) & (have >= 4)
+        rows = np.flatnonzero(tcp)
+        got = gather(index.mapped, c.point[rows], c.offset[rows] + c.payoff[rows], 4)
+        words = got.copy().view(">u4").reshape(-1)
+        flagged = (c.ipflags & APP_START) != 0
+        assert flagged[rows].tolist() == looks_like_app(words).tolist()
+        assert flagged[rows].any() and not flagged[~tcp].any()
 
 
 def test_lab_request_followed_from_client_to_backend() -> None:

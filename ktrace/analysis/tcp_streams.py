@@ -1,9 +1,9 @@
 """TCP byte streams for the application protocols: each direction of a connection at one capture
 point, its segments in sequence order, read by stream offset straight from the mapped capture.
 
-Only connections that look like HTTP or TLS are built: the first four payload bytes of every
-segment are read in bulk and compared with the words such streams start with (a method, "HTTP/",
-the HTTP/2 preface, a TLS record), so bulk transfers cost one gather and no Python.
+Only connections that look like HTTP or TLS are built: the index decoder flagged every segment
+whose payload starts like one (a method, "HTTP/", the HTTP/2 preface, a TLS record: decode.lead),
+so bulk transfers cost no Python and no second read of the capture.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import numpy as np
 from ktrace.analysis.flows import FlowTable
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.gather import gather
-from ktrace.decode.http1 import REQUEST_WORDS, RESPONSE_WORD, STARTS
+from ktrace.decode.http1 import REQUEST_WORDS, RESPONSE_WORD
 from ktrace.decode.index import PacketIndex
-from ktrace.decode.tls import ALERT, CLIENT_HELLO, HANDSHAKE
+from ktrace.decode.ip import APP_START
+from ktrace.decode.tls import CLIENT_HELLO, HANDSHAKE
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
 from ktrace.pcap.hot import Buffer
 
-# TLS records start with their type and major version 3; the minor is 0-4
-TLS_WORDS = np.array([(kind << 8 | 3) for kind in (HANDSHAKE, ALERT)], np.uint32)
 MAX_READ = 1 << 20
 
 
@@ -114,21 +113,10 @@ def _words(index: PacketIndex, rows: np.ndarray) -> np.ndarray:
     return np.where(have >= 4, value, 0)
 
 
-def looks_like_app(words: np.ndarray) -> np.ndarray:
-    """Per word: it starts an HTTP/1.x message, the HTTP/2 preface or a TLS record."""
-    known = np.isin(words, np.array(STARTS, np.uint32))
-    tls = np.isin(words >> 16, TLS_WORDS) & (((words >> 8) & 0xFF) <= 4)
-    return known | tls
-
-
 def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     """The connections at each point that carry HTTP or TLS, in flow and point order."""
     c = index.columns
-    data = np.flatnonzero((c.proto == TCP) & (c.paylen > 0) & (flows.flow >= 0))
-    if not len(data):
-        return
-    words = _words(index, data)
-    marked = data[looks_like_app(words)]
+    marked = np.flatnonzero(((c.ipflags & APP_START) != 0) & (flows.flow >= 0))
     if not len(marked):
         return
     npoints = len(index.points)
@@ -139,7 +127,7 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     tcp = tcp[keep]
     key = place[keep] * 2 + flows.forward[tcp]  # one side of one connection at one point
     order = np.lexsort((c.ts[tcp], key))
-    sides = _Sides(index, tcp[order], key[order], (data, words))
+    sides = _Sides(index, tcp[order], key[order])
     for place_key in wanted.tolist():
         a, b = sides.get(place_key * 2 + 1), sides.get(place_key * 2)
         flow, point = divmod(place_key, npoints)
@@ -158,7 +146,6 @@ class _Sides:
         index: PacketIndex,
         rows: np.ndarray,
         key: np.ndarray,
-        words: tuple[np.ndarray, np.ndarray],
     ) -> None:
         c = index.columns
         self.index = index
@@ -203,12 +190,8 @@ class _Sides:
         self.captured = captured.clip(0).tolist()
         self.at = (c.offset[r] + c.payoff[r]).tolist()
         self.ts, self.row = c.ts[r].tolist(), r.tolist()
-        # the first segment's word, from the words already read for every data segment
-        data, word = words
         first = r[np.minimum(self.bounds[:-1], len(r) - 1)] if len(r) else np.zeros(0, np.int64)
-        at = np.minimum(np.searchsorted(data, first), len(data) - 1)
-        lead = np.where(data[at] == first, word[at], 0)
-        self.lead = np.where(np.diff(self.bounds) > 0, lead, 0).tolist()
+        self.lead = np.where(np.diff(self.bounds) > 0, _words(index, first), 0).tolist()
 
     @staticmethod
     def _fin_acks(

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ktrace.decode.columns import SCHEMA, PacketColumns, Quotes
-from ktrace.decode.ip import ICMP_ERROR, LATER_FRAGMENT, SHORT, parse_ip
+from ktrace.decode.ip import APP_START, ICMP_ERROR, LATER_FRAGMENT, SHORT, parse_ip
+from ktrace.decode.lead import looks_like_app
 from ktrace.decode.link import (
     ETH_IPV4,
     ETH_IPV6,
@@ -19,7 +20,7 @@ from ktrace.decode.link import (
     unwrap,
 )
 from ktrace.decode.rows import Rows
-from ktrace.decode.transport import parse_transport
+from ktrace.decode.transport import TCP, parse_transport
 from ktrace.decode.tunnel import (
     UNDECODED_ETHERTYPES,
     Tunnel,
@@ -227,13 +228,24 @@ class _Decoder:
         pos[hit], etype[hit] = ipos, ietype
         return hit[np.isin(ietype, (ETH_IPV4, ETH_IPV6))]
 
-    def payload_hashes(self) -> None:
+    def payload_marks(self) -> None:
+        """Per IP packet: the hash of its first payload bytes (for the fingerprint), and for
+        TCP segments whose payload starts like HTTP or TLS the APP_START flag (decode.lead)."""
         out = self.out
         sel = np.flatnonzero(out["l3"] > 0)
-        if len(sel):
-            out["phash"][sel] = self.rows.subset(sel).prefix_hash(
-                out["payoff"][sel].astype(np.int64), out["paylen"][sel].astype(np.int64)
-            )
+        if not len(sel):
+            return
+        rows = self.rows.subset(sel)
+        pos = out["payoff"][sel].astype(np.int64)
+        paylen = out["paylen"][sel].astype(np.int64)
+        out["phash"][sel], word = rows.payload_prefix(pos, paylen)
+        have = np.minimum(paylen, rows.limit - pos)
+        tcp = (out["proto"][sel] == TCP) & (have >= 4)
+        # a payload past its window (deep encapsulation, long options) is read from the file
+        for k in np.flatnonzero(tcp & (pos - rows.base + 4 > rows.width)).tolist():
+            at = int(self.batch.offset[sel[k]]) + int(pos[k])
+            word[k] = int.from_bytes(self.view[at : at + 4], "big")
+        out["ipflags"][sel[tcp & looks_like_app(word)]] |= APP_START
 
     def v6_table(self) -> list[bytes]:
         """IPv6 addresses (of packets and of the packets ICMPv6 errors quote) as ids into the
@@ -317,7 +329,7 @@ def decode_batch(
         if not len(todo):
             break
         todo = d.ip_layer(todo, pos, etype)
-    d.payload_hashes()
+    d.payload_marks()
     v6 = d.v6_table()
     tunnels, nested = d.tunnels()
     undecoded = {k: v for k, v in d.undecoded.items() if v}

@@ -24,7 +24,7 @@ SCHEMA: dict[str, type[np.generic]] = {
     "ack": np.uint32,
     "win": np.uint16,
     "ipid": np.uint16,
-    "ipflags": np.uint8,  # see decode.ip: fragments, DF, short headers, ICMP errors
+    "ipflags": np.uint8,  # see decode.ip: fragments, DF, short headers, ICMP errors, app starts
     "paylen": np.uint32,  # transport payload length
     "payoff": np.uint16,  # transport payload position in the packet
     "tunnel": np.uint16,  # 0, or 1 + index into the index's tunnel table

@@ -14,6 +14,9 @@ LATER_FRAGMENT = 2  # fragment offset > 0: no transport header in this packet
 DONT_FRAGMENT = 4
 SHORT = 8  # headers cut by the snap length: transport fields unknown
 ICMP_ERROR = 16
+# not an IP flag, kept here for the column's spare bits: the TCP payload starts like a message
+# ktrace reads (decode.lead)
+APP_START = 32
 
 IPV6_EXT = (0, 43, 60, 51, 44)  # hop-by-hop, routing, destination options, AH, fragment
 IPV6_FRAGMENT = 44

@@ -79,15 +79,17 @@ class Rows:
         b = np.ascontiguousarray(self._bytes(p, 4))
         return b.view(">u4").reshape(-1).astype(U32), ok
 
-    def prefix_hash(self, pos: np.ndarray, avail: np.ndarray) -> np.ndarray:
-        """16-bit hash of the first 8 payload bytes (fewer when fewer are captured), per
-        packet; 0 when there is no payload. Part of the cross-point fingerprint."""
+    def payload_prefix(self, pos: np.ndarray, avail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per packet, from its first 8 payload bytes (fewer when fewer are captured): a 16-bit
+        hash, part of the cross-point fingerprint (0 without payload), and the first four as a
+        big-endian word (0 when fewer than four lie in the window)."""
         out = np.zeros(len(pos), np.uint16)
+        lead = np.zeros(len(pos), np.uint32)
         local = pos - self.base
         have = np.minimum(np.minimum(avail, 8), np.minimum(self.limit - pos, self.width - local))
         todo = np.flatnonzero((have > 0) & (local >= 0))
         if not len(todo):
-            return out
+            return out, lead
         # Payloads start at a handful of offsets: read each group as one 8-byte column.
         starts = local[todo]
         for start in np.unique(starts).tolist():
@@ -95,13 +97,14 @@ class Rows:
             width = min(8, self.width - start)
             block = np.zeros((len(rows), 8), np.uint8)
             block[:, :width] = self.win[rows, self.skip + start : self.skip + start + width]
+            lead[rows] = np.where(have[rows] >= 4, block[:, :4].copy().view(">u4").reshape(-1), 0)
             word = block.view("<u8").reshape(-1)
             keep = np.left_shift(np.uint64(1), (have[rows] * 8).astype(np.uint64) % 64)
             word &= np.where(have[rows] >= 8, np.uint64(0xFFFFFFFFFFFFFFFF), keep - np.uint64(1))
             with np.errstate(over="ignore"):
                 h = (word ^ have[rows].astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15)
             out[rows] = (h >> np.uint64(48)).astype(np.uint16)
-        return out
+        return out, lead
 
     def raw(self, pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(m, size) bytes at pos: used for IPv6 addresses."""

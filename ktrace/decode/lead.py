@@ -1,0 +1,22 @@
+"""What a TCP payload's first four bytes say it starts: an HTTP/1.x message, the HTTP/2
+preface or a TLS record. Read by the index decoder while the header windows are in hand, so
+that finding the connections worth reassembling costs no second pass over the capture."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ktrace.decode.http1 import STARTS
+from ktrace.decode.tls import ALERT, HANDSHAKE
+
+# TLS records start with their type and major version 3; the minor is 0-4
+TLS_WORDS = np.array([(kind << 8 | 3) for kind in (HANDSHAKE, ALERT)], np.uint32)
+KNOWN_WORDS = np.array(sorted(STARTS), np.uint32)
+
+
+def looks_like_app(words: np.ndarray) -> np.ndarray:
+    """Per big-endian word: it starts an HTTP/1.x message, the HTTP/2 preface or a TLS
+    record."""
+    known = np.isin(words, KNOWN_WORDS)
+    tls = np.isin(words >> 16, TLS_WORDS) & (((words >> 8) & 0xFF) <= 4)
+    return known | tls
