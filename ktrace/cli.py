@@ -32,10 +32,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     result = _analyze_with_progress(args.inputs, quiet=args.quiet)
     if args.output == "json":
-        # C-encoded pieces of a few MB: indenting (pure-Python encoder) and json.dump's
-        # small writes cost seconds on a large capture; jq -C indents for a human
-        sys.stdout.writelines(result.json_pieces())
-        sys.stdout.write("\n")
+        # pieces of a few MB encoded by orjson, compact: json.dump's small writes and
+        # pure-Python encoding cost seconds on a large capture; jq indents for a human
+        sys.stdout.flush()
+        sys.stdout.buffer.writelines(result.json_chunks())
+        sys.stdout.buffer.write(b"\n")
     else:
         sys.stdout.write(render_report(result, args.limit))
     for warning in result.warnings:

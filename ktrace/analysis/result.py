@@ -4,13 +4,13 @@ JSON shape (README "JSON output")."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, IntEnum
 from functools import cache, cached_property
 
 import numpy as np
+import orjson
 
 from ktrace import __version__
 from ktrace.analysis.checks import conversation_label
@@ -548,65 +548,37 @@ class Result:
             "dns_orphan_responses": self.analysis.dns.orphan_responses,
         }
 
-    def json_pieces(self) -> Iterator[str]:
-        """json.dumps(to_dict()) in pieces, the DNS transactions a slice at a time: a storm's
-        hundreds of thousands never exist as dicts all at once."""
-        sep = "{"
+    def json_chunks(self) -> Iterator[bytes]:
+        """to_dict() as JSON (UTF-8, compact), in pieces encoded by orjson: the DNS
+        transactions a slice at a time, so that a storm's hundreds of thousands never exist
+        as dicts all at once."""
+        sep = b"{"
         for key, value in self._document().items():
-            yield f"{sep}{json.dumps(key)}: "
-            sep = ", "
+            yield sep + orjson.dumps(key) + b":"
+            sep = b","
             if key != "dns":
-                yield json.dumps(value)
+                yield orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
                 continue
             txs = self.analysis.dns.transactions
-            yield "["
+            yield b"["
             for lo in range(0, len(txs), JSON_SLICE):
-                yield (", " if lo else "") + self._dns_json_text(txs[lo : lo + JSON_SLICE])
-            yield "]"
-        yield "}"
+                rows = self._dns_json(txs[lo : lo + JSON_SLICE], tuples=True)
+                yield (b"," if lo else b"") + orjson.dumps(rows)[1:-1]
+            yield b"]"
+        yield b"}"
 
-    def _dns_json_text(self, txs: list[DnsTransaction]) -> str:
-        """The JSON of these transactions' rows, as json.dumps writes them, without the list's
-        brackets: each column encoded once per distinct value, each row by one format."""
-        columns = self.dns_columns(txs)
-        layout = [(attr, name) for attr, name, _ in _layout(DnsRow) if attr in columns]
-        row = "{" + ", ".join(f"{json.dumps(name)}: %s" for _, name in layout) + "}"
-        encoded = [json_column(columns[attr]) for attr, _ in layout]
-        return ", ".join(map(row.__mod__, zip(*encoded, strict=True)))
-
-    def _dns_json(self, txs: list[DnsTransaction] | None = None) -> list[dict[str, object]]:
-        """As plain(self.dns), without a DnsRow per transaction on the way."""
+    def _dns_json(
+        self, txs: list[DnsTransaction] | None = None, tuples: bool = False
+    ) -> list[dict[str, object]]:
+        """As plain(self.dns), without a DnsRow per transaction on the way (`tuples`: the
+        answers left as tuples, which encode as lists)."""
         txs = self.analysis.dns.transactions if txs is None else txs
         columns = self.dns_columns(txs)
-        columns["answers"] = [list(t.answers) for t in txs]
+        if not tuples:
+            columns["answers"] = [list(t.answers) for t in txs]
         names = [name for attr, name, _ in _layout(DnsRow) if attr in columns]
         values = [columns[attr] for attr, _, _ in _layout(DnsRow) if attr in columns]
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
-
-
-def json_column(values: list[object]) -> list[str]:
-    """json.dumps of each value of one column, by what the column holds: whole-column paths
-    for ints and for plain strings, else one encoding per distinct value."""
-    kinds = set(map(type, values))
-    if kinds == {int}:
-        return list(map(str, values))
-    if kinds == {bool}:
-        return ["true" if v else "false" for v in values]
-    if kinds <= {float, type(None)}:
-        return ["null" if v is None else repr(v) for v in values]
-    if kinds <= {str, type(None)}:
-        text = "".join(v for v in values if v is not None)  # type: ignore[misc]
-        if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-            return ["null" if v is None else f'"{v}"' for v in values]
-    cache: dict[tuple[type, object], str] = {}  # keyed by type too: True == 1 == 1.0
-    out = []
-    for v in values:  # None, bools, tuples, strings with escapes: few distinct values
-        key = (type(v), v)
-        known = cache.get(key)
-        if known is None:
-            known = cache[key] = json.dumps(v)
-        out.append(known)
-    return out
 
 
 SCALARS = (str, int, float, bool, type(None))
