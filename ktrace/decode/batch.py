@@ -19,6 +19,7 @@ from ktrace.decode.link import (
     link_layer,
     unwrap,
 )
+from ktrace.decode.plain import decode_plain
 from ktrace.decode.rows import Rows
 from ktrace.decode.transport import TCP, parse_transport
 from ktrace.decode.tunnel import (
@@ -133,6 +134,19 @@ class _Decoder:
             pos[sel], etype[sel] = link_layer(self.rows.subset(sel), lt)
         return pos, etype
 
+    def plain(self, linktypes: list[int]) -> np.ndarray | None:
+        """The common packets decoded in C (decode.plain): the rows it took, or None."""
+        if len(set(linktypes)) != 1:
+            return None
+        b = self.batch
+        found = decode_plain(b.window, b.skip, b.caplen, linktypes[0], self.out)
+        if found is None:
+            return None
+        taken, src6, dst6 = found
+        if src6 is not None:
+            self.src6, self.dst6 = src6, dst6
+        return taken
+
     def ip_layer(self, todo: np.ndarray, pos: np.ndarray, etype: np.ndarray) -> np.ndarray:
         """Decode IP and transport at `pos` for rows `todo`; returns the rows found to carry
         an inner packet, with pos/etype moved onto it."""
@@ -228,11 +242,13 @@ class _Decoder:
         pos[hit], etype[hit] = ipos, ietype
         return hit[np.isin(ietype, (ETH_IPV4, ETH_IPV6))]
 
-    def payload_marks(self) -> None:
-        """Per IP packet: the hash of its first payload bytes (for the fingerprint), and for
-        TCP segments whose payload starts like HTTP or TLS the APP_START flag (decode.lead)."""
+    def payload_marks(self, done: np.ndarray | None) -> None:
+        """Per IP packet (but the `done` rows): the hash of its first payload bytes (for the
+        fingerprint), and for TCP segments whose payload starts like HTTP or TLS the
+        APP_START flag (decode.lead)."""
         out = self.out
-        sel = np.flatnonzero(out["l3"] > 0)
+        ip = out["l3"] > 0
+        sel = np.flatnonzero(ip if done is None else ip & ~done)
         if not len(sel):
             return
         rows = self.rows.subset(sel)
@@ -324,12 +340,14 @@ def decode_batch(
     d.count_undecoded(
         [(name, int((etype == value).sum())) for value, name in UNDECODED_ETHERTYPES.items()]
     )
-    todo = np.flatnonzero((etype == ETH_IPV4) | (etype == ETH_IPV6))
+    taken = d.plain(linktypes)
+    ip = (etype == ETH_IPV4) | (etype == ETH_IPV6)
+    todo = np.flatnonzero(ip if taken is None else ip & ~taken)
     for _depth in range(MAX_DEPTH):
         if not len(todo):
             break
         todo = d.ip_layer(todo, pos, etype)
-    d.payload_marks()
+    d.payload_marks(taken)
     v6 = d.v6_table()
     tunnels, nested = d.tunnels()
     undecoded = {k: v for k, v in d.undecoded.items() if v}

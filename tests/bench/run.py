@@ -218,10 +218,12 @@ def main() -> None:
     results.append((f"ktrace index+flows ({other} proc.)", t_other, packets))
     if hot.walk_c is not None:
         from ktrace.analysis import sorting
+        from ktrace.decode import plain
 
-        hot.walk, sorting.number = hot.walk_python, sorting.number_sorting
+        hot.walk, sorting.number, plain.enabled = hot.walk_python, sorting.number_sorting, False
         t_py, _ = timed(lambda: run_ktrace(path, workers), repeat=1)
         hot.walk, sorting.number = hot.walk_c, sorting.number_c or sorting.number_sorting
+        plain.enabled = plain.decode_c is not None
         results.append(("ktrace, no C (no compiler at install)", t_py, packets))
     t_tshark = None
     if shutil.which("tshark"):
