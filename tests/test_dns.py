@@ -15,9 +15,11 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from ktrace.analysis.dns import dns_rows, dns_transactions
+from ktrace.bundle.inputs import read_inputs
+from ktrace.decode import dns_bulk
 from ktrace.decode.dns import DnsError, parse_dns, question, read_name
 from ktrace.decode.index import PacketIndex, build_index
-from tests.helpers import CLIENT, SERVER, T0, answer, query, run_analysis
+from tests.helpers import CLIENT, LAB, PCAPS, SERVER, T0, answer, query, run_analysis
 
 Make = Callable[..., Path]
 
@@ -181,10 +183,17 @@ def _reference_pairs(index: PacketIndex) -> tuple[list[tuple[object, ...]], int,
     return [(q, r) for _, q, r in out], malformed, orphans
 
 
-def test_bulk_pairing_matches_one_message_at_a_time(make_pcap: Make) -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["C", "numpy"])
+def test_bulk_pairing_matches_one_message_at_a_time(
+    make_pcap: Make, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Retries, repeated ids, names differing only in case, compressed first names, names
     longer than the bulk window, DNS over TCP and over IPv6, garbage on port 53, responses
-    without query and a last message cut by the end of the file."""
+    without query and a last message cut by the end of the file; read by the C loop and by
+    the numpy path."""
+    if compiled and dns_bulk.questions_c is None:
+        pytest.skip("the C loop was not built")
+    monkeypatch.setattr(dns_bulk, "enabled", compiled)
     rng = random.Random(7)
     long_name = ".".join(["label-of-thirty-one-characters-x"] * 5)  # 165 wire bytes
     names = ["web.default.svc.cluster.local", "WEB.default.svc.cluster.local", long_name, "a.b"]
@@ -225,6 +234,26 @@ def test_bulk_pairing_matches_one_message_at_a_time(make_pcap: Make) -> None:
     assert malformed > 0 and orphans > 0 and any(len(q) > 1 for q, _ in got)
     assert {t.transport for t in result.transactions} == {"udp", "tcp"}
     assert long_name in {t.qname for t in result.transactions}
+
+
+@pytest.mark.parametrize(
+    "capture",
+    [PCAPS / "http-dns.pcap", PCAPS / "dns-blackhole.pcap", LAB / "dns-search", LAB / "dns-slow",
+     LAB / "dns-upstream-down", LAB / "dns-aaaa-drop"],
+    ids=lambda p: p.name,
+)  # fmt: skip
+def test_c_and_numpy_questions_give_the_same_transactions(
+    capture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if dns_bulk.questions_c is None:
+        pytest.skip("the C loop was not built")
+    found = []
+    for compiled in (True, False):
+        monkeypatch.setattr(dns_bulk, "enabled", compiled)
+        with build_index(read_inputs([capture]).files, workers=1) as index:
+            result = dns_transactions(index)
+            found.append((result.transactions, result.malformed, result.orphan_responses))
+    assert found[0] == found[1] and found[0][0]
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
 """DNS questions read in bulk: the header and first question of many messages at once, straight
 from the mapped captures, so that pairing queries with responses needs no Python per packet.
 
-A DNS storm is hundreds of thousands of messages; each is read here as a fixed window of bytes
-gathered by numpy, its question name walked label by label across all messages together and
-hashed lowercased, and the whole message but its id hashed (storms repeat a few messages).
-Names longer than the window or starting with a compression pointer (legal, never seen from
-real resolvers) take `question`/`parse_dns` one by one.
+A DNS storm is hundreds of thousands of messages. Where it was built, a C loop (`_dns.c`) reads
+each question in place; else each is read here as a fixed window of bytes gathered by numpy,
+its question name walked label by label across all messages together and hashed lowercased.
+Either way the whole message but its id is hashed (storms repeat a few messages), and names
+longer than the window or starting with a compression pointer (legal, never seen from real
+resolvers) take `question`/`parse_dns` one by one.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def tcp_messages(
     return start, size
 
 
+def _compiled() -> Callable[..., None] | None:
+    try:
+        from ktrace.decode._dns import questions  # type: ignore[import-not-found]  # C
+    except ImportError:  # not built: no compiler where it was installed
+        return None
+    checked: Callable[..., None] = questions
+    return checked
+
+
+questions_c = _compiled()
+enabled = questions_c is not None
+
+
 def read_questions(
     buffer: Callable[[int], Buffer],
     point: np.ndarray,
@@ -77,6 +91,9 @@ def read_questions(
         body=np.zeros((n, 2), np.uint64),
         ok=np.zeros(n, bool),
     )
+    if enabled and questions_c is not None:
+        _read_compiled(questions_c, buffer, point, start, size, out)
+        return out
     for lo in range(0, n, CHUNK):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
@@ -98,6 +115,36 @@ def read_questions(
             if len(data) > width:
                 out.body[lo + k] = _digest(data[2:])
     return out
+
+
+def _read_compiled(
+    questions: Callable[..., None],
+    buffer: Callable[[int], Buffer],
+    point: np.ndarray,
+    start: np.ndarray,
+    size: np.ndarray,
+    out: Questions,
+) -> None:
+    """The C loop (_dns.c), one point's buffer at a time; what it leaves is read one by one."""
+    for p in np.unique(point).tolist():
+        sel = np.flatnonzero(point == p)
+        at = np.ascontiguousarray(start[sel], np.int64)
+        length = np.ascontiguousarray(size[sel], np.int64)
+        m = len(sel)
+        ident, flags = np.zeros(m, np.uint16), np.zeros(m, np.uint16)
+        qtype = np.zeros(m, np.int32)
+        name, body = np.zeros((m, 2), np.uint64), np.zeros((m, 2), np.uint64)
+        ok, slow = np.zeros(m, np.uint8), np.zeros(m, np.uint8)
+        data = buffer(p)
+        questions(data, at, length, NAME_SPAN, ident, flags, qtype, name, body, ok, slow)
+        out.ident[sel], out.flags[sel], out.qtype[sel] = ident, flags, qtype
+        out.name[sel], out.body[sel], out.ok[sel] = name, body, ok.view(bool)
+        for k in np.flatnonzero(slow).tolist():
+            begin, end = int(at[k]), int(at[k] + length[k])
+            message = bytes(data[begin:end])
+            _parse_one(message, out, int(sel[k]))
+            if end > len(data):  # cut by the end of the capture: the loop hashed nothing
+                out.body[sel[k]] = _digest(message[2:])
 
 
 def _hash_bodies(window: np.ndarray, size: np.ndarray, out: np.ndarray) -> None:
