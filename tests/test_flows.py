@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from tests.helpers import frames, run_analysis, tcp_session, udp
+from tests.helpers import T0, frames, run_analysis, tcp_session, udp
 
 Make = Callable[..., Path]
 
@@ -117,6 +118,55 @@ def test_many_flows_large_file_sharded_matches_sequential(make_pcap: Make, tmp_p
             assert seq.files[0].shards == 0
     finally:
         index_mod.SHARD_MIN_BYTES = old
+
+
+def test_sharded_pcapng_whose_layout_changes_falls_back_to_one_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interface declared half way through a pcapng file: a shard starting after it cannot
+    know it, so the scan goes on sequentially from the last shard placed, and the index is
+    the one a single walk gives."""
+    import tests.pcapng_build as ng
+    from ktrace.decode import index as index_mod
+    from ktrace.decode.index import build_index
+
+    frames = [bytes(p) for k in range(150) for p in tcp_session(sport=20000 + k, data=b"x" * 900)]
+    half = len(frames) // 2
+    blob = ng.shb() + ng.idb(1, "eth0")
+    blob += b"".join(ng.epb(0, T0 // 1000 + k, f) for k, f in enumerate(frames[:half]))
+    blob += ng.idb(1, "eth1")
+    blob += b"".join(ng.epb(k % 2, T0 // 1000 + k, f) for k, f in enumerate(frames[half:]))
+    path = tmp_path / "late-interface.pcapng"
+    path.write_bytes(blob)
+    monkeypatch.setattr(index_mod, "SHARD_MIN_BYTES", 0)
+    with build_index([path], workers=2) as sharded, build_index([path], workers=1) as seq:
+        assert 0 < sharded.files[0].shards < 2 * index_mod.SHARDS_PER_WORKER
+        for name in ("offset", "ts", "point", "sport", "seq"):
+            assert (getattr(sharded.columns, name) == getattr(seq.columns, name)).all(), name
+        assert len(sharded.points) == len(seq.points) == 2
+
+
+def test_a_sharded_scan_cancelled_stops_its_threads(
+    make_pcap: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from ktrace.decode import index as index_mod
+    from ktrace.decode.index import IndexBuilder, scan
+    from ktrace.errors import Cancelled
+
+    pkts = [p for k in range(300) for p in tcp_session(sport=20000 + k, data=b"x" * 1200)]
+    path = make_pcap(pkts, step_ns=1000)
+    monkeypatch.setattr(index_mod, "SHARD_MIN_BYTES", 0)
+    monkeypatch.setattr(index_mod, "BATCH", 4096)  # many batches: the threads meet the event
+    before = threading.active_count()
+    cancel = threading.Event()
+    builder = IndexBuilder()
+    with pytest.raises(Cancelled):
+        for _ in scan([path], builder, cancel, workers=2):
+            cancel.set()
+    builder.close()
+    assert threading.active_count() == before
 
 
 def test_gap_filling_segment_is_out_of_order_not_a_retransmission(make_pcap: Make) -> None:

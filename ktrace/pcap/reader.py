@@ -66,15 +66,22 @@ def open_capture(path: str | Path) -> CaptureFormat:
     """Open a pcap or pcapng file (gzip allowed) or fail with one clear sentence."""
     mf = open_mapped(path)
     try:
-        magic = _check_magic(mf.path, bytes(mf.view[:4]))
-        fmt: CaptureFormat = ClassicPcap(mf) if magic in MAGICS else Pcapng(mf)
+        fmt = reader_over(mf)
         if mf.warning:
             fmt.warnings.append(mf.warning)
-        fmt.prime()
         return fmt
     except Exception:
         mf.close()
         raise
+
+
+def reader_over(mf: MappedFile) -> CaptureFormat:
+    """A reader of its own over an open mapping: threads walking parts of one file each
+    need their own place in it, and share the mapping (its pages are mapped once)."""
+    magic = _check_magic(mf.path, bytes(mf.view[:4]))
+    fmt: CaptureFormat = ClassicPcap(mf) if magic in MAGICS else Pcapng(mf)
+    fmt.prime()
+    return fmt
 
 
 def check_linktypes(fmt: CaptureFormat) -> None:
