@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ktrace.decode.mix import K1 as _MIX
+from ktrace.native import compiled
 
 Numbering = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -53,9 +54,8 @@ def number_sorting(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _compiled() -> Numbering | None:
-    try:
-        from ktrace.analysis._group import factorize as first_seen  # type: ignore[import-not-found]  # C
-    except ImportError:  # not built: no compiler where it was installed
+    first_seen = compiled("ktrace.analysis._group", "factorize")
+    if first_seen is None:
         return None
 
     def number_hashing(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from ktrace.decode.dns import DnsError, parse_dns, question
 from ktrace.decode.gather import gather
 from ktrace.decode.mix import K1, K2, mix
 from ktrace.errors import Cancelled
+from ktrace.native import compiled
 from ktrace.pcap.hot import Buffer
 
 HEADER = 12
@@ -61,16 +62,7 @@ def tcp_messages(
     return start, size
 
 
-def _compiled() -> Callable[..., None] | None:
-    try:
-        from ktrace.decode._dns import questions  # type: ignore[import-not-found]  # C
-    except ImportError:  # not built: no compiler where it was installed
-        return None
-    checked: Callable[..., None] = questions
-    return checked
-
-
-questions_c = _compiled()
+questions_c: Callable[..., None] | None = compiled("ktrace.decode._dns", "questions")
 enabled = questions_c is not None
 
 

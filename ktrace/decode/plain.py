@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ktrace.decode.lead import KNOWN_WORDS
+from ktrace.native import compiled
 from ktrace.pcap.linktype import LinkType, normalise
 
 # what the C loop calls each link type it takes
@@ -28,16 +29,7 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def _compiled() -> Callable[..., int] | None:
-    try:
-        from ktrace.decode._plain import decode  # type: ignore[import-not-found]  # C
-    except ImportError:  # not built: no compiler where it was installed
-        return None
-    checked: Callable[..., int] = decode
-    return checked
-
-
-decode_c = _compiled()
+decode_c: Callable[..., int] | None = compiled("ktrace.decode._plain", "decode")
 enabled = decode_c is not None
 _KNOWN = KNOWN_WORDS.astype(np.uint32).tobytes()
 

@@ -12,6 +12,8 @@ import struct
 from array import array
 from collections.abc import Callable
 
+from ktrace.native import compiled
+
 # What the walk reads: a mapped file, or the bytes of a decompressed one.
 Buffer = mmap.mmap | bytes | bytearray | memoryview
 Walk = Callable[[Buffer, int, int, int, int, int, int, int], tuple[bytes, bytes, int, int]]
@@ -75,14 +77,5 @@ def walk_python(
     return array("q", data).tobytes(), bytes(rows), off, reason
 
 
-def _compiled() -> Walk | None:
-    try:
-        from ktrace.pcap._walk import walk as compiled  # type: ignore[import-not-found]  # C
-    except ImportError:  # not built: no compiler where it was installed
-        return None
-    checked: Walk = compiled  # the C function has the Walk signature
-    return checked
-
-
-walk_c = _compiled()
+walk_c: Walk | None = compiled("ktrace.pcap._walk", "walk")
 walk: Walk = walk_c or walk_python
