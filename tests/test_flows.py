@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
@@ -179,3 +182,44 @@ def test_gap_filling_segment_is_out_of_order_not_a_retransmission(make_pcap: Mak
     _, data = run_analysis(make_pcap([*pkts, seg[0], seg[2], seg[1], seg[1]]))
     f = data["flows"][0]
     assert (f["out_of_order"], f["retransmissions"]) == (1, 1)
+
+
+def _resent_reference(
+    rows: np.ndarray, start: np.ndarray, behind: np.ndarray, rel: np.ndarray, carries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """tcp_sequence._resent as first written, with set operations: the one it must equal."""
+    n = len(rows)
+    group = np.cumsum(start) - 1
+    key = (group.astype(np.int64) << 34) | rel
+    maybe = np.isin(key, key[behind]) & carries
+    cand = np.flatnonzero(maybe)
+    _, first = np.unique(key[cand], return_index=True)
+    repeated = np.zeros(n, bool)
+    repeated[cand] = True
+    repeated[cand[first]] = False
+    return behind & repeated, behind & ~repeated
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(0, 6), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_resent_and_late_segments_match_the_set_operations(
+    segments: list[tuple[bool, int, bool, bool]],
+) -> None:
+    """Directions (a new one where `start`), sequence numbers drawn from a few so that they
+    repeat, segments below what was sent and segments carrying nothing, in any mix."""
+    from ktrace.analysis.tcp_sequence import _resent
+
+    start = np.array([k == 0 or s for k, (s, _, _, _) in enumerate(segments)])
+    rel = np.array([r for _, r, _, _ in segments], np.uint32)
+    behind = np.array([b for _, _, b, _ in segments])
+    carries = np.array([c for _, _, _, c in segments]) | behind
+    rows = np.arange(len(segments))
+    got = _resent(rows, start, behind, rel, carries)
+    want = _resent_reference(rows, start, behind, rel, carries)
+    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()

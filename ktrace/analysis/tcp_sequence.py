@@ -112,12 +112,19 @@ def _resent(
         int(sizes.sum())
     )
     key = (np.repeat(groups, sizes).astype(np.int64) << _SHIFT) | rel[sub]
-    maybe = np.isin(key, key[behind[sub]]) & carries[sub]
-    cand = np.flatnonzero(maybe)
-    _, first = np.unique(key[cand], return_index=True)
+    # rows grouped by key (direction and sequence number), in file order within each: a key
+    # with a segment below what was sent is a candidate; its first carrying copy is the
+    # original, later ones were sent again. Keys are nearly sorted already: the stable sort
+    # (timsort) is close to one pass, where np.isin sorted them all again.
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    begin = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    run = np.repeat(np.arange(len(begin)), np.diff(np.r_[begin, len(ordered)]))
+    suspect = np.maximum.reduceat(behind[sub][order], begin)
+    cand = np.flatnonzero(suspect[run] & carries[sub][order])
+    later = np.r_[False, run[cand][1:] == run[cand][:-1]]
     repeated = np.zeros(len(sub), bool)
-    repeated[cand] = True
-    repeated[cand[first]] = False
+    repeated[order[cand[later]]] = True
     again[sub] = behind[sub] & repeated
     late[sub] = behind[sub] & ~repeated
     return again, late
