@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from ktrace.decode.mix import K1, K2, mix
 from ktrace.decode.transport import TCP, UDP
 
 DNS_PORT = 53
+BUILD_SLICE = 8192  # transactions made into tuples at a time
+T = TypeVar("T")
+RCODES = [rcode_name(v) for v in range(16)]
 
 
 class DnsTransaction(NamedTuple):
@@ -86,6 +89,19 @@ def _pair(k1: np.ndarray, k2: np.ndarray, response: np.ndarray) -> _Pairs:
 
 
 def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) -> DnsResult:
+    tx, found = _pair_messages(index, cancel)
+    out: list[DnsTransaction] = []
+    # a slice at a time, the per-message arrays gone: a storm's lists of fields never exist
+    # whole beside its tuples
+    for a in range(0, len(tx.row), BUILD_SLICE):
+        out.extend(tx.build(a, min(a + BUILD_SLICE, len(tx.row))))
+    return DnsResult(out, *found, tx.row, np.asarray(tx.point, np.int64), tx.ts)
+
+
+def _pair_messages(
+    index: PacketIndex, cancel: threading.Event | None
+) -> tuple[_TxArrays, tuple[int, int]]:
+    """Every transaction's fields as arrays, and (malformed, orphan responses)."""
     c = index.columns
     rows = dns_rows(index)
     point = c.point[rows]
@@ -115,53 +131,111 @@ def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) 
     # the response's position where there is one, else the query's (never read then)
     last = np.where(answered, pairs.order[np.minimum(lo + count, len(rows) - 1)], first)
     message, distinct = _distinct(q.body[keep])
-    parsed = [_parse(index, point[k], start[k], size[k]) for k in distinct.tolist()]
-    answers = [tuple(x.data for x in m.answers) if m else () for m in parsed]
-    asked = [parsed[m] for m in message[first].tolist()]
+    messages = _Messages.read(index, point[distinct], start[distinct], size[distinct])
     endpoint, ends = _endpoints(index, l3, (client, server))
-    queries = [(r,) for r in rows[first].tolist()]
-    for k in np.flatnonzero(count > 1).tolist():  # retries
-        queries[k] = tuple(rows[pairs.order[lo[k] : lo[k] + count[k]]].tolist())
-    responses: list[int | None] = rows[last].tolist()
-    codes = (q.flags[keep][last] & 15).tolist()
-    names = {v: rcode_name(v) for v in set(codes)}
-    rcodes: list[str | None] = [names[v] for v in codes]
-    latency: list[int | None] = (ts[last] - ts[first]).tolist()
-    got: list[tuple[str, ...]] = [answers[m] for m in message[last].tolist()]
-    truncated = [bool(parsed[m] and parsed[m].truncated) for m in message[last].tolist()]
-    for k in np.flatnonzero(~answered).tolist():
-        responses[k] = rcodes[k] = latency[k] = None
-        got[k], truncated[k] = (), False
-    out = list(
-        map(
-            DnsTransaction._make,
-            zip(
-                point[first].tolist(),
-                ["tcp" if t else "udp" for t in (proto[first] == TCP).tolist()],
-                [endpoint[k] for k in ends[0][first].tolist()],
-                [endpoint[k] for k in ends[1][first].tolist()],
-                q.ident[keep][first].tolist(),
-                [m.qname if m else "" for m in asked],
-                [m.qtype if m else "" for m in asked],
-                ts[first].tolist(),
-                queries,
-                responses,
-                rcodes,
-                latency,
-                got,
-                truncated,
-                strict=True,
-            ),
+    tx_arrays = _TxArrays(
+        point=point[first].tolist(),
+        tcp=(proto[first] == TCP).tolist(),
+        client=ends[0][first],
+        server=ends[1][first],
+        ident=q.ident[keep][first],
+        asked=message[first],
+        ts=ts[first],
+        row=rows[first],
+        response=rows[last],
+        rcode=q.flags[keep][last] & 15,
+        latency=ts[last] - ts[first],
+        got=message[last],
+        answered=answered,
+        retries={
+            k: tuple(rows[pairs.order[lo[k] : lo[k] + count[k]]].tolist())
+            for k in np.flatnonzero(count > 1).tolist()
+        },
+        endpoint=endpoint,
+        messages=messages,
+    )
+    return tx_arrays, (int((~q.ok).sum()), int((pairs.queries == 0).sum()))
+
+
+@dataclass(frozen=True)
+class _Messages:
+    """What the transactions take from each distinct message (its question, its answers)."""
+
+    qname: list[str]
+    qtype: list[str]
+    answers: list[tuple[str, ...]]
+    truncated: list[bool]
+
+    @classmethod
+    def read(
+        cls, index: PacketIndex, point: np.ndarray, start: np.ndarray, size: np.ndarray
+    ) -> _Messages:
+        parsed = [
+            _parse(index, p, a, n)
+            for p, a, n in zip(point.tolist(), start.tolist(), size.tolist(), strict=True)
+        ]
+        return cls(
+            [m.qname if m else "" for m in parsed],
+            [m.qtype if m else "" for m in parsed],
+            [tuple(x.data for x in m.answers) if m else () for m in parsed],
+            [bool(m and m.truncated) for m in parsed],
         )
-    )
-    return DnsResult(
-        out,
-        int((~q.ok).sum()),
-        int((pairs.queries == 0).sum()),
-        rows[first],
-        point[first].astype(np.int64),
-        ts[first],
-    )
+
+
+@dataclass(frozen=True)
+class _TxArrays:
+    """Per transaction, as arrays: its fields before they become DnsTransaction tuples."""
+
+    point: list[int]
+    tcp: list[bool]
+    client: np.ndarray  # endpoint ids
+    server: np.ndarray
+    ident: np.ndarray
+    asked: np.ndarray  # message ids of the first query and of the response
+    ts: np.ndarray
+    row: np.ndarray  # the first query's packet
+    response: np.ndarray  # the response's packet (the query's when unanswered)
+    rcode: np.ndarray
+    latency: np.ndarray
+    got: np.ndarray
+    answered: np.ndarray
+    retries: dict[int, tuple[int, ...]]  # transaction -> all its queries' packets, if several
+    endpoint: list[str]  # "address:port" by endpoint id
+    messages: _Messages  # by message id
+
+    def build(self, a: int, b: int) -> list[DnsTransaction]:
+        """The transactions a to b as tuples."""
+        endpoint, m = self.endpoint, self.messages
+        asked, ok = self.asked[a:b].tolist(), self.answered[a:b].tolist()
+        got = [k if y else -1 for k, y in zip(self.got[a:b].tolist(), ok, strict=True)]
+        queries = [self.retries.get(k) or (r,) for k, r in enumerate(self.row[a:b].tolist(), a)]
+        return list(
+            map(
+                DnsTransaction._make,
+                zip(
+                    self.point[a:b],
+                    ["tcp" if t else "udp" for t in self.tcp[a:b]],
+                    [endpoint[k] for k in self.client[a:b].tolist()],
+                    [endpoint[k] for k in self.server[a:b].tolist()],
+                    self.ident[a:b].tolist(),
+                    [m.qname[k] for k in asked],
+                    [m.qtype[k] for k in asked],
+                    self.ts[a:b].tolist(),
+                    queries,
+                    _if(self.response[a:b].tolist(), ok),
+                    _if([RCODES[v] for v in self.rcode[a:b].tolist()], ok),
+                    _if(self.latency[a:b].tolist(), ok),
+                    [m.answers[k] if k >= 0 else () for k in got],
+                    [k >= 0 and m.truncated[k] for k in got],
+                    strict=True,
+                ),
+            )
+        )
+
+
+def _if(values: list[T], ok: list[bool]) -> list[T | None]:
+    """Each value where `ok`, else None (what an unanswered query has)."""
+    return [v if y else None for v, y in zip(values, ok, strict=True)]
 
 
 def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

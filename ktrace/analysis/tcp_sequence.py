@@ -112,19 +112,16 @@ def _resent(
         int(sizes.sum())
     )
     key = (np.repeat(groups, sizes).astype(np.int64) << _SHIFT) | rel[sub]
-    # rows grouped by key (direction and sequence number), in file order within each: a key
-    # with a segment below what was sent is a candidate; its first carrying copy is the
-    # original, later ones were sent again. Keys are nearly sorted already: the stable sort
-    # (timsort) is close to one pass, where np.isin sorted them all again.
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    begin = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    run = np.repeat(np.arange(len(begin)), np.diff(np.r_[begin, len(ordered)]))
-    suspect = np.maximum.reduceat(behind[sub][order], begin)
-    cand = np.flatnonzero(suspect[run] & carries[sub][order])
-    later = np.r_[False, run[cand][1:] == run[cand][:-1]]
+    # the segments below what was sent are few: their keys (direction and sequence number)
+    # are looked up by binary search, where np.isin would sort every key of these directions
+    suspects = np.unique(key[behind[sub]])
+    at = np.searchsorted(suspects, key).clip(max=len(suspects) - 1)
+    cand = np.flatnonzero((suspects[at] == key) & carries[sub])
+    del at
+    _, first = np.unique(key[cand], return_index=True)
     repeated = np.zeros(len(sub), bool)
-    repeated[order[cand[later]]] = True
+    repeated[cand] = True
+    repeated[cand[first]] = False
     again[sub] = behind[sub] & repeated
     late[sub] = behind[sub] & ~repeated
     return again, late
