@@ -8,7 +8,10 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -270,3 +273,19 @@ def test_streamed_json_is_the_result(make_pcap: Make, name: bytes) -> None:
     assert json.loads(b"".join(result.json_chunks())) == data
     assert {d["qname"] for d in data["dns"]} == {web, parse_dns(bytes(body)).qname}
     assert [d["latency_ms"] is None for d in data["dns"]] == [True, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.booleans()), max_size=40))
+def test_pairing_order_is_the_two_key_order_with_file_order_among_equals(
+    messages: list[tuple[int, int, bool]],
+) -> None:
+    """Keys drawn from a few values so that the first key ties while the second differs:
+    the sort by the first key alone must then give way to both."""
+    from ktrace.analysis.dns import _pair
+
+    k1 = np.array([a for a, _, _ in messages], np.uint64)
+    k2 = np.array([b for _, b, _ in messages], np.uint64)
+    response = np.array([r for _, _, r in messages], bool)
+    got = _pair(k1, k2, response)
+    assert got.order.tolist() == np.lexsort((np.arange(len(k1)), k2, k1)).tolist()

@@ -78,8 +78,14 @@ class _Pairs:
 
 
 def _pair(k1: np.ndarray, k2: np.ndarray, response: np.ndarray) -> _Pairs:
-    order = np.lexsort((np.arange(len(k1)), k2, k1))
-    a, b, r = k1[order], k2[order], response[order]
+    # by (k1, k2), file order among equals; k1 alone almost always decides, and one stable
+    # sort of it costs a third of the three-key lexsort
+    order = np.argsort(k1, kind="stable")
+    a, b = k1[order], k2[order]
+    if ((a[1:] == a[:-1]) & (b[1:] != b[:-1])).any():
+        order = np.lexsort((k2, k1))
+        a, b = k1[order], k2[order]
+    r = response[order]
     new = np.ones(len(order), bool)
     new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1]) | r[:-1]  # a response closes a run
     begin = np.flatnonzero(new)
@@ -208,7 +214,9 @@ class _TxArrays:
         endpoint, m = self.endpoint, self.messages
         asked, ok = self.asked[a:b].tolist(), self.answered[a:b].tolist()
         got = [k if y else -1 for k, y in zip(self.got[a:b].tolist(), ok, strict=True)]
-        queries = [self.retries.get(k) or (r,) for k, r in enumerate(self.row[a:b].tolist(), a)]
+        queries: list[tuple[int, ...]] = [(r,) for r in self.row[a:b].tolist()]
+        for k in self.retries.keys() & range(a, b):
+            queries[k - a] = self.retries[k]
         return list(
             map(
                 DnsTransaction._make,
