@@ -213,10 +213,11 @@ def main() -> None:
     walker = "C walker" if hot.walk_c is not None else "Python walker"
     workers = default_workers()
     t_par, (packets, flows, nbytes) = timed(lambda: run_ktrace(path, None), repeat=3)
-    results = [(f"ktrace index+flows (default: {workers} proc.)", t_par, packets)]
+    results = [(f"ktrace index+flows (default: {workers} threads)", t_par, packets)]
+    one_or_more = "thread" if workers != 1 else "threads"
     other = 2 if workers == 1 else 1
     t_other, _ = timed(lambda: run_ktrace(path, other), repeat=3)
-    results.append((f"ktrace index+flows ({other} proc.)", t_other, packets))
+    results.append((f"ktrace index+flows ({other} {one_or_more})", t_other, packets))
     if hot.walk_c is not None:
         from ktrace.analysis import sorting
         from ktrace.decode import plain
@@ -252,8 +253,8 @@ def main() -> None:
         ratio = seconds / t_par
         print(f"{name:44} {seconds:9.2f} {n / seconds:12,.0f} {ratio:9.1f}x")
 
-    print("\nthe whole command, as a user runs it (best of 3; peak anonymous memory of it and")
-    print("its index workers, beside the mapped capture):")
+    print("\nthe whole command, as a user runs it (best of 3; peak anonymous memory, beside the")
+    print("mapped capture):")
     print(f"{'':44} {'seconds':>9} {'vs tshark':>10} {'peak anon':>10} {'B/packet':>9}")
     for label, seconds, peak in whole:
         vs = f"{t_tshark / seconds:9.1f}x" if t_tshark else "-"
