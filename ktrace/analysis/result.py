@@ -44,6 +44,14 @@ def _ms(ns: float | None) -> float | None:
     return round(ns / 1e6, 3) if ns is not None else None
 
 
+def _ms_column(ns: tuple[int | None, ...]) -> list[object]:
+    """Whole nanoseconds to milliseconds with three decimals, a column at once: rounded to
+    the nearest microsecond (halves up), in integers (round() per value cost 1.3 µs)."""
+    known = [v is not None for v in ns]
+    micros = (np.array([v or 0 for v in ns], np.int64) + 500) // 1000
+    return [v if ok else None for v, ok in zip((micros / 1000).tolist(), known, strict=True)]
+
+
 @dataclass(frozen=True)
 class PointRow:
     id: str
@@ -377,25 +385,30 @@ class Result:
         storm has hundreds of thousands (--json writes them from these directly)."""
         index = self.analysis.index
         ids = [p.id for p in index.points]
-        first = np.array([t.queries[0] for t in ts], np.int64)
+        if not ts:
+            return {f.name: [] for f in fields(DnsRow)}
+        # one transposition in C, then per column: attribute access per row costs more
+        (point, transport, client, server, ident, qname, qtype, query_ts, queries, response,
+         rcode, latency, answers, truncated) = zip(*ts, strict=True)  # fmt: skip
+        first = np.array([q[0] for q in queries], np.int64)
         file_start = np.array([index.file_of(k).first_row for k in range(len(ids))], np.int64)
-        point = index.columns.point[first].astype(np.int64)
+        at = index.columns.point[first].astype(np.int64)
         columns: dict[str, list[object]] = {
-            "point": [ids[t.point] for t in ts],
-            "transport": [t.transport for t in ts],
-            "client": [t.client for t in ts],
-            "server": [t.server for t in ts],
-            "id": [t.id for t in ts],
-            "qname": [t.qname for t in ts],
-            "qtype": [t.qtype for t in ts],
-            "rcode": [t.rcode for t in ts],
-            "answered": [t.response is not None for t in ts],
-            "latency_ms": [_ms(t.latency_ns) for t in ts],
-            "retries": [len(t.queries) - 1 for t in ts],
-            "answers": [t.answers for t in ts],
-            "truncated": [t.truncated for t in ts],
-            "time": list(isos(np.array([t.query_ts for t in ts], np.int64))),
-            "packet": (first - file_start[point] + 1).tolist(),
+            "point": [ids[p] for p in point],
+            "transport": list(transport),
+            "client": list(client),
+            "server": list(server),
+            "id": list(ident),
+            "qname": list(qname),
+            "qtype": list(qtype),
+            "rcode": list(rcode),
+            "answered": [r is not None for r in response],
+            "latency_ms": _ms_column(latency),
+            "retries": [len(q) - 1 for q in queries],
+            "answers": list(answers),
+            "truncated": list(truncated),
+            "time": list(isos(np.array(query_ts, np.int64))),
+            "packet": (first - file_start[at] + 1).tolist(),
         }
         return columns
 
