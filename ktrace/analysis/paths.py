@@ -205,7 +205,7 @@ class _Sightings:
 def _median(values: np.ndarray) -> float:
     """np.median, exactly, without its overhead (a conversation of a DNS storm is a handful
     of packets, and there are tens of thousands of them)."""
-    ordered = np.sort(values)
+    ordered = sorted(values.tolist()) if len(values) <= SMALL else np.sort(values)
     mid = len(ordered) // 2
     if len(ordered) % 2:
         return float(ordered[mid])
@@ -239,11 +239,11 @@ def _hop_keys(seen: _Sightings, fwd: np.ndarray) -> dict[int, float]:
     """Per point: how long after a packet's first sighting it sees it (negative for points
     that only saw the replies)."""
     keys = {}
-    for p in np.unique(seen.point).tolist():
+    for p in sorted(set(seen.point.tolist())):
         at = seen.point == p
-        use = at & fwd if (at & fwd).any() else at
-        sign = 1 if (at & fwd).any() else -1
-        keys[p] = sign * _median(seen.rel[use])
+        ahead = at & fwd
+        sent = bool(ahead.any())
+        keys[p] = (1 if sent else -1) * _median(seen.rel[ahead if sent else at])
     return keys
 
 
@@ -299,7 +299,7 @@ def _hop(
         if len(ia):
             latency = _median(seen.when[at][ib] - seen.when[prev][ia])
     tunnels = tuple(sorted(set(index.columns.tunnel[seen.rows[sighted]].tolist()) - {0}))
-    flow = int(seen.flow[here[np.argmin(seen.when[here])]]) if len(here) else None
+    flow = int(seen.flow[here[seen.when[here].argmin()]]) if len(here) else None
     n = len(index.points)
     return Hop(p % n, int(np.count_nonzero(sighted)), latency, flow, tunnels, p // n)
 
@@ -310,8 +310,8 @@ def _passes(seen: _Sightings, npoints: int) -> _Sightings:
     (after NAT or encapsulation there); the later tuple's sightings get point + npoints, a hop
     of their own. Different packets under another tuple (a reply from an unexpected address)
     stay at the point."""
-    pairs = np.unique(seen.point * (int(seen.flow.max()) + 1) + seen.flow)
-    if len(pairs) == len(np.unique(seen.point)):
+    pairs = set(zip(seen.point.tolist(), seen.flow.tolist(), strict=True))
+    if len(pairs) == len(set(seen.point.tolist())):
         return seen
     place = seen.point.copy()
     for p in np.unique(seen.point).tolist():
@@ -406,7 +406,8 @@ def _losses(
         pos = len(hops) - 1 - pos
     order = np.lexsort((pos, ident[sel]))
     ids, ps = ident[sel][order], pos[order]
-    last = np.append(ids[1:] != ids[:-1], True)
+    last = np.ones(len(ids), bool)
+    np.not_equal(ids[1:], ids[:-1], out=last[:-1])
     last_pos, last_row = ps[last], sel[order][last]
     stuck = last_pos < len(hops) - 1
     if not stuck.any():
