@@ -26,7 +26,7 @@ from ktrace.pcap.source import MappedFile
 
 # File bytes walked per batch: bounds the header windows held at once.
 BATCH = 16 << 20
-# Files smaller than this are not worth a process pool.
+# Files smaller than this are not worth splitting across threads.
 SHARD_MIN_BYTES = 48 << 20
 SHARDS_PER_WORKER = 4
 # A shard of about this many file bytes: the batches of a few of them are in memory at once
