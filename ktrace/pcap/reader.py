@@ -1,4 +1,4 @@
-"""Recognise a capture file and walk its records in batches, optionally split across processes."""
+"""Recognise a capture file and walk its records in batches, optionally split across threads."""
 
 from __future__ import annotations
 
