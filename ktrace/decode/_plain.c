@@ -54,13 +54,13 @@ static int known_word(uint32_t w, const uint32_t *known, Py_ssize_t nknown) {
     return (kind == 0x1603 || kind == 0x1503) && ((w >> 8) & 0xFF) <= 4;
 }
 
-#define NOUT 19
+#define NOUT 18
 static const char *names[NOUT] = {"l3", "proto", "src", "dst", "sport", "dport", "tcp_flags",
                                   "seq", "ack", "win", "ipid", "ipflags", "paylen", "payoff",
-                                  "phash", "src6", "dst6", "done", "caplen"};
+                                  "phash", "src6", "dst6", "done"};
 
 static PyObject *decode(PyObject *self, PyObject *args) {
-    Py_buffer window, known, caplen_b, out[NOUT - 1];
+    Py_buffer window, known, caplen_b, out[NOUT];
     Py_ssize_t skip, width;
     int link;
     memset(out, 0, sizeof(out));
@@ -71,9 +71,9 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t rowlen = skip + width;
     Py_ssize_t n = caplen_b.len / 4;
-    static const Py_ssize_t sizes[NOUT - 1] = {1, 1, 4, 4, 2, 2, 1, 4, 4, 2, 2, 1, 4, 2, 2, 16, 16, 1};
+    static const Py_ssize_t sizes[NOUT] = {1, 1, 4, 4, 2, 2, 1, 4, 4, 2, 2, 1, 4, 2, 2, 16, 16, 1};
     int bad = window.len != n * rowlen || known.len % 4;
-    for (int k = 0; k < NOUT - 1 && !bad; k++)
+    for (int k = 0; k < NOUT && !bad; k++)
         if (out[k].len != n * sizes[k]) {
             PyErr_Format(PyExc_ValueError, "%s: %zd bytes for %zd rows", names[k], out[k].len, n);
             bad = 2;
@@ -239,7 +239,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     PyBuffer_Release(&window);
     PyBuffer_Release(&known);
     PyBuffer_Release(&caplen_b);
-    for (int k = 0; k < NOUT - 1; k++)
+    for (int k = 0; k < NOUT; k++)
         if (out[k].obj)
             PyBuffer_Release(&out[k]);
     return bad ? NULL : PyLong_FromLong(taken6);

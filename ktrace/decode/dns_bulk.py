@@ -84,7 +84,7 @@ def read_questions(
         ok=np.zeros(n, bool),
     )
     if enabled and questions_c is not None:
-        _read_compiled(questions_c, buffer, point, start, size, out)
+        _read_compiled(questions_c, buffer, point, start, size, out, cancel)
         return out
     for lo in range(0, n, CHUNK):
         if cancel is not None and cancel.is_set():
@@ -116,9 +116,12 @@ def _read_compiled(
     start: np.ndarray,
     size: np.ndarray,
     out: Questions,
+    cancel: threading.Event | None,
 ) -> None:
     """The C loop (_dns.c), one point's buffer at a time; what it leaves is read one by one."""
     for p in np.unique(point).tolist():
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
         sel = np.flatnonzero(point == p)
         at = np.ascontiguousarray(start[sel], np.int64)
         length = np.ascontiguousarray(size[sel], np.int64)
