@@ -255,7 +255,7 @@ def test_c_and_numpy_questions_give_the_same_transactions(
         monkeypatch.setattr(dns_bulk, "enabled", compiled)
         with build_index(read_inputs([capture]).files, workers=1) as index:
             result = dns_transactions(index)
-            found.append((result.transactions, result.malformed, result.orphan_responses))
+            found.append((list(result.transactions), result.malformed, result.orphan_responses))
     assert found[0] == found[1] and found[0][0]
 
 

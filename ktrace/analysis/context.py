@@ -8,7 +8,8 @@ from functools import cached_property
 import numpy as np
 
 from ktrace.analysis.correlate import Correlation
-from ktrace.analysis.dns import DnsResult, DnsTransaction
+from ktrace.analysis.dns import DnsResult
+from ktrace.analysis.dns_exchanges import DnsExchanges, dns_exchanges
 from ktrace.analysis.dns_patterns import DnsPicture, dns_picture
 from ktrace.analysis.flows import FlowTable, flow_endpoint, flow_host
 from ktrace.analysis.http import HttpResult, HttpTransaction
@@ -83,44 +84,20 @@ class Analysis:
         return self.names.label(endpoint)
 
     @cached_property
-    def dns_exchanges(self) -> list[tuple[DnsTransaction, frozenset[int]]]:
-        """Each DNS exchange once, as seen closest to its client (the copies of one query at
-        several points are the same exchange), with the points that saw it."""
-        txs = self.dns.transactions
-        if not txs:
-            return []
-        first, point, query_ts = self.dns.first_row, self.dns.point, self.dns.query_ts
-        key = self.correlation.ident[first]
-        position = np.arange(len(txs))
-        # per exchange: its copies, earliest (clock-corrected) first, ties in list order
-        order = np.lexsort((position, self.correlation.when[first], key))
-        starts = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
-        best = order[starts]
-        appears = np.minimum.reduceat(order, starts)
-        shown = np.lexsort((appears, query_ts[best]))
-        sizes = np.diff(np.r_[starts, len(order)])
-        alone = {p: frozenset((p,)) for p in np.unique(point).tolist()}
-        chosen = best[shown].tolist()
-        out = [(txs[t], alone[p]) for t, p in zip(chosen, point[best[shown]].tolist(), strict=True)]
-        for k in np.flatnonzero(sizes[shown] > 1).tolist():  # seen at more than one point
-            g = int(shown[k])
-            out[k] = (
-                txs[chosen[k]],
-                frozenset(point[order[starts[g] : starts[g] + sizes[g]]].tolist()),
-            )
-        return out
+    def dns_exchanges(self) -> DnsExchanges:
+        """Each DNS exchange once, as seen closest to its client, with the points that saw it."""
+        return dns_exchanges(self.dns.transactions, self.correlation)
 
-    def dns_primary(self) -> list[DnsTransaction]:
-        return self._primary
-
-    @cached_property
-    def _primary(self) -> list[DnsTransaction]:
-        return [t for t, _ in self.dns_exchanges]
+    def dns_primary(self) -> np.ndarray:
+        """The transactions (ids in the DNS table) of every exchange, in time order."""
+        return self.dns_exchanges.tx
 
     @cached_property
     def dns_picture(self) -> DnsPicture:
         """What the DNS exchanges add up to, once per analysis: every DNS check asks."""
-        return dns_picture(self.dns_primary(), self.names.cluster_domain, self.index.columns.ts)
+        table = self.dns.transactions
+        domain = self.names.cluster_domain
+        return dns_picture(table, self.dns_primary(), domain, self.index.columns.ts)
 
     @property
     def end_ts(self) -> int:

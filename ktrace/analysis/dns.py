@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -15,7 +17,7 @@ from ktrace.decode.mix import K1, K2, mix
 from ktrace.decode.transport import TCP, UDP
 
 DNS_PORT = 53
-BUILD_SLICE = 8192  # transactions made into tuples at a time
+BUILD_SLICE = 8192  # transactions made into tuples at a time when iterating
 T = TypeVar("T")
 RCODES = [rcode_name(v) for v in range(16)]
 
@@ -50,14 +52,9 @@ class DnsTransaction(NamedTuple):
 
 @dataclass(frozen=True)
 class DnsResult:
-    transactions: list[DnsTransaction]
+    transactions: DnsTable
     malformed: int  # DNS-port packets that did not parse
     orphan_responses: int  # responses whose query was not captured
-    # per transaction, as arrays for the analyses that group them: the first query's packet
-    # row, the point, the first query's time
-    first_row: np.ndarray
-    point: np.ndarray
-    query_ts: np.ndarray
 
 
 def dns_rows(index: PacketIndex) -> np.ndarray:
@@ -95,18 +92,13 @@ def _pair(k1: np.ndarray, k2: np.ndarray, response: np.ndarray) -> _Pairs:
 
 
 def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) -> DnsResult:
-    tx, found = _pair_messages(index, cancel)
-    out: list[DnsTransaction] = []
-    # a slice at a time, the per-message arrays gone: a storm's lists of fields never exist
-    # whole beside its tuples
-    for a in range(0, len(tx.row), BUILD_SLICE):
-        out.extend(tx.build(a, min(a + BUILD_SLICE, len(tx.row))))
-    return DnsResult(out, *found, tx.row, np.asarray(tx.point, np.int64), tx.ts)
+    table, (malformed, orphans) = _pair_messages(index, cancel)
+    return DnsResult(table, malformed, orphans)
 
 
 def _pair_messages(
     index: PacketIndex, cancel: threading.Event | None
-) -> tuple[_TxArrays, tuple[int, int]]:
+) -> tuple[DnsTable, tuple[int, int]]:
     """Every transaction's fields as arrays, and (malformed, orphan responses)."""
     c = index.columns
     rows = dns_rows(index)
@@ -139,19 +131,19 @@ def _pair_messages(
     message, distinct = _distinct(q.body[keep])
     messages = _Messages.read(index, point[distinct], start[distinct], size[distinct])
     endpoint, ends = _endpoints(index, l3, (client, server))
-    tx_arrays = _TxArrays(
-        point=point[first].tolist(),
-        tcp=(proto[first] == TCP).tolist(),
-        client=ends[0][first],
-        server=ends[1][first],
+    table = DnsTable(
+        point=point[first].astype(np.int64),
+        tcp=proto[first] == TCP,
+        client=ends[0][first].astype(np.int32),
+        server=ends[1][first].astype(np.int32),
         ident=q.ident[keep][first],
-        asked=message[first],
+        asked=message[first].astype(np.int32),
         ts=ts[first],
         row=rows[first],
         response=rows[last],
-        rcode=q.flags[keep][last] & 15,
+        rcode=(q.flags[keep][last] & 15).astype(np.uint8),
         latency=ts[last] - ts[first],
-        got=message[last],
+        got=message[last].astype(np.int32),
         answered=answered,
         retries={
             k: tuple(rows[pairs.order[lo[k] : lo[k] + count[k]]].tolist())
@@ -160,7 +152,7 @@ def _pair_messages(
         endpoint=endpoint,
         messages=messages,
     )
-    return tx_arrays, (int((~q.ok).sum()), int((pairs.queries == 0).sum()))
+    return table, (int((~q.ok).sum()), int((pairs.queries == 0).sum()))
 
 
 @dataclass(frozen=True)
@@ -188,57 +180,130 @@ class _Messages:
         )
 
 
-@dataclass(frozen=True)
-class _TxArrays:
-    """Per transaction, as arrays: its fields before they become DnsTransaction tuples."""
+@dataclass(frozen=True, eq=False)
+class DnsTable:
+    """Every transaction as columns, in time order. A DnsTransaction tuple is made only for
+    the rows asked for: a storm has hundreds of thousands, which the checks count by column
+    (ids of names, types and client addresses) instead of one object each."""
 
-    point: list[int]
-    tcp: list[bool]
+    point: np.ndarray
+    tcp: np.ndarray
     client: np.ndarray  # endpoint ids
     server: np.ndarray
     ident: np.ndarray
     asked: np.ndarray  # message ids of the first query and of the response
-    ts: np.ndarray
+    ts: np.ndarray  # the first query's time
     row: np.ndarray  # the first query's packet
     response: np.ndarray  # the response's packet (the query's when unanswered)
-    rcode: np.ndarray
-    latency: np.ndarray
+    rcode: np.ndarray  # read where answered
+    latency: np.ndarray  # read where answered
     got: np.ndarray
     answered: np.ndarray
     retries: dict[int, tuple[int, ...]]  # transaction -> all its queries' packets, if several
     endpoint: list[str]  # "address:port" by endpoint id
     messages: _Messages  # by message id
 
-    def build(self, a: int, b: int) -> list[DnsTransaction]:
-        """The transactions a to b as tuples."""
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __getitem__(self, k: int) -> DnsTransaction:
+        return self.take(np.array([k], np.int64))[0]
+
+    def __iter__(self) -> Iterator[DnsTransaction]:
+        for a in range(0, len(self), BUILD_SLICE):
+            yield from self.take(np.arange(a, min(a + BUILD_SLICE, len(self))))
+
+    def queries(self, k: int) -> tuple[int, ...]:
+        """The packets of transaction k's query and its retries."""
+        return self.retries.get(k) or (int(self.row[k]),)
+
+    @cached_property
+    def _names(self) -> tuple[np.ndarray, list[str]]:
+        ids, names = _interned(self.messages.qname)
+        return ids[self.asked], names
+
+    @property
+    def qname(self) -> np.ndarray:
+        """Per transaction, its name's id in `names`."""
+        return self._names[0]
+
+    @property
+    def names(self) -> list[str]:
+        return self._names[1]
+
+    @cached_property
+    def _qtypes(self) -> tuple[np.ndarray, list[str]]:
+        ids, types = _interned(self.messages.qtype)
+        return ids[self.asked], types
+
+    @property
+    def qtype(self) -> np.ndarray:
+        """Per transaction, its query type's id in `qtypes`."""
+        return self._qtypes[0]
+
+    @property
+    def qtypes(self) -> list[str]:
+        return self._qtypes[1]
+
+    def qtype_is(self, name: str) -> np.ndarray:
+        types = self.qtypes
+        return self.qtype == types.index(name) if name in types else np.zeros(len(self), bool)
+
+    @cached_property
+    def _client_ips(self) -> tuple[np.ndarray, list[str]]:
+        ids, ips = _interned([e.rsplit(":", 1)[0] for e in self.endpoint])
+        return ids[self.client], ips
+
+    @property
+    def client_ip(self) -> np.ndarray:
+        """Per transaction, its client's address id in `client_ips`."""
+        return self._client_ips[0]
+
+    @property
+    def client_ips(self) -> list[str]:
+        return self._client_ips[1]
+
+    def rcode_is(self, *names: str) -> np.ndarray:
+        """Answered with one of these codes."""
+        codes = [RCODES.index(n) for n in names]
+        return self.answered & np.isin(self.rcode, codes)
+
+    def take(self, ks: np.ndarray) -> list[DnsTransaction]:
+        """These transactions as tuples."""
         endpoint, m = self.endpoint, self.messages
-        asked, ok = self.asked[a:b].tolist(), self.answered[a:b].tolist()
-        got = [k if y else -1 for k, y in zip(self.got[a:b].tolist(), ok, strict=True)]
-        queries: list[tuple[int, ...]] = [(r,) for r in self.row[a:b].tolist()]
-        for k in self.retries.keys() & range(a, b):
-            queries[k - a] = self.retries[k]
+        asked, ok = self.asked[ks].tolist(), self.answered[ks].tolist()
+        got = [k if y else -1 for k, y in zip(self.got[ks].tolist(), ok, strict=True)]
+        rows = zip(ks.tolist(), self.row[ks].tolist(), strict=True)
+        queries = [self.retries.get(k) or (r,) for k, r in rows]
         return list(
             map(
                 DnsTransaction._make,
                 zip(
-                    self.point[a:b],
-                    ["tcp" if t else "udp" for t in self.tcp[a:b]],
-                    [endpoint[k] for k in self.client[a:b].tolist()],
-                    [endpoint[k] for k in self.server[a:b].tolist()],
-                    self.ident[a:b].tolist(),
+                    self.point[ks].tolist(),
+                    ["tcp" if t else "udp" for t in self.tcp[ks].tolist()],
+                    [endpoint[k] for k in self.client[ks].tolist()],
+                    [endpoint[k] for k in self.server[ks].tolist()],
+                    self.ident[ks].tolist(),
                     [m.qname[k] for k in asked],
                     [m.qtype[k] for k in asked],
-                    self.ts[a:b].tolist(),
+                    self.ts[ks].tolist(),
                     queries,
-                    _if(self.response[a:b].tolist(), ok),
-                    _if([RCODES[v] for v in self.rcode[a:b].tolist()], ok),
-                    _if(self.latency[a:b].tolist(), ok),
+                    _if(self.response[ks].tolist(), ok),
+                    _if([RCODES[v] for v in self.rcode[ks].tolist()], ok),
+                    _if(self.latency[ks].tolist(), ok),
                     [m.answers[k] if k >= 0 else () for k in got],
                     [k >= 0 and m.truncated[k] for k in got],
                     strict=True,
                 ),
             )
         )
+
+
+def _interned(values: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(id of each value, the distinct values by id, in order of first appearance)."""
+    ids: dict[str, int] = {}
+    codes = np.fromiter((ids.setdefault(v, len(ids)) for v in values), np.int32, len(values))
+    return codes, list(ids)
 
 
 def _if(values: list[T], ok: list[bool]) -> list[T | None]:

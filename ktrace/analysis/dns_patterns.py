@@ -8,23 +8,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ktrace.analysis.dns import DnsTransaction
+from ktrace.analysis.dns import DnsTable, DnsTransaction
 
 RETRY_AFTER_NS = 4_000_000_000  # glibc's default timeout is 5 s
 
 
 @dataclass
 class DnsPicture:
-    primary: list[DnsTransaction]
-    # base name -> its search-path expansions (qnames) that failed before it was answered
-    expansions: dict[tuple[str, str], list[DnsTransaction]] = field(default_factory=dict)
-    aaaa_race: dict[tuple[str, str], list[DnsTransaction]] = field(default_factory=dict)
-    upstream_failed: list[DnsTransaction] = field(default_factory=list)
+    """Transactions by id in the DNS table, each group in the order of `primary`."""
+
+    primary: np.ndarray
+    # (client, base name) -> its search-path expansions that failed before it was answered
+    expansions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    aaaa_race: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    upstream_failed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
-    def explained(self) -> set[int]:
-        out = {id(t) for ts in self.aaaa_race.values() for t in ts}
-        return out | {id(t) for t in self.upstream_failed}
+    def explained(self) -> np.ndarray:
+        return np.concatenate([*self.aaaa_race.values(), self.upstream_failed])
+
+
+def most_common(ids: np.ndarray) -> list[tuple[int, int]]:
+    """(id, count) by count, ties in order of first appearance: Counter(ids).most_common()."""
+    values, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))
+    return list(zip(values[order].tolist(), counts[order].tolist(), strict=True))
 
 
 def client_ip(t: DnsTransaction) -> str:
@@ -107,50 +115,100 @@ def search_chains(primary: list[DnsTransaction]) -> dict[int, str]:
     return out
 
 
-def dns_picture(primary: list[DnsTransaction], domain: str, packet_ts: np.ndarray) -> DnsPicture:
-    """`primary`: each exchange once, as seen closest to its client; `packet_ts`: per packet."""
+def dns_picture(
+    table: DnsTable, primary: np.ndarray, domain: str, packet_ts: np.ndarray
+) -> DnsPicture:
+    """`primary`: each exchange once, as seen closest to its client; `packet_ts`: per packet.
+    Names are worked out per distinct (client address, name), counts per transaction."""
     pic = DnsPicture(primary)
-    by_client: dict[str, list[DnsTransaction]] = defaultdict(list)
-    ips: dict[str, str] = {}  # "ip:port" -> ip, worked out once per endpoint
-    for t in primary:
-        ip = ips.get(t.client)
-        if ip is None:
-            ip = ips[t.client] = client_ip(t)
-        by_client[ip].append(t)
-    for client, ts in by_client.items():
-        asked = {t.qname for t in ts}
-        prefixes = label_prefixes(asked)
-        bases = {name: search_base(name, asked, prefixes) for name in asked}
-        for t in ts:
-            if t.rcode != "NXDOMAIN":
-                continue
-            base = bases[t.qname]
-            if base is not None:
-                pic.expansions.setdefault((client, base), []).append(t)
-        by_name: dict[str, list[DnsTransaction]] = defaultdict(list)
-        for t in ts:
-            by_name[t.qname].append(t)
-        for name, group in by_name.items():
-            a = [t for t in group if t.qtype == "A"]
-            aaaa = [t for t in group if t.qtype == "AAAA"]
-            if not (a and aaaa) or any(t.answered for t in aaaa):
-                continue
-            if not any(t.answered for t in a):
-                continue
-            span = max(max(t.queries) for t in group)
-            times = sorted(packet_ts[list(t.queries)].tolist() for t in aaaa)
-            flat = sorted(x for ts_ in times for x in ts_)
-            if span and flat[-1] - flat[0] >= RETRY_AFTER_NS:
-                pic.aaaa_race[(client, name)] = aaaa
-    names = {t.qname for t in primary}
-    cluster = {name for name in names if is_cluster_name(name, domain)}
-    if any(t.rcode == "NOERROR" and t.qname in cluster for t in primary):
-        expanded = tuple({b + "." for (_, b) in pic.expansions})
-        pic.upstream_failed = [
-            t
-            for t in primary
-            if (t.response is None or t.rcode in ("SERVFAIL", "REFUSED"))
-            and t.qname not in cluster
-            and not t.qname.startswith(expanded)
-        ]
+    if not len(primary):
+        return pic
+    names, ips = table.names, table.client_ips
+    ip, name = table.client_ip[primary], table.qname[primary]
+    pairs, pair = _pairs(ip, name, len(names))
+    pair_ip, pair_name = (pairs // len(names)).tolist(), (pairs % len(names)).tolist()
+    bases = _search_bases(pair_ip, [names[n] for n in pair_name])
+    # groups keyed as the checks show them, in order of client, then of first appearance
+    client_rank = _first_seen_rank(ip)
+    nx = table.rcode_is("NXDOMAIN")[primary]
+    base_of = np.array([b is not None for b in bases], bool)
+    expanded = np.flatnonzero(nx & base_of[pair])
+    keys = [(ips[pair_ip[p]], bases[p] or "") for p in pair[expanded].tolist()]
+    for key, members in _grouped(keys, client_rank[expanded], expanded):
+        pic.expansions[key] = primary[members]
+    pair_rank = np.empty(len(pairs), np.int64)
+    pair_rank[pair] = client_rank  # a pair's client's
+    candidates = _race_candidates(table, primary, pair, len(pairs))
+    for p in sorted(candidates, key=lambda p: (pair_rank[p], p)):
+        group = primary[pair == p]
+        aaaa = group[table.qtype_is("AAAA")[group]]
+        span = max(max(table.queries(k)) for k in group.tolist())
+        rows = [r for k in aaaa.tolist() for r in table.queries(k)]
+        flat = sorted(packet_ts[rows].tolist())
+        if span and flat[-1] - flat[0] >= RETRY_AFTER_NS:
+            pic.aaaa_race[(ips[pair_ip[p]], names[pair_name[p]])] = aaaa
+    cluster = np.array([is_cluster_name(n, domain) for n in names], bool)
+    if (table.rcode_is("NOERROR")[primary] & cluster[name]).any():
+        prefixes = tuple({b + "." for (_, b) in pic.expansions})
+        fresh = np.array([not n.startswith(prefixes) for n in names], bool)
+        failed = ~table.answered | table.rcode_is("SERVFAIL", "REFUSED")
+        pic.upstream_failed = primary[failed[primary] & ~cluster[name] & fresh[name]]
     return pic
+
+
+def _pairs(ip: np.ndarray, name: np.ndarray, names: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (client address, name) keys, in order of first appearance, and each
+    transaction's pair."""
+    key = ip.astype(np.int64) * names + name
+    pair = _first_seen_rank(key)
+    distinct = np.empty(int(pair.max()) + 1, np.int64)
+    distinct[pair] = key
+    return distinct, pair
+
+
+def _first_seen_rank(ids: np.ndarray) -> np.ndarray:
+    """Per position, the rank of its id by first appearance."""
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
+def _search_bases(pair_ip: list[int], pair_name: list[str]) -> list[str | None]:
+    """Per (client, name) pair, the base its name was made from by search-path expansion."""
+    asked: dict[int, set[str]] = defaultdict(set)
+    for ip, name in zip(pair_ip, pair_name, strict=True):
+        asked[ip].add(name)
+    prefixes = {ip: label_prefixes(names) for ip, names in asked.items()}
+    return [
+        search_base(name, asked[ip], prefixes[ip])
+        for ip, name in zip(pair_ip, pair_name, strict=True)
+    ]
+
+
+def _grouped(
+    keys: list[tuple[str, str]], rank: np.ndarray, members: np.ndarray
+) -> list[tuple[tuple[str, str], np.ndarray]]:
+    """Members grouped by key, groups ordered by (rank, first member), members in order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    first_rank: dict[tuple[str, str], int] = {}
+    for key, r, m in zip(keys, rank.tolist(), members.tolist(), strict=True):
+        if key not in groups:
+            groups[key], first_rank[key] = [], r
+        groups[key].append(m)
+    ordered = sorted(groups, key=lambda k: (first_rank[k], groups[k][0]))
+    return [(k, np.array(groups[k], np.int64)) for k in ordered]
+
+
+def _race_candidates(
+    table: DnsTable, primary: np.ndarray, pair: np.ndarray, pairs: int
+) -> list[int]:
+    """Pairs asked both A and AAAA where some A was answered and no AAAA was."""
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(pair[mask[primary]], minlength=pairs)
+
+    a, aaaa = table.qtype_is("A"), table.qtype_is("AAAA")
+    answered = table.answered
+    ok = (count(a) > 0) & (count(aaaa) > 0) & (count(a & answered) > 0)
+    return np.flatnonzero(ok & (count(aaaa & answered) == 0)).tolist()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, IntEnum
 from functools import cache, cached_property
+from typing import cast
 
 import numpy as np
 import orjson
@@ -15,7 +16,7 @@ import orjson
 from ktrace import __version__
 from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis
-from ktrace.analysis.dns import DnsTransaction
+from ktrace.analysis.dns import RCODES
 from ktrace.analysis.findings import CheckError
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
@@ -44,12 +45,9 @@ def _ms(ns: float | None) -> float | None:
     return round(ns / 1e6, 3) if ns is not None else None
 
 
-def _ms_column(ns: tuple[int | None, ...]) -> list[object]:
-    """Whole nanoseconds to milliseconds with three decimals, a column at once: rounded to
-    the nearest microsecond (halves up), in integers (round() per value cost 1.3 µs)."""
-    known = [v is not None for v in ns]
-    micros = (np.array([v or 0 for v in ns], np.int64) + 500) // 1000
-    return [v if ok else None for v, ok in zip((micros / 1000).tolist(), known, strict=True)]
+def _where(values: list[object], ok: list[bool]) -> list[object]:
+    """Each value where `ok`, else None."""
+    return [v if y else None for v, y in zip(values, ok, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -371,46 +369,49 @@ class Result:
 
     @cached_property
     def dns(self) -> tuple[DnsRow, ...]:
-        return self.dns_rows(self.analysis.dns.transactions)
+        return self.dns_rows(np.arange(len(self.analysis.dns.transactions)))
 
-    def dns_row(self, t: DnsTransaction) -> DnsRow:
-        return self.dns_rows([t])[0]
-
-    def dns_rows(self, ts: list[DnsTransaction]) -> tuple[DnsRow, ...]:
-        columns = self.dns_columns(ts)
+    def dns_rows(self, txs: np.ndarray) -> tuple[DnsRow, ...]:
+        """The rows of these transactions (ids in the DNS table)."""
+        columns = self.dns_columns(txs)
         return tuple(DnsRow(*row) for row in zip(*columns.values(), strict=True))
 
-    def dns_columns(self, ts: list[DnsTransaction]) -> dict[str, list[object]]:
-        """The DnsRow fields of many transactions, in field order, computed per column: a
-        storm has hundreds of thousands (--json writes them from these directly)."""
-        index = self.analysis.index
+    def dns_columns(self, txs: np.ndarray) -> dict[str, list[object]]:
+        """The DnsRow fields of many transactions, in field order, from the DNS table's
+        columns: a storm has hundreds of thousands (--json writes them from these directly)."""
+        index, table = self.analysis.index, self.analysis.dns.transactions
         ids = [p.id for p in index.points]
-        if not ts:
+        if not len(txs):
             return {f.name: [] for f in fields(DnsRow)}
-        # one transposition in C, then per column: attribute access per row costs more
-        (point, transport, client, server, ident, qname, qtype, query_ts, queries, response,
-         rcode, latency, answers, truncated) = zip(*ts, strict=True)  # fmt: skip
-        first = np.array([q[0] for q in queries], np.int64)
+        m, endpoint = table.messages, table.endpoint
+        ok = table.answered[txs]
+        answered = ok.tolist()
+        asked = table.asked[txs].tolist()
+        got = [k if y else -1 for k, y in zip(table.got[txs].tolist(), answered, strict=True)]
+        first = table.row[txs]
         file_start = np.array([index.file_of(k).first_row for k in range(len(ids))], np.int64)
         at = index.columns.point[first].astype(np.int64)
-        columns: dict[str, list[object]] = {
-            "point": [ids[p] for p in point],
-            "transport": list(transport),
-            "client": list(client),
-            "server": list(server),
-            "id": list(ident),
-            "qname": list(qname),
-            "qtype": list(qtype),
-            "rcode": list(rcode),
-            "answered": [r is not None for r in response],
-            "latency_ms": _ms_column(latency),
-            "retries": [len(q) - 1 for q in queries],
-            "answers": list(answers),
-            "truncated": list(truncated),
-            "time": list(isos(np.array(query_ts, np.int64))),
+        # whole ns to ms with three decimals: rounded to the nearest microsecond (halves up)
+        # in integers, a column at once (round() per value cost 1.3 µs)
+        micros = (table.latency[txs] + 500) // 1000
+        retries = table.retries
+        return {
+            "point": [ids[p] for p in table.point[txs].tolist()],
+            "transport": ["tcp" if t else "udp" for t in table.tcp[txs].tolist()],
+            "client": [endpoint[k] for k in table.client[txs].tolist()],
+            "server": [endpoint[k] for k in table.server[txs].tolist()],
+            "id": table.ident[txs].tolist(),
+            "qname": [m.qname[k] for k in asked],
+            "qtype": [m.qtype[k] for k in asked],
+            "rcode": _where([RCODES[v] for v in table.rcode[txs].tolist()], answered),
+            "answered": answered,
+            "latency_ms": _where((micros / 1000).tolist(), answered),
+            "retries": [len(retries[k]) - 1 if k in retries else 0 for k in txs.tolist()],
+            "answers": [m.answers[k] if k >= 0 else () for k in got],
+            "truncated": [k >= 0 and m.truncated[k] for k in got],
+            "time": isos(table.ts[txs]),
             "packet": (first - file_start[at] + 1).tolist(),
         }
-        return columns
 
     @cached_property
     def conversations(self) -> tuple[ConversationRow, ...]:
@@ -424,11 +425,11 @@ class Result:
     def exchange_rows(self, limit: int | None = None) -> tuple[ExchangeRow, ...]:
         """The first `limit` exchanges (all without one), in time order."""
         a = self.analysis
-        chosen = a.dns_exchanges if limit is None else a.dns_exchanges[:limit]
-        rows = self.dns_rows([t for t, _ in chosen])
+        ex = a.dns_exchanges
+        rows = self.dns_rows(ex.tx[:limit])
         return tuple(
             ExchangeRow(row, tuple(sorted(a.point_id(k) for k in points)))
-            for row, (_, points) in zip(rows, chosen, strict=True)
+            for row, points in zip(rows, ex.points[:limit], strict=True)
         )
 
     @cached_property
@@ -572,23 +573,24 @@ class Result:
             if key != "dns":
                 yield orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
                 continue
-            txs = self.analysis.dns.transactions
+            n = len(self.analysis.dns.transactions)
             yield b"["
-            for lo in range(0, len(txs), JSON_SLICE):
-                rows = self._dns_json(txs[lo : lo + JSON_SLICE], tuples=True)
+            for lo in range(0, n, JSON_SLICE):
+                rows = self._dns_json(np.arange(lo, min(lo + JSON_SLICE, n)), tuples=True)
                 yield (b"," if lo else b"") + orjson.dumps(rows)[1:-1]
             yield b"]"
         yield b"}"
 
     def _dns_json(
-        self, txs: list[DnsTransaction] | None = None, tuples: bool = False
+        self, txs: np.ndarray | None = None, tuples: bool = False
     ) -> list[dict[str, object]]:
         """As plain(self.dns), without a DnsRow per transaction on the way (`tuples`: the
         answers left as tuples, which encode as lists)."""
-        txs = self.analysis.dns.transactions if txs is None else txs
+        if txs is None:
+            txs = np.arange(len(self.analysis.dns.transactions))
         columns = self.dns_columns(txs)
         if not tuples:
-            columns["answers"] = [list(t.answers) for t in txs]
+            columns["answers"] = [list(cast(tuple[str, ...], a)) for a in columns["answers"]]
         names = [name for attr, name, _ in _layout(DnsRow) if attr in columns]
         values = [columns[attr] for attr, _, _ in _layout(DnsRow) if attr in columns]
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]

@@ -201,7 +201,7 @@ class DnsRow:
 
 
 def dns_lookups(a: Analysis) -> list[DnsRow]:
-    primary = a.dns_primary()
+    primary = a.dns.transactions.take(a.dns_primary())
     lookup = search_chains(primary)
     rows = [DnsRow(lookup[id(t)], t) for t in primary]
     first_seen: dict[tuple[str, str], int] = {}

@@ -3,18 +3,14 @@ failing upstream."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from statistics import median
 
+import numpy as np
+
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
-from ktrace.analysis.dns import DnsTransaction
-from ktrace.analysis.dns_patterns import (
-    client_ip,
-    is_cluster_name,
-    label_prefixes,
-)
+from ktrace.analysis.dns_patterns import is_cluster_name, label_prefixes, most_common
 from ktrace.analysis.node_story import conntrack_story
 from ktrace.model import Finding, PacketRef, Severity
 
@@ -22,26 +18,24 @@ SLOW_MS = 500
 MIN_WASTED_NAMES = 2  # search-path candidates tried in vain before a finding is worth it
 
 
-def _refs(analysis: Analysis, transactions: list[DnsTransaction]) -> tuple[PacketRef, ...]:
-    return tuple(analysis.index.ref(t.queries[0]) for t in transactions[:MAX_EVIDENCE])
+def _refs(analysis: Analysis, transactions: np.ndarray) -> tuple[PacketRef, ...]:
+    rows = analysis.dns.transactions.row[transactions[:MAX_EVIDENCE]]
+    return tuple(analysis.index.ref(k) for k in rows.tolist())
 
 
 def run_slow(analysis: Analysis) -> Iterator[Finding]:
-    slow = [
-        t
-        for t in analysis.dns_primary()
-        if t.latency_ns is not None and t.latency_ns >= SLOW_MS * 1_000_000
-    ]
-    if not slow:
+    table, primary = analysis.dns.transactions, analysis.dns_primary()
+    slow = primary[(table.answered & (table.latency >= SLOW_MS * 1_000_000))[primary]]
+    if not len(slow):
         return
-    servers = Counter(t.server for t in slow)
-    lat = [t.latency_ns / 1e6 for t in slow if t.latency_ns is not None]
-    total = sum(1 for t in analysis.dns_primary() if t.answered)
+    server = most_common(table.server[slow])[0][0]
+    lat = (table.latency[slow] / 1e6).tolist()
+    total = int(table.answered[primary].sum())
     yield Finding(
         id="dns.slow",
         severity=Severity.MEDIUM,
         title=f"slow DNS: {plural(len(slow), 'answer')} took {median(lat):.0f} ms "
-        f"(median) from {servers.most_common(1)[0][0]}",
+        f"(median) from {table.endpoint[server]}",
         explanation=(
             f"{len(slow)} of {total} answers took over {SLOW_MS} ms (up to {max(lat):.0f} "
             "ms). Every lookup pays this, several times over with search-path expansion."
@@ -56,8 +50,8 @@ def run_slow(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
-    pic = analysis.dns_picture
-    expansions = {id(t) for ts in pic.expansions.values() for t in ts}
+    pic, table = analysis.dns_picture, analysis.dns.transactions
+    expansions = np.concatenate([np.zeros(0, np.int64), *pic.expansions.values()])
     for rcode, severity, why, step in (
         (
             "NXDOMAIN",
@@ -75,22 +69,22 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
             "resolv.conf) is reachable.",
         ),
     ):
-        failed = [t for t in pic.primary if t.rcode == rcode and id(t) not in expansions]
+        failed = pic.primary[table.rcode_is(rcode)[pic.primary]]
+        failed = failed[~np.isin(failed, expansions)]
         if rcode == "NXDOMAIN":
             # a lookup fails once all its candidates fail: a name one of whose candidates was
             # answered did not fail
-            resolved = label_prefixes(
-                {n.qname for n in pic.primary if n.answered and n.rcode == "NOERROR"}
-            )
-            failed = [t for t in failed if not resolved.get(t.qname)]
-        if not failed:
+            ok = pic.primary[table.rcode_is("NOERROR")[pic.primary]]
+            resolved = label_prefixes({table.names[n] for n in np.unique(table.qname[ok]).tolist()})
+            lookup_failed = np.array([not resolved.get(n) for n in table.names], bool)
+            failed = failed[lookup_failed[table.qname[failed]]]
+        if not len(failed):
             continue
-        names = Counter(t.qname for t in failed)
+        names = [table.names[n] for n, _ in most_common(table.qname[failed])]
         yield Finding(
             id=f"dns.{rcode.lower()}",
             severity=severity,
-            title=f"{rcode} for {', '.join(n for n, _ in names.most_common(3))}"
-            + (" and others" if len(names) > 3 else ""),
+            title=f"{rcode} for {', '.join(names[:3])}" + (" and others" if len(names) > 3 else ""),
             explanation=f"{plural(len(failed), 'query', 'queries')} answered {rcode}. {why}",
             next_step=step,
             evidence=_refs(analysis, failed),
@@ -98,26 +92,22 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_search_path(analysis: Analysis) -> Iterator[Finding]:
-    pic = analysis.dns_picture
-
-    def names(key: tuple[str, str]) -> set[str]:
-        return {t.qname for t in pic.expansions[key]}
-
-    costly = [k for k in pic.expansions if len(names(k)) >= MIN_WASTED_NAMES]
+    pic, table = analysis.dns_picture, analysis.dns.transactions
+    tried = {key: np.unique(table.qname[txs]) for key, txs in pic.expansions.items()}
+    costly = [k for k in pic.expansions if len(tried[k]) >= MIN_WASTED_NAMES]
     if not costly:
         return
-    costly.sort(key=lambda k: -len(names(k)))
+    costly.sort(key=lambda k: -len(tried[k]))
     client, name = costly[0]
     wasted = pic.expansions[(client, name)]
-    kinds = {t.qtype for t in wasted}
-    per_lookup = len(names((client, name))) * len(kinds)
+    per_lookup = len(tried[(client, name)]) * len(np.unique(table.qtype[wasted]))
     total = sum(len(pic.expansions[k]) for k in costly)
-    examples = ", ".join(f"{n} ({len(names((c, n)))} names tried first)" for c, n in costly[:3])
+    examples = ", ".join(f"{n} ({len(tried[(c, n)])} names tried first)" for c, n in costly[:3])
     yield Finding(
         id="dns.search-path",
         severity=Severity.LOW,
         title=f"search-path expansion: every lookup of {name} first asks "
-        f"{len(names((client, name)))} names that do not exist ({per_lookup} wasted "
+        f"{len(tried[(client, name)])} names that do not exist ({per_lookup} wasted "
         "queries)",
         explanation=(
             f"With ndots:5 (the Kubernetes default) a name with fewer than 5 dots is tried "
@@ -160,29 +150,27 @@ def run_aaaa_race(analysis: Analysis) -> Iterator[Finding]:
 
 
 def run_upstream(analysis: Analysis) -> Iterator[Finding]:
-    pic = analysis.dns_picture
-    if not pic.upstream_failed:
+    pic, table = analysis.dns_picture, analysis.dns.transactions
+    if not len(pic.upstream_failed):
         return
-    names = Counter(t.qname for t in pic.upstream_failed)
+    failed = pic.upstream_failed
+    names = [table.names[n] for n in _in_order(table.qname[failed])]
     # where the forwarded queries went: seen from the DNS server's side, unanswered
     domain = analysis.names.cluster_domain
-    forwarded = [
-        t
-        for t in analysis.dns.transactions
-        if not t.answered
-        and not is_cluster_name(t.qname, domain)
-        and client_ip(t) != client_ip(pic.upstream_failed[0])
-    ]
-    upstreams = Counter(t.server for t in forwarded)
+    outside = np.array([not is_cluster_name(n, domain) for n in table.names], bool)
+    client = table.client_ip[failed[0]]
+    forwarded = ~table.answered & outside[table.qname] & (table.client_ip != client)
+    upstreams = most_common(table.server[forwarded])
     where = (
-        f" The DNS server forwarded them to {upstreams.most_common(1)[0][0]}, which never answered."
+        f" The DNS server forwarded them to {table.endpoint[upstreams[0][0]]}, which never "
+        "answered."
         if upstreams
         else ""
     )
     yield Finding(
         id="dns.upstream",
         severity=Severity.HIGH,
-        title=f"names outside the cluster fail: {', '.join(list(names)[:3])}",
+        title=f"names outside the cluster fail: {', '.join(names[:3])}",
         explanation=(
             "Cluster names resolve, but names outside the cluster get no answer (or "
             f"SERVFAIL): {plural(len(pic.upstream_failed), 'query', 'queries')}.{where}"
@@ -200,3 +188,9 @@ RCODES = FunctionCheck("dns.rcode", run_rcodes)
 SEARCH_PATH = FunctionCheck("dns.search-path", run_search_path)
 AAAA_RACE = FunctionCheck("dns.aaaa-race", run_aaaa_race)
 UPSTREAM = FunctionCheck("dns.upstream", run_upstream)
+
+
+def _in_order(ids: np.ndarray) -> list[int]:
+    """The distinct ids in order of first appearance."""
+    _, first = np.unique(ids, return_index=True)
+    return ids[np.sort(first)].tolist()

@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
+
+import numpy as np
 
 from ktrace.analysis.checks import GRACE_NS, MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
+from ktrace.analysis.dns_patterns import most_common
 from ktrace.model import Finding, Severity
 
 
 def run(analysis: Analysis) -> Iterator[Finding]:
-    end = analysis.end_ts
-    explained = analysis.dns_picture.explained  # the AAAA race and a dead upstream say more
-    primary = analysis.dns_primary()
-    lost = [
-        t
-        for t in primary
-        if not t.answered and t.query_ts + GRACE_NS <= end and id(t) not in explained
-    ]
-    if not lost:
+    table, primary = analysis.dns.transactions, analysis.dns_primary()
+    # the AAAA race and a dead upstream say more
+    explained = np.isin(primary, analysis.dns_picture.explained)
+    due = (table.ts + GRACE_NS <= analysis.end_ts)[primary]
+    lost = primary[~table.answered[primary] & due & ~explained]
+    if not len(lost):
         return
-    servers = Counter(t.server for t in lost)
-    names = Counter(f"{t.qname} {t.qtype}" for t in lost)
-    total = sum(1 for t in primary if t.query_ts + GRACE_NS <= end)
-    top = ", ".join(f"{name} ({n}x)" for name, n in names.most_common(3))
-    server_text = ", ".join(f"{s} ({n})" for s, n in servers.most_common(3))
-    answered_elsewhere = {t.qname for t in primary if t.answered}
+    servers = most_common(table.server[lost])[:3]
+    kinds = len(table.qtypes)
+    names = most_common(table.qname[lost].astype(np.int64) * kinds + table.qtype[lost])[:3]
+    total = int(due.sum())
+    top = ", ".join(f"{table.names[v // kinds]} {table.qtypes[v % kinds]} ({n}x)" for v, n in names)
+    server_text = ", ".join(f"{table.endpoint[s]} ({n})" for s, n in servers)
+    answered_elsewhere = bool(table.answered[primary].any())
     partial = len(lost) < total
     yield Finding(
         id="dns.unanswered",
@@ -47,7 +47,7 @@ def run(analysis: Analysis) -> Iterator[Finding]:
             "kube-dns endpoints ready: kubectl get endpointslices -n kube-system -l "
             "k8s-app=kube-dns), then capture on the node side to see where queries stop."
         ),
-        evidence=tuple(analysis.index.ref(t.queries[0]) for t in lost[:MAX_EVIDENCE]),
+        evidence=tuple(analysis.index.ref(k) for k in table.row[lost[:MAX_EVIDENCE]].tolist()),
     )
 
 
