@@ -45,19 +45,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze_with_progress(inputs: list[Path], quiet: bool) -> Result:
-    """The pipeline drained, with a progress line on a terminal's stderr past a second."""
-    from ktrace.analysis.pipeline import drain
+    """The pipeline drained, with a progress line on a terminal's stderr past a second, and
+    the memory of each stage handed back before the next."""
+    from ktrace.analysis.pipeline import Analysing, Indexed, Step, drain
     from ktrace.bundle.inputs import read_inputs
+    from ktrace.perf import release_free_memory
     from ktrace.report.progress import ProgressLine
 
     found = read_inputs(inputs)
-    if quiet or not sys.stderr.isatty():
-        return drain(found)
-    line = ProgressLine(sys.stderr, found.files)
+    line = None if quiet or not sys.stderr.isatty() else ProgressLine(sys.stderr, found.files)
+
+    def on_step(step: Step) -> None:
+        if isinstance(step, Indexed | Analysing):
+            release_free_memory()
+        if line is not None:
+            line.step(step)
+
     try:
-        return drain(found, on_step=line.step)
+        result = drain(found, on_step=on_step)
     finally:
-        line.close()
+        if line is not None:
+            line.close()
+    release_free_memory()  # before the report's own
+    return result
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -242,7 +242,8 @@ def test_progress_line_on_a_terminal(make_pcap: Make, monkeypatch: pytest.Monkey
     text = out.getvalue()
     size = human_size(path.stat().st_size)
     assert f"\rreading {path.name}: {size} of {size}, 400 packets" in text
-    assert "\ranalysing 400 packets…" in text
+    for stage in ("flows", "DNS", "checks"):
+        assert f"\ranalysing 400 packets: {stage}…" in text
     assert text.endswith("\r")  # the line is wiped at the end
 
 

@@ -1,11 +1,12 @@
 """The one way from capture files to a result: index, then flows, DNS, correlation, paths and
-findings. A generator of steps (progress while indexing, the index once built, the result),
-cancelled through an event; `analyze`, `open`, live mode and `trace` all drive it."""
+findings. A generator of steps (progress while indexing, the index once built, each stage of
+the analysis as it begins, the result), cancelled through an event; `analyze`, `open`, live
+mode and `trace` all drive it."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,20 @@ class Indexed:
 
 
 @dataclass(frozen=True)
+class Analysing:
+    """A stage of the analysis after the index begins: minutes on tens of millions of packets
+    are worth naming, and the memory the last stage freed can be handed back here."""
+
+    stage: str
+    packets: int
+
+
+@dataclass(frozen=True)
 class Analyzed:
     result: Result
 
 
-Step = Progress | FileFailed | Indexed | Analyzed
+Step = Progress | FileFailed | Indexed | Analysing | Analyzed
 
 
 def run_pipeline(
@@ -76,27 +86,36 @@ def run_pipeline(
         raise
     index = builder.result()
     yield Indexed(index)
-    yield Analyzed(analyze_index(index, found.inventory, cancel, found.notes, found.nodes))
+    result = yield from analysis_steps(index, found.inventory, cancel, found.notes, found.nodes)
+    yield Analyzed(result)
 
 
-def analyze_index(
+def analysis_steps(
     index: PacketIndex,
     inventory: dict[str, Any] | None = None,
     cancel: threading.Event | None = None,
     notes: tuple[str, ...] = (),
     nodes: dict[str, NodeEvidence] | None = None,
-) -> Result:
-    """Everything after the index: flows, DNS, correlation, paths, findings."""
+) -> Generator[Analysing, None, Result]:
+    """Everything after the index: flows, correlation, paths, DNS, HTTP, findings; a step
+    before each, the result at the end."""
+    n = len(index)
+    yield Analysing("flows", n)
     flows = build_flows(index.columns, len(index.points))
+    yield Analysing("correlation", n)
     same_clock: dict[str, list[int]] = {}
     for k, point in enumerate(index.points):
         if point.node:
             same_clock.setdefault(point.node, []).append(k)
     correlation = correlate(index.columns, flows, index.points, index.v6, list(same_clock.values()))
+    yield Analysing("paths", n)
     names = Names.from_inventory(inventory)
     paths = conversation_paths(index, flows, correlation, names)
+    yield Analysing("DNS", n)
     dns = dns_transactions(index, cancel)
+    yield Analysing("HTTP", n)
     http = http_transactions(index, flows, cancel)
+    yield Analysing("checks", n)
     analysis = Analysis(index, flows, dns, correlation, paths, names, http, nodes or {})
     findings, errors = run_checks(analysis)
     return Result(analysis, tuple(findings), tuple(errors), notes)

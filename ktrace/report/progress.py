@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ktrace.analysis.pipeline import Indexed, Step
+from ktrace.analysis.pipeline import Analysing, Indexed, Step
 from ktrace.decode.index import Progress
 from ktrace.report.table import human_size
 
@@ -30,6 +30,7 @@ class ProgressLine:
         self.lock = threading.Lock()
         self.closed = False
         self.timer: threading.Timer | None = None
+        self.stage: Analysing | None = None
 
     def step(self, step: Step) -> None:
         if isinstance(step, Progress) and step.file != self.current:
@@ -39,13 +40,16 @@ class ProgressLine:
             self.current_size = step.total
         now = time.monotonic()
         if isinstance(step, Indexed):
-            # no step comes while the analysis runs: say so once it has taken a second
+            # a stage can run for many seconds without a step: say so once it has taken a second
             wait = max(QUIET_FOR_S - (now - self.started), 0.0)
-            self.timer = threading.Timer(
-                wait, self._write, [f"analysing {len(step.index):,} packets…"]
-            )
+            self.timer = threading.Timer(wait, self._analysing)
             self.timer.daemon = True
             self.timer.start()
+            return
+        if isinstance(step, Analysing):
+            self.stage = step
+            if now - self.started >= QUIET_FOR_S:
+                self._analysing()
             return
         if now - self.started < QUIET_FOR_S or now - self.shown < EVERY_S:
             return
@@ -61,6 +65,11 @@ class ProgressLine:
             f"reading {p.file.name}: {human_size(done)} of {human_size(self.total)}, "
             f"{p.packets:,} packets, {human_size(int(rate))}/s, {left:.0f} s left"
         )
+
+    def _analysing(self) -> None:
+        stage = self.stage
+        if stage is not None:
+            self._write(f"analysing {stage.packets:,} packets: {stage.stage}…")
 
     def _write(self, text: str) -> None:
         with self.lock:

@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.worker import get_current_worker
 
 from ktrace.analysis.checks import plural
-from ktrace.analysis.pipeline import FileFailed, Indexed, run_pipeline
+from ktrace.analysis.pipeline import Analysing, FileFailed, Indexed, run_pipeline
 from ktrace.analysis.pipeline import Step as PipelineStep
 from ktrace.analysis.result import Result
 from ktrace.bundle.inputs import Inputs, capture_files, read_inputs
@@ -160,7 +160,9 @@ class KtraceApp(App[None]):
             for step in steps:
                 if worker.is_cancelled:
                     return
-                self.post_message(self._message(step))
+                message = self._message(step)
+                if message is not None:
+                    self.post_message(message)
         except Cancelled:
             return
         except KtraceError as exc:
@@ -169,7 +171,9 @@ class KtraceApp(App[None]):
         self._load_took = time.monotonic() - self._load_started
 
     @staticmethod
-    def _message(step: PipelineStep) -> Message:
+    def _message(step: PipelineStep) -> Message | None:
+        if isinstance(step, Analysing):
+            return None  # the status already says "analysing"
         if isinstance(step, Step):
             return Progress(step)
         if isinstance(step, FileFailed):
