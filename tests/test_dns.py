@@ -17,7 +17,14 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from ktrace.analysis.dns import dns_rows, dns_transactions
+from ktrace.analysis.dns import DnsTransaction, dns_rows, dns_transactions
+from ktrace.analysis.dns_patterns import (
+    RETRY_AFTER_NS,
+    client_ip,
+    is_cluster_name,
+    label_prefixes,
+    search_base,
+)
 from ktrace.bundle.inputs import read_inputs
 from ktrace.decode import dns_bulk
 from ktrace.decode.dns import DnsError, parse_dns, question, read_name
@@ -289,3 +296,98 @@ def test_pairing_order_is_the_two_key_order_with_file_order_among_equals(
     response = np.array([r for _, _, r in messages], bool)
     got = _pair(k1, k2, response)
     assert got.order.tolist() == np.lexsort((np.arange(len(k1)), k2, k1)).tolist()
+
+
+def _reference_picture(
+    primary: list[DnsTransaction], domain: str, packet_ts: np.ndarray
+) -> tuple[dict[tuple[str, str], list[int]], dict[tuple[str, str], list[int]], list[int]]:
+    """The DNS picture worked out one transaction at a time (first query packets)."""
+    by_client: dict[str, list[DnsTransaction]] = {}
+    for t in primary:
+        by_client.setdefault(client_ip(t), []).append(t)
+    expansions: dict[tuple[str, str], list[int]] = {}
+    race: dict[tuple[str, str], list[int]] = {}
+    for client, ts in by_client.items():
+        asked = {t.qname for t in ts}
+        prefixes = label_prefixes(asked)
+        for t in ts:
+            base = search_base(t.qname, asked, prefixes)
+            if t.rcode == "NXDOMAIN" and base is not None:
+                expansions.setdefault((client, base), []).append(t.queries[0])
+        by_name: dict[str, list[DnsTransaction]] = {}
+        for t in ts:
+            by_name.setdefault(t.qname, []).append(t)
+        for name, group in by_name.items():
+            a = [t for t in group if t.qtype == "A"]
+            aaaa = [t for t in group if t.qtype == "AAAA"]
+            if not (a and aaaa) or any(t.answered for t in aaaa):
+                continue
+            if not any(t.answered for t in a):
+                continue
+            flat = sorted(int(packet_ts[q]) for t in aaaa for q in t.queries)
+            if flat[-1] - flat[0] >= RETRY_AFTER_NS:
+                race[(client, name)] = [t.queries[0] for t in aaaa]
+    cluster = {t.qname for t in primary if is_cluster_name(t.qname, domain)}
+    upstream: list[int] = []
+    if any(t.rcode == "NOERROR" and t.qname in cluster for t in primary):
+        expanded = tuple({b + "." for (_, b) in expansions})
+        upstream = [
+            t.queries[0]
+            for t in primary
+            if (t.response is None or t.rcode in ("SERVFAIL", "REFUSED"))
+            and t.qname not in cluster
+            and not t.qname.startswith(expanded)
+        ]
+    return expansions, race, upstream
+
+
+def _dns_mix(seed: int) -> list[tuple[int, bytes]]:
+    """Lookups from several clients: search-path chains, A and AAAA asked together, retries
+    after 5 s, every answer code, queries never answered."""
+    rng = random.Random(seed)
+    clients, servers = ["10.1.0.5", "10.1.1.6", "10.1.2.7"], ["10.96.0.10", "10.0.0.2"]
+    bases = ["api", "db.prod", "example.com", "redis", "kube-dns.kube-system"]
+    suffixes = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+    frames: list[tuple[int, bytes]] = []
+    t = T0
+    for _ in range(150):
+        client, server, base = rng.choice(clients), rng.choice(servers), rng.choice(bases)
+        chain = [f"{base}.{s}" for s in suffixes] + [base] if rng.random() < 0.5 else [base]
+        for name in chain:
+            for qtype in ["A", "AAAA"] if rng.random() < 0.6 else [rng.choice(["A", "SRV"])]:
+                t += rng.randrange(1, 40_000_000)
+                ident, sport = rng.randrange(65536), rng.randrange(30000, 60000)
+                ask = IP(src=client, dst=server) / UDP(sport=sport, dport=53)
+                ask /= DNS(id=ident, rd=1, qd=DNSQR(qname=name, qtype=qtype))
+                lost = 0.4 if qtype == "AAAA" else 0.1  # as conntrack races lose them
+                tries = [t + 5_000_000_000 * k for k in range(1 + (rng.random() < lost))]
+                frames += [(when, bytes(Ether() / ask)) for when in tries]
+                if rng.random() < lost:
+                    continue
+                code = rng.choice([0, 0, 3, 3, 2, 5]) if name == base or rng.random() < 0.3 else 3
+                reply = IP(src=server, dst=client) / UDP(sport=53, dport=sport)
+                reply /= DNS(id=ident, qr=1, ra=1, rcode=code, qd=DNSQR(qname=name, qtype=qtype))
+                late = rng.randrange(100_000, 900_000_000)
+                frames.append((tries[-1] + late, bytes(Ether() / reply)))
+    return sorted(frames)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_dns_picture_by_column_is_the_picture_one_transaction_at_a_time(
+    make_pcap: Make, seed: int
+) -> None:
+    result, _ = run_analysis(make_pcap(_dns_mix(seed)))
+    a = result.analysis
+    table = a.dns.transactions
+    pic = a.dns_picture
+    expansions, race, upstream = _reference_picture(
+        table.take(a.dns_primary()), a.names.cluster_domain, a.index.columns.ts
+    )
+
+    def rows(groups: dict[tuple[str, str], np.ndarray]) -> dict[tuple[str, str], list[int]]:
+        return {k: table.row[v].tolist() for k, v in groups.items()}
+
+    assert list(rows(pic.expansions).items()) == list(expansions.items())
+    assert list(rows(pic.aaaa_race).items()) == list(race.items())
+    assert table.row[pic.upstream_failed].tolist() == upstream
+    assert len(expansions) > 3 and race and upstream

@@ -24,6 +24,7 @@ from ktrace.analysis.stitch_rules import (
     sequenced,
     split_identities,
 )
+from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.mix import K1, K2, mix
 from ktrace.model import Point
@@ -36,11 +37,22 @@ MIN_OFFSET_NS = 2_000_000
 MIN_SHARED = 3  # identities two points must share before their clocks are compared
 
 
-def fingerprint(c: PacketColumns) -> np.ndarray:
-    """uint64 per packet; 0 for packets that are not IP."""
-    fields = (c.proto, c.ipid, c.seq, c.ack, c.tcp_flags, c.paylen, c.phash)
-    h = mix(fields, len(c)) | np.uint64(1)
-    return np.where(c.l3 > 0, h, np.uint64(0))
+def fingerprint(c: PacketColumns, rows: np.ndarray) -> np.ndarray:
+    """uint64 per IP packet of `rows` (never 0), a chunk at a time."""
+    out = np.empty(len(rows), np.uint64)
+    for lo, hi in chunks(len(rows)):
+        r = rows[lo:hi]
+        fields = (
+            c.proto[r],
+            c.ipid[r],
+            c.seq[r],
+            c.ack[r],
+            c.tcp_flags[r],
+            c.paylen[r],
+            c.phash[r],
+        )
+        out[lo:hi] = mix(fields, hi - lo) | np.uint64(1)
+    return out
 
 
 @dataclass(frozen=True)
@@ -171,7 +183,7 @@ def correlate(
     # A packet whose fingerprint nothing else has, or that is link-scoped (rule 1), is its own
     # identity: the sorting below is only for the copies. One capture of bulk traffic is
     # nearly all singles; a bundle of many points nearly all copies.
-    fp = fingerprint(c)[ip]
+    fp = fingerprint(c, ip)
     copies = repeated(fp) & ~local[ip]
     rows, fp = ip[copies], fp[copies]
     point = c.point[rows].astype(np.int64)
@@ -191,10 +203,12 @@ def correlate(
         ident_rows = ident_rows.copy()
         ident_rows[far] = nid + np.arange(int(far.sum()))
         nid += int(far.sum())
-    singles = ip[~copies]
     ident = np.full(len(c), -1, np.int32 if len(c) < 2**31 else np.int64)
     ident[rows] = ident_rows
-    ident[singles] = nid + np.arange(len(singles))
+    for lo, hi in chunks(len(ip)):  # each single its own identity, numbered in file order
+        singles = ip[lo:hi][~copies[lo:hi]]
+        ident[singles] = np.arange(nid, nid + len(singles))
+        nid += len(singles)
     conv = _join_flows(ident_rows, flows.flow[rows], len(flows))
     return Correlation(ident, when, offsets, conv, local)
 

@@ -10,6 +10,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
+from ktrace.decode.columns import PacketColumns
 from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, rcode_name
 from ktrace.decode.dns_bulk import read_questions, tcp_messages
 from ktrace.decode.index import PacketIndex
@@ -96,10 +97,23 @@ def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) 
     return DnsResult(table, malformed, orphans)
 
 
-def _pair_messages(
-    index: PacketIndex, cancel: threading.Event | None
-) -> tuple[DnsTable, tuple[int, int]]:
-    """Every transaction's fields as arrays, and (malformed, orphan responses)."""
+@dataclass(frozen=True)
+class _Found:
+    """The DNS messages that parsed, per message, in packet order."""
+
+    rows: np.ndarray  # packet
+    start: np.ndarray  # where the message starts in its point's file
+    size: np.ndarray
+    response: np.ndarray
+    ident: np.ndarray
+    qtype: np.ndarray
+    flags: np.ndarray
+    name: np.ndarray  # (n, 2) hash of the question name
+    body: np.ndarray  # (n, 2) hash of the message but its id
+    malformed: int
+
+
+def _found(index: PacketIndex, cancel: threading.Event | None) -> _Found:
     c = index.columns
     rows = dns_rows(index)
     point = c.point[rows]
@@ -107,20 +121,57 @@ def _pair_messages(
     caplen = c.caplen[rows].astype(np.int64) - c.payoff[rows]
     size = np.minimum(c.paylen[rows].astype(np.int64), caplen).clip(0)
     start, size = tcp_messages(index.mapped, point, payload, size, c.proto[rows] == TCP)
+    del payload, caplen
     q = read_questions(index.mapped, point, start, size, cancel)
     keep = np.flatnonzero(q.ok)
-    rows, point, start, size = rows[keep], point[keep], start[keep], size[keep]
-    response = (q.flags[keep] & 0x8000) != 0
-    src, dst, sport, dport = c.src[rows], c.dst[rows], c.sport[rows], c.dport[rows]
-    client = np.where(response, dst, src), np.where(response, dport, sport)
-    server = np.where(response, src, dst), np.where(response, sport, dport)
-    l3, proto = c.l3[rows], c.proto[rows]
-    fields = (point, proto, l3, *client, *server, q.ident[keep], q.qtype[keep])
-    name = q.name[keep]
-    k1 = mix((*fields, name[:, 0]), len(rows), K1)
-    k2 = mix((*fields, name[:, 1]), len(rows), K2)
-    pairs = _pair(k1, k2, response)
-    ts = c.ts[rows]
+    flags = q.flags[keep]
+    return _Found(
+        rows[keep],
+        start[keep],
+        size[keep],
+        (flags & 0x8000) != 0,
+        q.ident[keep],
+        q.qtype[keep],
+        flags,
+        q.name[keep],
+        q.body[keep],
+        int(len(rows) - len(keep)),
+    )
+
+
+def _ends(c: PacketColumns, m: _Found) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Per message, (address, port) of its client and of its server."""
+    src, dst, sport, dport = c.src[m.rows], c.dst[m.rows], c.sport[m.rows], c.dport[m.rows]
+    r = m.response
+    return (
+        (np.where(r, dst, src), np.where(r, dport, sport)),
+        (np.where(r, src, dst), np.where(r, sport, dport)),
+    )
+
+
+def _exchange_pairs(
+    c: PacketColumns, m: _Found, ends: tuple[tuple[np.ndarray, np.ndarray], ...]
+) -> _Pairs:
+    """Queries paired with responses by (point, transport, ends, id, type, name)."""
+    rows = m.rows
+    fields = (c.point[rows], c.proto[rows], c.l3[rows], *ends[0], *ends[1], m.ident, m.qtype)
+    k1 = mix((*fields, m.name[:, 0]), len(rows), K1)
+    k2 = mix((*fields, m.name[:, 1]), len(rows), K2)
+    del fields
+    return _pair(k1, k2, m.response)
+
+
+def _pair_messages(
+    index: PacketIndex, cancel: threading.Event | None
+) -> tuple[DnsTable, tuple[int, int]]:
+    """Every transaction's fields as arrays, and (malformed, orphan responses). Built in
+    steps whose per-message arrays die with them: a storm's peak is what the steps share."""
+    c = index.columns
+    m = _found(index, cancel)
+    rows = m.rows
+    ends = _ends(c, m)
+    pairs = _exchange_pairs(c, m, ends)
+    point, ts = c.point[rows], c.ts[rows]
     tx = np.flatnonzero(pairs.queries > 0)
     first = pairs.order[pairs.begin[tx]]
     tx = tx[np.lexsort((point[first], ts[first]))]
@@ -128,31 +179,35 @@ def _pair_messages(
     first = pairs.order[lo]
     # the response's position where there is one, else the query's (never read then)
     last = np.where(answered, pairs.order[np.minimum(lo + count, len(rows) - 1)], first)
-    message, distinct = _distinct(q.body[keep])
-    messages = _Messages.read(index, point[distinct], start[distinct], size[distinct])
-    endpoint, ends = _endpoints(index, l3, (client, server))
+    retries = {
+        k: tuple(rows[pairs.order[lo[k] : lo[k] + count[k]]].tolist())
+        for k in np.flatnonzero(count > 1).tolist()
+    }
+    orphans = int((pairs.queries == 0).sum())
+    del pairs, tx, lo, count
+    message, distinct = _distinct(m.body)
+    messages = _Messages.read(index, point[distinct], m.start[distinct], m.size[distinct])
+    sides = tuple((addr[first], port[first]) for addr, port in ends)
+    endpoint, (client, server) = _endpoints(index, c.l3[rows[first]], sides)
     table = DnsTable(
         point=point[first].astype(np.int64),
-        tcp=proto[first] == TCP,
-        client=ends[0][first].astype(np.int32),
-        server=ends[1][first].astype(np.int32),
-        ident=q.ident[keep][first],
+        tcp=c.proto[rows[first]] == TCP,
+        client=client,
+        server=server,
+        ident=m.ident[first],
         asked=message[first].astype(np.int32),
         ts=ts[first],
         row=rows[first],
         response=rows[last],
-        rcode=(q.flags[keep][last] & 15).astype(np.uint8),
+        rcode=(m.flags[last] & 15).astype(np.uint8),
         latency=ts[last] - ts[first],
         got=message[last].astype(np.int32),
         answered=answered,
-        retries={
-            k: tuple(rows[pairs.order[lo[k] : lo[k] + count[k]]].tolist())
-            for k in np.flatnonzero(count > 1).tolist()
-        },
+        retries=retries,
         endpoint=endpoint,
         messages=messages,
     )
-    return table, (int((~q.ok).sum()), int((pairs.queries == 0).sum()))
+    return table, (m.malformed, orphans)
 
 
 @dataclass(frozen=True)
@@ -345,5 +400,5 @@ def _endpoints(
         f"{index.address(int(v >> 48), int(v & 0xFFFFFFFF))}:{int(v >> 32) & 0xFFFF}"
         for v in distinct.tolist()
     ]
-    n = len(l3)
-    return texts, [inverse[k * n : (k + 1) * n] for k in range(len(sides))]
+    n, ids = len(l3), inverse.reshape(-1).astype(np.int32)
+    return texts, [ids[k * n : (k + 1) * n] for k in range(len(sides))]

@@ -142,10 +142,9 @@ def dns_picture(
     for p in sorted(candidates, key=lambda p: (pair_rank[p], p)):
         group = primary[pair == p]
         aaaa = group[table.qtype_is("AAAA")[group]]
-        span = max(max(table.queries(k)) for k in group.tolist())
         rows = [r for k in aaaa.tolist() for r in table.queries(k)]
         flat = sorted(packet_ts[rows].tolist())
-        if span and flat[-1] - flat[0] >= RETRY_AFTER_NS:
+        if flat[-1] - flat[0] >= RETRY_AFTER_NS:
             pic.aaaa_race[(ips[pair_ip[p]], names[pair_name[p]])] = aaaa
     cluster = np.array([is_cluster_name(n, domain) for n in names], bool)
     if (table.rcode_is("NOERROR")[primary] & cluster[name]).any():

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ktrace.analysis.sorting import factorize
-from ktrace.analysis.tcp_sequence import chunks, tcp_health
+from ktrace.analysis.tcp_sequence import tcp_health
+from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS

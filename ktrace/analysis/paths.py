@@ -10,6 +10,7 @@ import numpy as np
 from ktrace.analysis.correlate import Correlation
 from ktrace.analysis.flows import FlowTable
 from ktrace.analysis.names import Names
+from ktrace.chunking import chunks, distinct_keys
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import SYN
 
@@ -143,17 +144,32 @@ def conversation_paths(
 ) -> list[ConvPath]:
     c = index.columns
     npoints = len(index.points)
-    rows = np.flatnonzero((flows.flow >= 0) & ~cor.local)  # link-scoped packets have no path
-    conv = cor.conv[flows.flow[rows]]
-    point = c.point[rows].astype(np.int64)
-    pairs = np.unique(conv * npoints + point)
-    counts = np.bincount(pairs // npoints)
+
+    def conv_of(lo: int, hi: int) -> np.ndarray:
+        """The conversation of rows lo..hi, -1 outside any or link-scoped (no path)."""
+        flow = flows.flow[lo:hi]
+        return np.where((flow >= 0) & ~cor.local[lo:hi], cor.conv[flow], -1)
+
+    def pairs_of(lo: int, hi: int) -> np.ndarray:
+        conv = conv_of(lo, hi)
+        keep = conv >= 0
+        return conv[keep].astype(np.int64) * npoints + c.point[lo:hi][keep]
+
+    counts = np.bincount(distinct_keys(len(c), pairs_of) // npoints)
     multi = set(np.flatnonzero(counts > 1).tolist())
     # conversations seen at one point may still be expected elsewhere (bundles only)
     if names.by_ip and any(p.pod for p in index.points):
         multi |= set(np.flatnonzero(counts == 1).tolist())
     if not multi:
         return []
+    # the packets of the conversations with a path: all copies of a packet are in one
+    wanted = np.zeros(len(counts) + 1, bool)
+    wanted[list(multi)] = True
+    rows = np.concatenate(
+        [lo + np.flatnonzero(wanted[conv_of(lo, hi)]) for lo, hi in chunks(len(c))]
+    )
+    conv = cor.conv[flows.flow[rows]]
+    point = c.point[rows].astype(np.int64)
     ident = cor.ident[rows]
     when = cor.when[rows]
     earliest = np.full(int(cor.ident.max()) + 1, np.iinfo(np.int64).max, np.int64)

@@ -22,12 +22,13 @@ from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.analysis.paths import ConvPath, Hop
 from ktrace.analysis.views import ConversationRow, conversations
+from ktrace.chunking import bincount, counted_keys
 from ktrace.decode.tunnel import Tunnel
 from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
 
 MAX_LOSS_EVIDENCE = 10
-JSON_SLICE = 8192  # DNS transactions encoded at a time
+JSON_SLICE = 1024  # DNS transactions encoded at a time: their dicts are a few MB
 
 
 def isos(ts_ns: np.ndarray) -> list[str]:
@@ -248,12 +249,17 @@ class Result:
     def points(self) -> tuple[PointRow, ...]:
         index = self.analysis.index
         c = index.columns
-        counts = np.bincount(c.point, minlength=len(index.points))
-        sizes = np.bincount(c.point, weights=c.wirelen, minlength=len(index.points))
+        npoints = len(index.points)
+        counts = bincount(c.point, npoints)
+        sizes = bincount(c.point, npoints, c.wirelen)
+        first = np.full(npoints, np.iinfo(np.int64).max, np.int64)
+        last = np.full(npoints, np.iinfo(np.int64).min, np.int64)
+        np.minimum.at(first, c.point, c.ts)
+        np.maximum.at(last, c.point, c.ts)
         offsets = self.analysis.correlation.offsets.tolist()
         out = []
         for k, p in enumerate(index.points):
-            sel = c.ts[c.point == k] if counts[k] else None
+            seen = bool(counts[k])
             f = index.file_of(k)
             out.append(
                 PointRow(
@@ -264,10 +270,8 @@ class Result:
                     format=f.format,
                     packets=int(counts[k]),
                     bytes=int(sizes[k]),
-                    first=iso(int(sel.min())) if sel is not None else None,
-                    duration_s=round((int(sel.max()) - int(sel.min())) / 1e9, 6)
-                    if sel is not None
-                    else 0.0,
+                    first=iso(int(first[k])) if seen else None,
+                    duration_s=round((int(last[k]) - int(first[k])) / 1e9, 6) if seen else 0.0,
                     kernel_drops=f.drops.get(k),
                     kind=p.kind,
                     node=p.node,
@@ -282,9 +286,13 @@ class Result:
         a = self.analysis
         f = a.flows
         npts = max(len(a.index.points), 1)
-        ip = f.flow >= 0
-        key = f.flow[ip] * npts + a.index.columns.point[ip]
-        uniq, counts = np.unique(key, return_counts=True)
+
+        def keys(lo: int, hi: int) -> np.ndarray:
+            flow = f.flow[lo:hi]
+            ip = flow >= 0
+            return flow[ip].astype(np.int64) * npts + a.index.columns.point[lo:hi][ip]
+
+        uniq, counts = counted_keys(len(f.flow), keys)
         per_flow: dict[int, dict[str, int]] = {}
         for k, n in zip(uniq.tolist(), counts.tolist(), strict=True):
             per_flow.setdefault(k // npts, {})[a.index.points[k % npts].id] = n

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ktrace.chunking import chunks
 from ktrace.decode.mix import K1 as _MIX
 from ktrace.native import compiled
 
@@ -27,11 +28,13 @@ def stable_order(key: np.ndarray) -> np.ndarray:
     bits = max(1, (n - 1).bit_length())
     if int(key.min()) < 0 or int(key.max()) >= 1 << (64 - bits):  # no room for the position
         return np.argsort(key, kind="stable")
-    packed = key.astype(np.uint64) << np.uint64(bits)
-    packed |= np.arange(n, dtype=np.uint64)
+    packed = key.astype(np.uint64)  # in place from here: the one array as long as the keys
+    packed <<= np.uint64(bits)
+    for lo, hi in chunks(n):
+        packed[lo:hi] |= np.arange(lo, hi, dtype=np.uint64)
     packed.sort()
     packed &= np.uint64((1 << bits) - 1)
-    return packed.astype(np.int64)
+    return packed.view(np.int64)
 
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,26 +88,28 @@ def repeated(values: np.ndarray) -> np.ndarray:
     if n < 2:
         return out
     bits = (n - 1).bit_length()
+    shift = np.uint64(bits)
+    packed = values.astype(np.uint64)  # worked on in place: the one array as long as values
     with np.errstate(over="ignore"):
-        packed = (values.astype(np.uint64) * _MIX) >> np.uint64(bits)
-    packed <<= np.uint64(bits)
-    packed |= np.arange(n, dtype=np.uint64)
+        packed *= _MIX
+    packed >>= shift
+    packed <<= shift
+    for lo, hi in chunks(n):
+        packed[lo:hi] |= np.arange(lo, hi, dtype=np.uint64)
     packed.sort()
-    hashes = packed >> np.uint64(bits)
     run = np.empty(n, bool)  # same hash as the previous element
     run[0] = False
-    np.equal(hashes[1:], hashes[:-1], out=run[1:])
-    del hashes
+    for lo, hi in chunks(n - 1):
+        np.equal(packed[lo + 1 : hi + 1] >> shift, packed[lo:hi] >> shift, out=run[lo + 1 : hi + 1])
     packed &= np.uint64((1 << bits) - 1)
-    position = packed.astype(np.int64)
-    del packed
-    value = values[position]
-    equal = run[1:] & (value[1:] == value[:-1])
+    position = packed.view(np.int64)  # what is left of each element: its position
+    follow = np.flatnonzero(run)  # elements whose hash is the one before's: few but copies
+    same = values[position[follow]] == values[position[follow - 1]]
     mine = np.zeros(n, bool)
-    mine[1:] |= equal
-    mine[:-1] |= equal
+    mine[follow[same]] = True
+    mine[follow[same] - 1] = True
     out[position] = mine
-    mixed = np.flatnonzero(run[1:] & (value[1:] != value[:-1]))
+    mixed = follow[~same] - 1
     if len(mixed):  # a hash shared by different values: group those runs exactly
         starts = np.flatnonzero(~run)
         runs = np.unique(np.searchsorted(starts, mixed, side="right") - 1)

@@ -19,6 +19,7 @@ import ipaddress
 
 import numpy as np
 
+from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import TCP
 from ktrace.model import Point
@@ -50,20 +51,26 @@ def _key(l3: np.ndarray, addr: np.ndarray) -> np.ndarray:
 
 
 def home_addresses(c: PacketColumns, points: list[Point], scoped: np.ndarray) -> np.ndarray:
-    """Per point: the address every one of its unicast packets involves (a pod's own), or -1."""
+    """Per point: the address every one of its unicast packets involves (a pod's own), or -1.
+    The candidates are its first packet's two addresses, struck out chunk by chunk."""
     home = np.full(len(points), -1, np.int64)
-    usable = (c.l3 > 0) & ~scoped
-    for k, p in enumerate(points):
-        if p.kind not in ENDPOINT_KINDS:
-            continue
-        rows = np.flatnonzero(usable & (c.point == k))
-        if len(rows) < MIN_HOME_PACKETS:
-            continue
-        src, dst = _key(c.l3[rows], c.src[rows]), _key(c.l3[rows], c.dst[rows])
-        for candidate in (int(src[0]), int(dst[0])):
-            if bool(np.all((src == candidate) | (dst == candidate))):
-                home[k] = candidate
-                break
+    wanted = [k for k, p in enumerate(points) if p.kind in ENDPOINT_KINDS]
+    candidates: dict[int, list[int]] = {}
+    packets = dict.fromkeys(wanted, 0)
+    for lo, hi in chunks(len(c) if wanted else 0):
+        usable = (c.l3[lo:hi] > 0) & ~scoped[lo:hi]
+        point = c.point[lo:hi]
+        for k in wanted:
+            rows = lo + np.flatnonzero(usable & (point == k))
+            if not len(rows):
+                continue
+            src, dst = _key(c.l3[rows], c.src[rows]), _key(c.l3[rows], c.dst[rows])
+            alive = candidates.setdefault(k, [int(src[0]), int(dst[0])])
+            candidates[k] = [a for a in alive if bool(np.all((src == a) | (dst == a)))]
+            packets[k] += len(rows)
+    for k, alive in candidates.items():
+        if alive and packets[k] >= MIN_HOME_PACKETS:
+            home[k] = alive[0]
     return home
 
 

@@ -9,21 +9,15 @@ few MB whatever the capture's size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from ktrace.analysis.sorting import stable_order
+from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
 
-CHUNK = 1 << 17  # rows per step of row-local work: temporaries of about 1 MB each
 _SHIFT = 34  # a direction's rank above the 33 bits an end can take (32-bit sequence + length)
 _LOW = (1 << _SHIFT) - 1
-
-
-def chunks(n: int) -> Iterator[tuple[int, int]]:
-    return ((lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK))
 
 
 def tcp_health(
@@ -98,32 +92,34 @@ def _resent(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(retransmitted, late) per sorted row. Below what was already sent: a retransmission if
     a segment starting at the same sequence number was seen before in its direction, else a
-    late segment filling a gap. Only the directions that have such segments are looked at."""
+    late segment filling a gap. The segments below what was sent are few: only rows whose
+    key (direction, sequence number) is one of theirs are looked at, found by binary search
+    a chunk at a time."""
     n = len(rows)
     again, late = np.zeros(n, bool), np.zeros(n, bool)
     hits = np.flatnonzero(behind)
     if not len(hits):
         return again, late
     begins = np.flatnonzero(start)
-    ends = np.r_[begins[1:], n]
-    groups = np.unique(np.searchsorted(begins, hits, side="right") - 1)
-    sizes = ends[groups] - begins[groups]
-    sub = np.repeat(begins[groups] - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(
-        int(sizes.sum())
-    )
-    key = (np.repeat(groups, sizes).astype(np.int64) << _SHIFT) | rel[sub]
-    # the segments below what was sent are few: their keys (direction and sequence number)
-    # are looked up by binary search, where np.isin would sort every key of these directions
-    suspects = np.unique(key[behind[sub]])
-    at = np.searchsorted(suspects, key).clip(max=len(suspects) - 1)
-    cand = np.flatnonzero((suspects[at] == key) & carries[sub])
-    del at
-    _, first = np.unique(key[cand], return_index=True)
-    repeated = np.zeros(len(sub), bool)
-    repeated[cand] = True
-    repeated[cand[first]] = False
-    again[sub] = behind[sub] & repeated
-    late[sub] = behind[sub] & ~repeated
+    direction = np.searchsorted(begins, hits, side="right") - 1
+    suspects = np.unique((direction.astype(np.int64) << _SHIFT) | rel[hits])
+    cand, keys, done = [], [], -1
+    for lo, hi in chunks(n):
+        key = done + np.cumsum(start[lo:hi], dtype=np.int64)  # the row's direction
+        done = int(key[-1])
+        key <<= _SHIFT
+        key |= rel[lo:hi]
+        at = np.searchsorted(suspects, key).clip(max=len(suspects) - 1)
+        found = np.flatnonzero((suspects[at] == key) & carries[lo:hi])
+        cand.append(lo + found)
+        keys.append(key[found])
+    rows_found, key_found = np.concatenate(cand), np.concatenate(keys)
+    _, first = np.unique(key_found, return_index=True)  # the first segment at each key
+    repeated = np.zeros(n, bool)
+    repeated[rows_found] = True
+    repeated[rows_found[first]] = False
+    np.logical_and(behind, repeated, out=again)
+    np.logical_and(behind, ~repeated, out=late)
     return again, late
 
 

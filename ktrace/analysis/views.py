@@ -12,6 +12,7 @@ from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns import DnsTransaction
 from ktrace.analysis.dns_patterns import client_ip, search_chains
 from ktrace.analysis.paths import ConvPath
+from ktrace.chunking import chunks, distinct_keys
 from ktrace.decode.transport import ACK, FIN, PSH, RST, SYN, TCP
 
 FLAG_NAMES = ((SYN, "S"), (ACK, "."), (PSH, "P"), (FIN, "F"), (RST, "R"))
@@ -43,12 +44,15 @@ class ConversationRow:
 
 
 def _presence(a: Analysis) -> dict[int, set[int]]:
-    conv = a.correlation.conv
-    f = a.flows
-    ip = f.flow >= 0
+    conv, flow, point = a.correlation.conv, a.flows.flow, a.index.columns.point
+
+    def pairs(lo: int, hi: int) -> np.ndarray:
+        f = flow[lo:hi]
+        ip = f >= 0
+        return conv[f[ip]].astype(np.int64) * 65536 + point[lo:hi][ip]
+
     presence: dict[int, set[int]] = {}
-    pairs = np.unique(conv[f.flow[ip]].astype(np.int64) * 65536 + a.index.columns.point[ip])
-    for value in pairs.tolist():
+    for value in distinct_keys(len(flow), pairs).tolist():
         presence.setdefault(value // 65536, set()).add(value % 65536)
     return presence
 
@@ -63,32 +67,46 @@ def _nat_text(a: Analysis, path: ConvPath | None) -> str:
 
 def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
     """Per conversation: packets, bytes (as first seen), RSTs and FINs, each packet once
-    however many points saw it."""
-    c = a.index.columns
-    rows = np.flatnonzero(a.flows.flow >= 0)
-    ident = a.correlation.ident[rows]
-    # only packets seen more than once need sorting to keep their first copy
-    copies = np.bincount(ident)[ident] > 1 if len(ident) else np.zeros(0, bool)
-    many, first = rows[copies], rows[~copies]
-    if len(many):
-        conv = a.correlation.conv[a.flows.flow[many]]
-        order = np.lexsort((a.correlation.when[many], ident[copies], conv))
-        sc, si = conv[order], ident[copies][order]
+    however many points saw it. A chunk of packets at a time but for the copies: a capture
+    at one point has few."""
+    c, flow, cor = a.index.columns, a.flows.flow, a.correlation
+    seen = np.zeros(int(cor.ident.max()) + 1 if len(cor.ident) else 0, np.int32)
+    for lo, hi in chunks(len(flow)):
+        ident = cor.ident[lo:hi][flow[lo:hi] >= 0]
+        seen += np.bincount(ident, minlength=len(seen)).astype(np.int32)
+    copied = seen > 1
+    del seen
+    totals = [np.zeros(nconv, np.int64), *(np.zeros(nconv) for _ in range(3))]
+
+    def add(rows: np.ndarray) -> None:
+        owner = cor.conv[flow[rows]]
+        flags = c.tcp_flags[rows]
+        is_tcp = c.proto[rows] == TCP
+        totals[0] += np.bincount(owner, minlength=nconv)
+        for k, weights in enumerate(
+            (
+                c.wirelen[rows].astype(np.float64),
+                (is_tcp & ((flags & RST) > 0)).astype(np.float64),
+                (is_tcp & ((flags & FIN) > 0)).astype(np.float64),
+            ),
+            start=1,
+        ):
+            totals[k] += np.bincount(owner, weights=weights, minlength=nconv)
+
+    copies = []
+    for lo, hi in chunks(len(flow)):
+        rows = lo + np.flatnonzero(flow[lo:hi] >= 0)
+        many = copied[cor.ident[rows]]
+        add(rows[~many])
+        copies.append(rows[many])
+    many = np.concatenate(copies) if copies else np.zeros(0, np.int64)
+    if len(many):  # the first copy of each packet, by conversation and identity
+        conv, ident = cor.conv[flow[many]], cor.ident[many]
+        order = np.lexsort((cor.when[many], ident, conv))
+        sc, si = conv[order], ident[order]
         new = np.r_[True, (sc[1:] != sc[:-1]) | (si[1:] != si[:-1])]
-        first = np.r_[first, many[order[new]]]
-    owner = a.correlation.conv[a.flows.flow[first]]
-    flags = c.tcp_flags[first]
-    is_tcp = c.proto[first] == TCP
-
-    def count(weights: np.ndarray | None = None) -> np.ndarray:
-        return np.bincount(owner, weights=weights, minlength=nconv)
-
-    return (
-        count(),
-        count(c.wirelen[first].astype(np.float64)),
-        count((is_tcp & ((flags & RST) > 0)).astype(np.float64)),
-        count((is_tcp & ((flags & FIN) > 0)).astype(np.float64)),
-    )
+        add(many[order[new]])
+    return tuple(totals)
 
 
 def conversations(a: Analysis) -> list[ConversationRow]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ktrace.chunking import bincount
 from ktrace.decode.batch import DecodedBatch, decode_batch
 from ktrace.decode.columns import SCHEMA, PacketColumns, Quotes
 from ktrace.decode.tunnel import Tunnel
@@ -77,7 +78,7 @@ class PacketIndex:
 
     def tunnel_packets(self) -> np.ndarray:
         """Per tunnel (in `tunnels` order): the packets it carried, at any depth."""
-        counts = np.bincount(self.columns.tunnel, minlength=len(self.tunnels) + 1)[1:]
+        counts = bincount(self.columns.tunnel, len(self.tunnels) + 1)[1:]
         nested = np.zeros(len(self.tunnels), np.int64)
         nested[: len(self.tunnel_nested)] = self.tunnel_nested
         return counts.astype(np.int64) + nested

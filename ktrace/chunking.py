@@ -1,0 +1,45 @@
+"""Row-local work a chunk of rows at a time: temporaries of a few MB whatever the capture's
+size, where whole-column expressions would make one array per step as long as the index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+CHUNK = 1 << 17  # rows per step: temporaries of about 1 MB each
+
+
+def chunks(n: int) -> Iterator[tuple[int, int]]:
+    return ((lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK))
+
+
+def counted_keys(n: int, keys: Callable[[int, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(..., return_counts=True) of the keys of rows 0..n, given the keys of rows
+    lo..hi: each chunk's distinct keys, which are few beside its rows, merged at the end."""
+    found, counts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for lo, hi in chunks(n):
+        k, c = np.unique(keys(lo, hi), return_counts=True)
+        found.append(k)
+        counts.append(c)
+    distinct, inverse = np.unique(np.concatenate(found), return_inverse=True)
+    total = np.bincount(inverse.reshape(-1), np.concatenate(counts), len(distinct))
+    return distinct, total.astype(np.int64)
+
+
+def distinct_keys(n: int, keys: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """np.unique of the keys of rows 0..n, a chunk at a time (as counted_keys)."""
+    return counted_keys(n, keys)[0]
+
+
+def bincount(values: np.ndarray, minlength: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """np.bincount a chunk at a time: it widens small integer values (and weights) to 8 bytes
+    a row first. Sums of weights are floats, exact for integers below 2**53."""
+    out = np.zeros(minlength, np.int64 if weights is None else np.float64)
+    for lo, hi in chunks(len(values)):
+        w = None if weights is None else weights[lo:hi].astype(np.float64)
+        part = np.bincount(values[lo:hi], w, minlength)
+        if len(part) > len(out):  # a value past minlength
+            out = np.concatenate([out, np.zeros(len(part) - len(out), out.dtype)])
+        out[: len(part)] += part.astype(out.dtype, copy=False)
+    return out
