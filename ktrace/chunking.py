@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-CHUNK = 1 << 17  # rows per step: temporaries of about 1 MB each
+CHUNK = 1 << 16  # rows per step: temporaries of half a MB each, a dozen alive at once
 
 
 def chunks(n: int) -> Iterator[tuple[int, int]]:

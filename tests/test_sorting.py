@@ -65,5 +65,9 @@ def test_repeated_marks_exactly_the_values_seen_twice(
         np.zeros(0, np.int64),
     ],
 )
-def test_stable_order_is_a_stable_argsort(key: np.ndarray) -> None:
-    assert np.array_equal(sorting.stable_order(key), np.argsort(key, kind="stable"))
+def test_sorted_runs_are_a_stable_argsort_and_its_runs(key: np.ndarray) -> None:
+    order, start = sorting.sorted_runs(key)
+    want = np.argsort(key, kind="stable")
+    assert np.array_equal(order, want)
+    ordered = key[want]
+    assert np.array_equal(start, np.r_[True, ordered[1:] != ordered[:-1]][: len(key)])

@@ -62,6 +62,7 @@ class Correlation:
     offsets: np.ndarray  # per point: estimated clock offset, ns (point clock - reference)
     conv: np.ndarray  # per flow: conversation (flows joined across NAT by shared packets)
     local: np.ndarray  # per packet: link-scoped (never joined across points, no path)
+    first_single: int  # identities from this one on are packets nothing else shares
 
 
 def _occurrence(key: np.ndarray, order_by: np.ndarray) -> np.ndarray:
@@ -179,6 +180,8 @@ def correlate(
 ) -> Correlation:
     npoints = len(points)
     ip = np.flatnonzero(c.l3 > 0)
+    if len(c) < 2**31:  # kept to the end: half the bytes
+        ip = ip.astype(np.int32)
     local = link_scoped(c, v6)
     # A packet whose fingerprint nothing else has, or that is link-scoped (rule 1), is its own
     # identity: the sorting below is only for the copies. One capture of bulk traffic is
@@ -205,12 +208,13 @@ def correlate(
         nid += int(far.sum())
     ident = np.full(len(c), -1, np.int32 if len(c) < 2**31 else np.int64)
     ident[rows] = ident_rows
+    first_single = nid
     for lo, hi in chunks(len(ip)):  # each single its own identity, numbered in file order
         singles = ip[lo:hi][~copies[lo:hi]]
         ident[singles] = np.arange(nid, nid + len(singles))
         nid += len(singles)
     conv = _join_flows(ident_rows, flows.flow[rows], len(flows))
-    return Correlation(ident, when, offsets, conv, local)
+    return Correlation(ident, when, offsets, conv, local, first_single)
 
 
 def _join_flows(ident: np.ndarray, flow: np.ndarray, nflows: int) -> np.ndarray:

@@ -108,12 +108,14 @@ class _Found:
     ident: np.ndarray
     qtype: np.ndarray
     flags: np.ndarray
-    name: np.ndarray  # (n, 2) hash of the question name
-    body: np.ndarray  # (n, 2) hash of the message but its id
     malformed: int
 
 
-def _found(index: PacketIndex, cancel: threading.Event | None) -> _Found:
+def _found(
+    index: PacketIndex, cancel: threading.Event | None
+) -> tuple[_Found, np.ndarray, np.ndarray]:
+    """The messages, and per message the (n, 2) hashes of its question name and of all of it
+    but its id: given apart, so each goes once used."""
     c = index.columns
     rows = dns_rows(index)
     point = c.point[rows]
@@ -123,9 +125,11 @@ def _found(index: PacketIndex, cancel: threading.Event | None) -> _Found:
     start, size = tcp_messages(index.mapped, point, payload, size, c.proto[rows] == TCP)
     del payload, caplen
     q = read_questions(index.mapped, point, start, size, cancel)
-    keep = np.flatnonzero(q.ok)
+    del point
+    bad = int((~q.ok).sum())
+    keep = np.flatnonzero(q.ok) if bad else slice(None)  # no copies when every one parsed
     flags = q.flags[keep]
-    return _Found(
+    found = _Found(
         rows[keep],
         start[keep],
         size[keep],
@@ -133,10 +137,9 @@ def _found(index: PacketIndex, cancel: threading.Event | None) -> _Found:
         q.ident[keep],
         q.qtype[keep],
         flags,
-        q.name[keep],
-        q.body[keep],
-        int(len(rows) - len(keep)),
+        bad,
     )
+    return found, q.name[keep], q.body[keep]
 
 
 def _ends(c: PacketColumns, m: _Found) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -150,13 +153,13 @@ def _ends(c: PacketColumns, m: _Found) -> tuple[tuple[np.ndarray, np.ndarray], .
 
 
 def _exchange_pairs(
-    c: PacketColumns, m: _Found, ends: tuple[tuple[np.ndarray, np.ndarray], ...]
+    c: PacketColumns, m: _Found, ends: tuple[tuple[np.ndarray, np.ndarray], ...], name: np.ndarray
 ) -> _Pairs:
     """Queries paired with responses by (point, transport, ends, id, type, name)."""
     rows = m.rows
     fields = (c.point[rows], c.proto[rows], c.l3[rows], *ends[0], *ends[1], m.ident, m.qtype)
-    k1 = mix((*fields, m.name[:, 0]), len(rows), K1)
-    k2 = mix((*fields, m.name[:, 1]), len(rows), K2)
+    k1 = mix((*fields, name[:, 0]), len(rows), K1)
+    k2 = mix((*fields, name[:, 1]), len(rows), K2)
     del fields
     return _pair(k1, k2, m.response)
 
@@ -167,10 +170,13 @@ def _pair_messages(
     """Every transaction's fields as arrays, and (malformed, orphan responses). Built in
     steps whose per-message arrays die with them: a storm's peak is what the steps share."""
     c = index.columns
-    m = _found(index, cancel)
+    m, name, body = _found(index, cancel)
     rows = m.rows
+    message, distinct = _distinct(body)
+    del body
     ends = _ends(c, m)
-    pairs = _exchange_pairs(c, m, ends)
+    pairs = _exchange_pairs(c, m, ends, name)
+    del name
     point, ts = c.point[rows], c.ts[rows]
     tx = np.flatnonzero(pairs.queries > 0)
     first = pairs.order[pairs.begin[tx]]
@@ -185,7 +191,6 @@ def _pair_messages(
     }
     orphans = int((pairs.queries == 0).sum())
     del pairs, tx, lo, count
-    message, distinct = _distinct(m.body)
     messages = _Messages.read(index, point[distinct], m.start[distinct], m.size[distinct])
     sides = tuple((addr[first], port[first]) for addr, port in ends)
     endpoint, (client, server) = _endpoints(index, c.l3[rows[first]], sides)
@@ -195,13 +200,13 @@ def _pair_messages(
         client=client,
         server=server,
         ident=m.ident[first],
-        asked=message[first].astype(np.int32),
+        asked=message[first],
         ts=ts[first],
         row=rows[first],
         response=rows[last],
         rcode=(m.flags[last] & 15).astype(np.uint8),
         latency=ts[last] - ts[first],
-        got=message[last].astype(np.int32),
+        got=message[last],
         answered=answered,
         retries=retries,
         endpoint=endpoint,
@@ -373,8 +378,8 @@ def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = keys[order]
     new = np.ones(len(k), bool)
     new[1:] = (k[1:] != k[:-1]).any(axis=1)
-    ids = np.empty(len(k), np.int64)
-    ids[order] = np.cumsum(new) - 1
+    ids = np.empty(len(k), np.int32)
+    ids[order] = np.cumsum(new, dtype=np.int32) - 1
     return ids, order[new]
 
 

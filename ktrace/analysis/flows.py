@@ -7,7 +7,7 @@ segment seen at two points is not taken for a retransmission.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -142,14 +142,21 @@ def _group(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first row of each flow, flow per row with non-IP rows at len(first), swap per row)."""
     n = len(c)
-    h = np.empty(n, np.uint64)
     swap = np.empty(n, bool)
-    for lo, hi in chunks(n):
-        k1, k2, swap[lo:hi] = _keys(c, sport, dport, slice(lo, hi))
-        h[lo:hi] = (k1 * _MIX) ^ k2
     isip = c.l3 > 0
     ip = None if isip.all() else np.flatnonzero(isip)
-    first, inv = factorize(h if ip is None else h[ip])
+    del isip
+    if ip is not None and n < 2**31:  # kept to the end: half the bytes
+        ip = ip.astype(np.int32)
+    h = np.empty(n if ip is None else len(ip), np.uint64)  # of the IP packets only
+    for lo, hi in chunks(n):
+        k1, k2, swap[lo:hi] = _keys(c, sport, dport, slice(lo, hi))
+        if ip is None:
+            h[lo:hi] = (k1 * _MIX) ^ k2
+        else:
+            a, b = np.searchsorted(ip, (lo, hi))
+            h[a:b] = ((k1 * _MIX) ^ k2)[ip[a:b] - lo]
+    first, inv = factorize(h)
     del h
     rows = np.arange(n) if ip is None else ip
     k1f, k2f, _ = _keys(c, sport, dport, rows[first])
@@ -237,6 +244,21 @@ def _counts(
 
 
 def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
+    """The flow table with every flow's TCP health."""
+    return with_tcp_health(flow_table(c), c, npoints)
+
+
+def with_tcp_health(flows: FlowTable, c: PacketColumns, npoints: int) -> FlowTable:
+    """The table with its handshake times, retransmissions and segments out of order."""
+    handshake, retrans, out_of_order = tcp_health(c, flows.flow, flows.forward, len(flows), npoints)
+    return replace(
+        flows, handshake_ns=handshake, retransmissions=retrans, out_of_order=out_of_order
+    )
+
+
+def flow_table(c: PacketColumns) -> FlowTable:
+    """The flows, their ends and counts; TCP health not yet measured (no handshake, nothing
+    resent): with_tcp_health adds it, a stage of its own."""
     sport, dport = _ports(c)
     first, flow, swap = _group(c, sport, dport)
     nflows = len(first)
@@ -251,7 +273,6 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
     counts = _counts(c, flow, fw, nflows)
     last_ts = np.full(nflows + 1, np.iinfo(np.int64).min, np.int64)
     np.maximum.at(last_ts, flow, c.ts)
-    handshake, retrans, out_of_order = tcp_health(c, flow, fw, nflows, npoints)
 
     opens = lo_opens[:nflows]
     sw = swap[first]
@@ -269,9 +290,9 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
         b_port=np.where(opens, hp, lp).astype(np.uint16),
         first_ts=first_ts,
         last_ts=last_ts[:nflows],
-        handshake_ns=handshake,
-        retransmissions=retrans,
-        out_of_order=out_of_order,
+        handshake_ns=np.full(nflows, -1, np.int64),
+        retransmissions=np.zeros(nflows, np.int64),
+        out_of_order=np.zeros(nflows, np.int64),
         flow=flow,
         forward=fw,
         **counts,

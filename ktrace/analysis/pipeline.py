@@ -15,7 +15,7 @@ from ktrace.analysis.context import Analysis
 from ktrace.analysis.correlate import correlate
 from ktrace.analysis.dns import dns_transactions
 from ktrace.analysis.findings import run_checks
-from ktrace.analysis.flows import build_flows
+from ktrace.analysis.flows import flow_table, with_tcp_health
 from ktrace.analysis.http import http_transactions
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import conversation_paths
@@ -101,7 +101,10 @@ def analysis_steps(
     before each, the result at the end."""
     n = len(index)
     yield Analysing("flows", n)
-    flows = build_flows(index.columns, len(index.points))
+    table = flow_table(index.columns)
+    yield Analysing("TCP health", n)
+    flows = with_tcp_health(table, index.columns, len(index.points))
+    del table
     yield Analysing("correlation", n)
     same_clock: dict[str, list[int]] = {}
     for k, point in enumerate(index.points):

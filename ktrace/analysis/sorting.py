@@ -20,21 +20,33 @@ from ktrace.native import compiled
 Numbering = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def stable_order(key: np.ndarray) -> np.ndarray:
-    """np.argsort(key, kind="stable") for integer keys."""
+def sorted_runs(key: np.ndarray, spend: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(np.argsort(key, kind="stable"), per sorted element whether it starts a run of equal
+    keys) for integer keys. Keys and positions are packed into one array sorted in place, the
+    runs read from its high bits: no sorted copy of the keys is made. `spend`: int64 keys may
+    be packed in their own memory (the caller's keys are then lost)."""
     n = len(key)
+    start = np.ones(n, bool)
     if not n:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), start
     bits = max(1, (n - 1).bit_length())
     if int(key.min()) < 0 or int(key.max()) >= 1 << (64 - bits):  # no room for the position
-        return np.argsort(key, kind="stable")
-    packed = key.astype(np.uint64)  # in place from here: the one array as long as the keys
-    packed <<= np.uint64(bits)
+        order = np.argsort(key, kind="stable")
+        ordered = key[order]
+        np.not_equal(ordered[1:], ordered[:-1], out=start[1:])
+        return order, start
+    shift = np.uint64(bits)
+    # in place from here: one array as long as the keys
+    packed = key.view(np.uint64) if spend and key.dtype == np.int64 else key.astype(np.uint64)
+    packed <<= shift
     for lo, hi in chunks(n):
         packed[lo:hi] |= np.arange(lo, hi, dtype=np.uint64)
     packed.sort()
+    for lo, hi in chunks(n - 1):
+        a, b = packed[lo:hi] >> shift, packed[lo + 1 : hi + 1] >> shift
+        np.not_equal(b, a, out=start[lo + 1 : hi + 1])
     packed &= np.uint64((1 << bits) - 1)
-    return packed.view(np.int64)
+    return packed.view(np.int64), start
 
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

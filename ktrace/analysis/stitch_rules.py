@@ -38,12 +38,17 @@ def _v6_scoped(a: ipaddress.IPv6Address) -> bool:
 
 
 def link_scoped(c: PacketColumns, v6: list[bytes]) -> np.ndarray:
-    """Per packet: rule 1 (IP packets only)."""
+    """Per packet: rule 1 (IP packets only), a chunk at a time."""
     six = np.array([_v6_scoped(ipaddress.IPv6Address(a)) for a in v6] + [False], bool)
-    is4, is6 = c.l3 == 4, c.l3 == 6
-    v6_src = six[np.where(is6, c.src, len(v6)).astype(np.int64)]
-    v6_dst = six[np.where(is6, c.dst, len(v6)).astype(np.int64)]
-    return (is4 & (_v4_scoped(c.src) | _v4_scoped(c.dst))) | (is6 & (v6_src | v6_dst))
+    out = np.empty(len(c), bool)
+    for lo, hi in chunks(len(c)):
+        l3, src, dst = c.l3[lo:hi], c.src[lo:hi], c.dst[lo:hi]
+        is4, is6 = l3 == 4, l3 == 6
+        v6_src = six[np.where(is6, src, len(v6)).astype(np.int64)]
+        v6_dst = six[np.where(is6, dst, len(v6)).astype(np.int64)]
+        v4 = _v4_scoped(src) | _v4_scoped(dst)
+        out[lo:hi] = (is4 & v4) | (is6 & (v6_src | v6_dst))
+    return out
 
 
 def _key(l3: np.ndarray, addr: np.ndarray) -> np.ndarray:

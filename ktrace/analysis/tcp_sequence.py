@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ktrace.analysis.sorting import stable_order
+from ktrace.analysis.sorting import sorted_runs
 from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
@@ -23,30 +23,39 @@ _LOW = (1 << _SHIFT) - 1
 def tcp_health(
     c: PacketColumns, flow: np.ndarray, forward: np.ndarray, nflows: int, npoints: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(handshake ns or -1, retransmissions, segments out of order) per flow; `flow` per row
-    with rows outside any flow at `nflows`."""
-    tcp = np.flatnonzero((c.proto == TCP) & (flow < nflows))
+    """(handshake ns or -1, retransmissions, segments out of order) per flow; `flow` per row,
+    -1 outside any flow."""
+    retrans, out_of_order = _resends(c, flow, forward, nflows, npoints)
+    return _handshakes(c, flow, forward, nflows, npoints), retrans, out_of_order
+
+
+def _resends(
+    c: PacketColumns, flow: np.ndarray, forward: np.ndarray, nflows: int, npoints: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(retransmissions, segments out of order) per flow."""
+    tcp = np.flatnonzero((c.proto == TCP) & (flow >= 0))
+    if len(c) < 2**31:  # rows as int32: half the bytes of what lives through this function
+        tcp = tcp.astype(np.int32)
     if not len(tcp):
-        zero = np.zeros(nflows, np.int64)
-        return np.full(nflows, -1, np.int64), zero, zero.copy()
+        return np.zeros(nflows, np.int64), np.zeros(nflows, np.int64)
     width = max(npoints, 1)
     # one group per (flow, point, direction), file order within it
-    group = (flow[tcp].astype(np.int64) * width + c.point[tcp]) * 2 + forward[tcp]
-    order = stable_order(group)
-    rows = tcp[order]
-    del tcp
-    group = group[order]
-    del order
-    start = np.empty(len(rows), bool)
-    start[0] = True
-    np.not_equal(group[1:], group[:-1], out=start[1:])
+    group = np.empty(len(tcp), np.int64)
+    for lo, hi in chunks(len(tcp)):
+        r = tcp[lo:hi]
+        group[lo:hi] = (flow[r].astype(np.int64) * width + c.point[r]) * 2 + forward[r]
+    order, start = sorted_runs(group, spend=True)
     del group
+    rows = tcp[order]
+    del tcp, order
     behind, rel, carries = _behind(c, rows, start)
     again, late = _resent(rows, start, behind, rel, carries)
+    del behind, rel, carries, start
     f, p = flow[rows], c.point[rows]
-    retrans = _per_point_max(f[again], p[again], nflows, npoints)
-    out_of_order = _per_point_max(f[late], p[late], nflows, npoints)
-    return _handshakes(c, flow, forward, nflows, npoints), retrans, out_of_order
+    return (
+        _per_point_max(f[again], p[again], nflows, npoints),
+        _per_point_max(f[late], p[late], nflows, npoints),
+    )
 
 
 def _behind(

@@ -67,15 +67,9 @@ def _nat_text(a: Analysis, path: ConvPath | None) -> str:
 
 def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
     """Per conversation: packets, bytes (as first seen), RSTs and FINs, each packet once
-    however many points saw it. A chunk of packets at a time but for the copies: a capture
-    at one point has few."""
+    however many points saw it. A chunk of packets at a time but for those that may have
+    copies: a capture at one point has few."""
     c, flow, cor = a.index.columns, a.flows.flow, a.correlation
-    seen = np.zeros(int(cor.ident.max()) + 1 if len(cor.ident) else 0, np.int32)
-    for lo, hi in chunks(len(flow)):
-        ident = cor.ident[lo:hi][flow[lo:hi] >= 0]
-        seen += np.bincount(ident, minlength=len(seen)).astype(np.int32)
-    copied = seen > 1
-    del seen
     totals = [np.zeros(nconv, np.int64), *(np.zeros(nconv) for _ in range(3))]
 
     def add(rows: np.ndarray) -> None:
@@ -96,7 +90,7 @@ def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
     copies = []
     for lo, hi in chunks(len(flow)):
         rows = lo + np.flatnonzero(flow[lo:hi] >= 0)
-        many = copied[cor.ident[rows]]
+        many = cor.ident[rows] < cor.first_single
         add(rows[~many])
         copies.append(rows[many])
     many = np.concatenate(copies) if copies else np.zeros(0, np.int64)

@@ -126,14 +126,19 @@ def _read_compiled(
         at = np.ascontiguousarray(start[sel], np.int64)
         length = np.ascontiguousarray(size[sel], np.int64)
         m = len(sel)
-        ident, flags = np.zeros(m, np.uint16), np.zeros(m, np.uint16)
-        qtype = np.zeros(m, np.int32)
-        name, body = np.zeros((m, 2), np.uint64), np.zeros((m, 2), np.uint64)
-        ok, slow = np.zeros(m, np.uint8), np.zeros(m, np.uint8)
+        slow = np.zeros(m, np.uint8)
         data = buffer(p)
-        questions(data, at, length, NAME_SPAN, ident, flags, qtype, name, body, ok, slow)
-        out.ident[sel], out.flags[sel], out.qtype[sel] = ident, flags, qtype
-        out.name[sel], out.body[sel], out.ok[sel] = name, body, ok.view(bool)
+        if m == len(start):  # one point: written in place
+            fields = (out.ident, out.flags, out.qtype, out.name, out.body, out.ok.view(np.uint8))
+            questions(data, at, length, NAME_SPAN, *fields, slow)
+        else:
+            ident, flags = np.zeros(m, np.uint16), np.zeros(m, np.uint16)
+            qtype = np.zeros(m, np.int32)
+            name, body = np.zeros((m, 2), np.uint64), np.zeros((m, 2), np.uint64)
+            ok = np.zeros(m, np.uint8)
+            questions(data, at, length, NAME_SPAN, ident, flags, qtype, name, body, ok, slow)
+            out.ident[sel], out.flags[sel], out.qtype[sel] = ident, flags, qtype
+            out.name[sel], out.body[sel], out.ok[sel] = name, body, ok.view(bool)
         for k in np.flatnonzero(slow).tolist():
             begin, end = int(at[k]), int(at[k] + length[k])
             message = bytes(data[begin:end])
