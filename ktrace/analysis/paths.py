@@ -148,7 +148,10 @@ def conversation_paths(
     def conv_of(lo: int, hi: int) -> np.ndarray:
         """The conversation of rows lo..hi, -1 outside any or link-scoped (no path)."""
         flow = flows.flow[lo:hi]
-        return np.where((flow >= 0) & ~cor.local[lo:hi], cor.conv[flow], -1)
+        keep = (flow >= 0) & ~cor.local[lo:hi]
+        conv = np.full(hi - lo, -1, np.int64)
+        conv[keep] = cor.conv[flow[keep]]
+        return conv
 
     def pairs_of(lo: int, hi: int) -> np.ndarray:
         conv = conv_of(lo, hi)
