@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -277,7 +278,9 @@ def test_streamed_json_is_the_result(make_pcap: Make, name: bytes) -> None:
     weird = Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=40000, dport=53) / body
     web = "web.default.svc.cluster.local"
     result, data = run_analysis(make_pcap([weird, query(web, ident=9), answer(web, ident=9)]))
-    assert json.loads(b"".join(result.json_chunks())) == data
+    text = b"".join(result.json_chunks())
+    assert json.loads(text) == data
+    assert text == orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)  # the very bytes
     assert {d["qname"] for d in data["dns"]} == {web, parse_dns(bytes(body)).qname}
     assert [d["latency_ms"] is None for d in data["dns"]] == [True, False]
 

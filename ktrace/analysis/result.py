@@ -553,14 +553,16 @@ class Result:
     def to_dict(self) -> dict[str, object]:
         return {k: v if k != "dns" else self._dns_json() for k, v in self._document().items()}
 
-    def _document(self) -> dict[str, object]:
-        """The JSON document, "dns" left out (None): it can be the largest part by far."""
+    def _document(self, native: bool = False) -> dict[str, object]:
+        """The JSON document, "dns" left out (None): it can be the largest part by far.
+        `native`: the flow rows left as they are, for orjson, which writes a dataclass of
+        JSON types as plain() would, without a Python call per field."""
         return {
             "ktrace": __version__,
             "points": plain(self.points),
             "findings": plain(self.findings),
             "paths": plain(self.paths),
-            "flows": plain(self.flows),
+            "flows": self.flows if native else plain(self.flows),
             "dns": None,
             "http": plain(self.http),
             "tls": plain(self.tls),
@@ -575,7 +577,7 @@ class Result:
         transactions a slice at a time, so that a storm's hundreds of thousands never exist
         as dicts all at once."""
         sep = b"{"
-        for key, value in self._document().items():
+        for key, value in self._document(native=True).items():
             yield sep + orjson.dumps(key) + b":"
             sep = b","
             if key != "dns":
@@ -584,27 +586,43 @@ class Result:
             n = len(self.analysis.dns.transactions)
             yield b"["
             for lo in range(0, n, JSON_SLICE):
-                rows = self._dns_json(np.arange(lo, min(lo + JSON_SLICE, n)), tuples=True)
-                yield (b"," if lo else b"") + orjson.dumps(rows)[1:-1]
+                rows = self._dns_json_rows(np.arange(lo, min(lo + JSON_SLICE, n)))
+                yield (b"," if lo else b"") + rows
             yield b"]"
         yield b"}"
 
-    def _dns_json(
-        self, txs: np.ndarray | None = None, tuples: bool = False
-    ) -> list[dict[str, object]]:
-        """As plain(self.dns), without a DnsRow per transaction on the way (`tuples`: the
-        answers left as tuples, which encode as lists)."""
-        if txs is None:
-            txs = np.arange(len(self.analysis.dns.transactions))
-        columns = self.dns_columns(txs)
-        if not tuples:
-            columns["answers"] = [list(cast(tuple[str, ...], a)) for a in columns["answers"]]
+    def _dns_json(self) -> list[dict[str, object]]:
+        """As plain(self.dns), without a DnsRow per transaction on the way."""
+        columns = self.dns_columns(np.arange(len(self.analysis.dns.transactions)))
+        columns["answers"] = [list(cast(tuple[str, ...], a)) for a in columns["answers"]]
         names = [name for attr, name, _ in _layout(DnsRow) if attr in columns]
         values = [columns[attr] for attr, _, _ in _layout(DnsRow) if attr in columns]
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
+    def _dns_json_rows(self, txs: np.ndarray) -> bytes:
+        """The DNS rows of these transactions as JSON objects joined by commas, encoded a
+        column at a time and laid out by one template: a dict per row cost most of --json's
+        time on a DNS-heavy capture."""
+        columns = self.dns_columns(txs)
+        layout = [(attr, name) for attr, name, _ in _layout(DnsRow) if attr in columns]
+        template = b"{" + b",".join(orjson.dumps(name) + b":%b" for _, name in layout) + b"}"
+        encoded = [_encoded(columns[attr]) for attr, _ in layout]
+        return b",".join([template % row for row in zip(*encoded, strict=True)])
+
 
 SCALARS = (str, int, float, bool, type(None))
+
+
+def _encoded(values: list[object]) -> list[bytes]:
+    """Each value as orjson writes it: the column in one call, cut at its commas when no value
+    holds one (numbers, times, most names), else once per distinct value."""
+    if not values:
+        return []
+    parts = orjson.dumps(values)[1:-1].split(b",")
+    if len(parts) == len(values):
+        return parts
+    known = {v: orjson.dumps(v) for v in set(values)}
+    return [known[v] for v in values]
 
 
 @cache
