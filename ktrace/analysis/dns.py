@@ -278,50 +278,17 @@ class DnsTable:
         return self.retries.get(k) or (int(self.row[k]),)
 
     @cached_property
-    def _names(self) -> tuple[np.ndarray, list[str]]:
-        ids, names = _interned(self.messages.qname)
-        return ids[self.asked], names
-
-    @property
-    def qname(self) -> np.ndarray:
-        """Per transaction, its name's id in `names`."""
-        return self._names[0]
-
-    @property
-    def names(self) -> list[str]:
-        return self._names[1]
+    def qname(self) -> Interned:
+        return _interned(self.messages.qname, self.asked)
 
     @cached_property
-    def _qtypes(self) -> tuple[np.ndarray, list[str]]:
-        ids, types = _interned(self.messages.qtype)
-        return ids[self.asked], types
-
-    @property
-    def qtype(self) -> np.ndarray:
-        """Per transaction, its query type's id in `qtypes`."""
-        return self._qtypes[0]
-
-    @property
-    def qtypes(self) -> list[str]:
-        return self._qtypes[1]
-
-    def qtype_is(self, name: str) -> np.ndarray:
-        types = self.qtypes
-        return self.qtype == types.index(name) if name in types else np.zeros(len(self), bool)
+    def qtype(self) -> Interned:
+        return _interned(self.messages.qtype, self.asked)
 
     @cached_property
-    def _client_ips(self) -> tuple[np.ndarray, list[str]]:
-        ids, ips = _interned([e.rsplit(":", 1)[0] for e in self.endpoint])
-        return ids[self.client], ips
-
-    @property
-    def client_ip(self) -> np.ndarray:
-        """Per transaction, its client's address id in `client_ips`."""
-        return self._client_ips[0]
-
-    @property
-    def client_ips(self) -> list[str]:
-        return self._client_ips[1]
+    def client_ip(self) -> Interned:
+        """The client's address without its port."""
+        return _interned([e.rsplit(":", 1)[0] for e in self.endpoint], self.client)
 
     def rcode_is(self, *names: str) -> np.ndarray:
         """Answered with one of these codes."""
@@ -359,11 +326,25 @@ class DnsTable:
         )
 
 
-def _interned(values: list[str]) -> tuple[np.ndarray, list[str]]:
-    """(id of each value, the distinct values by id, in order of first appearance)."""
+@dataclass(frozen=True)
+class Interned:
+    """A text column of the transactions as ids into its distinct values."""
+
+    ids: np.ndarray
+    values: list[str]  # in order of first appearance
+
+    def where(self, value: str) -> np.ndarray:
+        """Whether each transaction holds `value`."""
+        if value not in self.values:
+            return np.zeros(len(self.ids), bool)
+        return self.ids == self.values.index(value)
+
+
+def _interned(values: list[str], rows: np.ndarray) -> Interned:
+    """`values` (per message or endpoint) interned, taken at `rows`."""
     ids: dict[str, int] = {}
     codes = np.fromiter((ids.setdefault(v, len(ids)) for v in values), np.int32, len(values))
-    return codes, list(ids)
+    return Interned(codes[rows], list(ids))
 
 
 def _if(values: list[T], ok: list[bool]) -> list[T | None]:

@@ -123,8 +123,8 @@ def dns_picture(
     pic = DnsPicture(primary)
     if not len(primary):
         return pic
-    names, ips = table.names, table.client_ips
-    ip, name = table.client_ip[primary], table.qname[primary]
+    names, ips = table.qname.values, table.client_ip.values
+    ip, name = table.client_ip.ids[primary], table.qname.ids[primary]
     pairs, pair = _pairs(ip, name, len(names))
     pair_ip, pair_name = (pairs // len(names)).tolist(), (pairs % len(names)).tolist()
     bases = _search_bases(pair_ip, [names[n] for n in pair_name])
@@ -141,7 +141,7 @@ def dns_picture(
     candidates = _race_candidates(table, primary, pair, len(pairs))
     for p in sorted(candidates, key=lambda p: (pair_rank[p], p)):
         group = primary[pair == p]
-        aaaa = group[table.qtype_is("AAAA")[group]]
+        aaaa = group[table.qtype.where("AAAA")[group]]
         rows = [r for k in aaaa.tolist() for r in table.queries(k)]
         flat = sorted(packet_ts[rows].tolist())
         if flat[-1] - flat[0] >= RETRY_AFTER_NS:
@@ -207,7 +207,7 @@ def _race_candidates(
     def count(mask: np.ndarray) -> np.ndarray:
         return np.bincount(pair[mask[primary]], minlength=pairs)
 
-    a, aaaa = table.qtype_is("A"), table.qtype_is("AAAA")
+    a, aaaa = table.qtype.where("A"), table.qtype.where("AAAA")
     answered = table.answered
     ok = (count(a) > 0) & (count(aaaa) > 0) & (count(a & answered) > 0)
     return np.flatnonzero(ok & (count(aaaa & answered) == 0)).tolist()

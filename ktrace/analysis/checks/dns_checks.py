@@ -75,12 +75,14 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
             # a lookup fails once all its candidates fail: a name one of whose candidates was
             # answered did not fail
             ok = pic.primary[table.rcode_is("NOERROR")[pic.primary]]
-            resolved = label_prefixes({table.names[n] for n in np.unique(table.qname[ok]).tolist()})
-            lookup_failed = np.array([not resolved.get(n) for n in table.names], bool)
-            failed = failed[lookup_failed[table.qname[failed]]]
+            resolved = label_prefixes(
+                {table.qname.values[n] for n in np.unique(table.qname.ids[ok]).tolist()}
+            )
+            lookup_failed = np.array([not resolved.get(n) for n in table.qname.values], bool)
+            failed = failed[lookup_failed[table.qname.ids[failed]]]
         if not len(failed):
             continue
-        names = [table.names[n] for n, _ in most_common(table.qname[failed])]
+        names = [table.qname.values[n] for n, _ in most_common(table.qname.ids[failed])]
         yield Finding(
             id=f"dns.{rcode.lower()}",
             severity=severity,
@@ -93,14 +95,14 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
 
 def run_search_path(analysis: Analysis) -> Iterator[Finding]:
     pic, table = analysis.dns_picture, analysis.dns.transactions
-    tried = {key: np.unique(table.qname[txs]) for key, txs in pic.expansions.items()}
+    tried = {key: np.unique(table.qname.ids[txs]) for key, txs in pic.expansions.items()}
     costly = [k for k in pic.expansions if len(tried[k]) >= MIN_WASTED_NAMES]
     if not costly:
         return
     costly.sort(key=lambda k: -len(tried[k]))
     client, name = costly[0]
     wasted = pic.expansions[(client, name)]
-    per_lookup = len(tried[(client, name)]) * len(np.unique(table.qtype[wasted]))
+    per_lookup = len(tried[(client, name)]) * len(np.unique(table.qtype.ids[wasted]))
     total = sum(len(pic.expansions[k]) for k in costly)
     examples = ", ".join(f"{n} ({len(tried[(c, n)])} names tried first)" for c, n in costly[:3])
     yield Finding(
@@ -154,12 +156,12 @@ def run_upstream(analysis: Analysis) -> Iterator[Finding]:
     if not len(pic.upstream_failed):
         return
     failed = pic.upstream_failed
-    names = [table.names[n] for n in _in_order(table.qname[failed])]
+    names = [table.qname.values[n] for n in _in_order(table.qname.ids[failed])]
     # where the forwarded queries went: seen from the DNS server's side, unanswered
     domain = analysis.names.cluster_domain
-    outside = np.array([not is_cluster_name(n, domain) for n in table.names], bool)
-    client = table.client_ip[failed[0]]
-    forwarded = ~table.answered & outside[table.qname] & (table.client_ip != client)
+    outside = np.array([not is_cluster_name(n, domain) for n in table.qname.values], bool)
+    client = table.client_ip.ids[failed[0]]
+    forwarded = ~table.answered & outside[table.qname.ids] & (table.client_ip.ids != client)
     upstreams = most_common(table.server[forwarded])
     where = (
         f" The DNS server forwarded them to {table.endpoint[upstreams[0][0]]}, which never "

@@ -21,10 +21,12 @@ def run(analysis: Analysis) -> Iterator[Finding]:
     if not len(lost):
         return
     servers = most_common(table.server[lost])[:3]
-    kinds = len(table.qtypes)
-    names = most_common(table.qname[lost].astype(np.int64) * kinds + table.qtype[lost])[:3]
+    kinds = len(table.qtype.values)
+    names = most_common(table.qname.ids[lost].astype(np.int64) * kinds + table.qtype.ids[lost])[:3]
     total = int(due.sum())
-    top = ", ".join(f"{table.names[v // kinds]} {table.qtypes[v % kinds]} ({n}x)" for v, n in names)
+    top = ", ".join(
+        f"{table.qname.values[v // kinds]} {table.qtype.values[v % kinds]} ({n}x)" for v, n in names
+    )
     server_text = ", ".join(f"{table.endpoint[s]} ({n})" for s, n in servers)
     answered_elsewhere = bool(table.answered[primary].any())
     partial = len(lost) < total
