@@ -120,8 +120,8 @@ async def test_points_flows_dns_and_packets_views() -> None:
         assert all("172.18.0.100" in " ".join(r) for r in table_rows(app))
         await pilot.press("4")
         lookups = table_rows(app)
-        chain = [r for r in lookups if r[0] == "example.com" and r[1].startswith("10.244.0.2")]
-        assert [r[3] for r in chain][:6:2] == [
+        chain = [r for r in lookups if r[0] == "example.com" and r[7].startswith("10.244.0.2")]
+        assert [r[1] for r in chain][:6:2] == [
             "example.com.default.svc.cluster.local",
             "example.com.svc.cluster.local",
             "example.com.cluster.local",

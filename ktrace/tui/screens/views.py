@@ -202,22 +202,27 @@ class PathView(TableView):
 
 class DnsView(TableView):
     TITLE = "DNS transactions, grouped by lookup (search-path chains together)"
+    # most useful first: what a narrow terminal cuts off is on the right
     COLUMNS = (
         "LOOKUP",
-        "CLIENT",
-        "SERVER",
         "QNAME",
         "TYPE",
         "RCODE",
         "LATENCY",
         "RETRIES",
+        "SERVER",
+        "CLIENT",
         "ANSWERS",
     )
+    # characters of the lookup and of the name asked below WIDE columns: the name's later
+    # labels tell a search path's candidates apart
+    NARROW = (16, 32)
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
         result = self.ktrace.result
         if result is None:
             return []
+        lookup_width, name_width = (None, None) if self.app.size.width >= WIDE else self.NARROW
         rows = []
         for r in dns_lookups(result.analysis):
             t = r.transaction
@@ -226,14 +231,14 @@ class DnsView(TableView):
                 (
                     t.queries[0],
                     (
-                        r.lookup,
-                        t.client,
-                        t.server,
-                        t.qname,
+                        clip(r.lookup, lookup_width),
+                        clip(t.qname, name_width),
                         t.qtype,
                         rcode,
                         f"{t.latency_ns / 1e6:.2f} ms" if t.latency_ns is not None else "",
                         t.retries or "",
+                        t.server,
+                        t.client,
                         ", ".join(t.answers[:3]),
                     ),
                 )
