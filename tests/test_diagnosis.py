@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
@@ -284,3 +285,13 @@ def test_a_bundle_packed_as_tar_gz(tmp_path: Path) -> None:
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(LAB / "policy-drop", arcname="policy-drop")
     assert {f["id"] for f in findings(archive)} == {"path.drop"}
+
+
+@pytest.mark.parametrize(
+    "sample", [*(LAB / b for b in sorted(EXPECTED)), *sorted(PCAPS.glob("*.pcap*"))], ids=str
+)
+def test_streamed_json_is_the_encoding_of_to_dict(sample: Path) -> None:
+    """--json lays the rows out with one function call per row, not plain() per field: the
+    very bytes of to_dict() encoded, on every kind of section the samples hold."""
+    result, data = run_analysis(sample)
+    assert b"".join(result.json_chunks()) == orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)

@@ -555,18 +555,22 @@ class Result:
 
     def _document(self, native: bool = False) -> dict[str, object]:
         """The JSON document, "dns" left out (None): it can be the largest part by far.
-        `native`: the flow rows left as they are, for orjson, which writes a dataclass of
-        JSON types as plain() would, without a Python call per field."""
+        `native`: the rows left as they are, for orjson to lay out with _row_dict (findings,
+        whose severity plain() writes by name, excepted)."""
+
+        def rows(value: tuple[object, ...]) -> object:
+            return value if native else plain(value)
+
         return {
             "ktrace": __version__,
-            "points": plain(self.points),
+            "points": rows(self.points),
             "findings": plain(self.findings),
-            "paths": plain(self.paths),
-            "flows": self.flows if native else plain(self.flows),
+            "paths": rows(self.paths),
+            "flows": rows(self.flows),
             "dns": None,
-            "http": plain(self.http),
-            "tls": plain(self.tls),
-            "tunnels": plain(self.tunnels),
+            "http": rows(self.http),
+            "tls": rows(self.tls),
+            "tunnels": rows(self.tunnels),
             "warnings": self.warnings,
             "dns_malformed": self.analysis.dns.malformed,
             "dns_orphan_responses": self.analysis.dns.orphan_responses,
@@ -581,7 +585,7 @@ class Result:
             yield sep + orjson.dumps(key) + b":"
             sep = b","
             if key != "dns":
-                yield orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+                yield orjson.dumps(value, default=_row_dict, option=ROW_OPTIONS)
                 continue
             n = len(self.analysis.dns.transactions)
             yield b"["
@@ -611,6 +615,21 @@ class Result:
 
 
 SCALARS = (str, int, float, bool, type(None))
+
+
+# rows (dataclasses) handed to _row_dict; orjson encodes the values it returns itself
+ROW_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _row_dict(row: object) -> dict[str, object]:
+    """A row as plain() lays it out (names, fields left out or dropped from the row held),
+    its values left to orjson: a Python call per row, not per field."""
+    if not is_dataclass(row) or isinstance(row, type):
+        raise TypeError(f"{type(row).__name__} is not JSON")
+    return {
+        name: plain(getattr(row, attr), inner) if inner else getattr(row, attr)
+        for attr, name, inner in _layout(type(row))
+    }
 
 
 def _encoded(values: list[object]) -> list[bytes]:
