@@ -730,9 +730,9 @@ def test_capture_open_follows_the_capture_live_and_q_stops_it(env: Env, tmp_path
     try:
         term.wait_for(r"LIVE capturing: 4 points", 60)
         call_web(env)
-        # the UI indexes what arrived while the capture goes on
-        m = term.wait_for(r"([1-9][\d,]*) packets, 4 points", 60)
-        assert int(m.group(1).replace(",", "")) >= 20
+        # the UI indexes what arrived while the capture goes on: the call's packets reach it
+        # (a refresh may land mid-call and show part of them first)
+        term.wait_for(r"(?<![\d,])([2-9]\d|\d{3,}|\d{1,3}(,\d{3})+) packets, 4 points", 60)
         term.wait_for(r"LIVE capturing")
         term.keys("q")
         deadline = time.monotonic() + 60
