@@ -315,9 +315,9 @@ class DnsTable:
                     [m.qtype[k] for k in asked],
                     self.ts[ks].tolist(),
                     queries,
-                    _if(self.response[ks].tolist(), ok),
-                    _if([RCODES[v] for v in self.rcode[ks].tolist()], ok),
-                    _if(self.latency[ks].tolist(), ok),
+                    or_none(self.response[ks].tolist(), ok),
+                    or_none([RCODES[v] for v in self.rcode[ks].tolist()], ok),
+                    or_none(self.latency[ks].tolist(), ok),
                     [m.answers[k] if k >= 0 else () for k in got],
                     [k >= 0 and m.truncated[k] for k in got],
                     strict=True,
@@ -347,7 +347,7 @@ def _interned(values: list[str], rows: np.ndarray) -> Interned:
     return Interned(codes[rows], list(ids))
 
 
-def _if(values: list[T], ok: list[bool]) -> list[T | None]:
+def or_none(values: list[T], ok: list[bool]) -> list[T | None]:
     """Each value where `ok`, else None (what an unanswered query has)."""
     return [v if y else None for v, y in zip(values, ok, strict=True)]
 

@@ -16,7 +16,7 @@ import orjson
 from ktrace import __version__
 from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis
-from ktrace.analysis.dns import RCODES
+from ktrace.analysis.dns import RCODES, or_none
 from ktrace.analysis.findings import CheckError
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
@@ -44,11 +44,6 @@ def iso(ts_ns: int) -> str:
 
 def _ms(ns: float | None) -> float | None:
     return round(ns / 1e6, 3) if ns is not None else None
-
-
-def _where(values: list[object], ok: list[bool]) -> list[object]:
-    """Each value where `ok`, else None."""
-    return [v if y else None for v, y in zip(values, ok, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -411,9 +406,9 @@ class Result:
             "id": table.ident[txs].tolist(),
             "qname": [m.qname[k] for k in asked],
             "qtype": [m.qtype[k] for k in asked],
-            "rcode": _where([RCODES[v] for v in table.rcode[txs].tolist()], answered),
+            "rcode": or_none([RCODES[v] for v in table.rcode[txs].tolist()], answered),
             "answered": answered,
-            "latency_ms": _where((micros / 1000).tolist(), answered),
+            "latency_ms": or_none((micros / 1000).tolist(), answered),
             "retries": [len(retries[k]) - 1 if k in retries else 0 for k in txs.tolist()],
             "answers": [m.answers[k] if k >= 0 else () for k in got],
             "truncated": [k >= 0 and m.truncated[k] for k in got],
