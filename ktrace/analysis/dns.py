@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -295,11 +295,29 @@ class DnsTable:
         codes = [RCODES.index(n) for n in names]
         return self.answered & np.isin(self.rcode, codes)
 
-    def take(self, ks: np.ndarray) -> list[DnsTransaction]:
-        """These transactions as tuples."""
+    def shared_columns(self, ks: np.ndarray) -> dict[str, list[Any]]:
+        """The fields of these transactions that read the same in a tuple and in a DNS row
+        (result.DnsRow), a column each."""
         endpoint, m = self.endpoint, self.messages
         asked, ok = self.asked[ks].tolist(), self.answered[ks].tolist()
         got = [k if y else -1 for k, y in zip(self.got[ks].tolist(), ok, strict=True)]
+        return {
+            "transport": ["tcp" if t else "udp" for t in self.tcp[ks].tolist()],
+            "client": [endpoint[k] for k in self.client[ks].tolist()],
+            "server": [endpoint[k] for k in self.server[ks].tolist()],
+            "id": self.ident[ks].tolist(),
+            "qname": [m.qname[k] for k in asked],
+            "qtype": [m.qtype[k] for k in asked],
+            "rcode": or_none([RCODES[v] for v in self.rcode[ks].tolist()], ok),
+            "answered": ok,
+            "answers": [m.answers[k] if k >= 0 else () for k in got],
+            "truncated": [k >= 0 and m.truncated[k] for k in got],
+        }
+
+    def take(self, ks: np.ndarray) -> list[DnsTransaction]:
+        """These transactions as tuples."""
+        c = self.shared_columns(ks)
+        ok = c["answered"]
         rows = zip(ks.tolist(), self.row[ks].tolist(), strict=True)
         queries = [self.retries.get(k) or (r,) for k, r in rows]
         return list(
@@ -307,19 +325,19 @@ class DnsTable:
                 DnsTransaction._make,
                 zip(
                     self.point[ks].tolist(),
-                    ["tcp" if t else "udp" for t in self.tcp[ks].tolist()],
-                    [endpoint[k] for k in self.client[ks].tolist()],
-                    [endpoint[k] for k in self.server[ks].tolist()],
-                    self.ident[ks].tolist(),
-                    [m.qname[k] for k in asked],
-                    [m.qtype[k] for k in asked],
+                    c["transport"],
+                    c["client"],
+                    c["server"],
+                    c["id"],
+                    c["qname"],
+                    c["qtype"],
                     self.ts[ks].tolist(),
                     queries,
                     or_none(self.response[ks].tolist(), ok),
-                    or_none([RCODES[v] for v in self.rcode[ks].tolist()], ok),
+                    c["rcode"],
                     or_none(self.latency[ks].tolist(), ok),
-                    [m.answers[k] if k >= 0 else () for k in got],
-                    [k >= 0 and m.truncated[k] for k in got],
+                    c["answers"],
+                    c["truncated"],
                     strict=True,
                 ),
             )
