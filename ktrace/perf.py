@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from functools import cache
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -27,6 +28,7 @@ def tune_collector() -> None:
     gc.set_threshold(GC_YOUNG, older, oldest)
 
 
+@cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None)  # the C library the interpreter itself runs on
