@@ -6,10 +6,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
+from ktrace.analysis.row_columns import Coded, Column, Listed, Vocabulary, flags
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, rcode_name
 from ktrace.decode.dns_bulk import read_questions, tcp_messages
@@ -21,6 +22,8 @@ DNS_PORT = 53
 BUILD_SLICE = 8192  # transactions made into tuples at a time when iterating
 T = TypeVar("T")
 RCODES = [rcode_name(v) for v in range(16)]
+ANSWER_CODES = Vocabulary([*RCODES, None])  # None: unanswered
+TRANSPORTS = Vocabulary(["udp", "tcp"])
 
 
 class DnsTransaction(NamedTuple):
@@ -295,29 +298,34 @@ class DnsTable:
         codes = [RCODES.index(n) for n in names]
         return self.answered & np.isin(self.rcode, codes)
 
-    def shared_columns(self, ks: np.ndarray) -> dict[str, list[Any]]:
+    @cached_property
+    def endpoints(self) -> Vocabulary:
+        return Vocabulary(self.endpoint)
+
+    def shared_columns(self, ks: np.ndarray) -> dict[str, Column]:
         """The fields of these transactions that read the same in a tuple and in a DNS row
         (result.DnsRow), a column each."""
-        endpoint, m = self.endpoint, self.messages
-        asked, ok = self.asked[ks].tolist(), self.answered[ks].tolist()
+        m = self.messages
+        answered = self.answered[ks]
+        ok = answered.tolist()
         got = [k if y else -1 for k, y in zip(self.got[ks].tolist(), ok, strict=True)]
         return {
-            "transport": ["tcp" if t else "udp" for t in self.tcp[ks].tolist()],
-            "client": [endpoint[k] for k in self.client[ks].tolist()],
-            "server": [endpoint[k] for k in self.server[ks].tolist()],
-            "id": self.ident[ks].tolist(),
-            "qname": [m.qname[k] for k in asked],
-            "qtype": [m.qtype[k] for k in asked],
-            "rcode": or_none([RCODES[v] for v in self.rcode[ks].tolist()], ok),
-            "answered": ok,
-            "answers": [m.answers[k] if k >= 0 else () for k in got],
-            "truncated": [k >= 0 and m.truncated[k] for k in got],
+            "transport": Coded(self.tcp[ks].astype(np.int8), TRANSPORTS),
+            "client": Coded(self.client[ks], self.endpoints),
+            "server": Coded(self.server[ks], self.endpoints),
+            "id": Listed(self.ident[ks].tolist()),
+            "qname": self.qname.coded(ks),
+            "qtype": self.qtype.coded(ks),
+            "rcode": Coded(np.where(answered, self.rcode[ks], len(RCODES)), ANSWER_CODES),
+            "answered": flags(answered),
+            "answers": Listed([m.answers[k] if k >= 0 else () for k in got]),
+            "truncated": Listed([k >= 0 and m.truncated[k] for k in got]),
         }
 
     def take(self, ks: np.ndarray) -> list[DnsTransaction]:
         """These transactions as tuples."""
-        c = self.shared_columns(ks)
-        ok = c["answered"]
+        c = {name: column.listed() for name, column in self.shared_columns(ks).items()}
+        ok = self.answered[ks].tolist()
         rows = zip(ks.tolist(), self.row[ks].tolist(), strict=True)
         queries = [self.retries.get(k) or (r,) for k, r in rows]
         return list(
@@ -350,6 +358,14 @@ class Interned:
 
     ids: np.ndarray
     values: list[str]  # in order of first appearance
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.values)
+
+    def coded(self, ks: np.ndarray) -> Coded:
+        """The column of these transactions."""
+        return Coded(self.ids[ks], self.vocabulary)
 
     def where(self, value: str) -> np.ndarray:
         """Whether each transaction holds `value`."""

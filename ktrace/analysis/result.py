@@ -21,6 +21,15 @@ from ktrace.analysis.findings import CheckError
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.analysis.paths import ConvPath, Hop
+from ktrace.analysis.row_columns import (
+    Coded,
+    Column,
+    Listed,
+    Times,
+    Vocabulary,
+    isos,
+    json_objects,
+)
 from ktrace.analysis.views import ConversationRow, conversations
 from ktrace.chunking import bincount, counted_keys
 from ktrace.decode.tunnel import Tunnel
@@ -28,18 +37,7 @@ from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
 
 MAX_LOSS_EVIDENCE = 10
-JSON_SLICE = 1024  # DNS transactions encoded at a time: their dicts are a few MB
-
-
-def isos(ts_ns: np.ndarray) -> list[str]:
-    """ISO 8601 times to the nearest microsecond, UTC, as datetime.isoformat writes them."""
-    micros = ((np.asarray(ts_ns, np.int64) + 500) // 1000).astype("datetime64[us]")
-    text = np.datetime_as_string(micros, "us")
-    return [t + "+00:00" for t in text.tolist()]
-
-
-def iso(ts_ns: int) -> str:
-    return isos(np.array([ts_ns]))[0]
+JSON_SLICE = 2048  # DNS transactions encoded at a time: a few MB of their fields' JSON
 
 
 def _ms(ns: float | None) -> float | None:
@@ -252,6 +250,7 @@ class Result:
         np.minimum.at(first, c.point, c.ts)
         np.maximum.at(last, c.point, c.ts)
         offsets = self.analysis.correlation.offsets.tolist()
+        firsts = isos(first)
         out = []
         for k, p in enumerate(index.points):
             seen = bool(counts[k])
@@ -265,7 +264,7 @@ class Result:
                     format=f.format,
                     packets=int(counts[k]),
                     bytes=int(sizes[k]),
-                    first=iso(int(first[k])) if seen else None,
+                    first=firsts[k] if seen else None,
                     duration_s=round((int(last[k]) - int(first[k])) / 1e9, 6) if seen else 0.0,
                     kernel_drops=f.drops.get(k),
                     kind=p.kind,
@@ -288,6 +287,7 @@ class Result:
             return flow[ip].astype(np.int64) * npts + a.index.columns.point[lo:hi][ip]
 
         uniq, counts = counted_keys(len(f.flow), keys)
+        starts = isos(f.first_ts)
         per_flow: dict[int, dict[str, int]] = {}
         for k, n in zip(uniq.tolist(), counts.tolist(), strict=True):
             per_flow.setdefault(k // npts, {})[a.index.points[k % npts].id] = n
@@ -300,7 +300,7 @@ class Result:
                 packets_ba=int(f.packets_ba[i]),
                 bytes_ab=int(f.bytes_ab[i]),
                 bytes_ba=int(f.bytes_ba[i]),
-                start=iso(int(f.first_ts[i])),
+                start=starts[i],
                 duration_s=round((int(f.last_ts[i]) - int(f.first_ts[i])) / 1e9, 6),
                 handshake_ms=_ms(int(f.handshake_ns[i])) if f.handshake_ns[i] >= 0 else None,
                 retransmissions=int(f.retransmissions[i]),
@@ -376,34 +376,37 @@ class Result:
 
     def dns_rows(self, txs: np.ndarray) -> tuple[DnsRow, ...]:
         """The rows of these transactions (ids in the DNS table)."""
-        columns = self.dns_columns(txs)
-        return tuple(DnsRow(*row) for row in zip(*columns.values(), strict=True))
+        columns = [column.listed() for column in self.dns_columns(txs).values()]
+        return tuple(DnsRow(*row) for row in zip(*columns, strict=True))
 
-    def dns_columns(self, txs: np.ndarray) -> dict[str, list[object]]:
+    def dns_columns(self, txs: np.ndarray) -> dict[str, Column]:
         """The DnsRow fields of many transactions, in field order, from the DNS table's
         columns: a storm has hundreds of thousands (--json writes them from these directly)."""
         index, table = self.analysis.index, self.analysis.dns.transactions
-        ids = [p.id for p in index.points]
         if not len(txs):
-            return {f.name: [] for f in fields(DnsRow)}
+            return {f.name: Listed([]) for f in fields(DnsRow)}
         shared = table.shared_columns(txs)
-        answered = shared["answered"]
+        answered = table.answered[txs].tolist()
         first = table.row[txs]
-        file_start = np.array([index.file_of(k).first_row for k in range(len(ids))], np.int64)
+        file_start = np.array([index.file_of(k).first_row for k in range(len(index.points))])
         at = index.columns.point[first].astype(np.int64)
         # whole ns to ms with three decimals: rounded to the nearest microsecond (halves up)
         # in integers, a column at once (round() per value cost 1.3 µs)
         micros = (table.latency[txs] + 500) // 1000
         retries = table.retries
         columns = {
-            "point": [ids[p] for p in table.point[txs].tolist()],
+            "point": Coded(table.point[txs], self._point_ids),
             **shared,
-            "latency_ms": or_none((micros / 1000).tolist(), answered),
-            "retries": [len(retries[k]) - 1 if k in retries else 0 for k in txs.tolist()],
-            "time": isos(table.ts[txs]),
-            "packet": (first - file_start[at] + 1).tolist(),
+            "latency_ms": Listed(or_none((micros / 1000).tolist(), answered)),
+            "retries": Listed([len(retries[k]) - 1 if k in retries else 0 for k in txs.tolist()]),
+            "time": Times(table.ts[txs]),
+            "packet": Listed((first - file_start[at] + 1).tolist()),
         }
         return {f.name: columns[f.name] for f in fields(DnsRow)}  # in DnsRow's order
+
+    @cached_property
+    def _point_ids(self) -> Vocabulary:
+        return Vocabulary([p.id for p in self.analysis.index.points])
 
     @cached_property
     def conversations(self) -> tuple[ConversationRow, ...]:
@@ -501,9 +504,10 @@ class Result:
     @cached_property
     def tls(self) -> tuple[TlsRow, ...]:
         a = self.analysis
+        hellos = isos(np.array([s.hello_ts for s in a.http.tls], np.int64))
         return tuple(
             TlsRow(
-                iso(s.hello_ts),
+                hello,
                 a.point_id(s.point),
                 s.client,
                 s.server,
@@ -517,7 +521,7 @@ class Result:
                 s.failed,
                 a.index.ref(s.hello_row),
             )
-            for s in a.http.tls
+            for s, hello in zip(a.http.tls, hellos, strict=True)
         )
 
     @cached_property
@@ -582,20 +586,19 @@ class Result:
     def _dns_json(self) -> list[dict[str, object]]:
         """As plain(self.dns), without a DnsRow per transaction on the way."""
         columns = self.dns_columns(np.arange(len(self.analysis.dns.transactions)))
-        columns["answers"] = [list(cast(tuple[str, ...], a)) for a in columns["answers"]]
-        names = [name for attr, name, _ in _layout(DnsRow) if attr in columns]
-        values = [columns[attr] for attr, _, _ in _layout(DnsRow) if attr in columns]
+        listed = {attr: column.listed() for attr, column in columns.items()}
+        listed["answers"] = [list(cast(tuple[str, ...], a)) for a in listed["answers"]]
+        layout = [(attr, name) for attr, name, _ in _layout(DnsRow) if attr in listed]
+        values = [listed[attr] for attr, _ in layout]
+        names = [name for _, name in layout]
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
     def _dns_json_rows(self, txs: np.ndarray) -> bytes:
-        """The DNS rows of these transactions as JSON objects joined by commas, encoded a
-        column at a time and laid out by one template: a dict per row cost most of --json's
-        time on a DNS-heavy capture."""
+        """The DNS rows of these transactions as JSON objects joined by commas, written a
+        column at a time: a dict per row cost most of --json's time on a DNS-heavy capture."""
         columns = self.dns_columns(txs)
-        layout = [(attr, name) for attr, name, _ in _layout(DnsRow) if attr in columns]
-        template = b"{" + b",".join(orjson.dumps(name) + b":%b" for _, name in layout) + b"}"
-        encoded = [_encoded(columns[attr]) for attr, _ in layout]
-        return b",".join([template % row for row in zip(*encoded, strict=True)])
+        layout = [(name, columns[attr]) for attr, name, _ in _layout(DnsRow) if attr in columns]
+        return json_objects(layout, len(txs))
 
 
 SCALARS = (str, int, float, bool, type(None))
@@ -614,18 +617,6 @@ def _row_dict(row: object) -> dict[str, object]:
         name: plain(getattr(row, attr), inner) if inner else getattr(row, attr)
         for attr, name, inner in _layout(type(row))
     }
-
-
-def _encoded(values: list[object]) -> list[bytes]:
-    """Each value as orjson writes it: the column in one call, cut at its commas when no value
-    holds one (numbers, times, most names), else once per distinct value."""
-    if not values:
-        return []
-    parts = orjson.dumps(values)[1:-1].split(b",")
-    if len(parts) == len(values):
-        return parts
-    known = {v: orjson.dumps(v) for v in set(values)}
-    return [known[v] for v in values]
 
 
 @cache

@@ -15,8 +15,8 @@ from ktrace.analysis.result import (
     Result,
     TlsRow,
     TunnelRow,
-    iso,
 )
+from ktrace.analysis.row_columns import iso
 from ktrace.analysis.views import ConversationRow
 from ktrace.model import Finding
 from ktrace.report.table import human_size, render
