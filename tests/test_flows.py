@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from ktrace.analysis import flows as flows_module
+from ktrace.decode.columns import PacketColumns
 from tests.helpers import T0, frames, run_analysis, tcp_session, udp
 
 Make = Callable[..., Path]
@@ -223,3 +225,35 @@ def test_resent_and_late_segments_match_the_set_operations(
     got = _resent(rows, start, behind, rel, carries)
     want = _resent_reference(rows, start, behind, rel, carries)
     assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+
+
+def _random_columns(n: int, seed: int) -> tuple[PacketColumns, np.ndarray, np.ndarray]:
+    """Packets of few hosts and ports (flows repeat, both ways), some not IP, some IPv6, some
+    between equal addresses (the ports then order the ends)."""
+    rng = np.random.default_rng(seed)
+    c = PacketColumns.empty(n)
+    c.l3[:] = rng.choice(np.array([0, 4, 4, 4, 6], np.uint8), n)
+    c.proto[:] = rng.choice(np.array([6, 17, 1], np.uint8), n)
+    c.src[:] = rng.integers(0, 6, n)
+    c.dst[:] = np.where(rng.random(n) < 0.1, c.src, rng.integers(0, 6, n))
+    sport = rng.integers(0, 6, n).astype(np.uint16)
+    dport = rng.integers(0, 6, n).astype(np.uint16)
+    return c, sport, dport
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_flows_grouped_by_the_c_hash_table_are_numbered_as_by_sorting(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if flows_module._flow_ids is None:
+        pytest.skip("no compiler where ktrace was installed: sorting is the one in use")
+    c, sport, dport = _random_columns(50_000, seed)
+    for mix in (flows_module._MIX, np.uint64(0)):  # 0: every hash collides with others
+        monkeypatch.setattr(flows_module, "_MIX", mix)
+        hashed = flows_module._group_hashed(flows_module._flow_ids, c, sport, dport)
+        assert hashed is not None
+        for got, want in zip(hashed, flows_module._group_sorted(c, sport, dport), strict=True):
+            assert np.array_equal(got, want)
+    # mostly flows of their own: the table gives way to sorting
+    c.src[:] = np.arange(len(c))
+    assert flows_module._group_hashed(flows_module._flow_ids, c, sport, dport) is None

@@ -7,6 +7,7 @@ segment seen at two points is not taken for a retransmission.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +20,7 @@ from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS
 from ktrace.decode.mix import K1 as _MIX
 from ktrace.decode.transport import ACK, FIN, RST, SCTP, SYN, TCP, UDP
+from ktrace.native import compiled
 
 NO_FLOW = -1
 
@@ -98,6 +100,9 @@ def group_pairs(k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return first, inv
 
 
+_flow_ids = compiled("ktrace.analysis._group", "flow_ids")
+
+
 def _exact_pairs(k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((np.arange(len(k1)), k2, k1))
     s1, s2 = k1[order], k2[order]
@@ -141,6 +146,39 @@ def _group(
     c: PacketColumns, sport: np.ndarray, dport: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first row of each flow, flow per row with non-IP rows at len(first), swap per row)."""
+    if _flow_ids is not None:
+        found = _group_hashed(_flow_ids, c, sport, dport)
+        if found is not None:
+            return found
+    return _group_sorted(c, sport, dport)
+
+
+def _group_hashed(
+    flow_ids: Callable[..., bytes | None], c: PacketColumns, sport: np.ndarray, dport: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """_group in one pass of a hash table on the exact keys (C), the flows then numbered as
+    the sorted path numbers them; None when most packets are flows of their own."""
+    n = len(c)
+    ids, swap = np.empty(n, np.int32), np.empty(n, bool)
+    columns = (c.l3, c.proto, c.src, c.dst, sport, dport)
+    found = flow_ids(*map(np.ascontiguousarray, columns), ids, swap.view(np.uint8), n // 8 + 1024)
+    if found is None:
+        return None
+    first = np.frombuffer(found, np.int64)
+    k1, k2, _ = _keys(c, sport, dport, first)
+    h = (k1 * _MIX) ^ k2
+    order = np.argsort(h, kind="stable")
+    if (h[order[1:]] == h[order[:-1]]).any():  # hashes collide: by keys, as the sorted path
+        order = np.lexsort((k2, k1))
+    rank = np.empty(len(first) + 1, np.int32)
+    rank[order] = np.arange(len(first), dtype=np.int32)
+    rank[-1] = len(first)  # not IP
+    return first[order], rank[ids], swap
+
+
+def _group_sorted(
+    c: PacketColumns, sport: np.ndarray, dport: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(c)
     swap = np.empty(n, bool)
     isip = c.l3 > 0
