@@ -295,3 +295,16 @@ def test_streamed_json_is_the_encoding_of_to_dict(sample: Path) -> None:
     very bytes of to_dict() encoded, on every kind of section the samples hold."""
     result, data = run_analysis(sample)
     assert b"".join(result.json_chunks()) == orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+
+
+@pytest.mark.parametrize(
+    "sample", [*(LAB / b for b in sorted(EXPECTED)), *sorted(PCAPS.glob("*.pcap*"))], ids=str
+)
+def test_the_busiest_conversations_are_the_first_of_all_of_them_ordered(sample: Path) -> None:
+    """The report makes rows for the conversations it shows alone: they are the ones, in the
+    order, that ordering every conversation's row gives."""
+    result, _ = run_analysis(sample)
+    everything = sorted(result.conversations, key=lambda c: (-c.lost, -c.bytes))
+    for limit in (1, 3, len(everything) + 1):
+        busiest, total = result.busiest_conversations(limit)
+        assert (busiest, total) == (everything[:limit], len(everything))

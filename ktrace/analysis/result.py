@@ -30,7 +30,7 @@ from ktrace.analysis.row_columns import (
     isos,
     json_objects,
 )
-from ktrace.analysis.views import ConversationRow, conversations
+from ktrace.analysis.views import ConversationRow, busiest_conversations, conversations
 from ktrace.chunking import bincount, counted_keys
 from ktrace.decode.tunnel import Tunnel
 from ktrace.model import Finding, PacketRef
@@ -411,6 +411,11 @@ class Result:
     @cached_property
     def conversations(self) -> tuple[ConversationRow, ...]:
         return tuple(conversations(self.analysis))
+
+    def busiest_conversations(self, limit: int) -> tuple[list[ConversationRow], int]:
+        """The `limit` conversations shown first (lost packets, then the biggest), and how
+        many there are."""
+        return busiest_conversations(self.analysis, limit)
 
     @cached_property
     def exchanges(self) -> tuple[ExchangeRow, ...]:

@@ -103,53 +103,110 @@ def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
     return tuple(totals)
 
 
-def conversations(a: Analysis) -> list[ConversationRow]:
-    f = a.flows
-    conv = a.correlation.conv
-    if not len(conv):
-        return []
-    # group the flows by conversation, earliest first within each: one pass of reductions
-    order = np.lexsort((f.first_ts, conv))
-    sconv = conv[order]
-    starts = np.flatnonzero(np.r_[True, sconv[1:] != sconv[:-1]])
+@dataclass(frozen=True)
+class _Conversations:
+    """Per conversation, in conversation order: its flows grouped (earliest first) and what
+    its row counts, as columns; rows are made only for the conversations asked for."""
 
-    def most(values: np.ndarray) -> list[int]:
-        return np.maximum.reduceat(values[order], starts).tolist()
+    order: np.ndarray  # flows by conversation, earliest first
+    starts: np.ndarray  # where each conversation's flows begin in `order`
+    conv: np.ndarray  # per conversation: its id
+    handshake: np.ndarray  # fastest handshake, or BIG
+    retransmissions: np.ndarray
+    last_ts: np.ndarray
+    packets: np.ndarray  # by conversation id, as the three below
+    size: np.ndarray
+    rst: np.ndarray
+    fin: np.ndarray
 
-    big = np.iinfo(np.int64).max
-    hs = np.minimum.reduceat(np.where(f.handshake_ns >= 0, f.handshake_ns, big)[order], starts)
-    retrans, last = most(f.retransmissions), most(f.last_ts)
-    packets, size, rst, fin = _distinct_counts(a, int(conv.max()) + 1)
-    presence = _presence(a)
-    rows = []
-    for i, start in enumerate(starts.tolist()):
-        k = int(sconv[start])
-        path = a.path_of_conv(k)
-        first = path.flows[0] if path else int(order[start])
-        rows.append(
-            ConversationRow(
-                conv=k,
-                label=conversation_label(a, path) if path else a.flow_label(first),
-                proto=a.proto(first),
-                a=a.named(a.endpoint(first, "a")),
-                b=a.named(a.endpoint(first, "b")),
-                nat=_nat_text(a, path),
-                nat_kind=path.nat[0].kind if path and path.nat else "",
-                points=frozenset(presence.get(k, set())),
-                packets=int(packets[k]),
-                bytes=int(size[k]),
-                retransmissions=retrans[i],
-                rst=int(rst[k]),
-                fin=int(fin[k]),
-                handshake_ms=round(int(hs[i]) / 1e6, 3) if hs[i] != big else None,
-                lost=sum(x.packets for x in path.losses) if path else 0,
-                first_ts=int(f.first_ts[order[start]]),
-                last_ts=last[i],
-                flow=first,
-            )
+    @classmethod
+    def of(cls, a: Analysis) -> _Conversations:
+        f, conv = a.flows, a.correlation.conv
+        # group the flows by conversation, earliest first within each: reductions per run
+        order = np.lexsort((f.first_ts, conv))
+        sconv = conv[order]
+        starts = np.flatnonzero(np.r_[True, sconv[1:] != sconv[:-1]])
+
+        def most(values: np.ndarray) -> np.ndarray:
+            return np.maximum.reduceat(values[order], starts)
+
+        handshake = np.where(f.handshake_ns >= 0, f.handshake_ns, BIG)[order]
+        counts = _distinct_counts(a, int(conv.max()) + 1)
+        return cls(
+            order,
+            starts,
+            sconv[starts],
+            np.minimum.reduceat(handshake, starts),
+            most(f.retransmissions),
+            most(f.last_ts),
+            *counts,
         )
+
+    def lost(self, a: Analysis) -> np.ndarray:
+        """Per conversation: packets lost on its path."""
+        lost = np.zeros(len(self.conv), np.int64)
+        for path in a.paths:
+            if path.losses:
+                lost[np.searchsorted(self.conv, path.conv)] = sum(x.packets for x in path.losses)
+        return lost
+
+    def rows(self, a: Analysis, picks: list[int]) -> list[ConversationRow]:
+        presence = _presence(a)
+        f = a.flows
+        rows = []
+        for i in picks:
+            k, start = int(self.conv[i]), int(self.starts[i])
+            path = a.path_of_conv(k)
+            first = path.flows[0] if path else int(self.order[start])
+            hs = int(self.handshake[i])
+            rows.append(
+                ConversationRow(
+                    conv=k,
+                    label=conversation_label(a, path) if path else a.flow_label(first),
+                    proto=a.proto(first),
+                    a=a.named(a.endpoint(first, "a")),
+                    b=a.named(a.endpoint(first, "b")),
+                    nat=_nat_text(a, path),
+                    nat_kind=path.nat[0].kind if path and path.nat else "",
+                    points=frozenset(presence.get(k, set())),
+                    packets=int(self.packets[k]),
+                    bytes=int(self.size[k]),
+                    retransmissions=int(self.retransmissions[i]),
+                    rst=int(self.rst[k]),
+                    fin=int(self.fin[k]),
+                    handshake_ms=round(hs / 1e6, 3) if hs != BIG else None,
+                    lost=sum(x.packets for x in path.losses) if path else 0,
+                    first_ts=int(f.first_ts[self.order[start]]),
+                    last_ts=int(self.last_ts[i]),
+                    flow=first,
+                )
+            )
+        return rows
+
+
+BIG = np.iinfo(np.int64).max
+
+
+def conversations(a: Analysis) -> list[ConversationRow]:
+    """Every conversation, those that lost packets first, then by time."""
+    if not len(a.correlation.conv):
+        return []
+    table = _Conversations.of(a)
+    rows = table.rows(a, list(range(len(table.conv))))
     rows.sort(key=lambda r: (-r.lost, r.first_ts))
     return rows
+
+
+def busiest_conversations(a: Analysis, limit: int) -> tuple[list[ConversationRow], int]:
+    """The `limit` conversations a reader wants first, those that lost packets, then the
+    biggest (ties by time), and how many there are: rows made for those alone."""
+    if not len(a.correlation.conv):
+        return [], 0
+    table = _Conversations.of(a)
+    first_ts = a.flows.first_ts[table.order[table.starts]]
+    size = table.size[table.conv]
+    picks = np.lexsort((np.arange(len(size)), first_ts, -size, -table.lost(a)))[:limit]
+    return table.rows(a, picks.tolist()), len(table.conv)
 
 
 @dataclass(frozen=True)

@@ -118,10 +118,9 @@ def _ms_text(value: float | None) -> str | None:
     return f"{value:.2f}ms" if value is not None else None
 
 
-def render_flows(convs: Sequence[ConversationRow], points: int, limit: int) -> str:
+def render_flows(ordered: Sequence[ConversationRow], total: int, points: int) -> str:
     """Conversations once each across the points (NAT and tunnels joined): those that lost
-    packets, then the biggest."""
-    ordered = sorted(convs, key=lambda c: (-c.lost, -c.bytes))[:limit]
+    packets, then the biggest (the rows as given: Result.busiest_conversations orders them)."""
     headers = ["PROTO", "A", "B", "PKTS", "BYTES", "START", "DURATION", "HANDSHAKE"]
     headers += ["RETRANS", "RST", "FIN", "LOST"] + (["POINTS"] if points > 1 else [])
     rows = [
@@ -143,7 +142,7 @@ def render_flows(convs: Sequence[ConversationRow], points: int, limit: int) -> s
         for c in ordered
     ]
     table = render(headers, rows, right=(3, 4, 6, 7, 8, 9, 10, 11, 12))
-    return _limited("Conversations", "conversation", table, len(rows), len(convs))
+    return _limited("Conversations", "conversation", table, len(rows), total)
 
 
 def render_dns(
@@ -267,7 +266,10 @@ def render_report(result: Result, limit: int) -> str:
     parts = [verdict(result), render_findings(result.findings, packets)]
     parts.append(render_paths(result.paths, limit))
     points = len(result.points)
-    parts += [render_points(result.points), render_flows(result.conversations, points, limit)]
+    parts += [
+        render_points(result.points),
+        render_flows(*result.busiest_conversations(limit), points),
+    ]
     total = len(result.analysis.dns_exchanges)
     if total:  # rows built for the shown exchanges only: a DNS-heavy capture has 100,000s
         parts.append(render_dns(result.exchange_rows(limit), points, limit, total))
