@@ -250,7 +250,7 @@ class Result:
         np.minimum.at(first, c.point, c.ts)
         np.maximum.at(last, c.point, c.ts)
         offsets = self.analysis.correlation.offsets.tolist()
-        firsts = isos(first)
+        firsts = isos(np.where(counts > 0, first, 0))  # the unseen points' are not written
         out = []
         for k, p in enumerate(index.points):
             seen = bool(counts[k])
@@ -388,7 +388,8 @@ class Result:
         shared = table.shared_columns(txs)
         answered = table.answered[txs].tolist()
         first = table.row[txs]
-        file_start = np.array([index.file_of(k).first_row for k in range(len(index.points))])
+        starts = [index.file_of(k).first_row for k in range(len(index.points))]
+        file_start = np.array(starts, np.int64)
         at = index.columns.point[first].astype(np.int64)
         # whole ns to ms with three decimals: rounded to the nearest microsecond (halves up)
         # in integers, a column at once (round() per value cost 1.3 µs)
