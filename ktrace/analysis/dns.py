@@ -302,6 +302,11 @@ class DnsTable:
     def endpoints(self) -> Vocabulary:
         return Vocabulary(self.endpoint)
 
+    @cached_property
+    def truncated(self) -> np.ndarray:
+        """Per message: whether it was truncated (TC)."""
+        return np.array(self.messages.truncated, bool)
+
     def shared_columns(self, ks: np.ndarray) -> dict[str, Column]:
         """The fields of these transactions that read the same in a tuple and in a DNS row
         (result.DnsRow), a column each."""
@@ -319,7 +324,7 @@ class DnsTable:
             "rcode": Coded(np.where(answered, self.rcode[ks], len(RCODES)), ANSWER_CODES),
             "answered": flags(answered),
             "answers": Listed([m.answers[k] if k >= 0 else () for k in got]),
-            "truncated": Listed([k >= 0 and m.truncated[k] for k in got]),
+            "truncated": flags(answered & self.truncated[self.got[ks]]),
         }
 
     def take(self, ks: np.ndarray) -> list[DnsTransaction]:
