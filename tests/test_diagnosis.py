@@ -308,3 +308,35 @@ def test_the_busiest_conversations_are_the_first_of_all_of_them_ordered(sample: 
     for limit in (1, 3, len(everything) + 1):
         busiest, total = result.busiest_conversations(limit)
         assert (busiest, total) == (everything[:limit], len(everything))
+
+
+def test_each_point_counts_its_own_packets_across_files_and_pcapng_interfaces(
+    tmp_path: Path,
+) -> None:
+    """Points rows sum a file of one point by slice and group a file of several: both agree
+    with the packets' own columns, an interface that saw nothing included."""
+    from scapy.utils import wrpcap
+
+    import tests.pcapng_build as ng
+    from tests.helpers import T0
+
+    session = [bytes(p) for p in tcp_session()]
+    wrpcap(str(tmp_path / "a.pcap"), tcp_session())
+    blob = ng.shb() + ng.idb(1, "eth0") + ng.idb(1, "quiet") + ng.idb(1, "eth1")
+    for k, data in enumerate(session * 3):
+        blob += ng.epb(2 * (k % 2), T0 // 1000 + 7 * k, data, wirelen=len(data) + k)
+    (tmp_path / "b.pcapng").write_bytes(blob)
+    wrpcap(str(tmp_path / "c.pcap"), tcp_session(sport=40001))
+    result, _ = run_analysis(tmp_path / "a.pcap", tmp_path / "b.pcapng", tmp_path / "c.pcap")
+    c = result.analysis.index.columns
+    rows = {p.id: p for p in result.points}
+    assert len(rows) == 5 and rows["b:quiet"].packets == 0 and rows["b:quiet"].first is None
+    for k, point in enumerate(result.analysis.index.points):
+        mine = c.point == k
+        row = rows[point.id]
+        assert row.packets == int(mine.sum())
+        assert row.bytes == int(c.wirelen[mine].sum())
+        if row.packets:
+            span = (int(c.ts[mine].max()) - int(c.ts[mine].min())) / 1e9
+            assert row.duration_s == round(span, 6)
+            assert row.first is not None and row.first.startswith("20")
