@@ -257,3 +257,28 @@ def test_flows_grouped_by_the_c_hash_table_are_numbered_as_by_sorting(
     # mostly flows of their own: the table gives way to sorting
     c.src[:] = np.arange(len(c))
     assert flows_module._group_hashed(flows_module._flow_ids, c, sport, dport) is None
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_the_c_sequence_walk_equals_numpys(seed: int) -> None:
+    """Directions of random segments (keep-alives, SYN and FIN, repeats, sequence numbers
+    wrapping past 2**32, runs crossing numpy's chunks): C and numpy mark the same rows."""
+    from ktrace.analysis import tcp_sequence
+    from ktrace.chunking import CHUNK
+
+    if tcp_sequence._behind_c is None:
+        pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
+    rng = np.random.default_rng(seed)
+    n = 3 * CHUNK + 17
+    c = PacketColumns.empty(n)
+    c.tcp_flags[:] = rng.choice(np.array([0x10, 0x18, 0x02, 0x12, 0x11, 0x04], np.uint8), n)
+    c.paylen[:] = rng.choice(np.array([0, 0, 1, 100, 1448], np.uint32), n)
+    step = c.paylen.astype(np.int64) * (rng.random(n) < 0.8)  # a fifth resent or late
+    c.seq[:] = (2**32 - 5000 + np.cumsum(step) - rng.integers(0, 2, n) * 700) % 2**32
+    start = np.r_[True, rng.random(n - 1) < 0.002]
+    for rows in (rng.permutation(n).astype(np.int32), np.arange(n, dtype=np.int64)):
+        got = tcp_sequence._behind(c, rows, start)
+        want = tcp_sequence._behind_numpy(c, rows, start)
+        for g, w in zip(got, want, strict=True):
+            assert np.array_equal(g, w) and g.dtype == w.dtype
+        assert got[0].any() and (got[0] != got[2]).any()  # rows of each kind were there

@@ -15,7 +15,9 @@ from ktrace.analysis.sorting import sorted_runs
 from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
+from ktrace.native import compiled
 
+_behind_c = compiled("ktrace.analysis._sequence", "behind")
 _SHIFT = 34  # a direction's rank above the 33 bits an end can take (32-bit sequence + length)
 _LOW = (1 << _SHIFT) - 1
 
@@ -64,6 +66,22 @@ def _behind(
     """Per sorted row: whether it ends at or below what its direction already sent (and is
     not a keep-alive), its sequence relative to the direction's first, whether it carries
     anything that takes sequence space."""
+    if _behind_c is None:
+        return _behind_numpy(c, rows, start)
+    n = len(rows)
+    behind, rel, carries = np.empty(n, bool), np.empty(n, np.uint32), np.empty(n, bool)
+    columns = (c.tcp_flags, c.paylen, c.seq, rows, start)
+    _behind_c(
+        *map(np.ascontiguousarray, columns), behind.view(np.uint8), rel, carries.view(np.uint8)
+    )
+    return behind, rel, carries
+
+
+def _behind_numpy(
+    c: PacketColumns, rows: np.ndarray, start: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_behind in numpy: running maxima over (direction rank, end) packed in one integer, a
+    chunk at a time with what one chunk hands the next carried over."""
     n = len(rows)
     behind = np.empty(n, bool)
     rel_all = np.empty(n, np.uint32)
