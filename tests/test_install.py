@@ -54,7 +54,8 @@ def test_the_wheel_carries_the_stylesheet_and_the_c_parts(wheel: Path) -> None:
     assert "ktrace/tui/ktrace.tcss" in names
     if shutil.which("cc"):  # pip builds the C parts where it can (ktrace/native.py)
         for module in ("ktrace/pcap/_walk", "ktrace/decode/_plain", "ktrace/decode/_dns",
-                       "ktrace/analysis/_group", "ktrace/analysis/_sequence"):  # fmt: skip
+                       "ktrace/decode/_mix", "ktrace/analysis/_group",
+                       "ktrace/analysis/_sequence"):  # fmt: skip
             assert any(n.startswith(module) and n.endswith(".so") for n in names), module
     assert not any(n.startswith(("tests/", "pcaps/")) for n in names)
 

@@ -71,3 +71,22 @@ def test_sorted_runs_are_a_stable_argsort_and_its_runs(key: np.ndarray) -> None:
     assert np.array_equal(order, want)
     ordered = key[want]
     assert np.array_equal(start, np.r_[True, ordered[1:] != ordered[:-1]][: len(key)])
+
+
+def test_columns_mixed_in_c_at_rows_equal_numpys_mix() -> None:
+    from ktrace.decode import mix
+
+    if mix._mix_rows_c is None:
+        pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
+    n = 50_000
+    columns = tuple(
+        RNG.integers(0, np.iinfo(dtype).max, n, dtype=dtype, endpoint=True)
+        for dtype in (np.uint8, np.uint16, np.uint32, np.uint64, np.uint32)
+    )
+    for rows in (RNG.integers(0, n, 70_000).astype(np.int32), np.arange(n, dtype=np.int64)):
+        got = mix.mix_rows(columns, rows)
+        assert np.array_equal(got, mix.mix_rows_numpy(columns, rows))
+        assert np.array_equal(got[:5], mix.mix([c[rows[:5]] for c in columns], 5))
+    assert len(mix.mix_rows(columns, np.zeros(0, np.int64))) == 0
+    with pytest.raises(IndexError):
+        mix.mix_rows(columns, np.array([n], np.int64))

@@ -26,7 +26,7 @@ from ktrace.analysis.stitch_rules import (
 )
 from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
-from ktrace.decode.mix import K1, K2, mix
+from ktrace.decode.mix import K1, K2, mix_rows
 from ktrace.model import Point
 
 # Two copies of one packet at different points are at most this far apart (after clock
@@ -38,20 +38,9 @@ MIN_SHARED = 3  # identities two points must share before their clocks are compa
 
 
 def fingerprint(c: PacketColumns, rows: np.ndarray) -> np.ndarray:
-    """uint64 per IP packet of `rows` (never 0), a chunk at a time."""
-    out = np.empty(len(rows), np.uint64)
-    for lo, hi in chunks(len(rows)):
-        r = rows[lo:hi]
-        fields = (
-            c.proto[r],
-            c.ipid[r],
-            c.seq[r],
-            c.ack[r],
-            c.tcp_flags[r],
-            c.paylen[r],
-            c.phash[r],
-        )
-        out[lo:hi] = mix(fields, hi - lo) | np.uint64(1)
+    """uint64 per IP packet of `rows` (never 0)."""
+    out = mix_rows((c.proto, c.ipid, c.seq, c.ack, c.tcp_flags, c.paylen, c.phash), rows)
+    out |= np.uint64(1)
     return out
 
 

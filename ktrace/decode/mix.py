@@ -6,6 +6,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ktrace.chunking import chunks
+from ktrace.native import compiled
+
 K1 = np.uint64(0x9E3779B97F4A7C15)
 K2 = np.uint64(0xC2B2AE3D27D4EB4F)
 
@@ -21,3 +24,25 @@ def mix(parts: Iterable[np.ndarray], n: int, k: np.uint64 = K1) -> np.ndarray:
             h ^= h >> np.uint64(29)
         h *= K2 if k is K1 else K1
     return h
+
+
+def mix_rows(columns: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
+    """mix() of the columns read at `rows`: in one C pass where it was built, else a chunk of
+    rows at a time."""
+    if _mix_rows_c is not None:
+        out = np.empty(len(rows), np.uint64)
+        contiguous = tuple(np.ascontiguousarray(c) for c in columns)
+        _mix_rows_c(contiguous, np.ascontiguousarray(rows), out, int(K1), int(K2))
+        return out
+    return mix_rows_numpy(columns, rows)
+
+
+def mix_rows_numpy(columns: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
+    out = np.empty(len(rows), np.uint64)
+    for lo, hi in chunks(len(rows)):
+        r = rows[lo:hi]
+        out[lo:hi] = mix([c[r] for c in columns], hi - lo)
+    return out
+
+
+_mix_rows_c = compiled("ktrace.decode._mix", "mix_rows")
