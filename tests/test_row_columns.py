@@ -49,6 +49,8 @@ def test_listed_columns_cut_at_commas_only_when_no_value_holds_one() -> None:
     commas = Listed(["a,b", ("x", "y"), (), "a,b", 3])
     assert commas.json(b"K") == [b"K" + orjson.dumps(v) for v in commas.values]
     assert Listed([]).json(b"K") == []
+    dicts = Listed([{"p:a": 1, "p:b": 2}, {}, {"p:a": 3}])  # packets per point: unhashable
+    assert dicts.json(b"K") == [b"K" + orjson.dumps(v) for v in dicts.values]
 
 
 def test_coded_columns_read_their_vocabulary_and_keep_tuples_whole() -> None:

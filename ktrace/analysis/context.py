@@ -24,6 +24,10 @@ from ktrace.decode.transport import TCP, UDP
 PROTO_NAMES = {TCP: "tcp", UDP: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp"}
 
 
+def proto_name(value: int) -> str:
+    return PROTO_NAMES.get(value, f"ip-{value}")
+
+
 @dataclass(frozen=True)
 class Analysis:
     index: PacketIndex
@@ -111,8 +115,7 @@ class Analysis:
         return flow_endpoint(self.index, self.flows, flow, side)
 
     def proto(self, flow: int) -> str:
-        value = int(self.flows.proto[flow])
-        return PROTO_NAMES.get(value, f"ip-{value}")
+        return proto_name(int(self.flows.proto[flow]))
 
     def flow_label(self, flow: int) -> str:
         return f"{self.proto(flow)} {self.endpoint(flow, 'a')} -> {self.endpoint(flow, 'b')}"

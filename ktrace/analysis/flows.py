@@ -65,10 +65,23 @@ def flow_host(index: PacketIndex, f: FlowTable, flow: int, side: str) -> str:
 def flow_endpoint(index: PacketIndex, f: FlowTable, flow: int, side: str) -> str:
     """ "ip:port" of one end of a flow ("[ip]:port" for IPv6; the address alone without ports)."""
     port = int(f.a_port[flow] if side == "a" else f.b_port[flow])
-    text = flow_host(index, f, flow, side)
-    if int(f.proto[flow]) not in (TCP, UDP, SCTP):
-        return text
-    return f"[{text}]:{port}" if int(f.l3[flow]) == 6 else f"{text}:{port}"
+    host = flow_host(index, f, flow, side)
+    return endpoint_text(int(f.l3[flow]), int(f.proto[flow]), host, port)
+
+
+def flow_endpoints(index: PacketIndex, f: FlowTable, flows: np.ndarray, side: str) -> list[str]:
+    """flow_endpoint of many flows: a flow table can hold hundreds of thousands."""
+    addr, port = (f.a_addr, f.a_port) if side == "a" else (f.b_addr, f.b_port)
+    l3 = f.l3[flows].tolist()
+    hosts = map(index.address, l3, addr[flows].tolist())
+    columns = (l3, f.proto[flows].tolist(), hosts, port[flows].tolist())
+    return list(map(endpoint_text, *columns))
+
+
+def endpoint_text(l3: int, proto: int, host: str, port: int) -> str:
+    if proto not in (TCP, UDP, SCTP):
+        return host
+    return f"[{host}]:{port}" if l3 == 6 else f"{host}:{port}"
 
 
 def _attach_fragments(c: PacketColumns, sport: np.ndarray, dport: np.ndarray) -> None:

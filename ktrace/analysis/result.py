@@ -15,9 +15,10 @@ import orjson
 
 from ktrace import __version__
 from ktrace.analysis.checks import conversation_label
-from ktrace.analysis.context import Analysis
+from ktrace.analysis.context import Analysis, proto_name
 from ktrace.analysis.dns import or_none
 from ktrace.analysis.findings import CheckError
+from ktrace.analysis.flows import flow_endpoints
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.analysis.paths import ConvPath, Hop
@@ -38,7 +39,19 @@ from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
 
 MAX_LOSS_EVIDENCE = 10
-JSON_SLICE = 2048  # DNS transactions encoded at a time: a few MB of their fields' JSON
+# FlowRow's fields read straight from the flow table's columns of the same name
+FLOW_COUNTS = (
+    "packets_ab",
+    "packets_ba",
+    "bytes_ab",
+    "bytes_ba",
+    "retransmissions",
+    "out_of_order",
+    "syn",
+    "fin",
+    "zero_window",
+)
+JSON_SLICE = 2048  # DNS transactions or flows encoded at a time: a few MB of their JSON
 
 
 def _ms(ns: float | None) -> float | None:
@@ -270,7 +283,8 @@ class Result:
         return tuple(out)
 
     @cached_property
-    def flows(self) -> tuple[FlowRow, ...]:
+    def _flow_points(self) -> list[dict[str, int]]:
+        """Per flow: its packets at each point that saw it."""
         a = self.analysis
         f = a.flows
         npts = max(len(a.index.points), 1)
@@ -281,32 +295,40 @@ class Result:
             return flow[ip].astype(np.int64) * npts + a.index.columns.point[lo:hi][ip]
 
         uniq, counts = counted_keys(len(f.flow), keys)
-        starts = isos(f.first_ts)
-        per_flow: dict[int, dict[str, int]] = {}
+        per_flow: list[dict[str, int]] = [{} for _ in range(len(f))]
         for k, n in zip(uniq.tolist(), counts.tolist(), strict=True):
-            per_flow.setdefault(k // npts, {})[a.index.points[k % npts].id] = n
-        return tuple(
-            FlowRow(
-                proto=a.proto(i),
-                a=a.endpoint(i, "a"),
-                b=a.endpoint(i, "b"),
-                packets_ab=int(f.packets_ab[i]),
-                packets_ba=int(f.packets_ba[i]),
-                bytes_ab=int(f.bytes_ab[i]),
-                bytes_ba=int(f.bytes_ba[i]),
-                start=starts[i],
-                duration_s=round((int(f.last_ts[i]) - int(f.first_ts[i])) / 1e9, 6),
-                handshake_ms=_ms(int(f.handshake_ns[i])) if f.handshake_ns[i] >= 0 else None,
-                retransmissions=int(f.retransmissions[i]),
-                out_of_order=int(f.out_of_order[i]),
-                syn=int(f.syn[i]),
-                rst=int(f.rst_ab[i] + f.rst_ba[i]),
-                fin=int(f.fin[i]),
-                zero_window=int(f.zero_window[i]),
-                points=per_flow.get(i, {}),
-            )
-            for i in range(len(f))
-        )
+            per_flow[k // npts][a.index.points[k % npts].id] = n
+        return per_flow
+
+    @cached_property
+    def flows(self) -> tuple[FlowRow, ...]:
+        columns = self.flow_columns(np.arange(len(self.analysis.flows)))
+        listed = [c.listed() for c in columns.values()]
+        return tuple(FlowRow(*row) for row in zip(*listed, strict=True))
+
+    def flow_columns(self, flows: np.ndarray) -> dict[str, Column]:
+        """The FlowRow fields of these flows, in field order, a column each: a capture can
+        hold hundreds of thousands of flows (--json writes them from these directly)."""
+        a = self.analysis
+        f, index = a.flows, a.index
+        handshake = f.handshake_ns[flows].tolist()
+        first, last = f.first_ts[flows], f.last_ts[flows]
+        protos, proto_at = np.unique(f.proto[flows], return_inverse=True)
+        names = [proto_name(v) for v in protos.tolist()]
+        per_flow = self._flow_points
+        columns: dict[str, Column] = {
+            "proto": Coded(proto_at.reshape(-1), Vocabulary(names)),
+            "a": Listed(flow_endpoints(index, f, flows, "a")),
+            "b": Listed(flow_endpoints(index, f, flows, "b")),
+            "start": Times(first),
+            "duration_s": Listed([round(d / 1e9, 6) for d in (last - first).tolist()]),
+            "handshake_ms": Listed([_ms(h) if h >= 0 else None for h in handshake]),
+            "rst": Listed((f.rst_ab[flows] + f.rst_ba[flows]).tolist()),
+            "points": Listed([per_flow[k] for k in flows.tolist()]),
+        }
+        for name in FLOW_COUNTS:
+            columns[name] = Listed(getattr(f, name)[flows].tolist())
+        return {field.name: columns[field.name] for field in fields(FlowRow)}
 
     @cached_property
     def paths(self) -> tuple[PathRow, ...]:
@@ -544,7 +566,8 @@ class Result:
     def _document(self, native: bool = False) -> dict[str, object]:
         """The JSON document, "dns" left out (None): it can be the largest part by far.
         `native`: the rows left as they are, for orjson to lay out with _row_dict (findings,
-        whose severity plain() writes by name, excepted)."""
+        whose severity plain() writes by name, excepted), and "flows" left out too: both are
+        written a slice of rows at a time, from their columns."""
 
         def rows(value: tuple[object, ...]) -> object:
             return value if native else plain(value)
@@ -554,7 +577,7 @@ class Result:
             "points": rows(self.points),
             "findings": plain(self.findings),
             "paths": rows(self.paths),
-            "flows": rows(self.flows),
+            "flows": None if native else plain(self.flows),
             "dns": None,
             "http": rows(self.http),
             "tls": rows(self.tls),
@@ -569,17 +592,21 @@ class Result:
         transactions a slice at a time, so that a storm's hundreds of thousands never exist
         as dicts all at once."""
         sep = b"{"
+        by_column = {
+            "flows": (len(self.analysis.flows), self.flow_columns, FlowRow),
+            "dns": (len(self.analysis.dns.transactions), self.dns_columns, DnsRow),
+        }
         for key, value in self._document(native=True).items():
             yield sep + orjson.dumps(key) + b":"
             sep = b","
-            if key != "dns":
+            if key not in by_column:
                 yield orjson.dumps(value, default=_row_dict, option=ROW_OPTIONS)
                 continue
-            n = len(self.analysis.dns.transactions)
+            n, columns_of, row = by_column[key]
             yield b"["
             for lo in range(0, n, JSON_SLICE):
-                rows = self._dns_json_rows(np.arange(lo, min(lo + JSON_SLICE, n)))
-                yield (b"," if lo else b"") + rows
+                ks = np.arange(lo, min(lo + JSON_SLICE, n))
+                yield (b"," if lo else b"") + _json_rows(row, columns_of(ks), len(ks))
             yield b"]"
         yield b"}"
 
@@ -593,12 +620,11 @@ class Result:
         names = [name for _, name in layout]
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
-    def _dns_json_rows(self, txs: np.ndarray) -> bytes:
-        """The DNS rows of these transactions as JSON objects joined by commas, written a
-        column at a time: a dict per row cost most of --json's time on a DNS-heavy capture."""
-        columns = self.dns_columns(txs)
-        layout = [(name, columns[attr]) for attr, name, _ in _layout(DnsRow) if attr in columns]
-        return json_objects(layout, len(txs))
+
+def _json_rows(row: type, columns: dict[str, Column], n: int) -> bytes:
+    """n rows of the row class, as JSON objects joined by commas, from their columns."""
+    layout = [(name, columns[attr]) for attr, name, _ in _layout(row) if attr in columns]
+    return json_objects(layout, n)
 
 
 def _point_extents(index: PacketIndex) -> tuple[np.ndarray, ...]:

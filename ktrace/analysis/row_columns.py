@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -56,21 +56,23 @@ class Coded:
 
 @dataclass(frozen=True)
 class Listed:
-    values: list[object]
+    values: list[Any]  # JSON-ready values
 
     def listed(self) -> list[object]:
         return self.values
 
     def json(self, key: bytes) -> list[bytes]:
         """The column encoded by orjson in one call and cut at its commas when no value holds
-        one (numbers, most names), else each distinct value once. orjson escapes control
-        characters, so a NUL marks the cuts."""
+        one (numbers, most names), else each distinct value once (each value, when they are
+        dicts). orjson escapes control characters, so a NUL marks the cuts."""
         values = self.values
         if not values:
             return []
         encoded = orjson.dumps(values)[1:-1]
         if encoded.count(b",") == len(values) - 1:
             return (key + encoded.replace(b",", b"\0" + key)).split(b"\0")
+        if isinstance(values[0], dict):
+            return [key + orjson.dumps(v) for v in values]
         known = {v: key + orjson.dumps(v) for v in set(values)}
         return [known[v] for v in values]
 
