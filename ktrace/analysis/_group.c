@@ -83,7 +83,7 @@ typedef struct {
     Py_ssize_t limit;
 } Numbering;
 
-enum { FOUND, ADDED, OVERFLOW, NO_MEMORY };
+enum { FOUND, ADDED, OVERFLOW, NO_MEMORY }; /* below OVERFLOW: go on */
 
 static int numbering_init(Numbering *n, Py_ssize_t limit, int pairs) {
     n->count = 0;

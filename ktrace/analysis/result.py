@@ -588,9 +588,9 @@ class Result:
         }
 
     def json_chunks(self) -> Iterator[bytes]:
-        """to_dict() as JSON (UTF-8, compact), in pieces encoded by orjson: the DNS
-        transactions a slice at a time, so that a storm's hundreds of thousands never exist
-        as dicts all at once."""
+        """to_dict() as JSON (UTF-8, compact), in pieces encoded by orjson: the flows and the
+        DNS transactions a slice at a time from their columns, so that a storm's hundreds of
+        thousands never exist as dicts all at once."""
         sep = b"{"
         by_column = {
             "flows": (len(self.analysis.flows), self.flow_columns, FlowRow),

@@ -1,4 +1,4 @@
-"""Columns of rows that can number hundreds of thousands (DNS transactions): each column gives
+"""Columns of rows that can number hundreds of thousands (DNS transactions, flows): each gives
 its values as a list, for row objects, and as each value's JSON, for --json, without an
 object per row on the way. A column of few distinct values (names, addresses, codes) is codes
 into a vocabulary whose values are encoded once; the rows are laid out by interleaving the
@@ -20,7 +20,7 @@ UTC = b"+00:00"
 
 
 class Column(Protocol):
-    def listed(self) -> list[object]: ...
+    def listed(self) -> list[Any]: ...
 
     def json(self, key: bytes) -> list[bytes]:
         """Per row, `key` followed by the value's JSON: one piece each to join."""
@@ -47,7 +47,7 @@ class Coded:
     codes: np.ndarray  # per row, into the vocabulary
     vocabulary: Vocabulary
 
-    def listed(self) -> list[object]:
+    def listed(self) -> list[Any]:
         return self.vocabulary.values[self.codes].tolist()
 
     def json(self, key: bytes) -> list[bytes]:
@@ -58,7 +58,7 @@ class Coded:
 class Listed:
     values: list[Any]  # JSON-ready values
 
-    def listed(self) -> list[object]:
+    def listed(self) -> list[Any]:
         return self.values
 
     def json(self, key: bytes) -> list[bytes]:
@@ -81,8 +81,8 @@ class Listed:
 class Times:
     ts_ns: np.ndarray
 
-    def listed(self) -> list[object]:
-        return list(isos(self.ts_ns))
+    def listed(self) -> list[Any]:
+        return isos(self.ts_ns)
 
     def json(self, key: bytes) -> list[bytes]:
         width = len(key) + ISO + len(UTC) + 2

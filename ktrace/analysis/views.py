@@ -103,6 +103,9 @@ def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
     return tuple(totals)
 
 
+BIG = np.iinfo(np.int64).max  # no handshake
+
+
 @dataclass(frozen=True)
 class _Conversations:
     """Per conversation, in conversation order: its flows grouped (earliest first) and what
@@ -111,6 +114,7 @@ class _Conversations:
     order: np.ndarray  # flows by conversation, earliest first
     starts: np.ndarray  # where each conversation's flows begin in `order`
     conv: np.ndarray  # per conversation: its id
+    first_ts: np.ndarray  # its earliest flow's first packet
     handshake: np.ndarray  # fastest handshake, or BIG
     retransmissions: np.ndarray
     last_ts: np.ndarray
@@ -136,6 +140,7 @@ class _Conversations:
             order,
             starts,
             sconv[starts],
+            f.first_ts[order[starts]],
             np.minimum.reduceat(handshake, starts),
             most(f.retransmissions),
             most(f.last_ts),
@@ -152,7 +157,7 @@ class _Conversations:
 
     def rows(self, a: Analysis, picks: list[int]) -> list[ConversationRow]:
         presence = _presence(a)
-        f = a.flows
+        lost = self.lost(a)
         rows = []
         for i in picks:
             k, start = int(self.conv[i]), int(self.starts[i])
@@ -175,16 +180,13 @@ class _Conversations:
                     rst=int(self.rst[k]),
                     fin=int(self.fin[k]),
                     handshake_ms=round(hs / 1e6, 3) if hs != BIG else None,
-                    lost=sum(x.packets for x in path.losses) if path else 0,
-                    first_ts=int(f.first_ts[self.order[start]]),
+                    lost=int(lost[i]),
+                    first_ts=int(self.first_ts[i]),
                     last_ts=int(self.last_ts[i]),
                     flow=first,
                 )
             )
         return rows
-
-
-BIG = np.iinfo(np.int64).max
 
 
 def conversations(a: Analysis) -> list[ConversationRow]:
@@ -203,9 +205,8 @@ def busiest_conversations(a: Analysis, limit: int) -> tuple[list[ConversationRow
     if not len(a.correlation.conv):
         return [], 0
     table = _Conversations.of(a)
-    first_ts = a.flows.first_ts[table.order[table.starts]]
     size = table.size[table.conv]
-    picks = np.lexsort((np.arange(len(size)), first_ts, -size, -table.lost(a)))[:limit]
+    picks = np.lexsort((np.arange(len(size)), table.first_ts, -size, -table.lost(a)))[:limit]
     return table.rows(a, picks.tolist()), len(table.conv)
 
 
