@@ -1,3 +1,3 @@
-from ktrace.cli import main
+from ktrace.cli import run
 
-raise SystemExit(main())
+run()

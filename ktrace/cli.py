@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import inspect
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ktrace import __version__
 from ktrace.errors import ExitStatus, KtraceError, UsageError
@@ -536,3 +538,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return int(ExitStatus.ERROR)
+
+
+def run() -> NoReturn:
+    """The installed commands: main(), then an exit without Python's teardown, which frees
+    every object one at a time (0.1 s after analysing a 1 GB capture) for a process about to
+    end anyway. Output is flushed and exit handlers run first; a process that still has
+    threads a normal exit would wait for exits normally."""
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader went away: as main() treats it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:  # a full disk, say: what Python would only warn about at exit
+        print(f"{_prog()}: error: the output was not all written: {exc}", file=sys.stderr)
+        status = int(ExitStatus.ERROR)
+    if threading.active_count() > 1:
+        raise SystemExit(status)
+    atexit._run_exitfuncs()  # e.g. the unpacked bundle's temporary directory
+    os._exit(status)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from ktrace.analysis.findings import load_checks, run_checks
+from ktrace.analysis.findings import GROUP, load_checks, run_checks
+from ktrace.entry_points import entry_points
 from tests.helpers import answer, frames, query, run_analysis, tcp_session
 
 Make = Callable[..., Path]
@@ -20,6 +25,52 @@ def ids(data: dict) -> list[str]:  # type: ignore[type-arg]
 
 def test_builtin_checks_are_registered_as_entry_points() -> None:
     assert {c.id for c in load_checks()} >= {"dns.unanswered", "tcp.syn-unanswered", "tcp.rst"}
+
+
+def test_entry_points_read_as_importlib_metadata_reads_them() -> None:
+    groups = {ep.group for dist in importlib.metadata.distributions() for ep in dist.entry_points}
+    assert GROUP in groups and len(groups) > 3
+    for group in groups:
+        ours = sorted((e.name, e.value) for e in entry_points(group))
+        theirs = sorted((e.name, e.value) for e in importlib.metadata.entry_points(group=group))
+        assert ours == theirs, group
+
+
+def test_a_third_party_check_is_found_and_run(
+    tmp_path: Path, make_pcap: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution that registers a check in the group, installed beside ktrace (a
+    metadata directory and a module on the path), and a stale copy of it later on the path
+    that must not count twice."""
+    for where, version in (("site", "1.2"), ("stale", "0.9")):
+        meta = tmp_path / where / f"acme_checks-{version}.dist-info"
+        meta.mkdir(parents=True)
+        (meta / "entry_points.txt").write_text(
+            f"[console_scripts]\nacme = acme_checks:main\n\n"
+            f"; the checks\n[{GROUP}]\nacme.always = acme_checks.found:ALWAYS [extra]\n"
+        )
+    package = tmp_path / "site" / "acme_checks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "found.py").write_text(
+        "from ktrace.model import Finding, Severity\n"
+        "class Always:\n"
+        "    id = 'acme.always'\n"
+        "    def run(self, analysis):\n"
+        "        yield Finding('acme.always', Severity.INFO, 'acme was here', 'a plugin', 'none')\n"
+        "ALWAYS = Always()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "stale"))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "acme_checks", raising=False)
+    found = [e for e in entry_points(GROUP) if e.distribution == "acme_checks"]
+    assert [(e.name, e.value) for e in found] == [
+        ("acme.always", "acme_checks.found:ALWAYS [extra]")
+    ]
+    checks = load_checks()
+    assert "acme.always" in {c.id for c in checks} and len(checks) == len(set(c.id for c in checks))
+    _, data = run_analysis(make_pcap(tcp_session()))  # the pipeline loads the checks itself
+    assert ids(data) == ["acme.always"]
 
 
 def test_healthy_traffic_has_no_findings(make_pcap: Make) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Protocol
 
 from ktrace.analysis.context import Analysis
+from ktrace.entry_points import entry_points
 from ktrace.model import Finding
 
 GROUP = "ktrace.checks"
@@ -27,7 +27,7 @@ class CheckError:
 
 
 def load_checks() -> list[Check]:
-    checks = [ep.load() for ep in entry_points(group=GROUP)]
+    checks = [ep.load() for ep in entry_points(GROUP)]
     return sorted(checks, key=lambda c: c.id)
 
 
