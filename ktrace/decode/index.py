@@ -26,8 +26,10 @@ from ktrace.pcap.reader import CaptureFormat, check_linktypes, open_capture, rea
 from ktrace.pcap.source import MappedFile
 
 # File bytes walked per batch: bounds the header windows and decoding temporaries each thread
-# holds (1 GB: 8 MB batches 110 B/packet at the end of indexing, 16 MB 122, as fast).
-BATCH = 8 << 20
+# holds. 1 GB: 8 MB batches 85 B/packet at the end of indexing, 16 MB 97 and 40-60 ms faster
+# on two cores (half the batches' fixed costs, paid holding the GIL); 32 MB went over the
+# whole analysis's peak (131 against 122 B/packet), which is reached after indexing.
+BATCH = 16 << 20
 # Files smaller than this are not worth splitting across threads.
 SHARD_MIN_BYTES = 48 << 20
 SHARDS_PER_WORKER = 4
@@ -226,10 +228,15 @@ class _Growing:
 
     def reserve(self, n: int) -> None:
         """Room for `n` packets in all: growing by doubling copies blocks below the
-        allocator's mapping threshold (a tenth of the index time on 1 GB)."""
-        if n > len(self.arrays["offset"]):
-            for a in self.arrays.values():
-                a.resize(n, refcheck=False)  # no views of these exist before take()
+        allocator's mapping threshold (a tenth of the index time on 1 GB). Room taken before
+        anything is appended is not zeroed first, as a resize would."""
+        if n <= len(self.arrays["offset"]):
+            return
+        if self.n == 0:
+            self.arrays = {name: np.empty(n, a.dtype) for name, a in self.arrays.items()}
+            return
+        for a in self.arrays.values():
+            a.resize(n, refcheck=False)  # no views of these exist before take()
 
     def append(self, cols: PacketColumns) -> None:
         need = self.n + len(cols)
@@ -283,7 +290,12 @@ class IndexBuilder:
     def _count(self, cols: PacketColumns) -> None:
         if not len(cols):
             return
-        n = max(int(cols.point.max()) + 1, len(self._point_packets))
+        low, high = int(cols.point.min()), int(cols.point.max())
+        if low == high and high < len(self._point_packets):  # a batch of one point: the usual
+            self._point_packets[low] += len(cols)
+            self._point_bytes[low] += int(cols.wirelen.sum(dtype=np.int64))
+            return
+        n = max(high + 1, len(self._point_packets))
         packets = np.bincount(cols.point, minlength=n)
         sizes = np.bincount(cols.point, weights=cols.wirelen, minlength=n).astype(np.int64)
         packets[: len(self._point_packets)] += self._point_packets

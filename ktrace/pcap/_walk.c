@@ -22,6 +22,9 @@
 #include <stdint.h>
 #include <string.h>
 
+/* rows fetched ahead of the copy: their addresses are known from the first pass */
+#define AHEAD 8
+
 typedef struct {
     char *data;
     Py_ssize_t len, cap;
@@ -63,6 +66,9 @@ static inline void copy_row(char *dst, const unsigned char *buf, Py_ssize_t len,
     }
 }
 
+/* Two passes without the GIL: the record lengths first, then the header windows copied
+ * straight into a bytes object of the size the first pass found (growing a buffer and
+ * copying it into bytes cost two more copies of every window, the last one holding the GIL). */
 static PyObject *walk(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t start, stop, budget, window;
@@ -74,12 +80,14 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     const unsigned char *buf = view.buf;
     Py_ssize_t len = view.len;
     Py_ssize_t limit = start + budget < stop ? start + budget : stop;
+    /* a row starts `head` bytes before the data: at the classic record header, or at the
+     * EPB's length field */
     Py_ssize_t head = mode == 0 ? 24 : mode;
     Py_ssize_t row = head + window;
-    Buf offsets = {0}, rows = {0};
+    Buf offsets = {0};
     Py_ssize_t off = start;
     int reason = 0;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *rows = NULL, *data_offsets = NULL;
 
     Py_BEGIN_ALLOW_THREADS
     while (off < limit) {
@@ -105,26 +113,41 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             data = off + mode;
             next = data + (Py_ssize_t)caplen;
         }
-        if (reserve(&offsets, 8) < 0 || reserve(&rows, row) < 0) {
+        if (reserve(&offsets, 8) < 0) {
             reason = -1;
             break;
         }
         int64_t d = data;
         memcpy(offsets.data + offsets.len, &d, 8);
         offsets.len += 8;
-        copy_row(rows.data + rows.len, buf, len, mode == 0 ? off + 4 : off, row);
-        rows.len += row;
         off = next;
     }
     Py_END_ALLOW_THREADS
 
-    if (reason >= 0)
-        result = Py_BuildValue("y#y#ni", offsets.data ? offsets.data : "", offsets.len,
-                               rows.data ? rows.data : "", rows.len, off, reason);
-    else
+    Py_ssize_t n = offsets.len / 8;
+    if (reason < 0)
         PyErr_NoMemory();
+    else if ((rows = PyBytes_FromStringAndSize(NULL, n * row)) != NULL &&
+             (data_offsets = PyBytes_FromStringAndSize(offsets.data ? offsets.data : "",
+                                                       offsets.len)) != NULL) {
+        char *out = PyBytes_AS_STRING(rows);
+        const int64_t *at = (const int64_t *)offsets.data;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i + AHEAD < n) {
+                const unsigned char *next = buf + at[i + AHEAD] - head;
+                for (Py_ssize_t line = 0; line < row; line += 64)
+                    if (next + line < buf + len)
+                        __builtin_prefetch(next + line);
+            }
+            copy_row(out + i * row, buf, len, (Py_ssize_t)at[i] - head, row);
+        }
+        Py_END_ALLOW_THREADS
+        result = Py_BuildValue("OOni", data_offsets, rows, off, reason);
+    }
+    Py_XDECREF(rows);
+    Py_XDECREF(data_offsets);
     PyMem_RawFree(offsets.data);
-    PyMem_RawFree(rows.data);
     PyBuffer_Release(&view);
     return result;
 }
