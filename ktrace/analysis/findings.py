@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from ktrace.analysis.context import Analysis
 from ktrace.entry_points import entry_points
@@ -27,7 +27,7 @@ class CheckError:
 
 
 def load_checks() -> list[Check]:
-    checks = [ep.load() for ep in entry_points(GROUP)]
+    checks = [cast(Check, ep.load()) for ep in entry_points(GROUP)]
     return sorted(checks, key=lambda c: c.id)
 
 
