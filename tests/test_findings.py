@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 

@@ -55,7 +55,7 @@ def test_the_wheel_carries_the_stylesheet_and_the_c_parts(wheel: Path) -> None:
     if shutil.which("cc"):  # pip builds the C parts where it can (ktrace/native.py)
         for module in ("ktrace/pcap/_walk", "ktrace/decode/_plain", "ktrace/decode/_dns",
                        "ktrace/decode/_mix", "ktrace/analysis/_group",
-                       "ktrace/analysis/_sequence"):  # fmt: skip
+                       "ktrace/analysis/_sequence", "ktrace/analysis/_rows"):  # fmt: skip
             assert any(n.startswith(module) and n.endswith(".so") for n in names), module
     assert not any(n.startswith(("tests/", "pcaps/")) for n in names)
 

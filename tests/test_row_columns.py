@@ -6,16 +6,25 @@ import datetime
 
 import numpy as np
 import orjson
+import pytest
 
 from ktrace.analysis.row_columns import (
+    CODED,
+    FIXED,
+    INTEGERS,
+    PER_ROW,
     Coded,
+    Integers,
     Listed,
     Times,
     Vocabulary,
+    _json_rows_c,
+    _per_row,
     flags,
     iso,
     isos,
     json_objects,
+    json_rows_python,
 )
 
 
@@ -38,26 +47,31 @@ def test_times_read_as_datetime_writes_them_across_days_roundings_and_before_197
     expected = [reference_iso(v) for v in ts.tolist()]
     assert isos(ts) == expected
     assert iso(int(ts[-2])) == expected[-2] == "1970-01-02T00:00:00.000000+00:00"
-    assert Times(ts).json(b",") == [b"," + orjson.dumps(t) for t in expected]
+    assert _per_row(*Times(ts).json(b",")) == [b"," + orjson.dumps(t) for t in expected]
     assert Times(ts).listed() == expected
     assert isos(np.zeros(0, np.int64)) == []
 
 
 def test_listed_columns_cut_at_commas_only_when_no_value_holds_one() -> None:
     plain = Listed([1, None, 2.5, "a", True])
-    assert plain.json(b'"k":') == [b'"k":' + orjson.dumps(v) for v in plain.values]
+    assert plain.json(b'"k":') == (PER_ROW, [b'"k":' + orjson.dumps(v) for v in plain.values], None)
     commas = Listed(["a,b", ("x", "y"), (), "a,b", 3])
-    assert commas.json(b"K") == [b"K" + orjson.dumps(v) for v in commas.values]
-    assert Listed([]).json(b"K") == []
+    assert commas.json(b"K") == (PER_ROW, [b"K" + orjson.dumps(v) for v in commas.values], None)
+    assert Listed([]).json(b"K") == (PER_ROW, [], None)
     dicts = Listed([{"p:a": 1, "p:b": 2}, {}, {"p:a": 3}])  # packets per point: unhashable
-    assert dicts.json(b"K") == [b"K" + orjson.dumps(v) for v in dicts.values]
+    assert dicts.json(b"K") == (PER_ROW, [b"K" + orjson.dumps(v) for v in dicts.values], None)
 
 
 def test_coded_columns_read_their_vocabulary_and_keep_tuples_whole() -> None:
     words = Vocabulary(["x", ("t", "u"), None, ""])
     column = Coded(np.array([1, 0, 2, 1, 3]), words)
     assert column.listed() == [("t", "u"), "x", None, ("t", "u"), ""]
-    assert column.json(b"=") == [b'=["t","u"]', b'="x"', b"=null", b'=["t","u"]', b'=""']
+    kind, pieces, codes = column.json(b"=")
+    assert kind == CODED and pieces == [b'="x"', b'=["t","u"]', b"=null", b'=""']
+    assert codes.dtype == np.int64 and codes.tolist() == [1, 0, 2, 1, 3]
+    numbers = Integers(np.array([0, -7, 2**63 - 1, -(2**63)], np.int64))
+    assert numbers.listed() == [0, -7, 2**63 - 1, -(2**63)]
+    assert _per_row(*numbers.json(b"n")) == [b"n" + orjson.dumps(v) for v in numbers.listed()]
     assert flags(np.array([True, False])).listed() == [True, False]
 
 
@@ -77,3 +91,50 @@ def test_json_objects_are_the_rows_as_dicts() -> None:
     written = json_objects(columns, 3)
     assert written == b",".join(orjson.dumps(r) for r in rows)
     assert json_objects(columns[:1], 0) == b""
+
+
+def test_rows_laid_out_in_c_as_in_python() -> None:
+    if _json_rows_c is None:
+        pytest.skip("the C parts were not built (no compiler at install time)")
+    rng = np.random.default_rng(11)
+    for rows in (0, 1, 2, 7, 1000):
+        vocabulary = [b',"v":' + orjson.dumps(w) for w in ("", "a", "é", "x" * 300)]
+        edges = np.array([0, -1, 9, 10, -(2**63), 2**63 - 1], np.int64)
+        numbers = np.concatenate([edges, rng.integers(-(2**63), 2**63 - 1, rows, np.int64)])
+        fixed = rng.integers(0, 256, (rows, 5)).astype(np.uint8)
+        fixed[:, -1] = 0  # NULs are bytes like any other
+        columns = [
+            (
+                PER_ROW,
+                [b'"n":' + orjson.dumps(int(v)) for v in rng.integers(-9, 10**12, rows)],
+                None,
+            ),
+            (CODED, vocabulary, rng.integers(0, len(vocabulary), rows).astype(np.int64)),
+            (INTEGERS, b',"i":', numbers[:rows]),
+            (FIXED, fixed, 5),
+            (PER_ROW, [b',"e":[]'] * rows, None),
+        ]
+        for k in range(1, len(columns) + 1):
+            written = _json_rows_c(columns[:k], rows)
+            assert written == json_rows_python(columns[:k], rows), (rows, k)
+        if rows:
+            plain = [c for c in columns if c[0] != FIXED]
+            first = orjson.loads(b"[" + _json_rows_c(plain, rows) + b"]")[0]
+            assert first.keys() == {"n", "v", "i", "e"}
+    assert _json_rows_c([(INTEGERS, b"", edges)], len(edges)) == b",".join(
+        b"{%d}" % v for v in edges.tolist()
+    )
+    with pytest.raises(ValueError, match="outside"):
+        _json_rows_c([(CODED, [b"a"], np.array([0, 1], np.int64))], 2)
+    with pytest.raises(ValueError, match="one a row"):
+        _json_rows_c([(PER_ROW, [b"a"], None)], 2)
+    with pytest.raises(ValueError, match="int64"):
+        _json_rows_c([(CODED, [b"a"], np.array([0, 0], np.int32))], 2)
+    with pytest.raises(ValueError, match="int64"):
+        _json_rows_c([(INTEGERS, b"k", np.array([0, 0, 0], np.int64))], 2)
+    with pytest.raises(ValueError, match="one a row"):
+        _json_rows_c([(FIXED, b"abcde", 2)], 2)
+    with pytest.raises(TypeError, match="not bytes"):
+        _json_rows_c([(PER_ROW, ["a", "b"], None)], 2)
+    with pytest.raises(ValueError, match="kind"):
+        _json_rows_c([(9, [b"a"], None)], 1)

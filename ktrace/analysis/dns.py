@@ -10,7 +10,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from ktrace.analysis.row_columns import Coded, Column, Listed, Vocabulary, flags
+from ktrace.analysis.row_columns import Coded, Column, Integers, Listed, Vocabulary, flags
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, rcode_name
 from ktrace.decode.dns_bulk import read_questions, tcp_messages
@@ -318,7 +318,7 @@ class DnsTable:
             "transport": Coded(self.tcp[ks].astype(np.int8), TRANSPORTS),
             "client": Coded(self.client[ks], self.endpoints),
             "server": Coded(self.server[ks], self.endpoints),
-            "id": Listed(self.ident[ks].tolist()),
+            "id": Integers(self.ident[ks]),
             "qname": self.qname.coded(ks),
             "qtype": self.qtype.coded(ks),
             "rcode": Coded(np.where(answered, self.rcode[ks], len(RCODES)), ANSWER_CODES),

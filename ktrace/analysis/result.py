@@ -25,6 +25,7 @@ from ktrace.analysis.paths import ConvPath, Hop
 from ktrace.analysis.row_columns import (
     Coded,
     Column,
+    Integers,
     Listed,
     Times,
     Vocabulary,
@@ -323,11 +324,11 @@ class Result:
             "start": Times(first),
             "duration_s": Listed([round(d / 1e9, 6) for d in (last - first).tolist()]),
             "handshake_ms": Listed([_ms(h) if h >= 0 else None for h in handshake]),
-            "rst": Listed((f.rst_ab[flows] + f.rst_ba[flows]).tolist()),
+            "rst": Integers(f.rst_ab[flows] + f.rst_ba[flows]),
             "points": Listed([per_flow[k] for k in flows.tolist()]),
         }
         for name in FLOW_COUNTS:
-            columns[name] = Listed(getattr(f, name)[flows].tolist())
+            columns[name] = Integers(getattr(f, name)[flows])
         return {field.name: columns[field.name] for field in fields(FlowRow)}
 
     @cached_property
@@ -415,9 +416,15 @@ class Result:
             "point": Coded(table.point[txs], self._point_ids),
             **shared,
             "latency_ms": Listed(or_none((micros / 1000).tolist(), answered)),
-            "retries": Listed([len(retries[k]) - 1 if k in retries else 0 for k in txs.tolist()]),
+            "retries": Integers(
+                np.fromiter(
+                    (len(retries[k]) - 1 if k in retries else 0 for k in txs.tolist()),
+                    np.int64,
+                    len(txs),
+                )
+            ),
             "time": Times(table.ts[txs]),
-            "packet": Listed((first - file_start[at] + 1).tolist()),
+            "packet": Integers(first - file_start[at] + 1),
         }
         return {f.name: columns[f.name] for f in fields(DnsRow)}  # in DnsRow's order
 

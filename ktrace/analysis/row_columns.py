@@ -1,8 +1,8 @@
 """Columns of rows that can number hundreds of thousands (DNS transactions, flows): each gives
 its values as a list, for row objects, and as each value's JSON, for --json, without an
 object per row on the way. A column of few distinct values (names, addresses, codes) is codes
-into a vocabulary whose values are encoded once; the rows are laid out by interleaving the
-columns' pieces in one list and joining it."""
+into a vocabulary whose values are encoded once, and the rows are laid out from the columns'
+pieces in one pass (in C, `_rows.c`, where it was built)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,26 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from ktrace.native import compiled
+
 DAY_US = 86_400_000_000
 ISO = 26  # 2024-01-02T03:04:05.678901
 UTC = b"+00:00"
+
+# A column's key and values as JSON, each row's piece '"key":value' written as `_rows.c`
+# describes: (PER_ROW, pieces, None): pieces[i]; (CODED, pieces, codes): pieces[codes[i]];
+# (INTEGERS, key, values): key + values[i] in decimal; (FIXED, rows, width): the i-th `width`
+# bytes of rows.
+PER_ROW, CODED, INTEGERS, FIXED = range(4)
+Pieces = tuple[int, Any, Any]
+
+_json_rows_c = compiled("ktrace.analysis._rows", "json_rows")
 
 
 class Column(Protocol):
     def listed(self) -> list[Any]: ...
 
-    def json(self, key: bytes) -> list[bytes]:
-        """Per row, `key` followed by the value's JSON: one piece each to join."""
-        ...
+    def json(self, key: bytes) -> Pieces: ...
 
 
 class Vocabulary:
@@ -33,12 +42,11 @@ class Vocabulary:
     def __init__(self, values: Sequence[object]) -> None:
         # fromiter keeps tuples whole where np.array would make them a second dimension
         self.values = np.fromiter(values, object, len(values))
-        self._json: dict[bytes, np.ndarray] = {}
+        self._json: dict[bytes, list[bytes]] = {}
 
-    def json(self, key: bytes) -> np.ndarray:
+    def json(self, key: bytes) -> list[bytes]:
         if key not in self._json:
-            encoded = (key + orjson.dumps(v) for v in self.values)
-            self._json[key] = np.fromiter(encoded, object, len(self.values))
+            self._json[key] = [key + orjson.dumps(v) for v in self.values]
         return self._json[key]
 
 
@@ -50,8 +58,19 @@ class Coded:
     def listed(self) -> list[Any]:
         return self.vocabulary.values[self.codes].tolist()
 
-    def json(self, key: bytes) -> list[bytes]:
-        return self.vocabulary.json(key)[self.codes].tolist()
+    def json(self, key: bytes) -> Pieces:
+        return CODED, self.vocabulary.json(key), self.codes.astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class Integers:
+    values: np.ndarray
+
+    def listed(self) -> list[Any]:
+        return self.values.tolist()
+
+    def json(self, key: bytes) -> Pieces:
+        return INTEGERS, key, self.values.astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True)
@@ -61,20 +80,20 @@ class Listed:
     def listed(self) -> list[Any]:
         return self.values
 
-    def json(self, key: bytes) -> list[bytes]:
+    def json(self, key: bytes) -> Pieces:
         """The column encoded by orjson in one call and cut at its commas when no value holds
         one (numbers, most names), else each distinct value once (each value, when they are
         dicts). orjson escapes control characters, so a NUL marks the cuts."""
         values = self.values
         if not values:
-            return []
+            return PER_ROW, [], None
         encoded = orjson.dumps(values)[1:-1]
         if encoded.count(b",") == len(values) - 1:
-            return (key + encoded.replace(b",", b"\0" + key)).split(b"\0")
+            return PER_ROW, (key + encoded.replace(b",", b"\0" + key)).split(b"\0"), None
         if isinstance(values[0], dict):
-            return [key + orjson.dumps(v) for v in values]
+            return PER_ROW, [key + orjson.dumps(v) for v in values], None
         known = {v: key + orjson.dumps(v) for v in set(values)}
-        return [known[v] for v in values]
+        return PER_ROW, [known[v] for v in values], None
 
 
 @dataclass(frozen=True)
@@ -84,13 +103,13 @@ class Times:
     def listed(self) -> list[Any]:
         return isos(self.ts_ns)
 
-    def json(self, key: bytes) -> list[bytes]:
+    def json(self, key: bytes) -> Pieces:
         width = len(key) + ISO + len(UTC) + 2
         out = np.empty((len(self.ts_ns), width), np.uint8)
         out[:, : len(key)] = np.frombuffer(key, np.uint8)
         out[:, len(key)] = out[:, -1] = ord('"')
         out[:, len(key) + 1 : -1] = _iso_bytes(self.ts_ns)
-        return out.view(f"S{width}").ravel().tolist()
+        return FIXED, out, width
 
 
 BOOLEANS = Vocabulary([False, True])
@@ -158,14 +177,35 @@ def _date(day: int) -> bytes:
 
 
 def json_objects(columns: Sequence[tuple[str, Column]], rows: int) -> bytes:
-    """`rows` JSON objects joined by commas, the columns as their fields: each column's
-    pieces laid into every k-th place of one list, which is joined once."""
+    """`rows` JSON objects joined by commas, the columns as their fields."""
     if not rows:
         return b""
-    k = len(columns)
-    parts: list[bytes] = [b""] * (rows * k)
-    for at, (name, column) in enumerate(columns):
-        key = (b"},{" if at == 0 else b",") + orjson.dumps(name) + b":"
-        parts[at::k] = column.json(key)
-    parts[0] = parts[0][2:]
+    pieces = [
+        column.json((b"," if at else b"") + orjson.dumps(name) + b":")
+        for at, (name, column) in enumerate(columns)
+    ]
+    return (_json_rows_c or json_rows_python)(pieces, rows)
+
+
+def json_rows_python(columns: Sequence[Pieces], rows: int) -> bytes:
+    """The rows as `_rows.c` lays them out: one list holding each row's opening and its
+    columns' pieces, each column's put into every k-th place, joined once."""
+    if not rows:
+        return b""
+    k = len(columns) + 1
+    parts: list[bytes] = [b"},{"] * (rows * k)
+    parts[0] = b"{"
+    for at, column in enumerate(columns, 1):
+        parts[at::k] = _per_row(*column)
     return b"".join(parts) + b"}"
+
+
+def _per_row(kind: int, a: Any, b: Any) -> list[bytes]:
+    if kind == PER_ROW:
+        return list(a)
+    if kind == CODED:
+        return [a[code] for code in b.tolist()]
+    if kind == INTEGERS:
+        return [a + str(v).encode() for v in b.tolist()]
+    data = memoryview(a).cast("B").tobytes()
+    return [data[at : at + b] for at in range(0, len(data), b)]
