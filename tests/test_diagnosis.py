@@ -17,6 +17,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from ktrace.decode import transport
 from tests.helpers import EXPECTED, LAB, PCAPS, findings, frames, run_analysis, tcp_session
 
 
@@ -302,12 +303,27 @@ def test_streamed_json_is_the_encoding_of_to_dict(sample: Path) -> None:
 )
 def test_the_busiest_conversations_are_the_first_of_all_of_them_ordered(sample: Path) -> None:
     """The report makes rows for the conversations it shows alone: they are the ones, in the
-    order, that ordering every conversation's row gives."""
+    order, that ordering every conversation's row gives; and every row counts each of its
+    packets once, as seen first, however many points saw it."""
     result, _ = run_analysis(sample)
     everything = sorted(result.conversations, key=lambda c: (-c.lost, -c.bytes))
     for limit in (1, 3, len(everything) + 1):
         busiest, total = result.busiest_conversations(limit)
         assert (busiest, total) == (everything[:limit], len(everything))
+    # each packet counted once however many points saw it: its earliest sighting, by identity
+    a = result.analysis
+    c, flow, cor = a.index.columns, a.flows.flow, a.correlation
+    rows = np.flatnonzero(flow >= 0)
+    order = rows[np.lexsort((cor.when[rows], cor.ident[rows]))]
+    first = order[np.r_[True, cor.ident[order][1:] != cor.ident[order][:-1]]]
+    conv = cor.conv[flow[first]]
+    flags, tcp = c.tcp_flags[first], c.proto[first] == transport.TCP
+    for row in everything:
+        mine = conv == row.conv
+        assert row.packets == int(mine.sum()), row.label
+        assert row.bytes == int(c.wirelen[first][mine].sum()), row.label
+        assert row.rst == int((mine & tcp & ((flags & transport.RST) > 0)).sum()), row.label
+        assert row.fin == int((mine & tcp & ((flags & transport.FIN) > 0)).sum()), row.label
 
 
 def test_each_point_counts_its_own_packets_across_files_and_pcapng_interfaces(

@@ -67,16 +67,19 @@ def _nat_text(a: Analysis, path: ConvPath | None) -> str:
 
 def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
     """Per conversation: packets, bytes (as first seen), RSTs and FINs, each packet once
-    however many points saw it. A chunk of packets at a time but for those that may have
-    copies: a capture at one point has few."""
-    c, flow, cor = a.index.columns, a.flows.flow, a.correlation
-    totals = [np.zeros(nconv, np.int64), *(np.zeros(nconv) for _ in range(3))]
+    however many points saw it. The flow table's counts summed by conversation, less the
+    copies of packets seen more than once but for the first of each: a capture at one point
+    has few, and the flows have counted their packets already."""
+    c, f, flow, cor = a.index.columns, a.flows, a.flows.flow, a.correlation
+    per_flow = (f.packets_ab + f.packets_ba, f.bytes_ab + f.bytes_ba, f.rst_ab + f.rst_ba, f.fin)
+    totals = [np.bincount(cor.conv, weights=v, minlength=nconv) for v in per_flow]
+    totals[0] = totals[0].astype(np.int64)
 
-    def add(rows: np.ndarray) -> None:
+    def add(rows: np.ndarray, sign: int) -> None:
         owner = cor.conv[flow[rows]]
         flags = c.tcp_flags[rows]
         is_tcp = c.proto[rows] == TCP
-        totals[0] += np.bincount(owner, minlength=nconv)
+        totals[0] += sign * np.bincount(owner, minlength=nconv)
         for k, weights in enumerate(
             (
                 c.wirelen[rows].astype(np.float64),
@@ -85,21 +88,20 @@ def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
             ),
             start=1,
         ):
-            totals[k] += np.bincount(owner, weights=weights, minlength=nconv)
+            totals[k] += sign * np.bincount(owner, weights=weights, minlength=nconv)
 
     copies = []
     for lo, hi in chunks(len(flow)):
         rows = lo + np.flatnonzero(flow[lo:hi] >= 0)
-        many = cor.ident[rows] < cor.first_single
-        add(rows[~many])
-        copies.append(rows[many])
+        copies.append(rows[cor.ident[rows] < cor.first_single])
     many = np.concatenate(copies) if copies else np.zeros(0, np.int64)
-    if len(many):  # the first copy of each packet, by conversation and identity
+    if len(many):  # the first copy of each packet, by conversation and identity, counts
+        add(many, -1)
         conv, ident = cor.conv[flow[many]], cor.ident[many]
         order = np.lexsort((cor.when[many], ident, conv))
         sc, si = conv[order], ident[order]
         new = np.r_[True, (sc[1:] != sc[:-1]) | (si[1:] != si[:-1])]
-        add(many[order[new]])
+        add(many[order[new]], 1)
     return tuple(totals)
 
 
