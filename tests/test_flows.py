@@ -92,15 +92,22 @@ def test_udp_and_other_ip_flows(make_pcap: Make) -> None:
 
 
 def test_rst_and_zero_window(make_pcap: Make) -> None:
-    Ether() / IP(src="10.0.0.1", dst="10.0.1.5")
+    """Counted each way: packets and bytes on the wire; a zero window only on a segment that
+    advertises one (a RST carries window 0 as Linux sends it, and is no stalled receiver)."""
     s = Ether() / IP(src="10.0.1.5", dst="10.0.0.1")
     pkts = tcp_session()[:4] + [
         s / TCP(sport=80, dport=40000, flags="A", seq=5001, ack=1019, window=0),
-        s / TCP(sport=80, dport=40000, flags="R", seq=5001),
+        s / TCP(sport=80, dport=40000, flags="A", seq=5001, ack=1019, window=0),
+        s / TCP(sport=80, dport=40000, flags="R", seq=5001, window=0),
     ]
     _, data = run_analysis(make_pcap(pkts))
     f = data["flows"][0]
-    assert f["rst"] == 1 and f["zero_window"] == 1
+    assert f["rst"] == 1 and f["zero_window"] == 2
+    sizes = [len(p) for p in pkts]
+    client = [k for k, p in enumerate(pkts) if p[IP].src == "10.0.0.1"]
+    assert (f["packets_ab"], f["packets_ba"]) == (len(client), len(pkts) - len(client)) == (3, 4)
+    assert f["bytes_ab"] == sum(sizes[k] for k in client)
+    assert f["bytes_ba"] == sum(sizes) - f["bytes_ab"] != f["bytes_ab"]
 
 
 def test_many_flows_large_file_sharded_matches_sequential(make_pcap: Make, tmp_path: Path) -> None:

@@ -269,29 +269,35 @@ _COUNTS = (
 def _counts(
     c: PacketColumns, flow: np.ndarray, fw: np.ndarray, nflows: int
 ) -> dict[str, np.ndarray]:
-    """Per flow: packets and bytes each way, and TCP flags, summed chunk by chunk."""
+    """Per flow: packets and bytes each way, and TCP flags, summed chunk by chunk. Packets
+    and bytes are counted by flow and direction in one pass each; the flags only on the
+    segments that carry SYN, RST or FIN or a zero window, a few among many."""
     out = {name: np.zeros(nflows + 1, np.int64) for name in _COUNTS}
+    packets, size = np.zeros(2 * nflows + 2, np.int64), np.zeros(2 * nflows + 2, np.int64)
     for lo, hi in chunks(len(c)):
-        f, w, flags = flow[lo:hi], fw[lo:hi], c.tcp_flags[lo:hi]
-        tcp = c.proto[lo:hi] == TCP
-        size = c.wirelen[lo:hi].astype(np.float64)
+        f, flags = flow[lo:hi], c.tcp_flags[lo:hi]
+        side = f.astype(np.int64) * 2 + fw[lo:hi]  # by flow, then from a (1) or b (0)
+        packets += np.bincount(side, minlength=2 * nflows + 2)
+        wire = c.wirelen[lo:hi].astype(np.float64)
+        size += np.bincount(side, wire, 2 * nflows + 2).astype(np.int64)
+        marked = ((flags & (SYN | RST | FIN)) != 0) | (c.win[lo:hi] == 0)
+        rows = np.flatnonzero(marked & (c.proto[lo:hi] == TCP))
+        f, w, flags = f[rows], fw[lo:hi][rows], flags[rows]
         kind = flags & (SYN | ACK)
-        rst = tcp & ((flags & RST) != 0)
+        rst = (flags & RST) != 0
         masks = {
-            "packets_ab": w,
-            "packets_ba": ~w,
-            "syn": tcp & (kind == SYN) & w,
-            "synack": tcp & (kind == (SYN | ACK)) & ~w,
+            "syn": (kind == SYN) & w,
+            "synack": (kind == (SYN | ACK)) & ~w,
             "rst_ab": rst & w,
             "rst_ba": rst & ~w,
-            "fin": tcp & ((flags & FIN) != 0),
-            "zero_window": tcp & (c.win[lo:hi] == 0) & ((flags & (RST | SYN | FIN)) == 0),
+            "fin": (flags & FIN) != 0,
+            "zero_window": (c.win[lo:hi][rows] == 0) & ((flags & (RST | SYN | FIN)) == 0),
         }
         for name, mask in masks.items():
             out[name] += np.bincount(f[mask], minlength=nflows + 1)
-        for name, mask in (("bytes_ab", w), ("bytes_ba", ~w)):
-            out[name] += np.bincount(f[mask], size[mask], nflows + 1).astype(np.int64)
-    return {name: v[:nflows] for name, v in out.items()}
+    out["packets_ab"], out["packets_ba"] = packets[1::2], packets[0::2]
+    out["bytes_ab"], out["bytes_ba"] = size[1::2], size[0::2]
+    return {name: np.ascontiguousarray(v[:nflows]) for name, v in out.items()}
 
 
 def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
