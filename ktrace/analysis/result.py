@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, IntEnum
 from functools import cache, cached_property
-from typing import cast
+from itertools import islice
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -23,10 +24,12 @@ from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.analysis.paths import ConvPath, Hop
 from ktrace.analysis.row_columns import (
+    ROW_OPTIONS,
     Coded,
     Column,
     Integers,
     Listed,
+    Objects,
     Times,
     Vocabulary,
     isos,
@@ -52,6 +55,24 @@ FLOW_COUNTS = (
     "fin",
     "zero_window",
 )
+# HttpRow fields that are the first copy's own, as the transaction holds them
+HTTP_AS_IS = (
+    "protocol",
+    "method",
+    "host",
+    "path",
+    "status",
+    "grpc_service",
+    "grpc_method",
+    "grpc_message",
+    "client",
+    "server",
+    "request_bytes",
+    "response_bytes",
+    "ended",
+    "ended_by",
+)
+HTTP_OBJECTS = ("points", "packet")  # rows held in the row
 JSON_SLICE = 2048  # DNS transactions or flows encoded at a time: a few MB of their JSON
 
 
@@ -462,63 +483,60 @@ class Result:
         return self.http_rows(self.analysis.http_exchanges)
 
     def http_rows(self, exchanges: list[HttpExchange]) -> tuple[HttpRow, ...]:
-        """The rows of these exchanges; their times written in one pass (there can be
-        hundreds of thousands)."""
-        times = [
-            v for e in exchanges for c in e.copies for v in (c.request_ts, c.response_ts, c.done_ts)
-        ]
+        """The rows of these exchanges."""
+        columns = [column.listed() for column in self.http_columns(exchanges).values()]
+        return tuple(HttpRow(*row) for row in zip(*columns, strict=True))
+
+    def http_columns(self, exchanges: list[HttpExchange]) -> dict[str, Column]:
+        """The HttpRow fields of these exchanges, in field order, a column each (--json
+        writes them from these directly); their times written in one pass."""
+        a = self.analysis
+        first = [e.primary for e in exchanges]
+        copies = [c for e in exchanges for c in e.copies]
+        times = [v for c in copies for v in (c.request_ts, c.response_ts, c.done_ts)]
         known = np.array([-1 if v is None else v for v in times], np.int64)
         texts: list[str | None] = list(isos(known)) if len(known) else []
         for k in np.flatnonzero(known < 0).tolist():
             texts[k] = None
-        rows, at = [], 0
-        for e in exchanges:
-            rows.append(self._http_row(e, texts[at : at + 3 * len(e.copies)]))
-            at += 3 * len(e.copies)
-        return tuple(rows)
-
-    def _http_row(self, e: HttpExchange, times: list[str | None]) -> HttpRow:
-        a = self.analysis
-        t = e.primary
-        added = [None, *e.hops_ns()]
-        return HttpRow(
-            time=times[0] or "",
-            protocol=t.protocol,
-            method=t.method,
-            host=t.host,
-            path=t.path,
-            status=t.status,
-            grpc_service=t.grpc_service,
-            grpc_method=t.grpc_method,
-            grpc_status=None
-            if t.grpc_status is None
-            else GRPC_NAMES.get(t.grpc_status, str(t.grpc_status)),
-            grpc_message=t.grpc_message,
-            client=t.client,
-            server=t.server,
-            backend=e.backend,
-            backend_name=a.names.label(e.backend),
-            latency_ms=_ms(t.latency_ns),
-            total_ms=_ms(t.done_ts - t.request_ts if t.done_ts is not None and t.asked else None),
-            server_ms=_ms(e.server_ns),
-            network_ms=_ms(e.network_ns),
-            request_bytes=t.request_bytes,
-            response_bytes=t.response_bytes,
-            ended=t.ended,
-            ended_by=t.ended_by,
-            points=tuple(
-                HttpPointRow(
-                    a.point_id(c.point),
-                    times[3 * k] or "",
-                    times[3 * k + 1],
-                    times[3 * k + 2],
-                    _ms(c.latency_ns),
-                    _ms(step),
-                )
-                for k, (c, step) in enumerate(zip(e.copies, added, strict=True))
-            ),
-            packet=a.index.ref(t.request_row),
+        steps = [step for e in exchanges for step in (None, *e.hops_ns())]
+        point_rows = iter(
+            HttpPointRow(
+                a.point_id(c.point),
+                texts[3 * k] or "",
+                texts[3 * k + 1],
+                texts[3 * k + 2],
+                _ms(c.latency_ns),
+                _ms(step),
+            )
+            for k, (c, step) in enumerate(zip(copies, steps, strict=True))
         )
+        starts = np.cumsum([0, *(len(e.copies) for e in exchanges)])[:-1].tolist()
+        columns: dict[str, list[Any]] = {
+            "time": [texts[3 * k] or "" for k in starts],
+            "grpc_status": [
+                None if t.grpc_status is None else GRPC_NAMES.get(t.grpc_status, str(t.grpc_status))
+                for t in first
+            ],
+            "backend": [e.backend for e in exchanges],
+            "backend_name": [a.names.label(e.backend) for e in exchanges],
+            "latency_ms": [_ms(t.latency_ns) for t in first],
+            "total_ms": [
+                _ms(t.done_ts - t.request_ts if t.done_ts is not None and t.asked else None)
+                for t in first
+            ],
+            "server_ms": [_ms(e.server_ns) for e in exchanges],
+            "network_ms": [_ms(e.network_ns) for e in exchanges],
+            "points": [tuple(islice(point_rows, len(e.copies))) for e in exchanges],
+            "packet": [a.index.ref(t.request_row) for t in first],
+        }
+        for name in HTTP_AS_IS:
+            columns[name] = [getattr(t, name) for t in first]
+        return {
+            f.name: Objects(columns[f.name], _row_dict)
+            if f.name in HTTP_OBJECTS
+            else Listed(columns[f.name])
+            for f in fields(HttpRow)
+        }
 
     def worst_http(self, limit: int) -> tuple[HttpRow, ...]:
         """The rows of the `limit` requests a reader wants first: failed or cut short, then
@@ -573,8 +591,8 @@ class Result:
     def _document(self, native: bool = False) -> dict[str, object]:
         """The JSON document, "dns" left out (None): it can be the largest part by far.
         `native`: the rows left as they are, for orjson to lay out with _row_dict (findings,
-        whose severity plain() writes by name, excepted), and "flows" left out too: both are
-        written a slice of rows at a time, from their columns."""
+        whose severity plain() writes by name, excepted), and "flows" and "http" left out too:
+        like "dns", written a slice of rows at a time, from their columns."""
 
         def rows(value: tuple[object, ...]) -> object:
             return value if native else plain(value)
@@ -586,7 +604,7 @@ class Result:
             "paths": rows(self.paths),
             "flows": None if native else plain(self.flows),
             "dns": None,
-            "http": rows(self.http),
+            "http": None if native else plain(self.http),
             "tls": rows(self.tls),
             "tunnels": rows(self.tunnels),
             "warnings": self.warnings,
@@ -595,13 +613,19 @@ class Result:
         }
 
     def json_chunks(self) -> Iterator[bytes]:
-        """to_dict() as JSON (UTF-8, compact), in pieces encoded by orjson: the flows and the
-        DNS transactions a slice at a time from their columns, so that a storm's hundreds of
-        thousands never exist as dicts all at once."""
+        """to_dict() as JSON (UTF-8, compact), in pieces encoded by orjson: the flows, the
+        DNS transactions and the HTTP requests a slice at a time from their columns, so that
+        a storm's hundreds of thousands never exist as dicts all at once."""
         sep = b"{"
+        exchanges = self.analysis.http_exchanges
+
+        def http_columns(ks: np.ndarray) -> dict[str, Column]:
+            return self.http_columns([exchanges[k] for k in ks.tolist()])
+
         by_column = {
             "flows": (len(self.analysis.flows), self.flow_columns, FlowRow),
             "dns": (len(self.analysis.dns.transactions), self.dns_columns, DnsRow),
+            "http": (len(exchanges), http_columns, HttpRow),
         }
         for key, value in self._document(native=True).items():
             yield sep + orjson.dumps(key) + b":"
@@ -663,10 +687,6 @@ def _point_extents(index: PacketIndex) -> tuple[np.ndarray, ...]:
 
 
 SCALARS = (str, int, float, bool, type(None))
-
-
-# rows (dataclasses) handed to _row_dict; orjson encodes the values it returns itself
-ROW_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def _row_dict(row: object) -> dict[str, object]:

@@ -6,7 +6,7 @@ pieces in one pass (in C, `_rows.c`, where it was built)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
@@ -19,6 +19,8 @@ from ktrace.native import compiled
 DAY_US = 86_400_000_000
 ISO = 26  # 2024-01-02T03:04:05.678901
 UTC = b"+00:00"
+# rows held in rows go through `default`, which writes them as plain() lays them out
+ROW_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 
 # A column's key and values as JSON, each row's piece '"key":value' written as `_rows.c`
 # describes: (PER_ROW, pieces, None): pieces[i]; (CODED, pieces, codes): pieces[codes[i]];
@@ -94,6 +96,25 @@ class Listed:
             return PER_ROW, [key + orjson.dumps(v) for v in values], None
         known = {v: key + orjson.dumps(v) for v in set(values)}
         return PER_ROW, [known[v] for v in values], None
+
+
+@dataclass(frozen=True)
+class Objects:
+    """Values orjson writes through `default` (rows a row holds), one at a time."""
+
+    values: list[Any]
+    default: Callable[[Any], Any]
+
+    def listed(self) -> list[Any]:
+        return self.values
+
+    def json(self, key: bytes) -> Pieces:
+        dumps, default = orjson.dumps, self.default
+        return (
+            PER_ROW,
+            [key + dumps(v, default=default, option=ROW_OPTIONS) for v in self.values],
+            None,
+        )
 
 
 @dataclass(frozen=True)
