@@ -499,6 +499,7 @@ class Result:
         for k in np.flatnonzero(known < 0).tolist():
             texts[k] = None
         steps = [step for e in exchanges for step in (None, *e.hops_ns())]
+        # one per copy, in order: each exchange takes as many as it has copies
         point_rows = iter(
             HttpPointRow(
                 a.point_id(c.point),

@@ -1,8 +1,8 @@
-"""Columns of rows that can number hundreds of thousands (DNS transactions, flows): each gives
-its values as a list, for row objects, and as each value's JSON, for --json, without an
-object per row on the way. A column of few distinct values (names, addresses, codes) is codes
-into a vocabulary whose values are encoded once, and the rows are laid out from the columns'
-pieces in one pass (in C, `_rows.c`, where it was built)."""
+"""Columns of rows that can number hundreds of thousands (DNS transactions, flows, HTTP
+requests): each gives its values as a list, for row objects, and as each value's JSON, for
+--json, without an object per row on the way. A column of few distinct values (names,
+addresses, codes) is codes into a vocabulary whose values are encoded once, and the rows are
+laid out from the columns' pieces in one pass (in C, `_rows.c`, where it was built)."""
 
 from __future__ import annotations
 
