@@ -529,6 +529,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader (head, less) went away: not an error worth a message.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(ExitStatus.OK)
+    except OSError as exc:  # the machine's, not ktrace's: a full disk, a file gone
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return int(ExitStatus.ERROR)
     except Exception as exc:
         if args.debug:
             raise

@@ -250,3 +250,19 @@ def test_progress_line_on_a_terminal(make_pcap: Make, monkeypatch: pytest.Monkey
 def test_no_progress_when_stderr_is_not_a_terminal(make_pcap: Make) -> None:
     out = run("analyze", str(make_pcap(tcp_session())))
     assert out.returncode == 0 and out.stderr == ""
+
+
+def test_a_full_disk_is_one_line_not_an_internal_error() -> None:
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    with full.open("w") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "ktrace", "analyze", str(PCAPS / "http-dns.pcap")],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["ktrace: error: No space left on device"]
