@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from ktrace.analysis.findings import GROUP, load_checks, run_checks
@@ -292,3 +293,32 @@ def test_icmpv6_port_unreachable_answers_the_syn_it_quotes(make_pcap: Make) -> N
     (f,) = data["findings"]
     assert (f["id"], f["severity"]) == ("svc.no-endpoints", "high")
     assert f["title"] == ("connections to [fd00:10:96::20]:80 rejected with ICMP port unreachable")
+
+
+def _resent_download(client: str, server: str) -> list[object]:
+    """A server's eight segments to its client, four of them sent again after the rest."""
+    c, s = Ether() / IP(src=client, dst=server), Ether() / IP(src=server, dst=client)
+    handshake = tcp_session(client, server)[:3]
+    cs, ss = handshake[2][TCP].seq, handshake[2][TCP].ack
+    data = [s / TCP(sport=80, dport=40000, flags="A", seq=ss + 100 * k, ack=cs) / (b"x" * 100)
+            for k in range(8)]  # fmt: skip
+    ack = c / TCP(sport=40000, dport=80, flags="A", seq=cs, ack=ss + 800)
+    return [*handshake, *data, ack, *data[2:6], ack]
+
+
+def test_segments_seen_twice_on_their_receivers_interface_are_no_loss(make_pcap: Make) -> None:
+    """At the receiver's own interface a segment seen again had arrived the first time: the
+    sender resent what was not lost (reordering, a late ACK), and retransmission at the
+    sender's interface, or anywhere on the way, still counts. Each capture has another
+    connection of its own end, which tells whose interface it is; the client is dual-stack,
+    with a connection of its IPv6 address too."""
+    client, server = "10.0.0.1", "10.0.1.5"
+    v6 = [Ether() / IPv6(src="fd00::1", dst="fd00::9") / p[TCP] for p in tcp_session(sport=42000)]
+    at_client = _resent_download(client, server) + tcp_session(client, "10.0.2.9", sport=41000) + v6
+    at_server = _resent_download(client, server) + tcp_session("10.0.0.7", server, sport=41000)
+    _, data = run_analysis(make_pcap(at_client, name="client.pcap"))
+    resent = [f for f in data["flows"] if f["retransmissions"]]
+    assert [f["retransmissions"] for f in resent] == [4]  # the flow table counts them all
+    assert "tcp.retransmissions" not in ids(data)
+    _, data = run_analysis(make_pcap(at_server, name="server.pcap"))
+    assert "tcp.retransmissions" in ids(data)

@@ -51,25 +51,29 @@ def link_scoped(c: PacketColumns, v6: list[bytes]) -> np.ndarray:
     return out
 
 
-def _key(l3: np.ndarray, addr: np.ndarray) -> np.ndarray:
+def address_key(l3: np.ndarray, addr: np.ndarray) -> np.ndarray:
+    """An address with its IP version, as one integer (what `home_addresses` holds)."""
     return addr.astype(np.int64) * 8 + l3.astype(np.int64)
 
 
-def home_addresses(c: PacketColumns, points: list[Point], scoped: np.ndarray) -> np.ndarray:
-    """Per point: the address every one of its unicast packets involves (a pod's own), or -1.
-    The candidates are its first packet's two addresses, struck out chunk by chunk."""
+def home_addresses(
+    c: PacketColumns, points: list[Point], scoped: np.ndarray, l3: int = 0
+) -> np.ndarray:
+    """Per point: the address every one of its unicast packets involves (a pod's own), or -1;
+    with `l3` (4 or 6), of its packets of that IP version alone (a dual-stack pod has one of
+    each). The candidates are its first packet's two addresses, struck out chunk by chunk."""
     home = np.full(len(points), -1, np.int64)
     wanted = [k for k, p in enumerate(points) if p.kind in ENDPOINT_KINDS]
     candidates: dict[int, list[int]] = {}
     packets = dict.fromkeys(wanted, 0)
     for lo, hi in chunks(len(c) if wanted else 0):
-        usable = (c.l3[lo:hi] > 0) & ~scoped[lo:hi]
+        usable = ((c.l3[lo:hi] == l3) if l3 else (c.l3[lo:hi] > 0)) & ~scoped[lo:hi]
         point = c.point[lo:hi]
         for k in wanted:
             rows = lo + np.flatnonzero(usable & (point == k))
             if not len(rows):
                 continue
-            src, dst = _key(c.l3[rows], c.src[rows]), _key(c.l3[rows], c.dst[rows])
+            src, dst = address_key(c.l3[rows], c.src[rows]), address_key(c.l3[rows], c.dst[rows])
             alive = candidates.setdefault(k, [int(src[0]), int(dst[0])])
             candidates[k] = [a for a in alive if bool(np.all((src == a) | (dst == a)))]
             packets[k] += len(rows)
@@ -87,8 +91,8 @@ def sequenced(c: PacketColumns, rows: np.ndarray) -> np.ndarray:
 
 def _compatible(c: PacketColumns, home: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rules 2 and 3 between rows a and b (arrays of the same length)."""
-    src_a, src_b = _key(c.l3[a], c.src[a]), _key(c.l3[b], c.src[b])
-    dst_a, dst_b = _key(c.l3[a], c.dst[a]), _key(c.l3[b], c.dst[b])
+    src_a, src_b = address_key(c.l3[a], c.src[a]), address_key(c.l3[b], c.src[b])
+    dst_a, dst_b = address_key(c.l3[a], c.dst[a]), address_key(c.l3[b], c.dst[b])
     same_src = (src_a == src_b) & (c.sport[a] == c.sport[b])
     same_dst = (dst_a == dst_b) & (c.dport[a] == c.dport[b])
     ok = sequenced(c, a) | same_src | same_dst

@@ -36,10 +36,24 @@ def _resends(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(retransmissions, segments out of order) per flow."""
     tcp = np.flatnonzero((c.proto == TCP) & (flow >= 0))
-    if len(c) < 2**31:  # rows as int32: half the bytes of what lives through this function
-        tcp = tcp.astype(np.int32)
     if not len(tcp):
         return np.zeros(nflows, np.int64), np.zeros(nflows, np.int64)
+    rows, again, late = resent_rows(c, tcp, flow, forward, npoints)
+    f, p = flow[rows], c.point[rows]
+    return (
+        _per_point_max(f[again], p[again], nflows, npoints),
+        _per_point_max(f[late], p[late], nflows, npoints),
+    )
+
+
+def resent_rows(
+    c: PacketColumns, tcp: np.ndarray, flow: np.ndarray, forward: np.ndarray, npoints: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of these TCP rows (in flows), grouped by (flow, point, direction) in file order: the
+    rows so ordered, and per row whether it was sent again (retransmitted) or filled a gap
+    late (out of order)."""
+    if len(c) < 2**31:  # rows as int32: half the bytes of what lives through this function
+        tcp = tcp.astype(np.int32)
     width = max(npoints, 1)
     # one group per (flow, point, direction), file order within it
     group = np.empty(len(tcp), np.int64)
@@ -52,12 +66,7 @@ def _resends(
     del tcp, order
     behind, rel, carries = _behind(c, rows, start)
     again, late = _resent(rows, start, behind, rel, carries)
-    del behind, rel, carries, start
-    f, p = flow[rows], c.point[rows]
-    return (
-        _per_point_max(f[again], p[again], nflows, npoints),
-        _per_point_max(f[late], p[late], nflows, npoints),
-    )
+    return rows, again, late
 
 
 def _behind(

@@ -8,6 +8,8 @@ import numpy as np
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
+from ktrace.analysis.stitch_rules import address_key, home_addresses
+from ktrace.analysis.tcp_sequence import resent_rows
 from ktrace.decode.transport import TCP
 from ktrace.model import Finding, Severity
 
@@ -15,9 +17,10 @@ MIN_RETRANS = 3
 MIN_RATIO = 0.02
 
 
-def _retransmitting(analysis: Analysis) -> dict[str, list[int]]:
-    """Destination -> one flow per conversation that resent too much (its count is what
-    one point saw, not the sum over the points that saw the same segments)."""
+def _retransmitting(analysis: Analysis) -> dict[str, list[tuple[int, int]]]:
+    """Destination -> (flow, retransmissions) for one flow per conversation that resent too
+    much (counted at the point that saw the most, not summed over the points that saw the same
+    segments)."""
     f = analysis.flows
     total = f.packets_ab + f.packets_ba
     bad = np.flatnonzero(
@@ -26,25 +29,57 @@ def _retransmitting(analysis: Analysis) -> dict[str, list[int]]:
         & (f.retransmissions >= MIN_RETRANS)
         & (f.retransmissions >= MIN_RATIO * total)
     )
+    resent = _lost_and_resent(analysis, bad)
     best: dict[int, int] = {}
     for flow in bad.tolist():
+        n = int(resent[flow])
+        if n < MIN_RETRANS or n < MIN_RATIO * total[flow]:
+            continue
         conv = int(analysis.correlation.conv[flow])
         if conv in analysis.bypasses:
             continue  # the client resends because it rejects the replies: nat.asymmetric-return
-        if conv not in best or f.retransmissions[flow] > f.retransmissions[best[conv]]:
+        if conv not in best or n > resent[best[conv]]:
             best[conv] = flow
-    by_dest: dict[str, list[int]] = {}
+    by_dest: dict[str, list[tuple[int, int]]] = {}
     for flow in best.values():
         path = analysis.path_of_flow(flow)
         dest = analysis.named(analysis.endpoint(path.flows[-1] if path else flow, "b"))
-        by_dest.setdefault(dest, []).append(flow)
+        by_dest.setdefault(dest, []).append((flow, int(resent[flow])))
     return by_dest
+
+
+def _lost_and_resent(analysis: Analysis, flows: np.ndarray) -> np.ndarray:
+    """Per flow (of those given; 0 for the others): its retransmissions at the point that saw
+    the most, but for the segments seen twice on their receiver's own interface. There a
+    segment seen again had arrived the first time (reordered on the way, or its ACK late): the
+    sender resent what was not lost. Elsewhere (the sender's side, a node) it counts; a
+    segment lost on the way is seen once at its receiver, so no loss is left out."""
+    f, c = analysis.flows, analysis.index.columns
+    out = np.zeros(len(f), np.int64)
+    if not len(flows):
+        return out
+    npoints = max(len(analysis.index.points), 1)
+    wanted = np.zeros(len(f) + 1, bool)  # the last entry stands for "no flow" (-1)
+    wanted[flows] = True
+    tcp = np.flatnonzero(wanted[f.flow] & (c.proto == TCP))
+    rows, again, _ = resent_rows(c, tcp, f.flow, f.forward, npoints)
+    rows = rows[again]
+    point, dst = c.point[rows], address_key(c.l3[rows], c.dst[rows])
+    points, scoped = analysis.index.points, analysis.correlation.local
+    arrived = np.zeros(len(rows), bool)
+    for l3 in (4, 6):
+        arrived |= home_addresses(c, points, scoped, l3)[point] == dst
+    place = f.flow[rows[~arrived]].astype(np.int64) * npoints + point[~arrived]
+    per_point = np.bincount(place, minlength=len(f) * npoints).reshape(len(f), npoints)
+    out[flows] = per_point[flows].max(axis=1)
+    return out
 
 
 def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
     f = analysis.flows
-    for dest, flows in _retransmitting(analysis).items():
-        n = int(f.retransmissions[flows].sum())
+    for dest, resent in _retransmitting(analysis).items():
+        flows = [flow for flow, _ in resent]
+        n = sum(count for _, count in resent)
         total = int((f.packets_ab[flows] + f.packets_ba[flows]).sum())
         labels = [analysis.flow_label(flow) for flow in flows]
         where = labels[0] if len(flows) == 1 else f"{plural(len(flows), 'connection')} to {dest}"
