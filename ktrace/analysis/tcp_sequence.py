@@ -41,8 +41,8 @@ def _resends(
     rows, again, late = resent_rows(c, tcp, flow, forward, npoints)
     f, p = flow[rows], c.point[rows]
     return (
-        _per_point_max(f[again], p[again], nflows, npoints),
-        _per_point_max(f[late], p[late], nflows, npoints),
+        per_point_max(f[again], p[again], nflows, npoints),
+        per_point_max(f[late], p[late], nflows, npoints),
     )
 
 
@@ -189,7 +189,7 @@ def _handshakes(
     return np.where((s < big) & (a < big), a - s, -1)
 
 
-def _per_point_max(flow: np.ndarray, point: np.ndarray, nflows: int, npoints: int) -> np.ndarray:
+def per_point_max(flow: np.ndarray, point: np.ndarray, nflows: int, npoints: int) -> np.ndarray:
     """Counted at every point that saw it, a segment is reported once: the max over points."""
     if npoints <= 1:
         return np.bincount(flow, minlength=nflows)[:nflows].astype(np.int64)

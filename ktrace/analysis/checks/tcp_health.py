@@ -9,7 +9,7 @@ import numpy as np
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.stitch_rules import address_key, home_addresses
-from ktrace.analysis.tcp_sequence import resent_rows
+from ktrace.analysis.tcp_sequence import per_point_max, resent_rows
 from ktrace.decode.transport import TCP
 from ktrace.model import Finding, Severity
 
@@ -49,16 +49,15 @@ def _retransmitting(analysis: Analysis) -> dict[str, list[tuple[int, int]]]:
 
 
 def _lost_and_resent(analysis: Analysis, flows: np.ndarray) -> np.ndarray:
-    """Per flow (of those given; 0 for the others): its retransmissions at the point that saw
-    the most, but for the segments seen twice on their receiver's own interface. There a
-    segment seen again had arrived the first time (reordered on the way, or its ACK late): the
-    sender resent what was not lost. Elsewhere (the sender's side, a node) it counts; a
-    segment lost on the way is seen once at its receiver, so no loss is left out."""
+    """Per flow (0 for those not given): its retransmissions at the point that saw the most,
+    but for the segments seen twice on their receiver's own interface. There a segment seen
+    again had arrived the first time (reordered on the way, or its ACK late): the sender
+    resent what was not lost. Elsewhere (the sender's side, a node) it counts; a segment lost
+    on the way is seen once at its receiver, so no loss is left out."""
     f, c = analysis.flows, analysis.index.columns
-    out = np.zeros(len(f), np.int64)
+    npoints = len(analysis.index.points)
     if not len(flows):
-        return out
-    npoints = max(len(analysis.index.points), 1)
+        return np.zeros(len(f), np.int64)
     wanted = np.zeros(len(f) + 1, bool)  # the last entry stands for "no flow" (-1)
     wanted[flows] = True
     tcp = np.flatnonzero(wanted[f.flow] & (c.proto == TCP))
@@ -69,10 +68,8 @@ def _lost_and_resent(analysis: Analysis, flows: np.ndarray) -> np.ndarray:
     arrived = np.zeros(len(rows), bool)
     for l3 in (4, 6):
         arrived |= home_addresses(c, points, scoped, l3)[point] == dst
-    place = f.flow[rows[~arrived]].astype(np.int64) * npoints + point[~arrived]
-    per_point = np.bincount(place, minlength=len(f) * npoints).reshape(len(f), npoints)
-    out[flows] = per_point[flows].max(axis=1)
-    return out
+    counted = rows[~arrived]
+    return per_point_max(f.flow[counted], c.point[counted], len(f), npoints)
 
 
 def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
