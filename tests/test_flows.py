@@ -132,6 +132,43 @@ def test_many_flows_large_file_sharded_matches_sequential(make_pcap: Make, tmp_p
         index_mod.SHARD_MIN_BYTES = old
 
 
+def test_a_sharded_index_misjudged_by_its_first_shard_grows_its_arrays_rarely(
+    make_pcap: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bulk transfer first, tiny packets after: the first shard's packet size promises a
+    third of the packets there are. The room is re-estimated as shards come in and grown by
+    half at least, so the arrays grow a few times, not once per shard (each growth copies
+    and zeroes them), not to many times what is needed, and the index is the one a single
+    walk makes."""
+    from ktrace.decode import index as index_mod
+    from ktrace.decode.index import build_index
+
+    pkts = tcp_session(sport=20000, data=b"x" * 1400, reply=b"y" * 1400) * 40
+    pkts += [udp("10.0.0.1", "10.0.0.2", 5000 + k % 100, 53) for k in range(3000)]
+    path = make_pcap(pkts, step_ns=1000)
+    monkeypatch.setattr(index_mod, "SHARD_MIN_BYTES", 0)
+    monkeypatch.setattr(index_mod, "SHARD_BYTES", 8 << 10)
+    growths: list[int] = []
+    reserve = index_mod._Growing.reserve
+
+    def counted(self: index_mod._Growing, n: int) -> None:
+        before = len(self.arrays["offset"])
+        reserve(self, n)
+        if len(self.arrays["offset"]) != before:
+            growths.append(len(self.arrays["offset"]))
+
+    monkeypatch.setattr(index_mod._Growing, "reserve", counted)
+    with build_index([path], workers=2) as sharded:
+        shards = sharded.files[0].shards
+        kept = growths.copy()
+        with build_index([path], workers=1) as seq:
+            for name in ("offset", "ts", "src", "dport", "paylen"):
+                assert (getattr(sharded.columns, name) == getattr(seq.columns, name)).all()
+    assert shards > 20
+    assert 1 < len(kept) <= 5, kept
+    assert kept[-1] < 1.5 * len(pkts), kept  # grown room is zeroed: memory touched for nothing
+
+
 def test_sharded_pcapng_whose_layout_changes_falls_back_to_one_walk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -227,11 +227,15 @@ class _Growing:
         self.n = 0
 
     def reserve(self, n: int) -> None:
-        """Room for `n` packets in all: growing by doubling copies blocks below the
-        allocator's mapping threshold (a tenth of the index time on 1 GB). Room taken before
-        anything is appended is not zeroed first, as a resize would."""
-        if n <= len(self.arrays["offset"]):
+        """Room for at least `n` packets in all, taken with a quarter more, and growing by
+        half at least: an estimate that falls short grows the arrays again, which copies
+        those below the allocator's mapping threshold and zeroes the new room (measured:
+        eight small growths, 0.13 s on 1 GB), while room never written costs no memory. Room
+        taken before anything is appended is not zeroed first, as a resize would."""
+        room = len(self.arrays["offset"])
+        if n <= room:
             return
+        n = max(n + n // 4, room + room // 2)
         if self.n == 0:
             self.arrays = {name: np.empty(n, a.dtype) for name, a in self.arrays.items()}
             return
@@ -241,7 +245,7 @@ class _Growing:
     def append(self, cols: PacketColumns) -> None:
         need = self.n + len(cols)
         if need > len(self.arrays["offset"]):
-            self.reserve(max(need, 2 * len(self.arrays["offset"]), 1 << 16))
+            self.reserve(max(need, 1 << 16))
         for name, a in self.arrays.items():
             a[self.n : need] = getattr(cols, name)
         self.n = need
@@ -461,6 +465,7 @@ def _scan_sharded(
     count = max(workers * SHARDS_PER_WORKER, -(-(size - fmt.first) // SHARD_BYTES))
     bounds = [fmt.first + (size - fmt.first) * k // count for k in range(count)] + [size]
     expected = fmt.first
+    first_packet = builder.packets
     halt = threading.Event()
     pending: deque[Future[ShardResult]] = deque()
     with ThreadPoolExecutor(workers) as pool:
@@ -483,9 +488,13 @@ def _scan_sharded(
                     raise Cancelled()
                 if shard.end < 0 or shard.start != expected:
                     return expected
-                if not info.shards and shard.end > shard.start:  # the file's packet size, seen
-                    rate = sum(len(b.columns) for b in shard.batches) / (shard.end - shard.start)
-                    builder.parts.reserve(builder.packets + int(rate * (size - shard.start) * 1.05))
+                taken = builder.packets + sum(len(b.columns) for b in shard.batches)
+                if shard.end > fmt.first:
+                    # Room for the rest at the packet size seen so far, which a file's first
+                    # shard can misjudge (bulk transfer first, DNS later): doubling instead
+                    # would zero, and so touch, up to twice the index's memory.
+                    rate = (taken - first_packet) / (shard.end - fmt.first)
+                    builder.parts.reserve(taken + int(rate * (size - shard.end) * 1.05))
                 for batch in shard.batches:
                     builder.add(batch)
                 expected = shard.end
