@@ -105,8 +105,6 @@ class _Found:
     """The DNS messages that parsed, per message, in packet order."""
 
     rows: np.ndarray  # packet
-    start: np.ndarray  # where the message starts in its point's file
-    size: np.ndarray
     response: np.ndarray
     ident: np.ndarray
     qtype: np.ndarray
@@ -116,9 +114,10 @@ class _Found:
 
 def _found(
     index: PacketIndex, cancel: threading.Event | None
-) -> tuple[_Found, np.ndarray, np.ndarray]:
-    """The messages, and per message the (n, 2) hashes of its question name and of all of it
-    but its id: given apart, so each goes once used."""
+) -> tuple[_Found, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The messages; per message the (n, 2) hashes of its question name and of all of it but
+    its id; and (start, size) of each in its point's file: given apart, so each goes once
+    used."""
     c = index.columns
     rows = dns_rows(index)
     point = c.point[rows]
@@ -132,17 +131,8 @@ def _found(
     bad = int((~q.ok).sum())
     keep = np.flatnonzero(q.ok) if bad else slice(None)  # no copies when every one parsed
     flags = q.flags[keep]
-    found = _Found(
-        rows[keep],
-        start[keep],
-        size[keep],
-        (flags & 0x8000) != 0,
-        q.ident[keep],
-        q.qtype[keep],
-        flags,
-        bad,
-    )
-    return found, q.name[keep], q.body[keep]
+    found = _Found(rows[keep], (flags & 0x8000) != 0, q.ident[keep], q.qtype[keep], flags, bad)
+    return found, q.name[keep], q.body[keep], (start[keep], size[keep])
 
 
 def _ends(c: PacketColumns, m: _Found) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -155,35 +145,37 @@ def _ends(c: PacketColumns, m: _Found) -> tuple[tuple[np.ndarray, np.ndarray], .
     )
 
 
-def _exchange_pairs(
+def _exchange_keys(
     c: PacketColumns, m: _Found, ends: tuple[tuple[np.ndarray, np.ndarray], ...], name: np.ndarray
-) -> _Pairs:
-    """Queries paired with responses by (point, transport, ends, id, type, name)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two hashes of what pairs a query with its response: (point, transport, ends, id,
+    type, name)."""
     rows = m.rows
     fields = (c.point[rows], c.proto[rows], c.l3[rows], *ends[0], *ends[1], m.ident, m.qtype)
-    k1 = mix((*fields, name[:, 0]), len(rows), K1)
-    k2 = mix((*fields, name[:, 1]), len(rows), K2)
-    del fields
-    return _pair(k1, k2, m.response)
+    return mix((*fields, name[:, 0]), len(rows), K1), mix((*fields, name[:, 1]), len(rows), K2)
 
 
 def _pair_messages(
     index: PacketIndex, cancel: threading.Event | None
 ) -> tuple[DnsTable, tuple[int, int]]:
     """Every transaction's fields as arrays, and (malformed, orphan responses). Built in
-    steps whose per-message arrays die with them: a storm's peak is what the steps share."""
+    steps whose per-message arrays die with them, each deleted once read for the last time:
+    in a storm, where most packets are DNS, the stage's peak is what is alive at once."""
     c = index.columns
-    m, name, body = _found(index, cancel)
+    m, name, body, (start, size) = _found(index, cancel)
     rows = m.rows
     message, distinct = _distinct(body)
-    del body
+    at = (c.point[rows[distinct]], start[distinct], size[distinct])
+    del body, start, size
     ends = _ends(c, m)
-    pairs = _exchange_pairs(c, m, ends, name)
+    k1, k2 = _exchange_keys(c, m, ends, name)
     del name
-    point, ts = c.point[rows], c.ts[rows]
+    pairs = _pair(k1, k2, m.response)
+    del k1, k2
     tx = np.flatnonzero(pairs.queries > 0)
-    first = pairs.order[pairs.begin[tx]]
-    tx = tx[np.lexsort((point[first], ts[first]))]
+    opening = rows[pairs.order[pairs.begin[tx]]]  # each transaction's first packet
+    tx = tx[np.lexsort((c.point[opening], c.ts[opening]))]
+    del opening
     lo, count, answered = pairs.begin[tx], pairs.queries[tx], pairs.answered[tx]
     first = pairs.order[lo]
     # the response's position where there is one, else the query's (never read then)
@@ -192,30 +184,35 @@ def _pair_messages(
         k: tuple(rows[pairs.order[lo[k] : lo[k] + count[k]]].tolist())
         for k in np.flatnonzero(count > 1).tolist()
     }
-    orphans = int((pairs.queries == 0).sum())
+    counts = m.malformed, int((pairs.queries == 0).sum())  # malformed, orphan responses
     del pairs, tx, lo, count
-    messages = _Messages.read(index, point[distinct], m.start[distinct], m.size[distinct])
     sides = tuple((addr[first], port[first]) for addr, port in ends)
-    endpoint, (client, server) = _endpoints(index, c.l3[rows[first]], sides)
+    row, response, ident, asked = rows[first], rows[last], m.ident[first], message[first]
+    rcode, got = (m.flags[last] & 15).astype(np.uint8), message[last]
+    del m, rows, ends, message, first, last
+    messages = _Messages.read(index, *at)
+    endpoint, (client, server) = _endpoints(index, c.l3[row], sides)
+    del sides
+    ts = c.ts[row]
     table = DnsTable(
-        point=point[first].astype(np.int64),
-        tcp=c.proto[rows[first]] == TCP,
+        point=c.point[row].astype(np.int64),
+        tcp=c.proto[row] == TCP,
         client=client,
         server=server,
-        ident=m.ident[first],
-        asked=message[first],
-        ts=ts[first],
-        row=rows[first],
-        response=rows[last],
-        rcode=(m.flags[last] & 15).astype(np.uint8),
-        latency=ts[last] - ts[first],
-        got=message[last],
+        ident=ident,
+        asked=asked,
+        ts=ts,
+        row=row,
+        response=response,
+        rcode=rcode,
+        latency=c.ts[response] - ts,
+        got=got,
         answered=answered,
         retries=retries,
         endpoint=endpoint,
         messages=messages,
     )
-    return table, (m.malformed, orphans)
+    return table, counts
 
 
 @dataclass(frozen=True)
