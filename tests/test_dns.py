@@ -285,20 +285,48 @@ def test_streamed_json_is_the_result(make_pcap: Make, name: bytes) -> None:
     assert [d["latency_ms"] is None for d in data["dns"]] == [True, False]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.booleans()), max_size=40))
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.booleans()), max_size=40),
+    st.sampled_from([0, 1, 40, 61]),
+)
 def test_pairing_order_is_the_two_key_order_with_file_order_among_equals(
-    messages: list[tuple[int, int, bool]],
+    messages: list[tuple[int, int, bool]], shift: int
 ) -> None:
     """Keys drawn from a few values so that the first key ties while the second differs:
-    the sort by the first key alone must then give way to both."""
+    the sort by the first key alone must then give way to both. Shifted, the first keys
+    differ (61, 40) or not (0, 1) in the top bits the fast sort packs with positions."""
     from ktrace.analysis.dns import _pair
 
-    k1 = np.array([a for a, _, _ in messages], np.uint64)
+    k1 = np.array([a << shift for a, _, _ in messages], np.uint64)
     k2 = np.array([b for _, b, _ in messages], np.uint64)
     response = np.array([r for _, _, r in messages], bool)
     got = _pair(k1, k2, response)
     assert got.order.tolist() == np.lexsort((np.arange(len(k1)), k2, k1)).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2)), max_size=60), st.booleans())
+def test_distinct_messages_numbered_by_one_word_as_by_both(
+    hashes: list[tuple[int, int]], big: bool
+) -> None:
+    """Message hashes numbered through their first word, confirmed by the second, give the
+    ids and first copies that sorting both words gives, also when a first word is shared."""
+    from ktrace.analysis.dns import _distinct, _distinct_sorting
+
+    scale = 1 << 62 if big else 1
+    keys = np.array([(a * scale, b) for a, b in hashes], np.uint64).reshape(-1, 2)
+    ids, firsts = _distinct(keys)
+    want_ids, want_firsts = _distinct_sorting(keys)
+    assert ids.tolist() == want_ids.tolist() and firsts.tolist() == want_firsts.tolist()
+
+
+def test_transactions_of_the_same_instant_are_in_file_order(make_pcap: Make) -> None:
+    """Queries from several clients stamped alike (a coarse clock, a burst) are listed as
+    they were captured, not in the order their pairing keys happened to sort."""
+    pkts = [query(f"n{k}.example", ident=k, sport=40000 + k) for k in range(12)]
+    _, data = run_analysis(make_pcap(pkts, step_ns=0))
+    assert [d["qname"] for d in data["dns"]] == [f"n{k}.example" for k in range(12)]
 
 
 def _reference_picture(

@@ -11,6 +11,8 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 
 from ktrace.analysis.row_columns import Coded, Column, Integers, Listed, Vocabulary, flags
+from ktrace.analysis.sorting import factorize, sorted_runs
+from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, rcode_name
 from ktrace.decode.dns_bulk import read_questions, tcp_messages
@@ -79,11 +81,14 @@ class _Pairs:
 
 
 def _pair(k1: np.ndarray, k2: np.ndarray, response: np.ndarray) -> _Pairs:
-    # by (k1, k2), file order among equals; k1 alone almost always decides, and one stable
-    # sort of it costs a third of the three-key lexsort
-    order = np.argsort(k1, kind="stable")
+    # by (k1, k2), file order among equals. k1 alone almost always decides: its top bits
+    # packed with each message's position are sorted as plain values (a fifth of a stable
+    # argsort); whole keys out of order after it (top bits shared by different keys, or
+    # one k1 with two k2) are rare and then sorted by both
+    bits = np.uint64(max(1, (len(k1) - 1).bit_length()))
+    order, _ = sorted_runs((k1 >> bits).view(np.int64), spend=True)
     a, b = k1[order], k2[order]
-    if ((a[1:] == a[:-1]) & (b[1:] != b[:-1])).any():
+    if ((a[1:] < a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] != b[:-1]))).any():
         order = np.lexsort((k2, k1))
         a, b = k1[order], k2[order]
     r = response[order]
@@ -172,10 +177,16 @@ def _pair_messages(
     del name
     pairs = _pair(k1, k2, m.response)
     del k1, k2
+    # in time order, then by point, then in file order: put in the order of their first
+    # messages (a scatter: they are distinct positions), the stable sort by time and point
+    # finds the keys nearly sorted (a hundredth of sorting them from the pairs' order)
     tx = np.flatnonzero(pairs.queries > 0)
+    slot = np.full(len(rows), -1, np.int64)
+    slot[pairs.order[pairs.begin[tx]]] = tx
+    tx = slot[slot >= 0]
     opening = rows[pairs.order[pairs.begin[tx]]]  # each transaction's first packet
     tx = tx[np.lexsort((c.point[opening], c.ts[opening]))]
-    del opening
+    del opening, slot
     lo, count, answered = pairs.begin[tx], pairs.queries[tx], pairs.answered[tx]
     first = pairs.order[lo]
     # the response's position where there is one, else the query's (never read then)
@@ -390,7 +401,17 @@ def or_none(values: list[T], ok: list[bool]) -> list[T | None]:
 
 def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(id of each message, position of each distinct message's first copy) for messages
-    keyed by hash: storms repeat a few messages thousands of times, each parsed once."""
+    keyed by a 128-bit hash: storms repeat a few messages thousands of times, each parsed
+    once. Numbered by the first word (a hash table where it pays); the second confirms it,
+    and only if two messages shared a first word would both words be sorted."""
+    firsts, ids = factorize(keys[:, 0])
+    for lo, hi in chunks(len(ids)):
+        if (keys[firsts[ids[lo:hi]], 1] != keys[lo:hi, 1]).any():
+            return _distinct_sorting(keys)
+    return ids, firsts
+
+
+def _distinct_sorting(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((keys[:, 1], keys[:, 0]))
     k = keys[order]
     new = np.ones(len(k), bool)
