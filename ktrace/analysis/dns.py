@@ -112,51 +112,47 @@ class _Found:
     rows: np.ndarray  # packet
     response: np.ndarray
     ident: np.ndarray
-    qtype: np.ndarray
     flags: np.ndarray
     malformed: int
 
 
 def _found(
     index: PacketIndex, cancel: threading.Event | None
-) -> tuple[_Found, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """The messages; per message the (n, 2) hashes of its question name and of all of it but
-    its id; and (start, size) of each in its point's file: given apart, so each goes once
-    used."""
-    c = index.columns
+) -> tuple[_Found, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The messages; per message its question's type and the (n, 2) hash of its name, and
+    the hash of all of it but its id: given apart, so each goes once used."""
     rows = dns_rows(index)
-    point = c.point[rows]
-    payload = c.offset[rows] + c.payoff[rows]
-    caplen = c.caplen[rows].astype(np.int64) - c.payoff[rows]
-    size = np.minimum(c.paylen[rows].astype(np.int64), caplen).clip(0)
-    start, size = tcp_messages(index.mapped, point, payload, size, c.proto[rows] == TCP)
-    del payload, caplen
-    q = read_questions(index.mapped, point, start, size, cancel)
-    del point
+    q = read_questions(index.mapped, *_located(index, rows), cancel)
     bad = int((~q.ok).sum())
     keep = np.flatnonzero(q.ok) if bad else slice(None)  # no copies when every one parsed
     flags = q.flags[keep]
-    found = _Found(rows[keep], (flags & 0x8000) != 0, q.ident[keep], q.qtype[keep], flags, bad)
-    return found, q.name[keep], q.body[keep], (start[keep], size[keep])
+    found = _Found(rows[keep], (flags & 0x8000) != 0, q.ident[keep], flags, bad)
+    return found, (q.qtype[keep], q.name[keep]), q.body[keep]
 
 
-def _ends(c: PacketColumns, m: _Found) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Per message, (address, port) of its client and of its server."""
-    src, dst, sport, dport = c.src[m.rows], c.dst[m.rows], c.sport[m.rows], c.dport[m.rows]
-    r = m.response
-    return (
-        (np.where(r, dst, src), np.where(r, dport, sport)),
-        (np.where(r, src, dst), np.where(r, sport, dport)),
-    )
+def _located(index: PacketIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point, start, size) of the DNS message in each of these packets."""
+    c = index.columns
+    payload = c.offset[rows] + c.payoff[rows]
+    caplen = c.caplen[rows].astype(np.int64) - c.payoff[rows]
+    size = np.minimum(c.paylen[rows].astype(np.int64), caplen).clip(0)
+    del caplen
+    point = c.point[rows]
+    return point, *tcp_messages(index.mapped, point, payload, size, c.proto[rows] == TCP)
 
 
 def _exchange_keys(
-    c: PacketColumns, m: _Found, ends: tuple[tuple[np.ndarray, np.ndarray], ...], name: np.ndarray
+    c: PacketColumns, m: _Found, question: tuple[np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Two hashes of what pairs a query with its response: (point, transport, ends, id,
-    type, name)."""
-    rows = m.rows
-    fields = (c.point[rows], c.proto[rows], c.l3[rows], *ends[0], *ends[1], m.ident, m.qtype)
+    """Two hashes of what pairs a query with its response: (point, transport, client and
+    server addresses and ports, id, question type and name)."""
+    rows, r = m.rows, m.response
+    src, dst, sport, dport = c.src[rows], c.dst[rows], c.sport[rows], c.dport[rows]
+    client = (np.where(r, dst, src), np.where(r, dport, sport))
+    server = (np.where(r, src, dst), np.where(r, sport, dport))
+    del src, dst, sport, dport
+    qtype, name = question
+    fields = (c.point[rows], c.proto[rows], c.l3[rows], *client, *server, m.ident, qtype)
     return mix((*fields, name[:, 0]), len(rows), K1), mix((*fields, name[:, 1]), len(rows), K2)
 
 
@@ -167,14 +163,13 @@ def _pair_messages(
     steps whose per-message arrays die with them, each deleted once read for the last time:
     in a storm, where most packets are DNS, the stage's peak is what is alive at once."""
     c = index.columns
-    m, name, body, (start, size) = _found(index, cancel)
+    m, question, body = _found(index, cancel)
     rows = m.rows
     message, distinct = _distinct(body)
-    at = (c.point[rows[distinct]], start[distinct], size[distinct])
-    del body, start, size
-    ends = _ends(c, m)
-    k1, k2 = _exchange_keys(c, m, ends, name)
-    del name
+    del body
+    at = _located(index, rows[distinct])
+    k1, k2 = _exchange_keys(c, m, question)
+    del question
     pairs = _pair(k1, k2, m.response)
     del k1, k2
     # in time order, then by point, then in file order: put in the order of their first
@@ -197,10 +192,10 @@ def _pair_messages(
     }
     counts = m.malformed, int((pairs.queries == 0).sum())  # malformed, orphan responses
     del pairs, tx, lo, count
-    sides = tuple((addr[first], port[first]) for addr, port in ends)
     row, response, ident, asked = rows[first], rows[last], m.ident[first], message[first]
     rcode, got = (m.flags[last] & 15).astype(np.uint8), message[last]
-    del m, rows, ends, message, first, last
+    del m, rows, message, first, last
+    sides = ((c.src[row], c.sport[row]), (c.dst[row], c.dport[row]))  # a query: client first
     messages = _Messages.read(index, *at)
     endpoint, (client, server) = _endpoints(index, c.l3[row], sides)
     del sides
@@ -431,17 +426,18 @@ def _parse(index: PacketIndex, point: int, start: int, size: int) -> DnsMessage 
 def _endpoints(
     index: PacketIndex, l3: np.ndarray, sides: tuple[tuple[np.ndarray, np.ndarray], ...]
 ) -> tuple[list[str], list[np.ndarray]]:
-    """ "address:port" of each distinct endpoint, and per side the endpoint of each message."""
-    keys = [
-        (l3.astype(np.uint64) << np.uint64(48))
-        | (port.astype(np.uint64) << np.uint64(32))
-        | addr.astype(np.uint64)
-        for addr, port in sides
-    ]
-    distinct, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    """ "address:port" of each distinct endpoint, and per side the endpoint of each message,
+    numbered as np.unique would (sorted by value) but by a hash table where it pays."""
+    n = len(l3)
+    keys = np.empty(n * len(sides), np.uint64)
+    for k, (addr, port) in enumerate(sides):
+        side = keys[k * n : (k + 1) * n]
+        np.left_shift(l3, np.uint64(48), out=side, dtype=np.uint64)
+        side |= port.astype(np.uint64) << np.uint64(32)
+        side |= addr
+    firsts, ids = factorize(keys)
     texts = [
         f"{index.address(int(v >> 48), int(v & 0xFFFFFFFF))}:{int(v >> 32) & 0xFFFF}"
-        for v in distinct.tolist()
+        for v in keys[firsts].tolist()
     ]
-    n, ids = len(l3), inverse.reshape(-1).astype(np.int32)
     return texts, [ids[k * n : (k + 1) * n] for k in range(len(sides))]

@@ -119,19 +119,23 @@ def _read_compiled(
     cancel: threading.Event | None,
 ) -> None:
     """The C loop (_dns.c), one point's buffer at a time; what it leaves is read one by one."""
-    for p in np.unique(point).tolist():
+    points = np.unique(point).tolist()
+    for p in points:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        sel = np.flatnonzero(point == p)
-        at = np.ascontiguousarray(start[sel], np.int64)
-        length = np.ascontiguousarray(size[sel], np.int64)
-        m = len(sel)
-        slow = np.zeros(m, np.uint8)
         data = buffer(p)
-        if m == len(start):  # one point: written in place
+        if len(points) == 1:  # read and written in place: no copies as long as the messages
+            sel = None
+            at, length = np.ascontiguousarray(start, np.int64), np.ascontiguousarray(size, np.int64)
+            slow = np.zeros(len(at), np.uint8)
             fields = (out.ident, out.flags, out.qtype, out.name, out.body, out.ok.view(np.uint8))
             questions(data, at, length, NAME_SPAN, *fields, slow)
         else:
+            sel = np.flatnonzero(point == p)
+            at = np.ascontiguousarray(start[sel], np.int64)
+            length = np.ascontiguousarray(size[sel], np.int64)
+            m = len(sel)
+            slow = np.zeros(m, np.uint8)
             ident, flags = np.zeros(m, np.uint16), np.zeros(m, np.uint16)
             qtype = np.zeros(m, np.int32)
             name, body = np.zeros((m, 2), np.uint64), np.zeros((m, 2), np.uint64)
@@ -140,11 +144,12 @@ def _read_compiled(
             out.ident[sel], out.flags[sel], out.qtype[sel] = ident, flags, qtype
             out.name[sel], out.body[sel], out.ok[sel] = name, body, ok.view(bool)
         for k in np.flatnonzero(slow).tolist():
+            row = k if sel is None else int(sel[k])
             begin, end = int(at[k]), int(at[k] + length[k])
             message = bytes(data[begin:end])
-            _parse_one(message, out, int(sel[k]))
+            _parse_one(message, out, row)
             if end > len(data):  # cut by the end of the capture: the loop hashed nothing
-                out.body[sel[k]] = _digest(message[2:])
+                out.body[row] = _digest(message[2:])
 
 
 def _hash_bodies(window: np.ndarray, size: np.ndarray, out: np.ndarray) -> None:
