@@ -6,11 +6,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ktrace.analysis.row_columns import Coded, Column, Integers, Listed, Vocabulary, flags
+from ktrace.analysis.row_columns import Coded, Column, Integers, Vocabulary, flags
 from ktrace.analysis.sorting import factorize, sorted_runs
 from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
@@ -22,7 +22,6 @@ from ktrace.decode.transport import TCP, UDP
 
 DNS_PORT = 53
 BUILD_SLICE = 8192  # transactions made into tuples at a time when iterating
-T = TypeVar("T")
 RCODES = [rcode_name(v) for v in range(16)]
 ANSWER_CODES = Vocabulary([*RCODES, None])  # None: unanswered
 TRANSPORTS = Vocabulary(["udp", "tcp"])
@@ -306,6 +305,22 @@ class DnsTable:
         return Vocabulary(self.endpoint)
 
     @cached_property
+    def answer_lists(self) -> Vocabulary:
+        """Per message its answers, and no answers at `nothing` (an unanswered query's)."""
+        return Vocabulary([*self.messages.answers, ()])
+
+    @property
+    def nothing(self) -> int:
+        return len(self.messages.answers)
+
+    @cached_property
+    def retry_counts(self) -> np.ndarray:
+        """Per transaction: how many times its query was sent again."""
+        counts = np.zeros(len(self), np.int64)
+        counts[list(self.retries)] = [len(q) - 1 for q in self.retries.values()]
+        return counts
+
+    @cached_property
     def truncated(self) -> np.ndarray:
         """Per message: whether it was truncated (TC)."""
         return np.array(self.messages.truncated, bool)
@@ -313,10 +328,7 @@ class DnsTable:
     def shared_columns(self, ks: np.ndarray) -> dict[str, Column]:
         """The fields of these transactions that read the same in a tuple and in a DNS row
         (result.DnsRow), a column each."""
-        m = self.messages
         answered = self.answered[ks]
-        ok = answered.tolist()
-        got = [k if y else -1 for k, y in zip(self.got[ks].tolist(), ok, strict=True)]
         return {
             "transport": Coded(self.tcp[ks].astype(np.int8), TRANSPORTS),
             "client": Coded(self.client[ks], self.endpoints),
@@ -326,14 +338,14 @@ class DnsTable:
             "qtype": self.qtype.coded(ks),
             "rcode": Coded(np.where(answered, self.rcode[ks], len(RCODES)), ANSWER_CODES),
             "answered": flags(answered),
-            "answers": Listed([m.answers[k] if k >= 0 else () for k in got]),
+            "answers": Coded(np.where(answered, self.got[ks], self.nothing), self.answer_lists),
             "truncated": flags(answered & self.truncated[self.got[ks]]),
         }
 
     def take(self, ks: np.ndarray) -> list[DnsTransaction]:
         """These transactions as tuples."""
         c = {name: column.listed() for name, column in self.shared_columns(ks).items()}
-        ok = self.answered[ks].tolist()
+        ok = self.answered[ks]
         rows = zip(ks.tolist(), self.row[ks].tolist(), strict=True)
         queries = [self.retries.get(k) or (r,) for k, r in rows]
         return list(
@@ -349,9 +361,9 @@ class DnsTable:
                     c["qtype"],
                     self.ts[ks].tolist(),
                     queries,
-                    or_none(self.response[ks].tolist(), ok),
+                    or_none(self.response[ks], ok),
                     c["rcode"],
-                    or_none(self.latency[ks].tolist(), ok),
+                    or_none(self.latency[ks], ok),
                     c["answers"],
                     c["truncated"],
                     strict=True,
@@ -389,9 +401,11 @@ def _interned(values: list[str], rows: np.ndarray) -> Interned:
     return Interned(codes[rows], list(ids))
 
 
-def or_none(values: list[T], ok: list[bool]) -> list[T | None]:
-    """Each value where `ok`, else None (what an unanswered query has)."""
-    return [v if y else None for v, y in zip(values, ok, strict=True)]
+def or_none(values: np.ndarray, ok: np.ndarray) -> list[Any]:
+    """Each value where `ok`, else None (what an unanswered query has), as Python values."""
+    out = values.astype(object)
+    out[~ok] = None
+    return out.tolist()
 
 
 def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
