@@ -37,6 +37,17 @@ def test_numberings_agree_with_numpy_unique(case: str) -> None:
         assert got_inverse.dtype == np.int32
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_first_seen_numberings_agree(case: str) -> None:
+    """Numbered in order of first appearance: by the C table, and by sorting."""
+    values = CASES[case]
+    first, inverse = _reference(values)
+    rank = np.argsort(np.argsort(first))  # each distinct value's place by first appearance
+    expected = rank[inverse] if len(values) else np.zeros(0, np.int64)
+    for got in (sorting.first_seen(values), sorting.first_seen_sorting(values)):
+        assert np.array_equal(got, expected) and got.dtype == np.int32
+
+
 def test_the_c_grouping_is_built_where_a_compiler_exists() -> None:
     if shutil.which("cc") is None:
         pytest.skip("no C compiler: numpy's sorting is the one in use")

@@ -9,22 +9,28 @@ import numpy as np
 
 from ktrace.analysis.correlate import Correlation
 from ktrace.analysis.dns import DnsTable
+from ktrace.analysis.sorting import repeated
 
 
 @dataclass(frozen=True)
 class DnsExchanges:
     tx: np.ndarray  # per exchange in time order, its transaction nearest the client
-    points: list[frozenset[int]]  # per exchange, the points that saw it
+    point: np.ndarray  # per exchange, the point of that transaction
+    shared: dict[int, frozenset[int]]  # exchanges seen at more than one point: those points
 
     def __len__(self) -> int:
         return len(self.tx)
 
+    def points(self, k: int) -> frozenset[int]:
+        """The points that saw exchange k."""
+        return self.shared.get(k) or frozenset((int(self.point[k]),))
+
 
 def dns_exchanges(table: DnsTable, correlation: Correlation) -> DnsExchanges:
-    if not len(table):
-        return DnsExchanges(np.zeros(0, np.int64), [])
     first, point = table.row, table.point
     key = correlation.ident[first]
+    if not repeated(key).any():  # each seen once: the table's own order (time, point, file)
+        return DnsExchanges(np.arange(len(table)), point, {})
     position = np.arange(len(table))
     # per exchange: its copies, earliest (clock-corrected) first, ties in table order
     order = np.lexsort((position, correlation.when[first], key))
@@ -33,9 +39,8 @@ def dns_exchanges(table: DnsTable, correlation: Correlation) -> DnsExchanges:
     appears = np.minimum.reduceat(order, starts)
     shown = np.lexsort((appears, table.ts[best]))
     sizes = np.diff(np.r_[starts, len(order)])
-    alone = {p: frozenset((p,)) for p in np.unique(point).tolist()}
-    points = [alone[p] for p in point[best[shown]].tolist()]
+    shared = {}
     for k in np.flatnonzero(sizes[shown] > 1).tolist():  # seen at more than one point
         g = int(shown[k])
-        points[k] = frozenset(point[order[starts[g] : starts[g] + sizes[g]]].tolist())
-    return DnsExchanges(best[shown], points)
+        shared[k] = frozenset(point[order[starts[g] : starts[g] + sizes[g]]].tolist())
+    return DnsExchanges(best[shown], point[best[shown]], shared)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ktrace.analysis.dns import DnsTable, DnsTransaction
+from ktrace.analysis.sorting import first_seen
 
 RETRY_AFTER_NS = 4_000_000_000  # glibc's default timeout is 5 s
 
@@ -129,7 +130,7 @@ def dns_picture(
     pair_ip, pair_name = (pairs // len(names)).tolist(), (pairs % len(names)).tolist()
     bases = _search_bases(pair_ip, [names[n] for n in pair_name])
     # groups keyed as the checks show them, in order of client, then of first appearance
-    client_rank = _first_seen_rank(ip)
+    client_rank = first_seen(ip)
     nx = table.rcode_is("NXDOMAIN")[primary]
     base_of = np.array([b is not None for b in bases], bool)
     expanded = np.flatnonzero(nx & base_of[pair])
@@ -159,18 +160,10 @@ def _pairs(ip: np.ndarray, name: np.ndarray, names: int) -> tuple[np.ndarray, np
     """The distinct (client address, name) keys, in order of first appearance, and each
     transaction's pair."""
     key = ip.astype(np.int64) * names + name
-    pair = _first_seen_rank(key)
+    pair = first_seen(key)
     distinct = np.empty(int(pair.max()) + 1, np.int64)
     distinct[pair] = key
     return distinct, pair
-
-
-def _first_seen_rank(ids: np.ndarray) -> np.ndarray:
-    """Per position, the rank of its id by first appearance."""
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse.reshape(-1)]
 
 
 def _search_bases(pair_ip: list[int], pair_name: list[str]) -> list[str | None]:

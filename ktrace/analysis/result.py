@@ -466,8 +466,8 @@ class Result:
         ex = a.dns_exchanges
         rows = self.dns_rows(ex.tx[:limit])
         return tuple(
-            ExchangeRow(row, tuple(sorted(a.point_id(k) for k in points)))
-            for row, points in zip(rows, ex.points[:limit], strict=True)
+            ExchangeRow(row, tuple(sorted(a.point_id(p) for p in ex.points(k))))
+            for k, row in enumerate(rows)
         )
 
     @cached_property

@@ -68,17 +68,28 @@ def number_sorting(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[new], inverse
 
 
+_first_seen_c = compiled("ktrace.analysis._group", "factorize")
+
+
+def _hashed(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(first positions, ids) numbered in order of first appearance by the C table, or None
+    when it was not built or the values are mostly distinct (sorting them is faster)."""
+    if _first_seen_c is None:
+        return None
+    ids = np.empty(len(values), np.int32)
+    found = _first_seen_c(values, ids, max(len(values) // 8, 1024))
+    return None if found is None else (np.frombuffer(found, np.int64), ids)
+
+
 def _compiled() -> Numbering | None:
-    first_seen = compiled("ktrace.analysis._group", "factorize")
-    if first_seen is None:
+    if _first_seen_c is None:
         return None
 
     def number_hashing(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.empty(len(values), np.int32)
-        found = first_seen(values, ids, max(len(values) // 8, 1024))
-        if found is None:  # mostly distinct values: sorting them is faster
+        hashed = _hashed(values)
+        if hashed is None:
             return number_sorting(values)
-        firsts = np.frombuffer(found, np.int64)
+        firsts, ids = hashed
         order = np.argsort(values[firsts], kind="stable")  # as np.unique numbers them
         rank = np.empty(len(order), np.int32)
         rank[order] = np.arange(len(order), dtype=np.int32)
@@ -89,6 +100,22 @@ def _compiled() -> Numbering | None:
 
 number_c = _compiled()
 number: Numbering = number_c or number_sorting
+
+
+def first_seen(values: np.ndarray) -> np.ndarray:
+    """Per element, its value's number in order of first appearance (int32). Values are
+    taken as uint64."""
+    values = np.ascontiguousarray(values, np.uint64)
+    # the table where `number` is the C one (the benchmark's no-C run swaps it for sorting)
+    hashed = _hashed(values) if number is number_c else None
+    return hashed[1] if hashed is not None else first_seen_sorting(values)
+
+
+def first_seen_sorting(values: np.ndarray) -> np.ndarray:
+    firsts, ids = number_sorting(values)
+    rank = np.empty(len(firsts), np.int32)
+    rank[np.argsort(firsts)] = np.arange(len(firsts), dtype=np.int32)  # positions: distinct
+    return rank[ids]
 
 
 def repeated(values: np.ndarray) -> np.ndarray:
