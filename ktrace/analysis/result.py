@@ -73,7 +73,7 @@ HTTP_AS_IS = (
     "ended_by",
 )
 HTTP_OBJECTS = ("points", "packet")  # rows held in the row
-JSON_SLICE = 2048  # DNS transactions or flows encoded at a time: a few MB of their JSON
+JSON_SLICE = 8192  # DNS transactions or flows encoded at a time: a few MB of their JSON
 
 
 def _ms(ns: float | None) -> float | None:
