@@ -3,11 +3,15 @@ size, where whole-column expressions would make one array per step as long as th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 CHUNK = 1 << 16  # rows per step: temporaries of half a MB each, a dozen alive at once
+# Rows below which one thread finishes a C loop before more could start (~0.1 ms each).
+THREADED_MIN = 1 << 17
 
 
 def chunks(n: int) -> Iterator[tuple[int, int]]:
@@ -43,3 +47,24 @@ def bincount(values: np.ndarray, minlength: int, weights: np.ndarray | None = No
             out = np.concatenate([out, np.zeros(len(part) - len(out), out.dtype)])
         out[: len(part)] += part.astype(out.dtype, copy=False)
     return out
+
+
+def cores(reserve: int = 0) -> int:
+    """Every core but `reserve`, at most 4."""
+    return max(1, min((os.cpu_count() or 1) - reserve, 4))
+
+
+def in_threads(n: int, work: Callable[[int, int], object]) -> None:
+    """work(lo, hi) over rows 0..n, in one part per core run at once: for the C loops that
+    release the GIL and write rows of their own (DNS questions, fingerprints), which would
+    otherwise leave the other cores idle between the stages' numpy steps."""
+    parts = cores() if n >= THREADED_MIN else 1
+    bounds = [n * k // parts for k in range(parts + 1)]
+    if parts == 1:
+        work(0, n)
+        return
+    with ThreadPoolExecutor(parts - 1) as pool:
+        rest = [pool.submit(work, bounds[k], bounds[k + 1]) for k in range(1, parts)]
+        work(bounds[0], bounds[1])
+        for done in rest:
+            done.result()

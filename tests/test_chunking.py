@@ -36,3 +36,27 @@ def test_bincount(v: np.ndarray, minlength: int) -> None:
     assert np.array_equal(counts, np.bincount(small, minlength=minlength))
     sums = chunking.bincount(small, minlength, weights)
     assert np.array_equal(sums, np.bincount(small, weights=weights, minlength=minlength))
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [0, 1, 5, 100])
+def test_in_threads_works_every_row_once(
+    n: int, parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chunking, "THREADED_MIN", 0)
+    monkeypatch.setattr(chunking, "cores", lambda reserve=0: parts)
+    seen = np.zeros(n, np.int64)
+    chunking.in_threads(n, lambda lo, hi: np.add.at(seen, np.arange(lo, hi), 1))
+    assert (seen == 1).all()
+
+
+def test_in_threads_raises_what_a_part_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunking, "THREADED_MIN", 0)
+    monkeypatch.setattr(chunking, "cores", lambda reserve=0: 3)
+
+    def work(lo: int, hi: int) -> None:
+        if lo > 0:
+            raise IndexError(lo)
+
+    with pytest.raises(IndexError):
+        chunking.in_threads(30, work)

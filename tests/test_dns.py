@@ -18,6 +18,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from ktrace import chunking
 from ktrace.analysis.dns import DnsTransaction, dns_rows, dns_transactions
 from ktrace.analysis.dns_patterns import (
     RETRY_AFTER_NS,
@@ -194,17 +195,21 @@ def _reference_pairs(index: PacketIndex) -> tuple[list[tuple[object, ...]], int,
     return [(q, r) for _, q, r in out], malformed, orphans
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["C", "numpy"])
+@pytest.mark.parametrize(
+    ("compiled", "threads"), [(True, 1), (True, 3), (False, 1)], ids=["C", "C-threads", "numpy"]
+)
 def test_bulk_pairing_matches_one_message_at_a_time(
-    make_pcap: Make, compiled: bool, monkeypatch: pytest.MonkeyPatch
+    make_pcap: Make, compiled: bool, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Retries, repeated ids, names differing only in case, compressed first names, names
     longer than the bulk window, DNS over TCP and over IPv6, garbage on port 53, responses
-    without query and a last message cut by the end of the file; read by the C loop and by
-    the numpy path."""
+    without query and a last message cut by the end of the file; read by the C loop (in one
+    thread, and split across three) and by the numpy path."""
     if compiled and dns_bulk.questions_c is None:
         pytest.skip("the C loop was not built")
     monkeypatch.setattr(dns_bulk, "enabled", compiled)
+    monkeypatch.setattr(chunking, "THREADED_MIN", 0)
+    monkeypatch.setattr(chunking, "cores", lambda reserve=0: threads)
     rng = random.Random(7)
     long_name = ".".join(["label-of-thirty-one-characters-x"] * 5)  # 165 wire bytes
     names = ["web.default.svc.cluster.local", "WEB.default.svc.cluster.local", long_name, "a.b"]

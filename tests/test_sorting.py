@@ -84,9 +84,15 @@ def test_sorted_runs_are_a_stable_argsort_and_its_runs(key: np.ndarray) -> None:
     assert np.array_equal(start, np.r_[True, ordered[1:] != ordered[:-1]][: len(key)])
 
 
-def test_columns_mixed_in_c_at_rows_equal_numpys_mix() -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_columns_mixed_in_c_at_rows_equal_numpys_mix(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ktrace import chunking
     from ktrace.decode import mix
 
+    monkeypatch.setattr(chunking, "cores", lambda reserve=0: threads)
+    monkeypatch.setattr(chunking, "THREADED_MIN", 1000)
     if mix._mix_rows_c is None:
         pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
     n = 50_000

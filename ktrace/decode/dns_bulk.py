@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ktrace.chunking import in_threads
 from ktrace.decode.dns import DnsError, parse_dns, question
 from ktrace.decode.gather import gather
 from ktrace.decode.mix import K1, K2, mix
@@ -128,8 +129,7 @@ def _read_compiled(
             sel = None
             at, length = np.ascontiguousarray(start, np.int64), np.ascontiguousarray(size, np.int64)
             slow = np.zeros(len(at), np.uint8)
-            fields = (out.ident, out.flags, out.qtype, out.name, out.body, out.ok.view(np.uint8))
-            questions(data, at, length, NAME_SPAN, *fields, slow)
+            _in_place(questions, data, at, length, out, slow)
         else:
             sel = np.flatnonzero(point == p)
             at = np.ascontiguousarray(start[sel], np.int64)
@@ -150,6 +150,24 @@ def _read_compiled(
             _parse_one(message, out, row)
             if end > len(data):  # cut by the end of the capture: the loop hashed nothing
                 out.body[row] = _digest(message[2:])
+
+
+def _in_place(
+    questions: Callable[..., None],
+    data: Buffer,
+    at: np.ndarray,
+    length: np.ndarray,
+    out: Questions,
+    slow: np.ndarray,
+) -> None:
+    """The C loop writing straight into `out`, its rows split across the cores."""
+    fields = (out.ident, out.flags, out.qtype, out.name, out.body, out.ok.view(np.uint8))
+
+    def read(lo: int, hi: int) -> None:
+        parts = (f[lo:hi] for f in fields)
+        questions(data, at[lo:hi], length[lo:hi], NAME_SPAN, *parts, slow[lo:hi])
+
+    in_threads(len(at), read)
 
 
 def _hash_bodies(window: np.ndarray, size: np.ndarray, out: np.ndarray) -> None:

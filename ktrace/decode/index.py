@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import mmap
-import os
 import threading
 from collections import deque
 from collections.abc import Generator, Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ktrace.chunking import bincount
+from ktrace.chunking import bincount, cores
 from ktrace.decode.batch import DecodedBatch, decode_batch
 from ktrace.decode.columns import SCHEMA, PacketColumns, Quotes
 from ktrace.decode.tunnel import Tunnel
@@ -511,7 +510,7 @@ def _scan_sharded(
 def default_workers(reserve: int = 0) -> int:
     """Every core but `reserve`, at most 4. The terminal UI reserves one: keys answered while
     indexing matter more."""
-    return max(1, min((os.cpu_count() or 1) - reserve, 4))
+    return cores(reserve)
 
 
 def build_index(

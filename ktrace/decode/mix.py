@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ktrace.chunking import chunks
+from ktrace.chunking import chunks, in_threads
 from ktrace.native import compiled
 
 K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -32,7 +32,9 @@ def mix_rows(columns: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
     if _mix_rows_c is not None:
         out = np.empty(len(rows), np.uint64)
         contiguous = tuple(np.ascontiguousarray(c) for c in columns)
-        _mix_rows_c(contiguous, np.ascontiguousarray(rows), out, int(K1), int(K2))
+        rows = np.ascontiguousarray(rows)
+        mix_c, k1, k2 = _mix_rows_c, int(K1), int(K2)
+        in_threads(len(rows), lambda lo, hi: mix_c(contiguous, rows[lo:hi], out[lo:hi], k1, k2))
         return out
     return mix_rows_numpy(columns, rows)
 
