@@ -10,12 +10,15 @@ import pytest
 
 from ktrace.analysis.row_columns import (
     CODED,
-    FIXED,
     INTEGERS,
+    MILLIS,
     PER_ROW,
+    TIMES,
+    UNKNOWN,
     Coded,
     Integers,
     Listed,
+    Millis,
     Times,
     Vocabulary,
     _json_rows_c,
@@ -50,6 +53,39 @@ def test_times_read_as_datetime_writes_them_across_days_roundings_and_before_197
     assert _per_row(*Times(ts).json(b",")) == [b"," + orjson.dumps(t) for t in expected]
     assert Times(ts).listed() == expected
     assert isos(np.zeros(0, np.int64)) == []
+    if _json_rows_c is not None:
+        written = _json_rows_c([Times(ts).json(b'"t":')], len(ts))
+        assert [r["t"] for r in orjson.loads(b"[" + written + b"]")] == expected
+
+
+def test_milliseconds_written_as_the_float_they_are() -> None:
+    """micros / 1000 as orjson writes it (shortest digits that read back: 2.22, 1.0, -0.005),
+    null where unknown; from the C layout as from Python's."""
+    rng = np.random.default_rng(5)
+    micros = np.concatenate(
+        [
+            np.arange(-2100, 2100),
+            rng.integers(-(10**12), 10**12, 20_000),
+            rng.integers(0, 2**50, 2_000),
+            [2**50 - 1, -(2**50) + 1, 10**15, 123_000, 5],
+        ]
+    ).astype(np.int64)
+    known = rng.random(len(micros)) > 0.1
+    column = Millis(micros, known)
+    expected = [
+        v / 1000 if k else None for v, k in zip(micros.tolist(), known.tolist(), strict=True)
+    ]
+    assert column.listed() == expected
+    pieces = column.json(b"m")
+    assert pieces[0] == MILLIS and pieces[2][~known].tolist() == [UNKNOWN] * int((~known).sum())
+    assert _per_row(*pieces) == [b"m" + orjson.dumps(v) for v in expected]
+    if _json_rows_c is not None:
+        written = _json_rows_c([(MILLIS, b'"m":', pieces[2])], len(micros))
+        assert written == json_rows_python([pieces[:1] + (b'"m":', pieces[2])], len(micros))
+        assert [r["m"] for r in orjson.loads(b"[" + written + b"]")] == expected
+    huge = Millis(np.array([2**50, 3], np.int64), np.array([True, True]))
+    assert huge.json(b"m")[0] == PER_ROW  # past exact thousandths: orjson writes them
+    assert _per_row(*huge.json(b"m")) == [b"m" + orjson.dumps(2**50 / 1000), b"m0.003"]
 
 
 def test_listed_columns_cut_at_commas_only_when_no_value_holds_one() -> None:
@@ -101,8 +137,8 @@ def test_rows_laid_out_in_c_as_in_python() -> None:
         vocabulary = [b',"v":' + orjson.dumps(w) for w in ("", "a", "é", "x" * 300)]
         edges = np.array([0, -1, 9, 10, -(2**63), 2**63 - 1], np.int64)
         numbers = np.concatenate([edges, rng.integers(-(2**63), 2**63 - 1, rows, np.int64)])
-        fixed = rng.integers(0, 256, (rows, 5)).astype(np.uint8)
-        fixed[:, -1] = 0  # NULs are bytes like any other
+        times = rng.integers(-(2**62), 2**62, rows).astype(np.int64)
+        micros = np.where(rng.random(rows) < 0.2, UNKNOWN, rng.integers(-(10**9), 10**9, rows))
         columns = [
             (
                 PER_ROW,
@@ -111,16 +147,16 @@ def test_rows_laid_out_in_c_as_in_python() -> None:
             ),
             (CODED, vocabulary, rng.integers(0, len(vocabulary), rows).astype(np.int64)),
             (INTEGERS, b',"i":', numbers[:rows]),
-            (FIXED, fixed, 5),
+            (TIMES, b',"t":', times),
+            (MILLIS, b',"m":', micros.astype(np.int64)),
             (PER_ROW, [b',"e":[]'] * rows, None),
         ]
         for k in range(1, len(columns) + 1):
             written = _json_rows_c(columns[:k], rows)
             assert written == json_rows_python(columns[:k], rows), (rows, k)
         if rows:
-            plain = [c for c in columns if c[0] != FIXED]
-            first = orjson.loads(b"[" + _json_rows_c(plain, rows) + b"]")[0]
-            assert first.keys() == {"n", "v", "i", "e"}
+            first = orjson.loads(b"[" + _json_rows_c(columns, rows) + b"]")[0]
+            assert first.keys() == {"n", "v", "i", "t", "m", "e"}
     assert _json_rows_c([(INTEGERS, b"", edges)], len(edges)) == b",".join(
         b"{%d}" % v for v in edges.tolist()
     )
@@ -132,8 +168,10 @@ def test_rows_laid_out_in_c_as_in_python() -> None:
         _json_rows_c([(CODED, [b"a"], np.array([0, 0], np.int32))], 2)
     with pytest.raises(ValueError, match="int64"):
         _json_rows_c([(INTEGERS, b"k", np.array([0, 0, 0], np.int64))], 2)
-    with pytest.raises(ValueError, match="one a row"):
-        _json_rows_c([(FIXED, b"abcde", 2)], 2)
+    with pytest.raises(ValueError, match="int64"):
+        _json_rows_c([(TIMES, b"k", np.array([0], np.int64))], 2)
+    with pytest.raises(TypeError, match="not bytes"):
+        _json_rows_c([(MILLIS, "k", np.array([0, 0], np.int64))], 2)
     with pytest.raises(TypeError, match="not bytes"):
         _json_rows_c([(PER_ROW, ["a", "b"], None)], 2)
     with pytest.raises(ValueError, match="kind"):

@@ -11,7 +11,11 @@
  *     kind 0: a[i], a list of bytes;
  *     kind 1: a[b[i]], a list of bytes and b an int64 buffer of codes into it;
  *     kind 2: a then b[i] in decimal, a bytes and b an int64 buffer;
- *     kind 3: b bytes from a + i * b, a buffer of n rows of b bytes each.
+ *     kind 3: a then the time b[i] (int64 ns since the epoch) as an ISO 8601 string to the
+ *       nearest microsecond, UTC: "2024-01-02T03:04:05.678901+00:00";
+ *     kind 4: a then the milliseconds of b[i] (int64 microseconds) as the shortest decimal
+ *       that reads back as the float b[i] / 1000 (2.22, 1.0, -0.005), or null for INT64_MIN;
+ *       row_columns.py keeps values of 2**50 and more from it.
  *   Each piece holds a key and a value ('"name":value', the columns after the first starting
  *   with a comma). The result is n objects, '{' + the row's pieces + '}', separated by
  *   commas.
@@ -21,13 +25,15 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { PER_ROW, CODED, INTEGERS, FIXED };
+enum { PER_ROW, CODED, INTEGERS, TIMES, MILLIS };
+
+#define TIME_WIDTH 34 /* '"' + 26 + "+00:00" + '"' */
+#define DAY_US 86400000000LL
 
 typedef struct {
     int kind;
-    PyObject *pieces; /* PER_ROW, CODED: a list; INTEGERS: the key, bytes */
-    Py_buffer data;   /* CODED: codes; INTEGERS: values; FIXED: the rows. Zeroed if none */
-    Py_ssize_t width; /* FIXED */
+    PyObject *pieces; /* PER_ROW, CODED: a list; INTEGERS, TIMES, MILLIS: the key, bytes */
+    Py_buffer data;   /* CODED: codes; else the values. Zeroed if none */
 } Column;
 
 static int error(PyObject *type, const char *message) {
@@ -65,18 +71,11 @@ static int column_of(PyObject *item, Py_ssize_t n, Column *c) {
         return 0;
     }
     case INTEGERS:
+    case TIMES:
+    case MILLIS:
         if (!PyBytes_Check(a))
             return error(PyExc_TypeError, "json_rows: a key is not bytes");
         return int64s(b, n, &c->data);
-    case FIXED:
-        c->width = PyLong_AsSsize_t(b);
-        if (c->width < 0)
-            return PyErr_Occurred() ? -1 : error(PyExc_ValueError, "json_rows: a width < 0");
-        if (PyObject_GetBuffer(a, &c->data, PyBUF_C_CONTIGUOUS) < 0)
-            return -1;
-        if (c->data.len != c->width * n)
-            return error(PyExc_ValueError, "json_rows: fixed rows are not one a row");
-        return 0;
     default:
         return error(PyExc_ValueError, "json_rows: no such kind of column");
     }
@@ -94,6 +93,74 @@ static char *decimal(int64_t v, char *end) {
     return end;
 }
 
+static int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+static void two_digits(char *at, int64_t v) {
+    at[0] = (char)('0' + v / 10);
+    at[1] = (char)('0' + v % 10);
+}
+
+/* TIME_WIDTH bytes: the time as a JSON string, rounded to the microsecond (halves up, and
+ * wrapping past the largest int64 as numpy does), the date from the day number by Howard
+ * Hinnant's civil_from_days. */
+static void iso_time(int64_t ts, char *out) {
+    int64_t micros = floor_div((int64_t)((uint64_t)ts + 500u), 1000);
+    int64_t day = floor_div(micros, DAY_US), rest = micros - day * DAY_US;
+    int64_t z = day + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int64_t month = mp < 10 ? mp + 3 : mp - 9;
+    int64_t year = yoe + era * 400 + (month <= 2);
+    int64_t seconds = rest / 1000000, fraction = rest % 1000000;
+    out[0] = '"';
+    two_digits(out + 1, year / 100);
+    two_digits(out + 3, year % 100);
+    out[5] = '-';
+    two_digits(out + 6, month);
+    out[8] = '-';
+    two_digits(out + 9, doy - (153 * mp + 2) / 5 + 1);
+    out[11] = 'T';
+    two_digits(out + 12, seconds / 3600);
+    out[14] = ':';
+    two_digits(out + 15, seconds / 60 % 60);
+    out[17] = ':';
+    two_digits(out + 18, seconds % 60);
+    out[20] = '.';
+    two_digits(out + 21, fraction / 10000);
+    two_digits(out + 23, fraction / 100 % 100);
+    two_digits(out + 25, fraction % 100);
+    memcpy(out + 27, "+00:00\"", 7);
+}
+
+/* Milliseconds of v microseconds, written backwards from `end`: the whole part, a point and
+ * the thousandths without their trailing zeros (one digit at least), as Python and orjson
+ * write v / 1000 where it is below 2**50. */
+static char *millis(int64_t v, char *end) {
+    if (v == INT64_MIN) {
+        end -= 4;
+        memcpy(end, "null", 4);
+        return end;
+    }
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    unsigned fraction = (unsigned)(u % 1000);
+    int digits = 3;
+    for (; digits > 1 && fraction % 10 == 0; digits--)
+        fraction /= 10;
+    for (int k = 0; k < digits; k++, fraction /= 10)
+        *--end = (char)('0' + fraction % 10);
+    *--end = '.';
+    end = decimal((int64_t)(u / 1000), end);
+    if (v < 0)
+        *--end = '-';
+    return end;
+}
+
 /* Row i's piece of a column of pieces (PER_ROW, CODED): a borrowed bytes object */
 static PyObject *piece(const Column *c, Py_ssize_t i) {
     Py_ssize_t k = c->kind == CODED ? (Py_ssize_t)((const int64_t *)c->data.buf)[i] : i;
@@ -104,13 +171,15 @@ static PyObject *piece(const Column *c, Py_ssize_t i) {
 static Py_ssize_t piece_size(const Column *c, Py_ssize_t i) {
     char digits[24];
     switch (c->kind) {
-    case INTEGERS: {
+    case INTEGERS:
+    case MILLIS: {
         char *end = digits + sizeof digits;
-        char *at = decimal(((const int64_t *)c->data.buf)[i], end);
+        int64_t v = ((const int64_t *)c->data.buf)[i];
+        char *at = c->kind == MILLIS ? millis(v, end) : decimal(v, end);
         return PyBytes_GET_SIZE(c->pieces) + (end - at);
     }
-    case FIXED:
-        return c->width;
+    case TIMES:
+        return PyBytes_GET_SIZE(c->pieces) + TIME_WIDTH;
     default: {
         PyObject *p = piece(c, i);
         if (!PyBytes_Check(p))
@@ -122,17 +191,21 @@ static Py_ssize_t piece_size(const Column *c, Py_ssize_t i) {
 
 static char *write_piece(const Column *c, Py_ssize_t i, char *out) {
     switch (c->kind) {
-    case INTEGERS: {
+    case INTEGERS:
+    case MILLIS: {
         char digits[24], *end = digits + sizeof digits;
-        char *at = decimal(((const int64_t *)c->data.buf)[i], end);
+        int64_t v = ((const int64_t *)c->data.buf)[i];
+        char *at = c->kind == MILLIS ? millis(v, end) : decimal(v, end);
         memcpy(out, PyBytes_AS_STRING(c->pieces), (size_t)PyBytes_GET_SIZE(c->pieces));
         out += PyBytes_GET_SIZE(c->pieces);
         memcpy(out, at, (size_t)(end - at));
         return out + (end - at);
     }
-    case FIXED:
-        memcpy(out, (const char *)c->data.buf + i * c->width, (size_t)c->width);
-        return out + c->width;
+    case TIMES:
+        memcpy(out, PyBytes_AS_STRING(c->pieces), (size_t)PyBytes_GET_SIZE(c->pieces));
+        out += PyBytes_GET_SIZE(c->pieces);
+        iso_time(((const int64_t *)c->data.buf)[i], out);
+        return out + TIME_WIDTH;
     default: {
         PyObject *p = piece(c, i);
         memcpy(out, PyBytes_AS_STRING(p), (size_t)PyBytes_GET_SIZE(p));

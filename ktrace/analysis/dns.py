@@ -6,11 +6,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from ktrace.analysis.row_columns import Coded, Column, Integers, Vocabulary, flags
+from ktrace.analysis.row_columns import Coded, Column, Integers, Vocabulary, flags, or_none
 from ktrace.analysis.sorting import factorize, sorted_runs
 from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
@@ -399,13 +399,6 @@ def _interned(values: list[str], rows: np.ndarray) -> Interned:
     ids: dict[str, int] = {}
     codes = np.fromiter((ids.setdefault(v, len(ids)) for v in values), np.int32, len(values))
     return Interned(codes[rows], list(ids))
-
-
-def or_none(values: np.ndarray, ok: np.ndarray) -> list[Any]:
-    """Each value where `ok`, else None (what an unanswered query has), as Python values."""
-    out = values.astype(object)
-    out[~ok] = None
-    return out.tolist()
 
 
 def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

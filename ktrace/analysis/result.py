@@ -17,7 +17,6 @@ import orjson
 from ktrace import __version__
 from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis, proto_name
-from ktrace.analysis.dns import or_none
 from ktrace.analysis.findings import CheckError
 from ktrace.analysis.flows import flow_endpoints
 from ktrace.analysis.http import GRPC_NAMES
@@ -29,6 +28,7 @@ from ktrace.analysis.row_columns import (
     Column,
     Integers,
     Listed,
+    Millis,
     Objects,
     Times,
     Vocabulary,
@@ -435,7 +435,7 @@ class Result:
         columns = {
             "point": Coded(table.point[txs], self._point_ids),
             **shared,
-            "latency_ms": Listed(or_none(micros / 1000, answered)),
+            "latency_ms": Millis(micros, answered),
             "retries": Integers(table.retry_counts[txs]),
             "time": Times(table.ts[txs]),
             "packet": Integers(first - file_start[at] + 1),

@@ -24,9 +24,11 @@ ROW_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 
 # A column's key and values as JSON, each row's piece '"key":value' written as `_rows.c`
 # describes: (PER_ROW, pieces, None): pieces[i]; (CODED, pieces, codes): pieces[codes[i]];
-# (INTEGERS, key, values): key + values[i] in decimal; (FIXED, rows, width): the i-th `width`
-# bytes of rows.
-PER_ROW, CODED, INTEGERS, FIXED = range(4)
+# (INTEGERS, key, values): key + values[i] in decimal; (TIMES, key, ns): key + the time as an
+# ISO string; (MILLIS, key, micros): key + micros[i] / 1000 as JSON writes that float, or null.
+PER_ROW, CODED, INTEGERS, TIMES, MILLIS = range(5)
+UNKNOWN = np.iinfo(np.int64).min  # a MILLIS value written null
+MILLIS_EXACT = 1 << 50  # below, micros / 1000 reads back from its three decimals
 Pieces = tuple[int, Any, Any]
 
 _json_rows_c = compiled("ktrace.analysis._rows", "json_rows")
@@ -125,12 +127,32 @@ class Times:
         return isos(self.ts_ns)
 
     def json(self, key: bytes) -> Pieces:
-        width = len(key) + ISO + len(UTC) + 2
-        out = np.empty((len(self.ts_ns), width), np.uint8)
-        out[:, : len(key)] = np.frombuffer(key, np.uint8)
-        out[:, len(key)] = out[:, -1] = ord('"')
-        out[:, len(key) + 1 : -1] = _iso_bytes(self.ts_ns)
-        return FIXED, out, width
+        return TIMES, key, np.ascontiguousarray(self.ts_ns, np.int64)
+
+
+@dataclass(frozen=True)
+class Millis:
+    """Durations in whole microseconds, as milliseconds: the float micros / 1000 (2.22, 1.0),
+    or None where `known` is False."""
+
+    micros: np.ndarray
+    known: np.ndarray
+
+    def listed(self) -> list[Any]:
+        return or_none(self.micros / 1000, self.known)
+
+    def json(self, key: bytes) -> Pieces:
+        values = np.where(self.known, self.micros, UNKNOWN).astype(np.int64)
+        if (np.abs(values[self.known]) >= MILLIS_EXACT).any():  # far past any latency
+            return Listed(self.listed()).json(key)
+        return MILLIS, key, values
+
+
+def or_none(values: np.ndarray, ok: np.ndarray) -> list[Any]:
+    """Each value where `ok`, else None (an unanswered query's latency), as Python values."""
+    out = values.astype(object)
+    out[~ok] = None
+    return out.tolist()
 
 
 BOOLEANS = Vocabulary([False, True])
@@ -228,5 +250,6 @@ def _per_row(kind: int, a: Any, b: Any) -> list[bytes]:
         return [a[code] for code in b.tolist()]
     if kind == INTEGERS:
         return [a + str(v).encode() for v in b.tolist()]
-    data = memoryview(a).cast("B").tobytes()
-    return [data[at : at + b] for at in range(0, len(data), b)]
+    if kind == TIMES:
+        return [a + b'"' + t.encode() + b'"' for t in isos(b)]
+    return [a + (b"null" if v == UNKNOWN else orjson.dumps(v / 1000)) for v in b.tolist()]
