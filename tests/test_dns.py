@@ -20,6 +20,7 @@ from scapy.layers.l2 import Ether
 
 from ktrace import chunking
 from ktrace.analysis.dns import DnsTransaction, dns_rows, dns_transactions
+from ktrace.analysis.dns import _located as dns_located
 from ktrace.analysis.dns_patterns import (
     RETRY_AFTER_NS,
     client_ip,
@@ -270,6 +271,49 @@ def test_c_and_numpy_questions_give_the_same_transactions(
             result = dns_transactions(index)
             found.append((list(result.transactions), result.malformed, result.orphan_responses))
     assert found[0] == found[1] and found[0][0]
+
+
+def test_c_and_numpy_hash_every_byte_of_names_and_bodies_alike(make_pcap: Make) -> None:
+    """Names of bytes around and inside A-Z and a-z and past 0x7f, at every place in a
+    word, asked again in other cases: the C loop reads eight bytes a step and lowercases
+    them together, numpy a column at a time. Their hashes are built differently, but both
+    must tell apart exactly the names that differ once ASCII letters are lowercased, and
+    the messages that differ, with the same fields."""
+    if dns_bulk.questions_c is None:
+        pytest.skip("the C loop was not built")
+    rng = random.Random(3)
+    near = [b"@`", b"[{", b"Zz", b"Aa", b"\xc1\xe1", b"\xda\xfa", b"\x7f\xff", b"09"]
+    labels = [b"q" * at + bytes([c]) + b"r" for pair in near for c in pair for at in range(12)]
+    names = [[x] for x in labels] + [[rng.choice(labels), rng.choice(labels)] for _ in range(99)]
+    pkts = []
+    for k, name in enumerate(names * 2):
+        wire = b"".join(bytes([len(x)]) + x for x in name) + b"\0"
+        question = wire + struct.pack("!HH", rng.choice([1, 28]), 1)
+        body = struct.pack("!HHHHHH", k, 0x0100, 1, 0, 0, 0) + question
+        pkts.append(Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=40000, dport=53) / body)
+    with build_index([make_pcap(pkts)], workers=1) as index:
+        point, start, size = dns_located(index, dns_rows(index))
+        read = [dns_bulk.read_questions(index.mapped, point, start, size)]
+        dns_bulk.enabled = False
+        try:
+            read.append(dns_bulk.read_questions(index.mapped, point, start, size))
+        finally:
+            dns_bulk.enabled = dns_bulk.questions_c is not None
+    c, numpy_read = read
+    assert c.ok.all()
+    for field in ("ident", "flags", "qtype", "ok"):
+        assert np.array_equal(getattr(c, field), getattr(numpy_read, field)), field
+
+    def seen(keys: list[object]) -> list[int]:
+        first: dict[object, int] = {}
+        return [first.setdefault(k, len(first)) for k in keys]
+
+    lowered = seen([tuple(x.lower() for x in name) for name in names * 2])
+    assert seen([tuple(h) for h in c.name.tolist()]) == lowered
+    assert seen([tuple(h) for h in numpy_read.name.tolist()]) == lowered
+    bodies = seen([bytes(p[UDP].payload)[2:] for p in pkts])
+    assert seen([tuple(h) for h in c.body.tolist()]) == bodies
+    assert seen([tuple(h) for h in numpy_read.body.tolist()]) == bodies
 
 
 @pytest.mark.parametrize(

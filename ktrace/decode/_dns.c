@@ -26,22 +26,45 @@ static inline uint64_t step(uint64_t h, uint64_t v, uint64_t k) {
     return h ^ (h >> 29);
 }
 
-/* Two 64-bit hashes of `len` bytes (lowercased when asked) and a length. */
+/* Eight bytes as a little-endian word, whatever the machine's order. */
+static inline uint64_t word_at(const uint8_t *p) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    return w;
+}
+
+/* The word with its bytes 'A'..'Z' lowercased, all eight at once: a byte's high bit after
+ * adding 0x3f says it is 'A' or above, after adding 0x25 that it is past 'Z' (bytes of 0x80
+ * and above left alone). */
+static inline uint64_t lowered(uint64_t w) {
+    uint64_t low7 = w & 0x7f7f7f7f7f7f7f7fULL;
+    uint64_t upper = (low7 + 0x3f3f3f3f3f3f3f3fULL) & ~(low7 + 0x2525252525252525ULL) & ~w;
+    return w | ((upper & 0x8080808080808080ULL) >> 2);
+}
+
+/* Two 64-bit hashes of `len` bytes (lowercased when asked) and a length, eight bytes a step
+ * (the last step the bytes that are left, as a little-endian word). */
 static void hash2(const uint8_t *p, Py_ssize_t len, int lower, uint64_t out[2]) {
     uint64_t a = step(0, (uint64_t)len, K1), b = step(0, (uint64_t)len, K2);
     Py_ssize_t i = 0;
-    while (i < len) {
-        uint64_t w = 0;
-        int take = len - i < 8 ? (int)(len - i) : 8;
-        for (int k = 0; k < take; k++) {
-            uint8_t c = p[i + k];
-            if (lower && c >= 'A' && c <= 'Z')
-                c += 32;
-            w |= (uint64_t)c << (8 * k);
-        }
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w = word_at(p + i);
+        if (lower)
+            w = lowered(w);
         a = step(a, w, K1);
         b = step(b, w, K2);
-        i += take;
+    }
+    if (i < len) {
+        uint64_t w = 0;
+        for (int k = 0; k < len - i; k++)
+            w |= (uint64_t)p[i + k] << (8 * k);
+        if (lower)
+            w = lowered(w);
+        a = step(a, w, K1);
+        b = step(b, w, K2);
     }
     out[0] = a * K2;
     out[1] = b * K1;
