@@ -101,9 +101,10 @@ def test_columns_mixed_in_c_at_rows_equal_numpys_mix(
         for dtype in (np.uint8, np.uint16, np.uint32, np.uint64, np.uint32)
     )
     for rows in (RNG.integers(0, n, 70_000).astype(np.int32), np.arange(n, dtype=np.int64)):
-        got = mix.mix_rows(columns, rows)
-        assert np.array_equal(got, mix.mix_rows_numpy(columns, rows))
-        assert np.array_equal(got[:5], mix.mix([c[rows[:5]] for c in columns], 5))
+        for k in (mix.K1, mix.K2):
+            got = mix.mix_rows(columns, rows, k)
+            assert np.array_equal(got, mix.mix_rows_numpy(columns, rows, k))
+            assert np.array_equal(got[:5], mix.mix([c[rows[:5]] for c in columns], 5, k))
     assert len(mix.mix_rows(columns, np.zeros(0, np.int64))) == 0
     with pytest.raises(IndexError):
         mix.mix_rows(columns, np.array([n], np.int64))

@@ -17,7 +17,7 @@ from ktrace.decode.columns import PacketColumns
 from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, rcode_name
 from ktrace.decode.dns_bulk import read_questions, tcp_messages
 from ktrace.decode.index import PacketIndex
-from ktrace.decode.mix import K1, K2, mix
+from ktrace.decode.mix import K1, K2, mix_rows
 from ktrace.decode.transport import TCP, UDP
 
 DNS_PORT = 53
@@ -151,8 +151,11 @@ def _exchange_keys(
     server = (np.where(r, src, dst), np.where(r, sport, dport))
     del src, dst, sport, dport
     qtype, name = question
-    fields = (c.point[rows], c.proto[rows], c.l3[rows], *client, *server, m.ident, qtype)
-    return mix((*fields, name[:, 0]), len(rows), K1), mix((*fields, name[:, 1]), len(rows), K2)
+    every = np.arange(len(rows), dtype=np.int32 if len(rows) < 2**31 else np.int64)
+    # the type's bits (-2 marks a compressed name): the columns are mixed as unsigned
+    kind = qtype.view(np.uint32)
+    fields = (c.point[rows], c.proto[rows], c.l3[rows], *client, *server, m.ident, kind)
+    return mix_rows((*fields, name[:, 0]), every, K1), mix_rows((*fields, name[:, 1]), every, K2)
 
 
 def _pair_messages(

@@ -26,24 +26,28 @@ def mix(parts: Iterable[np.ndarray], n: int, k: np.uint64 = K1) -> np.ndarray:
     return h
 
 
-def mix_rows(columns: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
-    """mix() of the columns read at `rows`: in one C pass where it was built, else a chunk of
-    rows at a time."""
+def mix_rows(columns: tuple[np.ndarray, ...], rows: np.ndarray, k: np.uint64 = K1) -> np.ndarray:
+    """mix(..., k) of the columns (unsigned integers) read at `rows`: in one C pass, its rows
+    split across the cores, where it was built, else a chunk of rows at a time."""
     if _mix_rows_c is not None:
         out = np.empty(len(rows), np.uint64)
         contiguous = tuple(np.ascontiguousarray(c) for c in columns)
         rows = np.ascontiguousarray(rows)
-        mix_c, k1, k2 = _mix_rows_c, int(K1), int(K2)
-        in_threads(len(rows), lambda lo, hi: mix_c(contiguous, rows[lo:hi], out[lo:hi], k1, k2))
+        mix_c, first, last = _mix_rows_c, int(k), int(K2 if k is K1 else K1)
+        in_threads(
+            len(rows), lambda lo, hi: mix_c(contiguous, rows[lo:hi], out[lo:hi], first, last)
+        )
         return out
-    return mix_rows_numpy(columns, rows)
+    return mix_rows_numpy(columns, rows, k)
 
 
-def mix_rows_numpy(columns: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
+def mix_rows_numpy(
+    columns: tuple[np.ndarray, ...], rows: np.ndarray, k: np.uint64 = K1
+) -> np.ndarray:
     out = np.empty(len(rows), np.uint64)
     for lo, hi in chunks(len(rows)):
         r = rows[lo:hi]
-        out[lo:hi] = mix([c[r] for c in columns], hi - lo)
+        out[lo:hi] = mix([c[r] for c in columns], hi - lo, k)
     return out
 
 
