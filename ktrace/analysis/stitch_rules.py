@@ -29,7 +29,7 @@ MIN_HOME_PACKETS = 2
 
 
 def _v4_scoped(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.int64)
+    """Multicast, broadcast, link-local or unspecified, of IPv4 addresses as uint32."""
     return ((a >> 28) == 0xE) | (a == 0xFFFFFFFF) | ((a >> 16) == 0xA9FE) | (a == 0)
 
 
@@ -44,8 +44,8 @@ def link_scoped(c: PacketColumns, v6: list[bytes]) -> np.ndarray:
     for lo, hi in chunks(len(c)):
         l3, src, dst = c.l3[lo:hi], c.src[lo:hi], c.dst[lo:hi]
         is4, is6 = l3 == 4, l3 == 6
-        v6_src = six[np.where(is6, src, len(v6)).astype(np.int64)]
-        v6_dst = six[np.where(is6, dst, len(v6)).astype(np.int64)]
+        v6_src = six[np.where(is6, src, len(v6))]
+        v6_dst = six[np.where(is6, dst, len(v6))]
         v4 = _v4_scoped(src) | _v4_scoped(dst)
         out[lo:hi] = (is4 & v4) | (is6 & (v6_src | v6_dst))
     return out
@@ -67,16 +67,23 @@ def home_addresses(
     candidates: dict[int, list[int]] = {}
     packets = dict.fromkeys(wanted, 0)
     for lo, hi in chunks(len(c) if wanted else 0):
-        usable = ((c.l3[lo:hi] == l3) if l3 else (c.l3[lo:hi] > 0)) & ~scoped[lo:hi]
+        version, src, dst = c.l3[lo:hi], c.src[lo:hi], c.dst[lo:hi]
+        usable = ((version == l3) if l3 else (version > 0)) & ~scoped[lo:hi]
         point = c.point[lo:hi]
         for k in wanted:
-            rows = lo + np.flatnonzero(usable & (point == k))
-            if not len(rows):
+            mine = usable & (point == k)
+            if not mine.any():
                 continue
-            src, dst = address_key(c.l3[rows], c.src[rows]), address_key(c.l3[rows], c.dst[rows])
-            alive = candidates.setdefault(k, [int(src[0]), int(dst[0])])
-            candidates[k] = [a for a in alive if bool(np.all((src == a) | (dst == a)))]
-            packets[k] += len(rows)
+            if k not in candidates:
+                at = int(mine.argmax())
+                v = int(version[at])
+                candidates[k] = [int(src[at]) * 8 + v, int(dst[at]) * 8 + v]
+            candidates[k] = [
+                a
+                for a in candidates[k]
+                if not (mine & ((version != a % 8) | ((src != a // 8) & (dst != a // 8)))).any()
+            ]
+            packets[k] += int(mine.sum())
     for k, alive in candidates.items():
         if alive and packets[k] >= MIN_HOME_PACKETS:
             home[k] = alive[0]
