@@ -44,7 +44,7 @@ def fingerprint(c: PacketColumns, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Correlation:
     ident: np.ndarray  # per packet: the packet's identity across points, -1 when not IP
     when: np.ndarray  # per packet: timestamp corrected by its point's clock offset

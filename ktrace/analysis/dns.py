@@ -68,7 +68,7 @@ def dns_rows(index: PacketIndex) -> np.ndarray:
     return np.flatnonzero(port & ((c.proto == UDP) | ((c.proto == TCP) & (c.paylen > 2))))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Pairs:
     """Transactions over messages sorted by (key, packet): each is a run of queries with the
     same key (the first and its retries), closed by the response that follows, if any."""
@@ -104,7 +104,7 @@ def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) 
     return DnsResult(table, malformed, orphans)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Found:
     """The DNS messages that parsed, per message, in packet order."""
 
@@ -375,7 +375,7 @@ class DnsTable:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Interned:
     """A text column of the transactions as ids into its distinct values."""
 

@@ -12,7 +12,7 @@ from ktrace.analysis.dns import DnsTable
 from ktrace.analysis.sorting import repeated
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DnsExchanges:
     tx: np.ndarray  # per exchange in time order, its transaction nearest the client
     point: np.ndarray  # per exchange, the point of that transaction

@@ -14,7 +14,7 @@ from ktrace.analysis.sorting import first_seen
 RETRY_AFTER_NS = 4_000_000_000  # glibc's default timeout is 5 s
 
 
-@dataclass
+@dataclass(eq=False)
 class DnsPicture:
     """Transactions by id in the DNS table, each group in the order of `primary`."""
 

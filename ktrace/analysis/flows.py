@@ -25,7 +25,7 @@ from ktrace.native import compiled
 NO_FLOW = -1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FlowTable:
     """One row per flow; `a` is the initiator (SYN sender, else first sender)."""
 

@@ -15,7 +15,7 @@ PROTOCOLS = {"tcp": (TCP,), "udp": (UDP,), "icmp": (1,), "icmpv6": (58,), "sctp"
 PORT_NAMES = {"dns": 53, "http": 80, "https": 443}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Filtered:
     rows: np.ndarray  # matching rows, in index order
     unknown: tuple[str, ...]  # words that are none of the above (they match nothing)

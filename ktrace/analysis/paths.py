@@ -201,7 +201,7 @@ def conversation_paths(
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Where:
     """What the capture as a whole says about its points."""
 
@@ -209,7 +209,7 @@ class _Where:
     carriers: frozenset[int]  # points that carried traffic between nodes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Sightings:
     """One conversation's packets at every point: index rows and what correlation says."""
 

@@ -54,7 +54,7 @@ class Vocabulary:
         return self._json[key]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Coded:
     codes: np.ndarray  # per row, into the vocabulary
     vocabulary: Vocabulary
@@ -66,7 +66,7 @@ class Coded:
         return CODED, self.vocabulary.json(key), self.codes.astype(np.int64, copy=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Integers:
     values: np.ndarray
 
@@ -119,7 +119,7 @@ class Objects:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Times:
     ts_ns: np.ndarray
 
@@ -130,7 +130,7 @@ class Times:
         return TIMES, key, np.ascontiguousarray(self.ts_ns, np.int64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Millis:
     """Durations in whole microseconds, as milliseconds: the float micros / 1000 (2.22, 1.0),
     or None where `known` is False."""

@@ -108,7 +108,7 @@ def _distinct_counts(a: Analysis, nconv: int) -> tuple[np.ndarray, ...]:
 BIG = np.iinfo(np.int64).max  # no handshake
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Conversations:
     """Per conversation, in conversation order: its flows grouped (earliest first) and what
     its row counts, as columns; rows are made only for the conversations asked for."""

@@ -69,7 +69,7 @@ def _rewindow(
         rows.base[i] = start
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Outer:
     """The outside of the packets one decapsulation step found (their rows in the batch)."""
 
@@ -379,7 +379,7 @@ def _quoted(rows: Rows, at: np.ndarray, row_ids: np.ndarray) -> _Quoted:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Quoted:
     """Quotes as decoded: their IPv6 addresses stay bytes until the batch's table numbers
     them (into the quotes' src/dst)."""

@@ -32,7 +32,7 @@ SCHEMA: dict[str, type[np.generic]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PacketColumns:
     offset: np.ndarray
     ts: np.ndarray
@@ -76,7 +76,7 @@ class PacketColumns:
         return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in SCHEMA})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Quotes:
     """The packet an ICMP error quotes (port unreachable, fragmentation needed...)."""
 

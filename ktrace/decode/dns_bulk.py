@@ -11,7 +11,6 @@ resolvers) take `question`/`parse_dns` one by one.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ BODY_SPAN = 512  # messages up to this long are hashed in bulk (the classic UDP 
 CHUNK = 4096  # messages gathered at once: the windows take about 2 MB
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Questions:
     """One entry per message; `ok` False for messages that are not DNS (the rest is 0)."""
 
@@ -181,6 +180,8 @@ def _hash_bodies(window: np.ndarray, size: np.ndarray, out: np.ndarray) -> None:
 
 
 def _digest(data: bytes) -> np.ndarray:
+    import hashlib  # here: its OpenSSL binding costs 3 ms at every start, and few need it
+
     return np.frombuffer(hashlib.blake2b(data, digest_size=16).digest(), np.uint64)
 
 

@@ -23,7 +23,7 @@ IPV6_FRAGMENT = 44
 IPV6_AH = 51
 
 
-@dataclass
+@dataclass(eq=False)
 class IpHeader:
     """Network-layer fields for m packets; `src`/`dst` are IPv4 values or None for IPv6 rows."""
 

@@ -20,7 +20,7 @@ ICMPV6_ERRORS = (1, 2, 3, 4)  # unreachable, packet too big, time exceeded, para
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
 
 
-@dataclass
+@dataclass(eq=False)
 class Transport:
     ok: np.ndarray  # bool: the transport header was captured
     sport: np.ndarray  # uint16

@@ -68,7 +68,7 @@ class Tunnel:
     port: int  # UDP destination port; 0 for IPIP/GRE/ERSPAN
 
 
-@dataclass
+@dataclass(eq=False)
 class Inner:
     found: np.ndarray  # bool per row
     kind: np.ndarray  # uint8 TunnelKind

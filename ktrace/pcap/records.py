@@ -31,7 +31,7 @@ class Interface:
     ts_offset_ns: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class RecordBatch:
     """Records in file order. `window` holds each packet's first WINDOW bytes, zero padded."""
 

@@ -4,7 +4,6 @@ failing upstream."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from statistics import median
 
 import numpy as np
 
@@ -34,7 +33,7 @@ def run_slow(analysis: Analysis) -> Iterator[Finding]:
     yield Finding(
         id="dns.slow",
         severity=Severity.MEDIUM,
-        title=f"slow DNS: {plural(len(slow), 'answer')} took {median(lat):.0f} ms "
+        title=f"slow DNS: {plural(len(slow), 'answer')} took {np.median(lat):.0f} ms "
         f"(median) from {table.endpoint[server]}",
         explanation=(
             f"{len(slow)} of {total} answers took over {SLOW_MS} ms (up to {max(lat):.0f} "

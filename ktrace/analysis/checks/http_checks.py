@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from statistics import median
+
+import numpy as np
 
 from ktrace.analysis.checks import GRACE_NS, MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
@@ -193,7 +194,7 @@ def run_slow(analysis: Analysis) -> Iterator[Finding]:
             id="http.slow",
             severity=Severity.MEDIUM if telling else Severity.LOW,
             title=f"slow HTTP: {len(slow)} of {plural(len(answered), 'answer')} from {name} "
-            f"took {median(waits):.0f} ms (median) to the first byte",
+            f"took {np.median(waits):.0f} ms (median) to the first byte",
             explanation=(
                 f"Asked as: {_asked_as(analysis, slow)}; over {SLOW_MS} ms each (up to "
                 f"{max(waits):.0f} ms): "
