@@ -306,6 +306,36 @@ def _resent_download(client: str, server: str) -> list[object]:
     return [*handshake, *data, ack, *data[2:6], ack]
 
 
+def test_resends_of_segments_that_all_reached_their_receiver_are_no_loss(make_pcap: Make) -> None:
+    """Captured at both ends at once: the server sent four segments twice. Where the
+    client's capture shows each of them twice too, every copy arrived (a late ACK, a reply
+    held up): no loss, though the server's interface shows the resends. Where it shows them
+    once, the first copies were lost on the way: the finding. Also when the client reached
+    the server through a Service address (one conversation, a flow on each side of the NAT).
+    Each capture has another connection of its own end, which tells whose interface it is."""
+    client, server = "10.0.0.1", "10.0.1.5"
+    download = _resent_download(client, server)
+    at_server = download + tcp_session("10.0.0.7", server, sport=41000)
+    server_pcap = make_pcap(at_server, name="server.pcap")
+
+    def at_client(packets: list[object], name: str) -> Path:
+        return make_pcap(packets + tcp_session(client, "10.0.2.9", sport=41001), name=name)
+
+    _, data = run_analysis(server_pcap)
+    assert "tcp.retransmissions" in ids(data)  # the server's side alone: they count
+    _, data = run_analysis(server_pcap, at_client(download, "both.pcap"))
+    assert "tcp.retransmissions" not in ids(data)
+    first_lost = [p for k, p in enumerate(download) if not 5 <= k <= 8]  # data[2:6] once
+    _, data = run_analysis(server_pcap, at_client(first_lost, "once.pcap"))
+    found = [f for f in data["findings"] if f["id"] == "tcp.retransmissions"]
+    assert len(found) == 1 and found[0]["title"].startswith("4 retransmissions")
+    through = at_client(_resent_download(client, "10.96.0.20"), "vip.pcap")
+    _, data = run_analysis(server_pcap, through)
+    joined = [p for p in data["paths"] if "10.96.0.20:80" in p["conversation"]]
+    assert len(joined) == 1 and len(joined[0]["flows"]) == 2
+    assert "tcp.retransmissions" not in ids(data)
+
+
 def test_segments_seen_twice_on_their_receivers_interface_are_no_loss(make_pcap: Make) -> None:
     """At the receiver's own interface a segment seen again had arrived the first time: the
     sender resent what was not lost (reordering, a late ACK), and retransmission at the

@@ -10,7 +10,7 @@ from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.stitch_rules import address_key, home_addresses
 from ktrace.analysis.tcp_sequence import per_point_max, resent_rows
-from ktrace.decode.transport import TCP
+from ktrace.decode.transport import FIN, SYN, TCP
 from ktrace.model import Finding, Severity
 
 MIN_RETRANS = 3
@@ -50,25 +50,45 @@ def _retransmitting(analysis: Analysis) -> dict[str, list[tuple[int, int]]]:
 
 def _lost_and_resent(analysis: Analysis, flows: np.ndarray) -> np.ndarray:
     """Per flow (0 for those not given): its retransmissions at the point that saw the most,
-    but for the segments seen twice on their receiver's own interface. There a segment seen
-    again had arrived the first time (reordered on the way, or its ACK late): the sender
-    resent what was not lost. Elsewhere (the sender's side, a node) it counts; a segment lost
-    on the way is seen once at its receiver, so no loss is left out."""
+    but for the resends of segments that reached their receiver's own interface as often as
+    they were sent. A segment that arrived every time was not lost: its resends answered a
+    late ACK, a reply held up (a neighbour not yet resolved), or reordering on the way. So a
+    segment sent k times where a point saw it, and seen n times at its receiver's interface,
+    counts at most k - n of its resends there; where no capture shows the receiver, all."""
     f, c = analysis.flows, analysis.index.columns
     npoints = len(analysis.index.points)
     if not len(flows):
         return np.zeros(len(f), np.int64)
-    wanted = np.zeros(len(f) + 1, bool)  # the last entry stands for "no flow" (-1)
-    wanted[flows] = True
+    conv = analysis.correlation.conv
+    # the conversations' flows, before and after NAT: the receiver's copies may be in another
+    wanted = np.append(np.isin(conv, conv[flows]), False)  # the last: "no flow" (-1)
     tcp = np.flatnonzero(wanted[f.flow] & (c.proto == TCP))
     rows, again, _ = resent_rows(c, tcp, f.flow, f.forward, npoints)
-    rows = rows[again]
-    point, dst = c.point[rows], address_key(c.l3[rows], c.dst[rows])
-    points, scoped = analysis.index.points, analysis.correlation.local
-    arrived = np.zeros(len(rows), bool)
+    carries = (c.paylen[rows] > 0) | ((c.tcp_flags[rows] & (SYN | FIN)) != 0)
+    rows, again = rows[carries], again[carries]
+    point = c.point[rows].astype(np.int64)
+    dst = address_key(c.l3[rows], c.dst[rows])
+    received = np.zeros(len(rows), bool)
     for l3 in (4, 6):
-        arrived |= home_addresses(c, points, scoped, l3)[point] == dst
-    counted = rows[~arrived]
+        home = home_addresses(c, analysis.index.points, analysis.correlation.local, l3)
+        received |= home[point] == dst
+    # one segment wherever seen: conversation (fewer than 2**30), direction, sequence number
+    segment = conv[f.flow[rows]].astype(np.int64) << 33
+    segment |= f.forward[rows].astype(np.int64) << 32
+    segment |= c.seq[rows]
+    _, which = np.unique(segment, return_inverse=True)
+    pairs, at = np.unique(which.reshape(-1) * npoints + point, return_inverse=True)
+    at = at.reshape(-1)
+    sent = np.bincount(at, minlength=len(pairs))  # per (segment, point): copies there
+    resent = np.bincount(at, again, minlength=len(pairs)).astype(np.int64)
+    of = pairs // npoints  # the pair's segment
+    arrived = np.zeros(int(of.max()) + 1 if len(of) else 0, np.int64)
+    receiver = np.flatnonzero(np.bincount(at, received, minlength=len(pairs)) > 0)
+    np.maximum.at(arrived, of[receiver], sent[receiver])  # at the receiver that saw most
+    lost = np.minimum(resent, np.maximum(0, sent - arrived[of]))
+    first = np.empty(len(pairs), np.int64)
+    first[at[::-1]] = np.arange(len(at) - 1, -1, -1)  # a row of each (segment, point)
+    counted = np.repeat(rows[first], lost)
     return per_point_max(f.flow[counted], c.point[counted], len(f), npoints)
 
 
