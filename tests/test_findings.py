@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -334,6 +335,39 @@ def test_resends_of_segments_that_all_reached_their_receiver_are_no_loss(make_pc
     joined = [p for p in data["paths"] if "10.96.0.20:80" in p["conversation"]]
     assert len(joined) == 1 and len(joined[0]["flows"]) == 2
     assert "tcp.retransmissions" not in ids(data)
+    # a server capture of this conversation alone could be on either end of it: its copies
+    # tell nothing of what arrived, and the first copies' loss at the client still counts
+    alone = make_pcap(download, name="server-alone.pcap")
+    _, data = run_analysis(alone, at_client(first_lost, "once-again.pcap"))
+    assert "tcp.retransmissions" in ids(data)
+
+
+def test_a_bundles_pods_are_their_receivers_whatever_their_traffic(
+    make_pcap: Make, tmp_path: Path
+) -> None:
+    """In a bundle, a point on a pod whose addresses the inventory lists is that pod's
+    receiving interface, though it saw one conversation only: the server's resends that
+    all arrived at the client's capture (a reply held up) are no loss."""
+    client, server = "10.0.0.1", "10.0.1.5"
+    download = _resent_download(client, server)
+    bundle = tmp_path / "bundle"
+    (bundle / "points").mkdir(parents=True)
+    points = []
+    for pod, node in (("client", "node-a"), ("web", "node-b")):
+        path = make_pcap(download, name=f"{pod}-eth0.pcap")
+        path.rename(bundle / "points" / path.name)
+        where = {"node": node, "namespace": "default", "pod": pod, "linktype": 1}
+        points.append({"id": f"{pod}-eth0", "kind": "pod", "file": f"points/{path.name}", **where})
+    (bundle / "manifest.json").write_text(json.dumps({"points": points}))
+    pods = [{"name": "client", "namespace": "default", "ip": client, "node": "node-a"},
+            {"name": "web", "namespace": "default", "ip": server, "node": "node-b"}]  # fmt: skip
+    (bundle / "inventory.json").write_text(json.dumps({"pods": pods}))
+    _, data = run_analysis(bundle)
+    assert [f["retransmissions"] for f in data["flows"]] == [4]
+    assert "tcp.retransmissions" not in ids(data)
+    (bundle / "inventory.json").write_text(json.dumps({"pods": []}))
+    _, data = run_analysis(bundle)  # no inventory: the points' ends are not known
+    assert "tcp.retransmissions" in ids(data)
 
 
 def test_segments_seen_twice_on_their_receivers_interface_are_no_loss(make_pcap: Make) -> None:

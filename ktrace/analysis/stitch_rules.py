@@ -57,11 +57,13 @@ def address_key(l3: np.ndarray, addr: np.ndarray) -> np.ndarray:
 
 
 def home_addresses(
-    c: PacketColumns, points: list[Point], scoped: np.ndarray, l3: int = 0
+    c: PacketColumns, points: list[Point], scoped: np.ndarray, l3: int = 0, guess: bool = True
 ) -> np.ndarray:
     """Per point: the address every one of its unicast packets involves (a pod's own), or -1;
     with `l3` (4 or 6), of its packets of that IP version alone (a dual-stack pod has one of
-    each). The candidates are its first packet's two addresses, struck out chunk by chunk."""
+    each). The candidates are its first packet's two addresses, struck out chunk by chunk.
+    A point that saw one conversation has both: its first packet's sender is taken (a pod
+    more often opens its connections than answers them), or with `guess` False, none."""
     home = np.full(len(points), -1, np.int64)
     wanted = [k for k, p in enumerate(points) if p.kind in ENDPOINT_KINDS]
     candidates: dict[int, list[int]] = {}
@@ -85,7 +87,7 @@ def home_addresses(
             ]
             packets[k] += int(mine.sum())
     for k, alive in candidates.items():
-        if alive and packets[k] >= MIN_HOME_PACKETS:
+        if alive and (guess or len(alive) == 1) and packets[k] >= MIN_HOME_PACKETS:
             home[k] = alive[0]
     return home
 

@@ -67,11 +67,7 @@ def _lost_and_resent(analysis: Analysis, flows: np.ndarray) -> np.ndarray:
     carries = (c.paylen[rows] > 0) | ((c.tcp_flags[rows] & (SYN | FIN)) != 0)
     rows, again = rows[carries], again[carries]
     point = c.point[rows].astype(np.int64)
-    dst = address_key(c.l3[rows], c.dst[rows])
-    received = np.zeros(len(rows), bool)
-    for l3 in (4, 6):
-        home = home_addresses(c, analysis.index.points, analysis.correlation.local, l3)
-        received |= home[point] == dst
+    received = _at_receiver(analysis, rows)
     # one segment wherever seen: conversation (fewer than 2**30), direction, sequence number
     segment = conv[f.flow[rows]].astype(np.int64) << 33
     segment |= f.forward[rows].astype(np.int64) << 32
@@ -90,6 +86,30 @@ def _lost_and_resent(analysis: Analysis, flows: np.ndarray) -> np.ndarray:
     first[at[::-1]] = np.arange(len(at) - 1, -1, -1)  # a row of each (segment, point)
     counted = np.repeat(rows[first], lost)
     return per_point_max(f.flow[counted], c.point[counted], len(f), npoints)
+
+
+def _at_receiver(analysis: Analysis, rows: np.ndarray) -> np.ndarray:
+    """Per row: whether it was seen on its receiver's own interface. A point the bundle
+    places on a pod whose addresses the inventory lists is that pod's; else the point's
+    packets of the row's IP version must all involve the row's destination and no other
+    address (stitch_rules.home_addresses): a point that saw one conversation could be on
+    either end of it."""
+    c, points, names = analysis.index.columns, analysis.index.points, analysis.names
+    point = c.point[rows].astype(np.int64)
+    dst = address_key(c.l3[rows], c.dst[rows])
+    out = np.zeros(len(rows), bool)
+    for l3 in (4, 6):
+        home = home_addresses(c, points, analysis.correlation.local, l3, guess=False)
+        out |= home[point] == dst
+    listed = {n.name for n in names.by_ip.values() if n.kind == "pod"}
+    pairs, at = np.unique(np.stack([point, dst]), axis=1, return_inverse=True)
+    at = at.reshape(-1)
+    for k, (p, key) in enumerate(pairs.T.tolist()):
+        pod = f"{points[p].namespace}/{points[p].pod}"
+        if points[p].pod and pod in listed:
+            named = names.get(analysis.index.address(key % 8, key // 8))
+            out[at == k] = named is not None and named.kind == "pod" and named.name == pod
+    return out
 
 
 def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
