@@ -102,9 +102,10 @@ def _at_receiver(analysis: Analysis, rows: np.ndarray) -> np.ndarray:
         home = home_addresses(c, points, analysis.correlation.local, l3, guess=False)
         out |= home[point] == dst
     listed = {n.name for n in names.by_ip.values() if n.kind == "pod"}
-    pairs, at = np.unique(np.stack([point, dst]), axis=1, return_inverse=True)
+    pairs, at = np.unique((point << 36) | dst, return_inverse=True)  # a key: below 2**35
     at = at.reshape(-1)
-    for k, (p, key) in enumerate(pairs.T.tolist()):
+    for k, pair in enumerate(pairs.tolist()):
+        p, key = pair >> 36, pair & ((1 << 36) - 1)
         pod = f"{points[p].namespace}/{points[p].pod}"
         if points[p].pod and pod in listed:
             named = names.get(analysis.index.address(key % 8, key // 8))
