@@ -490,8 +490,8 @@ def _scan_sharded(
                 taken = builder.packets + sum(len(b.columns) for b in shard.batches)
                 if shard.end > fmt.first:
                     # Room for the rest at the packet size seen so far, which a file's first
-                    # shard can misjudge (bulk transfer first, DNS later): doubling instead
-                    # would zero, and so touch, up to twice the index's memory.
+                    # shard can misjudge (bulk transfer first, DNS later): each growth after
+                    # it copies and zeroes (touches) the arrays.
                     rate = (taken - first_packet) / (shard.end - fmt.first)
                     builder.parts.reserve(taken + int(rate * (size - shard.end) * 1.05))
                 for batch in shard.batches:
