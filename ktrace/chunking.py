@@ -14,6 +14,11 @@ CHUNK = 1 << 16  # rows per step: temporaries of half a MB each, a dozen alive a
 THREADED_MIN = 1 << 17
 
 
+def row_type(n: int) -> type[np.signedinteger]:
+    """The dtype for positions among n rows: int32 (half the bytes) where they fit."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 def chunks(n: int) -> Iterator[tuple[int, int]]:
     return ((lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK))
 

@@ -7,6 +7,7 @@ import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import orjson
@@ -338,9 +339,10 @@ def test_streamed_json_is_the_result(make_pcap: Make, name: bytes) -> None:
 @given(
     st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.booleans()), max_size=40),
     st.sampled_from([0, 1, 40, 61]),
+    st.sampled_from([3, 7, 1 << 16]),
 )
 def test_pairing_order_is_the_two_key_order_with_file_order_among_equals(
-    messages: list[tuple[int, int, bool]], shift: int
+    messages: list[tuple[int, int, bool]], shift: int, chunk: int
 ) -> None:
     """Keys drawn from a few values so that the first key ties while the second differs:
     the sort by the first key alone must then give way to both. Shifted, the first keys
@@ -350,8 +352,21 @@ def test_pairing_order_is_the_two_key_order_with_file_order_among_equals(
     k1 = np.array([a << shift for a, _, _ in messages], np.uint64)
     k2 = np.array([b for _, b, _ in messages], np.uint64)
     response = np.array([r for _, _, r in messages], bool)
-    got = _pair(k1, k2, response)
-    assert got.order.tolist() == np.lexsort((np.arange(len(k1)), k2, k1)).tolist()
+    with mock.patch.object(chunking, "CHUNK", chunk):  # keys read across chunk bounds
+        got = _pair(k1, k2, response)
+    order = np.lexsort((np.arange(len(k1)), k2, k1)).tolist()
+    assert got.order.tolist() == order
+    # runs: queries of one key, closed by the response that follows
+    runs: list[tuple[int, int, bool]] = []  # (begin, queries, answered)
+    for at, k in enumerate(order):
+        before = order[at - 1] if at else None
+        if before is None or (k1[k], k2[k]) != (k1[before], k2[before]) or response[before]:
+            runs.append((at, 0, False))
+        begin, queries, _ = runs[-1]
+        runs[-1] = (begin, queries, True) if response[k] else (begin, queries + 1, False)
+    assert got.begin.tolist() == [b for b, _, _ in runs]
+    assert got.queries.tolist() == [q for _, q, _ in runs]
+    assert got.answered.tolist() == [a for _, _, a in runs]
 
 
 @settings(max_examples=200, deadline=None)
@@ -364,9 +379,11 @@ def test_distinct_messages_numbered_by_one_word_as_by_both(
     from ktrace.analysis.dns import _distinct, _distinct_sorting
 
     scale = 1 << 62 if big else 1
-    keys = np.array([(a * scale, b) for a, b in hashes], np.uint64).reshape(-1, 2)
-    ids, firsts = _distinct(keys)
-    want_ids, want_firsts = _distinct_sorting(keys)
+    first = np.array([a * scale for a, _ in hashes], np.uint64)
+    second = np.array([b for _, b in hashes], np.uint64)
+    with mock.patch.object(chunking, "CHUNK", 5):  # confirmed across chunk bounds
+        ids, firsts = _distinct(first, second)
+    want_ids, want_firsts = _distinct_sorting(first, second)
     assert ids.tolist() == want_ids.tolist() and firsts.tolist() == want_firsts.tolist()
 
 

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from ktrace import chunking
 from ktrace.analysis import sorting
 
 RNG = np.random.default_rng(11)
@@ -65,6 +66,16 @@ def test_repeated_marks_exactly_the_values_seen_twice(
     # every hash equal: all values in one run, grouped by the exact path
     monkeypatch.setattr(sorting, "_MIX", np.uint64(0))
     assert np.array_equal(sorting.repeated(values), expected)
+
+
+def test_repeated_values_read_through_a_function_are_read_as_integers() -> None:
+    """Signed values, and values that exist only as what a function returns for positions
+    (read a chunk at a time, then again where hashes match)."""
+    signed = np.array([3, -1, 3, 0, -1, 2**62], np.int64)
+    assert sorting.repeated(signed).tolist() == [True, True, True, False, True, False]
+    n = 3 * chunking.CHUNK + 5
+    got = sorting.repeated_at(n, lambda at: at % (n - 2))  # the last two wrap around
+    assert np.flatnonzero(got).tolist() == [0, 1, n - 2, n - 1]
 
 
 @pytest.mark.parametrize(

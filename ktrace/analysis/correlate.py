@@ -17,14 +17,14 @@ from itertools import pairwise
 import numpy as np
 
 from ktrace.analysis.flows import FlowTable, group_pairs
-from ktrace.analysis.sorting import repeated
+from ktrace.analysis.sorting import repeated_at
 from ktrace.analysis.stitch_rules import (
     home_addresses,
     link_scoped,
     sequenced,
     split_identities,
 )
-from ktrace.chunking import chunks
+from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.mix import K1, K2, mix_rows
 from ktrace.model import Point
@@ -168,16 +168,14 @@ def correlate(
     same_clock: list[list[int]] | None = None,
 ) -> Correlation:
     npoints = len(points)
-    ip = np.flatnonzero(c.l3 > 0)
-    if len(c) < 2**31:  # kept to the end: half the bytes
-        ip = ip.astype(np.int32)
+    ip = np.flatnonzero(c.l3 > 0).astype(row_type(len(c)), copy=False)  # kept to the end
     local = link_scoped(c, v6)
     # A packet whose fingerprint nothing else has, or that is link-scoped (rule 1), is its own
     # identity: the sorting below is only for the copies. One capture of bulk traffic is
     # nearly all singles; a bundle of many points nearly all copies.
-    fp = fingerprint(c, ip)
-    copies = repeated(fp) & ~local[ip]
-    rows, fp = ip[copies], fp[copies]
+    copies = repeated_at(len(ip), lambda at: fingerprint(c, ip[at])) & ~local[ip]
+    rows = ip[copies]
+    fp = fingerprint(c, rows)
     point = c.point[rows].astype(np.int64)
     ts = c.ts[rows]
     ident_rows = _identities(fp, point, flows.flow[rows], sequenced(c, rows), ts)
@@ -195,7 +193,7 @@ def correlate(
         ident_rows = ident_rows.copy()
         ident_rows[far] = nid + np.arange(int(far.sum()))
         nid += int(far.sum())
-    ident = np.full(len(c), -1, np.int32 if len(c) < 2**31 else np.int64)
+    ident = np.full(len(c), -1, row_type(len(c)))
     ident[rows] = ident_rows
     first_single = nid
     for lo, hi in chunks(len(ip)):  # each single its own identity, numbered in file order

@@ -12,10 +12,10 @@ import numpy as np
 
 from ktrace.analysis.row_columns import Coded, Column, Integers, Vocabulary, flags, or_none
 from ktrace.analysis.sorting import factorize, sorted_runs
-from ktrace.chunking import chunks
+from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, rcode_name
-from ktrace.decode.dns_bulk import read_questions, tcp_messages
+from ktrace.decode.dns_bulk import Questions, read_questions, tcp_messages
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.mix import K1, K2, mix_rows
 from ktrace.decode.transport import TCP, UDP
@@ -65,7 +65,8 @@ class DnsResult:
 def dns_rows(index: PacketIndex) -> np.ndarray:
     c = index.columns
     port = (c.sport == DNS_PORT) | (c.dport == DNS_PORT)
-    return np.flatnonzero(port & ((c.proto == UDP) | ((c.proto == TCP) & (c.paylen > 2))))
+    rows = np.flatnonzero(port & ((c.proto == UDP) | ((c.proto == TCP) & (c.paylen > 2))))
+    return rows.astype(row_type(len(c)), copy=False)  # held through the stage: half the bytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,17 +87,31 @@ def _pair(k1: np.ndarray, k2: np.ndarray, response: np.ndarray) -> _Pairs:
     # one k1 with two k2) are rare and then sorted by both
     bits = np.uint64(max(1, (len(k1) - 1).bit_length()))
     order, _ = sorted_runs((k1 >> bits).view(np.int64), spend=True)
-    a, b = k1[order], k2[order]
-    if ((a[1:] < a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] != b[:-1]))).any():
+    new, by_key = _key_runs(k1, k2, order)
+    if not by_key:
         order = np.lexsort((k2, k1))
-        a, b = k1[order], k2[order]
+        new, _ = _key_runs(k1, k2, order)
     r = response[order]
-    new = np.ones(len(order), bool)
-    new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1]) | r[:-1]  # a response closes a run
+    new[1:] |= r[:-1]  # a response closes a run
     begin = np.flatnonzero(new)
     end = np.r_[begin[1:], len(order)]
     answered = r[end - 1] if len(order) else np.zeros(0, bool)
     return _Pairs(order, begin, end - begin - answered, answered)
+
+
+def _key_runs(k1: np.ndarray, k2: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Per element of `order`, whether its keys differ from the one before's, the keys read a
+    chunk at a time (not copied whole in that order); and whether that order is by k1 with
+    one k2 per k1, as runs need."""
+    new = np.ones(len(order), bool)
+    by_key = True
+    for lo, hi in chunks(len(order) - 1):
+        at = order[lo : hi + 1]
+        a, b = k1[at], k2[at]
+        same, differ = a[1:] == a[:-1], b[1:] != b[:-1]
+        by_key = by_key and not ((a[1:] < a[:-1]) | (same & differ)).any()
+        np.logical_or(~same, differ, out=new[lo + 1 : hi + 1])
+    return new, by_key
 
 
 def dns_transactions(index: PacketIndex, cancel: threading.Event | None = None) -> DnsResult:
@@ -117,16 +132,29 @@ class _Found:
 
 def _found(
     index: PacketIndex, cancel: threading.Event | None
-) -> tuple[_Found, tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """The messages; per message its question's type and the (n, 2) hash of its name, and
-    the hash of all of it but its id: given apart, so each goes once used."""
+) -> tuple[_Found, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The messages; per message the two hashes that pair a query with its response, and the
+    two words of the hash of all of it but its id: given apart, so each goes once used. Read
+    a chunk of packets at a time, whose questions and packet fields die with it: for every
+    message at once they would be the stage's peak, beside the stages DNS runs alongside."""
     rows = dns_rows(index)
-    q = read_questions(index.mapped, *_located(index, rows), cancel)
-    bad = int((~q.ok).sum())
-    keep = np.flatnonzero(q.ok) if bad else slice(None)  # no copies when every one parsed
-    flags = q.flags[keep]
-    found = _Found(rows[keep], (flags & 0x8000) != 0, q.ident[keep], flags, bad)
-    return found, (q.qtype[keep], q.name[keep]), q.body[keep]
+    n = len(rows)
+    ok = np.empty(n, bool)
+    columns: list[np.ndarray] = [
+        np.empty(n, t) for t in (np.uint16, np.uint16, np.uint64, np.uint64, np.uint64, np.uint64)
+    ]
+    ident, flags, k1, k2, body0, body1 = columns
+    for lo, hi in chunks(n):
+        q = read_questions(index.mapped, *_located(index, rows[lo:hi]), cancel)
+        ok[lo:hi], ident[lo:hi], flags[lo:hi] = q.ok, q.ident, q.flags
+        body0[lo:hi], body1[lo:hi] = q.body[:, 0], q.body[:, 1]
+        k1[lo:hi], k2[lo:hi] = _exchange_keys(index.columns, rows[lo:hi], q)
+    bad = n - int(np.count_nonzero(ok))
+    if bad:  # no copies when every one parsed
+        keep = np.flatnonzero(ok)
+        rows, ident, flags, k1, k2, body0, body1 = (a[keep] for a in (rows, *columns))
+    del columns
+    return _Found(rows, (flags & 0x8000) != 0, ident, flags, bad), (k1, k2), (body0, body1)
 
 
 def _located(index: PacketIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,21 +169,21 @@ def _located(index: PacketIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _exchange_keys(
-    c: PacketColumns, m: _Found, question: tuple[np.ndarray, np.ndarray]
+    c: PacketColumns, rows: np.ndarray, q: Questions
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two hashes of what pairs a query with its response: (point, transport, client and
     server addresses and ports, id, question type and name)."""
-    rows, r = m.rows, m.response
+    r = (q.flags & 0x8000) != 0
     src, dst, sport, dport = c.src[rows], c.dst[rows], c.sport[rows], c.dport[rows]
     client = (np.where(r, dst, src), np.where(r, dport, sport))
     server = (np.where(r, src, dst), np.where(r, sport, dport))
     del src, dst, sport, dport
-    qtype, name = question
-    every = np.arange(len(rows), dtype=np.int32 if len(rows) < 2**31 else np.int64)
-    # the type's bits (-2 marks a compressed name): the columns are mixed as unsigned
-    kind = qtype.view(np.uint32)
-    fields = (c.point[rows], c.proto[rows], c.l3[rows], *client, *server, m.ident, kind)
-    return mix_rows((*fields, name[:, 0]), every, K1), mix_rows((*fields, name[:, 1]), every, K2)
+    kind = q.qtype.view(np.uint32)  # the type's bits (-2 marks a compressed name), unsigned
+    fields = (c.point[rows], c.proto[rows], c.l3[rows], *client, *server, q.ident, kind)
+    every = np.arange(len(rows), dtype=np.int32)
+    return mix_rows((*fields, q.name[:, 0]), every, K1), mix_rows(
+        (*fields, q.name[:, 1]), every, K2
+    )
 
 
 def _pair_messages(
@@ -165,13 +193,11 @@ def _pair_messages(
     steps whose per-message arrays die with them, each deleted once read for the last time:
     in a storm, where most packets are DNS, the stage's peak is what is alive at once."""
     c = index.columns
-    m, question, body = _found(index, cancel)
+    m, (k1, k2), (body0, body1) = _found(index, cancel)
     rows = m.rows
-    message, distinct = _distinct(body)
-    del body
-    at = _located(index, rows[distinct])
-    k1, k2 = _exchange_keys(c, m, question)
-    del question
+    message, distinct = _distinct(body0, body1)
+    del body0, body1
+    distinct = rows[distinct]  # their packets
     pairs = _pair(k1, k2, m.response)
     del k1, k2
     # in time order, then by point, then in file order: put in the order of their first
@@ -198,7 +224,7 @@ def _pair_messages(
     rcode, got = (m.flags[last] & 15).astype(np.uint8), message[last]
     del m, rows, message, first, last
     sides = ((c.src[row], c.sport[row]), (c.dst[row], c.dport[row]))  # a query: client first
-    messages = _Messages.read(index, *at)
+    messages = _Messages.read(index, *_located(index, distinct))
     endpoint, (client, server) = _endpoints(index, c.l3[row], sides)
     del sides
     ts = c.ts[row]
@@ -404,24 +430,25 @@ def _interned(values: list[str], rows: np.ndarray) -> Interned:
     return Interned(codes[rows], list(ids))
 
 
-def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _distinct(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(id of each message, position of each distinct message's first copy) for messages
-    keyed by a 128-bit hash: storms repeat a few messages thousands of times, each parsed
-    once. Numbered by the first word (a hash table where it pays); the second confirms it,
-    and only if two messages shared a first word would both words be sorted."""
-    firsts, ids = factorize(keys[:, 0])
+    keyed by a 128-bit hash, given as its two words: storms repeat a few messages thousands
+    of times, each parsed once. Numbered by the first word (a hash table where it pays); the
+    second confirms it, and only if two messages shared a first word would both words be
+    sorted."""
+    firsts, ids = factorize(first)
     for lo, hi in chunks(len(ids)):
-        if (keys[firsts[ids[lo:hi]], 1] != keys[lo:hi, 1]).any():
-            return _distinct_sorting(keys)
+        if (second[firsts[ids[lo:hi]]] != second[lo:hi]).any():
+            return _distinct_sorting(first, second)
     return ids, firsts
 
 
-def _distinct_sorting(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((keys[:, 1], keys[:, 0]))
-    k = keys[order]
-    new = np.ones(len(k), bool)
-    new[1:] = (k[1:] != k[:-1]).any(axis=1)
-    ids = np.empty(len(k), np.int32)
+def _distinct_sorting(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((second, first))
+    new = np.ones(len(order), bool)
+    a, b = first[order], second[order]
+    new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    ids = np.empty(len(order), np.int32)
     ids[order] = np.cumsum(new, dtype=np.int32) - 1
     return ids, order[new]
 

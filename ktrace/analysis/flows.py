@@ -14,7 +14,7 @@ import numpy as np
 
 from ktrace.analysis.sorting import factorize
 from ktrace.analysis.tcp_sequence import tcp_health
-from ktrace.chunking import chunks
+from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS
@@ -197,8 +197,8 @@ def _group_sorted(
     isip = c.l3 > 0
     ip = None if isip.all() else np.flatnonzero(isip)
     del isip
-    if ip is not None and n < 2**31:  # kept to the end: half the bytes
-        ip = ip.astype(np.int32)
+    if ip is not None:
+        ip = ip.astype(row_type(n), copy=False)  # kept to the end
     h = np.empty(n if ip is None else len(ip), np.uint64)  # of the IP packets only
     for lo, hi in chunks(n):
         k1, k2, swap[lo:hi] = _keys(c, sport, dport, slice(lo, hi))

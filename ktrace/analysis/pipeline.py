@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.correlate import correlate
-from ktrace.analysis.dns import dns_transactions
+from ktrace.analysis.dns import DnsResult, dns_transactions
 from ktrace.analysis.findings import run_checks
 from ktrace.analysis.flows import flow_table, with_tcp_health
 from ktrace.analysis.http import http_transactions
@@ -24,6 +25,7 @@ from ktrace.bundle.inputs import Inputs, read_inputs
 from ktrace.bundle.node_evidence import NodeEvidence
 from ktrace.decode.index import IndexBuilder, PacketIndex, Progress, scan
 from ktrace.errors import Cancelled, KtraceError
+from ktrace.perf import release_free_memory
 
 # A live point whose tcpdump has not written its file header yet has nothing to read.
 PCAP_HEADER = 24
@@ -98,30 +100,45 @@ def analysis_steps(
     nodes: dict[str, NodeEvidence] | None = None,
 ) -> Generator[Analysing, None, Result]:
     """Everything after the index: flows, correlation, paths, DNS, HTTP, findings; a step
-    before each, the result at the end."""
+    before each, the result at the end. DNS needs the index alone and is mostly numpy sorts
+    and C loops that release the GIL: it runs on another thread meanwhile, where the stages
+    before it would leave a core idle. Stopped early (cancelled, failed, closed), this waits
+    for that thread, which sees `cancel` too."""
     n = len(index)
-    yield Analysing("flows", n)
-    table = flow_table(index.columns)
-    yield Analysing("TCP health", n)
-    flows = with_tcp_health(table, index.columns, len(index.points))
-    del table
-    yield Analysing("correlation", n)
-    same_clock: dict[str, list[int]] = {}
-    for k, point in enumerate(index.points):
-        if point.node:
-            same_clock.setdefault(point.node, []).append(k)
-    correlation = correlate(index.columns, flows, index.points, index.v6, list(same_clock.values()))
-    yield Analysing("paths", n)
-    names = Names.from_inventory(inventory)
-    paths = conversation_paths(index, flows, correlation, names)
-    yield Analysing("DNS", n)
-    dns = dns_transactions(index, cancel)
+    with ThreadPoolExecutor(1, thread_name_prefix="ktrace-dns") as pool:
+        pending = pool.submit(_dns_then_trim, index, cancel)
+        yield Analysing("flows", n)
+        table = flow_table(index.columns)
+        yield Analysing("TCP health", n)
+        flows = with_tcp_health(table, index.columns, len(index.points))
+        del table
+        yield Analysing("correlation", n)
+        same_clock: dict[str, list[int]] = {}
+        for k, point in enumerate(index.points):
+            if point.node:
+                same_clock.setdefault(point.node, []).append(k)
+        correlation = correlate(
+            index.columns, flows, index.points, index.v6, list(same_clock.values())
+        )
+        yield Analysing("paths", n)
+        names = Names.from_inventory(inventory)
+        paths = conversation_paths(index, flows, correlation, names)
+        yield Analysing("DNS", n)
+        dns = pending.result()
     yield Analysing("HTTP", n)
     http = http_transactions(index, flows, cancel)
     yield Analysing("checks", n)
     analysis = Analysis(index, flows, dns, correlation, paths, names, http, nodes or {})
     findings, errors = run_checks(analysis)
     return Result(analysis, tuple(findings), tuple(errors), notes)
+
+
+def _dns_then_trim(index: PacketIndex, cancel: threading.Event | None) -> DnsResult:
+    """DNS, then its freed temporaries handed back at once: between steps is too late for
+    the stage it ran beside, whose peak they would otherwise add to."""
+    found = dns_transactions(index, cancel)
+    release_free_memory()
+    return found
 
 
 def drain(

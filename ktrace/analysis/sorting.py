@@ -119,18 +119,26 @@ def first_seen_sorting(values: np.ndarray) -> np.ndarray:
 
 
 def repeated(values: np.ndarray) -> np.ndarray:
-    """Per element: whether another element has the same value. Elements are sorted by a
-    hash of their value packed with their position (one SIMD sort); neighbours with the same
-    hash are compared, and the rare runs where hashes collide are grouped exactly."""
-    n = len(values)
+    """Per element: whether another element has the same value."""
+    return repeated_at(len(values), lambda at: values[at])
+
+
+def repeated_at(n: int, values_at: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """repeated() of n integer values read through values_at(positions): a chunk at a time,
+    then again only where neighbours' hashes match, so that they never exist as one array
+    beside the sort (every packet's fingerprint, say). Elements are sorted by a hash of their
+    value packed with their position (one SIMD sort); neighbours with the same hash are
+    compared, and the rare runs where hashes collide are grouped exactly."""
     out = np.zeros(n, bool)
     if n < 2:
         return out
     bits = (n - 1).bit_length()
     shift = np.uint64(bits)
-    packed = values.astype(np.uint64)  # worked on in place: the one array as long as values
+    packed = np.empty(n, np.uint64)  # the one array as long as the values, worked on in place
     with np.errstate(over="ignore"):
-        packed *= _MIX
+        for lo, hi in chunks(n):
+            values = values_at(np.arange(lo, hi)).astype(np.uint64, copy=False)
+            np.multiply(values, _MIX, out=packed[lo:hi])
     packed >>= shift
     packed <<= shift
     for lo, hi in chunks(n):
@@ -143,7 +151,7 @@ def repeated(values: np.ndarray) -> np.ndarray:
     packed &= np.uint64((1 << bits) - 1)
     position = packed.view(np.int64)  # what is left of each element: its position
     follow = np.flatnonzero(run)  # elements whose hash is the one before's: few but copies
-    same = values[position[follow]] == values[position[follow - 1]]
+    same = values_at(position[follow]) == values_at(position[follow - 1])
     mine = np.zeros(n, bool)
     mine[follow[same]] = True
     mine[follow[same] - 1] = True
@@ -154,6 +162,6 @@ def repeated(values: np.ndarray) -> np.ndarray:
         runs = np.unique(np.searchsorted(starts, mixed, side="right") - 1)
         ends = np.r_[starts[1:], n]
         members = np.concatenate([position[starts[r] : ends[r]] for r in runs.tolist()])
-        _, ids = number_sorting(values[members].astype(np.uint64))
+        _, ids = number_sorting(values_at(members).astype(np.uint64))
         out[members] = np.bincount(ids)[ids] > 1
     return out

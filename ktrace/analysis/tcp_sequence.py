@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ktrace.analysis.sorting import sorted_runs
-from ktrace.chunking import chunks
+from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
 from ktrace.native import compiled
@@ -35,7 +35,7 @@ def _resends(
     c: PacketColumns, flow: np.ndarray, forward: np.ndarray, nflows: int, npoints: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(retransmissions, segments out of order) per flow."""
-    tcp = np.flatnonzero((c.proto == TCP) & (flow >= 0))
+    tcp = np.flatnonzero((c.proto == TCP) & (flow >= 0)).astype(row_type(len(c)), copy=False)
     if not len(tcp):
         return np.zeros(nflows, np.int64), np.zeros(nflows, np.int64)
     rows, again, late = resent_rows(c, tcp, flow, forward, npoints)
@@ -52,8 +52,7 @@ def resent_rows(
     """Of these TCP rows (in flows), grouped by (flow, point, direction) in file order: the
     rows so ordered, and per row whether it was sent again (retransmitted) or filled a gap
     late (out of order)."""
-    if len(c) < 2**31:  # rows as int32: half the bytes of what lives through this function
-        tcp = tcp.astype(np.int32)
+    tcp = tcp.astype(row_type(len(c)), copy=False)  # lives through this function
     width = max(npoints, 1)
     # one group per (flow, point, direction), file order within it
     group = np.empty(len(tcp), np.int64)
