@@ -266,3 +266,16 @@ def test_a_full_disk_is_one_line_not_an_internal_error() -> None:
         )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["ktrace: error: No space left on device"]
+
+
+def test_the_command_starts_no_openblas_threads() -> None:
+    """ktrace never multiplies matrices; OpenBLAS's threads, idle, spin on the cores that
+    indexing and the DNS stage need. A user's own setting is kept."""
+    code = "import os, ktrace.cli, numpy; print(len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout == "1\n", out.stderr
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    code = "import os, ktrace.cli; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout == "2\n", out.stderr
