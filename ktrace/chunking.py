@@ -4,10 +4,15 @@ size, where whole-column expressions would make one array per step as long as th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 CHUNK = 1 << 16  # rows per step: temporaries of half a MB each, a dozen alive at once
 # Rows below which one thread finishes a C loop before more could start (~0.1 ms each).
@@ -73,3 +78,19 @@ def in_threads(n: int, work: Callable[[int, int], object]) -> None:
         work(bounds[0], bounds[1])
         for done in rest:
             done.result()
+
+
+def in_order(work: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """work(item) for each item on the other cores, the results in the items' order, while
+    this thread makes the next items (pulled from `items` here, never from a worker): for C
+    work that releases the GIL (laying out JSON rows) beside the Python that makes its
+    input. A few results wait at most, so that they stay a few MB."""
+    workers = cores(reserve=1)
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(work, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -60,3 +60,48 @@ def test_in_threads_raises_what_a_part_raised(monkeypatch: pytest.MonkeyPatch) -
 
     with pytest.raises(IndexError):
         chunking.in_threads(30, work)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4])
+def test_in_order_gives_results_in_order_with_items_made_here(
+    cores: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uneven work finishing out of order still comes back in order; the items are pulled on
+    the caller's thread, and only a few run ahead of what was taken."""
+    import threading
+    import time
+
+    monkeypatch.setattr(chunking, "cores", lambda reserve=0: max(1, cores - reserve))
+    here = threading.get_ident()
+    made: list[int] = []
+
+    def items() -> object:
+        for k in range(20):
+            assert threading.get_ident() == here
+            made.append(k)
+            yield k
+
+    def work(k: int) -> int:
+        time.sleep(0.002 * (k % 3))  # later items often finish first
+        return k * k
+
+    taken = []
+    for k, got in enumerate(chunking.in_order(work, items())):
+        assert len(made) - k <= max(1, cores - 1) + 1  # one a worker, and one made ahead
+        taken.append(got)
+    assert taken == [k * k for k in range(20)]
+
+
+def test_in_order_raises_what_work_raised_and_ends_its_threads() -> None:
+    import threading
+
+    before = threading.active_count()
+
+    def work(k: int) -> int:
+        if k == 5:
+            raise KeyError(k)
+        return k
+
+    with pytest.raises(KeyError):
+        list(chunking.in_order(work, range(10)))
+    assert threading.active_count() == before

@@ -174,5 +174,7 @@ def test_rows_laid_out_in_c_as_in_python() -> None:
         _json_rows_c([(MILLIS, "k", np.array([0, 0], np.int64))], 2)
     with pytest.raises(TypeError, match="not bytes"):
         _json_rows_c([(PER_ROW, ["a", "b"], None)], 2)
+    with pytest.raises(TypeError, match="not bytes"):  # found by the pass without the GIL
+        _json_rows_c([(INTEGERS, b"k", edges[:2]), (CODED, [b"a", "b"], np.array([0, 1]))], 2)
     with pytest.raises(ValueError, match="kind"):
         _json_rows_c([(9, [b"a"], None)], 1)

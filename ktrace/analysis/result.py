@@ -4,7 +4,7 @@ JSON shape (README "JSON output")."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, IntEnum
 from functools import cache, cached_property
@@ -30,13 +30,15 @@ from ktrace.analysis.row_columns import (
     Listed,
     Millis,
     Objects,
+    Pieces,
     Times,
     Vocabulary,
     isos,
-    json_objects,
+    json_pieces,
+    laid_out,
 )
 from ktrace.analysis.views import ConversationRow, busiest_conversations, conversations
-from ktrace.chunking import bincount, counted_keys
+from ktrace.chunking import bincount, counted_keys, in_order
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.tunnel import Tunnel
 from ktrace.model import Finding, PacketRef
@@ -629,9 +631,9 @@ class Result:
                 continue
             n, columns_of, row = by_column[key]
             yield b"["
-            for lo in range(0, n, JSON_SLICE):
-                ks = np.arange(lo, min(lo + JSON_SLICE, n))
-                yield (b"," if lo else b"") + _json_rows(row, columns_of(ks), len(ks))
+            # each slice's columns made here while the slice before is laid out in C
+            for k, encoded in enumerate(in_order(_laid_out, _slices(row, columns_of, n))):
+                yield b"," + encoded if k else encoded
             yield b"]"
         yield b"}"
 
@@ -646,10 +648,19 @@ class Result:
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
-def _json_rows(row: type, columns: dict[str, Column], n: int) -> bytes:
-    """n rows of the row class, as JSON objects joined by commas, from their columns."""
-    layout = [(name, columns[attr]) for attr, name, _ in _layout(row) if attr in columns]
-    return json_objects(layout, n)
+def _slices(
+    row: type, columns_of: Callable[[np.ndarray], dict[str, Column]], n: int
+) -> Iterator[tuple[list[Pieces], int]]:
+    """n rows of the row class, JSON_SLICE at a time: each slice's pieces (laid out in the
+    row's order, under its JSON names) and its length."""
+    for lo in range(0, n, JSON_SLICE):
+        columns = columns_of(np.arange(lo, min(lo + JSON_SLICE, n)))
+        layout = [(name, columns[attr]) for attr, name, _ in _layout(row) if attr in columns]
+        yield json_pieces(layout), min(JSON_SLICE, n - lo)
+
+
+def _laid_out(rows: tuple[list[Pieces], int]) -> bytes:
+    return laid_out(*rows)
 
 
 def _point_extents(index: PacketIndex) -> tuple[np.ndarray, ...]:

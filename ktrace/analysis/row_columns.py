@@ -221,13 +221,21 @@ def _date(day: int) -> bytes:
 
 def json_objects(columns: Sequence[tuple[str, Column]], rows: int) -> bytes:
     """`rows` JSON objects joined by commas, the columns as their fields."""
-    if not rows:
-        return b""
-    pieces = [
+    return laid_out(json_pieces(columns), rows)
+
+
+def json_pieces(columns: Sequence[tuple[str, Column]]) -> list[Pieces]:
+    """What json_objects lays out: each column's pieces, its key first."""
+    return [
         column.json((b"," if at else b"") + orjson.dumps(name) + b":")
         for at, (name, column) in enumerate(columns)
     ]
-    return (_json_rows_c or json_rows_python)(pieces, rows)
+
+
+def laid_out(pieces: Sequence[Pieces], rows: int) -> bytes:
+    """The rows of these columns' pieces as JSON objects, in C where it was built (without
+    the GIL: another thread can make the next rows' pieces meanwhile)."""
+    return (_json_rows_c or json_rows_python)(pieces, rows) if rows else b""
 
 
 def json_rows_python(columns: Sequence[Pieces], rows: int) -> bytes:
