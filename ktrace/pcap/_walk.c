@@ -24,6 +24,14 @@
 
 /* rows fetched ahead of the copy: their addresses are known from the first pass */
 #define AHEAD 8
+/* The first pass reads each record's length to find the next: a chain of loads that waited
+ * on every new page of the mapping (88% of the pass on one instruction). Touching the file
+ * this far ahead of the record being read, every PREFETCH_STEP bytes, has the pages and
+ * lines there by the time the chain reaches them (1.1 GB bench: indexing 0.24 -> 0.18 s,
+ * 0.42 -> 0.31 CPU seconds; from one touch a page to every line, and 4 to 32 KB ahead, all
+ * gave most of it). */
+#define PREFETCH_BYTES 16384
+#define PREFETCH_STEP 256
 
 typedef struct {
     char *data;
@@ -89,9 +97,14 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     int reason = 0;
     PyObject *result = NULL, *rows = NULL, *data_offsets = NULL;
 
+    const unsigned char *ahead = buf + off; /* touched up to here */
     Py_BEGIN_ALLOW_THREADS
     while (off < limit) {
         Py_ssize_t data, next;
+        while (ahead < buf + off + PREFETCH_BYTES && ahead < buf + len) {
+            __builtin_prefetch(ahead);
+            ahead += PREFETCH_STEP;
+        }
         if (mode == 0) {
             if (off + 12 > len)
                 break;
