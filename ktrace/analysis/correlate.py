@@ -54,6 +54,21 @@ class Correlation:
     first_single: int  # identities from this one on are packets nothing else shares
 
 
+@dataclass(frozen=True, eq=False)
+class Scope:
+    """What correlation takes from the packets alone, before any flow: which are
+    link-scoped (never joined across points) and each point's home address. Worked out
+    apart, it can be on another thread while the flows are."""
+
+    local: np.ndarray  # per packet
+    home: np.ndarray  # per point, stitch_rules.home_addresses
+
+
+def scope(c: PacketColumns, points: list[Point], v6: list[bytes]) -> Scope:
+    local = link_scoped(c, v6)
+    return Scope(local, home_addresses(c, points, local))
+
+
 def _occurrence(key: np.ndarray, order_by: np.ndarray) -> np.ndarray:
     """For each element, how many earlier (by order_by) elements share its key."""
     order = np.lexsort((order_by, key))
@@ -166,20 +181,24 @@ def correlate(
     points: list[Point],
     v6: list[bytes],
     same_clock: list[list[int]] | None = None,
+    scoped: Scope | None = None,
 ) -> Correlation:
     npoints = len(points)
-    ip = np.flatnonzero(c.l3 > 0).astype(row_type(len(c)), copy=False)  # kept to the end
-    local = link_scoped(c, v6)
+    scoped = scoped or scope(c, points, v6)
+    local = scoped.local
     # A packet whose fingerprint nothing else has, or that is link-scoped (rule 1), is its own
     # identity: the sorting below is only for the copies. One capture of bulk traffic is
-    # nearly all singles; a bundle of many points nearly all copies.
-    copies = repeated_at(len(ip), lambda at: fingerprint(c, ip[at])) & ~local[ip]
-    rows = ip[copies]
+    # nearly all singles; a bundle of many points nearly all copies. Every row is sorted,
+    # those not IP as 0 (which no fingerprint is): no array of the IP rows beside the sort.
+    copies = repeated_at(len(c), lambda at: np.where(c.l3[at] > 0, fingerprint(c, at), 0))
+    for lo, hi in chunks(len(c)):
+        copies[lo:hi] &= (c.l3[lo:hi] > 0) & ~local[lo:hi]
+    rows = np.flatnonzero(copies).astype(row_type(len(c)), copy=False)
     fp = fingerprint(c, rows)
     point = c.point[rows].astype(np.int64)
     ts = c.ts[rows]
     ident_rows = _identities(fp, point, flows.flow[rows], sequenced(c, rows), ts)
-    ident_rows = split_identities(ident_rows, rows, ts, c, home_addresses(c, points, local))
+    ident_rows = split_identities(ident_rows, rows, ts, c, scoped.home)
     forward = flows.forward[rows]
     offsets = clock_offsets(ident_rows, point, ts, forward, npoints, same_clock)
     # with no offset (one clock, or one point) the capture's own times serve: no copy
@@ -196,8 +215,8 @@ def correlate(
     ident = np.full(len(c), -1, row_type(len(c)))
     ident[rows] = ident_rows
     first_single = nid
-    for lo, hi in chunks(len(ip)):  # each single its own identity, numbered in file order
-        singles = ip[lo:hi][~copies[lo:hi]]
+    for lo, hi in chunks(len(c)):  # each single its own identity, numbered in file order
+        singles = lo + np.flatnonzero((c.l3[lo:hi] > 0) & ~copies[lo:hi])
         ident[singles] = np.arange(nid, nid + len(singles))
         nid += len(singles)
     conv = _join_flows(ident_rows, flows.flow[rows], len(flows))

@@ -91,10 +91,13 @@ def _pair(k1: np.ndarray, k2: np.ndarray, response: np.ndarray) -> _Pairs:
     if not by_key:
         order = np.lexsort((k2, k1))
         new, _ = _key_runs(k1, k2, order)
+    # positions as int32 where they fit: these live on while the transactions are laid out
+    position = row_type(len(order))
+    order = order.astype(position, copy=False)
     r = response[order]
     new[1:] |= r[:-1]  # a response closes a run
-    begin = np.flatnonzero(new)
-    end = np.r_[begin[1:], len(order)]
+    begin = np.flatnonzero(new).astype(position, copy=False)
+    end = np.r_[begin[1:], len(order)].astype(position, copy=False)
     answered = r[end - 1] if len(order) else np.zeros(0, bool)
     return _Pairs(order, begin, end - begin - answered, answered)
 
@@ -203,8 +206,8 @@ def _pair_messages(
     # in time order, then by point, then in file order: put in the order of their first
     # messages (a scatter: they are distinct positions), the stable sort by time and point
     # finds the keys nearly sorted (a hundredth of sorting them from the pairs' order)
-    tx = np.flatnonzero(pairs.queries > 0)
-    slot = np.full(len(rows), -1, np.int64)
+    tx = np.flatnonzero(pairs.queries > 0).astype(pairs.order.dtype, copy=False)
+    slot = np.full(len(rows), -1, pairs.order.dtype)
     slot[pairs.order[pairs.begin[tx]]] = tx
     tx = slot[slot >= 0]
     opening = rows[pairs.order[pairs.begin[tx]]]  # each transaction's first packet

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ktrace.analysis.context import Analysis
-from ktrace.analysis.correlate import correlate
+from ktrace.analysis.correlate import correlate, scope
 from ktrace.analysis.dns import DnsResult, dns_transactions
 from ktrace.analysis.findings import run_checks
 from ktrace.analysis.flows import flow_table, with_tcp_health
@@ -102,10 +102,12 @@ def analysis_steps(
     """Everything after the index: flows, correlation, paths, DNS, HTTP, findings; a step
     before each, the result at the end. DNS needs the index alone and is mostly numpy sorts
     and C loops that release the GIL: it runs on another thread meanwhile, where the stages
-    before it would leave a core idle. Stopped early (cancelled, failed, closed), this waits
-    for that thread, which sees `cancel` too."""
+    before it would leave a core idle, after what correlation takes from the packets alone
+    (correlate.scope). Stopped early (cancelled, failed, closed), this waits for that thread,
+    which sees `cancel` too."""
     n = len(index)
     with ThreadPoolExecutor(1, thread_name_prefix="ktrace-dns") as pool:
+        scoped = pool.submit(scope, index.columns, index.points, index.v6)
         pending = pool.submit(_dns_then_trim, index, cancel)
         yield Analysing("flows", n)
         table = flow_table(index.columns)
@@ -118,7 +120,12 @@ def analysis_steps(
             if point.node:
                 same_clock.setdefault(point.node, []).append(k)
         correlation = correlate(
-            index.columns, flows, index.points, index.v6, list(same_clock.values())
+            index.columns,
+            flows,
+            index.points,
+            index.v6,
+            list(same_clock.values()),
+            scoped.result(),
         )
         yield Analysing("paths", n)
         names = Names.from_inventory(inventory)

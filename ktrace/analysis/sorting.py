@@ -144,21 +144,22 @@ def repeated_at(n: int, values_at: Callable[[np.ndarray], np.ndarray]) -> np.nda
     for lo, hi in chunks(n):
         packed[lo:hi] |= np.arange(lo, hi, dtype=np.uint64)
     packed.sort()
-    run = np.empty(n, bool)  # same hash as the previous element
-    run[0] = False
-    for lo, hi in chunks(n - 1):
-        np.equal(packed[lo + 1 : hi + 1] >> shift, packed[lo:hi] >> shift, out=run[lo + 1 : hi + 1])
+    # elements whose hash is the one before's: few but copies, found a chunk at a time
+    follow = np.concatenate(
+        [np.zeros(0, np.int64)]
+        + [
+            lo + 1 + np.flatnonzero(packed[lo + 1 : hi + 1] >> shift == packed[lo:hi] >> shift)
+            for lo, hi in chunks(n - 1)
+        ]
+    )
     packed &= np.uint64((1 << bits) - 1)
     position = packed.view(np.int64)  # what is left of each element: its position
-    follow = np.flatnonzero(run)  # elements whose hash is the one before's: few but copies
     same = values_at(position[follow]) == values_at(position[follow - 1])
-    mine = np.zeros(n, bool)
-    mine[follow[same]] = True
-    mine[follow[same] - 1] = True
-    out[position] = mine
+    out[position[follow[same]]] = True
+    out[position[follow[same] - 1]] = True
     mixed = follow[~same] - 1
     if len(mixed):  # a hash shared by different values: group those runs exactly
-        starts = np.flatnonzero(~run)
+        starts = np.setdiff1d(np.arange(n), follow, assume_unique=True)
         runs = np.unique(np.searchsorted(starts, mixed, side="right") - 1)
         ends = np.r_[starts[1:], n]
         members = np.concatenate([position[starts[r] : ends[r]] for r in runs.tolist()])
