@@ -150,13 +150,15 @@ def test_rows_laid_out_in_c_as_in_python() -> None:
             (TIMES, b',"t":', times),
             (MILLIS, b',"m":', micros.astype(np.int64)),
             (PER_ROW, [b',"e":[]'] * rows, None),
+            # pieces of 7 to 47 bytes: each size the copy treats apart (numbers: 1 to 20)
+            (PER_ROW, [b',"s":"' + b"x" * (k % 41) + b'"' for k in range(rows)], None),
         ]
         for k in range(1, len(columns) + 1):
             written = _json_rows_c(columns[:k], rows)
             assert written == json_rows_python(columns[:k], rows), (rows, k)
         if rows:
             first = orjson.loads(b"[" + _json_rows_c(columns, rows) + b"]")[0]
-            assert first.keys() == {"n", "v", "i", "t", "m", "e"}
+            assert first.keys() == {"n", "v", "i", "t", "m", "e", "s"}
     assert _json_rows_c([(INTEGERS, b"", edges)], len(edges)) == b",".join(
         b"{%d}" % v for v in edges.tolist()
     )
