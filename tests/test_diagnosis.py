@@ -301,10 +301,17 @@ def test_streamed_json_is_the_encoding_of_to_dict(sample: Path) -> None:
 @pytest.mark.parametrize(
     "sample", [*(LAB / b for b in sorted(EXPECTED)), *sorted(PCAPS.glob("*.pcap*"))], ids=str
 )
-def test_the_busiest_conversations_are_the_first_of_all_of_them_ordered(sample: Path) -> None:
+@pytest.mark.parametrize("most", [1, 0], ids=["flags", "sorted"])
+def test_the_busiest_conversations_are_the_first_of_all_of_them_ordered(
+    sample: Path, most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The report makes rows for the conversations it shows alone: they are the ones, in the
     order, that ordering every conversation's row gives; and every row counts each of its
-    packets once, as seen first, however many points saw it."""
+    packets once, as seen first, however many points saw it, and names the points that saw
+    it (read from flags per flow and point, or from sorted pairs)."""
+    from ktrace.analysis import views
+
+    monkeypatch.setattr(views, "PRESENCE_FLAGS_PER_PACKET", most)
     result, _ = run_analysis(sample)
     everything = sorted(result.conversations, key=lambda c: (-c.lost, -c.bytes))
     for limit in (1, 3, len(everything) + 1):
@@ -324,6 +331,8 @@ def test_the_busiest_conversations_are_the_first_of_all_of_them_ordered(sample: 
         assert row.bytes == int(c.wirelen[first][mine].sum()), row.label
         assert row.rst == int((mine & tcp & ((flags & transport.RST) > 0)).sum()), row.label
         assert row.fin == int((mine & tcp & ((flags & transport.FIN) > 0)).sum()), row.label
+        seen = cor.conv[flow[rows]] == row.conv
+        assert row.points == frozenset(c.point[rows[seen]].tolist()), row.label
 
 
 def test_each_point_counts_its_own_packets_across_files_and_pcapng_interfaces(
