@@ -301,17 +301,17 @@ def test_streamed_json_is_the_encoding_of_to_dict(sample: Path) -> None:
 @pytest.mark.parametrize(
     "sample", [*(LAB / b for b in sorted(EXPECTED)), *sorted(PCAPS.glob("*.pcap*"))], ids=str
 )
-@pytest.mark.parametrize("most", [1, 0], ids=["flags", "sorted"])
+@pytest.mark.parametrize("most", [1, 0], ids=["counters", "sorted"])
 def test_the_busiest_conversations_are_the_first_of_all_of_them_ordered(
     sample: Path, most: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The report makes rows for the conversations it shows alone: they are the ones, in the
     order, that ordering every conversation's row gives; and every row counts each of its
     packets once, as seen first, however many points saw it, and names the points that saw
-    it (read from flags per flow and point, or from sorted pairs)."""
-    from ktrace.analysis import views
+    it (counted per flow and point in a table, or by sorting the pairs)."""
+    from ktrace.analysis import flows as flows_module
 
-    monkeypatch.setattr(views, "PRESENCE_FLAGS_PER_PACKET", most)
+    monkeypatch.setattr(flows_module, "COUNTERS_PER_PACKET", most)
     result, _ = run_analysis(sample)
     everything = sorted(result.conversations, key=lambda c: (-c.lost, -c.bytes))
     for limit in (1, 3, len(everything) + 1):

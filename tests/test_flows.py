@@ -326,3 +326,33 @@ def test_the_c_sequence_walk_equals_numpys(seed: int) -> None:
         for g, w in zip(got, want, strict=True):
             assert np.array_equal(g, w) and g.dtype == w.dtype
         assert got[0].any() and (got[0] != got[2]).any()  # rows of each kind were there
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-1, 30), st.integers(0, 3)), max_size=200),
+    st.sampled_from([3, 1 << 16]),
+    st.sampled_from([0, 1, 8]),
+)
+def test_packets_per_flow_and_point_counted_every_way_alike(
+    packets: list[tuple[int, int]], chunk: int, most: int
+) -> None:
+    """Counted in a table (by bincount where it is small, else one add at a time) or by
+    sorting the pairs: the same pairs, in order, with the same counts; no flow (-1) none."""
+    from unittest import mock
+
+    from ktrace import chunking
+
+    flow = np.array([f for f, _ in packets], np.int32)
+    point = np.array([p for _, p in packets], np.uint16)
+    want: dict[int, int] = {}
+    for f, p in packets:
+        if f >= 0:
+            want[f * 4 + p] = want.get(f * 4 + p, 0) + 1
+    with (
+        mock.patch.object(chunking, "CHUNK", chunk),
+        mock.patch.object(flows_module, "CHUNK", chunk),
+        mock.patch.object(flows_module, "COUNTERS_PER_PACKET", most),
+    ):
+        keys, counts = flows_module.flow_point_counts(flow, point, 31, 4)
+    assert keys.tolist() == sorted(want) and counts.tolist() == [want[k] for k in sorted(want)]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ktrace.analysis.sorting import factorize
 from ktrace.analysis.tcp_sequence import tcp_health
-from ktrace.chunking import chunks, row_type
+from ktrace.chunking import CHUNK, chunks, counted_keys, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS
@@ -76,6 +76,36 @@ def flow_endpoints(index: PacketIndex, f: FlowTable, flows: np.ndarray, side: st
     hosts = map(index.address, l3, addr[flows].tolist())
     columns = (l3, f.proto[flows].tolist(), hosts, port[flows].tolist())
     return list(map(endpoint_text, *columns))
+
+
+# Packets per (flow, point) are counted in a table of counters while those are no more than
+# the packets; past it (many flows at many points), by sorting the pairs.
+COUNTERS_PER_PACKET = 1
+
+
+def flow_point_counts(
+    flow: np.ndarray, point: np.ndarray, nflows: int, npoints: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (flow, point) pairs the packets show, as flow * npoints + point in increasing
+    order, and the packets of each."""
+    npoints = max(npoints, 1)
+    size = nflows * npoints
+
+    def pairs(lo: int, hi: int) -> np.ndarray:
+        f = flow[lo:hi]
+        ip = f >= 0
+        return f[ip].astype(np.int64) * npoints + point[lo:hi][ip]
+
+    if size > COUNTERS_PER_PACKET * len(flow):
+        return counted_keys(len(flow), pairs)
+    counts = np.zeros(size, np.int64)
+    for lo, hi in chunks(len(flow)):
+        if size <= CHUNK:  # a small table: counted a chunk at a time
+            counts += np.bincount(pairs(lo, hi), minlength=size)
+        else:
+            np.add.at(counts, pairs(lo, hi), 1)
+    keys = np.flatnonzero(counts)
+    return keys, counts[keys]
 
 
 def endpoint_text(l3: int, proto: int, host: str, port: int) -> str:

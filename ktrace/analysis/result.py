@@ -18,7 +18,7 @@ from ktrace import __version__
 from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis, proto_name
 from ktrace.analysis.findings import CheckError
-from ktrace.analysis.flows import flow_endpoints
+from ktrace.analysis.flows import flow_endpoints, flow_point_counts
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.analysis.paths import ConvPath, Hop
@@ -38,7 +38,7 @@ from ktrace.analysis.row_columns import (
     laid_out,
 )
 from ktrace.analysis.views import ConversationRow, busiest_conversations, conversations
-from ktrace.chunking import bincount, counted_keys, in_order
+from ktrace.chunking import bincount, in_order
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.tunnel import Tunnel
 from ktrace.model import Finding, PacketRef
@@ -312,13 +312,7 @@ class Result:
         a = self.analysis
         f = a.flows
         npts = max(len(a.index.points), 1)
-
-        def keys(lo: int, hi: int) -> np.ndarray:
-            flow = f.flow[lo:hi]
-            ip = flow >= 0
-            return flow[ip].astype(np.int64) * npts + a.index.columns.point[lo:hi][ip]
-
-        uniq, counts = counted_keys(len(f.flow), keys)
+        uniq, counts = flow_point_counts(f.flow, a.index.columns.point, len(f), npts)
         per_flow: list[dict[str, int]] = [{} for _ in range(len(f))]
         for k, n in zip(uniq.tolist(), counts.tolist(), strict=True):
             per_flow[k // npts][a.index.points[k % npts].id] = n

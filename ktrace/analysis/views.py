@@ -11,14 +11,12 @@ from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns import DnsTransaction
 from ktrace.analysis.dns_patterns import client_ip, search_chains
+from ktrace.analysis.flows import flow_point_counts
 from ktrace.analysis.paths import ConvPath
-from ktrace.chunking import chunks, distinct_keys
+from ktrace.chunking import chunks
 from ktrace.decode.transport import ACK, FIN, PSH, RST, SYN, TCP
 
 FLAG_NAMES = ((SYN, "S"), (ACK, "."), (PSH, "P"), (FIN, "F"), (RST, "R"))
-# Which points saw each conversation is read from a flag per (flow, point) while those are
-# no more than this many a packet; past it (many flows at many points), from sorted pairs.
-PRESENCE_FLAGS_PER_PACKET = 1
 
 
 @dataclass(frozen=True)
@@ -48,26 +46,9 @@ class ConversationRow:
 
 def _presence(a: Analysis) -> dict[int, set[int]]:
     """Per conversation, the points that saw it."""
-    conv, flow, point = a.correlation.conv, a.flows.flow, a.index.columns.point
     npoints = max(len(a.index.points), 1)
-    if len(conv) * npoints <= PRESENCE_FLAGS_PER_PACKET * len(flow):
-        # set a chunk at a time, then read for the few flows: a third of the time of
-        # sorting every packet's (conversation, point)
-        seen = np.zeros(len(conv) * npoints, bool)
-        for lo, hi in chunks(len(flow)):
-            f = flow[lo:hi]
-            ip = f >= 0
-            seen[f[ip].astype(np.int64) * npoints + point[lo:hi][ip]] = True
-        at = np.flatnonzero(seen)
-        keys = np.unique(conv[at // npoints].astype(np.int64) * 65536 + at % npoints)
-    else:
-
-        def pairs(lo: int, hi: int) -> np.ndarray:
-            f = flow[lo:hi]
-            ip = f >= 0
-            return conv[f[ip]].astype(np.int64) * 65536 + point[lo:hi][ip]
-
-        keys = distinct_keys(len(flow), pairs)
+    at, _ = flow_point_counts(a.flows.flow, a.index.columns.point, len(a.flows), npoints)
+    keys = np.unique(a.correlation.conv[at // npoints].astype(np.int64) * 65536 + at % npoints)
     presence: dict[int, set[int]] = {}
     for value in keys.tolist():
         presence.setdefault(value // 65536, set()).add(value % 65536)
