@@ -180,3 +180,34 @@ def test_rows_laid_out_in_c_as_in_python() -> None:
         _json_rows_c([(INTEGERS, b"k", edges[:2]), (CODED, [b"a", "b"], np.array([0, 1]))], 2)
     with pytest.raises(ValueError, match="kind"):
         _json_rows_c([(9, [b"a"], None)], 1)
+
+
+def test_adjacent_coded_columns_merged_lay_out_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Coded columns side by side become one whose vocabulary holds their pairs, while that
+    stays within the cap: the same rows, in fewer pieces; a merged vocabulary is made once
+    for all the slices."""
+    from ktrace.analysis import row_columns
+
+    rng = np.random.default_rng(5)
+    small, wide = Vocabulary(["a", "b", "c"]), Vocabulary([f"n{k}" for k in range(40)])
+    made: row_columns.Merges = {}
+    monkeypatch.setattr(row_columns, "MERGED_MAX", 3 * 40 * 2)
+    for rows in (1, 50):
+        columns = [
+            ("x", Coded(rng.integers(0, 3, rows), small)),
+            ("y", Coded(rng.integers(0, 40, rows), wide)),
+            ("z", flags(rng.random(rows) < 0.5)),
+            ("w", Coded(rng.integers(0, 3, rows), small)),  # past the cap: a piece of its own
+            ("i", Integers(rng.integers(0, 9, rows))),
+            ("v", Coded(rng.integers(0, 40, rows), wide)),
+        ]
+        pieces = row_columns.json_pieces(columns)
+        together = row_columns.merged(pieces, made)
+        assert [kind for kind, _, _ in together] == [CODED, CODED, INTEGERS, CODED]
+        assert len(together[0][1]) == 3 * 40 * 2
+        assert json_rows_python(together, rows) == json_objects(columns, rows)
+        if _json_rows_c is not None:
+            assert _json_rows_c(together, rows) == json_objects(columns, rows)
+    assert len(made) == 2  # x with y, then that with z: kept from the first slice to the next

@@ -28,6 +28,7 @@ from ktrace.analysis.row_columns import (
     Column,
     Integers,
     Listed,
+    Merges,
     Millis,
     Objects,
     Pieces,
@@ -36,6 +37,7 @@ from ktrace.analysis.row_columns import (
     isos,
     json_pieces,
     laid_out,
+    merged,
 )
 from ktrace.analysis.views import ConversationRow, busiest_conversations, conversations
 from ktrace.chunking import bincount, in_order
@@ -647,10 +649,11 @@ def _slices(
 ) -> Iterator[tuple[list[Pieces], int]]:
     """n rows of the row class, JSON_SLICE at a time: each slice's pieces (laid out in the
     row's order, under its JSON names) and its length."""
+    made: Merges = {}
     for lo in range(0, n, JSON_SLICE):
         columns = columns_of(np.arange(lo, min(lo + JSON_SLICE, n)))
         layout = [(name, columns[attr]) for attr, name, _ in _layout(row) if attr in columns]
-        yield json_pieces(layout), min(JSON_SLICE, n - lo)
+        yield merged(json_pieces(layout), made), min(JSON_SLICE, n - lo)
 
 
 def _laid_out(rows: tuple[list[Pieces], int]) -> bytes:

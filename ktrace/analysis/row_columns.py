@@ -30,6 +30,7 @@ PER_ROW, CODED, INTEGERS, TIMES, MILLIS = range(5)
 UNKNOWN = np.iinfo(np.int64).min  # a MILLIS value written null
 MILLIS_EXACT = 1 << 50  # below, micros / 1000 reads back from its three decimals
 Pieces = tuple[int, Any, Any]
+MERGED_MAX = 4096  # pieces in a vocabulary merged from adjacent coded columns
 
 _json_rows_c = compiled("ktrace.analysis._rows", "json_rows")
 
@@ -230,6 +231,30 @@ def json_pieces(columns: Sequence[tuple[str, Column]]) -> list[Pieces]:
         column.json((b"," if at else b"") + orjson.dumps(name) + b":")
         for at, (name, column) in enumerate(columns)
     ]
+
+
+Merges = dict[tuple[int, int], tuple[list[bytes], ...]]
+
+
+def merged(pieces: list[Pieces], made: Merges) -> list[Pieces]:
+    """Adjacent coded columns as one, whose vocabulary holds each pair of their pieces, while
+    it stays within MERGED_MAX: rows of a few values repeated (a DNS storm's clients, names,
+    answers) are laid out in fewer, longer pieces, to the same bytes. `made` keeps the
+    merged vocabularies from one slice of rows to the next."""
+    out: list[Pieces] = []
+    for piece in pieces:
+        kind, vocabulary, codes = piece
+        if out and kind == CODED and out[-1][0] == CODED:
+            _, before, before_codes = out[-1]
+            if len(before) * len(vocabulary) <= MERGED_MAX:
+                key = (id(before), id(vocabulary))
+                if key not in made:  # the lists it is made of kept with it: ids stay theirs
+                    both = [a + b for a in before for b in vocabulary]
+                    made[key] = (both, before, vocabulary)
+                out[-1] = (CODED, made[key][0], before_codes * len(vocabulary) + codes)
+                continue
+        out.append(piece)
+    return out
 
 
 def laid_out(pieces: Sequence[Pieces], rows: int) -> bytes:
