@@ -183,10 +183,9 @@ def _exchange_keys(
     del src, dst, sport, dport
     kind = q.qtype.view(np.uint32)  # the type's bits (-2 marks a compressed name), unsigned
     fields = (c.point[rows], c.proto[rows], c.l3[rows], *client, *server, q.ident, kind)
-    every = np.arange(len(rows), dtype=np.int32)
-    return mix_rows((*fields, q.name[:, 0]), every, K1), mix_rows(
-        (*fields, q.name[:, 1]), every, K2
-    )
+    every = np.arange(len(rows), dtype=np.int32)  # a chunk's
+    k1 = mix_rows((*fields, q.name[:, 0]), every, K1)
+    return k1, mix_rows((*fields, q.name[:, 1]), every, K2)
 
 
 def _pair_messages(
