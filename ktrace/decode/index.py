@@ -80,6 +80,8 @@ class PacketIndex:
 
     def tunnel_packets(self) -> np.ndarray:
         """Per tunnel (in `tunnels` order): the packets it carried, at any depth."""
+        if not self.tunnels:  # nothing to count: no pass over every packet
+            return np.zeros(0, np.int64)
         counts = bincount(self.columns.tunnel, len(self.tunnels) + 1)[1:]
         nested = np.zeros(len(self.tunnels), np.int64)
         nested[: len(self.tunnel_nested)] = self.tunnel_nested
