@@ -178,6 +178,8 @@ def test_rows_laid_out_in_c_as_in_python() -> None:
         _json_rows_c([(PER_ROW, ["a", "b"], None)], 2)
     with pytest.raises(TypeError, match="not bytes"):  # found by the pass without the GIL
         _json_rows_c([(INTEGERS, b"k", edges[:2]), (CODED, [b"a", "b"], np.array([0, 1]))], 2)
+    # a vocabulary's piece no row takes is never read
+    assert _json_rows_c([(CODED, [b"a", "b"], np.array([0, 0]))], 2) == b"{a},{a}"
     with pytest.raises(ValueError, match="kind"):
         _json_rows_c([(9, [b"a"], None)], 1)
 

@@ -34,7 +34,16 @@ typedef struct {
     int kind;
     PyObject *pieces; /* PER_ROW, CODED: a list; INTEGERS, TIMES, MILLIS: the key, bytes */
     Py_buffer data;   /* CODED: codes; else the values. Zeroed if none */
+    /* CODED: each piece of the vocabulary, read once: its bytes and size (-1: not bytes) */
+    const char **text;
+    Py_ssize_t *size;
 } Column;
+
+/* Bytes a number's piece can take past its key: 20 for an int64 in decimal, 22 for
+ * milliseconds ("-9223372036854775.808") or "null". The size pass counts these instead of
+ * writing each number twice; the result is cut to what was written. */
+#define INTEGER_MAX 20
+#define MILLIS_MAX 22
 
 static int error(PyObject *type, const char *message) {
     PyErr_SetString(type, message);
@@ -65,9 +74,21 @@ static int column_of(PyObject *item, Py_ssize_t n, Column *c) {
         if (int64s(b, n, &c->data) < 0)
             return -1;
         const int64_t *code = c->data.buf;
+        Py_ssize_t words = PyList_GET_SIZE(a);
         for (Py_ssize_t i = 0; i < n; i++)
-            if (code[i] < 0 || code[i] >= PyList_GET_SIZE(a))
+            if (code[i] < 0 || code[i] >= words)
                 return error(PyExc_ValueError, "json_rows: a code outside its vocabulary");
+        c->text = PyMem_Calloc(words ? (size_t)words : 1, sizeof(char *));
+        c->size = PyMem_Calloc(words ? (size_t)words : 1, sizeof(Py_ssize_t));
+        if (c->text == NULL || c->size == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t w = 0; w < words; w++) {
+            PyObject *p = PyList_GET_ITEM(a, w);
+            c->text[w] = PyBytes_Check(p) ? PyBytes_AS_STRING(p) : NULL;
+            c->size[w] = PyBytes_Check(p) ? PyBytes_GET_SIZE(p) : -1;
+        }
         return 0;
     }
     case INTEGERS:
@@ -161,28 +182,21 @@ static char *millis(int64_t v, char *end) {
     return end;
 }
 
-/* Row i's piece of a column of pieces (PER_ROW, CODED): a borrowed bytes object */
-static PyObject *piece(const Column *c, Py_ssize_t i) {
-    Py_ssize_t k = c->kind == CODED ? (Py_ssize_t)((const int64_t *)c->data.buf)[i] : i;
-    return PyList_GET_ITEM(c->pieces, k);
-}
-
-/* Bytes of row i's piece; -1 when a piece is not bytes. Reads only what the caller holds
- * alive (its lists, their bytes, the buffers): called without the GIL, it sets no error. */
+/* Bytes row i's piece takes at most (numbers) or exactly (the rest); -1 when a piece is not
+ * bytes. Reads only what the caller holds alive (its lists, their bytes, the buffers):
+ * called without the GIL, it sets no error. */
 static Py_ssize_t piece_size(const Column *c, Py_ssize_t i) {
-    char digits[24];
     switch (c->kind) {
     case INTEGERS:
-    case MILLIS: {
-        char *end = digits + sizeof digits;
-        int64_t v = ((const int64_t *)c->data.buf)[i];
-        char *at = c->kind == MILLIS ? millis(v, end) : decimal(v, end);
-        return PyBytes_GET_SIZE(c->pieces) + (end - at);
-    }
+        return PyBytes_GET_SIZE(c->pieces) + INTEGER_MAX;
+    case MILLIS:
+        return PyBytes_GET_SIZE(c->pieces) + MILLIS_MAX;
     case TIMES:
         return PyBytes_GET_SIZE(c->pieces) + TIME_WIDTH;
+    case CODED:
+        return c->size[((const int64_t *)c->data.buf)[i]];
     default: {
-        PyObject *p = piece(c, i);
+        PyObject *p = PyList_GET_ITEM(c->pieces, i);
         return PyBytes_Check(p) ? PyBytes_GET_SIZE(p) : -1;
     }
     }
@@ -237,8 +251,12 @@ static char *write_piece(const Column *c, Py_ssize_t i, char *out) {
         out = put(out, PyBytes_AS_STRING(c->pieces), (size_t)PyBytes_GET_SIZE(c->pieces));
         iso_time(((const int64_t *)c->data.buf)[i], out);
         return out + TIME_WIDTH;
+    case CODED: {
+        int64_t k = ((const int64_t *)c->data.buf)[i];
+        return put(out, c->text[k], (size_t)c->size[k]);
+    }
     default: {
-        PyObject *p = piece(c, i);
+        PyObject *p = PyList_GET_ITEM(c->pieces, i);
         return put(out, PyBytes_AS_STRING(p), (size_t)PyBytes_GET_SIZE(p));
     }
     }
@@ -286,7 +304,7 @@ static PyObject *json_rows(PyObject *self, PyObject *args) {
     result = PyBytes_FromStringAndSize(NULL, size);
     if (result == NULL)
         goto done;
-    char *out = PyBytes_AS_STRING(result);
+    char *start = PyBytes_AS_STRING(result), *out = start;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         if (i)
@@ -297,10 +315,15 @@ static PyObject *json_rows(PyObject *self, PyObject *args) {
         *out++ = '}';
     }
     Py_END_ALLOW_THREADS
+    if (out - start < size)
+        _PyBytes_Resize(&result, out - start); /* numbers took less than their most */
 done:
-    for (Py_ssize_t j = 0; columns != NULL && j < k; j++)
+    for (Py_ssize_t j = 0; columns != NULL && j < k; j++) {
         if (columns[j].data.obj) /* zeroed where never taken */
             PyBuffer_Release(&columns[j].data);
+        PyMem_Free(columns[j].text);
+        PyMem_Free((void *)columns[j].size);
+    }
     PyMem_Free(columns);
     Py_DECREF(fast);
     return result;
