@@ -26,8 +26,9 @@ from ktrace.analysis.row_columns import (
     flags,
     iso,
     isos,
-    json_objects,
+    json_pieces,
     json_rows_python,
+    laid_out,
 )
 
 
@@ -111,7 +112,7 @@ def test_coded_columns_read_their_vocabulary_and_keep_tuples_whole() -> None:
     assert flags(np.array([True, False])).listed() == [True, False]
 
 
-def test_json_objects_are_the_rows_as_dicts() -> None:
+def test_laid_out_rows_are_the_rows_as_dicts() -> None:
     rows = [
         {"name": 'a"b,c', "n": 1, "ok": True, "seen": "1970-01-01T00:00:00.000001+00:00"},
         {"name": "é", "n": None, "ok": False, "seen": "1970-01-01T00:00:01.000000+00:00"},
@@ -124,9 +125,9 @@ def test_json_objects_are_the_rows_as_dicts() -> None:
         ("ok", flags(np.array([True, False, True]))),
         ("seen", Times(np.array([1000, 10**9, 2 * 10**9], np.int64))),
     ]
-    written = json_objects(columns, 3)
+    written = laid_out(json_pieces(columns), 3)
     assert written == b",".join(orjson.dumps(r) for r in rows)
-    assert json_objects(columns[:1], 0) == b""
+    assert laid_out(json_pieces(columns[:1]), 0) == b""
 
 
 def test_rows_laid_out_in_c_as_in_python() -> None:
@@ -209,7 +210,7 @@ def test_adjacent_coded_columns_merged_lay_out_the_same_bytes(
         together = row_columns.merged(pieces, made)
         assert [kind for kind, _, _ in together] == [CODED, CODED, INTEGERS, CODED]
         assert len(together[0][1]) == 3 * 40 * 2
-        assert json_rows_python(together, rows) == json_objects(columns, rows)
+        assert json_rows_python(together, rows) == laid_out(json_pieces(columns), rows)
         if _json_rows_c is not None:
-            assert _json_rows_c(together, rows) == json_objects(columns, rows)
+            assert _json_rows_c(together, rows) == laid_out(json_pieces(columns), rows)
     assert len(made) == 2  # x with y, then that with z: kept from the first slice to the next

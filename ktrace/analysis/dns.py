@@ -14,7 +14,7 @@ from ktrace.analysis.row_columns import Coded, Column, Integers, Vocabulary, fla
 from ktrace.analysis.sorting import factorize, sorted_runs
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
-from ktrace.decode.dns import DnsError, DnsMessage, parse_dns, rcode_name
+from ktrace.decode.dns import QR, DnsError, DnsMessage, parse_dns, rcode_name
 from ktrace.decode.dns_bulk import Questions, read_questions, tcp_messages
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.mix import K1, K2, mix_rows
@@ -157,7 +157,7 @@ def _found(
         keep = np.flatnonzero(ok)
         rows, ident, flags, k1, k2, body0, body1 = (a[keep] for a in (rows, *columns))
     del columns
-    return _Found(rows, (flags & 0x8000) != 0, ident, flags, bad), (k1, k2), (body0, body1)
+    return _Found(rows, (flags & QR) != 0, ident, flags, bad), (k1, k2), (body0, body1)
 
 
 def _located(index: PacketIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,7 +176,7 @@ def _exchange_keys(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two hashes of what pairs a query with its response: (point, transport, client and
     server addresses and ports, id, question type and name)."""
-    r = (q.flags & 0x8000) != 0
+    r = (q.flags & QR) != 0
     src, dst, sport, dport = c.src[rows], c.dst[rows], c.sport[rows], c.dport[rows]
     client = (np.where(r, dst, src), np.where(r, dport, sport))
     server = (np.where(r, src, dst), np.where(r, sport, dport))

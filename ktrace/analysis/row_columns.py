@@ -220,13 +220,8 @@ def _date(day: int) -> bytes:
     return str(np.datetime64(day, "D")).encode("ascii")
 
 
-def json_objects(columns: Sequence[tuple[str, Column]], rows: int) -> bytes:
-    """`rows` JSON objects joined by commas, the columns as their fields."""
-    return laid_out(json_pieces(columns), rows)
-
-
 def json_pieces(columns: Sequence[tuple[str, Column]]) -> list[Pieces]:
-    """What json_objects lays out: each column's pieces, its key first."""
+    """Each column's pieces, its key first, for laid_out to make the rows' JSON objects."""
     return [
         column.json((b"," if at else b"") + orjson.dumps(name) + b":")
         for at, (name, column) in enumerate(columns)

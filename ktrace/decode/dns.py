@@ -24,6 +24,7 @@ TYPES = {
 }
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 MAX_POINTERS = 32  # more jumps than labels can legitimately need means a loop
+QR = 0x8000  # the header flag set in a response
 
 
 class DnsError(ValueError):
@@ -173,7 +174,7 @@ def parse_dns(msg: bytes) -> DnsMessage:
             break
     return DnsMessage(
         id=ident,
-        response=bool(flags & 0x8000),
+        response=bool(flags & QR),
         opcode=(flags >> 11) & 15,
         rcode=flags & 15,
         truncated=bool(flags & 0x0200),
