@@ -118,6 +118,20 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     assert "HEAVY []" in out.stdout
 
 
+def test_analyze_leaves_numpy_ma_and_dpkt_unimported() -> None:
+    """numpy.ma (10 ms at every start) comes with np.unique's check for a masked array, dpkt
+    (45 ms) with a head the plain parser cannot read: neither on a capture without them."""
+    code = (
+        "import contextlib, os, sys\n"
+        "from ktrace.cli import main\n"
+        "with open(os.devnull, 'w') as null, contextlib.redirect_stdout(null):\n"
+        f"    main(['analyze', {str(PCAPS / 'http-dns.pcap')!r}, '-o', 'json'])\n"
+        "print('LOADED', [m for m in ('numpy.ma', 'dpkt') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "LOADED []" in out.stdout, out.stderr
+
+
 def test_kubectl_plugin_dispatch(tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:

@@ -10,6 +10,8 @@ import pytest
 
 from ktrace import chunking
 from ktrace.analysis import sorting
+from ktrace.decode.lead import KNOWN_WORDS, looks_like_app
+from ktrace.distinct import distinct
 
 RNG = np.random.default_rng(11)
 CASES = {
@@ -47,6 +49,36 @@ def test_first_seen_numberings_agree(case: str) -> None:
     expected = rank[inverse] if len(values) else np.zeros(0, np.int64)
     for got in (sorting.first_seen(values), sorting.first_seen_sorting(values)):
         assert np.array_equal(got, expected) and got.dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    "dtype", [bool, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int32, np.int64]
+)
+def test_distinct_is_numpys_unique(dtype: type) -> None:
+    """Counted for booleans and small unsigned values, sorted for the rest: either way what
+    np.unique gives, dtype and all."""
+    top = {bool: 2, np.uint8: 256, np.uint16: 65536}.get(dtype, 2**31)
+    for n in (0, 1, 7, 5000):
+        values = RNG.integers(0, top, n)
+        if np.dtype(dtype).kind == "i":
+            values = values - top // 2
+        values = values.astype(dtype)
+        got, want = distinct(values), np.unique(values)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert np.array_equal(distinct(np.array([[3, 1], [3, 2]])), [1, 2, 3])  # flattened
+
+
+def test_app_words_are_found_by_lookup_as_by_isin() -> None:
+    words = np.concatenate([KNOWN_WORDS, KNOWN_WORDS - 1, KNOWN_WORDS + 1, [0, 2**32 - 1]]).astype(
+        np.uint32
+    )
+    words = np.concatenate([words, RNG.integers(0, 2**32, 10_000).astype(np.uint32)])
+    tls = (np.array([0x1603, 0x1503], np.uint32) << 16) | (1 << 8)
+    words = np.concatenate([words, tls, tls | (9 << 8)])
+    want = np.isin(words, KNOWN_WORDS) | (
+        np.isin(words >> 16, [0x1603, 0x1503]) & (((words >> 8) & 0xFF) <= 4)
+    )
+    assert np.array_equal(looks_like_app(words), want) and want.sum() >= len(KNOWN_WORDS) + 2
 
 
 def test_the_c_grouping_is_built_where_a_compiler_exists() -> None:

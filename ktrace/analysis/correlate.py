@@ -27,6 +27,7 @@ from ktrace.analysis.stitch_rules import (
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.mix import K1, K2, mix_rows
+from ktrace.distinct import distinct
 from ktrace.model import Point
 
 # Two copies of one packet at different points are at most this far apart (after clock
@@ -125,7 +126,7 @@ def _pairs(
     key = p[a].astype(np.int64) * 65536 + p[b]
     d = (t[b] - t[a]).astype(np.float64)
     fwd = f[a]
-    for k in np.unique(key):
+    for k in distinct(key):
         sel = key == k
         fw = _median_by(np.zeros(int((sel & fwd).sum()), np.int64), d[sel & fwd])
         bw = _median_by(np.zeros(int((sel & ~fwd).sum()), np.int64), d[sel & ~fwd])

@@ -13,6 +13,7 @@ from ktrace.analysis.names import Names
 from ktrace.chunking import chunks, distinct_keys
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import SYN
+from ktrace.distinct import distinct
 
 # A packet that reached a point this close to the end of the next point's capture may simply
 # have been cut off by the capture stopping.
@@ -93,7 +94,7 @@ def _cross_node_points(index: PacketIndex, flows: FlowTable, names: Names) -> se
     cross = (a > 0) & (b > 0) & (a != b)
     rows = np.flatnonzero(flows.flow >= 0)
     rows = rows[cross[flows.flow[rows]]]
-    return set(np.unique(index.columns.point[rows]).tolist())
+    return set(distinct(index.columns.point[rows]).tolist())
 
 
 def _node_side(index: PacketIndex, node: str, carriers: frozenset[int]) -> list[int]:
@@ -333,9 +334,9 @@ def _passes(seen: _Sightings, npoints: int) -> _Sightings:
     if len(pairs) == len(set(seen.point.tolist())):
         return seen
     place = seen.point.copy()
-    for p in np.unique(seen.point).tolist():
+    for p in distinct(seen.point).tolist():
         at = seen.point == p
-        flows = np.unique(seen.flow[at]).tolist()
+        flows = distinct(seen.flow[at]).tolist()
         if len(flows) < 2:
             continue
         first = {f: int(seen.when[at & (seen.flow == f)].min()) for f in flows}
@@ -380,7 +381,7 @@ def _one(
         sorted(
             members,
             key=lambda f: (
-                min(at_hop[int(p)] for p in np.unique(seen.point[flow == f])),
+                min(at_hop[int(p)] for p in distinct(seen.point[flow == f])),
                 first_seen[f],
             ),
         )

@@ -22,6 +22,7 @@ from ktrace.analysis.flows import FlowTable
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import ConvPath
 from ktrace.decode.index import PacketIndex
+from ktrace.distinct import distinct
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def bypasses(
         client_ip = index.address(int(flows.l3[before]), int(flows.a_addr[before]))
         everything = rows_of(list(path.flows))
         back = everything[~flows.forward[everything]]
-        on_nat_node = any(index.points[int(p)].node == node for p in np.unique(c.point[back]))
+        on_nat_node = any(index.points[int(p)].node == node for p in distinct(c.point[back]))
         leaving = [
             r
             for r in replies.tolist()

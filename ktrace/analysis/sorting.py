@@ -15,6 +15,7 @@ import numpy as np
 
 from ktrace.chunking import chunks
 from ktrace.decode.mix import K1 as _MIX
+from ktrace.distinct import distinct
 from ktrace.native import compiled
 
 Numbering = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -160,7 +161,7 @@ def repeated_at(n: int, values_at: Callable[[np.ndarray], np.ndarray]) -> np.nda
     mixed = follow[~same] - 1
     if len(mixed):  # a hash shared by different values: group those runs exactly
         starts = np.setdiff1d(np.arange(n), follow, assume_unique=True)
-        runs = np.unique(np.searchsorted(starts, mixed, side="right") - 1)
+        runs = distinct(np.searchsorted(starts, mixed, side="right") - 1)
         ends = np.r_[starts[1:], n]
         members = np.concatenate([position[starts[r] : ends[r]] for r in runs.tolist()])
         _, ids = number_sorting(values_at(members).astype(np.uint64))

@@ -22,6 +22,7 @@ import numpy as np
 from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import TCP
+from ktrace.distinct import distinct
 from ktrace.model import Point
 
 ENDPOINT_KINDS = ("pod", "veth", "file")  # node NICs and tunnels carry many hosts' packets
@@ -131,7 +132,7 @@ def split_identities(
         return ident
     out = ident.copy()
     fresh = int(ident.max()) + 1
-    for identity in np.unique(ident[bad]).tolist():
+    for identity in distinct(ident[bad]).tolist():
         lo, hi = np.searchsorted(sorted_ident, [identity, identity + 1])
         members = order[lo:hi]
         groups: list[tuple[int, int]] = []  # (reference element, identity)

@@ -15,6 +15,7 @@ from ktrace.analysis.sorting import sorted_runs
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
+from ktrace.distinct import distinct
 from ktrace.native import compiled
 
 _behind_c = compiled("ktrace.analysis._sequence", "behind")
@@ -137,7 +138,7 @@ def _resent(
         return again, late
     begins = np.flatnonzero(start)
     direction = np.searchsorted(begins, hits, side="right") - 1
-    suspects = np.unique((direction.astype(np.int64) << _SHIFT) | rel[hits])
+    suspects = distinct((direction.astype(np.int64) << _SHIFT) | rel[hits])
     cand, keys, done = [], [], -1
     for lo, hi in chunks(n):
         key = done + np.cumsum(start[lo:hi], dtype=np.int64)  # the row's direction

@@ -22,6 +22,7 @@ from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import APP_START
 from ktrace.decode.tls import CLIENT_HELLO, HANDSHAKE
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
+from ktrace.distinct import distinct
 from ktrace.pcap.hot import Buffer
 
 MAX_READ = 1 << 20
@@ -120,7 +121,7 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     if not len(marked):
         return
     npoints = len(index.points)
-    wanted = np.unique(flows.flow[marked].astype(np.int64) * npoints + c.point[marked])
+    wanted = distinct(flows.flow[marked].astype(np.int64) * npoints + c.point[marked])
     # only the packets of those flows: a capture of bulk transfers makes no array per packet
     in_wanted = np.zeros(len(flows) + 1, bool)  # the last entry stands for "no flow" (-1)
     in_wanted[flows.flow[marked]] = True

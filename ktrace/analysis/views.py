@@ -15,6 +15,7 @@ from ktrace.analysis.flows import flow_point_counts
 from ktrace.analysis.paths import ConvPath
 from ktrace.chunking import chunks
 from ktrace.decode.transport import ACK, FIN, PSH, RST, SYN, TCP
+from ktrace.distinct import distinct
 
 FLAG_NAMES = ((SYN, "S"), (ACK, "."), (PSH, "P"), (FIN, "F"), (RST, "R"))
 
@@ -48,7 +49,7 @@ def _presence(a: Analysis) -> dict[int, set[int]]:
     """Per conversation, the points that saw it."""
     npoints = max(len(a.index.points), 1)
     at, _ = flow_point_counts(a.flows.flow, a.index.columns.point, len(a.flows), npoints)
-    keys = np.unique(a.correlation.conv[at // npoints].astype(np.int64) * 65536 + at % npoints)
+    keys = distinct(a.correlation.conv[at // npoints].astype(np.int64) * 65536 + at % npoints)
     presence: dict[int, set[int]] = {}
     for value in keys.tolist():
         presence.setdefault(value // 65536, set()).add(value % 65536)

@@ -21,6 +21,7 @@ from ktrace.chunking import in_threads
 from ktrace.decode.dns import DnsError, parse_dns, question
 from ktrace.decode.gather import gather
 from ktrace.decode.mix import K1, K2, mix
+from ktrace.distinct import distinct
 from ktrace.errors import Cancelled
 from ktrace.native import compiled
 from ktrace.pcap.hot import Buffer
@@ -119,7 +120,7 @@ def _read_compiled(
     cancel: threading.Event | None,
 ) -> None:
     """The C loop (_dns.c), one point's buffer at a time; what it leaves is read one by one."""
-    points = np.unique(point).tolist()
+    points = distinct(point).tolist()
     for p in points:
         if cancel is not None and cancel.is_set():
             raise Cancelled()

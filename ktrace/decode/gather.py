@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ktrace.distinct import distinct
 from ktrace.pcap.hot import Buffer
 
 
@@ -14,7 +15,7 @@ def gather(
 ) -> np.ndarray:
     """(n, width) bytes from each start; past the end of the file, zeros."""
     out = np.zeros((len(start), width), np.uint8)
-    for p in np.unique(point).tolist():
+    for p in distinct(point).tolist():
         sel = np.flatnonzero(point == p)
         at = start[sel]
         data = np.frombuffer(buffer(p), np.uint8)

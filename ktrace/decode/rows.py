@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ktrace.distinct import distinct
+
 U16 = np.uint16
 U32 = np.uint32
 
@@ -92,7 +94,7 @@ class Rows:
             return out, lead
         # Payloads start at a handful of offsets: read each group as one 8-byte column.
         starts = local[todo]
-        for start in np.unique(starts).tolist():
+        for start in distinct(starts).tolist():
             rows = todo[starts == start]
             width = min(8, self.width - start)
             block = np.zeros((len(rows), 8), np.uint8)

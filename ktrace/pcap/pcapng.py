@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ktrace.distinct import distinct
 from ktrace.errors import CaptureFileError
 from ktrace.pcap import hot
 from ktrace.pcap.records import MAX_CAPLEN, WINDOW, Interface, RecordBatch
@@ -224,7 +225,7 @@ class Pcapng:
         keep = iface < known
         raw = (head["hi"].astype(np.uint64) << np.uint64(32)) | head["lo"].astype(np.uint64)
         ts = np.zeros(n, np.int64)
-        for index in np.unique(iface[keep]):
+        for index in distinct(iface[keep]):
             spec = self.interfaces[int(index)]
             sel = iface == index
             mult, div = np.uint64(spec.ts_mult), np.uint64(spec.ts_div)

@@ -11,6 +11,7 @@ from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns_patterns import is_cluster_name, label_prefixes, most_common
 from ktrace.analysis.node_story import conntrack_story
+from ktrace.distinct import distinct
 from ktrace.model import Finding, PacketRef, Severity
 
 SLOW_MS = 500
@@ -75,7 +76,7 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
             # answered did not fail
             ok = pic.primary[table.rcode_is("NOERROR")[pic.primary]]
             resolved = label_prefixes(
-                {table.qname.values[n] for n in np.unique(table.qname.ids[ok]).tolist()}
+                {table.qname.values[n] for n in distinct(table.qname.ids[ok]).tolist()}
             )
             lookup_failed = np.array([not resolved.get(n) for n in table.qname.values], bool)
             failed = failed[lookup_failed[table.qname.ids[failed]]]
@@ -94,14 +95,14 @@ def run_rcodes(analysis: Analysis) -> Iterator[Finding]:
 
 def run_search_path(analysis: Analysis) -> Iterator[Finding]:
     pic, table = analysis.dns_picture, analysis.dns.transactions
-    tried = {key: np.unique(table.qname.ids[txs]) for key, txs in pic.expansions.items()}
+    tried = {key: distinct(table.qname.ids[txs]) for key, txs in pic.expansions.items()}
     costly = [k for k in pic.expansions if len(tried[k]) >= MIN_WASTED_NAMES]
     if not costly:
         return
     costly.sort(key=lambda k: -len(tried[k]))
     client, name = costly[0]
     wasted = pic.expansions[(client, name)]
-    per_lookup = len(tried[(client, name)]) * len(np.unique(table.qtype.ids[wasted]))
+    per_lookup = len(tried[(client, name)]) * len(distinct(table.qtype.ids[wasted]))
     total = sum(len(pic.expansions[k]) for k in costly)
     examples = ", ".join(f"{n} ({len(tried[(c, n)])} names tried first)" for c, n in costly[:3])
     yield Finding(

@@ -13,6 +13,7 @@ from ktrace.analysis.context import Analysis
 from ktrace.analysis.names import Exposure
 from ktrace.analysis.returns import Bypass
 from ktrace.decode.transport import ACK, SYN, TCP
+from ktrace.distinct import distinct
 from ktrace.model import Finding, Severity
 
 
@@ -25,7 +26,7 @@ def receiving_node(analysis: Analysis, flow: int) -> str | None:
     rows = analysis.rows_of_flows([flow])
     nodes = {
         analysis.index.points[int(p)].node
-        for p in np.unique(analysis.index.columns.point[rows]).tolist()
+        for p in distinct(analysis.index.columns.point[rows]).tolist()
         if analysis.index.points[int(p)].kind == "node"
     }
     return next(iter(nodes)) if len(nodes) == 1 else None

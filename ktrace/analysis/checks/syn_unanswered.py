@@ -21,6 +21,7 @@ from ktrace.analysis.checks import (
 from ktrace.analysis.checks.external import claimed
 from ktrace.analysis.context import Analysis
 from ktrace.decode.transport import ACK, SYN, TCP
+from ktrace.distinct import distinct
 from ktrace.model import Finding, Severity
 
 
@@ -78,7 +79,7 @@ def _unanswered(analysis: Analysis) -> Iterator[tuple[int, np.ndarray]]:
     order = np.argsort(conv, kind="stable")
     bounds = np.searchsorted(conv[order], np.arange(int(conv.max()) + 2 if len(conv) else 1))
     tried = np.flatnonzero((f.proto == TCP) & (f.syn > 0))
-    for k in np.unique(conv[tried]).tolist():
+    for k in distinct(conv[tried]).tolist():
         everyone = order[bounds[k] : bounds[k + 1]]
         if (
             f.synack[everyone].sum()
