@@ -452,6 +452,8 @@ def _cleanup_args(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Command:
+    """A subcommand: its name and one-line summary, what runs it, its arguments."""
+
     name: str
     summary: str
     run: Callable[[argparse.Namespace], int]

@@ -22,6 +22,8 @@ METADATA_SUFFIXES = (".dist-info", ".egg-info")
 
 @dataclass(frozen=True)
 class EntryPoint:
+    """One entry point a distribution declares: its name and what it loads."""
+
     name: str
     value: str  # "module:attr.attr", maybe followed by "[extras]"
     distribution: str

@@ -22,6 +22,8 @@ class Point:
 
 @dataclass(frozen=True)
 class PacketRef:
+    """One packet, as the user finds it again: its point and its number in that file."""
+
     point: str
     # 1-based packet number within the point's file, as tcpdump -r and tshark count
     number: int = field(metadata={"json": "packet"})
@@ -37,6 +39,8 @@ class Severity(IntEnum):
 
 @dataclass(frozen=True)
 class Finding:
+    """What a check concluded: how bad, why, what to do next, and the packets that show it."""
+
     id: str
     severity: Severity
     title: str

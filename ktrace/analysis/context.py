@@ -30,6 +30,8 @@ def proto_name(value: int) -> str:
 
 @dataclass(frozen=True)
 class Analysis:
+    """Everything the stages found, as the checks and the views read it."""
+
     index: PacketIndex
     flows: FlowTable
     dns: DnsResult

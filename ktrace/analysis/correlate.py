@@ -47,6 +47,8 @@ def fingerprint(c: PacketColumns, rows: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Correlation:
+    """The same packet across points: identities, clock offsets, conversations."""
+
     ident: np.ndarray  # per packet: the packet's identity across points, -1 when not IP
     when: np.ndarray  # per packet: timestamp corrected by its point's clock offset
     offsets: np.ndarray  # per point: estimated clock offset, ns (point clock - reference)

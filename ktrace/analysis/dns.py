@@ -57,6 +57,8 @@ class DnsTransaction(NamedTuple):
 
 @dataclass(frozen=True)
 class DnsResult:
+    """The DNS stage's output: the transactions and what could not be paired."""
+
     transactions: DnsTable
     malformed: int  # DNS-port packets that did not parse
     orphan_responses: int  # responses whose query was not captured

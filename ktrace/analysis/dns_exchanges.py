@@ -14,6 +14,8 @@ from ktrace.analysis.sorting import repeated
 
 @dataclass(frozen=True, eq=False)
 class DnsExchanges:
+    """Each DNS exchange once, by its copy nearest the client, across points."""
+
     tx: np.ndarray  # per exchange in time order, its transaction nearest the client
     point: np.ndarray  # per exchange, the point of that transaction
     shared: dict[int, frozenset[int]]  # exchanges seen at more than one point: those points

@@ -74,6 +74,8 @@ CHAIN_GAP_NS = 10_000_000_000  # a resolver moves to its next candidate well wit
 
 @dataclass
 class _Chain:
+    """A resolver's run through the search path for one name, while it lasts."""
+
     base: str
     tried: set[str]  # the suffixes tried so far
     last_ts: int

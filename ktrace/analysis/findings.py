@@ -22,6 +22,8 @@ class Check(Protocol):
 
 @dataclass(frozen=True)
 class CheckError:
+    """A check that failed, and why: reported, never fatal."""
+
     check: str
     message: str
 

@@ -86,6 +86,8 @@ class HttpTransaction(NamedTuple):
 
 @dataclass(frozen=True)
 class HttpResult:
+    """The HTTP stage's output: requests, TLS sessions, connections looked at."""
+
     transactions: list[HttpTransaction]  # by request time
     tls: list[TlsSession]
     connections: int  # connections at any point that carried HTTP or TLS

@@ -16,6 +16,8 @@ from ktrace.analysis.http import HttpTransaction
 
 @dataclass(frozen=True)
 class HttpExchange:
+    """One HTTP request across the points that saw it, and where its time went."""
+
     copies: tuple[HttpTransaction, ...]  # one per point, nearest the client first
     backend: str  # "ip:port" that answered, after any DNAT; "" when no point shows it
     # the wait at the point nearest the server: time spent in the server (and its hop)

@@ -62,6 +62,8 @@ class Exchange:
 
 @dataclass(frozen=True)
 class _Message:
+    """An HTTP/1.x message in a stream: where its head, body and end are."""
+
     offset: int
     head: Head
     body: int  # where its body starts

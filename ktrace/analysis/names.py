@@ -10,6 +10,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Named:
+    """What an address is in the cluster: a pod, a Service, a node, a load balancer."""
+
     kind: str  # pod | service | node | lb (a LoadBalancer address: arrives before any DNAT)
     name: str  # "namespace/name" for pods and Services
     node: str | None = None
@@ -31,6 +33,8 @@ class Exposure:
 
 @dataclass(frozen=True)
 class Names:
+    """The cluster's inventory as lookups: addresses to names, Services to endpoints."""
+
     by_ip: dict[str, Named] = field(default_factory=dict)
     cluster_domain: str = "cluster.local"
     # ClusterIP -> the nodes of its ready endpoints (where a packet to it must go)

@@ -23,6 +23,8 @@ POINT_ORDER = {"pod": 0, "veth": 1, "tunnel": 2, "node": 3, "file": 4}
 
 @dataclass(frozen=True)
 class Hop:
+    """One point on a conversation's path: how many packets it saw, how long after."""
+
     point: int
     packets: int  # packets of the conversation seen here (0: expected, never seen)
     latency_ns: float | None  # median from the previous hop, a->b packets
@@ -35,6 +37,8 @@ class Hop:
 
 @dataclass(frozen=True)
 class NatChange:
+    """An address translation between two hops of a path."""
+
     kind: str  # DNAT | SNAT | DNAT+SNAT
     after_hop: int  # the change happened between hops[after_hop] and hops[after_hop + 1]
     before: int  # flow before
@@ -43,6 +47,8 @@ class NatChange:
 
 @dataclass(frozen=True)
 class Loss:
+    """Packets seen at one hop of a path and never at the next."""
+
     direction: str  # "a->b" or "b->a"
     last_hop: int  # index of the last hop that saw the packets (in a->b order)
     missing_hop: int  # the next hop, which never did
@@ -55,6 +61,8 @@ class Loss:
 
 @dataclass(frozen=True)
 class ConvPath:
+    """A conversation's way through the points: its flows, hops, NAT and losses."""
+
     conv: int
     flows: tuple[int, ...]
     hops: tuple[Hop, ...]

@@ -41,6 +41,8 @@ class FileFailed:
 
 @dataclass(frozen=True)
 class Indexed:
+    """The index is built."""
+
     index: PacketIndex
 
 
@@ -55,6 +57,8 @@ class Analysing:
 
 @dataclass(frozen=True)
 class Analyzed:
+    """The analysis is done."""
+
     result: Result
 
 

@@ -86,6 +86,8 @@ def _ms(ns: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class PointRow:
+    """A capture point as reported: its file, link type, counts and times."""
+
     id: str
     file: str
     interface: str
@@ -104,6 +106,8 @@ class PointRow:
 
 @dataclass(frozen=True)
 class FlowRow:
+    """A flow as reported: endpoints, counts each way, timing, TCP health."""
+
     proto: str
     a: str  # the initiator, ip:port
     b: str
@@ -125,6 +129,8 @@ class FlowRow:
 
 @dataclass(frozen=True)
 class TunnelRow:
+    """A tunnel as reported: its kind, outer endpoints, id and packets."""
+
     kind: str
     outer_src: str
     outer_dst: str
@@ -135,6 +141,8 @@ class TunnelRow:
 
 @dataclass(frozen=True)
 class HopRow:
+    """A hop of a path as reported."""
+
     point: str
     kind: str
     node: str | None
@@ -147,6 +155,8 @@ class HopRow:
 
 @dataclass(frozen=True)
 class NatRow:
+    """An address translation of a path as reported."""
+
     kind: str  # DNAT | SNAT | DNAT+SNAT
     between: tuple[str, str]
     before: str
@@ -156,6 +166,8 @@ class NatRow:
 
 @dataclass(frozen=True)
 class LossRow:
+    """A loss on a path as reported."""
+
     direction: str  # a->b | b->a
     last_seen: str
     never_at: str
@@ -167,6 +179,8 @@ class LossRow:
 
 @dataclass(frozen=True)
 class PathRow:
+    """A conversation's path as reported: flows, hops, NAT, losses."""
+
     conversation: str  # before => after NAT, with names
     proto: str
     flows: tuple[str, ...]
@@ -179,6 +193,8 @@ class PathRow:
 
 @dataclass(frozen=True)
 class DnsRow:
+    """A DNS transaction as reported."""
+
     point: str
     transport: str
     client: str
@@ -198,6 +214,8 @@ class DnsRow:
 
 @dataclass(frozen=True)
 class HttpPointRow:
+    """An HTTP request's times at one point, as reported."""
+
     point: str
     request: str  # ISO time the request's first byte passed
     response: str | None  # the answer's first byte
@@ -208,6 +226,8 @@ class HttpPointRow:
 
 @dataclass(frozen=True)
 class HttpRow:
+    """An HTTP request as reported: what was asked, the answer, the times."""
+
     time: str
     protocol: str
     method: str
@@ -246,6 +266,8 @@ class HttpRow:
 
 @dataclass(frozen=True)
 class TlsRow:
+    """A TLS session's handshake as reported."""
+
     time: str
     point: str
     client: str
@@ -263,6 +285,8 @@ class TlsRow:
 
 @dataclass(frozen=True)
 class ExchangeRow:
+    """A DNS exchange as reported, with the points that saw it."""
+
     dns: DnsRow
     points: tuple[str, ...]
 
@@ -273,6 +297,8 @@ def _tunnel_row(t: Tunnel, packets: int = 0) -> TunnelRow:
 
 @dataclass(frozen=True)
 class Result:
+    """The analysis and its findings: what the reports, JSON and export are made from."""
+
     analysis: Analysis
     findings: tuple[Finding, ...]
     check_errors: tuple[CheckError, ...] = ()

@@ -27,6 +27,8 @@ from ktrace.distinct import distinct
 
 @dataclass(frozen=True)
 class Bypass:
+    """Replies of a translated conversation that came back without its NAT node."""
+
     conv: int
     nat_node: str  # where the request was translated
     reply_nodes: tuple[str, ...]  # where the untranslated replies were seen instead ('' : off-node)

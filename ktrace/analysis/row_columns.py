@@ -57,6 +57,8 @@ class Vocabulary:
 
 @dataclass(frozen=True, eq=False)
 class Coded:
+    """A column of repeated values: codes per row into a vocabulary."""
+
     codes: np.ndarray  # per row, into the vocabulary
     vocabulary: Vocabulary
 
@@ -69,6 +71,8 @@ class Coded:
 
 @dataclass(frozen=True, eq=False)
 class Integers:
+    """A column of integers, as JSON numbers."""
+
     values: np.ndarray
 
     def listed(self) -> list[Any]:
@@ -80,6 +84,8 @@ class Integers:
 
 @dataclass(frozen=True)
 class Listed:
+    """A column already made of JSON-ready values."""
+
     values: list[Any]  # JSON-ready values
 
     def listed(self) -> list[Any]:
@@ -122,6 +128,8 @@ class Objects:
 
 @dataclass(frozen=True, eq=False)
 class Times:
+    """A column of timestamps (ns), written as ISO 8601 times."""
+
     ts_ns: np.ndarray
 
     def listed(self) -> list[Any]:

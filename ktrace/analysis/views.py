@@ -213,6 +213,8 @@ def busiest_conversations(a: Analysis, limit: int) -> tuple[list[ConversationRow
 
 @dataclass(frozen=True)
 class PathPacket:
+    """One packet of a conversation, with when each hop saw it."""
+
     row: int  # the earliest copy
     summary: str
     direction: str
@@ -267,6 +269,8 @@ def path_packets(a: Analysis, path: ConvPath, limit: int = 5000) -> list[PathPac
 
 @dataclass(frozen=True)
 class DnsRow:
+    """A DNS transaction under the name its client looked up."""
+
     lookup: str  # the name the client looked up (search-path chains grouped under it)
     transaction: DnsTransaction
 

@@ -21,6 +21,8 @@ CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz"
 
 @dataclass(frozen=True)
 class Inputs:
+    """What the command line named, resolved: capture files, points, inventory."""
+
     paths: tuple[Path, ...]  # as given (a .tar.gz as its unpacked directory)
     files: tuple[Path, ...]
     declared: dict[Path, Point]  # from bundle manifests

@@ -35,6 +35,8 @@ class CaptureStatus(StrEnum):
 
 @dataclass(frozen=True)
 class PointSpec:
+    """A capture point as the bundle's manifest declares it."""
+
     id: str
     kind: str  # pod | veth | node | tunnel | host (a machine outside the cluster)
     file: str  # relative to the bundle
@@ -51,6 +53,8 @@ class PointSpec:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A capture bundle's manifest: its points, cluster, target and status."""
+
     points: tuple[PointSpec, ...]
     cluster: str = ""
     target: str = ""

@@ -47,6 +47,8 @@ VERDICTS = ("drop", "reject", "accept")
 
 @dataclass(frozen=True)
 class Rule:
+    """A firewall rule on a node, with the packets it matched during the capture."""
+
     family: str  # ipv4 | ipv6 (iptables), nft ip | nft ip6 | nft inet ... (nftables)
     table: str
     chain: str
@@ -67,6 +69,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class KernelDrop:
+    """A packet the node's kernel freed as dropped, from its drop tracepoint."""
+
     ts: int  # unix ns (the trace clock mapped through the ktrace-clock marker)
     reason: str  # NETFILTER_DROP, PKT_TOO_BIG, ... ("" on kernels before 5.17)
     location: str  # the function that freed the packet (nf_hook_slow+0x9a/0xf0)
@@ -75,6 +79,8 @@ class KernelDrop:
 
 @dataclass(frozen=True)
 class NodeEvidence:
+    """What a node's debug pod collected beside its captures: rules, drops, counters."""
+
     node: str
     rules: tuple[Rule, ...] = ()  # the ruleset at the end, with packet deltas when counted
     counted: bool = False  # both snapshots present: Rule.packets are deltas

@@ -34,6 +34,8 @@ SCHEMA: dict[str, type[np.generic]] = {
 
 @dataclass(frozen=True, eq=False)
 class PacketColumns:
+    """The packet index: one array per field, one row per packet in file order."""
+
     offset: np.ndarray
     ts: np.ndarray
     caplen: np.ndarray

@@ -33,6 +33,8 @@ class DnsError(ValueError):
 
 @dataclass(frozen=True)
 class Answer:
+    """One answer record: its name, type, TTL and data as text."""
+
     name: str
     type: str
     ttl: int
@@ -41,6 +43,8 @@ class Answer:
 
 @dataclass(frozen=True)
 class DnsMessage:
+    """A DNS message parsed whole: header, question and answers."""
+
     id: int
     response: bool
     opcode: int

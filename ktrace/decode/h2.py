@@ -21,6 +21,8 @@ class H2Error(ValueError):
 
 @dataclass(frozen=True)
 class FrameHeader:
+    """An HTTP/2 frame's 9-byte header."""
+
     length: int
     type: int
     flags: int

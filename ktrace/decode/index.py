@@ -39,6 +39,8 @@ SHARD_BYTES = 32 << 20
 
 @dataclass
 class CaptureFile:
+    """A file being indexed: its format and size, the points it feeds, its reader."""
+
     path: Path
     format: str
     size: int
@@ -52,6 +54,8 @@ class CaptureFile:
 
 @dataclass(frozen=True)
 class Progress:
+    """How far indexing has got: bytes of the current file, packets in all."""
+
     file: Path
     done: int  # bytes of this file walked
     total: int
@@ -182,6 +186,8 @@ def _decode_all(
 
 @dataclass(frozen=True)
 class ShardResult:
+    """What one worker read of its part of a file: the batches and where it stopped."""
+
     start: int  # where the shard's walk began (a guess, unless it is the first shard)
     end: int  # where it really ended; -1 when the shard could not be placed or was stopped
     batches: list[DecodedBatch]

@@ -46,6 +46,8 @@ class Hello:
 
 @dataclass(frozen=True)
 class Alert:
+    """A TLS alert: its level and what it says."""
+
     level: str  # warning | fatal
     description: str
 

@@ -22,6 +22,8 @@ FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
 
 @dataclass(eq=False)
 class Transport:
+    """Each row's transport header: ports, TCP flags, numbers, window (ICMP: type, code)."""
+
     ok: np.ndarray  # bool: the transport header was captured
     sport: np.ndarray  # uint16
     dport: np.ndarray

@@ -70,6 +70,8 @@ class Tunnel:
 
 @dataclass(eq=False)
 class Inner:
+    """Per row, the encapsulated packet a tunnel header carries, where one was found."""
+
     found: np.ndarray  # bool per row
     kind: np.ndarray  # uint8 TunnelKind
     vni: np.ndarray  # uint32

@@ -19,6 +19,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 @dataclass
 class MappedFile:
+    """A capture file mapped read-only (a gzip one inflated to a private file first)."""
+
     path: Path
     size: int
     mm: mmap.mmap = field(repr=False)

@@ -23,6 +23,8 @@ CAPTURE_LOSS_STEP = (
 
 @dataclass(frozen=True)
 class FunctionCheck:
+    """A check written as a function of the analysis, under its id."""
+
     id: str
     run: Callable[[Analysis], Iterable[Finding]]
 

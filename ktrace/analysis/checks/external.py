@@ -70,6 +70,8 @@ def claimed(analysis: Analysis, flow: int) -> bool:
 
 @dataclass
 class _Closed:
+    """An exposed Service whose outside connections went unanswered on a node."""
+
     exposed: Exposure
     node: str
     dests: set[str] = field(default_factory=set)
