@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,9 +18,11 @@ from ktrace.analysis.http_exchanges import HttpExchange, http_exchanges
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import ConvPath
 from ktrace.analysis.returns import Bypass, bypasses
-from ktrace.bundle.node_evidence import NodeEvidence
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import TCP, UDP
+
+if TYPE_CHECKING:
+    from ktrace.bundle.node_evidence import NodeEvidence
 
 PROTO_NAMES = {TCP: "tcp", UDP: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp"}
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ktrace.analysis.checks import plural
-from ktrace.bundle.node_evidence import NodeEvidence, Rule
+
+if TYPE_CHECKING:
+    from ktrace.bundle.node_evidence import NodeEvidence, Rule
 
 # A packet's drop is logged after its last sighting on that node: the forwarding path runs
 # within microseconds, a queue or a retransmit timer can hold it a little longer. Before: the

@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.correlate import correlate, scope
@@ -22,10 +22,12 @@ from ktrace.analysis.names import Names
 from ktrace.analysis.paths import conversation_paths
 from ktrace.analysis.result import Result
 from ktrace.bundle.inputs import Inputs, read_inputs
-from ktrace.bundle.node_evidence import NodeEvidence
 from ktrace.decode.index import IndexBuilder, PacketIndex, Progress, scan
 from ktrace.errors import Cancelled, KtraceError
 from ktrace.perf import release_free_memory
+
+if TYPE_CHECKING:
+    from ktrace.bundle.node_evidence import NodeEvidence
 
 # A live point whose tcpdump has not written its file header yet has nothing to read.
 PCAP_HEADER = 24

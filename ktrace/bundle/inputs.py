@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ktrace.bundle.manifest import CaptureStatus, Manifest, read_inventory, read_manifest
-from ktrace.bundle.node_evidence import NodeEvidence, read_nodes
 from ktrace.errors import CaptureFileError
 from ktrace.model import Point
+
+if TYPE_CHECKING:
+    from ktrace.bundle.manifest import Manifest
+    from ktrace.bundle.node_evidence import NodeEvidence
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz")
 
@@ -37,6 +38,8 @@ class Inputs:
 
 def unpack_bundle(archive: Path) -> Path:
     """A .tar.gz bundle, unpacked into a private temporary directory removed at exit."""
+    import tarfile  # here: capture files alone, the common input, never need it
+
     root = Path(tempfile.mkdtemp(prefix="ktrace-bundle-"))  # created 0700
     atexit.register(shutil.rmtree, root, True)
     try:
@@ -49,6 +52,8 @@ def unpack_bundle(archive: Path) -> Path:
 
 
 def _status_note(bundle: Path, manifest: Manifest) -> str | None:
+    from ktrace.bundle.manifest import CaptureStatus
+
     if manifest.status == CaptureStatus.INTERRUPTED:
         return f"{bundle}: the capture was cut short: {manifest.reason or 'no reason given'}"
     if manifest.status == CaptureStatus.CAPTURING:
@@ -76,7 +81,8 @@ def _declared_points(bundle: Path, manifest: Manifest) -> dict[Path, Point]:
 
 
 def read_inputs(inputs: list[Path]) -> Inputs:
-    """Bundles contribute their declared points and inventory; other inputs are files."""
+    """Bundles contribute their declared points and inventory; other inputs are files. What
+    reads a bundle is imported with the first directory: capture files alone never need it."""
     paths: list[Path] = []
     declared: dict[Path, Point] = {}
     inventory: dict[str, Any] | None = None
@@ -87,7 +93,13 @@ def read_inputs(inputs: list[Path]) -> Inputs:
         if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
             p = unpack_bundle(p)
         paths.append(p)
-        manifest = read_manifest(p) if p.is_dir() else None
+        if not p.is_dir():
+            plain.append(p)
+            continue
+        from ktrace.bundle.manifest import read_inventory, read_manifest
+        from ktrace.bundle.node_evidence import read_nodes
+
+        manifest = read_manifest(p)
         if manifest is None:
             plain.append(p)
             continue
