@@ -165,12 +165,12 @@ def _found(
 def _located(index: PacketIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(point, start, size) of the DNS message in each of these packets."""
     c = index.columns
-    payload = c.offset[rows] + c.payoff[rows]
-    caplen = c.caplen[rows].astype(np.int64) - c.payoff[rows]
-    size = np.minimum(c.paylen[rows].astype(np.int64), caplen).clip(0)
+    payload = c.offset.take(rows) + c.payoff.take(rows)
+    caplen = c.caplen.take(rows).astype(np.int64) - c.payoff.take(rows)
+    size = np.minimum(c.paylen.take(rows).astype(np.int64), caplen).clip(0)
     del caplen
-    point = c.point[rows]
-    return point, *tcp_messages(index.mapped, point, payload, size, c.proto[rows] == TCP)
+    point = c.point.take(rows)
+    return point, *tcp_messages(index.mapped, point, payload, size, c.proto.take(rows) == TCP)
 
 
 def _exchange_keys(
@@ -179,12 +179,25 @@ def _exchange_keys(
     """Two hashes of what pairs a query with its response: (point, transport, client and
     server addresses and ports, id, question type and name)."""
     r = (q.flags & QR) != 0
-    src, dst, sport, dport = c.src[rows], c.dst[rows], c.sport[rows], c.dport[rows]
+    src, dst, sport, dport = (
+        c.src.take(rows),
+        c.dst.take(rows),
+        c.sport.take(rows),
+        c.dport.take(rows),
+    )
     client = (np.where(r, dst, src), np.where(r, dport, sport))
     server = (np.where(r, src, dst), np.where(r, sport, dport))
     del src, dst, sport, dport
     kind = q.qtype.view(np.uint32)  # the type's bits (-2 marks a compressed name), unsigned
-    fields = (c.point[rows], c.proto[rows], c.l3[rows], *client, *server, q.ident, kind)
+    fields = (
+        c.point.take(rows),
+        c.proto.take(rows),
+        c.l3.take(rows),
+        *client,
+        *server,
+        q.ident,
+        kind,
+    )
     every = np.arange(len(rows), dtype=np.int32)  # a chunk's
     k1 = mix_rows((*fields, q.name[:, 0]), every, K1)
     return k1, mix_rows((*fields, q.name[:, 1]), every, K2)
@@ -201,7 +214,7 @@ def _pair_messages(
     rows = m.rows
     message, distinct = _distinct(body0, body1)
     del body0, body1
-    distinct = rows[distinct]  # their packets
+    distinct = rows.take(distinct)  # their packets
     pairs = _pair(k1, k2, m.response)
     del k1, k2
     # in time order, then by point, then in file order: put in the order of their first
@@ -212,7 +225,7 @@ def _pair_messages(
     slot[pairs.order[pairs.begin[tx]]] = tx
     tx = slot[slot >= 0]
     opening = rows[pairs.order[pairs.begin[tx]]]  # each transaction's first packet
-    tx = tx[np.lexsort((c.point[opening], c.ts[opening]))]
+    tx = tx[np.lexsort((c.point.take(opening), c.ts.take(opening)))]
     del opening, slot
     lo, count, answered = pairs.begin[tx], pairs.queries[tx], pairs.answered[tx]
     first = pairs.order[lo]
@@ -224,17 +237,25 @@ def _pair_messages(
     }
     counts = m.malformed, int((pairs.queries == 0).sum())  # malformed, orphan responses
     del pairs, tx, lo, count
-    row, response, ident, asked = rows[first], rows[last], m.ident[first], message[first]
-    rcode, got = (m.flags[last] & 15).astype(np.uint8), message[last]
+    row, response, ident, asked = (
+        rows.take(first),
+        rows.take(last),
+        m.ident.take(first),
+        message.take(first),
+    )
+    rcode, got = (m.flags.take(last) & 15).astype(np.uint8), message.take(last)
     del m, rows, message, first, last
-    sides = ((c.src[row], c.sport[row]), (c.dst[row], c.dport[row]))  # a query: client first
+    sides = (
+        (c.src.take(row), c.sport.take(row)),
+        (c.dst.take(row), c.dport.take(row)),
+    )  # a query: client first
     messages = _Messages.read(index, *_located(index, distinct))
-    endpoint, (client, server) = _endpoints(index, c.l3[row], sides)
+    endpoint, (client, server) = _endpoints(index, c.l3.take(row), sides)
     del sides
-    ts = c.ts[row]
+    ts = c.ts.take(row)
     table = DnsTable(
-        point=c.point[row].astype(np.int64),
-        tcp=c.proto[row] == TCP,
+        point=c.point.take(row).astype(np.int64),
+        tcp=c.proto.take(row) == TCP,
         client=client,
         server=server,
         ident=ident,
@@ -243,7 +264,7 @@ def _pair_messages(
         row=row,
         response=response,
         rcode=rcode,
-        latency=c.ts[response] - ts,
+        latency=c.ts.take(response) - ts,
         got=got,
         answered=answered,
         retries=retries,

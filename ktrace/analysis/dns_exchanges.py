@@ -30,12 +30,12 @@ class DnsExchanges:
 
 def dns_exchanges(table: DnsTable, correlation: Correlation) -> DnsExchanges:
     first, point = table.row, table.point
-    key = correlation.ident[first]
+    key = correlation.ident.take(first)
     if not repeated(key).any():  # each seen once: the table's own order (time, point, file)
         return DnsExchanges(np.arange(len(table)), point, {})
     position = np.arange(len(table))
     # per exchange: its copies, earliest (clock-corrected) first, ties in table order
-    order = np.lexsort((position, correlation.when[first], key))
+    order = np.lexsort((position, correlation.when.take(first), key))
     starts = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
     best = order[starts]
     appears = np.minimum.reduceat(order, starts)

@@ -216,7 +216,7 @@ def _group_hashed(
     rank = np.empty(len(first) + 1, np.int32)
     rank[order] = np.arange(len(first), dtype=np.int32)
     rank[-1] = len(first)  # not IP
-    return first[order], rank[ids], swap
+    return first[order], rank.take(ids), swap
 
 
 def _group_sorted(
@@ -270,7 +270,7 @@ def _initiators(
     opener = np.empty(len(c), bool)
     for lo, hi in chunks(len(c)):
         f = flow[lo:hi]
-        opener[lo:hi] = (c.ts[lo:hi] == opener_ts[f]) & (is_syn[lo:hi] | no_syn[f])
+        opener[lo:hi] = (c.ts[lo:hi] == opener_ts.take(f)) & (is_syn[lo:hi] | no_syn.take(f))
     cand = np.flatnonzero(opener)
     del opener
     cand = cand[flow[cand] < nflows]
@@ -355,7 +355,7 @@ def flow_table(c: PacketColumns) -> FlowTable:
     # sent by the initiator: ~swap means the packet's source is the "lo" endpoint
     fw = np.empty(len(c), bool)
     for lo, hi in chunks(len(c)):
-        fw[lo:hi] = (~swap[lo:hi]) == lo_opens[flow[lo:hi]]
+        fw[lo:hi] = (~swap[lo:hi]) == lo_opens.take(flow[lo:hi])
     fw &= c.l3 > 0
     counts = _counts(c, flow, fw, nflows)
     last_ts = np.full(nflows + 1, np.iinfo(np.int64).min, np.int64)

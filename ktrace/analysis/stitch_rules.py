@@ -45,8 +45,8 @@ def link_scoped(c: PacketColumns, v6: list[bytes]) -> np.ndarray:
     for lo, hi in chunks(len(c)):
         l3, src, dst = c.l3[lo:hi], c.src[lo:hi], c.dst[lo:hi]
         is4, is6 = l3 == 4, l3 == 6
-        v6_src = six[np.where(is6, src, len(v6))]
-        v6_dst = six[np.where(is6, dst, len(v6))]
+        v6_src = six.take(np.where(is6, src, len(v6)))
+        v6_dst = six.take(np.where(is6, dst, len(v6)))
         v4 = _v4_scoped(src) | _v4_scoped(dst)
         out[lo:hi] = (is4 & v4) | (is6 & (v6_src | v6_dst))
     return out
@@ -96,17 +96,23 @@ def home_addresses(
 def sequenced(c: PacketColumns, rows: np.ndarray) -> np.ndarray:
     """Per row: a TCP segment with a sequence or ack number, random per connection, so a
     fingerprint no other connection's packet shares."""
-    return (c.proto[rows] == TCP) & ((c.seq[rows] != 0) | (c.ack[rows] != 0))
+    return (c.proto.take(rows) == TCP) & ((c.seq.take(rows) != 0) | (c.ack.take(rows) != 0))
 
 
 def _compatible(c: PacketColumns, home: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rules 2 and 3 between rows a and b (arrays of the same length)."""
-    src_a, src_b = address_key(c.l3[a], c.src[a]), address_key(c.l3[b], c.src[b])
-    dst_a, dst_b = address_key(c.l3[a], c.dst[a]), address_key(c.l3[b], c.dst[b])
-    same_src = (src_a == src_b) & (c.sport[a] == c.sport[b])
-    same_dst = (dst_a == dst_b) & (c.dport[a] == c.dport[b])
+    src_a, src_b = (
+        address_key(c.l3.take(a), c.src.take(a)),
+        address_key(c.l3.take(b), c.src.take(b)),
+    )
+    dst_a, dst_b = (
+        address_key(c.l3.take(a), c.dst.take(a)),
+        address_key(c.l3.take(b), c.dst.take(b)),
+    )
+    same_src = (src_a == src_b) & (c.sport.take(a) == c.sport.take(b))
+    same_dst = (dst_a == dst_b) & (c.dport.take(a) == c.dport.take(b))
     ok = sequenced(c, a) | same_src | same_dst
-    ha, hb = home[c.point[a]], home[c.point[b]]
+    ha, hb = home.take(c.point.take(a)), home.take(c.point.take(b))
     two_homes = (ha >= 0) & (hb >= 0) & (ha != hb)
     two_senders = two_homes & (src_a == ha) & (src_b == hb)
     two_receivers = two_homes & (dst_a == ha) & (dst_b == hb)

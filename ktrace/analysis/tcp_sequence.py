@@ -40,7 +40,7 @@ def _resends(
     if not len(tcp):
         return np.zeros(nflows, np.int64), np.zeros(nflows, np.int64)
     rows, again, late = resent_rows(c, tcp, flow, forward, npoints)
-    f, p = flow[rows], c.point[rows]
+    f, p = flow.take(rows), c.point.take(rows)
     return (
         per_point_max(f[again], p[again], nflows, npoints),
         per_point_max(f[late], p[late], nflows, npoints),
@@ -59,10 +59,12 @@ def resent_rows(
     group = np.empty(len(tcp), np.int64)
     for lo, hi in chunks(len(tcp)):
         r = tcp[lo:hi]
-        group[lo:hi] = (flow[r].astype(np.int64) * width + c.point[r]) * 2 + forward[r]
+        group[lo:hi] = (flow.take(r).astype(np.int64) * width + c.point.take(r)) * 2 + forward.take(
+            r
+        )
     order, start = sorted_runs(group, spend=True)
     del group
-    rows = tcp[order]
+    rows = tcp.take(order)
     del tcp, order
     behind, rel, carries = _behind(c, rows, start)
     again, late = _resent(rows, start, behind, rel, carries)

@@ -125,7 +125,7 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     # only the packets of those flows: a capture of bulk transfers makes no array per packet
     in_wanted = np.zeros(len(flows) + 1, bool)  # the last entry stands for "no flow" (-1)
     in_wanted[flows.flow[marked]] = True
-    tcp = np.flatnonzero(in_wanted[flows.flow] & (c.proto == TCP))
+    tcp = np.flatnonzero(in_wanted.take(flows.flow) & (c.proto == TCP))
     place = flows.flow[tcp].astype(np.int64) * npoints + c.point[tcp]
     keep = np.isin(place, wanted)
     tcp = tcp[keep]
