@@ -222,15 +222,15 @@ def _pair_messages(
     # finds the keys nearly sorted (a hundredth of sorting them from the pairs' order)
     tx = np.flatnonzero(pairs.queries > 0).astype(pairs.order.dtype, copy=False)
     slot = np.full(len(rows), -1, pairs.order.dtype)
-    slot[pairs.order[pairs.begin[tx]]] = tx
+    slot[pairs.order.take(pairs.begin.take(tx))] = tx
     tx = slot[slot >= 0]
-    opening = rows[pairs.order[pairs.begin[tx]]]  # each transaction's first packet
+    opening = rows.take(pairs.order.take(pairs.begin.take(tx)))  # each transaction's first packet
     tx = tx[np.lexsort((c.point.take(opening), c.ts.take(opening)))]
     del opening, slot
-    lo, count, answered = pairs.begin[tx], pairs.queries[tx], pairs.answered[tx]
-    first = pairs.order[lo]
+    lo, count, answered = pairs.begin.take(tx), pairs.queries.take(tx), pairs.answered.take(tx)
+    first = pairs.order.take(lo)
     # the response's position where there is one, else the query's (never read then)
-    last = np.where(answered, pairs.order[np.minimum(lo + count, len(rows) - 1)], first)
+    last = np.where(answered, pairs.order.take(np.minimum(lo + count, len(rows) - 1)), first)
     retries = {
         k: tuple(rows[pairs.order[lo[k] : lo[k] + count[k]]].tolist())
         for k in np.flatnonzero(count > 1).tolist()
@@ -353,7 +353,7 @@ class DnsTable:
         """Answered with one of these codes."""
         wanted = np.zeros(256, bool)  # by rcode (a uint8): one lookup a row, not np.isin's sort
         wanted[[RCODES.index(n) for n in names]] = True
-        return self.answered & wanted[self.rcode]
+        return self.answered & wanted.take(self.rcode)
 
     @cached_property
     def endpoints(self) -> Vocabulary:
@@ -394,7 +394,7 @@ class DnsTable:
             "rcode": Coded(np.where(answered, self.rcode[ks], len(RCODES)), ANSWER_CODES),
             "answered": flags(answered),
             "answers": Coded(np.where(answered, self.got[ks], self.nothing), self.answer_lists),
-            "truncated": flags(answered & self.truncated[self.got[ks]]),
+            "truncated": flags(answered & self.truncated.take(self.got[ks])),
         }
 
     def take(self, ks: np.ndarray) -> list[DnsTransaction]:
@@ -440,7 +440,7 @@ class Interned:
 
     def coded(self, ks: np.ndarray) -> Coded:
         """The column of these transactions."""
-        return Coded(self.ids[ks], self.vocabulary)
+        return Coded(self.ids.take(ks), self.vocabulary)
 
     def where(self, value: str) -> np.ndarray:
         """Whether each transaction holds `value`."""
@@ -453,7 +453,7 @@ def _interned(values: list[str], rows: np.ndarray) -> Interned:
     """`values` (per message or endpoint) interned, taken at `rows`."""
     ids: dict[str, int] = {}
     codes = np.fromiter((ids.setdefault(v, len(ids)) for v in values), np.int32, len(values))
-    return Interned(codes[rows], list(ids))
+    return Interned(codes.take(rows), list(ids))
 
 
 def _distinct(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

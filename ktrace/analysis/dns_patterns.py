@@ -127,7 +127,7 @@ def dns_picture(
     if not len(primary):
         return pic
     names, ips = table.qname.values, table.client_ip.values
-    ip, name = table.client_ip.ids[primary], table.qname.ids[primary]
+    ip, name = table.client_ip.ids.take(primary), table.qname.ids.take(primary)
     pairs, pair = _pairs(ip, name, len(names))
     pair_ip, pair_name = (pairs // len(names)).tolist(), (pairs % len(names)).tolist()
     bases = _search_bases(pair_ip, [names[n] for n in pair_name])

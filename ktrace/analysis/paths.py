@@ -159,7 +159,7 @@ def conversation_paths(
         flow = flows.flow[lo:hi]
         keep = (flow >= 0) & ~cor.local[lo:hi]
         conv = np.full(hi - lo, -1, np.int64)
-        conv[keep] = cor.conv[flow[keep]]
+        conv[keep] = cor.conv.take(flow[keep])
         return conv
 
     def pairs_of(lo: int, hi: int) -> np.ndarray:

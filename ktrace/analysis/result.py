@@ -452,7 +452,7 @@ class Result:
         first = table.row[txs]
         starts = [index.file_of(k).first_row for k in range(len(index.points))]
         file_start = np.array(starts, np.int64)
-        at = index.columns.point[first].astype(np.int64)
+        at = index.columns.point.take(first).astype(np.int64)
         # whole ns to ms with three decimals: rounded to the nearest microsecond (halves up)
         # in integers, a column at once (round() per value cost 1.3 µs)
         micros = (table.latency[txs] + 500) // 1000
