@@ -356,3 +356,20 @@ def test_packets_per_flow_and_point_counted_every_way_alike(
     ):
         keys, counts = flows_module.flow_point_counts(flow, point, 31, 4)
     assert keys.tolist() == sorted(want) and counts.tolist() == [want[k] for k in sorted(want)]
+
+
+@pytest.mark.parametrize("sample", ["http-dns.pcap", "lab/hairpin"])
+def test_packets_at_points_are_the_packets_counted(sample: str) -> None:
+    """At one point the flows' own counts stand for counting the packets again; at several
+    the packets are counted: either way what flow_point_counts finds."""
+    from ktrace.analysis.pipeline import analyze
+    from tests.helpers import PCAPS
+
+    a = analyze([PCAPS / sample]).analysis
+    npoints = len(a.index.points)
+    got = flows_module.packets_at_points(a.flows, a.index.columns.point, npoints)
+    want = flows_module.flow_point_counts(
+        a.flows.flow, a.index.columns.point, len(a.flows), max(npoints, 1)
+    )
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert len(got[0]) >= len(a.flows) and (npoints == 1) == (sample == "http-dns.pcap")

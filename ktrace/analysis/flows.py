@@ -108,6 +108,18 @@ def flow_point_counts(
     return keys, counts[keys]
 
 
+def packets_at_points(
+    flows: FlowTable, point: np.ndarray, npoints: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """flow_point_counts of the flows' packets. Where there is one point, each flow's packets
+    are all there, counted already: no pass over the packets again."""
+    if npoints <= 1:
+        total = flows.packets_ab + flows.packets_ba
+        keys = np.flatnonzero(total)
+        return keys, total[keys]
+    return flow_point_counts(flows.flow, point, len(flows), npoints)
+
+
 def endpoint_text(l3: int, proto: int, host: str, port: int) -> str:
     if proto not in (TCP, UDP, SCTP):
         return host

@@ -18,7 +18,7 @@ from ktrace import __version__
 from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis, proto_name
 from ktrace.analysis.findings import CheckError
-from ktrace.analysis.flows import flow_endpoints, flow_point_counts
+from ktrace.analysis.flows import flow_endpoints, packets_at_points
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.analysis.paths import ConvPath, Hop
@@ -340,7 +340,7 @@ class Result:
         a = self.analysis
         f = a.flows
         npts = max(len(a.index.points), 1)
-        uniq, counts = flow_point_counts(f.flow, a.index.columns.point, len(f), npts)
+        uniq, counts = packets_at_points(f, a.index.columns.point, npts)
         per_flow: list[dict[str, int]] = [{} for _ in range(len(f))]
         for k, n in zip(uniq.tolist(), counts.tolist(), strict=True):
             per_flow[k // npts][a.index.points[k % npts].id] = n

@@ -11,7 +11,7 @@ from ktrace.analysis.checks import conversation_label
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns import DnsTransaction
 from ktrace.analysis.dns_patterns import client_ip, search_chains
-from ktrace.analysis.flows import flow_point_counts
+from ktrace.analysis.flows import packets_at_points
 from ktrace.analysis.paths import ConvPath
 from ktrace.chunking import chunks
 from ktrace.decode.transport import ACK, FIN, PSH, RST, SYN, TCP
@@ -48,7 +48,7 @@ class ConversationRow:
 def _presence(a: Analysis) -> dict[int, set[int]]:
     """Per conversation, the points that saw it."""
     npoints = max(len(a.index.points), 1)
-    at, _ = flow_point_counts(a.flows.flow, a.index.columns.point, len(a.flows), npoints)
+    at, _ = packets_at_points(a.flows, a.index.columns.point, npoints)
     keys = distinct(a.correlation.conv[at // npoints].astype(np.int64) * 65536 + at % npoints)
     presence: dict[int, set[int]] = {}
     for value in keys.tolist():
