@@ -45,6 +45,8 @@ def test_times_read_as_datetime_writes_them_across_days_roundings_and_before_197
         [
             rng.integers(-(2**62), 2**62, 20_000),
             rng.integers(1_700_000_000 * 10**9, 1_700_300_000 * 10**9, 20_000),
+            # in order across a midnight: the C layout reuses the date while the day holds
+            np.arange(86_400 * 10**9 - 5_000, 86_400 * 10**9 + 5_000, 997),
             [0, -1, 499, 500, 999_999_499, 999_999_500, 86_400 * 10**9 - 1, -86_400 * 10**9],
         ]
     ).astype(np.int64)

@@ -124,12 +124,15 @@ static void two_digits(char *at, int64_t v) {
     at[1] = (char)('0' + v % 10);
 }
 
-/* TIME_WIDTH bytes: the time as a JSON string, rounded to the microsecond (halves up, and
- * wrapping past the largest int64 as numpy does), the date from the day number by Howard
- * Hinnant's civil_from_days. */
-static void iso_time(int64_t ts, char *out) {
-    int64_t micros = floor_div((int64_t)((uint64_t)ts + 500u), 1000);
-    int64_t day = floor_div(micros, DAY_US), rest = micros - day * DAY_US;
+/* The date of the last time written: a column's times nearly all fall on a few days, and
+ * the date is most of a time's arithmetic. */
+typedef struct {
+    int64_t day;
+    char text[10]; /* YYYY-MM-DD */
+} Day;
+
+/* The date of a day number, by Howard Hinnant's civil_from_days. */
+static void date_of(int64_t day, char *out) {
     int64_t z = day + 719468;
     int64_t era = (z >= 0 ? z : z - 146096) / 146097;
     int64_t doe = z - era * 146097;
@@ -138,14 +141,26 @@ static void iso_time(int64_t ts, char *out) {
     int64_t mp = (5 * doy + 2) / 153;
     int64_t month = mp < 10 ? mp + 3 : mp - 9;
     int64_t year = yoe + era * 400 + (month <= 2);
+    two_digits(out, year / 100);
+    two_digits(out + 2, year % 100);
+    out[4] = '-';
+    two_digits(out + 5, month);
+    out[7] = '-';
+    two_digits(out + 8, doy - (153 * mp + 2) / 5 + 1);
+}
+
+/* TIME_WIDTH bytes: the time as a JSON string, rounded to the microsecond (halves up, and
+ * wrapping past the largest int64 as numpy does). */
+static void iso_time(int64_t ts, char *out, Day *last) {
+    int64_t micros = floor_div((int64_t)((uint64_t)ts + 500u), 1000);
+    int64_t day = floor_div(micros, DAY_US), rest = micros - day * DAY_US;
+    if (day != last->day) {
+        date_of(day, last->text);
+        last->day = day;
+    }
     int64_t seconds = rest / 1000000, fraction = rest % 1000000;
     out[0] = '"';
-    two_digits(out + 1, year / 100);
-    two_digits(out + 3, year % 100);
-    out[5] = '-';
-    two_digits(out + 6, month);
-    out[8] = '-';
-    two_digits(out + 9, doy - (153 * mp + 2) / 5 + 1);
+    memcpy(out + 1, last->text, 10);
     out[11] = 'T';
     two_digits(out + 12, seconds / 3600);
     out[14] = ':';
@@ -237,7 +252,7 @@ static inline char *put(char *dst, const char *src, size_t n) {
     return dst + n;
 }
 
-static char *write_piece(const Column *c, Py_ssize_t i, char *out) {
+static char *write_piece(const Column *c, Py_ssize_t i, char *out, Day *last) {
     switch (c->kind) {
     case INTEGERS:
     case MILLIS: {
@@ -249,7 +264,7 @@ static char *write_piece(const Column *c, Py_ssize_t i, char *out) {
     }
     case TIMES:
         out = put(out, PyBytes_AS_STRING(c->pieces), (size_t)PyBytes_GET_SIZE(c->pieces));
-        iso_time(((const int64_t *)c->data.buf)[i], out);
+        iso_time(((const int64_t *)c->data.buf)[i], out, last);
         return out + TIME_WIDTH;
     case CODED: {
         int64_t k = ((const int64_t *)c->data.buf)[i];
@@ -305,13 +320,14 @@ static PyObject *json_rows(PyObject *self, PyObject *args) {
     if (result == NULL)
         goto done;
     char *start = PyBytes_AS_STRING(result), *out = start;
+    Day last = {INT64_MIN, {0}};
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         if (i)
             *out++ = ',';
         *out++ = '{';
         for (Py_ssize_t j = 0; j < k; j++)
-            out = write_piece(&columns[j], i, out);
+            out = write_piece(&columns[j], i, out, &last);
         *out++ = '}';
     }
     Py_END_ALLOW_THREADS
