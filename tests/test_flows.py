@@ -303,6 +303,40 @@ def test_flows_grouped_by_the_c_hash_table_are_numbered_as_by_sorting(
     assert flows_module._group_hashed(flows_module._flow_ids, c, sport, dport) is None
 
 
+@pytest.mark.parametrize("seed", [6, 7])
+def test_the_c_flow_sums_equal_numpys(seed: int) -> None:
+    """Per-flow times and counts of random packets (every flag mix, zero windows, packets not
+    IP in the last flow, more than a chunk): C and numpy alike, and the C refuses a flow
+    number outside its outputs."""
+    from ktrace.chunking import CHUNK
+
+    if flows_module._tally_c is None:
+        pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
+    rng = np.random.default_rng(seed)
+    n, nflows = 2 * CHUNK + 5, 40
+    c = PacketColumns.empty(n)
+    c.ts[:] = rng.integers(-(2**40), 2**40, n)
+    c.tcp_flags[:] = rng.integers(0, 256, n)
+    c.win[:] = rng.choice(np.array([0, 1, 65535], np.uint16), n)
+    c.proto[:] = rng.choice(np.array([6, 17, 1], np.uint8), n)
+    c.wirelen[:] = rng.integers(0, 2**32, n, dtype=np.uint32)
+    flow = rng.integers(0, nflows + 1, n).astype(np.int32)
+    fw, is_syn = rng.random(n) < 0.5, rng.random(n) < 0.1
+    got = flows_module._counts(c, flow, fw, nflows)
+    want = flows_module._counts_numpy(c, flow, fw, nflows)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert np.array_equal(got[name], want[name]) and got[name].any(), name
+    spans = flows_module._time_spans(c, flow, is_syn, nflows + 1)
+    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    out = (np.full(nflows + 1, big), np.full(nflows + 1, small), np.full(nflows + 1, big))
+    for g, w in zip(spans, flows_module._time_spans_numpy(c, flow, is_syn, out), strict=True):
+        assert np.array_equal(g, w)
+    flow[7] = nflows + 1
+    with pytest.raises(ValueError, match="outside"):
+        flows_module._counts(c, flow, fw, nflows)
+
+
 @pytest.mark.parametrize("seed", [4, 5])
 def test_the_c_sequence_walk_equals_numpys(seed: int) -> None:
     """Directions of random segments (keep-alives, SYN and FIN, repeats, sequence numbers

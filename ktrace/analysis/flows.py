@@ -267,16 +267,17 @@ def _group_sorted(
 
 
 def _initiators(
-    c: PacketColumns, flow: np.ndarray, is_syn: np.ndarray, swap: np.ndarray, nflows: int
-) -> tuple[np.ndarray, np.ndarray]:
+    c: PacketColumns,
+    flow: np.ndarray,
+    is_syn: np.ndarray,
+    swap: np.ndarray,
+    spans: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
     """Per flow: whether its lower endpoint opened it (the earliest SYN's sender, else the
-    earliest packet's), and the flow's first timestamp."""
+    earliest packet's). `spans`: per flow, its earliest time and earliest SYN's."""
+    first_ts, syn_ts = spans
+    nflows = len(first_ts) - 1
     big = np.iinfo(np.int64).max
-    first_ts = np.full(nflows + 1, big, np.int64)
-    np.minimum.at(first_ts, flow, c.ts)
-    syn_ts = np.full(nflows + 1, big, np.int64)
-    syn_rows = np.flatnonzero(is_syn)
-    np.minimum.at(syn_ts, flow[syn_rows], c.ts[syn_rows])
     opener_ts = np.where(syn_ts < big, syn_ts, first_ts)
     no_syn = syn_ts == big
     opener = np.empty(len(c), bool)
@@ -291,7 +292,39 @@ def _initiators(
     chosen = cand[pick]
     lo_opens = np.zeros(nflows + 1, bool)
     lo_opens[flow[chosen]] = ~swap[chosen]
-    return lo_opens, first_ts[:nflows]
+    return lo_opens
+
+
+_spans_c = compiled("ktrace.analysis._tally", "spans")
+_tally_c = compiled("ktrace.analysis._tally", "tally")
+
+
+def _time_spans(
+    c: PacketColumns, flow: np.ndarray, is_syn: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per flow of m (the last: packets not IP), its earliest and latest time and its
+    earliest SYN's; int64's largest, smallest and largest where there is none."""
+    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    first, last, first_syn = np.full(m, big), np.full(m, small), np.full(m, big)
+    if _spans_c is not None:
+        flow32 = np.ascontiguousarray(flow, np.int32)
+        _spans_c(flow32, c.ts, is_syn.view(np.uint8), first, last, first_syn)
+        return first, last, first_syn
+    return _time_spans_numpy(c, flow, is_syn, (first, last, first_syn))
+
+
+def _time_spans_numpy(
+    c: PacketColumns,
+    flow: np.ndarray,
+    is_syn: np.ndarray,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    first, last, first_syn = out
+    np.minimum.at(first, flow, c.ts)
+    np.maximum.at(last, flow, c.ts)
+    syn_rows = np.flatnonzero(is_syn)
+    np.minimum.at(first_syn, flow[syn_rows], c.ts[syn_rows])
+    return first, last, first_syn
 
 
 _COUNTS = (
@@ -311,9 +344,21 @@ _COUNTS = (
 def _counts(
     c: PacketColumns, flow: np.ndarray, fw: np.ndarray, nflows: int
 ) -> dict[str, np.ndarray]:
-    """Per flow: packets and bytes each way, and TCP flags, summed chunk by chunk. Packets
-    and bytes are counted by flow and direction in one pass each; the flags only on the
-    segments that carry SYN, RST or FIN or a zero window, a few among many."""
+    """Per flow: packets and bytes each way, and TCP flags, in one pass (in C)."""
+    if _tally_c is None:
+        return _counts_numpy(c, flow, fw, nflows)
+    counts = np.zeros((len(_COUNTS), nflows + 1), np.int64)
+    flow32 = np.ascontiguousarray(flow, np.int32)
+    _tally_c(flow32, fw.view(np.uint8), c.wirelen, c.tcp_flags, c.win, c.proto, counts)
+    return {name: counts[k, :nflows].copy() for k, name in enumerate(_COUNTS)}
+
+
+def _counts_numpy(
+    c: PacketColumns, flow: np.ndarray, fw: np.ndarray, nflows: int
+) -> dict[str, np.ndarray]:
+    """_counts summed chunk by chunk. Packets and bytes are counted by flow and direction in
+    one pass each; the flags only on the segments that carry SYN, RST or FIN or a zero
+    window, a few among many."""
     out = {name: np.zeros(nflows + 1, np.int64) for name in _COUNTS}
     packets, size = np.zeros(2 * nflows + 2, np.int64), np.zeros(2 * nflows + 2, np.int64)
     for lo, hi in chunks(len(c)):
@@ -362,16 +407,15 @@ def flow_table(c: PacketColumns) -> FlowTable:
     first, flow, swap = _group(c, sport, dport)
     nflows = len(first)
     is_syn = (c.proto == TCP) & ((c.tcp_flags & (SYN | ACK)) == SYN)
-    lo_opens, first_ts = _initiators(c, flow, is_syn, swap, nflows)
-    del is_syn
+    first_ts, last_ts, syn_ts = _time_spans(c, flow, is_syn, nflows + 1)
+    lo_opens = _initiators(c, flow, is_syn, swap, (first_ts, syn_ts))
+    del is_syn, syn_ts
     # sent by the initiator: ~swap means the packet's source is the "lo" endpoint
     fw = np.empty(len(c), bool)
     for lo, hi in chunks(len(c)):
         fw[lo:hi] = (~swap[lo:hi]) == lo_opens.take(flow[lo:hi])
     fw &= c.l3 > 0
     counts = _counts(c, flow, fw, nflows)
-    last_ts = np.full(nflows + 1, np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(last_ts, flow, c.ts)
 
     opens = lo_opens[:nflows]
     sw = swap[first]
@@ -387,7 +431,7 @@ def flow_table(c: PacketColumns) -> FlowTable:
         a_port=np.where(opens, lp, hp).astype(np.uint16),
         b_addr=np.where(opens, ha, la).astype(np.uint32),
         b_port=np.where(opens, hp, lp).astype(np.uint16),
-        first_ts=first_ts,
+        first_ts=first_ts[:nflows],
         last_ts=last_ts[:nflows],
         handshake_ns=np.full(nflows, -1, np.int64),
         retransmissions=np.zeros(nflows, np.int64),

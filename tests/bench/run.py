@@ -232,13 +232,16 @@ def main() -> None:
     t_other, _ = timed(lambda: run_ktrace(path, other), repeat=3)
     results.append((f"ktrace index+flows ({other} {one_or_more})", t_other, packets))
     if hot.walk_c is not None:
-        from ktrace.analysis import sorting
+        from ktrace.analysis import flows, sorting
         from ktrace.decode import plain
 
+        c_parts = (flows._flow_ids, flows._spans_c, flows._tally_c)
         hot.walk, sorting.number, plain.enabled = hot.walk_python, sorting.number_sorting, False
+        flows._flow_ids = flows._spans_c = flows._tally_c = None
         t_py, _ = timed(lambda: run_ktrace(path, workers), repeat=1)
         hot.walk, sorting.number = hot.walk_c, sorting.number_c or sorting.number_sorting
         plain.enabled = plain.decode_c is not None
+        flows._flow_ids, flows._spans_c, flows._tally_c = c_parts
         results.append(("ktrace, no C (no compiler at install)", t_py, packets))
     t_tshark = None
     if shutil.which("tshark"):
