@@ -149,5 +149,6 @@ def test_columns_mixed_in_c_at_rows_equal_numpys_mix(
             assert np.array_equal(got, mix.mix_rows_numpy(columns, rows, k))
             assert np.array_equal(got[:5], mix.mix([c[rows[:5]] for c in columns], 5, k))
     assert len(mix.mix_rows(columns, np.zeros(0, np.int64))) == 0
-    with pytest.raises(IndexError):
-        mix.mix_rows(columns, np.array([n], np.int64))
+    for bad in (np.array([n], np.int64), np.r_[np.arange(300), -1]):  # in a later block too
+        with pytest.raises(IndexError):
+            mix.mix_rows(columns, bad)

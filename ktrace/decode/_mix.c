@@ -16,18 +16,20 @@
 
 #define MAX_COLUMNS 16
 
-static inline uint64_t value_at(const Py_buffer *b, int width, int64_t r) {
-    switch (width) {
-    case 1:
-        return ((const uint8_t *)b->buf)[r];
-    case 2:
-        return ((const uint16_t *)b->buf)[r];
-    case 4:
-        return ((const uint32_t *)b->buf)[r];
-    default:
-        return ((const uint64_t *)b->buf)[r];
-    }
-}
+/* Rows are mixed a block at a time, one column after another over the whole block: each
+ * row's mix is a chain of multiplies that must wait for each other, and rows side by side
+ * are independent chains the processor runs at once (row by row, the chain of one row was
+ * the whole time: 15.5 against 8.4 ms, one thread, for seven columns of 1.1M rows). */
+#define BLOCK 256
+
+#define MIX_COLUMN(type)                                                                       \
+    do {                                                                                       \
+        const type *v = (const type *)cols[c].buf;                                             \
+        for (Py_ssize_t j = 0; j < m; j++) {                                                   \
+            uint64_t x = (h[j] ^ v[at[j]]) * k;                                                \
+            h[j] = x ^ (x >> 29);                                                              \
+        }                                                                                      \
+    } while (0)
 
 static PyObject *mix_rows(PyObject *self, PyObject *args) {
     PyObject *columns;
@@ -63,19 +65,39 @@ static PyObject *mix_rows(PyObject *self, PyObject *args) {
     int bad = 0;
     uint64_t *out = outb.buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t r = width == 4 ? ((const int32_t *)rowsb.buf)[i] : ((const int64_t *)rowsb.buf)[i];
-        if (r < 0 || r >= length) {
-            bad = 1;
+    int64_t at[BLOCK];
+    uint64_t h[BLOCK];
+    for (Py_ssize_t base = 0; base < n && !bad; base += BLOCK) {
+        Py_ssize_t m = n - base < BLOCK ? n - base : BLOCK;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            int64_t r = width == 4 ? ((const int32_t *)rowsb.buf)[base + j]
+                                   : ((const int64_t *)rowsb.buf)[base + j];
+            if (r < 0 || r >= length) {
+                bad = 1;
+                break;
+            }
+            at[j] = r;
+            h[j] = 0;
+        }
+        if (bad)
             break;
-        }
-        uint64_t h = 0;
         for (Py_ssize_t c = 0; c < ncols; c++) {
-            h ^= value_at(&cols[c], widths[c], r);
-            h *= k;
-            h ^= h >> 29;
+            switch (widths[c]) {
+            case 1:
+                MIX_COLUMN(uint8_t);
+                break;
+            case 2:
+                MIX_COLUMN(uint16_t);
+                break;
+            case 4:
+                MIX_COLUMN(uint32_t);
+                break;
+            default:
+                MIX_COLUMN(uint64_t);
+            }
         }
-        out[i] = h * last;
+        for (Py_ssize_t j = 0; j < m; j++)
+            out[base + j] = h[j] * last;
     }
     Py_END_ALLOW_THREADS
     if (bad)
