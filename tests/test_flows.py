@@ -258,17 +258,22 @@ def test_resent_and_late_segments_match_the_set_operations(
     segments: list[tuple[bool, int, bool, bool]],
 ) -> None:
     """Directions (a new one where `start`), sequence numbers drawn from a few so that they
-    repeat, segments below what was sent and segments carrying nothing, in any mix."""
-    from ktrace.analysis.tcp_sequence import _resent
+    repeat, segments below what was sent and segments carrying nothing, in any mix: in C
+    (where built) and in numpy."""
+    from unittest import mock
+
+    from ktrace.analysis import tcp_sequence
 
     start = np.array([k == 0 or s for k, (s, _, _, _) in enumerate(segments)])
     rel = np.array([r for _, r, _, _ in segments], np.uint32)
     behind = np.array([b for _, _, b, _ in segments])
     carries = np.array([c for _, _, _, c in segments]) | behind
     rows = np.arange(len(segments))
-    got = _resent(rows, start, behind, rel, carries)
     want = _resent_reference(rows, start, behind, rel, carries)
-    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    for c_part in {tcp_sequence._resent_c, None}:
+        with mock.patch.object(tcp_sequence, "_resent_c", c_part):
+            got = tcp_sequence._resent(rows, start, behind, rel, carries)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
 
 
 def _random_columns(n: int, seed: int) -> tuple[PacketColumns, np.ndarray, np.ndarray]:
@@ -335,6 +340,37 @@ def test_the_c_flow_sums_equal_numpys(seed: int) -> None:
     flow[7] = nflows + 1
     with pytest.raises(ValueError, match="outside"):
         flows_module._counts(c, flow, fw, nflows)
+
+
+@pytest.mark.parametrize(("seed", "npoints"), [(8, 1), (9, 3)])
+def test_the_c_handshake_times_equal_numpys(seed: int, npoints: int) -> None:
+    """SYN, SYN/ACK and ACK of random packets (every flag mix, both directions, packets of no
+    flow, not TCP, several points, ties in time): C and numpy time the same handshakes, and
+    the C refuses a point outside its tables."""
+    from unittest import mock
+
+    from ktrace.analysis import tcp_sequence
+    from ktrace.chunking import CHUNK
+
+    if tcp_sequence._handshakes_c is None:
+        pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
+    rng = np.random.default_rng(seed)
+    n, nflows = 2 * CHUNK + 9, 50
+    c = PacketColumns.empty(n)
+    c.ts[:] = rng.integers(0, 5_000, n)
+    c.tcp_flags[:] = rng.choice(np.array([0x02, 0x12, 0x10, 0x14, 0x18, 0x11], np.uint8), n)
+    c.proto[:] = rng.choice(np.array([6, 6, 6, 17], np.uint8), n)
+    c.point[:] = rng.integers(0, npoints, n)
+    flow = rng.integers(-1, nflows, n).astype(np.int32)
+    c.proto[flow >= nflows - 5] = 17  # flows without a handshake
+    forward = rng.random(n) < 0.5
+    got = tcp_sequence._handshakes(c, flow, forward, nflows, npoints)
+    with mock.patch.object(tcp_sequence, "_handshakes_c", None):
+        want = tcp_sequence._handshakes(c, flow, forward, nflows, npoints)
+    assert np.array_equal(got, want) and (got >= 0).any() and (got == -1).any()
+    c.point[5] = npoints
+    with pytest.raises(ValueError, match="outside"):
+        tcp_sequence._handshakes(c, flow, forward, nflows, npoints)
 
 
 @pytest.mark.parametrize("seed", [4, 5])

@@ -11,6 +11,20 @@
  *   row always does). Filled per row: behind (uint8), 1 when the segment ends at or below
  *   what its direction already sent and is not a keep-alive; rel (uint32), its sequence
  *   relative to the direction's first; carries (uint8), 1 when it takes sequence space.
+ *
+ * resent(start, rel, carries, behind, suspects, again, late)
+ *   start, rel, carries, behind: per row, as behind() gives them; suspects: sorted int64 keys
+ *   (direction << 34 | rel) of the rows behind, the direction counted from 0 at each start.
+ *   Filled per row: again (uint8), 1 for a row behind with a segment starting at its key
+ *   earlier in the walk (a retransmission); late (uint8), 1 for the other rows behind (a
+ *   gap filled late). tcp_sequence._resent does the same by binary search a chunk at a time.
+ *
+ * handshakes(flow, point, forward, flags, proto, ts, points, t_syn, t_synack, t_ack)
+ *   Packet columns: flow (int32, -1 outside any: the spare last flow), point (uint16, below
+ *   `points`), forward (uint8), flags, proto (uint8), ts (int64). The tables: int64 per (flow,
+ *   point), flat, (flows + 1) x points, given filled with the largest int64; lowered to the
+ *   earliest SYN from the initiator, SYN/ACK to it, and ACK from it at or after the SYN/ACK.
+ *   tcp_sequence._handshakes_numpy does the same with ufunc.at.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -79,8 +93,142 @@ done:
     return result;
 }
 
+#define KEY_SHIFT 34
+
+/* The position of key among n sorted keys, -1 when absent. */
+static Py_ssize_t find(const int64_t *keys, Py_ssize_t n, int64_t key) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (keys[mid] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && keys[lo] == key ? lo : -1;
+}
+
+static PyObject *resent(PyObject *self, PyObject *args) {
+    Py_buffer startb, relb, carriesb, behindb, suspectsb, againb, lateb;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*w*", &startb, &relb, &carriesb, &behindb,
+                          &suspectsb, &againb, &lateb))
+        return NULL;
+    PyObject *result = NULL;
+    uint8_t *seen = NULL;
+    Py_ssize_t n = startb.len, m = suspectsb.len / 8;
+    if (relb.len != 4 * n || carriesb.len != n || behindb.len != n || suspectsb.len != 8 * m ||
+        againb.len != n || lateb.len != n) {
+        PyErr_SetString(PyExc_ValueError, "resent: columns of different lengths or types");
+        goto done;
+    }
+    seen = PyMem_Calloc(m ? (size_t)m : 1, 1);
+    if (seen == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint8_t *start = startb.buf, *carries = carriesb.buf, *behind_ = behindb.buf;
+    const uint32_t *rel = relb.buf;
+    const int64_t *suspects = suspectsb.buf;
+    uint8_t *again = againb.buf, *late = lateb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t direction = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        direction += start[i] != 0;
+        int repeated = 0;
+        if (carries[i]) {
+            Py_ssize_t k = find(suspects, m, (direction << KEY_SHIFT) | (int64_t)rel[i]);
+            if (k >= 0) {
+                repeated = seen[k];
+                seen[k] = 1;
+            }
+        }
+        again[i] = (uint8_t)(behind_[i] && repeated);
+        late[i] = (uint8_t)(behind_[i] && !repeated);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(seen);
+    PyBuffer_Release(&startb);
+    PyBuffer_Release(&relb);
+    PyBuffer_Release(&carriesb);
+    PyBuffer_Release(&behindb);
+    PyBuffer_Release(&suspectsb);
+    PyBuffer_Release(&againb);
+    PyBuffer_Release(&lateb);
+    return result;
+}
+
+#define TCP 6
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+static PyObject *handshakes(PyObject *self, PyObject *args) {
+    Py_buffer flowb, pointb, fwb, flagsb, protob, tsb, synb, synackb, ackb;
+    Py_ssize_t points;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*nw*w*w*", &flowb, &pointb, &fwb, &flagsb, &protob,
+                          &tsb, &points, &synb, &synackb, &ackb))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = flowb.len / 4, size = synb.len / 8;
+    if (flowb.len != 4 * n || pointb.len != 2 * n || fwb.len != n || flagsb.len != n ||
+        protob.len != n || tsb.len != 8 * n || synackb.len != synb.len || ackb.len != synb.len ||
+        points < 1 || size % points || size / points < 1) {
+        PyErr_SetString(PyExc_ValueError, "handshakes: columns of different lengths or types");
+        goto done;
+    }
+    const int32_t *flow = flowb.buf;
+    const uint16_t *point = pointb.buf;
+    const uint8_t *fw = fwb.buf, *flags = flagsb.buf, *proto = protob.buf;
+    const int64_t *ts = tsb.buf;
+    int64_t *t_syn = synb.buf, *t_synack = synackb.buf, *t_ack = ackb.buf;
+    int bad = 0;
+    Py_ssize_t flows = size / points - 1; /* and the spare last, for the rows of none */
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t pass = 0; pass < 2 && !bad; pass++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (proto[i] != TCP)
+                continue;
+            int64_t f = flow[i] < 0 ? flows : flow[i];
+            if (f > flows || point[i] >= points) {
+                bad = 1;
+                break;
+            }
+            Py_ssize_t at = (Py_ssize_t)f * points + point[i];
+            uint8_t g = flags[i];
+            if (pass == 0) {
+                uint8_t kind = g & (TCP_SYN | TCP_ACK);
+                if (kind == TCP_SYN && fw[i] && ts[i] < t_syn[at])
+                    t_syn[at] = ts[i];
+                else if (kind == (TCP_SYN | TCP_ACK) && !fw[i] && ts[i] < t_synack[at])
+                    t_synack[at] = ts[i];
+            } else if ((g & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_ACK && fw[i] &&
+                       ts[i] >= t_synack[at] && ts[i] < t_ack[at])
+                t_ack[at] = ts[i];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (bad)
+        PyErr_SetString(PyExc_ValueError, "handshakes: a flow or point outside the tables");
+    else
+        result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&flowb);
+    PyBuffer_Release(&pointb);
+    PyBuffer_Release(&fwb);
+    PyBuffer_Release(&flagsb);
+    PyBuffer_Release(&protob);
+    PyBuffer_Release(&tsb);
+    PyBuffer_Release(&synb);
+    PyBuffer_Release(&synackb);
+    PyBuffer_Release(&ackb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"handshakes", handshakes, METH_VARARGS, "Earliest SYN, SYN/ACK and ACK per flow and point."},
     {"behind", behind, METH_VARARGS, "Walk TCP directions for segments already sent."},
+    {"resent", resent, METH_VARARGS, "Tell retransmissions from late segments, in one pass."},
     {NULL, NULL, 0, NULL},
 };
 

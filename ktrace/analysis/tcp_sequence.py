@@ -19,6 +19,8 @@ from ktrace.distinct import distinct
 from ktrace.native import compiled
 
 _behind_c = compiled("ktrace.analysis._sequence", "behind")
+_resent_c = compiled("ktrace.analysis._sequence", "resent")
+_handshakes_c = compiled("ktrace.analysis._sequence", "handshakes")
 _SHIFT = 34  # a direction's rank above the 33 bits an end can take (32-bit sequence + length)
 _LOW = (1 << _SHIFT) - 1
 
@@ -59,9 +61,8 @@ def resent_rows(
     group = np.empty(len(tcp), np.int64)
     for lo, hi in chunks(len(tcp)):
         r = tcp[lo:hi]
-        group[lo:hi] = (flow.take(r).astype(np.int64) * width + c.point.take(r)) * 2 + forward.take(
-            r
-        )
+        place = flow.take(r).astype(np.int64) * width + c.point.take(r)
+        group[lo:hi] = place * 2 + forward.take(r)
     order, start = sorted_runs(group, spend=True)
     del group
     rows = tcp.take(order)
@@ -131,8 +132,7 @@ def _resent(
     """(retransmitted, late) per sorted row. Below what was already sent: a retransmission if
     a segment starting at the same sequence number was seen before in its direction, else a
     late segment filling a gap. The segments below what was sent are few: only rows whose
-    key (direction, sequence number) is one of theirs are looked at, found by binary search
-    a chunk at a time."""
+    key (direction, sequence number) is one of theirs are looked at."""
     n = len(rows)
     again, late = np.zeros(n, bool), np.zeros(n, bool)
     hits = np.flatnonzero(behind)
@@ -141,6 +141,25 @@ def _resent(
     begins = np.flatnonzero(start)
     direction = np.searchsorted(begins, hits, side="right") - 1
     suspects = distinct((direction.astype(np.int64) << _SHIFT) | rel[hits])
+    if _resent_c is not None:
+        flags = (np.ascontiguousarray(a).view(np.uint8) for a in (start, carries, behind))
+        start8, carries8, behind8 = flags
+        _resent_c(
+            start8, rel, carries8, behind8, suspects, again.view(np.uint8), late.view(np.uint8)
+        )
+        return again, late
+    repeated = _repeated_numpy(start, rel, carries, suspects)
+    np.logical_and(behind, repeated, out=again)
+    np.logical_and(behind, ~repeated, out=late)
+    return again, late
+
+
+def _repeated_numpy(
+    start: np.ndarray, rel: np.ndarray, carries: np.ndarray, suspects: np.ndarray
+) -> np.ndarray:
+    """Per row: it carries a segment at a suspect key that an earlier row carried too, the
+    rows at those keys found by binary search a chunk at a time."""
+    n = len(start)
     cand, keys, done = [], [], -1
     for lo, hi in chunks(n):
         key = done + np.cumsum(start[lo:hi], dtype=np.int64)  # the row's direction
@@ -156,9 +175,7 @@ def _resent(
     repeated = np.zeros(n, bool)
     repeated[rows_found] = True
     repeated[rows_found[first]] = False
-    np.logical_and(behind, repeated, out=again)
-    np.logical_and(behind, ~repeated, out=late)
-    return again, late
+    return repeated
 
 
 def _handshakes(
@@ -166,11 +183,40 @@ def _handshakes(
 ) -> np.ndarray:
     """SYN -> the initiator's ACK after the SYN/ACK, at each point; kept from the point that
     saw the SYN first. -1 where there was no complete handshake. The tables are per (flow,
-    point), flat: numpy's ufunc.at is ten times faster on one index than on a pair; a row of
-    no flow (-1) lands in the spare last flow's place, as negative indices do."""
+    point), flat; a row of no flow (-1) lands in the spare last flow's place."""
     big = np.iinfo(np.int64).max
     width = max(npoints, 1)
-    t_syn, t_synack, t_ack = (np.full((nflows + 1) * width, big, np.int64) for _ in range(3))
+    size = (nflows + 1) * width
+    tables = (
+        np.full(size, big, np.int64),
+        np.full(size, big, np.int64),
+        np.full(size, big, np.int64),
+    )
+    if _handshakes_c is not None:
+        flow32 = np.ascontiguousarray(flow, np.int32)
+        columns = (c.point, forward.view(np.uint8), c.tcp_flags, c.proto, c.ts)
+        _handshakes_c(flow32, *map(np.ascontiguousarray, columns), width, *tables)
+    else:
+        _handshakes_numpy(c, flow, forward, width, tables)
+    t_syn, _, t_ack = tables
+    syn = t_syn.reshape(nflows + 1, width)[:nflows]
+    first_point = syn.argmin(axis=1)
+    idx = np.arange(nflows)
+    s, a = syn[idx, first_point], t_ack.reshape(nflows + 1, width)[idx, first_point]
+    return np.where((s < big) & (a < big), a - s, -1)
+
+
+def _handshakes_numpy(
+    c: PacketColumns,
+    flow: np.ndarray,
+    forward: np.ndarray,
+    width: int,
+    tables: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """_handshakes' tables filled by ufunc.at (ten times faster on one index than on a
+    pair); a row of no flow (-1) lands in the spare last flow's place, as negative indices
+    do."""
+    t_syn, t_synack, t_ack = tables
     tcp = c.proto == TCP
     kind = c.tcp_flags & (SYN | ACK)
     for table, mask in (
@@ -184,11 +230,6 @@ def _handshakes(
         is_ack = tcp[lo:hi] & ((c.tcp_flags[lo:hi] & (SYN | ACK | RST)) == ACK) & forward[lo:hi]
         after = np.flatnonzero(is_ack & (c.ts[lo:hi] >= t_synack[place]))
         np.minimum.at(t_ack, place[after], c.ts[lo:hi][after])
-    syn = t_syn.reshape(nflows + 1, width)[:nflows]
-    first_point = syn.argmin(axis=1)
-    idx = np.arange(nflows)
-    s, a = syn[idx, first_point], t_ack.reshape(nflows + 1, width)[idx, first_point]
-    return np.where((s < big) & (a < big), a - s, -1)
 
 
 def per_point_max(flow: np.ndarray, point: np.ndarray, nflows: int, npoints: int) -> np.ndarray:
