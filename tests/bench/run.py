@@ -232,16 +232,25 @@ def main() -> None:
     t_other, _ = timed(lambda: run_ktrace(path, other), repeat=3)
     results.append((f"ktrace index+flows ({other} {one_or_more})", t_other, packets))
     if hot.walk_c is not None:
-        from ktrace.analysis import flows, sorting
+        from ktrace.analysis import flows, sorting, tcp_sequence
         from ktrace.decode import plain
 
-        c_parts = (flows._flow_ids, flows._spans_c, flows._tally_c)
+        c_parts = {
+            (module, name): getattr(module, name)
+            for module, names in (
+                (flows, ("_flow_ids", "_spans_c", "_tally_c")),
+                (tcp_sequence, ("_behind_c", "_resent_c", "_handshakes_c")),
+            )
+            for name in names
+        }
         hot.walk, sorting.number, plain.enabled = hot.walk_python, sorting.number_sorting, False
-        flows._flow_ids = flows._spans_c = flows._tally_c = None
+        for module, name in c_parts:
+            setattr(module, name, None)
         t_py, _ = timed(lambda: run_ktrace(path, workers), repeat=1)
         hot.walk, sorting.number = hot.walk_c, sorting.number_c or sorting.number_sorting
         plain.enabled = plain.decode_c is not None
-        flows._flow_ids, flows._spans_c, flows._tally_c = c_parts
+        for (module, name), part in c_parts.items():
+            setattr(module, name, part)
         results.append(("ktrace, no C (no compiler at install)", t_py, packets))
     t_tshark = None
     if shutil.which("tshark"):
