@@ -18,6 +18,7 @@ from ktrace.analysis.http_exchanges import HttpExchange, http_exchanges
 from ktrace.analysis.names import Names
 from ktrace.analysis.paths import ConvPath
 from ktrace.analysis.returns import Bypass, bypasses
+from ktrace.chunking import bincount
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import TCP, UDP
 
@@ -43,6 +44,11 @@ class Analysis:
     names: Names
     http: HttpResult
     nodes: dict[str, NodeEvidence] = field(default_factory=dict)  # what the nodes recorded
+
+    @cached_property
+    def point_extents(self) -> tuple[np.ndarray, ...]:
+        """Per point: packets, bytes, first and last time."""
+        return point_extents(self.index)
 
     @cached_property
     def _path_by_conv(self) -> dict[int, ConvPath]:
@@ -110,7 +116,8 @@ class Analysis:
 
     @property
     def end_ts(self) -> int:
-        return int(self.index.columns.ts.max()) if len(self.index) else 0
+        """The time of the last packet of all."""
+        return int(self.point_extents[3].max()) if len(self.index) else 0
 
     def host(self, flow: int, side: str) -> str:
         """The address of one end of a flow ("a" or "b"), as text."""
@@ -124,3 +131,31 @@ class Analysis:
 
     def flow_label(self, flow: int) -> str:
         return f"{self.proto(flow)} {self.endpoint(flow, 'a')} -> {self.endpoint(flow, 'b')}"
+
+
+def point_extents(index: PacketIndex) -> tuple[np.ndarray, ...]:
+    """Per point: packets, bytes, first and last time. A file's rows are contiguous, so a
+    file of one point is summed by slice; only a file of several (pcapng interfaces) is
+    grouped by point."""
+    c, npoints = index.columns, len(index.points)
+    counts, sizes = np.zeros(npoints, np.int64), np.zeros(npoints, np.int64)
+    first = np.full(npoints, np.iinfo(np.int64).max, np.int64)
+    last = np.full(npoints, np.iinfo(np.int64).min, np.int64)
+    ends = [f.first_row for f in index.files[1:]] + [len(c)]
+    for f, end in zip(index.files, ends, strict=True):
+        rows = slice(f.first_row, end)
+        if f.first_row == end:
+            continue
+        if len(f.points) == 1:
+            k = f.points[0]
+            counts[k] += end - f.first_row
+            sizes[k] += int(c.wirelen[rows].sum())
+            first[k] = min(first[k], int(c.ts[rows].min()))
+            last[k] = max(last[k], int(c.ts[rows].max()))
+            continue
+        point = c.point[rows]
+        counts += bincount(point, npoints)
+        sizes += bincount(point, npoints, c.wirelen[rows]).astype(np.int64)
+        np.minimum.at(first, point, c.ts[rows])
+        np.maximum.at(last, point, c.ts[rows])
+    return counts, sizes, first, last

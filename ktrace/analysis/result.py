@@ -40,8 +40,7 @@ from ktrace.analysis.row_columns import (
     merged,
 )
 from ktrace.analysis.views import ConversationRow, busiest_conversations, conversations
-from ktrace.chunking import bincount, in_order
-from ktrace.decode.index import PacketIndex
+from ktrace.chunking import in_order
 from ktrace.decode.tunnel import Tunnel
 from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
@@ -307,7 +306,7 @@ class Result:
     @cached_property
     def points(self) -> tuple[PointRow, ...]:
         index = self.analysis.index
-        counts, sizes, first, last = _point_extents(index)
+        counts, sizes, first, last = self.analysis.point_extents
         offsets = self.analysis.correlation.offsets.tolist()
         firsts = isos(np.where(counts > 0, first, 0))  # the unseen points' are not written
         out = []
@@ -684,34 +683,6 @@ def _slices(
 
 def _laid_out(rows: tuple[list[Pieces], int]) -> bytes:
     return laid_out(*rows)
-
-
-def _point_extents(index: PacketIndex) -> tuple[np.ndarray, ...]:
-    """Per point: packets, bytes, first and last time. A file's rows are contiguous, so a
-    file of one point is summed by slice; only a file of several (pcapng interfaces) is
-    grouped by point."""
-    c, npoints = index.columns, len(index.points)
-    counts, sizes = np.zeros(npoints, np.int64), np.zeros(npoints, np.int64)
-    first = np.full(npoints, np.iinfo(np.int64).max, np.int64)
-    last = np.full(npoints, np.iinfo(np.int64).min, np.int64)
-    ends = [f.first_row for f in index.files[1:]] + [len(c)]
-    for f, end in zip(index.files, ends, strict=True):
-        rows = slice(f.first_row, end)
-        if f.first_row == end:
-            continue
-        if len(f.points) == 1:
-            k = f.points[0]
-            counts[k] += end - f.first_row
-            sizes[k] += int(c.wirelen[rows].sum())
-            first[k] = min(first[k], int(c.ts[rows].min()))
-            last[k] = max(last[k], int(c.ts[rows].max()))
-            continue
-        point = c.point[rows]
-        counts += bincount(point, npoints)
-        sizes += bincount(point, npoints, c.wirelen[rows]).astype(np.int64)
-        np.minimum.at(first, point, c.ts[rows])
-        np.maximum.at(last, point, c.ts[rows])
-    return counts, sizes, first, last
 
 
 SCALARS = (str, int, float, bool, type(None))

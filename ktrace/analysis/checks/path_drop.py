@@ -34,9 +34,9 @@ def is_mtu(loss: Loss) -> bool:
 def frag_needed(analysis: Analysis) -> np.ndarray:
     """ICMP 'fragmentation needed' / ICMPv6 'packet too big' rows."""
     c = analysis.index.columns
-    return np.flatnonzero(
-        ((c.proto == 1) & (c.seq == (3 << 8) | 4)) | ((c.proto == 58) & ((c.seq >> 8) == 2))
-    )
+    icmp = np.flatnonzero((c.proto == 1) | (c.proto == 58))  # few: their fields read alone
+    proto, seq = c.proto[icmp], c.seq[icmp]
+    return icmp[((proto == 1) & (seq == (3 << 8) | 4)) | ((proto == 58) & ((seq >> 8) == 2))]
 
 
 @dataclass

@@ -63,13 +63,6 @@ class _Unanswered:
         return sorted(r for rows in self.syns for r in rows[:each])[:MAX_EVIDENCE]
 
 
-def _point_ends(analysis: Analysis) -> np.ndarray:
-    c = analysis.index.columns
-    ends = np.full(len(analysis.index.points), np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(ends, c.point, c.ts)
-    return ends
-
-
 def _unanswered(analysis: Analysis) -> Iterator[tuple[int, np.ndarray]]:
     """(first flow, its conversation's flows) for each conversation whose SYNs got nothing
     back and not placed by path.drop."""
@@ -106,7 +99,7 @@ def _groups(analysis: Analysis) -> list[_Unanswered]:
     syn_conv = conv[f.flow[syn_rows]]
     by_conv = np.argsort(syn_conv, kind="stable")
     sorted_conv = syn_conv[by_conv]
-    ends = _point_ends(analysis)
+    ends = analysis.point_extents[3]  # each point's last packet
     groups: dict[tuple[str, str, bool], _Unanswered] = {}
     for flow, everyone in _unanswered(analysis):
         path = analysis.path_of_flow(flow)
