@@ -654,7 +654,9 @@ class Result:
             yield b"["
             # each slice's columns made here while the slice before is laid out in C
             for k, encoded in enumerate(in_order(_laid_out, _slices(row, columns_of, n))):
-                yield b"," + encoded if k else encoded
+                if k:
+                    yield b","  # apart: joined, each slice's MBs would be copied once more
+                yield encoded
             yield b"]"
         yield b"}"
 
