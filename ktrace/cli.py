@@ -57,9 +57,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 @contextmanager
 def _captures_closing(result: Result) -> Iterator[None]:
     """The captures' mappings closed on another thread while the output is made: nothing
-    after the analysis reads a packet again, and unmapping the pages of a 1 GB capture (20
-    ms, at the exit otherwise) runs without the GIL. A mapping something still views is
-    left to the exit."""
+    after the analysis reads a packet again, and what unmapping still has to do (most of its
+    pages left the page tables during the analysis: PacketIndex.forget_pages) runs without
+    the GIL. A mapping something still views is left to the exit."""
 
     def close() -> None:
         with suppress(BufferError):

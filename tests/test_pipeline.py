@@ -1,6 +1,6 @@
 """The pipeline's steps: DNS runs on a thread of its own beside the stages before it, and
 whatever ends the pipeline early (a cancel, a failure, a caller that stops reading) ends that
-thread with it."""
+thread with it; after DNS the capture leaves the page tables on another."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from ktrace.analysis import pipeline
 from ktrace.analysis.dns import DnsResult, dns_transactions
-from ktrace.analysis.pipeline import Analysing, Analyzed, run_pipeline
+from ktrace.analysis.pipeline import Analysing, Analyzed, Indexed, run_pipeline
 from ktrace.bundle.inputs import read_inputs
 from ktrace.decode.index import PacketIndex, build_index
 from ktrace.errors import Cancelled
@@ -97,4 +97,37 @@ def test_a_caller_that_stops_reading_waits_for_dns_to_end(
             break
     steps.close()
     assert ended.is_set()
+    assert threading.active_count() == before
+
+
+def _resident_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of `path` (0 when none)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.split(maxsplit=1)[0].endswith(":"):  # a mapping's line: its range first
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_the_capture_leaves_the_page_tables_after_the_passes_over_every_packet() -> None:
+    """After DNS, the last stage that reads every packet, the capture's pages are dropped
+    from the page tables on a thread; a packet read after that maps its page again, with the
+    same bytes, and closing the index waits for that thread."""
+    path = (PCAPS / "http-dns.pcap").resolve()
+    with build_index([path]) as fresh:
+        want = [fresh.packet_bytes(r) for r in range(len(fresh))]
+    before = threading.active_count()
+    for step in run_pipeline(read_inputs([path])):
+        if isinstance(step, Indexed):
+            index = step.index
+            assert _resident_kb(path) > 0 and index._forgetting is None
+        if isinstance(step, Analysing) and step.stage == "HTTP":  # DNS done, HTTP to come
+            assert index._forgetting is not None
+            index._forgetting.join()
+            assert _resident_kb(path) == 0
+    assert [index.packet_bytes(r) for r in range(len(index))] == want
+    assert _resident_kb(path) > 0
+    index.close()
     assert threading.active_count() == before

@@ -138,6 +138,9 @@ def analysis_steps(
         paths = conversation_paths(index, flows, correlation, names)
         yield Analysing("DNS", n)
         dns = pending.result()
+    # what follows reads a few packets at most, on one core: the other drops the capture's
+    # pages from the page tables meanwhile, work the output would otherwise wait for
+    index.forget_pages()
     yield Analysing("HTTP", n)
     http = http_transactions(index, flows, cancel)
     yield Analysing("checks", n)

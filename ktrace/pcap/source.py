@@ -9,12 +9,15 @@ import mmap
 import os
 import tempfile
 import zlib
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ktrace.errors import CaptureFileError
+from ktrace.native import compiled
 
 GZIP_MAGIC = b"\x1f\x8b"
+_forget_c = compiled("ktrace.pcap._walk", "forget")
 
 
 @dataclass
@@ -28,6 +31,16 @@ class MappedFile:
     _temp: Path | None = field(default=None, repr=False)
     compressed: bool = False
     warning: str | None = None
+
+    def forget(self) -> None:
+        """Drop the mapping's pages from the process's page tables: they stay in the page
+        cache, and a later read maps them again. Without the GIL where the C part was
+        built (mmap.madvise holds it)."""
+        if _forget_c is not None:
+            _forget_c(self.view)
+        else:
+            with suppress(OSError):
+                self.mm.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
         self.view.release()
