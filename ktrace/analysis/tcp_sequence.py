@@ -142,8 +142,9 @@ def _resent(
     direction = np.searchsorted(begins, hits, side="right") - 1
     suspects = distinct((direction.astype(np.int64) << _SHIFT) | rel[hits])
     if _resent_c is not None:
-        flags = (np.ascontiguousarray(a).view(np.uint8) for a in (start, carries, behind))
-        start8, carries8, behind8 = flags
+        start8, carries8, behind8 = (
+            np.ascontiguousarray(a).view(np.uint8) for a in (start, carries, behind)
+        )
         _resent_c(
             start8, rel, carries8, behind8, suspects, again.view(np.uint8), late.view(np.uint8)
         )
