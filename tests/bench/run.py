@@ -232,13 +232,14 @@ def main() -> None:
     t_other, _ = timed(lambda: run_ktrace(path, other), repeat=3)
     results.append((f"ktrace index+flows ({other} {one_or_more})", t_other, packets))
     if hot.walk_c is not None:
-        from ktrace.analysis import flows, sorting, tcp_sequence
+        from ktrace.analysis import flows as flow_table
+        from ktrace.analysis import sorting, tcp_sequence
         from ktrace.decode import plain
 
         c_parts = {
             (module, name): getattr(module, name)
             for module, names in (
-                (flows, ("_flow_ids", "_spans_c", "_tally_c")),
+                (flow_table, ("_flow_ids", "_spans_c", "_tally_c")),
                 (tcp_sequence, ("_behind_c", "_resent_c", "_handshakes_c")),
             )
             for name in names
