@@ -305,7 +305,8 @@ def _time_spans(
     """Per flow of m (the last: packets not IP), its earliest and latest time and its
     earliest SYN's; int64's largest, smallest and largest where there is none."""
     big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    first, last, first_syn = np.full(m, big), np.full(m, small), np.full(m, big)
+    first, last = np.full(m, big, np.int64), np.full(m, small, np.int64)
+    first_syn = np.full(m, big, np.int64)
     if _spans_c is not None:
         flow32 = np.ascontiguousarray(flow, np.int32)
         _spans_c(flow32, c.ts, is_syn.view(np.uint8), first, last, first_syn)

@@ -160,7 +160,9 @@ def repeated_at(n: int, values_at: Callable[[np.ndarray], np.ndarray]) -> np.nda
     out[position[follow[same] - 1]] = True
     mixed = follow[~same] - 1
     if len(mixed):  # a hash shared by different values: group those runs exactly
-        starts = np.setdiff1d(np.arange(n), follow, assume_unique=True)
+        begins = np.ones(n, bool)  # where a run of one hash starts
+        begins[follow] = False
+        starts = np.flatnonzero(begins)
         runs = distinct(np.searchsorted(starts, mixed, side="right") - 1)
         ends = np.r_[starts[1:], n]
         members = np.concatenate([position[starts[r] : ends[r]] for r in runs.tolist()])

@@ -170,7 +170,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
 /* forget(buffer): drop a file mapping's pages from the process's page tables without the
  * GIL (MADV_DONTNEED: the file's pages stay cached, and a later read maps them again).
  * Unmapping 1 GB of mapped pages is 20 ms of kernel work; done beforehand, on a core the
- * analysis leaves idle, it is not done when the output wants both. False where refused. */
+ * analysis leaves idle, it is not done when the output wants both. Advice only: refused,
+ * the unmap does the work as before. */
 static PyObject *forget(PyObject *self, PyObject *args) {
     Py_buffer view;
     if (!PyArg_ParseTuple(args, "y*", &view))
@@ -178,13 +179,12 @@ static PyObject *forget(PyObject *self, PyObject *args) {
     long page = sysconf(_SC_PAGESIZE);
     uintptr_t from = ((uintptr_t)view.buf) & ~(uintptr_t)(page - 1);
     uintptr_t to = (uintptr_t)view.buf + (uintptr_t)view.len;
-    int status = 0;
     Py_BEGIN_ALLOW_THREADS
     if (to > from)
-        status = madvise((void *)from, to - from, MADV_DONTNEED);
+        (void)madvise((void *)from, to - from, MADV_DONTNEED);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    return PyBool_FromLong(status == 0);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
