@@ -29,6 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 if TYPE_CHECKING:
     from ktrace.analysis.result import Result
     from ktrace.kube.api import KubeFlags
+    from ktrace.model import Point
 
 
 def _prog() -> str:
@@ -117,24 +118,55 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    from ktrace.bundle.inputs import read_inputs
     from ktrace.decode.deep import show
     from ktrace.decode.index import build_index
 
-    with build_index([args.file], workers=1) as index:
+    point_id, number = args.packet
+    found = read_inputs([args.input])
+    path = _file_of_point(found.files, found.declared, point_id, args.input)
+    with build_index([path], workers=1, declared=found.declared) as index:
         total = len(index)
-        if not 1 <= args.number <= total:
-            raise UsageError(f"{args.file}: has packets 1 to {total}, not {args.number}")
-        row = args.number - 1
+        if not 1 <= number <= total:
+            raise UsageError(f"{path}: has packets 1 to {total}, not {number}")
+        row = number - 1
         point = index.points[int(index.columns.point[row])]
         raw = index.packet_bytes(row)
         print(
-            f"packet {args.number} of {total}, point {point.id}, {len(raw)} bytes captured "
+            f"packet {number} of {total}, point {point.id}, {len(raw)} bytes captured "
             f"of {int(index.columns.wirelen[row])}"
         )
         for warning in index.warnings:
             print(f"{_prog()}: warning: {warning}", file=sys.stderr)
         sys.stdout.write(show(raw, point.linktype))
     return ExitStatus.OK
+
+
+def _file_of_point(
+    files: Sequence[Path], declared: dict[Path, Point], point_id: str | None, given: Path
+) -> Path:
+    """The capture file holding `point_id` (a bundle's declared point, or a file named after
+    it as plain files' points are), or the one file there is when no point is named."""
+    if point_id is None:
+        if len(files) != 1:
+            raise UsageError(
+                f"{given}: holds {len(files)} capture points",
+                "name one as findings cite packets: POINT#N, e.g. "
+                f"{_point_of(files[0], declared)}#1",
+            )
+        return files[0]
+    for path in files:
+        if point_id == _point_of(path, declared) or point_id.startswith(
+            _point_of(path, declared) + ":"
+        ):
+            return path
+    known = ", ".join(_point_of(p, declared) for p in files)
+    raise UsageError(f"{given}: no capture point {point_id!r}", f"its points: {known}")
+
+
+def _point_of(path: Path, declared: dict[Path, Point]) -> str:
+    point = declared.get(path)
+    return point.id if point is not None else path.name.split(".")[0] or path.name
 
 
 def cmd_open(args: argparse.Namespace) -> int:
@@ -281,13 +313,34 @@ def _open_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _packet(text: str) -> tuple[str | None, int]:
+    """N, or POINT#N as findings and the Parquet tables cite a packet."""
+    point, mark, number = text.rpartition("#")
+    try:
+        value = int(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a packet: give N or POINT#N (as findings cite packets)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"packet numbers start at 1, not {value}")
+    if mark and not point:
+        raise argparse.ArgumentTypeError(f"{text!r} names no point before '#'")
+    return (point or None), value
+
+
 def _decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", type=Path, help="a pcap/pcapng file")
+    """examples:
+    ktrace decode capture.pcap 35
+    ktrace decode pcaps/lab/policy-drop node-b-eth0#35"""
     p.add_argument(
-        "number",
-        type=_positive,
-        metavar="N",
-        help="packet number, 1-based as tcpdump -r and tshark count",
+        "input", type=Path, metavar="FILE_OR_DIR", help="a pcap/pcapng file, or a bundle"
+    )
+    p.add_argument(
+        "packet",
+        type=_packet,
+        metavar="PACKET",
+        help="N (1-based, as tcpdump -r and tshark count) or POINT#N, as findings cite it",
     )
 
 
@@ -513,6 +566,9 @@ COMMANDS = (
 )
 
 
+DEBUG_HELP = "show tracebacks instead of one-line errors"
+
+
 def build_parser() -> argparse.ArgumentParser:
     prog = _prog()
     parser = argparse.ArgumentParser(
@@ -521,9 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Run '{prog} COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"ktrace {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show tracebacks instead of one-line errors"
-    )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     _kube_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in COMMANDS:
@@ -535,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         c.add_arguments(p)
+        # where the error's hint leads people to put it: after the command too
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         p.set_defaults(run=c.run)
     return parser
 

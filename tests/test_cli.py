@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ktrace.report.table import human_size
-from tests.helpers import PCAPS, answer, query, tcp_session, udp
+from tests.helpers import LAB, PCAPS, answer, query, tcp_session, udp
 
 Make = Callable[..., Path]
 SCRIPTS = sysconfig.get_path("scripts")
@@ -171,10 +171,72 @@ def test_an_empty_bundle_cut_short_says_so_first(tmp_path: Path) -> None:
 
 
 def test_decode_names_the_argument_not_an_internal(make_pcap: Make) -> None:
-    result = run("decode", str(make_pcap(tcp_session())), "node-b-eth0#9")
+    result = run("decode", str(make_pcap(tcp_session())), "node-b-eth0:9")
     assert result.returncode == 2
-    assert "_positive" not in result.stderr
-    assert "N: 'node-b-eth0#9' is not a packet number" in result.stderr
+    assert "_packet" not in result.stderr
+    assert "PACKET: 'node-b-eth0:9' is not a packet: give N or POINT#N" in result.stderr
+
+
+def test_decode_takes_a_packet_as_findings_cite_it() -> None:
+    """A finding's evidence (point#number) is what `decode` takes, with the bundle; the
+    packet it shows is the one the finding meant (a SYN to the dropped backend)."""
+    bundle = LAB / "policy-drop"
+    cited = json.loads(run("analyze", str(bundle), "--json").stdout)["findings"][0]["evidence"][0]
+    shown = run("decode", str(bundle), f"{cited['point']}#{cited['packet']}")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"packet {cited['packet']} of ")
+    assert f"point {cited['point']}," in shown.stdout.splitlines()[0]
+    assert "flags     = S" in shown.stdout
+    several = run("decode", str(bundle), "3")
+    assert several.returncode == 2 and "name one as findings cite packets" in several.stderr
+    unknown = run("decode", str(bundle), "nowhere#3")
+    assert unknown.returncode == 2 and "no capture point 'nowhere'" in unknown.stderr
+
+
+def test_a_partial_bundle_is_analysed_with_notes(tmp_path: Path) -> None:
+    """An empty point file, a missing one and an unreadable inventory leave the rest of the
+    bundle to analyse, each named in a note; a bundle with nothing readable is refused."""
+    bundle = tmp_path / "partial"
+    shutil.copytree(LAB / "policy-drop", bundle)
+    (bundle / "points" / "client-eth0.pcap").write_bytes(b"")
+    (bundle / "points" / "client-veth.pcap").unlink()
+    (bundle / "inventory.json").write_text("{not json")
+    result = run("analyze", str(bundle))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if line.startswith("Note: ")]
+    assert any("client-eth0.pcap: file is empty: left out" in n for n in notes)
+    assert any("point client-veth's file points/client-veth.pcap is missing" in n for n in notes)
+    assert any("inventory.json: not readable JSON" in n for n in notes)
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert "SYN to 10.244.1.2:80" in result.stdout.splitlines()[0]
+    for point in (bundle / "points").glob("*.pcap"):
+        point.write_bytes(b"")
+    empty = run("analyze", str(bundle))
+    assert empty.returncode == 3 and empty.stderr.count("\n") == 1
+
+
+def test_a_truncated_bundle_archive_is_analysed_as_far_as_it_goes(tmp_path: Path) -> None:
+    import tarfile
+
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(LAB / "policy-drop", arcname="policy-drop")
+    whole = archive.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole[: len(whole) * 9 // 10])
+    result = run("analyze", str(cut))
+    assert result.returncode == 0, result.stderr
+    assert "the archive ends early" in result.stdout and "analysed what it holds" in result.stdout
+    assert "internal error" not in result.stderr
+    cut.write_bytes(whole[:200])
+    early = run("analyze", str(cut))
+    assert early.returncode == 3 and early.stderr.count("\n") == 1
+    assert "before any capture file" in early.stderr
+
+
+def test_debug_goes_after_the_command_too(tmp_path: Path) -> None:
+    out = run("analyze", str(tmp_path / "missing.pcap"), "--debug")
+    assert out.returncode != 0 and "Traceback" in out.stderr
 
 
 def test_text_tables_count_each_packet_once_across_points(make_pcap: Make) -> None:

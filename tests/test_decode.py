@@ -7,6 +7,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
@@ -297,21 +298,66 @@ def test_encapsulations_not_decoded_are_named_with_their_count(make_pcap) -> Non
 
     from tests.helpers import run_analysis
 
+    # a WireGuard data message: type 4, reserved, receiver, counter, 32 bytes sealed
     wg = (
         Ether()
         / IP(src="172.18.0.2", dst="172.18.0.3")
         / UDP(sport=51820, dport=51820)
-        / (b"\x04" + b"\x00" * 60)
+        / (b"\x04\x00\x00\x00" + b"\x01" * 12 + b"\x5a" * 32)
     )
     esp = Ether() / IP(src="172.18.0.2", dst="172.18.0.3", proto=50) / (b"\x00" * 40)
     macsec = Ether(type=0x88E5) / (b"\x2c" + b"\x00" * 40)
     _, data = run_analysis(make_pcap([wg] * 3 + [esp] * 2 + [macsec]))
-    warnings = [w for w in data["warnings"] if "does not decode" in w]
+    warnings = [w for w in data["warnings"] if "does not look inside" in w]
     assert warnings == [
-        "3 packets inside WireGuard (encrypted), which ktrace does not decode: the "
+        "3 packets inside WireGuard (encrypted): ktrace does not look inside, so the "
         "conversations they carry are not in the tables",
-        "2 packets inside IPsec ESP (encrypted), which ktrace does not decode: the "
+        "2 packets inside IPsec ESP (encrypted): ktrace does not look inside, so the "
         "conversations they carry are not in the tables",
-        "1 packet inside MACsec (encrypted), which ktrace does not decode: the "
+        "1 packet inside MACsec (encrypted): ktrace does not look inside, so the "
         "conversations they carry are not in the tables",
+    ]
+
+
+@pytest.mark.parametrize("port", [51820, 4500, 1701, 2152])
+def test_a_port_alone_claims_no_tunnel(make_pcap, port: int) -> None:  # type: ignore[no-untyped-def]
+    """DNS whose client port happens to be a tunnel's (all of these lie in Linux's ephemeral
+    range) is DNS: no warning of packets inside an encapsulation."""
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from tests.helpers import run_analysis
+
+    ask = Ether() / IP(src="10.0.0.5", dst="10.96.0.10") / UDP(sport=port, dport=53)
+    answer = Ether() / IP(src="10.96.0.10", dst="10.0.0.5") / UDP(sport=53, dport=port)
+    packets = []
+    for k in range(20):
+        packets.append(ask / DNS(id=k * 2731, rd=1, qd=DNSQR(qname=f"n{k}.example.com")))
+        packets.append(
+            answer
+            / DNS(id=k * 2731, qr=1, qd=DNSQR(qname=f"n{k}.example.com"), an=DNSRR(rdata="1.2.3.4"))
+        )
+    _, data = run_analysis(make_pcap(packets))
+    assert not [w for w in data["warnings"] if "inside" in w]
+    assert len(data["dns"]) == 20
+
+
+def test_l2tp_with_its_structure_is_named(make_pcap) -> None:  # type: ignore[no-untyped-def]
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from tests.helpers import run_analysis
+
+    # L2TPv2 data: no flags, version 2, tunnel 7, session 9, then a PPP frame
+    l2tp = (
+        Ether()
+        / IP(src="172.18.0.2", dst="172.18.0.3")
+        / UDP(sport=1701, dport=1701)
+        / (b"\x00\x02\x00\x07\x00\x09\xff\x03\x00\x21" + b"\x45" + b"\x00" * 27)
+    )
+    _, data = run_analysis(make_pcap([l2tp] * 4))
+    assert [w for w in data["warnings"] if "inside L2TP" in w] == [
+        "4 packets inside L2TP: ktrace does not look inside, so the conversations they carry "
+        "are not in the tables"
     ]

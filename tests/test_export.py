@@ -75,6 +75,26 @@ def test_export_round_trips_through_duckdb(tmp_path: Path, bundle: str) -> None:
         "WHERE identity >= 0 GROUP BY identity)"
     )
     assert spread >= 4
+    # the ids join as the tables' documentation says: every packet of a flow to its flow
+    # row, every hop to the packets of its flow at its point, every loss to its path
+    joined = one(
+        "SELECT count(*) FROM @packets.parquet' p JOIN @flows.parquet' f "
+        "ON p.flow = f.flow AND p.conversation = f.conversation"
+    )
+    assert joined == one("SELECT count(*) FROM @packets.parquet' WHERE flow >= 0") > 0
+    mismatched = one(
+        "SELECT count(*) FROM @paths.parquet' h WHERE h.packets > 0 AND h.packets != "
+        "(SELECT count(*) FROM @packets.parquet' p "
+        " WHERE p.point = h.point AND p.conversation = h.conversation AND p.flow = h.flow)"
+    )
+    assert mismatched == 0
+    assert (
+        one(
+            "SELECT count(*) FROM @losses.parquet' l ANTI JOIN @paths.parquet' h "
+            "ON l.path = h.path AND l.conversation = h.conversation"
+        )
+        == 0
+    )
 
 
 def test_export_needs_a_directory(tmp_path: Path) -> None:

@@ -74,9 +74,11 @@ def run_pipeline(
     keep_going: bool = False,
     live: bool = False,
 ) -> Iterator[Step]:
-    """Steps until the result. `keep_going`: a bad file is a FileFailed step, not the end;
-    `live`: files still without a header (capture starting) are skipped, not errors."""
+    """Steps until the result. `keep_going`: a bad file is a FileFailed step and a note on
+    the result, not the end, unless no file at all could be read; `live`: files still without
+    a header (capture starting) are skipped, not errors."""
     builder = IndexBuilder()
+    failed: list[KtraceError] = []
     try:
         for path in found.files:
             if live and path.stat().st_size < PCAP_HEADER:
@@ -88,13 +90,18 @@ def run_pipeline(
             except KtraceError as exc:
                 if not keep_going:
                     raise
+                failed.append(exc)
                 yield FileFailed(path, str(exc))
+        if failed and not builder.files and not live:
+            raise failed[0]
     except BaseException:
         builder.close()
         raise
     index = builder.result()
     yield Indexed(index)
-    result = yield from analysis_steps(index, found.inventory, cancel, found.notes, found.nodes)
+    left_out = (f"{exc.message}: left out, the other files analysed" for exc in failed)
+    notes = (*found.notes, *left_out)
+    result = yield from analysis_steps(index, found.inventory, cancel, notes, found.nodes)
     yield Analyzed(result)
 
 
@@ -163,8 +170,10 @@ def drain(
     workers: int | None = None,
     on_step: Callable[[Step], None] | None = None,
 ) -> Result:
-    """The pipeline run to its result; `on_step` sees every step before it (progress)."""
-    for step in run_pipeline(found, cancel, workers):
+    """The pipeline run to its result; `on_step` sees every step before it (progress). Of
+    several files, one that cannot be read is left out with a note: incidents leave partial
+    bundles, and what the others hold is still worth reading."""
+    for step in run_pipeline(found, cancel, workers, keep_going=len(found.files) > 1):
         if isinstance(step, Analyzed):
             return step.result
         if on_step is not None:

@@ -103,4 +103,16 @@ def read_manifest(bundle: Path) -> Manifest | None:
 
 def read_inventory(bundle: Path) -> dict[str, Any] | None:
     path = bundle / INVENTORY
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CaptureFileError(
+            f"{path}: not readable JSON ({exc}): addresses are shown without names"
+        ) from None
+    if not isinstance(data, dict):
+        raise CaptureFileError(
+            f"{path}: not an inventory (a JSON object): addresses are shown without names"
+        )
+    return data

@@ -179,7 +179,7 @@ class _Decoder:
                 _quoted(sub.subset(np.flatnonzero(err)), tr.payload[err], todo[err])
             )
         inner = find_inner(sub, ip, tr)
-        self.count_undecoded(undecoded(ip, tr, inner))
+        self.count_undecoded(undecoded(sub, ip, tr, inner))
         found = inner.found & whole
         if not found.any():
             return todo[:0]

@@ -94,8 +94,8 @@ class PacketIndex:
     @property
     def warnings(self) -> list[str]:
         inside = [
-            f"{n:,} packet{'s' if n != 1 else ''} inside {name}, which ktrace does not decode: "
-            "the conversations they carry are not in the tables"
+            f"{n:,} packet{'s' if n != 1 else ''} inside {name}: ktrace does not look inside, "
+            "so the conversations they carry are not in the tables"
             for name, n in sorted(self.undecoded.items(), key=lambda kv: -kv[1])
         ]
         return [f"{f.path}: {w}" for f in self.files for w in f.warnings] + inside

@@ -39,6 +39,9 @@ UNDECODED_PORTS = {
     1701: "L2TP",
     2152: "GTP-U signalling or unknown GTP-U",
 }
+# Below this, a port names the service on that side (53 DNS, 123 NTP...): a DNS client whose
+# ephemeral port happens to be 51820 is still talking DNS.
+SERVICE_PORTS = 1024
 IPIP = 4
 IPV6_IN_IP = 41
 GRE = 47
@@ -129,26 +132,76 @@ def find_inner(rows: Rows, ip: IpHeader, tr: Transport) -> Inner:
     if gtp.any():
         _gtp(rows, p, gtp, kind, vni, pos)
 
-    ipip = ip.ok & ((ip.proto == IPIP) | (ip.proto == IPV6_IN_IP)) & ((ip.flags & 2) == 0)
-    if ipip.any():
-        kind[ipip], pos[ipip] = TunnelKind.IPIP, ip.l4[ipip]
-        etype[ipip] = np.where(ip.proto[ipip] == IPIP, ETH_IPV4, ETH_IPV6)
-
     gre = ip.ok & (ip.proto == GRE) & ((ip.flags & 2) == 0)
     if gre.any():
         _gre(rows, ip, gre, kind, vni, pos, ethernet, etype)
     return Inner(kind > 0, kind, vni, pos, ethernet, etype)
 
 
-def undecoded(ip: IpHeader, tr: Transport, inner: Inner) -> list[tuple[str, int]]:
-    """(name, packets) of the encapsulations in this layer that were not entered."""
+def undecoded(rows: Rows, ip: IpHeader, tr: Transport, inner: Inner) -> list[tuple[str, int]]:
+    """(name, packets) of the encapsulations in this layer that were not entered. A UDP port
+    alone claims nothing: the payload must have the encapsulation's structure, and the other
+    side's port must not name a service of its own."""
     out = [(n, int(((ip.proto == p) & ip.ok).sum())) for p, n in UNDECODED_PROTOCOLS.items()]
     udp = tr.ok & (ip.proto == UDP) & ~inner.found
     for port, name in UNDECODED_PORTS.items():
-        out.append((name, int((udp & ((tr.dport == port) | (tr.sport == port))).sum())))
+        on = udp & (
+            ((tr.dport == port) & ((tr.sport >= SERVICE_PORTS) | (tr.sport == port)))
+            | ((tr.sport == port) & ((tr.dport >= SERVICE_PORTS) | (tr.dport == port)))
+        )
+        if on.any():
+            on &= STRUCTURE[port](rows, tr.payload, tr.paylen)
+        out.append((name, int(on.sum())))
     gre = ip.ok & (ip.proto == GRE) & ~inner.found
-    out.append(("GRE with a payload ktrace does not decode", int(gre.sum())))
+    out.append(("GRE with a payload of an unknown protocol", int(gre.sum())))
     return [(n, c) for n, c in out if c]
+
+
+def _wireguard(rows: Rows, p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """A message type 1-4, three reserved zero bytes, and the length that type has."""
+    word, ok = rows.u32(p)
+    kind = word >> 24
+    size = np.select(
+        [kind == 1, kind == 2, kind == 3],
+        [n == 148, n == 92, n == 64],
+        (kind == 4) & (n >= 32) & ((n - 32) % 16 == 0),
+    )
+    return ok & ((word & 0xFFFFFF) == 0) & size
+
+
+def _nat_traversal(rows: Rows, p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """RFC 3948: a keepalive (one 0xFF byte), IKE after four zero bytes, or ESP: an SPI above
+    the reserved 1-255 and a sequence number."""
+    first, ok1 = rows.u8(p)
+    spi, ok = rows.u32(p)
+    seq, _ = rows.u32(p + 4)
+    ike = ok & (spi == 0) & (n >= 4 + 28)
+    esp = ok & (spi > 255) & (seq > 0) & (n >= 24)
+    return (ok1 & (n == 1) & (first == 0xFF)) | ike | esp
+
+
+def _l2tp(rows: Rows, p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """RFC 2661/3931: version 2 or 3 with its reserved bits zero; a control message (T) has
+    its length and sequence bits set."""
+    word, ok = rows.u16(p)
+    version = word & 0xF
+    v2 = (version == 2) & ((word & 0x34F0) == 0)
+    v2 &= ((word & 0x8000) == 0) | ((word & 0x4800) == 0x4800)
+    v3 = (version == 3) & ((word & 0x7FF0) == 0)
+    return ok & (n >= 6) & (v2 | v3)
+
+
+def _gtp_other(rows: Rows, p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """GTP version 1 with its protocol-type bit, a message type of GTP-U (echo, error
+    indication, supported extensions, end marker, G-PDU) and a length that fits."""
+    gflags, ok = rows.u8(p)
+    mtype, _ = rows.u8(p + 1)
+    length, _ = rows.u16(p + 2)
+    kinds = np.isin(mtype, (1, 2, 26, 31, 254, 255))
+    return ok & ((gflags >> 5) == 1) & ((gflags & 0x10) != 0) & kinds & (length == n - 8)
+
+
+STRUCTURE = {51820: _wireguard, 4500: _nat_traversal, 1701: _l2tp, 2152: _gtp_other}
 
 
 def _gtp(

@@ -5,9 +5,11 @@ report (DuckDB on one machine, Spark or Trino over many nodes' captures).
                       sizes, tunnel, and the ids that join the other tables (flow,
                       conversation, identity: one packet seen at several points)
     flows.parquet     one row per 5-tuple, as `analyze --json` "flows" (points: a list of
-                      {point, packets})
-    paths.parquet     one row per hop of each conversation's path (path = its number)
-    losses.parquet    where each path lost packets
+                      {point, packets}), with its `flow` and `conversation` ids
+    paths.parquet     one row per hop of each conversation's path (path = its number,
+                      conversation and flow: the ids packets and flows carry; label and
+                      tuple: the same as text)
+    losses.parquet    where each path lost packets (path, conversation: as in paths)
     dns.parquet       one row per DNS transaction
     http.parquet      one row per HTTP request, as `analyze --json` "http" (points: its times at
                       each point that saw it), packet as "point#packet"
@@ -31,18 +33,20 @@ STRINGS = pa.list_(S)
 # Fixed schemas: the same types whatever a capture holds, and readable when a table is empty.
 SCHEMAS = {
     "flows": pa.schema(
-        [("proto", S), ("a", S), ("b", S), ("packets_ab", INT), ("packets_ba", INT),
-         ("bytes_ab", INT), ("bytes_ba", INT), ("start", S), ("duration_s", F),
+        [("flow", INT), ("conversation", INT), ("proto", S), ("a", S), ("b", S),
+         ("packets_ab", INT), ("packets_ba", INT), ("bytes_ab", INT), ("bytes_ba", INT),
+         ("start", S), ("duration_s", F),
          ("handshake_ms", F), ("retransmissions", INT), ("out_of_order", INT), ("syn", INT),
          ("rst", INT), ("fin", INT), ("zero_window", INT),
          ("points", pa.list_(pa.struct([("point", S), ("packets", INT)])))]
     ),
     "paths": pa.schema(
-        [("path", INT), ("conversation", S), ("hop", INT), ("point", S), ("kind", S), ("node", S),
-         ("packets", INT), ("expected", B), ("latency_ms", F), ("flow", S), ("tunnel", S)]
+        [("path", INT), ("conversation", INT), ("label", S), ("hop", INT), ("point", S),
+         ("kind", S), ("node", S), ("packets", INT), ("expected", B), ("latency_ms", F),
+         ("flow", INT), ("tuple", S), ("tunnel", S)]
     ),
     "losses": pa.schema(
-        [("path", INT), ("conversation", S), ("direction", S), ("last_seen", S), ("never_at", S),
+        [("path", INT), ("conversation", INT), ("direction", S), ("last_seen", S), ("never_at", S),
          ("packets", INT), ("syn", INT), ("max_size", INT), ("evidence", STRINGS)]
     ),
     "dns": pa.schema(
@@ -119,28 +123,34 @@ def _rows(items: object) -> list[dict[str, Any]]:
 
 def flows_table(result: Result) -> pa.Table:
     rows = _rows(result.flows)
-    for row in rows:  # point -> packets, as a list DuckDB can unnest
-        row["points"] = [{"point": k, "packets": v} for k, v in row["points"].items()]
+    conv = result.analysis.correlation.conv.tolist()
+    for k, row in enumerate(rows):  # point -> packets, as a list DuckDB can unnest
+        row["points"] = [{"point": p, "packets": v} for p, v in row["points"].items()]
+        row.update(flow=k, conversation=conv[k])  # as packets.parquet numbers them
     return _table("flows", rows)
 
 
 def paths_tables(result: Result) -> tuple[pa.Table, pa.Table]:
     hops, losses = [], []
-    for k, path in enumerate(_rows(result.paths)):
-        for h, hop in enumerate(path["hops"]):
+    found = result.analysis.paths
+    for k, (path, row) in enumerate(zip(found, _rows(result.paths), strict=True)):
+        for h, (step, hop) in enumerate(zip(path.hops, row["hops"], strict=True)):
             tunnel = hop.pop("tunnel")
             hops.append(
                 {
                     "path": k,
-                    "conversation": path["conversation"],
+                    "conversation": path.conv,
+                    "label": row["conversation"],
                     "hop": h,
                     **hop,
+                    "flow": step.flow,
+                    "tuple": hop["flow"],
                     "tunnel": tunnel["kind"] if tunnel else None,
                 }
             )
-        for loss in path["lost"]:
+        for loss in row["lost"]:
             loss["evidence"] = [f"{e['point']}#{e['packet']}" for e in loss["evidence"]]
-            losses.append({"path": k, "conversation": path["conversation"], **loss})
+            losses.append({"path": k, "conversation": path.conv, **loss})
     return _table("paths", hops), _table("losses", losses)
 
 
