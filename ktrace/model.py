@@ -48,3 +48,6 @@ class Finding:
     next_step: str
     evidence: tuple[PacketRef, ...] = field(default=())
     flows: tuple[str, ...] = field(default=())  # flow keys, "proto a -> b"
+    # the conversations it is about (ids as paths and the Parquet tables number them), where
+    # the check knows them all; else they are read from the evidence
+    about: frozenset[int] = field(default=frozenset(), metadata={"json": None})

@@ -36,11 +36,11 @@ EXPECTED = {
     "dns-search": {"dns.search-path", "dns.nxdomain"},
     "policy-drop": {"path.drop"},
     "no-endpoints": {"svc.no-endpoints"},
-    "mtu-blackhole": {"mtu.blackhole", "tcp.retransmissions"},
+    "mtu-blackhole": {"mtu.blackhole"},  # its retransmissions are the same cause
     "dns-aaaa-drop": {"dns.aaaa-race"},
     "dns-slow": {"dns.slow"},
     "dns-upstream-down": {"dns.upstream", "dns.search-path"},
-    "kube-proxy-down": {"nat.missing", "tcp.syn-unanswered"},
+    "kube-proxy-down": {"nat.missing"},  # its unanswered SYNs are the same cause
     "zero-window": {"tcp.zero-window"},
     "refused": {"tcp.rst"},
     "http-keepalive": set(),

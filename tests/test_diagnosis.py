@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from ktrace.decode import transport
-from tests.helpers import EXPECTED, LAB, PCAPS, findings, frames, run_analysis, tcp_session
+from tests.helpers import EXPECTED, LAB, PCAPS, T0, findings, frames, run_analysis, tcp_session
 
 
 @pytest.mark.parametrize("bundle", sorted(EXPECTED))
@@ -365,3 +365,49 @@ def test_each_point_counts_its_own_packets_across_files_and_pcapng_interfaces(
             span = (int(c.ts[mine].max()) - int(c.ts[mine].min())) / 1e9
             assert row.duration_s == round(span, 6)
             assert row.first is not None and row.first.startswith("20")
+
+
+def test_one_black_hole_is_one_finding_however_many_connections_fell_in(make_pcap) -> None:  # type: ignore[no-untyped-def]
+    """Three connections lose their big segments between the same two points: one MTU
+    finding naming all three, and their retransmissions are that cause, not another."""
+    server_side, client_side = [], []
+    t = T0
+    for k in range(3):
+        sport = 41000 + k
+        c = IP(src="10.1.0.5", dst="10.2.0.9", id=100 * k + 1)
+        s = IP(src="10.2.0.9", dst="10.1.0.5")
+        cs, ss = 1000 + k, 9000 + k
+        small = [
+            c / TCP(sport=sport, dport=80, flags="S", seq=cs),
+            s / TCP(sport=80, dport=sport, flags="SA", seq=ss, ack=cs + 1),
+            c / TCP(sport=sport, dport=80, flags="A", seq=cs + 1, ack=ss + 1),
+            c
+            / TCP(sport=sport, dport=80, flags="PA", seq=cs + 1, ack=ss + 1)
+            / b"GET / HTTP/1.1\r\n\r\n",
+        ]
+        for n, p in enumerate(small):
+            p[IP].id = 1000 * k + n
+            first, then = (
+                (client_side, server_side)
+                if p[IP].src == "10.1.0.5"
+                else (server_side, client_side)
+            )
+            first.append((t, bytes(Ether() / p)))
+            then.append((t + 50_000, bytes(Ether() / p)))
+            t += 1_000_000
+        for again in range(3):  # the same big segment, sent again and again, never through
+            big = s / TCP(sport=80, dport=sport, flags="A", seq=ss + 1, ack=cs + 19) / (b"x" * 1400)
+            big[IP].id = 1000 * k + 50 + again
+            server_side.append((t, bytes(Ether() / big)))
+            t += 200_000_000
+    # both points capture on after the last of them: their windows hold every loss
+    tail = Ether() / IP(src="10.1.0.5", dst="10.2.0.9", id=7) / UDP(sport=5000, dport=5001)
+    client_side.append((t, bytes(tail)))
+    server_side.append((t + 50_000, bytes(tail)))
+    make_pcap(server_side, name="server-node.pcap")
+    path = make_pcap(client_side, name="client-node.pcap")
+    found = findings(path.parent / "server-node.pcap", path)
+    holes = [f for f in found if f["id"] == "mtu.blackhole"]
+    assert len(holes) == 1, [f["title"] for f in found]
+    assert holes[0]["explanation"].startswith("3 connections: 9 packets of up to 1454 bytes")
+    assert not [f for f in found if f["id"] == "tcp.retransmissions"]

@@ -253,7 +253,7 @@ def test_upstream_down_cluster_names_fine_external_names_fail(bundles: dict[str,
 PLACED = {
     "policy-drop": ("path.drop", "dropped between node-b-eth0 and web-2-veth"),
     "mtu-blackhole": ("mtu.blackhole", "between node-b-eth0 and node-a-eth0"),
-    "kube-proxy-down": ("tcp.syn-unanswered", "last seen at node-a-eth0"),
+    "kube-proxy-down": ("nat.missing", "left the node without DNAT"),
     "no-endpoints": ("svc.no-endpoints", "default/web"),
     "policy-drop-v6": ("path.drop", "dropped between node-b-eth0 and web-2-veth"),
     "local-no-endpoint": ("svc.local-no-endpoint", "no ready endpoint on node-a"),

@@ -109,6 +109,7 @@ def fresh(env: Env) -> Iterator[None]:
     yield
     env.server.behaviour.ephemeral_enabled = True
     env.server.behaviour.cut_exec_after_bytes = None
+    env.server.behaviour.refuse_host_path = False
     env.server.cluster.namespaces["default"]["metadata"]["labels"] = {
         "kubernetes.io/metadata.name": "default"
     }
@@ -480,7 +481,11 @@ def test_trace_says_where_the_probe_stopped(
     out, err = capsys.readouterr()
     assert code == 1, out  # a probe failed
     assert "FAIL default/web-2 at 10.244.1.2:80: no answer within 3 s" in out
-    assert "stopped after node-b-flannel.1: never seen at web-2-veth" in out
+    assert re.search(
+        r"default/web-2 at 10.244.1.2:80 \(from \S+\): \[HIGH\] SYN to 10.244.1.2:80 "
+        r"\(default/web-2\) dropped between node-b-flannel.1 and web-2-veth",
+        out,
+    ), out
     assert "path.drop" in out
     # node-b's rule counters over the capture quote the rule that dropped it, with its chain
     assert "Its rule ipv4 filter FORWARD: -A FORWARD -s 10.244.0.2/32 -d 10.244.1.2/32" in " ".join(
@@ -489,10 +494,77 @@ def test_trace_says_where_the_probe_stopped(
     counters = tmp_path / "t" / "nodes" / "node-b" / "counters"
     assert "-j DROP" in (counters / "end" / "iptables-save.txt").read_text()
     assert "insert_failed=" in (counters / "start" / "conntrack-stats.txt").read_text()
-    # no --node-namespace: no tracefs asked for, and one line says so
-    skipped = (counters.parent / "evidence.txt").read_text()
-    assert skipped.startswith("kernel drop reasons not recorded: the node pods read tracefs")
-    assert err.count("kernel drop reasons not recorded") == 1
+    # the target's namespace has no PodSecurity label: the cluster admits the tracefs
+    # volume (asked by a dry run), so the kernel's own reason is there without any flag
+    assert "kernel drop reasons not recorded" not in err
+    assert "NETFILTER_DROP" in " ".join(out.split())
+
+
+def test_trace_says_what_a_refused_tracefs_gave_up(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A policy refuses hostPath volumes, not the node pod: one line says the kernel's drop
+    reasons are given up, and the rest of the node evidence is still recorded."""
+    env.server.behaviour.refuse_host_path = True
+    code = main(env.ktrace("trace", "client", "--to", "pod/web-1:80", "-o", str(tmp_path / "t")))
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    lines = [x for x in err.splitlines() if "kernel drop reasons not recorded" in x]
+    assert len(lines) == 1, err
+    assert "ValidatingAdmissionPolicy 'ktrace-test-no-host-path'" in lines[0]
+    assert "rule, conntrack and interface counters are recorded" in lines[0]
+    counters = tmp_path / "t" / "nodes" / "node-a" / "counters" / "end"
+    assert "*filter" in (counters / "iptables-save.txt").read_text()
+    assert (counters.parent.parent / "evidence.txt").read_text() == lines[0].removeprefix(
+        "ktrace: "
+    ) + "\n"
+
+
+def test_trace_tells_its_own_probe_apart_from_the_pods_other_traffic(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The client also calls the Service in a loop while the probe runs, a NetworkPolicy
+    dropping what reaches web-2: each probe's story is its own connection's (the client port
+    its socket had), and the loop's failures are told apart, as other traffic."""
+    capsys.readouterr()
+    loop = subprocess.Popen(
+        env.lab.in_ns(
+            "client",
+            "bash",
+            "-c",
+            'while :; do timeout 1 bash -c \'exec 3<>"/dev/tcp/$0/80"\' "$1"; sleep 0.2; done',
+            "ktrace-loop",
+            VIP,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    env.lab.fault("policy-drop", True)
+    try:
+        code = main(env.ktrace("trace", "client", "--to", "svc/web", "-o", str(tmp_path / "t")))
+    finally:
+        env.lab.fault("policy-drop", False)
+        os.killpg(loop.pid, signal.SIGKILL)
+        loop.wait()
+    out = capsys.readouterr().out
+    assert code == 1, out
+    stories = re.findall(r"^  (\S+ \S+ \S+) \(from (\S+)\): (.*)$", out, re.MULTILINE)
+    assert len(stories) == 3, out
+    section = out.split("Paths of the probes")[1].split("Findings about the probes")[0]
+    shown = re.findall(r"^tcp (\S+) \(default/client\)", section, re.MULTILINE)
+    assert sorted(shown) == sorted(client for _, client, _ in stories)
+    # the loop's own connections to the VIP were captured, and none is taken for a probe
+    result = analyze([tmp_path / "t"])
+    loop = {p.client for p in result.paths if p.server == f"{VIP}:80"} - set(shown)
+    assert loop, "the loop's connections were captured too"
+    (_, client, story), *_ = stories
+    vip_path = next(p for p in result.paths if p.client == client)
+    went_through = not vip_path.lost and all(not h.expected for h in vip_path.hops)
+    ok = re.search(rf"ok   svc/web:80 via {VIP}: connected", out) is not None
+    assert went_through == ok, (ok, story)
+    if ok:
+        assert story.startswith("seen at every point on the way"), story
 
 
 def test_trace_through_kubectl_names_the_kernel_reason_and_the_rule(
@@ -536,8 +608,10 @@ def test_trace_to_a_service_probes_every_backend(
     assert "ok   default/web-1 at 10.244.0.3:80: connected in" in out
     assert "FAIL default/web-2 at 10.244.1.2:80: no answer within 3 s" in out
     assert re.search(
-        r"default/web-2 at 10.244.1.2:80: stopped after \S+: never seen at web-2-veth", out
-    )
+        r"default/web-2 at 10.244.1.2:80 \(from \S+\): \[HIGH\] .*SYNs? .*dropped between "
+        r"\S+ and web-2-veth",
+        out,
+    ), out
     assert "path.drop" in out
 
 

@@ -21,6 +21,7 @@ from ktrace.analysis.returns import Bypass, bypasses
 from ktrace.chunking import bincount
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import TCP, UDP
+from ktrace.model import Finding, PacketRef
 
 if TYPE_CHECKING:
     from ktrace.bundle.node_evidence import NodeEvidence
@@ -72,6 +73,29 @@ class Analysis:
         """Conversations whose replies skipped the node that translated them, by conversation."""
         found = bypasses(self.index, self.flows, self.paths, self.names, self.rows_of_flows)
         return {b.conv: b for b in found}
+
+    def row_of(self, ref: PacketRef) -> int | None:
+        """The index row of a packet as findings cite it (point id, number in its file)."""
+        point = self._point_by_id.get(ref.point)
+        if point is None:
+            return None
+        row = self.index.file_of(point).first_row + ref.number - 1
+        return row if 0 <= row < len(self.index) else None
+
+    @cached_property
+    def _point_by_id(self) -> dict[str, int]:
+        return {p.id: k for k, p in enumerate(self.index.points)}
+
+    def conversations_of(self, finding: Finding) -> frozenset[int]:
+        """The conversations a finding's evidence packets belong to: what it is about, however
+        its text names them."""
+        found = set()
+        for ref in finding.evidence:
+            row = self.row_of(ref)
+            flow = int(self.flows.flow[row]) if row is not None else -1
+            if flow >= 0:
+                found.add(int(self.correlation.conv[flow]))
+        return frozenset(found)
 
     def path_of_conv(self, conv: int) -> ConvPath | None:
         return self._path_by_conv.get(conv)

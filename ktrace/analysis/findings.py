@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, cast
 
 from ktrace.analysis.context import Analysis
@@ -39,10 +39,46 @@ def run_checks(
     """All findings, most severe first. A failing third-party check is reported, not fatal."""
     findings: list[Finding] = []
     errors: list[CheckError] = []
-    for check in checks if checks is not None else load_checks():
+    chosen = checks if checks is not None else load_checks()
+    for check in chosen:
         try:
             findings.extend(check.run(analysis))
         except Exception as exc:
             errors.append(CheckError(check.id, f"{type(exc).__name__}: {exc}"))
+    explains = {c.id: tuple(getattr(c, "explains", ())) for c in chosen}
+    findings = fold_symptoms(analysis, findings, explains)
     findings.sort(key=lambda f: (-f.severity, f.id, f.title))
     return findings, errors
+
+
+def fold_symptoms(
+    analysis: Analysis, findings: list[Finding], explains: dict[str, tuple[str, ...]]
+) -> list[Finding]:
+    """One cause, one finding: a symptom (an unanswered SYN, a retransmission) whose every
+    conversation a cause's finding of at least its severity covers (a missing DNAT, an MTU
+    black hole) is said in that finding, not again on its own."""
+
+    def about(f: Finding) -> frozenset[int]:
+        return f.about or analysis.conversations_of(f)
+
+    out = list(findings)
+    for symptom in findings:
+        causes = [
+            k
+            for k, c in enumerate(out)
+            if symptom.id in explains.get(c.id, ()) and c.severity >= symptom.severity
+        ]
+        mine = about(symptom)
+        covered = frozenset().union(*(about(out[k]) for k in causes)) if causes else frozenset()
+        if not mine or not mine <= covered:
+            continue
+        k = next(k for k in causes if about(out[k]) & mine)
+        cause = out[k]
+        out[k] = replace(
+            cause,
+            explanation=f"{cause.explanation} The same connections: {symptom.title} "
+            f"({symptom.id}).",
+            about=about(cause) | mine,
+        )
+        out.remove(symptom)
+    return out

@@ -42,16 +42,19 @@ def collect_argv(session: str, node: str) -> list[str]:
     return ["sh", "-c", _COLLECT, "ktrace", instance(session, node)]
 
 
-def skipped(namespace: str | None, level: str | None) -> str:
-    """Why no drop reasons were recorded, in one line."""
-    if namespace is None:
-        return (
-            "kernel drop reasons not recorded: the node pods read tracefs only in a "
-            "--node-namespace labelled pod-security.kubernetes.io/enforce=privileged (a "
-            "hostPath volume); rule, conntrack and interface counters are recorded"
-        )
+def skipped(namespace: str, level: str) -> str:
+    """Why no drop reasons were recorded: PodSecurity refused the tracefs volume."""
     return (
-        f'kernel drop reasons not recorded: namespace "{namespace}" is not labelled '
-        f"pod-security.kubernetes.io/enforce=privileged ({level or 'no label'}), which a "
-        "hostPath volume of tracefs needs; rule, conntrack and interface counters are recorded"
+        f'kernel drop reasons not recorded: namespace "{namespace}" enforces PodSecurity '
+        f'"{level}", which refuses the hostPath volume of tracefs they need (--node-namespace '
+        "with pod-security.kubernetes.io/enforce=privileged admits it); rule, conntrack and "
+        "interface counters are recorded"
+    )
+
+
+def refused(namespace: str, why: str) -> str:
+    """Why no drop reasons were recorded: the cluster refused the node pod with tracefs."""
+    return (
+        f'kernel drop reasons not recorded: a node pod with tracefs in namespace "{namespace}" '
+        f"was refused ({why}); rule, conntrack and interface counters are recorded"
     )

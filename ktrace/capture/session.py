@@ -229,8 +229,9 @@ class Session:
             plans += pod_points(pod, c, self.opts.bpf, self.opts.count)
             if self.opts.node:
                 by_node.setdefault(pod.node, []).append((pod, pod_iflink(self.api, c)))
+        if self.opts.node and by_node:
+            self._ask_for_tracefs(next(iter(by_node)))
         if self.opts.node:
-            self._ask_for_tracefs()
             nodes = {n["name"]: n["internalIP"] for n in self.inventory.get("nodes", [])}
             if self.opts.from_outside:
                 for node in nodes:
@@ -249,14 +250,31 @@ class Session:
                 plans += found
         return plans
 
-    def _ask_for_tracefs(self) -> None:
-        """tracefs only where the node pods' namespace admits a hostPath volume; else say why."""
-        ns = self.opts.node_namespace
-        level = debug.namespace_level(self.api, ns) if ns else None
-        self.tracefs = level == "privileged"
-        if not self.tracefs:
-            self.trace_skipped = kernel_drops.skipped(ns, level)
-            self.say(self.trace_skipped)
+    def _ask_for_tracefs(self, node: str) -> None:
+        """Ask the cluster, with a server-side dry run of the node pod, whether its namespace
+        admits the hostPath volume of tracefs the kernel's drop events need. When only that
+        volume is refused (PodSecurity, RBAC, a policy engine), one line says what is given
+        up and the capture goes on; a node pod refused anyway is the node pod's error."""
+        ns = self.opts.node_namespace or self.pods[0].namespace
+        c = debug.Container(ns, debug.node_pod_name(node), "capture", node)
+
+        def admitted(tracefs: bool) -> ClusterError | None:
+            try:
+                debug.create_node_pod(self.api, c, self.opts.image, self.ttl, self.session,
+                                      tracefs=tracefs, dry_run=True)  # fmt: skip
+            except ClusterError as exc:
+                return exc
+            return None
+
+        refusal = admitted(True)
+        self.tracefs = refusal is None
+        if refusal is None or admitted(False) is not None:
+            return
+        if isinstance(refusal, PodSecurityError):
+            self.trace_skipped = kernel_drops.skipped(ns, refusal.level)
+        else:
+            self.trace_skipped = kernel_drops.refused(ns, refusal.message)
+        self.say(self.trace_skipped)
 
     def _each_node(self, work: Callable[[str, debug.Container], None]) -> None:
         """Some work on every node pod at once: a capture may span many nodes."""

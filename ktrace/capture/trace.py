@@ -4,15 +4,20 @@ from the source pod, and say where each went and where it stopped.
 A probe is a TCP connect (bash's /dev/tcp: host and port are argv words, not shell text)
 or a DNS query through the pod's resolver (dig). A Service gets one probe through its
 ClusterIP and one to each ready endpoint, so a bad backend is found on the first run.
+
+A probe's story is its own connection's: the TCP probe reports the client port its socket got
+(the pod's kernel shows it in /proc while the connect runs), the DNS probe sends a query id of
+its own. Other traffic the capture saw meanwhile, failing or not, is reported apart.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,12 +26,36 @@ from ktrace.errors import ClusterError, ExitStatus, UsageError
 from ktrace.kube.api import Api, KubeFlags
 from ktrace.kube.execstream import run
 from ktrace.kube.targets import Pod, get_object, pod_of, resolve
-from ktrace.model import Severity
+from ktrace.model import Finding, Severity
 
 if TYPE_CHECKING:
     from ktrace.analysis.result import PathRow, Result
 
-TCP_PROBE = 'exec 3<>"/dev/tcp/$0/$1"'
+# $0 host, $1 port. The connect runs in a subshell; the socket's inode (its fd) leads to its
+# local port in /proc/net/tcp*. The subshell says it once connected; meanwhile the shell
+# looks too, since a connect that gets no answer blocks until the timeout ends it all.
+TCP_PROBE = r"""port_of() {
+    while read -r _ here _ _ _ _ _ _ _ inode _; do
+        if [ "$inode" = "$1" ]; then echo "ktrace-port $((16#${here##*:}))" >&2; return 0; fi
+    done < <(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+    return 1
+}
+socket_of() {
+    local f l
+    for f in /proc/$1/fd/*; do
+        l=$(readlink "$f" 2>/dev/null)
+        case $l in socket:\[*) l=${l#socket:[}; echo "${l%]}"; return 0;; esac
+    done
+    return 1
+}
+( exec 3<>"/dev/tcp/$0/$1" || exit $?; port_of "$(socket_of $BASHPID)" ) & c=$!
+while kill -0 "$c" 2>/dev/null; do
+    s=$(socket_of "$c") && port_of "$s" && break
+    sleep 0.05
+done
+wait "$c"
+"""
+PORT_LINE = re.compile(r"^ktrace-port (\d+)$", re.MULTILINE)
 PROBE_TIMEOUT = 3
 SETTLE = 1.5  # late packets (retransmitted SYNs, RSTs) after the probe returns
 
@@ -37,6 +66,7 @@ class Probe:
     host: str  # IP for TCP, the name for DNS
     port: int
     dns: bool = False
+    query_id: int = field(default_factory=lambda: secrets.randbelow(65536))  # DNS only
 
 
 @dataclass(frozen=True)
@@ -52,6 +82,17 @@ class Sent:
     probe: Probe
     line: str
     ok: bool
+    port: int | None = None  # TCP: the client port the probe's socket had, when seen
+
+
+@dataclass(frozen=True)
+class Story:
+    """What became of one probe: its own conversation, where it went, what was found of it."""
+
+    sent: Sent
+    path: PathRow | None
+    where: str
+    findings: tuple[Finding, ...]
 
 
 def parse_destination(api: Api, to: str | None, dns: str | None) -> Destination:
@@ -137,7 +178,8 @@ def _dns_destination(api: Api, name: str) -> Destination:
 
 def probe_argv(probe: Probe) -> list[str]:
     if probe.dns:
-        return ["dig", "+search", f"+time={PROBE_TIMEOUT}", "+tries=1", probe.host]
+        return ["dig", "+search", f"+time={PROBE_TIMEOUT}", "+tries=1",
+                f"+qid={probe.query_id}", probe.host]  # fmt: skip
     return ["timeout", str(PROBE_TIMEOUT), "bash", "-c", TCP_PROBE, probe.host, str(probe.port)]
 
 
@@ -148,37 +190,65 @@ def describe_probe(probe: Probe, code: int, took: float, output: str) -> Sent:
             ok = status.group(1) == "NOERROR"
             return Sent(probe, f"{probe.label}: {status.group(1)} in {took * 1000:.0f} ms", ok)
         return Sent(probe, f"{probe.label}: no answer within {PROBE_TIMEOUT} s", False)
+    found = PORT_LINE.search(output)
+    port = int(found.group(1)) if found else None
+    output = PORT_LINE.sub("", output)
     if code == 0:
-        return Sent(probe, f"{probe.label}: connected in {took * 1000:.1f} ms", True)
+        return Sent(probe, f"{probe.label}: connected in {took * 1000:.1f} ms", True, port)
     if code == 124:
-        return Sent(probe, f"{probe.label}: no answer within {PROBE_TIMEOUT} s", False)
+        return Sent(probe, f"{probe.label}: no answer within {PROBE_TIMEOUT} s", False, port)
     why = output.strip().splitlines()[-1] if output.strip() else f"exit {code}"
-    return Sent(probe, f"{probe.label}: failed ({why.split(': ')[-1]})", False)
+    return Sent(probe, f"{probe.label}: failed ({why.split(': ')[-1]})", False, port)
 
 
-def probe_paths(result: Result, src_ip: str, probe: Probe) -> list[PathRow]:
-    """The paths of one probe's conversation(s) among everything captured meanwhile."""
-    return [
-        p
-        for p in result.paths
-        if host_of(p.client) == src_ip
-        and (p.server.endswith(":53") if probe.dns else p.server == f"{probe.host}:{probe.port}")
-    ]
+def own_path(result: Result, src_ip: str, sent: Sent) -> tuple[int | None, str]:
+    """The index of the probe's own conversation among the result's paths, or None and why
+    not. Its client port (TCP) or its query id (DNS) picks it out of everything else the
+    capture saw; without either, only a single conversation between the two is taken."""
+    probe = sent.probe
+    paths = result.paths
+    if probe.dns:
+        clients = {
+            d.client for d in result.dns if d.id == probe.query_id and host_of(d.client) == src_ip
+        }
+        mine = [k for k, p in enumerate(paths) if p.client in clients]
+    else:
+        target = f"{probe.host}:{probe.port}"
+        towards = [
+            k for k, p in enumerate(paths) if host_of(p.client) == src_ip and p.server == target
+        ]
+        if sent.port is not None:
+            mine = [k for k in towards if paths[k].client.endswith(f":{sent.port}")]
+        elif len(towards) > 1:
+            return None, (
+                f"its own connection is not known ({len(towards)} connections from the pod to "
+                f"{target} were captured, and the pod's kernel did not show the probe's port)"
+            )
+        else:
+            mine = towards
+    if not mine:
+        return None, "no packet of it was captured at any point"
+    return mine[0], ""
 
 
 def host_of(endpoint: str) -> str:
     return endpoint.rsplit(":", 1)[0].strip("[]")
 
 
-def verdict(path: PathRow) -> str:
+def where_it_went(path: PathRow, sent: Sent, about: tuple[Finding, ...]) -> str:
     hops = path.hops
     seen = [h for h in hops if not h.expected]
+    if about:
+        return f"[{about[0].severity.name}] {about[0].title}"
     if path.lost:
         x = path.lost[0]
         return f"stopped after {x.last_seen}: never seen at {x.never_at}"
     if seen and len(seen) < len(hops):
         return f"last seen at {seen[-1].point}; never at {hops[len(seen)].point}"
-    return f"seen at every point on the way ({' -> '.join(h.point for h in hops)})"
+    route = " -> ".join(h.point for h in hops)
+    if sent.ok:
+        return f"seen at every point on the way ({route})"
+    return f"seen at each point that captured it ({route}), and no answer came back"
 
 
 def _send_all(api: Api, src: Pod, dest: Destination, sent: list[Sent]) -> Callable[[Session], None]:
@@ -198,29 +268,57 @@ def _send_all(api: Api, src: Pod, dest: Destination, sent: list[Sent]) -> Callab
     return send
 
 
-def report(result: Result, src: Pod, dest: Destination, sent: list[Sent]) -> tuple[str, bool]:
-    """The text `trace` prints, and whether everything went through without a finding."""
-    from ktrace.report.text import render_findings, render_paths
+def stories(result: Result, src: Pod, sent: list[Sent]) -> list[Story]:
+    """Each probe with its own conversation and the findings whose evidence is in it."""
+    out = []
+    for s in sent:
+        k, why = own_path(result, src.ip, s)
+        if k is None:
+            out.append(Story(s, None, why, ()))
+            continue
+        conv = result.analysis.paths[k].conv
+        about = tuple(f for f in result.findings if conv in result.analysis.conversations_of(f))
+        out.append(Story(s, result.paths[k], where_it_went(result.paths[k], s, about), about))
+    return out
 
+
+def _whose(t: Story) -> str:
+    """Which connection the story is of: what finds it again in the bundle."""
+    if t.path is None:
+        return ""
+    if t.sent.probe.dns:
+        return f" (query id {t.sent.probe.query_id} from {t.path.client})"
+    return f" (from {t.path.client})"
+
+
+def report(result: Result, src: Pod, dest: Destination, sent: list[Sent]) -> tuple[str, bool]:
+    """The text `trace` prints, and whether every probe went through with no finding of its
+    own. The verdict is the one `ktrace analyze` gives the same bundle; findings about other
+    traffic the capture saw meanwhile come last, apart."""
+    from ktrace.report.text import render_findings, render_paths, verdict
+
+    told = stories(result, src, sent)
     how = f" ({dest.how})" if dest.how else ""
-    lines = [f"Probes from {src.ref} to {dest.label}{how}:"]
+    lines = [verdict(result), f"Probes from {src.ref} to {dest.label}{how}:"]
     lines += [f"  {'ok  ' if s.ok else 'FAIL'} {s.line}" for s in sent] or ["  not sent"]
     lines += ["", "Where each went:"]
-    paths: list[PathRow] = []
-    for s in sent:
-        mine = probe_paths(result, src.ip, s.probe)
-        where = verdict(mine[-1]) if mine else "no packet of it was captured at any point"
-        lines.append(f"  {s.probe.label}: {where}")
-        paths += [p for p in mine[-1:] if p not in paths]
+    lines += [f"  {t.sent.probe.label}{_whose(t)}: {t.where}" for t in told]
     lines.append("")
+    paths: list[PathRow] = []
+    for t in told:
+        if t.path is not None and t.path not in paths:
+            paths.append(t.path)
     if paths:
         lines.append(render_paths(paths, len(paths), "Paths of the probes"))
-    conversations = {p.conversation for p in paths} | {f for p in paths for f in p.flows}
-    related = tuple(f for f in result.findings if conversations & set(f.flows))
-    shown = related or result.findings
-    lines.append(render_findings(shown))
+    mine: list[Finding] = []
+    for t in told:
+        mine += [f for f in t.findings if f not in mine]
+    lines.append(render_findings(mine, title="Findings about the probes"))
+    others = [f for f in result.findings if f not in mine]
+    if others:
+        lines.append(render_findings(others, title="Other traffic seen meanwhile"))
     clean = (
-        bool(sent) and all(s.ok for s in sent) and all(f.severity < Severity.MEDIUM for f in shown)
+        bool(sent) and all(s.ok for s in sent) and all(f.severity < Severity.MEDIUM for f in mine)
     )
     return "\n".join(lines), clean
 

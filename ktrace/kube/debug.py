@@ -221,15 +221,23 @@ def node_pod_spec(
 
 
 def create_node_pod(
-    api: Api, c: Container, image: str, ttl: int, session: str, tracefs: bool = False
+    api: Api,
+    c: Container,
+    image: str,
+    ttl: int,
+    session: str,
+    tracefs: bool = False,
+    dry_run: bool = False,
 ) -> None:
-    """The pod named by `c`, created without waiting for it to run (wait_running)."""
+    """The pod named by `c`, created without waiting for it to run (wait_running). With
+    `dry_run` the server judges it (authorization, admission) and keeps nothing."""
     spec = node_pod_spec(c.node, c.namespace, image, ttl, session, tracefs)
     spec["metadata"]["name"] = c.pod
+    extra = {"dry_run": "All"} if dry_run else {}
     with api_errors():
         create = api.core.create_namespaced_pod
         # the client sends a plain dict body as it is; its stubs only name V1Pod
-        create(c.namespace, spec, _request_timeout=api.timeout)  # type: ignore[arg-type]  # dict body
+        create(c.namespace, spec, _request_timeout=api.timeout, **extra)  # type: ignore[arg-type]  # dict body
 
 
 def namespace_level(api: Api, namespace: str) -> str | None:

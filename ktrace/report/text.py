@@ -28,10 +28,12 @@ def _section(title: str, body: str) -> str:
     return f"{title}\n{'=' * len(title)}\n{body}\n"
 
 
-def render_findings(findings: Sequence[Finding], packets: int | None = None) -> str:
+def render_findings(
+    findings: Sequence[Finding], packets: int | None = None, title: str = "Findings"
+) -> str:
     if not findings:
         none = "none: nothing looks wrong in these captures" if packets != 0 else "none"
-        return _section("Findings", none)
+        return _section(title, none)
     lines = []
     for f in findings:
         lines.append(f"[{f.severity.name}] {f.id}: {f.title}")
@@ -40,7 +42,7 @@ def render_findings(findings: Sequence[Finding], packets: int | None = None) -> 
         if f.evidence:
             refs = ", ".join(f"{e.point}#{e.number}" for e in f.evidence[:6])
             lines.append(f"    Evidence: {refs}")
-    return _section(f"Findings ({len(findings)})", "\n".join(lines))
+    return _section(f"{title} ({len(findings)})", "\n".join(lines))
 
 
 def _hop_line(k: int, h: HopRow) -> str:

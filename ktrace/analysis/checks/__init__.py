@@ -23,10 +23,12 @@ CAPTURE_LOSS_STEP = (
 
 @dataclass(frozen=True)
 class FunctionCheck:
-    """A check written as a function of the analysis, under its id."""
+    """A check written as a function of the analysis, under its id. `explains`: the ids of
+    checks whose findings are symptoms of this one's cause (run_checks folds them in)."""
 
     id: str
     run: Callable[[Analysis], Iterable[Finding]]
+    explains: tuple[str, ...] = ()
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

@@ -190,54 +190,81 @@ def run_drop(analysis: Analysis) -> Iterator[Finding]:
         )
 
 
-def run_mtu(analysis: Analysis) -> Iterator[Finding]:
-    icmp = frag_needed(analysis)
-    seen = False
+@dataclass
+class _TooBig:
+    """Big packets lost between the same two points: one black hole, however many
+    conversations fell into it."""
+
+    last: str
+    missing: str
+    labels: list[str] = field(default_factory=list)
+    about: set[int] = field(default_factory=set)
+    packets: int = 0
+    biggest: int = 0
+    passed: int = 0  # the biggest that got through, of the conversation that passed least
+    rows: list[int] = field(default_factory=list)
+    story: str = ""
+    inside: str = ""
+
+
+def _black_holes(analysis: Analysis) -> list[_TooBig]:
+    holes: dict[tuple[str, str], _TooBig] = {}
     for path in analysis.paths:
         for loss in path.losses:
             if not is_mtu(loss):
                 continue
-            seen = True
-            label = conversation_label(analysis, path)
-            last, missing = (
-                hop_name(analysis, path, loss.last_hop),
-                hop_name(analysis, path, loss.missing_hop),
-            )
-            tunnel_id = int(analysis.index.columns.tunnel[loss.rows[0]])
-            tunnels = [analysis.index.tunnels[tunnel_id - 1]] if tunnel_id else []
-            inside = (
-                f" inside {tunnels[0].kind.upper()} ({tunnels[0].outer_src} -> "
-                f"{tunnels[0].outer_dst})"
-                if tunnels
-                else ""
-            )
-            yield Finding(
-                id="mtu.blackhole",
-                severity=Severity.HIGH,
-                title=f"MTU black hole between {last} and {missing}: packets of "
-                f"{loss.max_size} bytes vanish, up to {loss.passed_max_size} pass",
-                explanation=(
-                    f"{label}: {plural(loss.packets, 'packet')} of up to {loss.max_size} "
-                    f"bytes on the wire{inside} left {last} and never reached {missing}, "
-                    f"while packets of up to {loss.passed_max_size} bytes of the same "
-                    "conversation did. "
-                    + (
-                        f"{plural(len(icmp), 'ICMP fragmentation-needed message')} seen."
-                        if len(icmp)
-                        else "No ICMP fragmentation-needed came back, so the senders never learn "
-                        "to send smaller packets: connections hang once data flows."
-                    )
-                    + _mtu_story(analysis, path, loss)
-                ),
-                next_step=(
-                    "Compare the pod/overlay MTU with the underlay's: an overlay needs the "
-                    "underlay MTU minus its overhead (VXLAN 50, Geneve 50+, IPIP 20 bytes). "
-                    "Lower the CNI MTU, or raise the underlay MTU, and let ICMP through."
-                ),
-                evidence=tuple(analysis.index.ref(r) for r in loss.rows[:MAX_EVIDENCE]),
-                flows=(label,),
-            )
-    if not seen and len(icmp):
+            last = hop_name(analysis, path, loss.last_hop)
+            missing = hop_name(analysis, path, loss.missing_hop)
+            h = holes.setdefault((last, missing), _TooBig(last, missing))
+            if not h.labels:
+                tunnel_id = int(analysis.index.columns.tunnel[loss.rows[0]])
+                if tunnel_id:
+                    t = analysis.index.tunnels[tunnel_id - 1]
+                    h.inside = f" inside {t.kind.upper()} ({t.outer_src} -> {t.outer_dst})"
+                h.story = _mtu_story(analysis, path, loss)
+                h.passed = loss.passed_max_size
+            h.labels.append(conversation_label(analysis, path))
+            h.about.add(path.conv)
+            h.packets += loss.packets
+            h.biggest = max(h.biggest, loss.max_size)
+            h.passed = min(h.passed, loss.passed_max_size)
+            h.rows += list(loss.rows[: max(1, MAX_EVIDENCE // 4)])
+    return list(holes.values())
+
+
+def run_mtu(analysis: Analysis) -> Iterator[Finding]:
+    icmp = frag_needed(analysis)
+    holes = _black_holes(analysis)
+    for h in holes:
+        conns = len(h.labels)
+        yield Finding(
+            id="mtu.blackhole",
+            severity=Severity.HIGH,
+            title=f"MTU black hole between {h.last} and {h.missing}: packets of "
+            f"{h.biggest} bytes vanish, up to {h.passed} pass",
+            explanation=(
+                f"{h.labels[0] if conns == 1 else plural(conns, 'connection')}: "
+                f"{plural(h.packets, 'packet')} of up to {h.biggest} bytes on the wire"
+                f"{h.inside} left {h.last} and never reached {h.missing}, while packets of up "
+                f"to {h.passed} bytes of the same conversation{'s' if conns > 1 else ''} did. "
+                + (
+                    f"{plural(len(icmp), 'ICMP fragmentation-needed message')} seen."
+                    if len(icmp)
+                    else "No ICMP fragmentation-needed came back, so the senders never learn "
+                    "to send smaller packets: connections hang once data flows."
+                )
+                + h.story
+            ),
+            next_step=(
+                "Compare the pod/overlay MTU with the underlay's: an overlay needs the "
+                "underlay MTU minus its overhead (VXLAN 50, Geneve 50+, IPIP 20 bytes). "
+                "Lower the CNI MTU, or raise the underlay MTU, and let ICMP through."
+            ),
+            evidence=tuple(analysis.index.ref(r) for r in sorted(h.rows)[:MAX_EVIDENCE]),
+            flows=tuple(h.labels),
+            about=frozenset(h.about),
+        )
+    if not holes and len(icmp):
         yield Finding(
             id="mtu.blackhole",
             severity=Severity.MEDIUM,
@@ -273,5 +300,9 @@ def _mtu_story(analysis: Analysis, path: ConvPath, loss: Loss) -> str:
     return f" {text}" if text else ""
 
 
-DROP = FunctionCheck("path.drop", run_drop)
-MTU = FunctionCheck("mtu.blackhole", run_mtu)
+DROP = FunctionCheck("path.drop", run_drop, explains=("tcp.syn-unanswered", "tcp.retransmissions"))
+MTU = FunctionCheck(
+    "mtu.blackhole",
+    run_mtu,
+    explains=("tcp.retransmissions", "tcp.syn-unanswered", "http.unanswered"),
+)

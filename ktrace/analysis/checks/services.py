@@ -164,5 +164,7 @@ def _column_values(index: PacketIndex, ips: set[str]) -> dict[int, set[int]]:
     return out
 
 
-NO_ENDPOINTS = FunctionCheck("svc.no-endpoints", run_no_endpoints)
-NAT_MISSING = FunctionCheck("nat.missing", run_nat_missing)
+NO_ENDPOINTS = FunctionCheck(
+    "svc.no-endpoints", run_no_endpoints, explains=("tcp.syn-unanswered", "tcp.rst")
+)
+NAT_MISSING = FunctionCheck("nat.missing", run_nat_missing, explains=("tcp.syn-unanswered",))

@@ -135,6 +135,7 @@ def run_retransmissions(analysis: Analysis) -> Iterator[Finding]:
                 "disappear; check interface drops and the MTU along the path."
             ),
             flows=tuple(labels),
+            about=frozenset(int(analysis.correlation.conv[flow]) for flow in flows),
         )
 
 

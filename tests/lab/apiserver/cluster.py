@@ -58,6 +58,8 @@ class Behaviour:
 
     ephemeral_enabled: bool = True
     cut_exec_after_bytes: int | None = None  # the connection drops once this much was sent
+    # a policy engine (a ValidatingAdmissionPolicy, Kyverno, Gatekeeper) refuses hostPath
+    refuse_host_path: bool = False
 
 
 @dataclass

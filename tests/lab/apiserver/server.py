@@ -461,6 +461,18 @@ class Handler(BaseHTTPRequestHandler):
             body.setdefault("metadata", {})["namespace"] = ns
             shown = name or (body["metadata"].get("generateName", "") + "xxxxx")
             check_pod_security(self.cluster.namespaces[ns], shown, body.get("spec") or {})
+            volumes = (body.get("spec") or {}).get("volumes") or []
+            if self.cluster.behaviour.refuse_host_path and any("hostPath" in v for v in volumes):
+                raise Refused(  # as the real server words a ValidatingAdmissionPolicy's denial
+                    422,
+                    "Invalid",
+                    f'pods "{shown}" is forbidden: ValidatingAdmissionPolicy '
+                    "'ktrace-test-no-host-path' with binding 'ktrace-test-no-host-path' denied "
+                    "request: hostPath volumes are not allowed",
+                )
+            if self._q("dryRun") == "All":  # judged, admitted, and kept nowhere
+                self._json(body, 201)
+                return
             self._json(self.cluster.create_pod(body), 201)
 
     def delete_pod(self, ns: str, name: str) -> None:
