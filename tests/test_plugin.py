@@ -685,10 +685,17 @@ def test_pod_security_counts_containers_added_before_the_label(
 
 
 def test_rbac(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
-    line = refused(env, capsys, "client", "--context", "ktrace-lab-viewer")
-    assert (
-        'RBAC: user "viewer" may not patch pods/ephemeralcontainers in namespace "default"' in line
-    )
+    """A view-only user is refused before anything is created, in one sentence naming every
+    missing permission; nothing else is printed (no "captured", no cleanup error)."""
+    out = env.lab.state / "refused"
+    code = main(env.ktrace("capture", "client", "--context", "ktrace-lab-viewer", "-o", str(out)))
+    err = capsys.readouterr().err
+    assert code == 4 and not out.exists()
+    assert err.splitlines() == [
+        'ktrace: error: RBAC: user "viewer" may not patch pods/ephemeralcontainers in namespace '
+        '"default" nor create pods/exec in namespace "default" (ktrace needs them to run '
+        "tcpdump in the pods; ask for them, or use another --context)"
+    ]
 
 
 def test_unknown_image(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

@@ -47,7 +47,9 @@ class Progress:
         self.out.flush()
 
     def done(self, runs: list[PointRun]) -> None:
+        """The final counts; nothing when no point ever started (a refusal says why)."""
         if self.interactive and self.drawn:
             self.out.write(f"\x1b[{self.drawn}F\x1b[J")
-        self.out.write("ktrace: captured\n" + "".join(line(r) + "\n" for r in runs))
+        if runs:
+            self.out.write("ktrace: captured\n" + "".join(line(r) + "\n" for r in runs))
         self.out.flush()

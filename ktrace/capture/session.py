@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -38,7 +38,7 @@ from ktrace.capture.plan import node_points, pod_iflink, pod_points
 from ktrace.capture.point import Plan, PointRun
 from ktrace.capture.progress import Progress
 from ktrace.errors import ClusterError, ExitStatus, UsageError
-from ktrace.kube import debug
+from ktrace.kube import access, debug
 from ktrace.kube.api import Api, PodSecurityError
 from ktrace.kube.execstream import ExecStream, run
 from ktrace.kube.image import DEFAULT_IMAGE
@@ -144,6 +144,26 @@ class Session:
         print(f"ktrace: {text}", file=self.err, flush=True)
 
     # --- setting up ---------------------------------------------------------------------------
+    def check_access(self) -> None:
+        """Ask first what the user may do: the pod side cannot do without its permissions; the
+        node side is given up, in one line, when the user may not run node pods."""
+        namespaces = sorted({p.namespace for p in self.pods if not p.host_network})
+        wanted = tuple(x for ns in namespaces for x in access.pod_side(ns))
+        missing = access.denied(self.api, wanted)
+        if missing:
+            raise access.refusal(self.api, missing, "to run tcpdump in the pods")
+        if not self.opts.node:
+            return
+        ns = self.opts.node_namespace or self.pods[0].namespace
+        missing = access.denied(self.api, access.node_side(ns))
+        if not missing:
+            return
+        refused = access.refusal(self.api, missing, "for node debug pods")
+        if any(p.host_network for p in self.pods):
+            raise refused
+        self.say(f"node side given up: {refused.message}: capturing in the pods only")
+        self.opts = replace(self.opts, node=False)
+
     def _ephemeral(self, pod: Pod) -> debug.Container:
         # named and remembered before the request: an interrupt during the PATCH must not
         # leave a container the cleanup does not know about
@@ -496,7 +516,10 @@ def capture(
     try:
         with signals_interrupt():
             try:
+                session.check_access()
                 session.inventory = inventory(api)
+                for note in session.inventory.get("notes", []):
+                    session.say(note)
                 write_json(bundle / "inventory.json", session.inventory)
                 plans = session.plan()
                 session.start(plans)

@@ -176,11 +176,18 @@ def _service_entry(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def inventory(api: Api) -> dict[str, Any]:
-    """Pods, Services, endpoint slices and nodes across namespaces, as names for addresses."""
+    """Pods, Services, endpoint slices and nodes across namespaces, as names for addresses.
+    Nodes are cluster-scoped, which namespaced roles (kubectl's `view`) do not read: without
+    them the inventory says so in its "notes" and the capture goes on."""
     pods = api.call(api.core.list_pod_for_all_namespaces)["items"]
     services = api.call(api.core.list_service_for_all_namespaces)["items"]
     slices = api.call(api.discovery.list_endpoint_slice_for_all_namespaces)["items"]
-    nodes = api.call(api.core.list_node)["items"]
+    notes = []
+    try:
+        nodes = api.call(api.core.list_node)["items"]
+    except ClusterError as exc:
+        nodes = []
+        notes.append(f"nodes not listed ({exc.message}): node addresses are shown without names")
 
     def internal_ip(node: dict[str, Any]) -> str:
         for a in node.get("status", {}).get("addresses") or []:
@@ -189,6 +196,7 @@ def inventory(api: Api) -> dict[str, Any]:
         return ""
 
     return {
+        "notes": notes,
         "nodes": [
             {
                 "name": n["metadata"]["name"],

@@ -66,9 +66,9 @@ READ_VERBS = {"get", "list", "watch"}
 def authorize(
     user: User, verb: str, resource: str, name: str, namespace: str, group: str = ""
 ) -> None:
-    """A cluster-admin, and a viewer who may read objects but no subresource and change
-    nothing (the `view` ClusterRole)."""
-    if user.admin or (verb in READ_VERBS and "/" not in resource):
+    """A cluster-admin, and a viewer who may read namespaced objects (and namespaces) but no
+    subresource, no node, and change nothing: what the real `view` ClusterRole grants."""
+    if user.admin or (verb in READ_VERBS and "/" not in resource and resource != "nodes"):
         return
     kind = resource.split("/")[0]
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"

@@ -475,6 +475,39 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._json(self.cluster.create_pod(body), 201)
 
+    def access_review(self) -> None:
+        """SelfSubjectAccessReview: the same rules `authorize` enforces, asked."""
+        user = self._user()
+        body = self._body() or {}
+        attrs = (body.get("spec") or {}).get("resourceAttributes") or {}
+        resource = attrs.get("resource", "")
+        if attrs.get("subresource"):
+            resource = f"{resource}/{attrs['subresource']}"
+        try:
+            authorize(user, attrs.get("verb", ""), resource, attrs.get("name", ""),
+                      attrs.get("namespace", ""), attrs.get("group", ""))  # fmt: skip
+            allowed = True
+        except Refused:
+            allowed = False
+        status = {"allowed": allowed} if allowed else {"allowed": False, "reason": ""}
+        self._json(
+            {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+             "metadata": {"creationTimestamp": None}, "spec": body.get("spec") or {},
+             "status": status},
+            201,
+        )  # fmt: skip
+
+    def self_review(self) -> None:
+        user = self._user()
+        groups = ["system:masters"] if user.admin else ["ktrace-lab:viewers"]
+        self._json(
+            {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+             "metadata": {"creationTimestamp": None},
+             "status": {"userInfo": {"username": user.name,
+                                     "groups": [*groups, "system:authenticated"]}}},
+            201,
+        )  # fmt: skip
+
     def delete_pod(self, ns: str, name: str) -> None:
         authorize(self._user(), "delete", "pods", name, ns)
         with self.cluster.lock:
@@ -743,6 +776,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
             r"/apis/discovery.k8s.io/v1/namespaces/(?P<ns>[^/]+)/endpointslices",
             "list_slices",
         ),
+        ("POST", r"/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "access_review"),
+        ("POST", r"/apis/authentication.k8s.io/v1/selfsubjectreviews", "self_review"),
         ("GET", r"/apis/apps/v1/deployments", "list_deployments"),
         ("GET", r"/apis/apps/v1/namespaces/(?P<ns>[^/]+)/deployments", "list_deployments"),
         (
