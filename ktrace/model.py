@@ -18,6 +18,10 @@ class Point:
     node: str | None = None
     namespace: str | None = None
     pod: str | None = None
+    # when it was capturing (ns, the point's own clock), where known: a point that recorded
+    # nothing of a conversation inside it is a witness that the conversation never got there
+    window: tuple[int, int] | None = None
+    kernel_drops: int | None = None  # what the capturing kernel said it dropped
 
 
 @dataclass(frozen=True)

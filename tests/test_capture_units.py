@@ -292,6 +292,8 @@ def test_kernel_drop_commands_and_why_they_were_skipped() -> None:
         "protocol == 2048 || protocol == 34525",
     ]
     assert kernel_drops.collect_argv("abcde", "node-a")[-1] == "ktrace-abcde-node-a"
-    assert "--node-namespace" in kernel_drops.skipped(None, None)
     why = kernel_drops.skipped("tools", "baseline")
-    assert 'namespace "tools"' in why and "(baseline)" in why and "counters are recorded" in why
+    assert 'namespace "tools" enforces PodSecurity "baseline"' in why
+    assert "--node-namespace" in why and "counters are recorded" in why
+    refused = kernel_drops.refused("tools", "a policy said no")
+    assert "(a policy said no)" in refused and "counters are recorded" in refused

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import struct
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -411,3 +412,30 @@ def test_one_black_hole_is_one_finding_however_many_connections_fell_in(make_pca
     assert len(holes) == 1, [f["title"] for f in found]
     assert holes[0]["explanation"].startswith("3 connections: 9 packets of up to 1454 bytes")
     assert not [f for f in found if f["id"] == "tcp.retransmissions"]
+
+
+def test_a_quiet_point_is_a_witness_inside_its_declared_window(tmp_path: Path) -> None:
+    """Everything to web-2 is dropped before its veth: the veth and the pod recorded two
+    packets at the start and nothing after. Their first-to-last-packet window is empty, but
+    the bundle says when they were capturing: the SYNs never reached the veth inside it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(LAB / "policy-drop", bundle)
+    for point in ("web-2-veth", "web-2-eth0"):
+        path = bundle / "points" / f"{point}.pcap"
+        count = len(client_syns(path)) + 1000
+        drop_records(path, set(range(3, count + 3)))
+    quiet = [f for f in findings(bundle) if f["severity"] == "high"]
+    assert [f["id"] for f in quiet] == ["tcp.syn-unanswered"]  # no window: only "unanswered"
+    from ktrace.decode.index import build_index
+
+    with build_index(sorted((bundle / "points").glob("*.pcap")), workers=1) as index:
+        ts = index.columns.ts
+        began, ended = int(ts.min()) - 1_000_000_000, int(ts.max()) + 1_000_000_000
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for spec in manifest["points"]:
+        spec["started"] = datetime.fromtimestamp(began / 1e9, UTC).isoformat()
+        spec["stopped"] = datetime.fromtimestamp(ended / 1e9, UTC).isoformat()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (drop,) = [f for f in findings(bundle) if f["severity"] == "high"]
+    assert drop["id"] == "path.drop"
+    assert "dropped between node-b-eth0 and web-2-veth" in drop["title"]

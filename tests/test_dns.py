@@ -25,6 +25,7 @@ from ktrace.analysis.dns import _located as dns_located
 from ktrace.analysis.dns_patterns import (
     RETRY_AFTER_NS,
     client_ip,
+    fails_more,
     is_cluster_name,
     label_prefixes,
     search_base,
@@ -428,13 +429,16 @@ def _reference_picture(
     upstream: list[int] = []
     if any(t.rcode == "NOERROR" and t.qname in cluster for t in primary):
         expanded = tuple({b + "." for (_, b) in expansions})
-        upstream = [
-            t.queries[0]
-            for t in primary
-            if (t.response is None or t.rcode in ("SERVFAIL", "REFUSED"))
-            and t.qname not in cluster
-            and not t.qname.startswith(expanded)
-        ]
+        failed = np.array(
+            [t.response is None or t.rcode in ("SERVFAIL", "REFUSED") for t in primary]
+        )
+        outside = np.array(
+            [t.qname not in cluster and not t.qname.startswith(expanded) for t in primary]
+        )
+        inside = np.array([t.qname in cluster for t in primary])
+        if fails_more(failed, outside, inside):  # by rate, not by count
+            chosen = zip(primary, failed, outside, strict=True)
+            upstream = [t.queries[0] for t, f, o in chosen if f and o]
     return expansions, race, upstream
 
 
@@ -457,6 +461,8 @@ def _dns_mix(seed: int) -> list[tuple[int, bytes]]:
                 ask = IP(src=client, dst=server) / UDP(sport=sport, dport=53)
                 ask /= DNS(id=ident, rd=1, qd=DNSQR(qname=name, qtype=qtype))
                 lost = 0.4 if qtype == "AAAA" else 0.1  # as conntrack races lose them
+                if name == "example.com":
+                    lost = 0.8  # a failing upstream
                 tries = [t + 5_000_000_000 * k for k in range(1 + (rng.random() < lost))]
                 frames += [(when, bytes(Ether() / ask)) for when in tries]
                 if rng.random() < lost:

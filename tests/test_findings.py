@@ -148,14 +148,31 @@ def test_retransmitting_connections_to_one_server_are_one_finding(make_pcap: Mak
     assert len(f["flows"]) == 2
 
 
-def test_a_syn_never_retried_is_capture_loss_not_network_loss(make_pcap: Make) -> None:
+def test_a_syn_never_retried_is_not_evidence_either_way(make_pcap: Make) -> None:
+    """One SYN, then three more seconds of capture in which the client never tried again:
+    it may have given up before its retry was due, or the answer may be lost. Neither a
+    network drop (HIGH) nor capture loss (INFO) is claimed."""
     syn = Ether() / IP(src="10.244.0.5", dst="10.96.0.20") / TCP(sport=45000, dport=80, flags="S")
     later = [tcp_session(client="10.244.0.5", server="10.244.1.9", sport=46000 + k) for k in (1, 2)]
-    # one SYN, then three more seconds of capture in which the client never tried again
     pkts = [syn] + [p for s in later for p in s][:12]
     _, data = run_analysis(make_pcap(pkts, step_ns=250_000_000))
     (f,) = data["findings"]
-    assert (f["id"], f["severity"]) == ("tcp.syn-unanswered", "info")
+    assert (f["id"], f["severity"]) == ("tcp.syn-unanswered", "low")
+    assert "never sent again" in f["title"]
+    assert "One try is not enough to tell a drop from a client that stopped waiting" in " ".join(
+        f["explanation"].split()
+    )
+
+
+def test_a_handshake_the_capture_half_missed_is_capture_loss(make_pcap: Make) -> None:
+    """The SYN/ACK is missing but the client went on (its ACK and request): an answer came,
+    the capture did not record it."""
+    session = tcp_session(client="10.244.0.5", server="10.244.1.9", sport=45000)
+    later = tcp_session(client="10.244.0.5", server="10.244.1.9", sport=46001)
+    pkts = [session[0], session[2], session[3]] + later
+    _, data = run_analysis(make_pcap(pkts, step_ns=250_000_000))
+    (f,) = [f for f in data["findings"] if f["id"] == "tcp.syn-unanswered"]
+    assert f["severity"] == "info"
     assert "the capture missed the answer, not the network" in f["title"]
 
 

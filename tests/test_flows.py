@@ -13,7 +13,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from ktrace.analysis import flows as flows_module
+from ktrace.analysis.flows import build_flows
 from ktrace.decode.columns import PacketColumns
+from ktrace.decode.index import build_index
 from tests.helpers import T0, frames, run_analysis, tcp_session, udp
 
 Make = Callable[..., Path]
@@ -443,3 +445,44 @@ def test_packets_at_points_are_the_packets_counted(sample: str) -> None:
     )
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     assert len(got[0]) >= len(a.flows) and (npoints == 1) == (sample == "http-dns.pcap")
+
+
+def test_a_reused_client_port_is_a_new_connection(make_pcap: Make) -> None:
+    """The same 5-tuple twice, seconds apart, with a new initial sequence number: two flows,
+    each its own handshake and counts; a missed SYN is made up by the SYN/ACK that
+    acknowledges it; packets that are not IP stay out of every flow."""
+    from scapy.layers.l2 import ARP
+
+    first = tcp_session(sport=40001)
+    again = [p.copy() for p in first]
+    for p in again:  # the same ports, another connection: new ISNs on both sides
+        if p[IP].src == "10.0.0.1":
+            p[TCP].seq = (p[TCP].seq + 777_000) % 2**32
+            p[TCP].ack = (p[TCP].ack + 999_000) % 2**32 if p[TCP].ack else 0
+        else:
+            p[TCP].seq = (p[TCP].seq + 999_000) % 2**32
+            p[TCP].ack = (p[TCP].ack + 777_000) % 2**32
+    third = [p.copy() for p in again[1:]]  # its SYN missed by the capture
+    for p in third:
+        if p[IP].src == "10.0.0.1":
+            p[TCP].seq = (p[TCP].seq + 5_000_000) % 2**32
+            p[TCP].ack = (p[TCP].ack + 3_000_000) % 2**32
+        else:
+            p[TCP].seq = (p[TCP].seq + 3_000_000) % 2**32
+            p[TCP].ack = (p[TCP].ack + 5_000_000) % 2**32
+    arp = Ether() / ARP()
+    with build_index([make_pcap([arp, *first, arp, *again, *third, arp])], workers=1) as index:
+        f = build_flows(index.columns, 1)
+        assert len(f) == 3
+        assert f.flow.tolist() == [
+            -1,
+            *[f.flow[1]] * 8,
+            -1,
+            *[f.flow[10]] * 8,
+            *[f.flow[18]] * 7,
+            -1,
+        ]
+        assert len({int(f.flow[1]), int(f.flow[10]), int(f.flow[18])}) == 3
+        assert f.packets_ab.tolist() == [5, 5, 4] and f.packets_ba.tolist() == [3, 3, 3]
+        assert (f.a_port == 40001).all() and f.syn.tolist() == [1, 1, 0]
+        assert (f.handshake_ns[:2] > 0).all()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ktrace.analysis.capture_loss import PointLoss, point_losses
 from ktrace.analysis.correlate import Correlation
 from ktrace.analysis.dns import DnsResult
 from ktrace.analysis.dns_exchanges import DnsExchanges, dns_exchanges
@@ -50,6 +51,12 @@ class Analysis:
     def point_extents(self) -> tuple[np.ndarray, ...]:
         """Per point: packets, bytes, first and last time."""
         return point_extents(self.index)
+
+    @cached_property
+    def capture_loss(self) -> list[PointLoss]:
+        """Per point, what its capture failed to record: asked only by the checks that judge
+        something "unanswered" against it."""
+        return point_losses(self.index, self.flows.flow)
 
     @cached_property
     def _path_by_conv(self) -> dict[int, ConvPath]:

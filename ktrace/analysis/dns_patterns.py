@@ -3,6 +3,7 @@ an upstream that does not answer. Shared by the DNS checks so that one cause is 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -153,9 +154,31 @@ def dns_picture(
     if (table.rcode_is("NOERROR")[primary] & cluster[name]).any():
         prefixes = tuple({b + "." for (_, b) in pic.expansions})
         fresh = np.array([not n.startswith(prefixes) for n in names], bool)
-        failed = ~table.answered | table.rcode_is("SERVFAIL", "REFUSED")
-        pic.upstream_failed = primary[failed[primary] & ~cluster[name] & fresh[name]]
+        failed = (~table.answered | table.rcode_is("SERVFAIL", "REFUSED"))[primary]
+        outside, inside = ~cluster[name] & fresh[name], cluster[name]
+        if fails_more(failed, outside, inside):
+            pic.upstream_failed = primary[failed & outside]
     return pic
+
+
+# How many standard errors apart two failure rates must be to say one group fails more.
+SIGNIFICANT = 3.0
+
+
+def fails_more(failed: np.ndarray, group: np.ndarray, others: np.ndarray) -> bool:
+    """Whether `group` fails at a higher rate than `others` (masks over the same rows),
+    beyond chance: a two-proportion test, and half as high again. Counts alone say
+    nothing when one group is asked far more often than the other."""
+    n1, n2 = int(group.sum()), int(others.sum())
+    if not n1:
+        return False
+    f1, f2 = int((failed & group).sum()), int((failed & others).sum())
+    r1, r2 = f1 / n1, (f2 / n2 if n2 else 0.0)
+    if not f1 or r1 < 1.5 * r2:
+        return False
+    pooled = (f1 + f2) / (n1 + n2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + (1 / n2 if n2 else 0.0)))
+    return spread == 0 or (r1 - r2) / spread >= SIGNIFICANT
 
 
 def _pairs(ip: np.ndarray, name: np.ndarray, names: int) -> tuple[np.ndarray, np.ndarray]:

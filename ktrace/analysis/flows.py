@@ -20,6 +20,7 @@ from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS
 from ktrace.decode.mix import K1 as _MIX
 from ktrace.decode.transport import ACK, FIN, RST, SCTP, SYN, TCP, UDP
+from ktrace.distinct import distinct
 from ktrace.native import compiled
 
 NO_FLOW = -1
@@ -292,6 +293,15 @@ def _initiators(
     chosen = cand[pick]
     lo_opens = np.zeros(nflows + 1, bool)
     lo_opens[flow[chosen]] = ~swap[chosen]
+    # no SYN seen, but the SYN/ACK that answered it: its receiver opened the connection
+    answers = np.flatnonzero(
+        (c.proto == TCP) & ((c.tcp_flags & (SYN | ACK)) == (SYN | ACK)) & no_syn.take(flow)
+    )
+    answers = answers[flow[answers] < nflows]
+    if len(answers):
+        order = np.lexsort((answers, c.ts[answers], flow[answers]))
+        firsts = answers[order][np.r_[True, np.diff(flow[answers][order]) != 0]]
+        lo_opens[flow[firsts]] = swap[firsts]
     return lo_opens
 
 
@@ -401,13 +411,72 @@ def with_tcp_health(flows: FlowTable, c: PacketColumns, npoints: int) -> FlowTab
     )
 
 
+def _split_reused(
+    c: PacketColumns, flow: np.ndarray, first: np.ndarray, is_syn: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 5-tuple whose client came back with another initial sequence number is a new
+    connection (a port reused seconds later): its packets from then on, at each point, are a
+    flow of their own, numbered after the others. A connection's client ISN is read from its
+    SYN, or from the server's SYN/ACK (which acknowledges it) when the capture missed the SYN.
+    Packets a point saw before any opening stay with the flow they were (the conversation
+    joins them to their connection through what other points saw). Only the reused 5-tuples
+    are looked at: on most captures this is a pass over the handshakes alone."""
+    nflows = len(first)
+    synack = (c.proto == TCP) & ((c.tcp_flags & (SYN | ACK)) == (SYN | ACK))
+    opening = np.flatnonzero(is_syn | synack)
+    opening = opening[flow[opening] < nflows]
+    if not len(opening):
+        return flow, first
+    isn = np.where(
+        is_syn[opening],
+        c.seq[opening].astype(np.int64),
+        (c.ack[opening].astype(np.int64) - 1) & 0xFFFFFFFF,
+    )
+    pairs = distinct(flow[opening].astype(np.int64) << 32 | isn)
+    owners, tries = np.unique(pairs >> 32, return_counts=True)
+    reused = owners[tries > 1]
+    if not len(reused):
+        return flow, first
+    marked = np.zeros(nflows + 1, bool)
+    marked[reused] = True
+    rows = np.flatnonzero(marked.take(flow))
+    order = np.lexsort((rows, c.ts[rows], c.point[rows], flow[rows]))
+    rows = rows[order]
+    run = flow[rows].astype(np.int64) * (int(c.point.max()) + 1) + c.point[rows]
+    starts = np.r_[True, run[1:] != run[:-1]]
+    # the client ISN in force at each row: that of the last opening seen at its point
+    opens = is_syn[rows] | synack[rows]
+    last = np.maximum.accumulate(np.where(opens | starts, np.arange(len(rows)), 0))
+    at = rows[last]
+    said = np.where(
+        is_syn[at], c.seq[at].astype(np.int64), (c.ack[at].astype(np.int64) - 1) & 0xFFFFFFFF
+    )
+    key = flow[rows].astype(np.int64) << 33 | np.where(opens[last], said + 1, 0)
+    uniq, generation = np.unique(key, return_inverse=True)
+    base = uniq >> 33
+    # each flow's first generation keeps its number; the later ones get new numbers
+    keep = np.r_[True, base[1:] != base[:-1]]
+    new_id = np.where(keep, base, 0)
+    later = np.flatnonzero(~keep)
+    new_id[later] = nflows + np.arange(len(later))
+    flow = flow.copy()
+    flow[flow == nflows] = nflows + len(later)  # not IP: still after every flow
+    ids = new_id[generation.reshape(-1)]
+    flow[rows] = ids.astype(flow.dtype)
+    added = np.full(len(later), len(c), np.int64)
+    np.minimum.at(added, ids[ids >= nflows] - nflows, rows[ids >= nflows])
+    return flow, np.r_[first, added].astype(first.dtype)
+
+
 def flow_table(c: PacketColumns) -> FlowTable:
     """The flows, their ends and counts; TCP health not yet measured (no handshake, nothing
-    resent): with_tcp_health adds it, a stage of its own."""
+    resent): with_tcp_health adds it, a stage of its own. A flow is one connection: a
+    5-tuple reused by a new connection is two flows."""
     sport, dport = _ports(c)
     first, flow, swap = _group(c, sport, dport)
-    nflows = len(first)
     is_syn = (c.proto == TCP) & ((c.tcp_flags & (SYN | ACK)) == SYN)
+    flow, first = _split_reused(c, flow, first, is_syn)
+    nflows = len(first)
     first_ts, last_ts, syn_ts = _time_spans(c, flow, is_syn, nflows + 1)
     lo_opens = _initiators(c, flow, is_syn, swap, (first_ts, syn_ts))
     del is_syn, syn_ts

@@ -95,6 +95,16 @@ def loss_story(ev: NodeEvidence, times: list[int], family: int) -> str:
     return " ".join(parts)
 
 
+def drop_recorded(ev: NodeEvidence, times: list[int], family: int) -> bool:
+    """Whether the node's own records say it dropped packets like these: the kernel logged
+    drops at those moments, or a DROP or REJECT rule counted at least as many during the
+    capture. Such records outrank any inference from the packets (a missing retransmission
+    may be a client that gave up)."""
+    if drops_at(ev, times, family):
+        return True
+    return any(r.packets >= len(times) for r in counted_rules(ev, ("DROP", "REJECT")))
+
+
 def link_story(ev: NodeEvidence) -> str:
     """Interface drops and errors that rose during the capture."""
     bad = {

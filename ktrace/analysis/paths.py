@@ -194,6 +194,12 @@ def conversation_paths(
     # a point that saw nothing at all gives no window: it was capturing all along
     silent = np.bincount(c.point, minlength=npoints) == 0
     start_of[silent], end_of[silent] = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    # where the bundle or the file says when a point was capturing, that is its window: a
+    # quiet point (a pod whose traffic is dropped before its veth) is a witness all along
+    for k in range(npoints):
+        declared = index.capture_window(k)
+        if declared is not None:
+            start_of[k], end_of[k] = declared[0] - cor.offsets[k], declared[1] - cor.offsets[k]
     where = _Where(np.stack([start_of, end_of]), frozenset(_cross_node_points(index, flows, names)))
 
     order = np.argsort(conv, kind="stable")

@@ -127,6 +127,8 @@ def _declared_points(bundle: Path, manifest: Manifest) -> tuple[dict[Path, Point
             spec.node,
             spec.namespace,
             spec.pod,
+            window=spec.window,
+            kernel_drops=spec.kernel_drops,
         )
     return out, missing
 

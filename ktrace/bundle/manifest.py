@@ -49,6 +49,19 @@ class PointSpec:
     packets: int | None = None
     kernel_drops: int | None = None
     clock_offset_ns: int = 0
+    # when the point was capturing (RFC 3339, UTC, the capturing machine's clock)
+    started: str | None = None
+    stopped: str | None = None
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        """(started, stopped) in ns since the epoch, when the manifest gives both."""
+        if not self.started or not self.stopped:
+            return None
+        try:
+            return _ns(self.started), _ns(self.stopped)
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,21 @@ class Manifest:
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format: int = FORMAT
     ktrace_version: str = __version__
+
+
+def rfc3339(ns: int | None) -> str | None:
+    """A time in ns since the epoch as RFC 3339 in UTC, to the microsecond."""
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds")
+
+
+def _ns(text: str) -> int:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    whole = int(moment.replace(microsecond=0).timestamp())
+    return whole * 1_000_000_000 + moment.microsecond * 1000
 
 
 def write_private(path: Path, text: str) -> None:

@@ -83,6 +83,15 @@ class PointRun:
         self.exit_code: int | None = None
         self.stop_requested = False
         self.thread: threading.Thread | None = None
+        # when it was capturing, on this machine's clock (ns): from tcpdump saying it listens
+        # (or its first bytes) until the stop was asked for or the stream ended
+        self.began_ns: int | None = None
+        self.ended_ns: int | None = None
+
+    def mark_stopping(self) -> None:
+        self.stop_requested = True
+        if self.ended_ns is None:
+            self.ended_ns = time.time_ns()
 
     @property
     def packets(self) -> int:
@@ -123,6 +132,7 @@ class PointRun:
                                     return
                                 out.write(data)
                                 self.bytes += len(data)
+                                self._began()
                                 self.started.set()
                             else:
                                 self._stderr(data)
@@ -135,8 +145,14 @@ class PointRun:
                     if self.bytes == 0:
                         self.error = tcpdump.complaint(self.stderr.decode("utf-8", "replace"))
         finally:
+            if self.began_ns is not None and self.ended_ns is None:
+                self.ended_ns = time.time_ns()
             self.finished.set()
             self.started.set()
+
+    def _began(self) -> None:
+        if self.began_ns is None:
+            self.began_ns = time.time_ns()
 
     def linktype(self) -> int | None:
         """From the pcap header tcpdump wrote (an IPIP device is not Ethernet)."""
@@ -148,6 +164,8 @@ class PointRun:
 
     def _stderr(self, data: bytes) -> None:
         self.stderr += data
+        if b"listening on" in self.stderr:
+            self._began()
         if self.pid is None:
             m = tcpdump.PID_LINE.search(self.stderr)
             if m:

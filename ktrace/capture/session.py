@@ -28,6 +28,7 @@ from ktrace.bundle.manifest import (
     CaptureStatus,
     Manifest,
     PointSpec,
+    rfc3339,
     write_json,
     write_manifest,
     write_private,
@@ -396,7 +397,7 @@ class Session:
             if r.finished.is_set() or r.pid is None:
                 return
             c = r.plan.container
-            r.stop_requested = True
+            r.mark_stopping()
             with contextlib.suppress(ClusterError):
                 run(self.api, c.namespace, c.pod, c.name, ["kill", "-INT", str(r.pid)], 10)
             r.finished.wait(STOP_TIMEOUT)
@@ -471,6 +472,8 @@ class Session:
                     linktype=r.linktype(),
                     packets=stats.captured if stats.captured is not None else r.packets,
                     kernel_drops=stats.dropped,
+                    started=rfc3339(r.began_ns),
+                    stopped=rfc3339(r.ended_ns),
                 )
             )
         write_manifest(

@@ -49,6 +49,7 @@ class CaptureFile:
     shards: int = 0  # parts walked in parallel (0: one sequential walk)
     warnings: list[str] = field(default_factory=list)
     drops: dict[int, int] = field(default_factory=dict)  # point id -> kernel drops
+    windows: dict[int, tuple[int, int]] = field(default_factory=dict)  # point id -> capturing
     reader: CaptureFormat | None = field(default=None, repr=False)
 
 
@@ -129,6 +130,17 @@ class PacketIndex:
 
     def file_of(self, point: int) -> CaptureFile:
         return self._file_of[point]
+
+    def capture_window(self, point: int) -> tuple[int, int] | None:
+        """When the point was capturing (ns, its own clock): as its bundle declares it, else
+        as its pcapng statistics say; None when nothing says (a plain pcap)."""
+        declared = self.points[point].window
+        return declared if declared is not None else self.file_of(point).windows.get(point)
+
+    def kernel_drops(self, point: int) -> int | None:
+        """What the point's kernel said it dropped: pcapng statistics, else the bundle's."""
+        found = self.file_of(point).drops.get(point)
+        return found if found is not None else self.points[point].kernel_drops
 
     def ref(self, row: int) -> PacketRef:
         """The packet as a user finds it: its point and its number in its file (1-based)."""
@@ -468,6 +480,7 @@ def scan(
             info.points.append(len(points) - 1)
         info.warnings = fmt.warnings
         info.drops = {info.points[k]: v for k, v in fmt.drops.items() if k < len(info.points)}
+        info.windows = {info.points[k]: v for k, v in fmt.windows.items() if k < len(info.points)}
         yield builder.progress(path, size, size)
 
 

@@ -43,6 +43,7 @@ class ClassicPcap:
         self.interfaces = [Interface(linktype & 0x0FFFFFFF, snaplen, ts_mult=1 if nano else 1000)]
         self.warnings: list[str] = []
         self.drops: dict[int, int] = {}
+        self.windows: dict[int, tuple[int, int]] = {}  # a classic file says nothing of it
         self._caplen = struct.Struct(order + "I").unpack_from
         self.swap = int(order != ("<" if sys.byteorder == "little" else ">"))
         self._rec = np.dtype(

@@ -65,6 +65,7 @@ class Pcapng:
         self.interfaces: list[Interface] = []
         self.warnings: list[str] = []
         self.drops: dict[int, int] = {}
+        self.windows: dict[int, tuple[int, int]] = {}  # interface -> capturing from, until (ns)
         self.comments: list[str] = []
         self._section_base = 0
         self._order = "<"
@@ -92,6 +93,15 @@ class Pcapng:
             [(n, self._order + "u4") for n in ("blen", "iface", "hi", "lo", "caplen", "len")]
         )
 
+    def _window(self, which: int, start: bool, value: bytes) -> None:
+        """isb_starttime / isb_endtime: when the interface started and stopped capturing,
+        in its own time units (a high and a low 32-bit word)."""
+        spec = self.interfaces[which]
+        hi, lo = struct.unpack(self._order + "II", value[:8])
+        ns = ((hi << 32) | lo) * spec.ts_mult // spec.ts_div + spec.ts_offset_ns
+        began, ended = self.windows.get(which, (ns, ns))
+        self.windows[which] = (min(began, ns), ended) if start else (began, max(ended, ns))
+
     def _block(self, off: int, btype: int, blen: int, rows: bytearray, data: list[int]) -> None:
         """Every block the hot loop does not take: headers, statistics, SPB, PB, unknown."""
         view, order = self.mf.view, self._order
@@ -117,9 +127,12 @@ class Pcapng:
             self.interfaces.append(iface)
         elif btype == ISB:
             (local,) = struct.unpack_from(order + "I", view, off + 8)
+            which = self._section_base + local
             for code, value in _options(view, off + 20, end, order):
                 if code == 5 and len(value) >= 8:
-                    self.drops[self._section_base + local] = struct.unpack(order + "Q", value)[0]
+                    self.drops[which] = struct.unpack(order + "Q", value)[0]
+                elif code in (2, 3) and len(value) >= 8 and which < len(self.interfaces):
+                    self._window(which, code == 2, value)
         elif btype in (SPB, PB):
             if btype == SPB:
                 (orig,) = struct.unpack_from(order + "I", view, off + 8)

@@ -23,6 +23,7 @@ class CaptureFormat(Protocol):
     interfaces: list[Interface]
     warnings: list[str]
     drops: dict[int, int]
+    windows: dict[int, tuple[int, int]]
 
     def prime(self) -> None: ...
 

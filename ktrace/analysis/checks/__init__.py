@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.paths import ConvPath
 from ktrace.model import Finding
@@ -39,6 +41,25 @@ def kernel_drops_note(analysis: Analysis) -> str:
     """' (N packets dropped by the kernel in this capture)', or '' when none were."""
     drops = sum(v for f in analysis.index.files for v in f.drops.values())
     return f" ({plural(drops, 'packet')} dropped by the kernel in this capture)" if drops else ""
+
+
+def within_capture_loss(
+    analysis: Analysis, unanswered: list[int] | np.ndarray, asked: list[int] | np.ndarray
+) -> tuple[bool, str]:
+    """Whether these unanswered things (by the point that saw them) are no more than each
+    point's own capture loss accounts for among all that was asked there, and the sentence
+    that says each point's loss: what every "unanswered" finding states."""
+    npoints = len(analysis.index.points)
+    missing = np.bincount(np.asarray(unanswered, np.int64), minlength=npoints)
+    total = np.bincount(np.asarray(asked, np.int64), minlength=npoints)
+    losses = analysis.capture_loss
+    explained = True
+    said = []
+    for k in np.flatnonzero(missing).tolist():
+        loss = losses[k]
+        explained &= loss.explains(int(missing[k]), int(total[k]))
+        said.append(f"at {analysis.point_id(k)} {loss.said()}")
+    return explained, "; ".join(said)
 
 
 def hop_name(analysis: Analysis, path: ConvPath, hop: int) -> str:

@@ -6,7 +6,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ktrace.analysis.checks import GRACE_NS, MAX_EVIDENCE, FunctionCheck, plural
+from ktrace.analysis.checks import (
+    GRACE_NS,
+    MAX_EVIDENCE,
+    FunctionCheck,
+    plural,
+    within_capture_loss,
+)
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns_patterns import most_common
 from ktrace.model import Finding, Severity
@@ -20,6 +26,12 @@ def run(analysis: Analysis) -> Iterator[Finding]:
     lost = primary[~table.answered[primary] & due & ~explained]
     if not len(lost):
         return
+    point = analysis.index.columns.point
+    by_capture, loss = within_capture_loss(
+        analysis, point[table.row[lost]], point[table.row[primary[due]]]
+    )
+    if by_capture:
+        return  # answers the capture itself failed to record, as far as can be told
     servers = most_common(table.server[lost])[:3]
     kinds = len(table.qtype.values)
     names = most_common(table.qname.ids[lost].astype(np.int64) * kinds + table.qtype.ids[lost])[:3]
@@ -43,6 +55,7 @@ def run(analysis: Analysis) -> Iterator[Finding]:
                 if partial and answered_elsewhere
                 else "No query got an answer: the resolver is unreachable or down from this point."
             )
+            + f" More than the capture's own loss accounts for: {loss}."
         ),
         next_step=(
             "Check the resolver is reachable on 53/udp from the client (NetworkPolicy, "

@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ktrace.analysis.checks import GRACE_NS, MAX_EVIDENCE, FunctionCheck, plural
+from ktrace.analysis.checks import (
+    GRACE_NS,
+    MAX_EVIDENCE,
+    FunctionCheck,
+    plural,
+    within_capture_loss,
+)
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
@@ -231,6 +237,13 @@ def run_unanswered(analysis: Analysis) -> Iterator[Finding]:
     lost = [e for e in analysis.http_exchanges if _unanswered(e, end)]
     if not lost:
         return
+    by_capture, loss = within_capture_loss(
+        analysis,
+        [e.primary.point for e in lost],
+        [e.primary.point for e in analysis.http_exchanges],
+    )
+    if by_capture:
+        return  # answers the capture itself failed to record, as far as can be told
     ended = any(e.primary.ended != "open" for e in lost)
     how = Counter(
         f"the {e.primary.ended_by} {'closed' if e.primary.ended == 'closed' else 'reset'} "
@@ -249,7 +262,7 @@ def run_unanswered(analysis: Analysis) -> Iterator[Finding]:
             "No byte of an answer came back: "
             + _tally(how, len(how), "; ")
             + ". The request reached the connection; the server took it and did not answer, "
-            "or it was lost on the way."
+            f"or it was lost on the way. More than the capture's own loss accounts for: {loss}."
         ),
         next_step=(
             "Look at where the request was last seen (the exchange's points) and at the "

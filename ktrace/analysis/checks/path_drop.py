@@ -19,7 +19,13 @@ from ktrace.analysis.checks import (
     plural,
 )
 from ktrace.analysis.context import Analysis
-from ktrace.analysis.node_story import SIZE_REASONS, drops_at, link_story, loss_story
+from ktrace.analysis.node_story import (
+    SIZE_REASONS,
+    drop_recorded,
+    drops_at,
+    link_story,
+    loss_story,
+)
 from ktrace.analysis.paths import ConvPath, Loss
 from ktrace.decode.transport import TCP
 from ktrace.model import Finding, Severity
@@ -60,10 +66,14 @@ class _Drops:
 
 def never_resent(analysis: Analysis, path: ConvPath, loss: Loss) -> bool:
     """TCP segments that vanished but were never sent again although the capture went on
-    long enough for a retransmission: the receiver had them, the capture missed them."""
+    long enough for a retransmission: the receiver had them, the capture missed them. A SYN
+    never sent again proves nothing by itself (the client may have given up before its
+    retry was due): only when the point that missed it saw the connection go on."""
     c = analysis.index.columns
     rows = np.asarray(loss.rows)
     if not len(rows) or not bool(np.all(c.proto[rows] == TCP)):
+        return False
+    if loss.syn == loss.packets and not path.hops[loss.missing_hop].packets:
         return False
     missing_point = path.hops[loss.missing_hop].point
     at_missing = np.flatnonzero(c.point == missing_point)
@@ -154,9 +164,19 @@ def _node_story(analysis: Analysis, g: _Drops) -> str:
     return ""
 
 
+def _nodes_recorded_drop(analysis: Analysis, g: _Drops) -> bool:
+    """The nodes on either side of the loss recorded dropping packets like these."""
+    node_of = {p.id: p.node for p in analysis.index.points if p.node}
+    for node in {node_of.get(g.missing), node_of.get(g.last)} - {None}:
+        ev = analysis.nodes.get(node or "")
+        if ev is not None and drop_recorded(ev, g.times, g.family):
+            return True
+    return False
+
+
 def run_drop(analysis: Analysis) -> Iterator[Finding]:
     for g in _drop_groups(analysis):
-        if g.missed:
+        if g.missed and not _nodes_recorded_drop(analysis, g):
             yield _capture_missed(analysis, g)
             continue
         conns = len(g.labels)

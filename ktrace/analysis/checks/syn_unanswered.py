@@ -20,6 +20,7 @@ from ktrace.analysis.checks import (
 )
 from ktrace.analysis.checks.external import claimed
 from ktrace.analysis.context import Analysis
+from ktrace.analysis.node_story import drop_recorded
 from ktrace.decode.transport import ACK, SYN, TCP
 from ktrace.distinct import distinct
 from ktrace.model import Finding, Severity
@@ -48,7 +49,8 @@ class _Unanswered:
 
     dest: str
     last_point: str
-    missed: bool = False  # never retried: the capture, not the network, lost the answer
+    missed: bool = False  # the connection went on: the capture, not the network, lost the answer
+    once: bool = False  # one SYN, never retried, nothing after: the client may have given up
     labels: list[str] = field(default_factory=list)
     clients: set[str] = field(default_factory=set)
     tries: int = 0
@@ -100,7 +102,7 @@ def _groups(analysis: Analysis) -> list[_Unanswered]:
     by_conv = np.argsort(syn_conv, kind="stable")
     sorted_conv = syn_conv[by_conv]
     ends = analysis.point_extents[3]  # each point's last packet
-    groups: dict[tuple[str, str, bool], _Unanswered] = {}
+    groups: dict[tuple[str, str, bool, bool], _Unanswered] = {}
     for flow, everyone in _unanswered(analysis):
         path = analysis.path_of_flow(flow)
         lo, hi = np.searchsorted(sorted_conv, [conv[flow], conv[flow] + 1])
@@ -113,12 +115,20 @@ def _groups(analysis: Analysis) -> list[_Unanswered]:
         dest = analysis.named(analysis.endpoint(path.flows[-1] if path else flow, "b"))
         last_point = analysis.point_id(int(c.point[last]))
         tries = len(set(analysis.correlation.ident[syn_here].tolist()))
-        # a client that gets nothing sends its SYN again after about a second: one try while
-        # the capture went on, or packets after it, mean an answer came and was not recorded
+        # the client sent more after its SYN: an answer came and the capture did not record it
         more = int(f.packets_ab[everyone].sum()) > len(syn_here)
-        missed = tries == 1 and (more or int(ends[c.point[last]]) - int(c.ts[last]) >= RETRY_NS)
+        missed = tries == 1 and more
+        # a client that gets nothing sends its SYN again after about a second: one try and
+        # nothing more cannot be judged before then, and after it says only that the client
+        # stopped trying (it may have given up early), unless the node recorded a drop
+        once = tries == 1 and not more
+        if once and int(ends[c.point[last]]) - int(c.ts[last]) < RETRY_NS:
+            continue
+        if once and _node_dropped(analysis, int(c.point[last]), [int(c.ts[last])], flow):
+            once = False
         g = groups.setdefault(
-            (dest, last_point, missed), _Unanswered(dest, last_point, missed=missed)
+            (dest, last_point, missed, once),
+            _Unanswered(dest, last_point, missed=missed, once=once),
         )
         exposed = analysis.names.exposure(analysis.host(flow, "b"), int(f.b_port[flow]))
         g.exposed = exposed.service if exposed else ""
@@ -130,6 +140,38 @@ def _groups(analysis: Analysis) -> list[_Unanswered]:
         g.last_ns = max(g.last_ns, last_ns)
         g.syns.append(syn_here.tolist())
     return list(groups.values())
+
+
+def _node_dropped(analysis: Analysis, point: int, times: list[int], flow: int) -> bool:
+    """The node of the point recorded dropping packets at these moments."""
+    node = analysis.index.points[point].node
+    ev = analysis.nodes.get(node or "")
+    return ev is not None and drop_recorded(ev, times, int(analysis.flows.l3[flow]))
+
+
+def _once(analysis: Analysis, g: _Unanswered) -> Finding:
+    conns = len(g.labels)
+    recorded = any(ev.traced or ev.counted for ev in analysis.nodes.values())
+    return Finding(
+        id="tcp.syn-unanswered",
+        severity=Severity.LOW,
+        title=f"{plural(conns, 'SYN')} to {g.dest} got no answer and "
+        f"{'was' if conns == 1 else 'were'} never sent again: last seen at {g.last_point}",
+        explanation=(
+            f"{g.labels[0] if conns == 1 else plural(conns, 'connection')}: one SYN and nothing "
+            "after it. A client that gets no answer sends its SYN again after about a second; "
+            "this one did not, so it gave up before that (a short connect timeout) or its "
+            "answer and everything after were lost. One try is not enough to tell a drop from "
+            "a client that stopped waiting"
+            + ("; no node recorded a drop at that moment." if recorded else ".")
+        ),
+        next_step=(
+            "Try again with a connect timeout above a few seconds (kubectl ktrace trace) to "
+            f"see whether the SYN is retried and where it stops after {g.last_point}."
+        ),
+        evidence=tuple(analysis.index.ref(r) for r in g.evidence()),
+        flows=tuple(g.labels),
+    )
 
 
 def _missed(analysis: Analysis, g: _Unanswered) -> Finding:
@@ -155,6 +197,9 @@ def run(analysis: Analysis) -> Iterator[Finding]:
     for g in _groups(analysis):
         if g.missed:
             yield _missed(analysis, g)
+            continue
+        if g.once:
+            yield _once(analysis, g)
             continue
         conns = len(g.labels)
         span = (g.last_ns - g.first_ns) / 1e9
