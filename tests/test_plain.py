@@ -66,7 +66,7 @@ def test_the_c_loop_takes_the_common_packets() -> None:
     for k, f in enumerate(frames):
         window[k, : len(f)] = np.frombuffer(f[:176], np.uint8)
     caplen = np.array([len(f) for f in frames], np.uint32)
-    found = plain.decode_plain(window, 0, caplen, LinkType.EN10MB, columns)
+    found = plain.decode_plain(window, 0, caplen, caplen, LinkType.EN10MB, columns)
     assert found is not None
     taken, _, _ = found
     assert taken.tolist() == [True, False, False]
@@ -208,3 +208,51 @@ def test_every_short_payload_and_message_start_decode_alike(
     fast, slow = both_ways([path], monkeypatch)
     assert_same(fast, slow)
     assert len(set(fast.columns.phash.tolist())) > 10  # the hashes do differ
+
+
+def test_a_snap_length_cuts_bytes_not_lengths(
+    make_pcap,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut by a snap length, a packet keeps the payload length its headers give (both ways:
+    C and numpy), and its payload hash says the first bytes were not all captured."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from ktrace.decode.rows import UNKNOWN_HASH
+    from tests.helpers import frames
+
+    whole = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1, dport=2) / (b"x" * 500)
+    path = make_pcap(frames([whole, whole]))
+    blob = bytearray(path.read_bytes())
+    # the second record as a 58-byte capture of the same frame: 4 of its payload's bytes
+    second = 24 + 16 + len(bytes(whole))
+    struct.pack_into("<I", blob, second + 8, 58)
+    del blob[second + 16 + 58 :]
+    path.write_bytes(bytes(blob))
+    fast, slow = both_ways([path], monkeypatch)
+    assert_same(fast, slow)
+    assert fast.columns.paylen.tolist() == [500, 500]
+    assert fast.columns.phash[1] == UNKNOWN_HASH != fast.columns.phash[0]
+
+
+def test_length_fields_that_contradict_the_packet_are_malformed(make_pcap) -> None:  # type: ignore[no-untyped-def]
+    """An IPv4 total length below its header's, or beyond the frame: counted as malformed,
+    and nothing past the IP header is read (no ports, no payload, no TLS or HTTP)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from tests.helpers import run_analysis
+
+    hello = bytes.fromhex("16030100") + b"\x00" * 60
+    short = Ether() / IP(src="10.0.0.1", dst="10.0.0.2", len=11) / TCP(dport=443) / hello
+    long = Ether() / IP(src="10.0.0.1", dst="10.0.0.2", len=4000) / TCP(dport=443) / hello
+    fine = Ether() / IP(src="10.0.0.3", dst="10.0.0.4") / TCP(dport=80) / b"x"
+    _, data = run_analysis(make_pcap([short, long, fine]))
+    said = [w for w in data["warnings"] if "malformed" in w]
+    assert said == [
+        "2 packets whose IP length fields contradict the packet (malformed): nothing past "
+        "their IP header is decoded"
+    ]
+    assert not data["tls"] and {f["b"] for f in data["flows"]} >= {"10.0.0.4:80"}
+    assert "10.0.0.2:443" not in {f["b"] for f in data["flows"]}

@@ -11,6 +11,7 @@ per-hop latency, and where packets stopped.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -27,6 +28,7 @@ from ktrace.analysis.stitch_rules import (
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.mix import K1, K2, mix_rows
+from ktrace.decode.rows import UNKNOWN_HASH
 from ktrace.distinct import distinct
 from ktrace.model import Point
 
@@ -38,11 +40,32 @@ MIN_OFFSET_NS = 2_000_000
 MIN_SHARED = 3  # identities two points must share before their clocks are compared
 
 
-def fingerprint(c: PacketColumns, rows: np.ndarray) -> np.ndarray:
-    """uint64 per IP packet of `rows` (never 0)."""
-    out = mix_rows((c.proto, c.ipid, c.seq, c.ack, c.tcp_flags, c.paylen, c.phash), rows)
-    out |= np.uint64(1)
-    return out
+def fingerprinter(c: PacketColumns) -> Callable[[np.ndarray], np.ndarray]:
+    """A function giving a uint64 per IP packet of `rows` (never 0), the same for every copy
+    of a packet. Where some copy's first payload bytes were cut by a snap length, every copy
+    goes without the payload hash: the bytes one point lacks are not a difference."""
+
+    def fine(rows: np.ndarray) -> np.ndarray:
+        out = mix_rows((c.proto, c.ipid, c.seq, c.ack, c.tcp_flags, c.paylen, c.phash), rows)
+        out |= np.uint64(1)
+        return out
+
+    def coarse(rows: np.ndarray) -> np.ndarray:
+        out = mix_rows((c.proto, c.ipid, c.seq, c.ack, c.tcp_flags, c.paylen), rows)
+        out |= np.uint64(1)
+        return out
+
+    cut = np.flatnonzero(c.phash == UNKNOWN_HASH)
+    if not len(cut):
+        return fine
+    blind = distinct(coarse(cut))
+
+    def either(rows: np.ndarray) -> np.ndarray:
+        rough = coarse(rows)
+        at = np.searchsorted(blind, rough).clip(max=len(blind) - 1)
+        return np.where(blind[at] == rough, rough, fine(rows))
+
+    return either
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,11 +216,12 @@ def correlate(
     # identity: the sorting below is only for the copies. One capture of bulk traffic is
     # nearly all singles; a bundle of many points nearly all copies. Every row is sorted,
     # those not IP as 0 (which no fingerprint is): no array of the IP rows beside the sort.
-    copies = repeated_at(len(c), lambda at: np.where(c.l3[at] > 0, fingerprint(c, at), 0))
+    fingerprint = fingerprinter(c)
+    copies = repeated_at(len(c), lambda at: np.where(c.l3[at] > 0, fingerprint(at), 0))
     for lo, hi in chunks(len(c)):
         copies[lo:hi] &= (c.l3[lo:hi] > 0) & ~local[lo:hi]
     rows = np.flatnonzero(copies).astype(row_type(len(c)), copy=False)
-    fp = fingerprint(c, rows)
+    fp = fingerprint(rows)
     point = c.point[rows].astype(np.int64)
     ts = c.ts[rows]
     ident_rows = _identities(fp, point, flows.flow[rows], sequenced(c, rows), ts)

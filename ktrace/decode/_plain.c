@@ -23,6 +23,7 @@
 #define APP_START 32
 #define TCP 6
 #define UDP 17
+#define UNKNOWN_HASH 0xFFFF /* rows.py's UNKNOWN_HASH */
 
 static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t be32(const uint8_t *p) {
@@ -60,19 +61,19 @@ static const char *names[NOUT] = {"l3", "proto", "src", "dst", "sport", "dport",
                                   "phash", "src6", "dst6", "done"};
 
 static PyObject *decode(PyObject *self, PyObject *args) {
-    Py_buffer window, known, caplen_b, out[NOUT];
+    Py_buffer window, known, caplen_b, wirelen_b, out[NOUT];
     Py_ssize_t skip, width;
     int link;
     memset(out, 0, sizeof(out));
-    if (!PyArg_ParseTuple(args, "y*nny*iy*w*w*w*w*w*w*w*w*w*w*w*w*w*w*w*w*w*w*", &window, &skip,
-                          &width, &caplen_b, &link, &known, &out[0], &out[1], &out[2], &out[3], &out[4],
+    if (!PyArg_ParseTuple(args, "y*nny*y*iy*w*w*w*w*w*w*w*w*w*w*w*w*w*w*w*w*w*w*", &window, &skip,
+                          &width, &caplen_b, &wirelen_b, &link, &known, &out[0], &out[1], &out[2], &out[3], &out[4],
                           &out[5], &out[6], &out[7], &out[8], &out[9], &out[10], &out[11],
                           &out[12], &out[13], &out[14], &out[15], &out[16], &out[17]))
         return NULL;
     Py_ssize_t rowlen = skip + width;
     Py_ssize_t n = caplen_b.len / 4;
     static const Py_ssize_t sizes[NOUT] = {1, 1, 4, 4, 2, 2, 1, 4, 4, 2, 2, 1, 4, 2, 2, 16, 16, 1};
-    int bad = window.len != n * rowlen || known.len % 4;
+    int bad = window.len != n * rowlen || known.len % 4 || wirelen_b.len != caplen_b.len;
     for (int k = 0; k < NOUT && !bad; k++)
         if (out[k].len != n * sizes[k]) {
             PyErr_Format(PyExc_ValueError, "%s: %zd bytes for %zd rows", names[k], out[k].len, n);
@@ -81,7 +82,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     long taken6 = 0;
     if (!bad) {
         const uint8_t *rows = window.buf;
-        const uint32_t *caplen = caplen_b.buf, *words = known.buf;
+        const uint32_t *caplen = caplen_b.buf, *wirelen = wirelen_b.buf, *words = known.buf;
         Py_ssize_t nknown = known.len / 4;
         uint8_t *l3 = out[0].buf, *proto = out[1].buf, *tcp_flags = out[6].buf;
         uint32_t *src = out[2].buf, *dst = out[3].buf, *seq = out[7].buf, *ack = out[8].buf;
@@ -93,6 +94,8 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         for (Py_ssize_t i = 0; i < n; i++) {
             const uint8_t *p = rows + i * rowlen + skip;
             int64_t limit = caplen[i];
+            /* the frame as it was on the wire: what the length fields must fit in */
+            int64_t wire = wirelen[i] > caplen[i] ? wirelen[i] : caplen[i];
             int64_t room = limit < width ? limit : width; /* bytes both captured and in window */
             int64_t pos;
             uint16_t etype;
@@ -141,7 +144,12 @@ static PyObject *decode(PyObject *self, PyObject *args) {
                 id = be16(p + pos + 4);
                 nxt = p[pos + 9];
                 l4 = pos + ihl;
-                end = total >= ihl ? pos + total : limit; /* 0: what TSO/GRO leave */
+                if (total == 0) /* what TSO/GRO leave in captures: the frame's own length */
+                    end = wire;
+                else if (total < ihl || pos + total > wire)
+                    continue; /* malformed: the numpy layers count it */
+                else
+                    end = pos + total;
                 version = 4;
             } else if (etype == 0x86DD) {
                 if (pos + 40 > room || (p[pos] >> 4) != 6)
@@ -152,12 +160,12 @@ static PyObject *decode(PyObject *self, PyObject *args) {
                 nxt = p[pos + 6];
                 l4 = pos + 40;
                 end = pos + 40 + plen;
+                if (end > wire)
+                    continue; /* malformed: the numpy layers count it */
                 version = 6;
             } else {
                 continue;
             }
-            if (end > limit)
-                end = limit;
             int64_t header;
             if (nxt == TCP) {
                 if (l4 + 20 > room)
@@ -173,6 +181,8 @@ static PyObject *decode(PyObject *self, PyObject *args) {
                 continue;
             }
             int64_t payload = l4 + header;
+            /* the payload's length by the headers: a snap length cuts what was captured of
+             * it, not what it was */
             int64_t size = end - payload > 0 ? end - payload : 0;
             /* the payload's first bytes: the fingerprint hash (rows.payload_prefix) and, for
              * TCP, whether it starts like HTTP or TLS (lead.py) */
@@ -194,13 +204,18 @@ static PyObject *decode(PyObject *self, PyObject *args) {
                 }
             }
             uint16_t hash = 0;
-            if (have > 0) {
+            int64_t wanted = size < 8 ? size : 8;
+            if (have < wanted) {
+                hash = UNKNOWN_HASH; /* cut by the snap length: another point may hold them */
+            } else if (have > 0) {
                 uint64_t word = 0;
                 for (int k = 7; k >= 0; k--) /* read little-endian, as rows.py does */
                     word = word << 8 | block[k];
                 if (have < 8)
                     word &= ((uint64_t)1 << (have * 8)) - 1;
                 hash = (uint16_t)(((word ^ (uint64_t)have) * 0x9E3779B97F4A7C15ULL) >> 48);
+                if (hash == UNKNOWN_HASH)
+                    hash = UNKNOWN_HASH - 1;
             }
             l3[i] = version;
             proto[i] = nxt;
@@ -239,6 +254,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     PyBuffer_Release(&window);
     PyBuffer_Release(&known);
     PyBuffer_Release(&caplen_b);
+    PyBuffer_Release(&wirelen_b);
     for (int k = 0; k < NOUT; k++)
         if (out[k].obj)
             PyBuffer_Release(&out[k]);

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ktrace.decode.columns import SCHEMA, PacketColumns, Quotes
-from ktrace.decode.ip import APP_START, ICMP_ERROR, LATER_FRAGMENT, SHORT, parse_ip
+from ktrace.decode.ip import (
+    APP_START,
+    ICMP_ERROR,
+    LATER_FRAGMENT,
+    MALFORMED,
+    SHORT,
+    parse_ip,
+)
 from ktrace.decode.lead import looks_like_app
 from ktrace.decode.link import (
     ETH_IPV4,
@@ -36,6 +43,9 @@ MAX_DEPTH = 3  # tunnels inside tunnels, at most
 INNER_ROOM = 96
 
 
+MALFORMED_IP = "malformed IP"
+
+
 @dataclass
 class DecodedBatch:
     """Columns for one batch; IPv6 ids and tunnel ids point into this batch's own tables."""
@@ -47,6 +57,7 @@ class DecodedBatch:
     # per tunnel: packets it carried inside another tunnel (the column holds the outermost)
     nested: list[int] = field(default_factory=list)
     undecoded: dict[str, int] = field(default_factory=dict)  # encapsulation -> packets
+    # (and under MALFORMED_IP, the packets whose IP lengths contradict them)
 
 
 def _address_text(l3: int, value: int, v6: np.ndarray | None) -> str:
@@ -111,7 +122,7 @@ class _Decoder:
         self.out["offset"], self.out["ts"] = batch.offset, batch.ts
         self.out["caplen"], self.out["wirelen"] = batch.caplen, batch.wirelen
         self.out["point"] = np.asarray(points, np.uint16)[batch.iface]
-        self.rows = Rows(batch.window, batch.caplen, skip=batch.skip)
+        self.rows = Rows(batch.window, batch.caplen, skip=batch.skip, wire=batch.wirelen)
         self.src6: np.ndarray | None = None
         self.dst6: np.ndarray | None = None
         self.outers: list[_Outer] = []
@@ -139,7 +150,7 @@ class _Decoder:
         if len(set(linktypes)) != 1:
             return None
         b = self.batch
-        found = decode_plain(b.window, b.skip, b.caplen, linktypes[0], self.out)
+        found = decode_plain(b.window, b.skip, b.caplen, b.wirelen, linktypes[0], self.out)
         if found is None:
             return None
         taken, src6, dst6 = found
@@ -153,7 +164,9 @@ class _Decoder:
         out = self.out
         sub = self.rows.subset(todo)
         ip = parse_ip(sub, pos[todo], etype[todo])
-        whole = ip.ok & ((ip.flags & LATER_FRAGMENT) == 0)
+        # a later fragment has no transport header; a malformed packet is read no further
+        whole = ip.ok & ((ip.flags & (LATER_FRAGMENT | MALFORMED)) == 0)
+        self.count_undecoded([(MALFORMED_IP, int(((ip.flags & MALFORMED) != 0).sum()))])
         tr = parse_transport(sub, ip.proto, ip.l4, ip.end)
         good = ip.ok
         at = todo[good]
@@ -169,7 +182,9 @@ class _Decoder:
         for name in ("sport", "dport", "seq", "ack", "win"):
             out[name][at] = np.where(t, getattr(tr, name), 0)[good]
         out["tcp_flags"][at] = np.where(t, tr.flags, 0)[good]
-        out["paylen"][at] = np.where(t, tr.paylen, np.maximum(ip.end - ip.l4, 0))[good]
+        out["paylen"][at] = np.where(
+            t, tr.paylen, np.where(whole, np.maximum(ip.end - ip.l4, 0), 0)
+        )[good]
         out["payoff"][at] = np.minimum(np.where(t, tr.payload, ip.l4), 0xFFFF)[good]
         if ip.src6 is not None and ip.dst6 is not None:
             self._keep_v6(todo, good & (ip.version == 6), ip.src6, ip.dst6)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ktrace.chunking import bincount, cores
-from ktrace.decode.batch import DecodedBatch, decode_batch
+from ktrace.decode.batch import MALFORMED_IP, DecodedBatch, decode_batch
 from ktrace.decode.columns import SCHEMA, PacketColumns, Quotes
 from ktrace.decode.tunnel import Tunnel
 from ktrace.errors import Cancelled
@@ -94,12 +94,20 @@ class PacketIndex:
 
     @property
     def warnings(self) -> list[str]:
-        inside = [
-            f"{n:,} packet{'s' if n != 1 else ''} inside {name}: ktrace does not look inside, "
-            "so the conversations they carry are not in the tables"
-            for name, n in sorted(self.undecoded.items(), key=lambda kv: -kv[1])
-        ]
-        return [f"{f.path}: {w}" for f in self.files for w in f.warnings] + inside
+        said = []
+        for name, n in sorted(self.undecoded.items(), key=lambda kv: -kv[1]):
+            packets = f"{n:,} packet{'s' if n != 1 else ''}"
+            if name == MALFORMED_IP:
+                said.append(
+                    f"{packets} whose IP length fields contradict the packet (malformed): "
+                    "nothing past their IP header is decoded"
+                )
+            else:
+                said.append(
+                    f"{packets} inside {name}: ktrace does not look inside, so the "
+                    "conversations they carry are not in the tables"
+                )
+        return [f"{f.path}: {w}" for f in self.files for w in f.warnings] + said
 
     def __post_init__(self) -> None:
         self._names: dict[tuple[int, int], str] = {}

@@ -14,6 +14,7 @@ LATER_FRAGMENT = 2  # fragment offset > 0: no transport header in this packet
 DONT_FRAGMENT = 4
 SHORT = 8  # headers cut by the snap length: transport fields unknown
 ICMP_ERROR = 16
+MALFORMED = 64  # length fields that contradict the packet: nothing decoded past the IP header
 # not an IP flag, kept here for the column's spare bits: the TCP payload starts like a message
 # ktrace reads (decode.lead)
 APP_START = 32
@@ -37,7 +38,8 @@ class IpHeader:
     ipid: np.ndarray  # uint16 (IPv6: low 16 bits of the fragment identification)
     flags: np.ndarray  # uint8: bits above
     l4: np.ndarray  # int64: position of the transport header
-    end: np.ndarray  # int64: end of the IP payload (by the length fields, bounded by caplen)
+    end: np.ndarray  # int64: end of the IP payload by the length fields (a snap length may
+    # have cut what was captured of it)
 
 
 def parse_ip(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> IpHeader:
@@ -57,8 +59,12 @@ def parse_ip(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> IpHeader:
     flags |= np.where(v4 & ((frag & 0x2000) != 0), MORE_FRAGMENTS, 0).astype(np.uint8)
     flags |= np.where(v4 & ((frag & 0x1FFF) != 0), LATER_FRAGMENT, 0).astype(np.uint8)
     flags |= np.where(v4 & ((frag & 0x4000) != 0), DONT_FRAGMENT, 0).astype(np.uint8)
-    # A zero total length is what TSO/GRO leaves in captures: trust the captured length.
-    end = np.where(total >= ihl, pos + total.astype(np.int64), rows.limit)
+    # A zero total length is what TSO/GRO leaves in captures: the frame's own length. A
+    # total length below the header's or beyond the frame contradicts the packet.
+    end = np.where(total > 0, pos + total.astype(np.int64), rows.wire)
+    flags |= np.where(ok4 & (total > 0) & ((total < ihl) | (end > rows.wire)), MALFORMED, 0).astype(
+        np.uint8
+    )
     l4 = pos + ihl
     version = np.where(ok4, 4, 0).astype(np.uint8)
     src6 = dst6 = None
@@ -74,6 +80,8 @@ def parse_ip(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> IpHeader:
         proto = np.where(ok6, nxt6, proto)
         l4 = np.where(ok6, pos + 40, l4)
         end = np.where(ok6 & (plen > 0), pos + 40 + plen.astype(np.int64), end)
+        end = np.where(ok6 & (plen == 0), rows.wire, end)  # a jumbogram: the frame says
+        flags |= np.where(ok6 & (plen > 0) & (end > rows.wire), MALFORMED, 0).astype(np.uint8)
         ipid = np.where(ok6, 0, ipid).astype(np.uint16)
         for _ in range(6):
             ext = ok6 & np.isin(proto, IPV6_EXT)
@@ -103,7 +111,6 @@ def parse_ip(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> IpHeader:
             l4 = np.where(ext & ok_len, l4 + size, l4)
             ok6 &= ~stuck
         ok4 = ok4 | ok6
-    end = np.minimum(end, rows.limit)
     return IpHeader(
         ok4,
         version,

@@ -1,7 +1,8 @@
 """The common packets of a batch decoded in one C loop (`_plain.c`, built by pip where a
 compiler is available): Ethernet, Linux cooked or raw IP, IPv4 or IPv6 without extension
-headers, TCP or UDP that is not a tunnel. The numpy layers decode whatever it leaves, and all
-of a batch where it was not built; tests/test_plain.py requires identical columns both ways."""
+headers, TCP or UDP that is not a tunnel, with length fields that fit the frame. The numpy
+layers decode whatever it leaves, and all of a batch where it was not built;
+tests/test_plain.py requires identical columns both ways."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def decode_plain(
     window: np.ndarray,
     skip: int,
     caplen: np.ndarray,
+    wirelen: np.ndarray,
     linktype: int,
     out: dict[str, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
@@ -56,6 +58,7 @@ def decode_plain(
         skip,
         width,
         np.ascontiguousarray(caplen, np.uint32),
+        np.ascontiguousarray(wirelen, np.uint32),
         link,
         _KNOWN,
         *(out[name] for name in COLUMNS),

@@ -13,15 +13,24 @@ from ktrace.distinct import distinct
 
 U16 = np.uint16
 U32 = np.uint32
+# the payload hash of a packet whose first payload bytes were not all captured
+UNKNOWN_HASH = 0xFFFF
 
 
 class Rows:
     def __init__(
-        self, win: np.ndarray, limit: np.ndarray, base: np.ndarray | None = None, skip: int = 0
+        self,
+        win: np.ndarray,
+        limit: np.ndarray,
+        base: np.ndarray | None = None,
+        skip: int = 0,
+        wire: np.ndarray | None = None,
     ) -> None:
         self.win = win  # (m, skip + W) uint8, C-contiguous: packet bytes start at column skip
         self.skip = skip
         self.limit = limit.astype(np.int64)  # captured bytes per packet
+        # bytes the packet had on the wire (at least those captured): what lengths must fit
+        self.wire = self.limit if wire is None else np.maximum(wire.astype(np.int64), self.limit)
         self.base = np.zeros(len(limit), np.int64) if base is None else base.astype(np.int64)
         self.width = win.shape[1] - skip
         self._r = np.arange(len(limit))
@@ -33,7 +42,7 @@ class Rows:
         """Rows for the packets `sel` (sorted unique indices); the common all-rows case is free."""
         if len(sel) == len(self.limit):
             return self
-        return Rows(self.win[sel], self.limit[sel], self.base[sel], self.skip)
+        return Rows(self.win[sel], self.limit[sel], self.base[sel], self.skip, self.wire[sel])
 
     def writable(self) -> None:
         """Windows are read-only views of what the walker returned; copy before re-reading."""
@@ -82,14 +91,19 @@ class Rows:
         return b.view(">u4").reshape(-1).astype(U32), ok
 
     def payload_prefix(self, pos: np.ndarray, avail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per packet, from its first 8 payload bytes (fewer when fewer are captured): a 16-bit
-        hash, part of the cross-point fingerprint (0 without payload), and the first four as a
-        big-endian word (0 when fewer than four lie in the window)."""
+        """Per packet, from its first 8 payload bytes (fewer when the payload is shorter): a
+        16-bit hash, part of the cross-point fingerprint (0 without payload, UNKNOWN_HASH when
+        the capture's snap length or the window cut those bytes: another point may have them
+        all), and the first four as a big-endian word (0 when fewer than four lie in the
+        window)."""
         out = np.zeros(len(pos), np.uint16)
         lead = np.zeros(len(pos), np.uint32)
         local = pos - self.base
-        have = np.minimum(np.minimum(avail, 8), np.minimum(self.limit - pos, self.width - local))
-        todo = np.flatnonzero((have > 0) & (local >= 0))
+        wanted = np.minimum(avail, 8)
+        have = np.minimum(wanted, np.minimum(self.limit - pos, self.width - local))
+        cut = (have < wanted) | ((local < 0) & (wanted > 0))
+        todo = np.flatnonzero((have > 0) & (local >= 0) & ~cut)
+        out[cut] = UNKNOWN_HASH
         if not len(todo):
             return out, lead
         # Payloads start at a handful of offsets: read each group as one 8-byte column.
@@ -105,7 +119,7 @@ class Rows:
             word &= np.where(have[rows] >= 8, np.uint64(0xFFFFFFFFFFFFFFFF), keep - np.uint64(1))
             with np.errstate(over="ignore"):
                 h = (word ^ have[rows].astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15)
-            out[rows] = (h >> np.uint64(48)).astype(np.uint16)
+            out[rows] = np.minimum((h >> np.uint64(48)).astype(np.uint16), UNKNOWN_HASH - 1)
         return out, lead
 
     def raw(self, pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
