@@ -403,3 +403,50 @@ def test_segments_seen_twice_on_their_receivers_interface_are_no_loss(make_pcap:
     assert "tcp.retransmissions" not in ids(data)
     _, data = run_analysis(make_pcap(at_server, name="server.pcap"))
     assert "tcp.retransmissions" in ids(data)
+
+
+def test_an_address_dns_hands_out_that_a_router_says_is_unreachable(make_pcap: Make) -> None:
+    """A headless Service's name still resolves to a deleted pod's address: each SYN is
+    answered by a router's ICMP host unreachable. One HIGH finding says which address, who
+    answered, that DNS handed it out and for which Service, and that no pod has it now."""
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.layers.inet import ICMP, UDP
+
+    name = "web-hl.default.svc.cluster.local"
+    ask = Ether() / IP(src="10.244.0.5", dst="10.96.0.10") / UDP(sport=40000, dport=53)
+    answer = Ether() / IP(src="10.96.0.10", dst="10.244.0.5") / UDP(sport=53, dport=40000)
+    packets = [
+        ask / DNS(id=7, rd=1, qd=DNSQR(qname=name)),
+        answer / DNS(id=7, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata="10.244.2.9")),
+    ]
+    for k in range(3):
+        syn = IP(src="10.244.0.5", dst="10.244.2.9", id=100 + k) / TCP(
+            sport=41000, dport=80, flags="S", seq=1000
+        )
+        router = IP(src="10.244.2.1", dst="10.244.0.5") / ICMP(type=3, code=1) / bytes(syn)[:28]
+        packets += [Ether() / syn, Ether() / router]
+    packets += tcp_session(client="10.244.0.5", server="10.244.1.7")  # the capture goes on
+    inventory = {
+        "pods": [{"namespace": "default", "name": "client", "ip": "10.244.0.5", "node": "a"}],
+        "services": [],
+        "endpointslices": [],
+        "nodes": [],
+    }
+    path = make_pcap(packets, step_ns=500_000_000, name="client-eth0.pcap")
+    bundle = path.parent / "bundle"
+    (bundle / "points").mkdir(parents=True)
+    path.rename(bundle / "points" / path.name)
+    (bundle / "inventory.json").write_text(json.dumps(inventory))
+    point = {"id": "client-eth0", "kind": "pod", "file": f"points/{path.name}"}
+    (bundle / "manifest.json").write_text(json.dumps({"points": [point]}))
+    _, data = run_analysis(bundle)
+    (f,) = [x for x in data["findings"] if x["severity"] == "high"]
+    assert (f["id"], f["severity"]) == ("net.unreachable", "high")
+    assert f["title"] == (
+        "10.244.2.9 cannot be reached: host unreachable from 10.244.2.1, handed out by DNS for "
+        f"{name}"
+    )
+    text = " ".join(f["explanation"].split())
+    assert "3 attempts to reach 10.244.2.9 (port 80)" in text
+    assert f"for {name} (Service default/web-hl)" in text
+    assert "No pod, Service or node in the inventory has this address now" in text

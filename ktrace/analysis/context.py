@@ -95,14 +95,39 @@ class Analysis:
 
     def conversations_of(self, finding: Finding) -> frozenset[int]:
         """The conversations a finding's evidence packets belong to: what it is about, however
-        its text names them."""
+        its text names them. An ICMP error is about the conversation of the packet it quotes."""
         found = set()
         for ref in finding.evidence:
             row = self.row_of(ref)
-            flow = int(self.flows.flow[row]) if row is not None else -1
-            if flow >= 0:
+            if row is None:
+                continue
+            conv = self._quoted_conv.get(row)
+            flow = int(self.flows.flow[row])
+            if conv is not None:
+                found.add(conv)
+            elif flow >= 0:
                 found.add(int(self.correlation.conv[flow]))
         return frozenset(found)
+
+    @cached_property
+    def _quoted_conv(self) -> dict[int, int]:
+        """ICMP error row -> the conversation of the packet it quotes, where that is known."""
+        q, f = self.index.quotes, self.flows
+        if not len(q.row):
+            return {}
+        keys: dict[tuple[int, int, int, int, int], int] = {}
+        for k in range(len(f)):
+            ends = ((int(f.a_addr[k]), int(f.a_port[k])), (int(f.b_addr[k]), int(f.b_port[k])))
+            for (sa, sp), (da, dp) in (ends, ends[::-1]):
+                keys.setdefault((int(f.l3[k]), sa, sp, da, dp), k)
+        out = {}
+        quoted = zip(q.row.tolist(), q.l3.tolist(), q.src.tolist(), q.sport.tolist(),
+                     q.dst.tolist(), q.dport.tolist(), strict=True)  # fmt: skip
+        for row, l3, src, sport, dst, dport in quoted:
+            flow = keys.get((l3, src, sport, dst, dport))
+            if flow is not None:
+                out[row] = int(self.correlation.conv[flow])
+        return out
 
     def path_of_conv(self, conv: int) -> ConvPath | None:
         return self._path_by_conv.get(conv)

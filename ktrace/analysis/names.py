@@ -139,6 +139,16 @@ class Names:
         return {ip for ip, n in self.by_ip.items() if n.kind == "service"}
 
 
+def service_of_name(qname: str, names: Names) -> str | None:
+    """ "namespace/name" of the Service a cluster DNS name is for (NAME.NS.svc.DOMAIN, or a
+    headless Service's POD.NAME.NS.svc.DOMAIN), or None for other names."""
+    parts = qname.rstrip(".").split(".")
+    suffix = ["svc", *names.cluster_domain.split(".")]
+    if len(parts) < len(suffix) + 2 or parts[-len(suffix) :] != suffix:
+        return None
+    return f"{parts[-len(suffix) - 1]}/{parts[-len(suffix) - 2]}"
+
+
 def _canonical(ip: str) -> str:
     """The address as ktrace prints it (IPv6 compressed), whatever form the API gave."""
     try:

@@ -62,6 +62,7 @@ class _Drops:
     rows: list[int] = field(default_factory=list)  # the first evidence of each conversation
     times: list[int] = field(default_factory=list)  # every lost packet's last sighting
     family: int = 4
+    about: set[int] = field(default_factory=set)  # the conversations
 
 
 def never_resent(analysis: Analysis, path: ConvPath, loss: Loss) -> bool:
@@ -114,6 +115,7 @@ def _drop_groups(analysis: Analysis) -> list[_Drops]:
                 key, _Drops(last, missing, dest, loss.direction, syn_only, seen_there, missed)
             )
             g.labels.append(conversation_label(analysis, path))
+            g.about.add(path.conv)
             g.clients.add(analysis.endpoint(path.flows[0], "a").rsplit(":", 1)[0])
             g.packets += loss.packets
             g.rows += list(loss.rows[: max(1, MAX_EVIDENCE // 4)])
@@ -149,6 +151,7 @@ def _capture_missed(analysis: Analysis, g: _Drops) -> Finding:
         next_step=CAPTURE_LOSS_STEP,
         evidence=tuple(analysis.index.ref(r) for r in g.rows[:MAX_EVIDENCE]),
         flows=tuple(g.labels),
+        about=frozenset(g.about),
     )
 
 
@@ -207,6 +210,7 @@ def run_drop(analysis: Analysis) -> Iterator[Finding]:
             ),
             evidence=tuple(analysis.index.ref(r) for r in g.rows[:MAX_EVIDENCE]),
             flows=tuple(g.labels),
+            about=frozenset(g.about),
         )
 
 

@@ -165,6 +165,8 @@ def _column_values(index: PacketIndex, ips: set[str]) -> dict[int, set[int]]:
 
 
 NO_ENDPOINTS = FunctionCheck(
-    "svc.no-endpoints", run_no_endpoints, explains=("tcp.syn-unanswered", "tcp.rst")
+    "svc.no-endpoints",
+    run_no_endpoints,
+    explains=("tcp.syn-unanswered", "tcp.rst", "net.unreachable"),
 )
 NAT_MISSING = FunctionCheck("nat.missing", run_nat_missing, explains=("tcp.syn-unanswered",))
