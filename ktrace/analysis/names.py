@@ -37,7 +37,8 @@ class Names:
 
     by_ip: dict[str, Named] = field(default_factory=dict)
     cluster_domain: str = "cluster.local"
-    # ClusterIP -> the nodes of its ready endpoints (where a packet to it must go)
+    # ClusterIP -> the nodes of its ready endpoints (where a packet to it must go); none:
+    # its EndpointSlices list no ready endpoint
     endpoint_nodes: dict[str, frozenset[str]] = field(default_factory=dict)
     node_ports: dict[int, Exposure] = field(default_factory=dict)
     lb_ports: dict[tuple[str, int], Exposure] = field(default_factory=dict)
@@ -177,7 +178,7 @@ def _endpoint_nodes(
     out: dict[str, frozenset[str]] = {}
     for s in inventory.get("services", []):
         nodes = ready.get((s["namespace"], s["name"]))
-        if nodes:
+        if nodes is not None:  # an empty set: its slices list no ready endpoint
             out.update({_canonical(ip): nodes for ip in _cluster_ips(s)})
     return out
 

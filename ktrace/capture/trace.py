@@ -25,7 +25,7 @@ from ktrace.capture.session import Options, Session, capture, default_bundle
 from ktrace.errors import ClusterError, ExitStatus, UsageError
 from ktrace.kube.api import Api, KubeFlags
 from ktrace.kube.execstream import run
-from ktrace.kube.targets import Pod, get_object, pod_of, resolve
+from ktrace.kube.targets import NoEndpoints, Pod, get_object, pod_of, resolve
 from ktrace.model import Finding, Severity
 
 if TYPE_CHECKING:
@@ -127,9 +127,13 @@ def _service_destination(api: Api, name: str, port: int | None) -> Destination:
     if spec is None:
         raise UsageError(f"service {name} has ports {numbers}: pick one with --to svc/{name}:PORT")
     vip = svc["spec"]["clusterIP"]
-    _, pods = resolve(api, f"svc/{name}", None)
-    backends = endpoint_ports(api, name, spec.get("name") or "")
     probes = [Probe(f"svc/{name}:{chosen} via {vip}", vip, int(spec["port"]))]
+    try:
+        _, pods = resolve(api, f"svc/{name}", None)
+    except NoEndpoints:  # the incident itself, maybe: the ClusterIP is still worth a probe
+        how = "it has no ready endpoint pod: the ClusterIP alone, from the client's side"
+        return Destination(f"svc/{name}:{spec['port']}", tuple(probes), (), how)
+    backends = endpoint_ports(api, name, spec.get("name") or "")
     probes += [
         Probe(f"{p.ref} at {p.ip}:{backends[p.name]}", p.ip, backends[p.name])
         for p in pods

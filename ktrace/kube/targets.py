@@ -98,13 +98,17 @@ def resolve(api: Api, target: str | None, selector: str | None) -> tuple[str, li
         }
     )
     if not names:
-        raise ClusterError(
+        raise NoEndpoints(
             f'service "{ns}/{name}" has no endpoint pods',
             "its selector matches no ready pod: that may be the incident itself "
             f"(kubectl get endpointslices -n {ns} -l kubernetes.io/service-name={name})",
         )
     pods = [pod_of(get_object(api, api.core.read_namespaced_pod, n, "pod", ns)) for n in names]
     return label, _running(pods, label)
+
+
+class NoEndpoints(ClusterError):
+    """A Service whose selector matches no ready pod: nothing of it to capture at."""
 
 
 def get_object(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from ktrace.analysis.node_story import absent, kernel_story, rule_for
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import ACK, RST, SYN, TCP
 from ktrace.model import Finding, Severity
+
+if TYPE_CHECKING:
+    from ktrace.bundle.node_evidence import NodeEvidence, Rule
 
 # (protocol of the error, type << 8 | code): ICMP and ICMPv6 "port unreachable"
 PORT_UNREACHABLE = {(1, (3 << 8) | 3), (58, (1 << 8) | 4)}
@@ -147,10 +151,47 @@ def _missing_rules_note(analysis: Analysis, vip: str, rows: list[int]) -> str:
             f" The ruleset of {', '.join(without)} (iptables-save and nft list ruleset) has no "
             f"rule for {vip} at all: kube-proxy's rules are missing there."
         )
-    return (
+    said = (
         f" Yet {', '.join(ev.node for ev in recorded)} has rules for {vip}: look at why "
         "packets do not traverse them (a chain not jumped to, another table first)."
     )
+    if analysis.names.endpoint_nodes.get(vip) == frozenset():
+        said += (
+            " The inventory lists no ready endpoint for it, so kube-proxy's rule for it is a "
+            "REJECT: these packets never met it."
+        )
+    syns = sum(1 for r in rows if int(c.tcp_flags[r]) & (SYN | ACK) == SYN) or len(rows)
+    for ev in recorded:
+        first = _accepted_first(ev, syns)
+        if first is not None:
+            said += (
+                f" On {ev.node}, {first.quote()} accepted {plural(first.packets, 'packet')} "
+                "during the capture before kube-proxy's chains saw them."
+            )
+            break
+    return said
+
+
+# kube-proxy's own chains (iptables mode): an ACCEPT in another chain of the same hook can end
+# a packet's way through the table before these see it
+PROXY_CHAINS = ("KUBE-SERVICES", "KUBE-SVC-", "KUBE-SEP-", "KUBE-FORWARD", "KUBE-NODEPORTS",
+                "KUBE-POSTROUTING", "KUBE-MARK-", "KUBE-PROXY-", "KUBE-EXTERNAL-SERVICES",
+                "KUBE-FW-", "KUBE-XLB-", "KUBE-EXT-", "KUBE-SVL-")  # fmt: skip
+
+
+def _accepted_first(ev: NodeEvidence, packets: int) -> Rule | None:
+    """A filter-table ACCEPT outside kube-proxy's chains that counted at least `packets`
+    during the capture: what let them through before kube-proxy's REJECT."""
+    for rule in sorted(ev.rules, key=lambda r: -r.packets):
+        if (
+            rule.table == "filter"
+            and rule.target == "ACCEPT"
+            and rule.packets >= packets
+            and not rule.chain.startswith(PROXY_CHAINS)
+            and rule.chain not in ("INPUT", "OUTPUT")
+        ):
+            return rule
+    return None
 
 
 def _column_values(index: PacketIndex, ips: set[str]) -> dict[int, set[int]]:
