@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run them all: lint, format, types, unit, fuzz, tshark
-# differential, the lab's end-to-end tests and kubectl ktrace against the lab's API server. Run as root on Debian/Ubuntu:
-# tshark and tcpdump come from apt, the lab makes network namespaces.
+# differential, the lab's end-to-end tests, kubectl ktrace against the lab's API server and
+# against a real Kubernetes built from its Go modules (tests/cluster: the first run builds it
+# into /var/cache/ktrace-cluster for minutes). Run as root on Debian/Ubuntu with Go: tshark and
+# tcpdump come from apt, the lab and the cluster make network namespaces.
 # Extra arguments go to pytest, e.g. tests/run.sh -k dns
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,13 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v setpriv >/dev/null || missing+=(util-linux)
 # the TUI's real-terminal test
 command -v tmux >/dev/null || missing+=(tmux)
+# the real cluster (tests/cluster, built with Go): containerd and runc, the CNI plugins, the
+# workload image's busybox, kube-router's ipset
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+[ -x /usr/bin/busybox ] || missing+=(busybox-static)
+command -v ipset >/dev/null || missing+=(ipset)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}"

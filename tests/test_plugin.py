@@ -33,6 +33,7 @@ from tests.lab import topology as topo
 from tests.lab.apiserver.server import ApiServer
 from tests.lab.lab import Lab, unavailable
 from tests.lab.record import fetch
+from tests.running import Running, rows
 from tests.tmux import Tmux
 
 WHY = unavailable()
@@ -80,7 +81,7 @@ class Env:
 
     def plugin(self, *args: str) -> Running:
         """`python -m ktrace ARGS` against the lab, followed as it runs."""
-        return Running([sys.executable, "-m", "ktrace", *self.ktrace(*args)], self)
+        return Running([sys.executable, "-m", "ktrace", *self.ktrace(*args)], self.env)
 
 
 @pytest.fixture(scope="module")
@@ -124,57 +125,6 @@ def kubectl(
     return subprocess.run(
         [KUBECTL, *args], capture_output=True, text=True, timeout=timeout, env=env.env, input=input
     )
-
-
-class Running:
-    """A plugin process whose stderr is followed line by line."""
-
-    def __init__(self, argv: list[str], env: Env) -> None:
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env.env
-        )
-        self.lines: list[str] = []
-        self.seen = threading.Condition()
-        threading.Thread(target=self._follow, daemon=True).start()
-
-    def _follow(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self.seen:
-                self.lines.append(line)
-                self.seen.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        with self.seen:
-            ok = self.seen.wait_for(
-                lambda: any(text in ln for ln in self.lines) or self.proc.poll() is not None,
-                timeout,
-            )
-        assert ok and any(text in ln for ln in self.lines), "".join(self.lines)
-
-    def finish(self, timeout: float = 90) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        time.sleep(0.1)
-        return self.proc.returncode, out, "".join(self.lines)
-
-
-def rows(bundle: Path, point: str) -> list[tuple[str, int, str, int, int]]:
-    """(src, sport, dst, dport, tunnel id) of every TCP packet at a point, inner addresses."""
-    with build_index([bundle / "points" / f"{point}.pcap"], workers=1) as index:
-        c = index.columns
-        out = []
-        for k in range(len(index)):
-            if int(c.proto[k]) == 6:
-                out.append(
-                    (
-                        index.address(int(c.l3[k]), int(c.src[k])),
-                        int(c.sport[k]),
-                        index.address(int(c.l3[k]), int(c.dst[k])),
-                        int(c.dport[k]),
-                        int(c.tunnel[k]),
-                    )
-                )
-        return out
 
 
 def assert_private(bundle: Path, env: Env) -> None:
@@ -329,7 +279,8 @@ def test_capture_through_kubectl_sees_the_vip_then_the_overlay(env: Env, tmp_pat
         pytest.skip("kubectl is not installed")
     bundle = tmp_path / "client"
     run = Running(
-        [KUBECTL, "ktrace", "capture", "pod/client", "--duration", "4", "-o", str(bundle)], env
+        [KUBECTL, "ktrace", "capture", "pod/client", "--duration", "4", "-o", str(bundle)],
+        env.env,
     )
     run.wait_for("capturing at")
     answers = call_web(env)
@@ -402,7 +353,7 @@ def test_capture_from_outside_places_a_nodeport_call_on_the_node_that_dropped_it
     node_a = topo.node("node-a").ip
     bundle = tmp_path / "edge"
     argv = ["capture", "svc/edge", "--from-outside", "--duration", "4", "-o", str(bundle)]
-    run = Running([KUBECTL, "ktrace", *argv], env)
+    run = Running([KUBECTL, "ktrace", *argv], env.env)
     run.wait_for("capturing at")
     answers = env.lab.client_python(
         fetch("/", timeout=2, host=f"{node_a}:{edge.ports[0].node_port}"), ns="outside"
@@ -575,7 +526,7 @@ def test_trace_through_kubectl_names_the_kernel_reason_and_the_rule(
     argv = ["trace", "client", "--to", "svc/web", "--node-namespace", "kube-system"]
     env.lab.fault("policy-drop", True)
     try:
-        run = Running([KUBECTL, "ktrace", *argv, "-o", str(tmp_path / "t")], env)
+        run = Running([KUBECTL, "ktrace", *argv, "-o", str(tmp_path / "t")], env.env)
         code, out, err = run.finish()
     finally:
         env.lab.fault("policy-drop", False)
