@@ -211,7 +211,7 @@ def test_trace_a_network_policy_drop(real: Real, tmp_path: Path) -> None:
     assert code == 1, out + err
     text = " ".join(out.split())
     assert re.search(r"FAIL default/web-2 at \S+:80: failed \(Connection refused\)", out), out
-    assert "dropped between node-b-eth0 and web-2-veth" in text
+    assert "rejected between node-b-eth0 and web-2-veth" in text
     assert "-A KUBE-POD-FW-" in text and "-j REJECT" in text
     assert "rule to REJECT traffic destined for POD name:web-2" in text
 
@@ -364,3 +364,29 @@ def test_a_policy_refusing_hostpath_costs_only_the_drop_reasons(real: Real, tmp_
     lines = [x for x in err.splitlines() if "kernel drop reasons not recorded" in x]
     assert len(lines) == 1, err
     assert "hostPath volumes are not allowed" in lines[0]
+
+
+# --- kube-proxy in nftables mode (last: the cluster is brought up again for it) ---------------
+def test_kube_proxy_in_nftables_mode(real: Real, tmp_path: Path) -> None:
+    """The same faults with kube-proxy's nftables rules, which run before the filter table:
+    a Service without endpoints is refused by kube-proxy itself, and the finding quotes the
+    nft rule."""
+    real.cluster.down()
+    real.cluster.up("nftables")
+    expected = {
+        "no-endpoints": ("svc.no-endpoints", "goto reject-chain"),
+        "kube-proxy-down": ("nat.missing", f"has no rule for {WEB_VIP} at all"),
+        "policy-drop": ("path.drop", "-j REJECT --reject-with icmp-port-unreachable"),
+    }
+    for fault, (check, words) in expected.items():
+        real.fault(fault, True)
+        time.sleep(2)
+        try:
+            code, out, err = real.run("trace", "client", "--to", "svc/web", "-o",
+                                      str(tmp_path / fault))  # fmt: skip
+        finally:
+            real.fault(fault, False)
+        assert code == 1, out + err
+        found = analyze([tmp_path / fault]).findings
+        assert [f.id for f in found if f.severity >= 3] == [check], [f.title for f in found]
+        assert words in " ".join(" ".join(f.explanation.split()) for f in found)

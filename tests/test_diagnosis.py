@@ -470,3 +470,34 @@ def test_node_captures_cut_at_a_snap_length_lose_nothing(
     found = findings(copy)
     assert {f["id"] for f in found} == expected, [f["title"] for f in found]
     assert not [f for f in found if "capture loss" in f["title"]]
+
+
+CLUSTER = PCAPS / "cluster"
+# What the real cluster's bundles (tests/cluster: kube-proxy in nftables mode, kube-router's
+# NetworkPolicy) must find: what their lab twins find, placed at the same hops, with the real
+# rules quoted.
+ON_THE_CLUSTER = {
+    "healthy": ((), ()),
+    "policy-drop": (
+        ("rejected between node-b-eth0 and web-2-veth",),
+        ("rule to REJECT traffic destined for POD name:web-2 namespace: default",),
+    ),
+    "no-endpoints": (("Service default/web",), ('comment "default/web:http" : goto reject-chain',)),
+    "kube-proxy-down": (("left the node without DNAT",), ("has no rule for 10.100.0.80 at all",)),
+    "dns-upstream-down": (
+        ("names outside the cluster fail: example.com",),
+        ("The DNS server forwarded them to 192.168.56.53:53, which never answered",),
+    ),
+}
+
+
+@pytest.mark.parametrize("bundle", sorted(ON_THE_CLUSTER))
+def test_the_real_clusters_bundles_find_what_their_lab_twins_find(bundle: str) -> None:
+    found = findings(CLUSTER / bundle)
+    assert {f["id"] for f in found} == EXPECTED[bundle], [f["title"] for f in found]
+    titles, said = ON_THE_CLUSTER[bundle]
+    text = " ".join(" ".join(f["explanation"].split()) for f in found)
+    for words in titles:
+        assert any(words in f["title"] for f in found), [f["title"] for f in found]
+    for words in said:
+        assert words in text, text

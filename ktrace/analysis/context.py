@@ -101,7 +101,7 @@ class Analysis:
             row = self.row_of(ref)
             if row is None:
                 continue
-            conv = self._quoted_conv.get(row)
+            conv = self.quoted_conv.get(row)
             flow = int(self.flows.flow[row])
             if conv is not None:
                 found.add(conv)
@@ -110,8 +110,9 @@ class Analysis:
         return frozenset(found)
 
     @cached_property
-    def _quoted_conv(self) -> dict[int, int]:
-        """ICMP error row -> the conversation of the packet it quotes, where that is known."""
+    def quoted_conv(self) -> dict[int, int]:
+        """ICMP error row -> the conversation of the packet it quotes, where that is known:
+        the conversations something on the way answered with an error."""
         q, f = self.index.quotes, self.flows
         if not len(q.row):
             return {}

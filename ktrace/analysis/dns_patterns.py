@@ -151,7 +151,11 @@ def dns_picture(
         if flat[-1] - flat[0] >= RETRY_AFTER_NS:
             pic.aaaa_race[(ips[pair_ip[p]], names[pair_name[p]])] = aaaa
     cluster = np.array([is_cluster_name(n, domain) for n in names], bool)
-    if (table.rcode_is("NOERROR")[primary] & cluster[name]).any():
+    # the cluster's DNS answers for its own zone (an address, or NXDOMAIN for a search-path
+    # candidate): what fails beyond it is the forwarding
+    if (
+        table.answered[primary] & ~table.rcode_is("SERVFAIL", "REFUSED")[primary] & cluster[name]
+    ).any():
         prefixes = tuple({b + "." for (_, b) in pic.expansions})
         fresh = np.array([not n.startswith(prefixes) for n in names], bool)
         failed = (~table.answered | table.rcode_is("SERVFAIL", "REFUSED"))[primary]
@@ -161,24 +165,36 @@ def dns_picture(
     return pic
 
 
-# How many standard errors apart two failure rates must be to say one group fails more.
-SIGNIFICANT = 3.0
+# How unlikely by chance a group's excess of failures must be to say it fails more: the
+# one-sided p-value of Fisher's exact test on the two groups' counts.
+SIGNIFICANT = 0.02
 
 
 def fails_more(failed: np.ndarray, group: np.ndarray, others: np.ndarray) -> bool:
     """Whether `group` fails at a higher rate than `others` (masks over the same rows),
-    beyond chance: a two-proportion test, and half as high again. Counts alone say
-    nothing when one group is asked far more often than the other."""
+    beyond chance, and half as high again. Counts alone say nothing when one group is
+    asked far more often than the other; an exact test, since either group may be small."""
     n1, n2 = int(group.sum()), int(others.sum())
-    if not n1:
-        return False
     f1, f2 = int((failed & group).sum()), int((failed & others).sum())
-    r1, r2 = f1 / n1, (f2 / n2 if n2 else 0.0)
-    if not f1 or r1 < 1.5 * r2:
+    if not f1 or f1 / n1 < 1.5 * (f2 / n2 if n2 else 0.0):
         return False
-    pooled = (f1 + f2) / (n1 + n2)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + (1 / n2 if n2 else 0.0)))
-    return spread == 0 or (r1 - r2) / spread >= SIGNIFICANT
+    return excess_chance(f1, n1, f2, n2) <= SIGNIFICANT
+
+
+def excess_chance(f1: int, n1: int, f2: int, n2: int) -> float:
+    """P(at least f1 of the f1 + f2 failures fall in the first group of n1, of n1 + n2 in
+    all, by chance): the hypergeometric tail, in logarithms so that large counts stay cheap
+    and exact enough."""
+    total, failures = n1 + n2, f1 + f2
+
+    def log_choose(n: int, k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+    base = log_choose(total, n1)
+    tail = 0.0
+    for x in range(f1, min(n1, failures) + 1):
+        tail += math.exp(log_choose(failures, x) + log_choose(total - failures, n1 - x) - base)
+    return min(tail, 1.0)
 
 
 def _pairs(ip: np.ndarray, name: np.ndarray, names: int) -> tuple[np.ndarray, np.ndarray]:

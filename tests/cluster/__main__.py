@@ -1,5 +1,5 @@
 """python -m tests.cluster up [--proxy-mode iptables|nftables] [--kubeconfig FILE] | down |
-status | fault NAME on|off | build
+status | fault NAME on|off | record SCENARIO|all DIR | build
 
 A real Kubernetes on this machine (tests/cluster/cluster.py), built from the pinned releases in
 tests/cluster/versions.py into /var/cache/ktrace-cluster (the first `up` builds for minutes,
@@ -20,6 +20,7 @@ from pathlib import Path
 from tests.cluster.build import BuildError, build
 from tests.cluster.cluster import FAULTS, PROXY_MODES, Cluster
 from tests.cluster.processes import ClusterError
+from tests.cluster.record import SCENARIOS, record
 
 
 def main() -> int:
@@ -38,6 +39,9 @@ def main() -> int:
     fault = sub.add_parser("fault", help="switch a fault on or off")
     fault.add_argument("name", choices=FAULTS)
     fault.add_argument("state", choices=("on", "off"))
+    rec = sub.add_parser("record", help="record a scenario (or all) as a trace's bundle")
+    rec.add_argument("scenario", choices=(*SCENARIOS, "all"))
+    rec.add_argument("dir", type=Path)
     args = parser.parse_args()
     try:
         if args.command == "up":
@@ -49,6 +53,11 @@ def main() -> int:
             print(json.dumps(Cluster().status(), indent=1))
         elif args.command == "build":
             print(build())
+        elif args.command == "record":
+            names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+            for name in names:
+                out = args.dir / name if args.scenario == "all" else args.dir
+                print(record(Cluster(), name, out))
         else:
             Cluster().fault(args.name, args.state == "on")
     except (ClusterError, BuildError) as exc:

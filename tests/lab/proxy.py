@@ -53,7 +53,7 @@ def _proxy_runs(node: topo.Node, faults: tuple[str, ...]) -> bool:
 
 
 def _endpoints(svc: topo.Service, faults: tuple[str, ...]) -> list[topo.Pod]:
-    return [] if svc.name == "web" and "no-endpoints" in faults else topo.endpoints(svc)
+    return topo.endpoints(svc, faults)
 
 
 def _policy(node: topo.Node, faults: tuple[str, ...], fam: Family) -> list[str]:

@@ -553,7 +553,7 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
         target=spec.target,
     )
     write_manifest(bundle, manifest)
-    write_json(bundle / "inventory.json", topo.inventory(lab.shape.dual_stack))
+    write_json(bundle / "inventory.json", topo.inventory(lab.shape.dual_stack, lab.faults()))
     write_json(
         bundle / "scenario.json",
         {

@@ -7,6 +7,7 @@ pod CIDRs 10.244.N.0/24, Services in 10.96.0.0/12, flannel's VXLAN (VNI 1, UDP 8
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 
 UNDERLAY = "172.18.0.0/16"
@@ -193,12 +194,16 @@ def pod(name: str) -> Pod:
     return next(p for p in PODS if p.name == name)
 
 
-def endpoints(service: Service) -> list[Pod]:
+def endpoints(service: Service, faults: Collection[str] = ()) -> list[Pod]:
+    """The Service's ready endpoints: none for web while the no-endpoints fault is on."""
+    if service.name == "web" and "no-endpoints" in faults:
+        return []
     return [p for p in PODS if all(p.labels.get(k) == v for k, v in service.selector.items())]
 
 
-def inventory(dual_stack: bool = False) -> dict[str, object]:
-    """Pods, Services, endpoint slices and nodes, as a bundle's inventory.json holds them."""
+def inventory(dual_stack: bool = False, faults: Collection[str] = ()) -> dict[str, object]:
+    """Pods, Services, endpoint slices and nodes, as a bundle's inventory.json holds them,
+    with the faults on (a Service without endpoints has an empty slice, as on a cluster)."""
 
     def both(ip: str) -> list[str]:
         return [ip, v6(ip)] if dual_stack else [ip]
@@ -246,7 +251,7 @@ def inventory(dual_stack: bool = False) -> dict[str, object]:
                 "namespace": s.namespace,
                 "endpoints": [
                     {"ip": both(p.ip)[family], "pod": p.name, "node": p.node, "ready": True}
-                    for p in endpoints(s)
+                    for p in endpoints(s, faults)
                 ],
                 "ports": [asdict(p) for p in s.ports],
             }

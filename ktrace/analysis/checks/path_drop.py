@@ -183,20 +183,24 @@ def run_drop(analysis: Analysis) -> Iterator[Finding]:
             yield _capture_missed(analysis, g)
             continue
         conns = len(g.labels)
+        verb = "rejects" if g.about <= set(analysis.quoted_conv.values()) else "drops"
         where = (
             f"although {g.missing} saw the conversation's other packets: something "
-            "between the two points drops them selectively."
+            f"between the two points {verb} them selectively."
             if g.missing_saw_others
             else f"which was capturing and is where {g.dest} receives its traffic: "
-            "something between the two points drops them."
+            f"something between the two points {verb} them."
         )
-        node = next((p.node for p in analysis.index.points if p.id == g.missing and p.node), None)
+        node = next((p.node for p in analysis.index.points if p.node and p.id == g.missing), None)
         rules = f"nodes/{node}/iptables-save.txt" if node else "the node's iptables-save"
         story = _node_story(analysis, g)
+        # an ICMP error came back for every one of them: refused on the way, not dropped
+        refused = g.about <= set(analysis.quoted_conv.values())
         yield Finding(
             id="path.drop",
             severity=Severity.HIGH,
-            title=f"{_what(g)} dropped between {g.last} and {g.missing}",
+            title=f"{_what(g)} {'rejected' if refused else 'dropped'} between {g.last} and "
+            f"{g.missing}",
             explanation=(
                 f"{g.labels[0] if conns == 1 else plural(conns, 'connection')}: "
                 f"{plural(g.packets, 'packet')} ({g.direction}) were seen at {g.last} and never "
@@ -324,7 +328,11 @@ def _mtu_story(analysis: Analysis, path: ConvPath, loss: Loss) -> str:
     return f" {text}" if text else ""
 
 
-DROP = FunctionCheck("path.drop", run_drop, explains=("tcp.syn-unanswered", "tcp.retransmissions"))
+DROP = FunctionCheck(
+    "path.drop",
+    run_drop,
+    explains=("tcp.syn-unanswered", "tcp.retransmissions", "net.unreachable"),
+)
 MTU = FunctionCheck(
     "mtu.blackhole",
     run_mtu,

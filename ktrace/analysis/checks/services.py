@@ -36,6 +36,8 @@ def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
         ip = index.address(int(q.l3[k]), int(q.dst[k]))
         if names.by_ip and not names.is_service(ip):
             continue
+        if names.endpoint_nodes.get(ip):
+            continue  # it has ready endpoints: refused on the way to one (path.drop says where)
         rejected.setdefault(_endpoint(ip, int(q.dport[k])), []).append(row)
     # kube-proxy in nftables/IPVS modes, and some CNIs, answer the SYN with a RST instead; a
     # RST on a connection that was answered (a backend's reset, un-DNAT-ed) is not that
@@ -70,7 +72,7 @@ def run_no_endpoints(analysis: Analysis) -> Iterator[Finding]:
             explanation=(
                 f"{plural(attempts, 'connection attempt')} to {what} "
                 f"{'was' if attempts == 1 else 'were'} refused on the "
-                "spot (ICMP port unreachable or RST from the Service address). That is what "
+                "spot (an ICMP port unreachable or a RST in the Service's name). That is what "
                 "kube-proxy does for a Service without ready endpoints: no pod matches its "
                 "selector, or none is Ready."
                 if named
