@@ -494,3 +494,32 @@ def test_dns_picture_by_column_is_the_picture_one_transaction_at_a_time(
     assert list(rows(pic.aaaa_race).items()) == list(race.items())
     assert table.row[pic.upstream_failed].tolist() == upstream
     assert len(expansions) > 3 and race and upstream
+
+
+def test_search_chains_of_one_busy_client_cost_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40,000 lookups from one pod, each answered: every chain is done at once and
+    forgotten, so each lookup looks at a chain or two, not at all the chains before it."""
+    from ktrace.analysis import dns_patterns
+
+    looked = 0
+    original = dns_patterns._Chain.continues
+
+    def counted(self, t):  # type: ignore[no-untyped-def]
+        nonlocal looked
+        looked += 1
+        return original(self, t)
+
+    monkeypatch.setattr(dns_patterns._Chain, "continues", counted)
+    lookups = [
+        DnsTransaction(
+            point=0, transport="udp", client=f"10.1.0.5:{30000 + k % 20000}",
+            server="10.96.0.10:53",
+            id=k % 65536, qname=f"n{k}.example.com", qtype="A", query_ts=k * 1_000_000,
+            queries=(k,), response=k, rcode="NOERROR", latency_ns=500_000, answers=(),
+            truncated=False,
+        )
+        for k in range(40_000)
+    ]  # fmt: skip
+    chains = dns_patterns.search_chains(lookups)
+    assert len(set(chains.values())) == 40_000
+    assert looked <= 2 * len(lookups)

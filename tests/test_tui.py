@@ -29,7 +29,10 @@ SIZE = (140, 40)
 
 
 async def loaded(pilot) -> None:  # type: ignore[no-untyped-def]
-    await pilot.app.workers.wait_for_complete()
+    """Until no worker runs: the load, and the rows of the view shown (built off the UI's
+    thread; a newer request replaces an older one, cancelled)."""
+    while any(w.is_running for w in pilot.app.workers):
+        await pilot.pause(0.02)
     await pilot.pause()
 
 
@@ -49,11 +52,13 @@ async def test_from_the_finding_to_the_last_point_reached() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await pilot.press("5")
+        await loaded(pilot)
         assert type(app.screen).__name__ == "FindingsView"
         rows = table_rows(app)
         assert rows[0][1] == "path.drop"
         assert "never" not in rows[0][2] and "node-b-eth0 and web-2-veth" in rows[0][2]
         await pilot.press("enter")
+        await loaded(pilot)
         assert type(app.screen).__name__ == "PathView"
         columns = [str(c.label) for c in app.screen.query_one(DataTable).columns.values()]
         assert columns[3:] == [
@@ -74,6 +79,7 @@ async def test_from_the_finding_to_the_last_point_reached() -> None:
         layers = [str(n.label) for n in app.screen.query_one(Tree).root.children]
         assert layers == ["Ethernet", "IP", "TCP"]  # the SYN as the client sent it
         await pilot.press("escape", "escape")
+        await loaded(pilot)
         assert type(app.screen).__name__ == "FindingsView"
 
 
@@ -82,6 +88,7 @@ async def test_http_view_opens_the_request_path() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await pilot.press("6")
+        await loaded(pilot)
         assert type(app.screen).__name__ == "HttpView"
         rows = table_rows(app)
         failed = [r for r in rows if r[2] in ("503", "UNAVAILABLE")]
@@ -94,6 +101,7 @@ async def test_http_view_opens_the_request_path() -> None:
         detail = str(app.screen.query_one("#detail", Static).render())
         assert "client-eth0" in detail and "web-2-eth0" in detail
         await pilot.press("enter")
+        await loaded(pilot)
         assert type(app.screen).__name__ == "PathView"
         table = app.screen.query_one(DataTable)
         row = [str(getattr(c, "plain", c)) for c in table.get_row_at(table.cursor_row)]
@@ -110,6 +118,7 @@ async def test_points_flows_dns_and_packets_views() -> None:
         assert [r[0] for r in points][:3] == ["client-eth0", "client-veth", "node-a-eth0"]
         assert points[0][1:4] == ["pod", "node-a", "default/client"]
         await pilot.press("2")
+        await loaded(pilot)
         flows = table_rows(app)
         dns = next(r for r in flows if "svc kube-system/kube-dns" in r[2])
         assert dns[10] == "10.96.0.10:53 => 10.244.1.3:53"  # the NAT mapping
@@ -117,8 +126,10 @@ async def test_points_flows_dns_and_packets_views() -> None:
         await pilot.press("slash")
         await pilot.press(*"172.18.0.100")
         await pilot.press("enter")
+        await loaded(pilot)
         assert all("172.18.0.100" in " ".join(r) for r in table_rows(app))
         await pilot.press("4")
+        await loaded(pilot)
         lookups = table_rows(app)
         chain = [r for r in lookups if r[0] == "example.com" and r[7].startswith("10.244.0.2")]
         assert [r[1] for r in chain][:6:2] == [
@@ -127,15 +138,18 @@ async def test_points_flows_dns_and_packets_views() -> None:
             "example.com.cluster.local",
         ]
         await pilot.press("3")
+        await loaded(pilot)
         plist = app.screen.query_one(PacketList)
         assert plist.count == len(app.index)  # type: ignore[arg-type]
         assert str(app.screen.query_one("#header", Static).render()).startswith("POINT#PACKET")
         await pilot.press("G")
+        await loaded(pilot)
         assert plist.cursor == plist.count - 1
         # evidence names packets as the list numbers them: point#number in its file
         assert app.result is not None
         ref = app.result.findings[0].evidence[0]
         await pilot.press("slash", *keys(f"{ref.point} udp"), "enter")
+        await loaded(pilot)
         lines = [plist.line_text(k) for k in range(plist.count)]
         assert lines and all(line.startswith(f"{ref.point}#") for line in lines)
         assert all(" UDP " in line for line in lines)
@@ -143,11 +157,13 @@ async def test_points_flows_dns_and_packets_views() -> None:
         status = str(app.screen.query_one(StatusLine).render())
         assert f"{plist.count:,} of {len(app.index):,} packets match" in status  # type: ignore[arg-type]
         await pilot.press("slash", *keys(" bogus"), "enter")
+        await loaded(pilot)
         assert plist.count == 0
         assert "not an address, port, protocol or point: bogus" in str(
             app.screen.query_one(StatusLine).render()
         )
         await pilot.press("escape")
+        await loaded(pilot)
         assert plist.count == len(app.index)  # type: ignore[arg-type]
 
 
@@ -156,12 +172,14 @@ async def test_help_is_generated_from_the_live_bindings() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await pilot.press("2", "question_mark")
+        await loaded(pilot)
         assert type(app.screen).__name__ == "HelpScreen"
         listed = dict(app.screen.bindings)  # type: ignore[attr-defined]
         for b in keymap.APP + keymap.TABLE:
             if b.show:
                 assert listed.get(b.key_display or app.get_key_display(b)) == b.description, b
         await pilot.press("escape")
+        await loaded(pilot)
         assert type(app.screen).__name__ == "FlowsView"
 
 
@@ -325,3 +343,45 @@ async def test_a_bundle_cut_short_says_so(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         assert "the capture was cut short: stopped by the user (Ctrl-C)" in app.status_text()
+
+
+async def test_bracketed_addresses_are_text_not_markup() -> None:
+    """IPv6 endpoints are written "[fd00::1]:80": drawn as they are, never read as markup
+    (which swallowed them, leaving ":34104 (default/client)")."""
+    app = KtraceApp([PCAPS / "lab" / "healthy-v6"])
+    async with app.run_test(size=(160, 40)) as pilot:
+        await loaded(pilot)
+        await pilot.press("2")
+        await loaded(pilot)
+        flows = [r[1] for r in table_rows(app) if r[1].startswith("[")]
+        assert flows
+        drawn = app.export_screenshot().replace("&#160;", " ")
+        assert flows[0].split("]")[0].replace(":", "") in drawn.replace(":", "")
+        assert "]:" in drawn
+
+
+async def test_a_views_rows_are_built_off_the_uis_thread() -> None:
+    """Building, filtering and sorting a view's rows grows with the capture: none of it on
+    the UI's thread, which must answer keys (q among them) meanwhile."""
+    import threading
+
+    from ktrace.tui.screens.views import DnsView
+
+    built_on: list[str] = []
+    original = DnsView.build_rows
+
+    def spy(self):  # type: ignore[no-untyped-def]
+        built_on.append(threading.current_thread().name)
+        return original(self)
+
+    app = KtraceApp([PCAPS / "lab" / "dns-search"])
+    DnsView.build_rows = spy  # type: ignore[method-assign]
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await loaded(pilot)
+            await pilot.press("4")
+            await loaded(pilot)
+            assert table_rows(app)
+    finally:
+        DnsView.build_rows = original  # type: ignore[method-assign]
+    assert built_on and threading.main_thread().name not in built_on

@@ -105,6 +105,12 @@ def search_chains(primary: list[DnsTransaction]) -> dict[int, str]:
     for t in sorted(primary, key=lambda t: t.query_ts):
         client = client_ip(t)
         open_ = chains[(client, t.qtype)]
+        # a chain done, or idle past the gap, continues nothing later (time only grows):
+        # forgotten, so that a client's thousands of lookups do not cost their square
+        while open_ and (open_[0].done or t.query_ts - open_[0].last_ts > CHAIN_GAP_NS):
+            open_.pop(0)
+        if len(open_) > 1 and any(c.done for c in open_):
+            open_[:] = [c for c in open_ if not c.done]
         chain = next((c for c in reversed(open_) if c.continues(t)), None)
         if chain is None:
             base = None

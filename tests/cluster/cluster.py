@@ -120,8 +120,13 @@ class Cluster:
         started = time.monotonic()
         self.bin = build.build()
         STATE.mkdir(parents=True, exist_ok=True)
+        was = self.settings.get("proxy_mode")
         self.settings = {"proxy_mode": proxy_mode, "faults": []}
         self._save()
+        if was != proxy_mode:  # a cluster up in the other mode: its kube-proxies change
+            for node in NODES:
+                if running(f"{node.name}-kube-proxy") is not None:
+                    self._stop_proxy(node)
         self._tracefs()
         self._pki()
         self._network()
@@ -361,6 +366,13 @@ class Cluster:
             "--enable-cni=false", "--metrics-port=0", "--health-port=0", "--v=1",
         ])  # fmt: skip
 
+    def _stop_proxy(self, node: Node) -> None:
+        """kube-proxy stopped, and every rule it wrote removed its own way (--cleanup)."""
+        stop(f"{node.name}-kube-proxy")
+        config = node.data / "kube-proxy.json"
+        sh(*self.enter(node), str(self.bin / "kube-proxy"), f"--config={config}", "--cleanup",
+           check=False)  # fmt: skip
+
     def _cgroups(self, node: Node) -> None:
         """The cgroup each kubelet roots its pods under, in every v1 hierarchy; a new cpuset
         cgroup starts with no CPUs and no memory nodes, so they are copied from the top."""
@@ -492,11 +504,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         elif name == "kube-proxy-down":
             for node in NODES:
                 if on:
-                    stop(f"{node.name}-kube-proxy")
-                    config = node.data / "kube-proxy.json"
-                    # kube-proxy's own way of removing every rule it wrote
-                    sh(*self.enter(node), str(self.bin / "kube-proxy"), f"--config={config}",
-                       "--cleanup", check=False)  # fmt: skip
+                    self._stop_proxy(node)
                 else:
                     self.start_proxy(node)
         else:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
+from textual.worker import get_current_worker
 
 from ktrace.tui import keymap
 
@@ -20,7 +22,11 @@ MAX_ROWS = 2000
 
 
 class StatusLine(Static):
-    """Indexing progress, then what is loaded; errors stay visible."""
+    """Indexing progress, then what is loaded; errors stay visible. Never markup: it quotes
+    file names and captures."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, markup=False)
 
 
 class TableView(Screen[None]):
@@ -39,7 +45,7 @@ class TableView(Screen[None]):
         return cast("KtraceApp", self.app)
 
     def compose(self) -> ComposeResult:
-        yield Static(self.TITLE, id="title")
+        yield Static(self.TITLE, id="title", markup=False)
         with Vertical(id="body"):
             yield DataTable(id="table", cursor_type="row", zebra_stripes=True)
         yield Input(placeholder="filter: IP, name, port, protocol, namespace…", id="filter")
@@ -62,32 +68,55 @@ class TableView(Screen[None]):
         return []
 
     def refresh_data(self) -> None:
-        self.rows = self.build_rows()
-        self.fill()
+        """The rows built again, off the UI's thread: a view of a large capture has hundreds
+        of thousands, worked out in time that grows with it."""
+        self._prepare(rebuild=True)
 
     def fill(self) -> None:
-        table = self.query_one(DataTable)
-        keep = table.cursor_row
-        table.clear()
+        """The rows filtered and sorted again (off the UI's thread too) and shown."""
+        self._prepare(rebuild=False)
+
+    @work(thread=True, exclusive=True, group="rows")
+    def _prepare(self, rebuild: bool) -> None:
+        rows = self.build_rows() if rebuild else self.rows
         needle = self.filter_text.lower()
-        rows = [
+        shown = [
             r
-            for r in self.rows
+            for r in rows
             if not needle
             or needle in " ".join(str(c.plain if isinstance(c, Text) else c) for c in r[1]).lower()
         ]
         if self.sort_column >= 0:
-            rows.sort(key=lambda r: _sortable(r[1][self.sort_column]))
+            column = self.sort_column
+            shown.sort(key=lambda r: _sortable(r[1][column]))
+        total = len(shown)
         # A table measures every cell it holds: past a few thousand rows, filter instead.
+        shown = shown[:MAX_ROWS]
+        plain = [
+            # text from captures is never markup: "[fd00::1]:80" is an address, not a tag
+            (str(key), tuple(Text(c) if isinstance(c, str) else c for c in cells))
+            for key, cells in shown
+        ]
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show, rows, plain, total)
+
+    def _show(self, rows: list[tuple[Any, tuple[Any, ...]]], shown: list[Any], total: int) -> None:
+        self.rows = rows
+        table = self.query_one(DataTable)
+        keep = table.cursor_row
+        table.clear()
         status = self.ktrace.status_text()
-        if len(rows) > MAX_ROWS:
-            status += f" | showing {MAX_ROWS:,} of {len(rows):,} rows: / to filter"
-            rows = rows[:MAX_ROWS]
+        if total > len(shown):
+            status += f" | showing {len(shown):,} of {total:,} rows: / to filter"
         self.query_one(StatusLine).update(status)
-        for key, cells in rows:
-            table.add_row(*cells, key=str(key))
-        if rows:
-            table.move_cursor(row=min(keep, len(rows) - 1))
+        for key, cells in shown:
+            table.add_row(*cells, key=key)
+        if shown:
+            table.move_cursor(row=min(keep, len(shown) - 1))
+        self.shown()
+
+    def shown(self) -> None:
+        """Called once the table holds the rows: views that decorate them override this."""
 
     def selected_key(self) -> str | None:
         table = self.query_one(DataTable)

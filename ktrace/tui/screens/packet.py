@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
@@ -26,10 +27,10 @@ class PacketView(Screen[None]):
         self.row = row
 
     def compose(self) -> ComposeResult:
-        yield Static(id="title")
+        yield Static(id="title", markup=False)
         with Horizontal(id="packet"):
             yield Tree("decoding…", id="layers")
-            yield Static(id="hex")
+            yield Static(id="hex", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -58,9 +59,9 @@ class PacketView(Screen[None]):
         widget.clear()
         widget.root.set_label("packet")
         for layer in tree:
-            node = widget.root.add(layer.name, expand=True)
+            node = widget.root.add(Text(layer.name), expand=True)
             for name, value in layer.fields:
-                node.add_leaf(f"{name} = {value}")
+                node.add_leaf(Text(f"{name} = {value}"))
         widget.root.expand()
         self.query_one("#hex", Static).update(text)
 

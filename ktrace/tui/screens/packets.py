@@ -145,7 +145,7 @@ class PacketsView(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("All packets, every point, file order (enter: decode, /: filter)", id="title")
-        yield Static(id="header")
+        yield Static(id="header", markup=False)
         yield PacketList()
         yield Input(placeholder="filter: address, port, tcp/udp/dns, point…", id="filter")
         yield StatusLine(id="status")

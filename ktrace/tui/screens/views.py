@@ -29,13 +29,12 @@ class DetailedTableView(TableView):
 
     def compose(self) -> ComposeResult:
         yield from super().compose()
-        yield Static(id="detail")
+        yield Static(id="detail", markup=False)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_detail(event.row_key.value)
 
-    def fill(self) -> None:
-        super().fill()
+    def shown(self) -> None:
         self.show_detail(self.selected_key())
 
     def show_detail(self, key: str | None) -> None:
@@ -152,11 +151,7 @@ class PathView(TableView):
         hops = [self.ktrace.points[h.point].id for h in self.path.hops] if self.path else []
         return ("#", "DIR", "PACKET", *hops)
 
-    def on_mount(self) -> None:
-        # Textual runs TableView.on_mount too (handlers run for every class): decorate after
-        self.call_after_refresh(self.decorate)
-
-    def decorate(self) -> None:
+    def shown(self) -> None:
         a = self.ktrace.result.analysis if self.ktrace.result else None
         title = self.query_one("#title", Static)
         if a is None or self.path is None:
@@ -181,9 +176,9 @@ class PathView(TableView):
         if self.highlight is not None:  # the evidence packet, by its identity across points
             ident = a.correlation.ident
             table = self.query_one(DataTable)
-            for i, (key, _) in enumerate(self.rows):
-                if ident[key] == ident[self.highlight]:
-                    table.move_cursor(row=i)
+            for key, _ in self.rows:
+                if ident[key] == ident[self.highlight] and str(key) in table.rows:
+                    table.move_cursor(row=table.get_row_index(str(key)))
                     break
 
     def build_rows(self) -> list[tuple[Any, tuple[Any, ...]]]:
