@@ -61,18 +61,20 @@ async def test_from_the_finding_to_the_last_point_reached() -> None:
         await loaded(pilot)
         assert type(app.screen).__name__ == "PathView"
         columns = [str(c.label) for c in app.screen.query_one(DataTable).columns.values()]
-        assert columns[3:] == [
+        # the points first, the packet's summary last: at 80 columns the loss still shows
+        assert columns[2:] == [
             "client-eth0",
             "client-veth",
             "node-a-eth0",
             "node-b-eth0",
             "web-2-veth",
             "web-2-eth0",
+            "PACKET",
         ]
         table = app.screen.query_one(DataTable)
         row = [str(getattr(c, "plain", c)) for c in table.get_row_at(table.cursor_row)]
-        assert row[2].startswith("S ") and row[6] != "·"  # seen at node-b-eth0
-        assert row[7] == "✗ lost"  # never at web-2-veth: the last point reached is obvious
+        assert row[-1].startswith("S ") and row[5] != "·"  # seen at node-b-eth0
+        assert row[6] == "✗ lost"  # never at web-2-veth: the last point reached is obvious
         await pilot.press("enter")
         await loaded(pilot)
         assert type(app.screen).__name__ == "PacketView"
@@ -106,7 +108,7 @@ async def test_http_view_opens_the_request_path() -> None:
         table = app.screen.query_one(DataTable)
         row = [str(getattr(c, "plain", c)) for c in table.get_row_at(table.cursor_row)]
         # the request, client to server, at all six points on its way to web-2
-        assert row[1] == "→" and row[2].startswith(".P ") and len(row) == 3 + 6, row
+        assert row[1] == "→" and row[-1].startswith(".P ") and len(row) == 3 + 6, row
         assert not any("lost" in cell for cell in row[3:]), row
 
 
@@ -385,3 +387,19 @@ async def test_a_views_rows_are_built_off_the_uis_thread() -> None:
     finally:
         DnsView.build_rows = original  # type: ignore[method-assign]
     assert built_on and threading.main_thread().name not in built_on
+
+
+async def test_at_80_by_24_a_findings_end_is_reachable() -> None:
+    """On a small terminal the finding's detail scrolls: its rule and next step come into
+    view; the table gives the detail the room it does not need."""
+    app = KtraceApp([POLICY])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        await pilot.press("5")
+        await loaded(pilot)
+        first = app.export_screenshot().replace("&#160;", " ")
+        assert "Evidence: node-b-eth0#" in first and "security groups" not in first
+        await pilot.press("ctrl+d")
+        await pilot.pause()
+        later = app.export_screenshot().replace("&#160;", " ")
+        assert "security groups" in later and "-j DROP" in later

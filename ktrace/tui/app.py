@@ -202,7 +202,7 @@ class KtraceApp(App[None]):
         self._refresh_views()
         if message.result.findings and self.live is None:
             found = plural(len(message.result.findings), "finding")
-            self.notify(f"{found}: press 5", title="analysis done")
+            self.notify(f"{found}: press 5", title="analysis done", timeout=3)
 
     @on(LoadError)
     def on_load_error(self, message: LoadError) -> None:

@@ -26,4 +26,8 @@ TABLE = [
     Binding("g", "top", "Top", show=False, id="top"),
     Binding("G", "bottom", "Bottom", show=False, id="bottom"),
 ]
-DETAIL = [Binding("escape", "back", "Back", id="back")]
+DETAIL = [
+    Binding("ctrl+d", "detail_down", "Detail down", id="detail.down"),
+    Binding("ctrl+u", "detail_up", "Detail up", id="detail.up"),
+]
+PACKET = [Binding("escape", "back", "Back", id="back")]

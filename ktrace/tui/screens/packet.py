@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class PacketView(Screen[None]):
-    BINDINGS = [*keymap.DETAIL]
+    BINDINGS = [*keymap.PACKET]
 
     def __init__(self, row: int) -> None:
         super().__init__()

@@ -135,9 +135,16 @@ def point_width(index: PacketIndex) -> int:
 def packet_line(
     width: int, ref: str, time: str, size: str, proto: str, flags: str, src: str, dst: str
 ) -> str:
-    """One row (or the header): what fits 80 columns first, the addresses last."""
-    arrow = "→" if dst else ""
-    return f"{ref:<{width}} {time:>10} {size:>5} {proto:<6} {flags:<5} {src} {arrow} {dst}"
+    """One row (or the header): who talked to whom first, so that 80 columns hold the ports;
+    the time and size after them."""
+    arrow = "→" if dst else " "
+    return (
+        f"{ref:<{width}} {proto:<5} {flags:<5} {src:>{ENDPOINT}} {arrow} {dst:<{ENDPOINT}} "
+        f"{time:>10} {size:>5}"
+    )
+
+
+ENDPOINT = 21  # an IPv4 address and port at their longest; IPv6 ones take what they need
 
 
 class PacketsView(Screen[None]):

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
 from ktrace.analysis.result import Result
@@ -13,6 +14,7 @@ from ktrace.analysis.views import dns_lookups, path_packets
 from ktrace.pcap import linktype
 from ktrace.report.table import human_size
 from ktrace.report.text import UNSEEN, clip
+from ktrace.tui import keymap
 from ktrace.tui.screens.base import TableView
 
 SEVERITY_STYLE = {
@@ -25,11 +27,21 @@ SEVERITY_STYLE = {
 
 
 class DetailedTableView(TableView):
-    """A table with what the highlighted row holds written out below it."""
+    """A table with what the highlighted row holds written out below it, in a pane that
+    scrolls: on a small terminal the end of it (a rule, the next step) is still reachable."""
+
+    BINDINGS = [*TableView.BINDINGS, *keymap.DETAIL]
 
     def compose(self) -> ComposeResult:
         yield from super().compose()
-        yield Static(id="detail", markup=False)
+        with VerticalScroll(id="detail-pane"):
+            yield Static(id="detail", markup=False)
+
+    def action_detail_down(self) -> None:
+        self.query_one("#detail-pane", VerticalScroll).scroll_page_down()
+
+    def action_detail_up(self) -> None:
+        self.query_one("#detail-pane", VerticalScroll).scroll_page_up()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_detail(event.row_key.value)
@@ -149,7 +161,7 @@ class PathView(TableView):
 
     def columns(self) -> tuple[str, ...]:
         hops = [self.ktrace.points[h.point].id for h in self.path.hops] if self.path else []
-        return ("#", "DIR", "PACKET", *hops)
+        return ("#", "DIR", *hops, "PACKET")  # the points first: where it was lost shows
 
     def shown(self) -> None:
         a = self.ktrace.result.analysis if self.ktrace.result else None
@@ -188,7 +200,7 @@ class PathView(TableView):
         rows = []
         for i, p in enumerate(path_packets(result.analysis, self.path), 1):
             cells = [Text(c, style="bold red") if c.startswith("✗") else c for c in p.cells]
-            rows.append((p.row, (i, p.direction, p.summary, *cells)))
+            rows.append((p.row, (i, p.direction, *cells, p.summary)))
         return rows
 
     def action_open(self) -> None:
@@ -330,7 +342,7 @@ class FindingsView(DetailedTableView):
     def detail(self, result: Result, key: int) -> str:
         f = result.findings[key]
         refs = ", ".join(f"{e.point}#{e.number}" for e in f.evidence[:8])
-        return f"{f.title}\n\n{f.explanation}\n\nNext: {f.next_step}\n\nEvidence: {refs}"
+        return f"{f.title}\nEvidence: {refs}\n\n{f.explanation}\n\nNext: {f.next_step}"
 
     def action_open(self) -> None:
         key = self.selected_key()
