@@ -265,10 +265,13 @@ def _inputs_arg(p: argparse.ArgumentParser) -> None:
 def _export_args(p: argparse.ArgumentParser) -> None:
     """examples:
       ktrace export bundle/ --parquet out/
-      duckdb -c "SELECT point, count(*) FROM 'out/packets.parquet' GROUP BY point"
+      pip install duckdb
+      python3 -c "import duckdb, sys; duckdb.sql(sys.argv[1]).show()" \\
+        "SELECT point, count(*) FROM 'out/packets.parquet' GROUP BY point"
 
-    Tables: packets, flows, paths (one row per hop), losses, dns, findings; packets join
-    flows on `flow`, each other across points on `identity`."""
+    Tables: packets, flows, paths (one row per hop), losses, dns, http, tls, findings;
+    packets join flows on `flow` and `conversation`, paths and losses on `conversation`,
+    each other across points on `identity`."""
     _inputs_arg(p)
     p.add_argument(
         "--parquet", type=Path, metavar="DIR", required=True, help="write Parquet tables into DIR"

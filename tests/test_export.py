@@ -100,3 +100,24 @@ def test_export_round_trips_through_duckdb(tmp_path: Path, bundle: str) -> None:
 def test_export_needs_a_directory(tmp_path: Path) -> None:
     done = run("export", str(LAB / "healthy"))
     assert done.returncode == 2 and "--parquet" in done.stderr
+
+
+def test_the_help_example_works_as_written(tmp_path: Path) -> None:
+    """`ktrace export --help`'s example, run as printed (python3 and the bundle aside)."""
+    import shlex
+    import subprocess
+    import sys
+
+    shown = run("export", "--help").stdout
+    example = shown.split("examples:")[1].split("\n\n")[0]
+    lines = [x.strip() for x in example.strip().splitlines()]
+    assert lines[0] == "ktrace export bundle/ --parquet out/"
+    assert (
+        run("export", str(LAB / "policy-drop"), "--parquet", str(tmp_path / "out")).returncode == 0
+    )
+    query = " ".join(x.rstrip("\\").strip() for x in lines[2:])
+    argv = shlex.split(query)
+    assert argv[0] == "python3"
+    done = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "client-eth0" in done.stdout
