@@ -501,3 +501,21 @@ def test_the_real_clusters_bundles_find_what_their_lab_twins_find(bundle: str) -
         assert any(words in f["title"] for f in found), [f["title"] for f in found]
     for words in said:
         assert words in text, text
+
+
+def test_a_node_with_two_nics_expects_the_pods_veth_next(tmp_path: Path) -> None:
+    """The SYNs entered node-b on its second NIC (eth1) and were dropped there; eth0 carried
+    other traffic between the nodes. The next hop they missed is web-2's veth, never the
+    node's other NIC."""
+    bundle = tmp_path / "two-nics"
+    shutil.copytree(LAB / "policy-drop", bundle)
+    points = bundle / "points"
+    shutil.copyfile(points / "node-b-eth0.pcap", points / "node-b-eth1.pcap")
+    drop_records(points / "node-b-eth0.pcap", client_syns(points / "node-b-eth0.pcap"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    eth0 = next(p for p in manifest["points"] if p["id"] == "node-b-eth0")
+    second = {**eth0, "id": "node-b-eth1", "file": "points/node-b-eth1.pcap", "interface": "eth1"}
+    manifest["points"].append(second)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (drop,) = [f for f in findings(bundle) if f["severity"] == "high"]
+    assert drop["title"].endswith("dropped between node-b-eth1 and web-2-veth")

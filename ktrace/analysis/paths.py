@@ -142,10 +142,26 @@ def _expected(
     elif named is not None and named.kind == "service":
         dst_nodes = names.endpoint_nodes.get(dst_ip, frozenset())
     if src_node and dst_nodes and src_node not in dst_nodes:
-        out += _node_side(index, src_node, carriers)
+        out += _node_side_expected(index, src_node, carriers, present)
         if len(dst_nodes) == 1:
-            out += _node_side(index, next(iter(dst_nodes)), carriers)
+            out += _node_side_expected(index, next(iter(dst_nodes)), carriers, present)
     return [k for k in dict.fromkeys(out) if k not in present]
+
+
+def _node_side_expected(
+    index: PacketIndex, node: str, carriers: frozenset[int], present: set[int]
+) -> list[int]:
+    """The node's NIC and overlay points a conversation between nodes had to pass. A node
+    with two NICs (a cloud CNI's secondary interface) is left one way or the other: one the
+    conversation passed rules the other out, and when it passed neither, which one it needed
+    is not known here, so neither is expected. A tunnel device and its NIC are in series."""
+    side = _node_side(index, node, carriers)
+    out = []
+    for kind in ("node", "tunnel"):
+        alike = [k for k in side if index.points[k].kind == kind]
+        if len(alike) == 1 and alike[0] not in present:
+            out += alike
+    return out
 
 
 def conversation_paths(

@@ -56,6 +56,22 @@ NODE_METADATA = {
 }
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
+# After a stop (its end, Ctrl-C, a lost stream), what stopping tcpdump and recording the nodes
+# may take in all, however slow the cluster or this machine: then the cleanup, which always
+# runs, each of its calls bounded too.
+STOP_BUDGET = 30.0
+EXEC_TIMEOUT = 30.0
+OUT_OF_TIME = "not recorded: stopping had used up its time"
+
+
+class Deadline:
+    """A time by which a stage must be done, and what is left of it for one step."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def left(self, most: float) -> float:
+        return max(0.0, min(most, self.at - time.monotonic()))
 
 
 @dataclass(frozen=True)
@@ -320,15 +336,19 @@ class Session:
         if self.traced[node] and self.tracefs:
             self.say(f"{node}: {self.traced[node]}")
 
-    def _collect_trace(self, node: str, c: debug.Container) -> None:
+    def _collect_trace(self, node: str, c: debug.Container, deadline: Deadline) -> None:
         folder = self.bundle / "nodes" / node
         if self.traced.get(node) != "":
             why = self.traced.get(node) or "kernel drop reasons not recorded"
             write_private(folder / "evidence.txt", why + "\n")
             return
+        if deadline.left(60) < 1:
+            write_private(folder / "evidence.txt", f"kernel drop reasons {OUT_OF_TIME}\n")
+            return
         try:
             result = run(self.api, c.namespace, c.pod, c.name,
-                         kernel_drops.collect_argv(self.session, node), timeout=60)  # fmt: skip
+                         kernel_drops.collect_argv(self.session, node),
+                         timeout=deadline.left(60))  # fmt: skip
             write_private(folder / "kfree_skb.txt", result.text)
         except ClusterError as exc:
             write_private(folder / "evidence.txt", f"kernel drop reasons lost: {exc.message}\n")
@@ -392,21 +412,29 @@ class Session:
                 with contextlib.suppress(ClusterError):
                     run(self.api, c.namespace, c.pod, c.name, ["kill", "-USR1", str(r.pid)], 5)
 
-    def stop_points(self) -> None:
+    def stop_points(self, deadline: Deadline) -> None:
+        """Every tcpdump asked to end at once (SIGINT: it flushes and says its counts)."""
+
         def stop(r: PointRun) -> None:
             if r.finished.is_set() or r.pid is None:
                 return
             c = r.plan.container
             r.mark_stopping()
             with contextlib.suppress(ClusterError):
-                run(self.api, c.namespace, c.pod, c.name, ["kill", "-INT", str(r.pid)], 10)
-            r.finished.wait(STOP_TIMEOUT)
+                run(self.api, c.namespace, c.pod, c.name, ["kill", "-INT", str(r.pid)],
+                    deadline.left(10))  # fmt: skip
+            r.finished.wait(deadline.left(STOP_TIMEOUT))
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(max_workers=max(8, len(self.runs))) as pool:
             list(pool.map(stop, self.runs))
 
     def _node_files(
-        self, node: str, c: debug.Container, sub: str, commands: dict[str, list[str]]
+        self,
+        node: str,
+        c: debug.Container,
+        sub: str,
+        commands: dict[str, list[str]],
+        deadline: Deadline | None = None,
     ) -> None:
         """Each command's output on the node into nodes/<node>/<sub>/<name>; a command that
         failed leaves a FAILED line saying why (the analysis takes it as not recorded)."""
@@ -417,8 +445,12 @@ class Session:
                 break
             parent.chmod(0o700)
         for name, argv in commands.items():
+            timeout = deadline.left(EXEC_TIMEOUT) if deadline else EXEC_TIMEOUT
+            if timeout < 1:
+                write_private(folder / name, f"{FAILED} {' '.join(argv)}: {OUT_OF_TIME}\n")
+                continue
             try:
-                result = run(self.api, c.namespace, c.pod, c.name, argv, timeout=30)
+                result = run(self.api, c.namespace, c.pod, c.name, argv, timeout=timeout)
                 text = result.text
                 if result.code != 0:
                     why = result.stderr.decode("utf-8", "replace").strip()
@@ -427,31 +459,44 @@ class Session:
                 text = f"{FAILED} {' '.join(argv)}: {exc.message}\n"
             write_private(folder / name, text)
 
-    def counters(self, when: str) -> None:
+    def counters(self, when: str, deadline: Deadline | None = None) -> None:
         """Rule, conntrack, protocol and interface counters on every node: at the start and at
         the end of the capture, so the analysis sees what rose while it ran."""
-        self._each_node(lambda node, c: self._node_files(node, c, f"counters/{when}", SNAPSHOT))
+        self._each_node(
+            lambda node, c: self._node_files(node, c, f"counters/{when}", SNAPSHOT, deadline)
+        )
 
-    def node_metadata(self) -> None:
+    def node_metadata(self, deadline: Deadline) -> None:
+        """What the nodes hold at the end, the counters first (the evidence of a drop), as far
+        as the stop's time allows: what it does not is marked as not recorded."""
+        self.counters("end", deadline)
+        self._each_node(lambda node, c: self._collect_trace(node, c, deadline))
         metadata = {f"{k}.txt": v for k, v in NODE_METADATA.items()}
-        self._each_node(lambda node, c: self._node_files(node, c, ".", metadata))
-        self.counters("end")
-        self._each_node(self._collect_trace)
+        self._each_node(lambda node, c: self._node_files(node, c, ".", metadata, deadline))
 
     def cleanup(self) -> list[str]:
-        """End what was started, whatever happened before; returns what could not be ended."""
-        left = []
-        for c in self.ephemeral.values():
+        """End what was started, whatever happened before, all at once (each call bounded by
+        the request timeout); returns what could not be ended."""
+
+        def end(c: debug.Container) -> str | None:
             try:
                 debug.end_ephemeral(self.api, c)
             except ClusterError as exc:
-                left.append(f"ephemeral container {c.name} in {c.where}: {exc.message}")
-        for c in self.node_pods.values():
+                return f"ephemeral container {c.name} in {c.where}: {exc.message}"
+            return None
+
+        def delete(c: debug.Container) -> str | None:
             try:
                 debug.delete_pod(self.api, c)
             except ClusterError as exc:
-                left.append(f"node pod {c.where}: {exc.message}")
-        return left
+                return f"node pod {c.where}: {exc.message}"
+            return None
+
+        work = [(end, c) for c in self.ephemeral.values()]
+        work += [(delete, c) for c in self.node_pods.values()]
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(work)))) as pool:
+            found = list(pool.map(lambda item: item[0](item[1]), work))
+        return [x for x in found if x]
 
     # --- the bundle ---------------------------------------------------------------------------
     def write(self, status: CaptureStatus, reason: str) -> None:
@@ -571,9 +616,10 @@ def _quiet_interrupts() -> Iterator[None]:
 
 
 def _finish(session: Session, status: CaptureStatus, reason: str, progress: Progress) -> None:
-    session.stop_points()
+    deadline = Deadline(STOP_BUDGET)
+    session.stop_points(deadline)
     progress.done(session.runs)
-    session.node_metadata()
+    session.node_metadata(deadline)
     left = session.cleanup()
     for r in session.runs:
         if r.error and r.bytes and not r.stop_requested:

@@ -71,6 +71,11 @@ class Api:
             flags.namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
         )
         self.timeout = flags.request_timeout
+        # the exec WebSocket's connect and handshake too (the client sets no timeout there:
+        # a stalled API server would hold a stop forever)
+        import websocket
+
+        websocket.setdefaulttimeout(flags.request_timeout)
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
         self.discovery = client.DiscoveryV1Api(self.api_client)
