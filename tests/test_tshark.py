@@ -174,7 +174,8 @@ def tshark_dns(path: Path) -> dict[tuple[int, str, str], tuple[bool, str | None]
     names = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
     for q in queries:
         resp = q.get("dns.response_in", "")
-        key = (int(q["dns.id"], 0), q["dns.qry.name"], type_name(int(q["dns.qry.type"])))
+        name = "<root>" if q["dns.qry.name"] == "<Root>" else q["dns.qry.name"]  # its spelling
+        key = (int(q["dns.id"], 0), name, type_name(int(q["dns.qry.type"])))
         result[key] = (bool(resp), names.get(rcodes[resp]) if resp in rcodes else None)
     return result
 

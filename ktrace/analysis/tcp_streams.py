@@ -179,11 +179,10 @@ class _Sides:
         self.keys = {k: i for i, k in enumerate(key[begin].tolist())}
         self.points = c.point[rows[begin]].tolist()
         r, g, start = rows[carry], side[carry], rel[carry]
-        # the index's payload length stops at the snap length; the bytes cut off were payload
-        cut = (c.wirelen[r].astype(np.int64) - c.caplen[r]).clip(0)
+        # the payload's length is the headers' (a snap length cuts what is captured of it)
         order = np.lexsort((c.ts[r], start, g))
         r, g, start = r[order], g[order], start[order]
-        end = start + c.paylen[r] + cut[order]
+        end = start + c.paylen[r]
         # a segment is kept where it reaches past every earlier one of its side
         reach = (g.astype(np.int64) << 41) + end + (1 << 40)
         new = np.r_[True, reach[1:] > np.maximum.accumulate(reach)[:-1]][: len(r)]

@@ -83,33 +83,7 @@ def parse_ip(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> IpHeader:
         end = np.where(ok6 & (plen == 0), rows.wire, end)  # a jumbogram: the frame says
         flags |= np.where(ok6 & (plen > 0) & (end > rows.wire), MALFORMED, 0).astype(np.uint8)
         ipid = np.where(ok6, 0, ipid).astype(np.uint16)
-        for _ in range(6):
-            ext = ok6 & np.isin(proto, IPV6_EXT)
-            if not ext.any():
-                break
-            nxt, _ = rows.u8(l4)
-            hlen, ok_len = rows.u8(l4 + 1)
-            is_frag = ext & (proto == IPV6_FRAGMENT)
-            if is_frag.any():
-                fw, _ = rows.u16(l4 + 2)
-                ident, _ = rows.u32(l4 + 4)
-                flags |= np.where(is_frag & ((fw & 1) != 0), MORE_FRAGMENTS, 0).astype(np.uint8)
-                flags |= np.where(is_frag & ((fw >> 3) != 0), LATER_FRAGMENT, 0).astype(np.uint8)
-                ipid = np.where(is_frag, ident & 0xFFFF, ipid).astype(np.uint16)
-            size = np.where(
-                is_frag,
-                8,
-                np.where(
-                    proto == IPV6_AH,
-                    (hlen.astype(np.int64) + 2) * 4,
-                    (hlen.astype(np.int64) + 1) * 8,
-                ),
-            )
-            stuck = ext & ~ok_len
-            flags |= np.where(stuck, SHORT, 0).astype(np.uint8)
-            proto = np.where(ext & ok_len, nxt, proto)
-            l4 = np.where(ext & ok_len, l4 + size, l4)
-            ok6 &= ~stuck
+        proto, l4, ipid, ok6 = _extensions(rows, ok6, (proto, l4, ipid), flags)
         ok4 = ok4 | ok6
     return IpHeader(
         ok4,
@@ -124,3 +98,42 @@ def parse_ip(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> IpHeader:
         l4,
         end,
     )
+
+
+def _extensions(
+    rows: Rows,
+    ok6: np.ndarray,
+    fields: tuple[np.ndarray, np.ndarray, np.ndarray],
+    flags: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """IPv6 extension headers walked to the transport header: (protocol, its position, the
+    fragment id, still whole); `flags` gains the fragment and short-header bits in place."""
+    proto, l4, ipid = fields
+    for _ in range(6):
+        ext = ok6 & np.isin(proto, IPV6_EXT)
+        if not ext.any():
+            break
+        nxt, _ = rows.u8(l4)
+        hlen, ok_len = rows.u8(l4 + 1)
+        is_frag = ext & (proto == IPV6_FRAGMENT)
+        if is_frag.any():
+            fw, _ = rows.u16(l4 + 2)
+            ident, _ = rows.u32(l4 + 4)
+            flags |= np.where(is_frag & ((fw & 1) != 0), MORE_FRAGMENTS, 0).astype(np.uint8)
+            flags |= np.where(is_frag & ((fw >> 3) != 0), LATER_FRAGMENT, 0).astype(np.uint8)
+            ipid = np.where(is_frag, ident & 0xFFFF, ipid).astype(np.uint16)
+        size = np.where(
+            is_frag,
+            8,
+            np.where(
+                proto == IPV6_AH,
+                (hlen.astype(np.int64) + 2) * 4,
+                (hlen.astype(np.int64) + 1) * 8,
+            ),
+        )
+        stuck = ext & ~ok_len
+        flags |= np.where(stuck, SHORT, 0).astype(np.uint8)
+        proto = np.where(ext & ok_len, nxt, proto)
+        l4 = np.where(ext & ok_len, l4 + size, l4)
+        ok6 = ok6 & ~stuck
+    return proto, l4, ipid, ok6

@@ -522,6 +522,8 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
     points = capture_points(spec.extra_points)
     for fault in spec.faults:
         lab.fault(fault, True)
+    # as ktrace takes it: the cluster's state when the capture starts (faults on)
+    inventory = topo.inventory(lab.shape.dual_stack, lab.faults())
     try:
         lab.reset_balancing()
         (bundle / "nodes").mkdir(mode=0o700)
@@ -553,7 +555,7 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
         target=spec.target,
     )
     write_manifest(bundle, manifest)
-    write_json(bundle / "inventory.json", topo.inventory(lab.shape.dual_stack, lab.faults()))
+    write_json(bundle / "inventory.json", inventory)
     write_json(
         bundle / "scenario.json",
         {
