@@ -536,3 +536,35 @@ def test_garbage_after_a_preface_or_a_hello_never_breaks_the_analysis(
     result, _ = run_analysis(write(tmp_path / "junk.pcap", [conn]))
     for t in result.analysis.http.transactions:
         assert t.protocol == "HTTP/2" and t.stream > 0
+
+
+def test_any_token_is_a_method_and_empty_lines_before_a_request_are_skipped(
+    tmp_path: Path,
+) -> None:
+    """WebDAV, UPnP and home-made methods are requests like GET (a method is any token), and a
+    client's stray CRLF between pipelined requests does not hide the next one (RFC 9112 2.2)."""
+    conn = Conn(dport=8080)
+    conn.c(b"PROPFIND /dav/ HTTP/1.1\r\nHost: files\r\nDepth: 1\r\n\r\n")
+    conn.s(b"HTTP/1.1 207 Multi-Status\r\nContent-Length: 3\r\n\r\n<m>")
+    conn.c(b"\r\nSUBSCRIBE /events HTTP/1.1\r\nHost: files\r\n\r\n\r\n")
+    conn.c(b"X-PURGE_ALL /cache HTTP/1.1\r\nHost: files\r\n\r\n")
+    conn.s(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    conn.s(b"HTTP/1.1 405 Nope\r\nContent-Length: 0\r\n\r\n")
+    conn.fin()
+    txs = transactions(write(tmp_path / "dav.pcap", [conn]))
+    assert [(t.method, t.path, t.status, t.ended) for t in txs] == [
+        ("PROPFIND", "/dav/", 207, "complete"),
+        ("SUBSCRIBE", "/events", 200, "complete"),
+        ("X-PURGE_ALL", "/cache", 405, "complete"),
+    ]
+
+
+@pytest.mark.parametrize("lead", [b"EHLO mail.example\r\n", b"PING\r\n", b"AUTH x\r\n"])
+def test_uppercase_words_that_are_not_http_make_no_request(tmp_path: Path, lead: bytes) -> None:
+    """A payload shaped like a method (SMTP, Redis, IMAP) is only a candidate: without an
+    HTTP/1.x start line it is no transaction."""
+    conn = Conn(dport=25)
+    conn.c(lead)
+    conn.s(b"250 ok\r\n")
+    conn.fin()
+    assert transactions(write(tmp_path / "other.pcap", [conn])) == []

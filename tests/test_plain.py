@@ -120,7 +120,8 @@ PAYLOADS = st.one_of(
     st.integers(0, 9).map(lambda n: bytes(range(1, n + 1))),  # around the 8 bytes hashed
     st.sampled_from([b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"\x16\x03\x01\x00\x10",
                      b"\x15\x03\x03\x00\x02", b"\x15\x03\x05\x00\x02", b"PRI * HTTP/2.0\r\n",
-                     b"GET", b"POSTX"]),
+                     b"GET", b"POSTX", b"PROPFIND /", b"M-SEARCH", b"NOTIFY * ", b"AB_ ",
+                     b"Abcd", b"A-1 "]),
 )  # fmt: skip
 PORTS = [53, 40000, 51820, 4500, 1701, 2152, 4789]
 
@@ -197,7 +198,9 @@ def test_every_short_payload_and_message_start_decode_alike(
     """Each payload length around the 8 bytes hashed and each word a message starts with,
     over TCP and UDP, IPv4 and IPv6: hypothesis may not draw every one of them."""
     starts = [b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"\x16\x03\x01\x00\x10",
-              b"\x15\x03\x03\x00\x02", b"\x15\x03\x05\x00\x02", b"PRI * HTTP/2.0\r\n"]  # fmt: skip
+              b"\x15\x03\x03\x00\x02", b"\x15\x03\x05\x00\x02", b"PRI * HTTP/2.0\r\n",
+              b"PROPFIND / HTTP/1.1\r\n", b"UNSUBSCRIBE", b"ACL ", b"A_-Z", b"@ABC",
+              b"AB[ "]  # fmt: skip
     payloads = [bytes(range(1, n + 1)) for n in range(10)] + starts
     path = tmp_path / "edges.pcap"
     with PcapWriter(path, LinkType.EN10MB) as w:

@@ -389,3 +389,20 @@ def test_http_requests_and_answers_match_tshark_http_tree(path: Path) -> None:
     statuses = Counter(t.status for t in txs if t.status is not None and t.done_ts is not None)
     assert (methods, statuses) == tshark_http_tree(path)
     assert methods  # every file here carries HTTP
+
+
+def test_methods_beyond_the_common_ones_count_as_tshark_counts_them(tmp_path: Path) -> None:
+    """Requests of WebDAV and UPnP methods, as `tshark -z http,tree` counts them. tshark knows
+    methods from a list, so a made-up one (PURGE) is ktrace's alone; its answer it counts."""
+    packets = []
+    for k, method in enumerate([b"PROPFIND", b"MKCOL", b"NOTIFY", b"SUBSCRIBE", b"GET", b"PURGE"]):
+        request = method + b" /r HTTP/1.1\r\nHost: h\r\n\r\n"
+        reply = b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % (200 + k)
+        packets += tcp_session(sport=41000 + k, data=request, reply=reply)
+    path = write_pcap(tmp_path / "methods.pcap", 1, frames(packets))
+    txs = run_analysis(path)[0].analysis.http.transactions
+    methods = Counter(t.method for t in txs if t.method)
+    statuses = Counter(t.status for t in txs if t.status is not None and t.done_ts is not None)
+    assert methods.pop("PURGE") == 1
+    assert (methods, statuses) == tshark_http_tree(path)
+    assert len(methods) == 5

@@ -187,7 +187,11 @@ def _next(s: Stream, m: _Message, request: bool) -> _Message | None:
 
 
 def _message(s: Stream, pos: int, request: bool, method: str = "") -> _Message | None:
-    """The message at `pos`, or None where none can be read (lost bytes, not HTTP/1.x)."""
+    """The message at `pos`, or None where none can be read (lost bytes, not HTTP/1.x). Empty
+    lines before a request are skipped, as servers do (RFC 9112 2.2)."""
+    if request:
+        while (lead := s.read(pos, 2)) and lead[:1] in (b"\r", b"\n"):
+            pos += 2 if lead == b"\r\n" else 1
     size = FIRST_READ
     while True:
         data = s.read(pos, size)

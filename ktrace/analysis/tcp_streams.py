@@ -17,7 +17,7 @@ import numpy as np
 from ktrace.analysis.flows import FlowTable
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.gather import gather
-from ktrace.decode.http1 import REQUEST_WORDS, RESPONSE_WORD
+from ktrace.decode.http1 import REQUEST_WORDS, RESPONSE_WORD, method_like
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import APP_START
 from ktrace.decode.tls import CLIENT_HELLO, HANDSHAKE
@@ -244,7 +244,7 @@ def _asks(s: Stream) -> bool:
         return False
     if s.lead >> 24 == HANDSHAKE:
         return s.read(5, 1) == bytes([CLIENT_HELLO])
-    return s.lead in REQUEST_WORDS
+    return s.lead in REQUEST_WORDS or method_like(s.lead)
 
 
 def _answers(s: Stream) -> bool:

@@ -52,7 +52,15 @@ static int known_word(uint32_t w, const uint32_t *known, Py_ssize_t nknown) {
         return 1;
     /* a TLS handshake or alert record, version 3.0-3.4 */
     uint32_t kind = w >> 16;
-    return (kind == 0x1603 || kind == 0x1503) && ((w >> 8) & 0xFF) <= 4;
+    if ((kind == 0x1603 || kind == 0x1503) && ((w >> 8) & 0xFF) <= 4)
+        return 1;
+    /* a request of another method (http1.method_like): A-Z, then A-Z - _, the fourth a space
+     * too */
+    uint8_t b0 = w >> 24, b1 = w >> 16, b2 = w >> 8, b3 = w;
+#define TOKEN_UPPER(c) (((c) >= 'A' && (c) <= 'Z') || (c) == '-' || (c) == '_')
+    return b0 >= 'A' && b0 <= 'Z' && TOKEN_UPPER(b1) && TOKEN_UPPER(b2) &&
+           (TOKEN_UPPER(b3) || b3 == ' ');
+#undef TOKEN_UPPER
 }
 
 #define NOUT 18

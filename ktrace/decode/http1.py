@@ -26,10 +26,23 @@ def _word(start: bytes) -> int:
 
 
 # the first bytes of a message, as a 32-bit big-endian word: how streams are spotted in bulk
+# (any other method is spotted by its shape: method_like)
 REQUEST_WORDS = frozenset(_word(m + b" ") for m in METHODS) | {_word(H2_PREFACE)}
 RESPONSE_WORD = _word(b"HTTP/")
 PREFACE_WORD = _word(H2_PREFACE)
 STARTS = (*REQUEST_WORDS, RESPONSE_WORD)
+
+
+def method_like(word: int) -> bool:
+    """The first four bytes could start a request line of a method not in METHODS (a method
+    is any token: WebDAV's, UPnP's NOTIFY and SUBSCRIBE, custom ones): an uppercase letter,
+    then uppercase letters, '-' or '_', the fourth also a space. parse_head decides."""
+    b = word.to_bytes(4, "big")
+    inner = all(c in _TOKEN_UPPER for c in b[1:3])
+    return 65 <= b[0] <= 90 and inner and (b[3] in _TOKEN_UPPER or b[3] == 32)
+
+
+_TOKEN_UPPER = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 
 
 class NeedMore(Exception):
@@ -84,7 +97,8 @@ def parse_head(data: bytes) -> Head:
         joined = dpkt_headers(rest)
     if parts[0].startswith(b"HTTP/1.") and len(parts) >= 2 and parts[1].isdigit():
         return Head(length, parts[0][5:].decode(), joined, status=int(parts[1]))
-    if len(parts) == 3 and parts[0] in METHODS and parts[2].startswith(b"HTTP/1."):
+    method_ok = parts[0] in METHODS or TOKEN.fullmatch(parts[0].decode("latin-1")) is not None
+    if len(parts) == 3 and method_ok and parts[2].startswith(b"HTTP/1."):
         method, target = parts[0].decode(), parts[1].decode("latin-1")
         return Head(length, parts[2][5:].decode("latin-1"), joined, method=method, target=target)
     raise ValueError("not an HTTP/1.x start line")

@@ -16,9 +16,13 @@ KNOWN_WORDS = np.array(sorted(STARTS), np.uint32)
 
 def looks_like_app(words: np.ndarray) -> np.ndarray:
     """Per big-endian word: it starts an HTTP/1.x message, the HTTP/2 preface or a TLS
-    record."""
+    record, or could start a request of another method (http1.method_like)."""
     # a lookup in the sorted words: np.isin sorts the two together, and imports numpy.ma
     at = np.searchsorted(KNOWN_WORDS, words).clip(max=len(KNOWN_WORDS) - 1)
     known = KNOWN_WORDS[at] == words
     tls = np.isin(words >> 16, TLS_WORDS) & (((words >> 8) & 0xFF) <= 4)
-    return known | tls
+    b = [((words >> shift) & 0xFF).astype(np.uint8) for shift in (24, 16, 8, 0)]
+    upper = [(x >= 65) & (x <= 90) for x in b]
+    token = [u | (x == 45) | (x == 95) for u, x in zip(upper, b, strict=True)]
+    method = upper[0] & token[1] & token[2] & (token[3] | (b[3] == 32))
+    return known | tls | method
