@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -406,3 +407,35 @@ def test_methods_beyond_the_common_ones_count_as_tshark_counts_them(tmp_path: Pa
     assert methods.pop("PURGE") == 1
     assert (methods, statuses) == tshark_http_tree(path)
     assert len(methods) == 5
+
+
+def _hello(kind: int, versions: bytes, suites: bytes) -> bytes:
+    """A TLS 1.3-style hello carrying only a supported_versions extension."""
+    ext = struct.pack("!HH", 43, len(versions)) + versions
+    body = b"\x03\x03" + bytes(32) + b"\x00" + suites + struct.pack("!H", len(ext)) + ext
+    handshake = bytes([kind]) + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x03" + struct.pack("!H", len(handshake)) + handshake
+
+
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [((0x7F17,), 0x7F17), ((0x0A0A, 0x0304, 0x0303), 0x0304), ((0xFE0D,), 0xFE0D)],
+    ids=["draft-23", "grease-then-1.3", "unlisted"],
+)
+def test_the_selected_tls_version_is_the_one_shown(
+    tmp_path: Path, offered: tuple[int, ...], selected: int
+) -> None:
+    """A version the table lacks (a draft, an experiment) is shown by its selected code, as
+    tshark shows it, never as the legacy 0x0303 the hello also carries."""
+    listed = b"".join(struct.pack("!H", v) for v in offered)
+    client = _hello(1, bytes([len(listed)]) + listed, b"\x00\x02\x13\x01\x01\x00")
+    server = _hello(2, struct.pack("!H", selected), b"\x13\x01\x00")
+    path = write_pcap(
+        tmp_path / "tls.pcap", 1, frames(tcp_session(dport=443, data=client, reply=server))
+    )
+    shown = tshark("-r", str(path), "-Y", "tls.handshake.type==2", "-T", "fields", "-e",
+                   "tls.handshake.extensions.supported_version").split()  # fmt: skip
+    assert shown == [f"0x{selected:04x}"]
+    (session,) = run_analysis(path)[0].analysis.http.tls
+    names = {0x0304: "TLS 1.3", 0x7F17: "TLS 1.3 (draft 23)", 0xFE0D: "0xfe0d"}
+    assert session.version == session.offered_version == names[selected]

@@ -100,10 +100,12 @@ def hello(body: bytes) -> Hello | None:
     except (IndexError, struct.error):
         extensions = {}
     versions = _versions(extensions.get(EXT_SUPPORTED_VERSIONS, b""), server)
-    version = VERSIONS.get(max(versions, default=legacy), f"0x{legacy:04x}")
+    known = [v for v in versions if v in VERSIONS]
+    # the highest known one; else what was selected or offered first (a draft, an experiment)
+    version = max(known) if known else versions[0] if versions else legacy
     return Hello(
         server,
-        version,
+        version_name(version),
         _server_name(extensions.get(EXT_SERVER_NAME, b"")),
         _alpn(extensions.get(EXT_ALPN, b"")),
     )
@@ -122,14 +124,29 @@ def _extensions(body: bytes, pos: int) -> dict[int, bytes]:
     return out
 
 
+def version_name(code: int) -> str:
+    """A version as tshark names it: the draft number of a TLS 1.3 draft, else its code."""
+    if code in VERSIONS:
+        return VERSIONS[code]
+    if code >> 8 == 0x7F:
+        return f"TLS 1.3 (draft {code & 0xFF})"
+    return f"0x{code:04x}"
+
+
 def _versions(ext: bytes, server: bool) -> list[int]:
+    """The selected version (server) or the offered ones in order (client), GREASE left out."""
     if server:
         return [struct.unpack_from("!H", ext)[0]] if len(ext) == 2 else []
     if not ext:
         return []
     listed = ext[1 : 1 + ext[0]]
     found = [struct.unpack_from("!H", listed, k)[0] for k in range(0, len(listed) - 1, 2)]
-    return [v for v in found if v in VERSIONS]  # GREASE values are not versions
+    return [v for v in found if not _grease(v)]
+
+
+def _grease(code: int) -> bool:
+    """RFC 8701's reserved values, 0x0A0A, 0x1A1A ... 0xFAFA: sent to keep peers tolerant."""
+    return code & 0x0F0F == 0x0A0A and code >> 8 == code & 0xFF
 
 
 def _server_name(ext: bytes) -> str:
