@@ -112,20 +112,26 @@ class Outcome:
 
 
 @contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM (a closing terminal, a CI timeout) stops like Ctrl-C: the bundle is kept."""
+def signals_interrupt() -> Iterator[threading.Event]:
+    """Ctrl-C, and SIGTERM (a closing terminal, a CI timeout) like it, stop the capture and
+    keep the bundle. The event says one came: some libraries wrap the KeyboardInterrupt
+    raised inside them in an error of their own (pydantic building a validator on a first
+    call), which must still read as the user's stop."""
+    came = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        came.set()
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield came
         return
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield came
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def parse_size(text: str) -> int:
@@ -562,7 +568,7 @@ def capture(
     progress = Progress(err, opts.interactive)
     cause = StopCause.END
     try:
-        with signals_interrupt():
+        with signals_interrupt() as came:
             try:
                 session.check_access()
                 session.inventory = inventory(api)
@@ -581,7 +587,9 @@ def capture(
                 why = session.wait(stop, progress)
                 if why:
                     status, reason = CaptureStatus.INTERRUPTED, why
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Exception) as exc:
+                if not (isinstance(exc, KeyboardInterrupt) or came.is_set()):
+                    raise
                 status, reason = CaptureStatus.INTERRUPTED, "stopped by the user (Ctrl-C)"
                 cause = StopCause.USER
                 session.say("stopping: Ctrl-C")
