@@ -32,7 +32,7 @@ from ktrace.analysis.dns_patterns import (
 )
 from ktrace.bundle.inputs import read_inputs
 from ktrace.decode import dns_bulk
-from ktrace.decode.dns import DnsError, parse_dns, question, read_name
+from ktrace.decode.dns import COMPRESSED, DnsError, parse_dns, question, read_name
 from ktrace.decode.index import PacketIndex, build_index
 from tests.helpers import CLIENT, LAB, PCAPS, SERVER, T0, answer, query, run_analysis
 
@@ -124,6 +124,36 @@ def test_dns_over_tcp(make_pcap: Make) -> None:
     assert (d["transport"], d["qtype"], d["answered"]) == ("tcp", "TXT", True)
 
 
+def test_dns_over_tcp_resumes_after_a_hole_and_a_capture_begun_mid_message(
+    make_pcap: Make,
+) -> None:
+    """Messages are read from the stream: a capture that begins inside one finds the next
+    whole one, a lost segment costs the messages it held a part of and no more, and bytes
+    that read as no DNS sent that way (an answer on the asking side) are not taken."""
+    asked = [DNS(id=k, rd=1, qd=DNSQR(qname=f"q{k}.example")) for k in range(1, 7)]
+    wire = [struct.pack("!H", len(bytes(m))) + bytes(m) for m in asked]
+    stray = bytes(DNS(id=9, qr=1, qd=DNSQR(qname="x.example")))  # an answer, sent the wrong way
+    wire.append(struct.pack("!H", len(stray)) + stray)
+    offsets = np.cumsum([0, *map(len, wire)]).tolist()
+    c = Ether() / IP(src=CLIENT, dst=SERVER)
+
+    def segment(lo: int, hi: int) -> object:
+        data = b"".join(wire)[lo:hi]
+        return c / TCP(sport=33001, dport=53, flags="PA", seq=5000 + lo) / data
+
+    pkts = [
+        segment(10, offsets[2]),  # the capture began inside message 1: message 2 is whole
+        segment(offsets[2], offsets[3] + 7),  # message 3, and the head of message 4 ...
+        # ... whose tail was lost with the head of message 5
+        segment(offsets[4] + 5, offsets[5] + 3),  # the tail of message 5, the head of 6
+        segment(offsets[5] + 3, offsets[6]),  # the rest of message 6
+        segment(offsets[6], offsets[7]),  # the stray answer
+    ]
+    _, data = run_analysis(make_pcap(pkts))
+    assert [d["id"] for d in data["dns"]] == [2, 3, 6]
+    assert (data["dns_orphan_responses"], data["dns_malformed"]) == (0, 1)  # the stray's
+
+
 def test_malformed_dns_packets_are_counted_not_fatal(make_pcap: Make) -> None:
     bad = Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=1, dport=53) / b"\x00\x01\x02"
     loop = (
@@ -169,14 +199,15 @@ def _reference_pairs(index: PacketIndex) -> tuple[list[tuple[object, ...]], int,
     pending: dict[tuple[object, ...], list[int]] = {}
     done: list[tuple[list[int], int | None]] = []
     malformed = orphans = 0
-    for row in dns_rows(index).tolist():
+    port = (c.sport == 53) | (c.dport == 53)
+    for row in np.flatnonzero(port & ((c.proto == 6) | (c.proto == 17))).tolist():
         data = index.payload(row)
         if int(c.proto[row]) == 6:
             data = data[2 : 2 + int.from_bytes(data[:2], "big")]
         try:
             ident, flags, qwire, qtype = question(data)
-            if qtype < 0:
-                qwire, qtype = parse_dns(data).qname.lower().encode(), -2
+            if qtype == COMPRESSED:
+                qwire = parse_dns(data).qname.lower().encode()
         except DnsError:
             malformed += 1
             continue
@@ -205,9 +236,9 @@ def test_bulk_pairing_matches_one_message_at_a_time(
     make_pcap: Make, compiled: bool, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Retries, repeated ids, names differing only in case, compressed first names, names
-    longer than the bulk window, DNS over TCP and over IPv6, garbage on port 53, responses
-    without query and a last message cut by the end of the file; read by the C loop (in one
-    thread, and split across three) and by the numpy path."""
+    longer than the bulk window, no question, DNS over TCP and over IPv6, garbage on port 53,
+    responses without query and a last message cut by the end of the file; read by the C loop
+    (in one thread, and split across three) and by the numpy path."""
     if compiled and dns_bulk.questions_c is None:
         pytest.skip("the C loop was not built")
     monkeypatch.setattr(dns_bulk, "enabled", compiled)
@@ -217,6 +248,7 @@ def test_bulk_pairing_matches_one_message_at_a_time(
     long_name = ".".join(["label-of-thirty-one-characters-x"] * 5)  # 165 wire bytes
     names = ["web.default.svc.cluster.local", "WEB.default.svc.cluster.local", long_name, "a.b"]
     pkts: list[object] = []
+    stream_at: dict[int, int] = {}  # per client port: its TCP stream's next sequence number
     for k in range(600):
         name, ident = rng.choice(names), rng.randrange(4)
         sport = 40000 + rng.randrange(3)
@@ -229,16 +261,24 @@ def test_bulk_pairing_matches_one_message_at_a_time(
             header = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)
             body = header + b"\xc0\x12\x00\x01\x00\x01" + b"\x01a\x00"
             pkts.append(Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=sport, dport=53) / body)
+        elif kind < 0.92:  # no question: an inverse query, a FORMERR answer
+            flags = rng.choice([0x0800, 0x8001])
+            header = struct.pack("!HHHHHH", ident, flags, 0, 0, 0, 0)
+            side = (CLIENT, SERVER, sport, 53) if flags == 0x0800 else (SERVER, CLIENT, 53, sport)
+            ip, udp = IP(src=side[0], dst=side[1]), UDP(sport=side[2], dport=side[3])
+            pkts.append(Ether() / ip / udp / header)
         elif kind < 0.95:
             junk = bytes(rng.randrange(256) for _ in range(k % 60))
             pkts.append(Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=sport, dport=53) / junk)
         else:
             msg = bytes(query(name, "A", ident, sport)[DNS])
             wire = struct.pack("!H", len(msg)) + msg
+            seq = stream_at.get(sport, 1000)
+            stream_at[sport] = seq + len(wire)
             pkts.append(
                 Ether(dst="02:00:00:00:00:0a")  # scapy would solicit fd00::a's address
                 / IPv6(src="fd00::5", dst="fd00::a")
-                / TCP(sport=sport, dport=53, flags="PA")
+                / TCP(sport=sport, dport=53, flags="PA", seq=seq)
                 / wire
             )
     cut = bytes(answer(long_name, "A", 3, sport=40000))

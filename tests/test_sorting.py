@@ -10,6 +10,7 @@ import pytest
 
 from ktrace import chunking
 from ktrace.analysis import sorting
+from ktrace.decode.http1 import method_like
 from ktrace.decode.lead import KNOWN_WORDS, looks_like_app
 from ktrace.distinct import distinct
 
@@ -75,9 +76,13 @@ def test_app_words_are_found_by_lookup_as_by_isin() -> None:
     words = np.concatenate([words, RNG.integers(0, 2**32, 10_000).astype(np.uint32)])
     tls = (np.array([0x1603, 0x1503], np.uint32) << 16) | (1 << 8)
     words = np.concatenate([words, tls, tls | (9 << 8)])
+    methods = np.frombuffer(b"PROPFIND M-SEARCH X_Y ACL @BC", np.uint8)
+    words = np.concatenate([words, np.lib.stride_tricks.sliding_window_view(methods, 4)
+                            .copy().view(">u4").ravel().astype(np.uint32)])  # fmt: skip
     want = np.isin(words, KNOWN_WORDS) | (
         np.isin(words >> 16, [0x1603, 0x1503]) & (((words >> 8) & 0xFF) <= 4)
     )
+    want |= np.array([method_like(int(w)) for w in words], bool)  # any method (RFC 9110 9.1)
     assert np.array_equal(looks_like_app(words), want) and want.sum() >= len(KNOWN_WORDS) + 2
 
 

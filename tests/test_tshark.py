@@ -11,7 +11,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import GRE, IP, UDP
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.inet import GRE, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether, Loopback
 from scapy.layers.vxlan import VXLAN
@@ -163,21 +164,27 @@ def tshark_dns(path: Path) -> dict[tuple[int, str, str], tuple[bool, str | None]
         "separator=/t",
         *[x for f in fields for x in ("-e", f)],
     )
-    rcodes = {}
+    rcodes: dict[tuple[str, int], int] = {}  # (frame, id) of a response -> its rcode
     queries = []
     for line in out.splitlines():
-        v = dict(zip(fields, line.split("\t"), strict=False))
-        if v["dns.flags.response"] in ("1", "True"):
-            rcodes[v["frame.number"]] = int(v["dns.flags.rcode"])
-        elif not v.get("dns.retransmission"):
-            queries.append(v)
+        # a frame of DNS over TCP holds several messages: each field lists one value each
+        frame, *listed = [value.split(",") for value in line.split("\t")]
+        n = len(listed[0])
+        for k in range(n):
+            v = {f: (x[k] if len(x) == n else "") for f, x in zip(fields[1:], listed, strict=False)}
+            v["frame.number"] = frame[0]
+            if v["dns.flags.response"] in ("1", "True"):
+                rcodes[v["frame.number"], int(v["dns.id"], 0)] = int(v["dns.flags.rcode"])
+            elif not v.get("dns.retransmission"):
+                queries.append(v)
     result = {}
-    names = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
+    names = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
     for q in queries:
-        resp = q.get("dns.response_in", "")
+        resp, ident = q.get("dns.response_in", ""), int(q["dns.id"], 0)
         name = "<root>" if q["dns.qry.name"] == "<Root>" else q["dns.qry.name"]  # its spelling
-        key = (int(q["dns.id"], 0), name, type_name(int(q["dns.qry.type"])))
-        result[key] = (bool(resp), names.get(rcodes[resp]) if resp in rcodes else None)
+        qtype = type_name(int(q["dns.qry.type"])) if q["dns.qry.type"] else ""  # no question
+        rcode = rcodes.get((resp, ident))
+        result[ident, name, qtype] = (bool(resp), names.get(rcode) if rcode is not None else None)
     return result
 
 
@@ -439,3 +446,63 @@ def test_the_selected_tls_version_is_the_one_shown(
     (session,) = run_analysis(path)[0].analysis.http.tls
     names = {0x0304: "TLS 1.3", 0x7F17: "TLS 1.3 (draft 23)", 0xFE0D: "0xfe0d"}
     assert session.version == session.offered_version == names[selected]
+
+
+def _segments(client_port: int, asked: bytes, answered: list[bytes]) -> list[object]:
+    """A TCP connection to port 53: the handshake, `asked` in one segment, then each piece
+    of `answered` in a segment of its own."""
+    seq = {"c": 1000 + client_port * 7919, "s": 5000 + client_port * 104729}
+    out: list[object] = []
+
+    def send(side: str, data: bytes, flags: str = "PA") -> None:
+        c = side == "c"
+        ip = IP(src="10.0.0.1", dst="10.0.1.5") if c else IP(src="10.0.1.5", dst="10.0.0.1")
+        ports = (client_port, 53) if c else (53, client_port)
+        tcp = TCP(sport=ports[0], dport=ports[1], flags=flags, seq=seq[side] % 2**32)
+        out.append(Ether() / ip / tcp / data)
+        seq[side] += len(data) + (1 if "S" in flags else 0)
+
+    send("c", b"", "S")
+    send("s", b"", "SA")
+    send("c", asked)
+    for piece in answered:
+        send("s", piece)
+    return out
+
+
+def _length_prefixed(message: object) -> bytes:
+    body = bytes(message)  # type: ignore[call-overload]
+    return struct.pack("!H", len(body)) + body
+
+
+def test_dns_over_tcp_and_without_a_question_pair_as_tshark_pairs_them(tmp_path: Path) -> None:
+    """Twenty queries in one segment and their answers cut anywhere, one answer across two
+    segments; a stream on port 53 that is not DNS; an inverse query and a FORMERR answer to
+    junk, which carry no question. tshark reassembles the TCP streams likewise."""
+    names = [f"n{k}.example" for k in range(20)]
+    asked = b"".join(
+        _length_prefixed(DNS(id=k + 1, rd=1, qd=DNSQR(qname=n))) for k, n in enumerate(names)
+    )
+    answers = b"".join(
+        _length_prefixed(DNS(id=k + 1, qr=1, rcode=3 * (k % 2), qd=DNSQR(qname=n)))
+        for k, n in enumerate(names)
+    )
+    packets = _segments(41000, asked, [answers[:100], answers[100:333], answers[333:]])
+    packets += _segments(41001, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", [b"HTTP/1.1 200 OK\r\n\r\n"])
+    to, back = IP(src="10.0.0.1", dst="10.0.1.5"), IP(src="10.0.1.5", dst="10.0.0.1")
+    packets += [
+        Ether()
+        / to
+        / UDP(sport=41002, dport=53)
+        / DNS(id=77, opcode=1, qd=[], an=DNSRR(rrname="x")),
+        Ether() / back / UDP(sport=53, dport=41002) / DNS(id=77, qr=1, opcode=1, rcode=4, qd=[]),
+        Ether() / to / UDP(sport=41003, dport=53) / struct.pack("!6H", 88, 0, 0, 0, 0, 0),
+        Ether() / back / UDP(sport=53, dport=41003) / DNS(id=88, qr=1, rcode=1, qd=[]),
+    ]
+    path = write_pcap(tmp_path / "dns-tcp.pcap", 1, frames(packets))
+    _, data = run_analysis(path)
+    mine = {(d["id"], d["qname"], d["qtype"]): (d["answered"], d["rcode"]) for d in data["dns"]}
+    assert mine == tshark_dns(path)
+    assert len(mine) == 22 and all(answered for answered, _ in mine.values())
+    assert {d["transport"] for d in data["dns"]} == {"tcp", "udp"}
+    assert data["dns_orphan_responses"] == 0

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
 
+from ktrace.analysis.dns_tcp import TcpMessages, tcp_dns_messages
 from ktrace.analysis.row_columns import Coded, Column, Integers, Vocabulary, flags, or_none
 from ktrace.analysis.sorting import factorize, sorted_runs
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
-from ktrace.decode.dns import QR, DnsError, DnsMessage, parse_dns, rcode_name
-from ktrace.decode.dns_bulk import Questions, read_questions, tcp_messages
+from ktrace.decode.dns import DNS_PORT, QR, DnsError, DnsMessage, parse_dns, rcode_name
+from ktrace.decode.dns_bulk import Questions, read_questions
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.mix import K1, K2, mix_rows
 from ktrace.decode.transport import TCP, UDP
+from ktrace.pcap.hot import Buffer
 
-DNS_PORT = 53
 BUILD_SLICE = 8192  # transactions made into tuples at a time when iterating
 RCODES = [rcode_name(v) for v in range(16)]
 ANSWER_CODES = Vocabulary([*RCODES, None])  # None: unanswered
@@ -60,15 +61,50 @@ class DnsResult:
     """The DNS stage's output: the transactions and what could not be paired."""
 
     transactions: DnsTable
-    malformed: int  # DNS-port packets that did not parse
+    malformed: int  # DNS-port messages that did not parse, TCP segments without one
     orphan_responses: int  # responses whose query was not captured
 
 
 def dns_rows(index: PacketIndex) -> np.ndarray:
+    """The packets that carry one DNS message each: UDP to or from port 53 (over TCP they
+    are read from the streams: dns_tcp)."""
     c = index.columns
-    port = (c.sport == DNS_PORT) | (c.dport == DNS_PORT)
-    rows = np.flatnonzero(port & ((c.proto == UDP) | ((c.proto == TCP) & (c.paylen > 2))))
+    rows = np.flatnonzero(((c.sport == DNS_PORT) | (c.dport == DNS_PORT)) & (c.proto == UDP))
     return rows.astype(row_type(len(c)), copy=False)  # held through the stage: half the bytes
+
+
+@dataclass(frozen=True, eq=False)
+class _Sources:
+    """Where each message lies: the UDP packets' first, then the TCP streams'."""
+
+    index: PacketIndex
+    udp: np.ndarray  # packets
+    tcp: TcpMessages
+
+    def __len__(self) -> int:
+        return len(self.udp) + len(self.tcp)
+
+    def rows(self) -> np.ndarray:
+        """Each message's packet."""
+        rows = np.concatenate([self.udp, self.tcp.row]) if len(self.tcp) else self.udp
+        return rows.astype(row_type(len(self.index.columns)), copy=False)
+
+    def buffer(self, point: int) -> Buffer:
+        return self.tcp.joined if point == self.tcp.joined_point else self.index.mapped(point)
+
+    def located(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(point, start, size) of these messages."""
+        udp = at < len(self.udp)
+        if udp.all():
+            return _located(self.index, self.udp.take(at))
+        point, start, size = (np.empty(len(at), np.int64) for _ in range(3))
+        out = (point, start, size)
+        for got, where in zip(_located(self.index, self.udp.take(at[udp])), out, strict=True):
+            where[udp] = got
+        k = at[~udp] - len(self.udp)
+        for got, where in zip((self.tcp.point, self.tcp.start, self.tcp.size), out, strict=True):
+            where[~udp] = got.take(k)
+        return point, start, size
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,6 +165,7 @@ class _Found:
     """The DNS messages that parsed, per message, in packet order."""
 
     rows: np.ndarray  # packet
+    at: np.ndarray  # message position in the sources
     response: np.ndarray
     ident: np.ndarray
     flags: np.ndarray
@@ -136,13 +173,13 @@ class _Found:
 
 
 def _found(
-    index: PacketIndex, cancel: threading.Event | None
+    sources: _Sources, cancel: threading.Event | None
 ) -> tuple[_Found, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The messages; per message the two hashes that pair a query with its response, and the
     two words of the hash of all of it but its id: given apart, so each goes once used. Read
     a chunk of packets at a time, whose questions and packet fields die with it: for every
     message at once they would be the stage's peak, beside the stages DNS runs alongside."""
-    rows = dns_rows(index)
+    index, rows = sources.index, sources.rows()
     n = len(rows)
     ok = np.empty(n, bool)
     columns: list[np.ndarray] = [
@@ -150,27 +187,30 @@ def _found(
     ]
     ident, flags, k1, k2, body0, body1 = columns
     for lo, hi in chunks(n):
-        q = read_questions(index.mapped, *_located(index, rows[lo:hi]), cancel)
+        at = np.arange(lo, hi, dtype=np.int64)
+        q = read_questions(sources.buffer, *sources.located(at), cancel)
         ok[lo:hi], ident[lo:hi], flags[lo:hi] = q.ok, q.ident, q.flags
         body0[lo:hi], body1[lo:hi] = q.body[:, 0], q.body[:, 1]
         k1[lo:hi], k2[lo:hi] = _exchange_keys(index.columns, rows[lo:hi], q)
     bad = n - int(np.count_nonzero(ok))
+    at = np.arange(n, dtype=rows.dtype)
     if bad:  # no copies when every one parsed
         keep = np.flatnonzero(ok)
-        rows, ident, flags, k1, k2, body0, body1 = (a[keep] for a in (rows, *columns))
+        at, rows, ident, flags, k1, k2, body0, body1 = (a[keep] for a in (at, rows, *columns))
     del columns
-    return _Found(rows, (flags & QR) != 0, ident, flags, bad), (k1, k2), (body0, body1)
+    malformed = bad + sources.tcp.not_dns
+    found = _Found(rows, at, (flags & QR) != 0, ident, flags, malformed)
+    return found, (k1, k2), (body0, body1)
 
 
 def _located(index: PacketIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(point, start, size) of the DNS message in each of these packets."""
+    """(point, start, size) of the DNS message in each of these UDP packets."""
     c = index.columns
     payload = c.offset.take(rows) + c.payoff.take(rows)
     caplen = c.caplen.take(rows).astype(np.int64) - c.payoff.take(rows)
     size = np.minimum(c.paylen.take(rows).astype(np.int64), caplen).clip(0)
     del caplen
-    point = c.point.take(rows)
-    return point, *tcp_messages(index.mapped, point, payload, size, c.proto.take(rows) == TCP)
+    return c.point.take(rows), payload, size
 
 
 def _exchange_keys(
@@ -210,11 +250,12 @@ def _pair_messages(
     steps whose per-message arrays die with them, each deleted once read for the last time:
     in a storm, where most packets are DNS, the stage's peak is what is alive at once."""
     c = index.columns
-    m, (k1, k2), (body0, body1) = _found(index, cancel)
+    sources = _Sources(index, dns_rows(index), tcp_dns_messages(index))
+    m, (k1, k2), (body0, body1) = _found(sources, cancel)
     rows = m.rows
     message, distinct = _distinct(body0, body1)
     del body0, body1
-    distinct = rows.take(distinct)  # their packets
+    distinct = m.at.take(distinct)  # where they lie
     pairs = _pair(k1, k2, m.response)
     del k1, k2
     # in time order, then by point, then in file order: put in the order of their first
@@ -249,7 +290,7 @@ def _pair_messages(
         (c.src.take(row), c.sport.take(row)),
         (c.dst.take(row), c.dport.take(row)),
     )  # a query: client first
-    messages = _Messages.read(index, *_located(index, distinct))
+    messages = _Messages.read(sources.buffer, *sources.located(distinct))
     endpoint, (client, server) = _endpoints(index, c.l3.take(row), sides)
     del sides
     ts = c.ts.take(row)
@@ -285,10 +326,14 @@ class _Messages:
 
     @classmethod
     def read(
-        cls, index: PacketIndex, point: np.ndarray, start: np.ndarray, size: np.ndarray
+        cls,
+        buffer: Callable[[int], Buffer],
+        point: np.ndarray,
+        start: np.ndarray,
+        size: np.ndarray,
     ) -> _Messages:
         parsed = [
-            _parse(index, p, a, n)
+            _parse(buffer, p, a, n)
             for p, a, n in zip(point.tolist(), start.tolist(), size.tolist(), strict=True)
         ]
         return cls(
@@ -479,9 +524,9 @@ def _distinct_sorting(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray
     return ids, order[new]
 
 
-def _parse(index: PacketIndex, point: int, start: int, size: int) -> DnsMessage | None:
+def _parse(buffer: Callable[[int], Buffer], point: int, start: int, size: int) -> DnsMessage | None:
     try:
-        return parse_dns(index.mapped(int(point))[int(start) : int(start) + int(size)])
+        return parse_dns(bytes(buffer(int(point))[int(start) : int(start) + int(size)]))
     except DnsError:
         return None  # its question matched; what follows could not be read
 

@@ -30,13 +30,20 @@ class DnsExchanges:
 
 def dns_exchanges(table: DnsTable, correlation: Correlation) -> DnsExchanges:
     first, point = table.row, table.point
-    key = correlation.ident.take(first)
-    if not repeated(key).any():  # each seen once: the table's own order (time, point, file)
+    packet = correlation.ident.take(first)
+    if not repeated(packet).any():  # each seen once: the table's own order (time, point, file)
         return DnsExchanges(np.arange(len(table)), point, {})
     position = np.arange(len(table))
+    # one packet over TCP carries several messages: a copy is the same packet, id and message
+    keys = (table.asked, table.ident, packet)
     # per exchange: its copies, earliest (clock-corrected) first, ties in table order
-    order = np.lexsort((position, correlation.when.take(first), key))
-    starts = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
+    order = np.lexsort((position, correlation.when.take(first), *keys))
+    new = np.zeros(len(order), bool)
+    new[:1] = True
+    for key in keys:
+        ordered = key[order]
+        new[1:] |= ordered[1:] != ordered[:-1]
+    starts = np.flatnonzero(new)
     best = order[starts]
     appears = np.minimum.reduceat(order, starts)
     shown = np.lexsort((appears, table.ts[best]))

@@ -131,7 +131,7 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     tcp = tcp[keep]
     key = place[keep] * 2 + flows.forward[tcp]  # one side of one connection at one point
     order = np.lexsort((c.ts[tcp], key))
-    sides = _Sides(index, tcp[order], key[order])
+    sides = SideStreams(index, tcp[order], key[order])
     for place_key in wanted.tolist():
         a, b = sides.get(place_key * 2 + 1), sides.get(place_key * 2)
         flow, point = divmod(place_key, npoints)
@@ -141,7 +141,7 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
         yield Connection(flow, point, b if b_asks else a, a if b_asks else b, not b_asks)
 
 
-class _Sides:
+class SideStreams:
     """Every side's segments in stream order, worked out for all sides at once (`rows`: the
     sides' packets, never none, sorted by side and time)."""
 

@@ -100,7 +100,15 @@ static PyObject *questions(PyObject *self, PyObject *args) {
             const uint8_t *m = data + at;
             if (size >= 2)
                 hash2(m + 2, size - 2, 0, body + 2 * i);
-            if (size < 17 || (m[4] << 8 | m[5]) == 0)
+            if (size >= HEADER && (m[4] << 8 | m[5]) == 0) {
+                /* no question (dns.NO_QUESTION): the header alone pairs it */
+                ok[i] = 1;
+                ident[i] = (uint16_t)(m[0] << 8 | m[1]);
+                flags[i] = (uint16_t)(m[2] << 8 | m[3]);
+                qtype[i] = -1;
+                continue;
+            }
+            if (size < 17)
                 continue;
             int64_t off = HEADER;
             int state = 0; /* 1 done, 2 slow, 3 bad */

@@ -24,7 +24,12 @@ TYPES = {
 }
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 MAX_POINTERS = 32  # more jumps than labels can legitimately need means a loop
+DNS_PORT = 53
 QR = 0x8000  # the header flag set in a response
+# question types that are no type: a message without a question (inverse queries, FORMERR
+# answers to junk), and a first name that is compressed (legal, rare: decoded to compare)
+NO_QUESTION = -1
+COMPRESSED = -2
 
 
 class DnsError(ValueError):
@@ -104,12 +109,15 @@ def read_name(msg: bytes, off: int) -> tuple[str, int]:
 
 def question(msg: bytes) -> tuple[int, int, bytes, int]:
     """(id, flags, query name in wire format, qtype) without decoding the name: the fast path
-    for pairing queries with responses. The name of the first question is never compressed."""
-    if len(msg) < 17:
-        raise DnsError(f"message of {len(msg)} bytes is too short for a DNS question")
+    for pairing queries with responses. The name of the first question is almost never
+    compressed (then qtype is COMPRESSED); a message without one has NO_QUESTION."""
+    if len(msg) < 12:
+        raise DnsError(f"message of {len(msg)} bytes is shorter than a DNS header")
     ident, flags, qd = struct.unpack_from("!HHH", msg, 0)
     if qd == 0:
-        raise DnsError("no question")
+        return ident, flags, b"", NO_QUESTION
+    if len(msg) < 17:
+        raise DnsError(f"message of {len(msg)} bytes is too short for a DNS question")
     off = 12
     end = len(msg)
     while True:
@@ -119,7 +127,7 @@ def question(msg: bytes) -> tuple[int, int, bytes, int]:
         if n == 0:
             break
         if n & 0xC0:
-            return ident, flags, b"", -1  # unusual: let parse_dns decide
+            return ident, flags, b"", COMPRESSED  # unusual: let parse_dns decide
         off += n + 1
     if off + 5 > end:
         raise DnsError("question cut short")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ktrace.chunking import in_threads
-from ktrace.decode.dns import DnsError, parse_dns, question
+from ktrace.decode.dns import COMPRESSED, NO_QUESTION, DnsError, parse_dns, question
 from ktrace.decode.gather import gather
 from ktrace.decode.mix import K1, K2, mix
 from ktrace.distinct import distinct
@@ -39,28 +39,10 @@ class Questions:
 
     ident: np.ndarray  # uint16
     flags: np.ndarray  # uint16
-    qtype: np.ndarray  # int32; -2 when the first name was compressed (decoded to compare)
-    name: np.ndarray  # (n, 2) uint64: hash of the lowercased question name
+    qtype: np.ndarray  # int32; dns.NO_QUESTION, or dns.COMPRESSED (the name decoded to compare)
+    name: np.ndarray  # (n, 2) uint64: hash of the lowercased question name (0 without one)
     body: np.ndarray  # (n, 2) uint64: hash of the whole message but its id
     ok: np.ndarray  # bool
-
-
-def tcp_messages(
-    buffer: Callable[[int], Buffer],
-    point: np.ndarray,
-    start: np.ndarray,
-    size: np.ndarray,
-    tcp: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(start, size) of each DNS message: over TCP it follows a 2-byte length (RFC 7766)."""
-    start, size = start.copy(), size.copy()
-    rows = np.flatnonzero(tcp & (size >= 2))
-    if len(rows):
-        head = gather(buffer, point[rows], start[rows], 2)
-        length = (head[:, 0].astype(np.int64) << 8) | head[:, 1]
-        start[rows] += 2
-        size[rows] = np.minimum(size[rows] - 2, length)
-    return start, size
 
 
 questions_c: Callable[..., None] | None = compiled("ktrace.decode._dns", "questions")
@@ -194,6 +176,7 @@ def _parse_windows(window: np.ndarray, size: np.ndarray, out: Questions, lo: int
     size = size.astype(np.int64)
     w16 = window[:, :6].astype(np.uint16)
     qdcount = (w16[:, 4] << 8) | w16[:, 5]
+    none = (size >= HEADER) & (qdcount == 0)
     bad = (size < 17) | (qdcount == 0)
     slow = np.zeros(n, bool)
     done = np.zeros(n, bool)
@@ -221,10 +204,11 @@ def _parse_windows(window: np.ndarray, size: np.ndarray, out: Questions, lo: int
     tail = window[rows, np.minimum(off + 1, WIDTH - 2)].astype(np.int32) << 8
     qtype = tail | window[rows, np.minimum(off + 2, WIDTH - 1)]
     at = slice(lo, lo + n)
-    out.ok[at] = good
-    out.ident[at] = np.where(good, (w16[:, 0] << 8) | w16[:, 1], 0)
-    out.flags[at] = np.where(good, (w16[:, 2] << 8) | w16[:, 3], 0)
-    out.qtype[at] = np.where(good, qtype, 0)
+    header = good | none
+    out.ok[at] = header
+    out.ident[at] = np.where(header, (w16[:, 0] << 8) | w16[:, 1], 0)
+    out.flags[at] = np.where(header, (w16[:, 2] << 8) | w16[:, 3], 0)
+    out.qtype[at] = np.where(good, qtype, np.where(none, NO_QUESTION, 0))
     out.name[at, 0] = np.where(good, mix([off, *cols], n, K1), 0)
     out.name[at, 1] = np.where(good, mix([off, *cols], n, K2), 0)
     return np.flatnonzero(slow & ~bad)
@@ -233,10 +217,10 @@ def _parse_windows(window: np.ndarray, size: np.ndarray, out: Questions, lo: int
 def _parse_one(data: bytes, out: Questions, k: int) -> None:
     try:
         ident, flags, qwire, qtype = question(data)
-        if qtype < 0:
-            qwire, qtype = parse_dns(data).qname.lower().encode(), -2
+        if qtype == COMPRESSED:
+            qwire = parse_dns(data).qname.lower().encode()
     except DnsError:
         return
     out.ok[k] = True
     out.ident[k], out.flags[k], out.qtype[k] = ident, flags, qtype
-    out.name[k] = _digest(qwire.lower())
+    out.name[k] = _digest(qwire.lower()) if qtype != NO_QUESTION else 0

@@ -160,7 +160,7 @@ def render_dns(
             d.client,
             d.server,
             f"{d.id:#06x}",
-            d.qname,
+            d.qname or QUESTIONLESS,
             d.qtype,
             d.rcode or "NO ANSWER",
             _ms_text(d.latency_ms),
@@ -177,6 +177,7 @@ def render_dns(
 
 MAX_PATH = 40  # characters of a request path in the table; -o json has them whole
 UNSEEN = "(asked before the capture)"
+QUESTIONLESS = "(no question)"  # an inverse query, a FORMERR answer to junk
 
 
 def clip(text: str, width: int | None) -> str:

@@ -13,7 +13,7 @@ from ktrace.analysis.result import Result
 from ktrace.analysis.views import dns_lookups, path_packets
 from ktrace.pcap import linktype
 from ktrace.report.table import human_size
-from ktrace.report.text import UNSEEN, clip
+from ktrace.report.text import QUESTIONLESS, UNSEEN, clip
 from ktrace.tui import keymap
 from ktrace.tui.screens.base import TableView
 
@@ -239,7 +239,7 @@ class DnsView(TableView):
                     t.queries[0],
                     (
                         clip(r.lookup, lookup_width),
-                        clip(t.qname, name_width),
+                        clip(t.qname or QUESTIONLESS, name_width),
                         t.qtype,
                         rcode,
                         f"{t.latency_ns / 1e6:.2f} ms" if t.latency_ns is not None else "",
