@@ -50,8 +50,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(b"\n")
         else:
             sys.stdout.write(render_report(result, args.limit))
-    for warning in result.warnings:
-        print(f"{_prog()}: warning: {warning}", file=sys.stderr)
+    # the text report has its Warnings section: said again only where it is not in sight
+    if args.output == "json" or not sys.stdout.isatty():
+        for warning in result.warnings:
+            print(f"{_prog()}: warning: {warning}", file=sys.stderr)
     return ExitStatus.OK
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from ktrace.pcap.writer import PcapWriter
 from ktrace.report.table import human_size
-from tests.helpers import LAB, PCAPS, answer, query, tcp_session, udp
+from tests.helpers import LAB, PCAPS, T0, answer, query, tcp_session, udp
 
 Make = Callable[..., Path]
 SCRIPTS = sysconfig.get_path("scripts")
@@ -92,6 +93,26 @@ def test_partial_file_warns_on_stderr_and_still_reports(make_pcap: Make, tmp_pat
     assert out.returncode == 0
     assert "ktrace: warning:" in out.stderr and "cut short" in out.stderr
     assert json.loads(out.stdout)["points"][0]["packets"] == 8
+
+
+def test_a_link_type_ktrace_cannot_read_is_said_not_judged(tmp_path: Path) -> None:
+    """Packets of an unknown link type are counted; the verdict says nothing could be read
+    instead of 'nothing looks wrong', and the warning stands once in the report."""
+    path = tmp_path / "user0.pcap"
+    with PcapWriter(path, 147) as w:
+        for k in range(3):
+            w.write(T0 + k, bytes(40))
+    out = run("analyze", str(path))
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first == (
+        "Verdict: none of the 3 packets at 1 point could be read as IP (see Warnings): "
+        "nothing to diagnose."
+    )
+    assert "nothing looks wrong" not in out.stdout
+    warning = "interface 0 has link type LINKTYPE_147, which ktrace cannot read"
+    assert out.stdout.count(warning) == 1
+    assert out.stderr.count(warning) == 1  # stdout is no terminal: said there too
 
 
 def test_decode_prints_layers_and_hex(make_pcap: Make) -> None:

@@ -17,6 +17,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether, Loopback
 from scapy.layers.vxlan import VXLAN
 from scapy.main import load_contrib
+from scapy.packet import Raw
 
 from ktrace.decode.dns import type_name
 from ktrace.pcap.writer import write_pcap
@@ -256,6 +257,19 @@ LINKS = {
     "mpls": (1, lambda ip: Ether() / MPLS(label=16, s=0) / MPLS(label=2001, s=1) / ip),
     "vlan-mpls": (1, lambda ip: Ether() / Dot1Q(vlan=5, type=0x8847) / MPLS(label=16, s=1) / ip),
     "chdlc": (104, lambda ip: CHDLC(proto=0x0800) / ip),
+    # BSD loopback carrying an EtherType, in either byte order, or PPP in HDLC framing
+    "null-ethertype-le": (0, lambda ip: Raw(struct.pack("<I", 0x0800)) / ip),
+    "null-ethertype-be": (0, lambda ip: Raw(struct.pack(">I", 0x0800)) / ip),
+    "null-ppp": (0, lambda ip: Raw(b"\xff\x03\x00\x21") / ip),
+    # PPP's protocol compressed to one byte (RFC 1661 6.5)
+    "pppoe-short-protocol": (
+        1,
+        lambda ip: Ether(type=0x8864) / PPPoE(sessionid=0x1234) / Raw(b"\x21") / ip,
+    ),
+    "ppp": (9, lambda ip: Raw(b"\xff\x03\x00\x21") / ip),
+    "ppp-short-protocol": (9, lambda ip: Raw(b"\x21") / ip),
+    "ppp-hdlc": (50, lambda ip: Raw(b"\xff\x03\x00\x21") / ip),
+    "ppp-ether": (51, lambda ip: PPPoE(sessionid=0x1234) / PPP(proto=0x21) / ip),
     "ipv6": (
         1,
         lambda ip: (
@@ -266,6 +280,14 @@ LINKS = {
     ),
 }
 OUTER = IP(src="172.18.0.2", dst="172.18.0.3")
+
+
+def _pptp(ip: IP, ppp: bytes) -> IP:
+    payload = ppp + bytes(ip)
+    header = struct.pack("!HHHHI", 0x3001, 0x880B, len(payload), 7, 1)  # K, S, version 1
+    return IP(src=OUTER.src, dst=OUTER.dst, proto=47) / Raw(header + payload)
+
+
 TUNNELS = {
     "vxlan-flannel": lambda ip: (
         Ether() / OUTER / UDP(sport=40000, dport=8472) / VXLAN(vni=1) / Ether() / ip
@@ -276,7 +298,20 @@ TUNNELS = {
     "geneve": lambda ip: (
         Ether() / OUTER / UDP(sport=40000, dport=6081) / GENEVE(vni=3, proto=0x6558) / Ether() / ip
     ),
+    # reserved bytes a receiver ignores (RFC 7348), set by the sender anyway
+    "vxlan-reserved": lambda ip: (
+        Ether()
+        / OUTER
+        / UDP(sport=40000, dport=4789)
+        / VXLAN(vni=7, reserved0=0x12, reserved2=0x5A)
+        / Ether()
+        / ip
+    ),
     "ipip": lambda ip: Ether() / OUTER / ip,
+    # PPTP: enhanced GRE (version 1, a key of payload length and call id, a sequence
+    # number) carrying PPP, with and without its address and control bytes
+    "pptp": lambda ip: Ether() / _pptp(ip, b"\xff\x03\x00\x21"),
+    "pptp-compressed": lambda ip: Ether() / _pptp(ip, b"\x21"),
     "gre": lambda ip: Ether() / OUTER / GRE(proto=0x0800) / ip,
     "gtpu": lambda ip: Ether() / OUTER / UDP(sport=2152, dport=2152) / GTP_U_Header(teid=77) / ip,
     # 5G N3: a PDU session container extension header before the user's packet
@@ -347,6 +382,8 @@ def test_tunnels_agree_with_tshark(tmp_path: Path, name: str) -> None:
         ("nsh-gre", [("gre", 0, 0)]),
         ("mpls-gre", [("gre", 0, 0)]),
         ("gre-in-geneve", [("gre", 0, 0), ("geneve", 3, 6081)]),
+        ("pptp", [("gre", 7, 0)]),  # the call id
+        ("vxlan-reserved", [("vxlan", 7, 4789)]),
     ],
 )
 def test_each_tunnel_is_listed_with_every_packet_it_carried(

@@ -589,6 +589,12 @@ class Result:
         )
 
     @cached_property
+    def ip_packets(self) -> int:
+        """Packets read as IP: what the analysis is about (ARP, LLDP and link types ktrace
+        cannot read are counted at their points, and nothing more)."""
+        return int(np.count_nonzero(self.analysis.index.columns.l3))
+
+    @cached_property
     def tunnels(self) -> tuple[TunnelRow, ...]:
         index = self.analysis.index
         counts = index.tunnel_packets()

@@ -15,7 +15,10 @@ VLAN_TAGS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad (QinQ outer), pre-standa
 ETH_PPPOE = 0x8864  # PPPoE session stage
 ETH_MPLS = (0x8847, 0x8848)  # unicast, multicast
 ETH_NSH = 0x894F  # network service header (service function chaining)
-PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
+PPP_ADDRESS_CONTROL = 0xFF03  # HDLC-like framing's all-stations address, unnumbered info
+# PPP's protocol numbers of what ktrace reads -> EtherType
+PPP_CARRIES = {0x0021: ETH_IPV4, 0x0057: ETH_IPV6, 0x0281: ETH_MPLS[0], 0x0283: ETH_MPLS[1]}
+IEEE_802_3_MAX_LEN = 1500  # above it a 16-bit type field is an EtherType, not a length
 MAX_LABELS = 8
 SHIMS = (ETH_PPPOE, ETH_NSH, *ETH_MPLS)
 # NSH's next protocol -> EtherType: 1 IPv4, 2 IPv6, 3 Ethernet, 5 MPLS
@@ -46,12 +49,9 @@ def unwrap(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> tuple[np.ndarray, 
     for _ in range(3):  # a shim inside a shim (MPLS after NSH, PPPoE carrying MPLS)
         if not np.isin(etype, SHIMS).any():
             break
-        pppoe = etype == ETH_PPPOE
-        if pppoe.any():
-            proto, ok = rows.u16(pos + 6)
-            ip = np.select([proto == PPP_IPV4, proto == PPP_IPV6], [ETH_IPV4, ETH_IPV6], 0)
-            etype[pppoe] = np.where(ok, ip, 0)[pppoe]
-            pos[pppoe] += 8
+        pppoe = np.flatnonzero(etype == ETH_PPPOE)
+        if len(pppoe):
+            pos[pppoe], etype[pppoe] = ppp(rows.subset(pppoe), pos[pppoe] + 6)
         mpls = np.isin(etype, ETH_MPLS)
         for _ in range(MAX_LABELS):
             if not mpls.any():
@@ -76,6 +76,22 @@ def unwrap(rows: Rows, pos: np.ndarray, etype: np.ndarray) -> tuple[np.ndarray, 
                 sel = np.flatnonzero(bridged)
                 pos[sel], etype[sel] = ethernet(rows.subset(sel), pos[sel])
     return pos, etype
+
+
+def ppp(rows: Rows, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Past a PPP header: its address and control bytes where framed with them, then its
+    protocol, one byte where compressed (RFC 1661 6.5: the first byte odd). EtherType 0 for
+    a protocol ktrace does not read (LCP, IPCP, CHAP)."""
+    framed, _ = rows.u16(pos)
+    pos = np.where(framed == PPP_ADDRESS_CONTROL, pos + 2, pos)
+    first, ok = rows.u8(pos)
+    wide, wide_ok = rows.u16(pos)
+    short = (first & 1) == 1
+    proto = np.where(short, first, wide)
+    known = [proto == number for number in PPP_CARRIES]
+    etype = np.select(known, list(PPP_CARRIES.values()), 0).astype(np.uint16)
+    etype[~np.where(short, ok, wide_ok)] = 0
+    return pos + np.where(short, 1, 2), etype
 
 
 def by_version(rows: Rows, pos: np.ndarray) -> np.ndarray:
@@ -108,10 +124,28 @@ def link_layer(rows: Rows, linktype: int) -> tuple[np.ndarray, np.ndarray]:
         return unwrap(rows, zero + 4, etype)
     if lt in (LinkType.RAW, LinkType.IPV4, LinkType.IPV6):
         return zero, by_version(rows, zero)
+    if lt in (LinkType.PPP, LinkType.PPP_HDLC):
+        return unwrap(rows, *ppp(rows, zero))
+    if lt == LinkType.PPP_ETHER:  # a PPPoE header without the Ethernet one
+        return unwrap(rows, zero, np.full(n, ETH_PPPOE, np.uint16))
     if lt in (LinkType.NULL, LinkType.LOOP):
-        af, _ = rows.u32(zero)
-        if lt == LinkType.NULL:
-            # host byte order of the writer: a small value read big-endian means it was BE
-            af = np.where(af > 0xFFFF, af.byteswap(), af)
-        return zero + 4, _family(af)
+        return _loopback(rows, lt == LinkType.NULL)
     return zero, np.zeros(n, np.uint16)
+
+
+def _loopback(rows: Rows, host_order: bool) -> tuple[np.ndarray, np.ndarray]:
+    """BSD loopback: a 4-byte address family, in the writer's byte order (NULL) or the
+    network's (LOOP); some writers put an EtherType there instead, or a PPP header."""
+    zero = np.zeros(len(rows), np.int64)
+    value, _ = rows.u32(zero)
+    if host_order:
+        # the family fits in the low bytes: whichever order leaves the top ones zero
+        value = np.where(value > 0xFFFF, value.byteswap(), value)
+    ether = (value > IEEE_802_3_MAX_LEN) & (value <= 0xFFFF)
+    pos, etype = unwrap(rows, zero + 4, np.where(ether, value, 0).astype(np.uint16))
+    etype = np.where(ether, etype, _family(value))
+    framed, _ = rows.u16(zero)
+    hdlc = np.flatnonzero(framed == PPP_ADDRESS_CONTROL)
+    if len(hdlc):
+        pos[hdlc], etype[hdlc] = ppp(rows.subset(hdlc), zero[hdlc])
+    return pos, etype.astype(np.uint16)

@@ -1,7 +1,7 @@
 """Encapsulations in IP: the overlays Kubernetes CNIs use (VXLAN on 4789 and flannel's 8472,
 Geneve, IPIP, GRE), VXLAN-GPE, GTP-U (mobile cores on Kubernetes) and ERSPAN (GRE types I,
 II and III: traffic mirrored from switches and clouds). GRE may carry an Ethernet frame, IP,
-an MPLS label stack or an NSH header; the shims are unwrapped by link.unwrap."""
+an MPLS label stack, an NSH header or PPP (PPTP); the shims are unwrapped by link.unwrap."""
 
 from __future__ import annotations
 
@@ -11,16 +11,27 @@ from enum import IntEnum
 import numpy as np
 
 from ktrace.decode.ip import IpHeader
-from ktrace.decode.link import ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_NSH, ETH_TEB
+from ktrace.decode.link import (
+    ETH_ARP,
+    ETH_IPV4,
+    ETH_IPV6,
+    ETH_MPLS,
+    ETH_NSH,
+    ETH_TEB,
+    VLAN_TAGS,
+    ppp,
+)
 from ktrace.decode.rows import Rows
 from ktrace.decode.transport import UDP, Transport
 
 VXLAN_PORTS = (4789, 8472)
+VXLAN_INNER = (ETH_IPV4, ETH_IPV6, ETH_ARP, *VLAN_TAGS, *ETH_MPLS)
 GENEVE_PORT = 6081
 GPE_PORT = 4790
 GTPU_PORT = 2152
 ERSPAN_I_II, ERSPAN_III = 0x88BE, 0x22EB
-GRE_CARRIES = (ETH_TEB, ETH_IPV4, ETH_IPV6, ETH_NSH, *ETH_MPLS, ERSPAN_I_II, ERSPAN_III)
+GRE_PPP = 0x880B
+GRE_CARRIES = (ETH_TEB, ETH_IPV4, ETH_IPV6, ETH_NSH, *ETH_MPLS, ERSPAN_I_II, ERSPAN_III, GRE_PPP)
 # VXLAN-GPE's next protocol -> EtherType: 1 IPv4, 2 IPv6, 3 Ethernet, 4 NSH, 5 MPLS
 GPE_NEXT = np.zeros(256, np.uint16)
 GPE_NEXT[[1, 2, 3, 4, 5]] = (ETH_IPV4, ETH_IPV6, ETH_TEB, ETH_NSH, ETH_MPLS[0])
@@ -97,9 +108,12 @@ def find_inner(rows: Rows, ip: IpHeader, tr: Transport) -> Inner:
     if vx.any():
         vflags, ok = rows.u8(p)
         word, _ = rows.u32(p + 4)
-        # The I flag and the last reserved byte (zero from every implementation, GBP's
-        # included): a reply to a client whose ephemeral port is 4789 or 8472 is not VXLAN.
-        vx &= ok & ((vflags & 0x08) != 0) & ((word & 0xFF) == 0)
+        inner_type, _ = rows.u16(p + 8 + 12)
+        # The I flag, and the last reserved byte zero (as every implementation sends it) or,
+        # since a receiver ignores it (RFC 7348), a frame of a common kind inside: a reply
+        # to a client whose ephemeral port is 4789 or 8472 is not VXLAN.
+        plausible = ((word & 0xFF) == 0) | np.isin(inner_type, VXLAN_INNER)
+        vx &= ok & ((vflags & 0x08) != 0) & plausible
         kind[vx], vni[vx], pos[vx], ethernet[vx] = TunnelKind.VXLAN, word[vx] >> 8, p[vx] + 8, True
 
     gv = udp & (tr.dport == GENEVE_PORT)
@@ -246,13 +260,22 @@ def _gre(
     has_key = (gflags & 0x2000) != 0
     seqn = ((gflags & 0x1000) != 0).astype(np.int64)
     key, _ = rows.u32(ip.l4 + 4 + 4 * csum)
-    gre &= ok & ((gflags & 7) == 0) & np.isin(proto, GRE_CARRIES)
-    after = ip.l4 + 4 + 4 * (csum + has_key + seqn)
+    version = gflags & 7
+    # version 1 is PPTP's enhanced GRE (RFC 2637): a key (payload length, call id), then
+    # a sequence and an acknowledgement number where flagged, and PPP inside
+    enhanced = (version == 1) & (proto == GRE_PPP) & has_key & (csum == 0)
+    acked = (enhanced & ((gflags & 0x0080) != 0)).astype(np.int64)
+    gre &= ok & (((version == 0) & np.isin(proto, GRE_CARRIES)) | enhanced)
+    after = ip.l4 + 4 + 4 * (csum + has_key + seqn + acked)
+    etype[gre] = proto[gre]
+    carried = np.flatnonzero(gre & (proto == GRE_PPP))
+    if len(carried):
+        after[carried], etype[carried] = ppp(rows.subset(carried), after[carried])
+        gre[carried] = etype[carried] != 0  # LCP and the like: no packets of ours inside
     kind[gre] = TunnelKind.GRE
-    vni[gre] = np.where(has_key[gre], key[gre], 0)
+    vni[gre] = np.where(has_key[gre], np.where(enhanced, key & 0xFFFF, key)[gre], 0)
     pos[gre] = after[gre]
     ethernet[gre] = proto[gre] == ETH_TEB
-    etype[gre] = proto[gre]
     # ERSPAN: type I has no header of its own (no sequence number), type II 8 bytes, type III
     # 12 and 8 more with its platform-specific subheader (the O flag); then the mirrored frame
     span = gre & np.isin(proto, (ERSPAN_I_II, ERSPAN_III))

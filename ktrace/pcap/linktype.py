@@ -8,6 +8,9 @@ from enum import IntEnum
 class LinkType(IntEnum):
     NULL = 0  # BSD loopback: 4-byte address family in host byte order
     EN10MB = 1  # Ethernet
+    PPP = 9  # PPP, its address and control bytes optional
+    PPP_HDLC = 50  # PPP in HDLC-like framing
+    PPP_ETHER = 51  # PPPoE without the Ethernet header
     RAW = 101  # raw IPv4/IPv6, version nibble tells which
     C_HDLC = 104  # Cisco HDLC: address, control, EtherType
     LOOP = 108  # OpenBSD loopback: address family in network byte order

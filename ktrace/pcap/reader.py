@@ -90,5 +90,5 @@ def check_linktypes(fmt: CaptureFormat) -> None:
         if not linktype.supported(iface.linktype):
             fmt.warnings.append(
                 f"interface {iface.name or 0} has link type {linktype.name(iface.linktype)}, "
-                "which ktrace does not decode: its packets are counted but not dissected"
+                "which ktrace cannot read: its packets are counted, nothing in them analysed"
             )

@@ -250,6 +250,11 @@ def verdict(result: Result) -> str:
             f"Verdict: no packets were captured at any of the {plural(len(points), 'point')}: "
             "nothing to diagnose."
         )
+    elif not result.ip_packets:
+        head = (
+            f"Verdict: none of the {packets:,} packets at {plural(len(points), 'point')} "
+            "could be read as IP (see Warnings): nothing to diagnose."
+        )
     elif result.findings:
         worst = result.findings[0]
         head = (
@@ -265,8 +270,7 @@ def verdict(result: Result) -> str:
 
 
 def render_report(result: Result, limit: int) -> str:
-    packets = sum(p.packets for p in result.points)
-    parts = [verdict(result), render_findings(result.findings, packets)]
+    parts = [verdict(result), render_findings(result.findings, result.ip_packets)]
     parts.append(render_paths(result.paths, limit))
     points = len(result.points)
     parts += [
