@@ -67,6 +67,11 @@ class Conn:
         """A segment sent again (or late) at an earlier sequence number."""
         self._send(side, data, "PA", at=at)
 
+    def lose(self, side: str, data: bytes) -> None:
+        """A segment sent and missed by the capture."""
+        self.seq[side] += len(data)
+        self.t += MS
+
     def wait(self, ms: int) -> None:
         self.t += ms * MS
 
@@ -568,3 +573,97 @@ def test_uppercase_words_that_are_not_http_make_no_request(tmp_path: Path, lead:
     conn.s(b"250 ok\r\n")
     conn.fin()
     assert transactions(write(tmp_path / "other.pcap", [conn])) == []
+
+
+def keep_alive_with_holes() -> Conn:
+    """Seven requests one after the other on one connection; the capture missed all of the
+    second answer, the head of the third, and the sixth request."""
+    conn = Conn()
+    for k in range(1, 8):
+        request = f"GET /{k} HTTP/1.1\r\nHost: web\r\n\r\n".encode()
+        if k == 6:
+            conn.lose("c", request)
+        else:
+            conn.c(request)
+        answer = f"HTTP/1.1 {200 + k} S\r\nContent-Length: 10\r\n\r\n".encode()
+        if k == 2:
+            conn.lose("s", answer + b"0123456789")
+        elif k == 3:
+            conn.lose("s", answer)
+            conn.s(b"0123456789")
+        else:
+            conn.s(answer + b"0123456789")
+    conn.wait(20_000)  # long enough for a request never answered to be called so
+    conn.fin()
+    return conn
+
+
+def test_a_hole_in_a_keep_alive_stream_costs_only_what_was_in_it(tmp_path: Path) -> None:
+    """After bytes the capture missed, the next message head is found again; the answers
+    are paired by what the server had received when it sent them (its acknowledgement),
+    those lost are said to be unseen, not unanswered, and an answer to a request the
+    capture missed pairs with no request."""
+    path = write(tmp_path / "holes.pcap", [keep_alive_with_holes()])
+    result, data = run_analysis(path)
+    got = [(t.path, t.status, t.ended) for t in result.analysis.http.transactions]
+    assert got == [
+        ("/1", 201, "complete"),
+        ("/2", None, "unseen"),
+        ("/3", None, "unseen"),
+        ("/4", 204, "complete"),
+        ("/5", 205, "complete"),
+        ("", 206, "complete"),  # its request was never captured
+        ("/7", 207, "complete"),
+    ]
+    assert "http.unanswered" not in {f["id"] for f in data["findings"]}
+
+
+def test_the_server_stream_counts_from_the_syn_ack_the_client_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """Two SYN/ACKs of different sequence numbers (a middlebox's and the server's, a Fast
+    Open retry): the client's ACK says which one the stream counts from."""
+    conn = Conn(41020, 443, handshake=False)
+    conn._send("c", b"", "S")
+    decoy = conn.seq["s"] + 77_777
+    conn._send("s", b"", "SA", at=decoy)  # answered by nobody
+    conn._send("s", b"", "SA")
+    conn._send("c", b"", "A")
+    conn.c(client_hello("api.example", ["h2"]))
+    conn.s(b"\x15\x03\x03\x00\x02\x02\x28")  # the server refuses: fatal handshake_failure
+    conn.fin("s")
+    (session,) = run_analysis(write(tmp_path / "two-syn-acks.pcap", [conn]))[0].analysis.http.tls
+    assert (session.sni, session.alert) == ("api.example", "server fatal handshake_failure")
+
+
+def snapped_heads() -> Conn:
+    """Answers whose heads go past a 128-byte snap length: the status line is captured,
+    the headers only in part."""
+    conn = Conn()
+    for k in range(1, 4):
+        conn.c(f"GET /{k} HTTP/1.1\r\nHost: web\r\n\r\n".encode())
+        cookie = "x" * 200
+        conn.s(
+            f"HTTP/1.1 {200 + k} OK\r\nContent-Type: text/plain\r\nSet-Cookie: {cookie}\r\n"
+            f"Content-Length: 5\r\n\r\nhello".encode()
+        )
+    conn.fin()
+    return conn
+
+
+def test_an_answer_whose_head_the_snap_length_cut_still_counts(tmp_path: Path) -> None:
+    """What is in the capture counts: a status line before the cut is an answer (never an
+    unanswered request), its headers before the cut are read, and the cut is said."""
+    path = write(tmp_path / "snapped.pcap", [snapped_heads()], snap=128)
+    result, data = run_analysis(path)
+    txs = result.analysis.http.transactions
+    assert [(t.path, t.status, t.response_bytes) for t in txs] == [
+        ("/1", 201, 0),
+        ("/2", 202, 0),
+        ("/3", 203, 0),
+    ]
+    assert all(t.content_type == "text/plain" for t in txs)
+    assert "http.unanswered" not in {f["id"] for f in data["findings"]}
+    assert any(
+        "3 HTTP message heads cut by the capture's snap length" in w for w in data["warnings"]
+    )

@@ -543,3 +543,35 @@ def test_dns_over_tcp_and_without_a_question_pair_as_tshark_pairs_them(tmp_path:
     assert len(mine) == 22 and all(answered for answered, _ in mine.values())
     assert {d["transport"] for d in data["dns"]} == {"tcp", "udp"}
     assert data["dns_orphan_responses"] == 0
+
+
+def test_http_after_holes_in_a_keep_alive_connection_counts_as_tshark_counts(
+    tmp_path: Path,
+) -> None:
+    """Requests and answers after bytes the capture missed (a whole answer, the head of
+    another, a request) are read again from the next message head, as tshark reads them.
+    Where tshark is wrong: the answer after the orphaned tail of a body, whole in its own
+    segment, it reads as that body's continuation and does not count (204)."""
+    from tests.test_http import keep_alive_with_holes, write
+
+    path = write(tmp_path / "holes.pcap", [keep_alive_with_holes()])
+    txs = run_analysis(path)[0].analysis.http.transactions
+    methods = Counter(t.method for t in txs if t.method)
+    statuses = Counter(t.status for t in txs if t.status is not None and t.done_ts is not None)
+    theirs_methods, theirs_statuses = tshark_http_tree(path)
+    assert methods == theirs_methods == {"GET": 6}
+    assert statuses == theirs_statuses + Counter({204: 1})
+
+
+def test_http_heads_cut_by_the_snap_length_count_as_tshark_counts(tmp_path: Path) -> None:
+    """Answers whose heads a 128-byte snap length cut count by the status line captured,
+    as tshark counts them."""
+    from tests.test_http import snapped_heads, write
+
+    path = write(tmp_path / "snapped.pcap", [snapped_heads()], snap=128)
+    txs = run_analysis(path)[0].analysis.http.transactions
+    methods = Counter(t.method for t in txs if t.method)
+    statuses = Counter(t.status for t in txs if t.status is not None)
+    theirs_methods, theirs_statuses = tshark_http_tree(path)
+    assert methods == theirs_methods == {"GET": 3}
+    assert statuses == theirs_statuses == {201: 1, 202: 1, 203: 1}

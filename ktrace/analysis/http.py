@@ -91,6 +91,7 @@ class HttpResult:
     transactions: list[HttpTransaction]  # by request time
     tls: list[TlsSession]
     connections: int  # connections at any point that carried HTTP or TLS
+    cut_heads: int = 0  # message heads the capture's snap length cut
 
 
 def http_transactions(
@@ -98,7 +99,7 @@ def http_transactions(
 ) -> HttpResult:
     out: list[HttpTransaction] = []
     sessions: list[TlsSession] = []
-    seen = 0
+    seen = cut = 0
     named: dict[tuple[int, str], str] = {}  # a connection seen at several points: named once
 
     def endpoint(flow: int, side: str) -> str:
@@ -118,10 +119,12 @@ def http_transactions(
             if session is not None:
                 sessions.append(session)
             continue
-        out.extend(_transaction(conn.point, conn.flow, client, server, e) for e in walk_http(conn))
+        for e in walk_http(conn):
+            out.append(_transaction(conn.point, conn.flow, client, server, e))
+            cut += e.cut_heads
     out.sort(key=lambda t: (t.request_ts, t.point, t.stream))
     sessions.sort(key=lambda s: (s.hello_ts, s.point))
-    return HttpResult(out, sessions, seen)
+    return HttpResult(out, sessions, seen, cut)
 
 
 def _transaction(point: int, flow: int, client: str, server: str, e: Exchange) -> HttpTransaction:

@@ -5,6 +5,7 @@ knowledge or after an h2c upgrade. Bodies are measured, never copied."""
 from __future__ import annotations
 
 import urllib.parse
+from bisect import bisect_right
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from ktrace.decode.http1 import (
     NeedMore,
     body_length,
     chunk_size,
+    parse_cut_head,
     parse_head,
 )
 
@@ -46,6 +48,7 @@ class Exchange:
     ended_by: str = ""
     ended_ts: int | None = None  # when the reset or the close came
     request_end: int | None = None  # where the request ends in the client's stream
+    cut_heads: int = 0  # of its request and answer, heads the snap length cut
 
     def status(self) -> int | None:
         text = self.response.get(":status", "")
@@ -69,6 +72,7 @@ class _Message:
     body: int  # where its body starts
     end: int | None  # where it ends; None: not known (lost bytes, or until the close)
     chunked: int | None = None  # a chunked body's size, its chunks' framing left out
+    until_close: bool = False  # its body ends with the connection: nothing follows it
 
 
 def walk_http(conn: Connection) -> Iterator[Exchange]:
@@ -90,6 +94,7 @@ def walk_http(conn: Connection) -> Iterator[Exchange]:
                 request | h.headers,
                 request_bytes=_measured(m),
                 request_end=m.end,
+                cut_heads=int(h.cut),
             )
         )
     upgrade = yield from _answers(conn, requests, exchanges)
@@ -108,7 +113,14 @@ def _answers(
     server, client = conn.server, conn.client
     m = _resync(server, request=False)
     k = 0
+    after_gap = False
     while m is not None:
+        if after_gap:
+            j = _answered(server, m, requests, k)
+            for e in exchanges[k:j]:
+                e.ended = "unseen"  # its answer was in the bytes the capture missed
+                yield e
+            k, after_gap = j, False
         method = requests[k].head.method if k < len(requests) else ""
         if method == "HEAD":  # its answer's Content-Length has no body behind it
             m = _message(server, m.offset, request=False, method=method)
@@ -119,8 +131,8 @@ def _answers(
             m = _message(server, m.body, request=False)
             continue
         at = _when(server, m.offset)
-        if k == len(requests) or at < exchanges[k].request_ts:
-            # the answer to a request made before the capture began
+        if k == len(requests) or at < exchanges[k].request_ts or _before(server, m, requests[k]):
+            # the answer to a request made before the capture began, or lost from it
             e = Exchange(f"HTTP/{m.head.version}", 0, at, _row(server, m.offset), {})
         else:
             if status == 101 and "h2c" in m.head.header("upgrade").lower():
@@ -130,15 +142,41 @@ def _answers(
         e.response_ts, e.response_row = at, _row(server, m.offset)
         e.response = {":status": str(status)} | m.head.headers
         e.response_bytes = _measured(m, server)
+        e.cut_heads += m.head.cut
         _finish(e, server, client, m.end)
         yield e
         if status == 101 or (e.request.get(":method") == "CONNECT" and status < 300):
             break  # another protocol (a WebSocket, a tunnel) follows: nothing more to pair
-        m = _next(server, m, request=False)
+        previous, m = m, _next(server, m, request=False)
+        after_gap = m is not None and m.offset != previous.end
     for e in exchanges[k:]:
         _finish(e, server, client, None)
         yield e
     return None
+
+
+def _answered(server: Stream, m: _Message, requests: list[_Message], k: int) -> int:
+    """The request an answer found after bytes the capture missed is to: the last one whose
+    head the server had received when it sent it (its acknowledgement says), the answers to
+    those from k on lost with those bytes. Exact for keep-alive, where a client asks again
+    once answered; pipelined requests answered in the lost bytes cannot be told apart."""
+    acked = _acked(server, m)
+    j = k
+    while acked >= 0 and j + 1 < len(requests) and requests[j + 1].body <= acked:
+        j += 1
+    return j
+
+
+def _before(server: Stream, m: _Message, request: _Message) -> bool:
+    """The server sent this answer before the request's head had reached it: it answers
+    another request, one the capture missed."""
+    acked = _acked(server, m)
+    return 0 <= acked < request.body
+
+
+def _acked(s: Stream, m: _Message) -> int:
+    k = s.segment(m.offset)
+    return s.acked[k] if k >= 0 and s.acked else -1
 
 
 def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> None:
@@ -147,6 +185,8 @@ def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> Non
     if last is not None and e.response_ts is not None:
         e.done_ts, e.ended = last, "complete"
         return
+    if e.ended == "unseen":
+        return  # its answer was in bytes the capture missed
     if (
         e.response_ts is None
         and server.fin_ack is not None
@@ -180,10 +220,15 @@ def _messages(s: Stream, first: _Message | None) -> list[_Message]:
 
 
 def _next(s: Stream, m: _Message, request: bool) -> _Message | None:
-    """The message after this one, if its end is known and more bytes follow."""
-    if m.end is None or m.end >= s.length:
+    """The message after this one: at its end, or where bytes around there are missing from
+    the capture, at the first of the next segments that starts a message head."""
+    if m.until_close:
         return None
-    return _message(s, m.end, request)
+    if m.end is not None and m.end < s.length:
+        found = _message(s, m.end, request)
+        if found is not None:
+            return found
+    return _resync(s, request, after=m.end if m.end is not None else m.body)
 
 
 def _message(s: Stream, pos: int, request: bool, method: str = "") -> _Message | None:
@@ -199,6 +244,8 @@ def _message(s: Stream, pos: int, request: bool, method: str = "") -> _Message |
             head = parse_head(data)
             break
         except NeedMore:
+            if len(data) < size and s.snapped(pos + len(data)):
+                return _cut(s, pos, data, request)
             if len(data) < size or size >= MAX_HEAD:
                 return None
             size *= 4
@@ -212,8 +259,21 @@ def _message(s: Stream, pos: int, request: bool, method: str = "") -> _Message |
         return _Message(pos, head, body, end, size)
     length = body_length(head, method)
     if length is None:  # the body ends with the connection
-        return _Message(pos, head, body, s.length if s.fin_ts is not None else None)
+        end = s.length if s.fin_ts is not None else None
+        return _Message(pos, head, body, end, until_close=True)
     return _Message(pos, head, body, body + length)
+
+
+def _cut(s: Stream, pos: int, data: bytes, request: bool) -> _Message | None:
+    """A message whose head the snap length cut: what it is and the headers before the cut;
+    where its body starts and ends is not known."""
+    try:
+        head = parse_cut_head(data)
+    except (NeedMore, ValueError):
+        return None
+    if bool(head.method) != request:
+        return None
+    return _Message(pos, head, pos + head.length, None)
 
 
 def _chunks_end(s: Stream, pos: int) -> tuple[int | None, int]:
@@ -243,10 +303,11 @@ def _chunks_end(s: Stream, pos: int) -> tuple[int | None, int]:
     return None, total
 
 
-def _resync(s: Stream, request: bool) -> _Message | None:
-    """The first message: at 0, or for a capture that began mid-connection at the first of
-    the next segments whose bytes parse as a message head."""
-    for start in (0, *s.start[1:RESYNC_SEGMENTS]):
+def _resync(s: Stream, request: bool, after: int = -1) -> _Message | None:
+    """The first message after `after` that starts a segment (the first of all: at 0, or
+    for a capture begun mid-connection where a segment's bytes first parse as a head)."""
+    first = bisect_right(s.start, after)
+    for start in s.start[first : first + RESYNC_SEGMENTS]:
         m = _message(s, start, request)
         if m is not None:
             return m
@@ -256,6 +317,8 @@ def _resync(s: Stream, request: bool) -> _Message | None:
 def _measured(m: _Message, s: Stream | None = None) -> int:
     """Body bytes of a message (a chunked one's chunks): to its end, or to the last byte seen
     when it did not end."""
+    if m.head.cut:
+        return 0  # not known: the body's start was cut
     if m.chunked is not None:
         return m.chunked
     if m.end is not None:

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from ktrace import __version__
-from ktrace.analysis.checks import conversation_label
+from ktrace.analysis.checks import conversation_label, plural
 from ktrace.analysis.context import Analysis, proto_name
 from ktrace.analysis.findings import CheckError
 from ktrace.analysis.flows import flow_endpoints, packets_at_points
@@ -602,9 +602,21 @@ class Result:
 
     @property
     def warnings(self) -> list[str]:
+        cut = self.analysis.http.cut_heads
+        snapped = (
+            [
+                f"{plural(cut, 'HTTP message head')} cut by the capture's snap length: read "
+                "up to the cut (the start line, the headers whole before it); their bodies "
+                "are not measured. Capture whole packets to read them (tcpdump -s 0; ktrace's "
+                "own captures keep them whole)"
+            ]
+            if cut
+            else []
+        )
         return (
             list(self.notes)
             + self.analysis.index.warnings
+            + snapped
             + [f"check {e.check} failed: {e.message}" for e in self.check_errors]
         )
 

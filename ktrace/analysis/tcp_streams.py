@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +49,8 @@ class Stream:
     # how far into the other side's stream its FIN acknowledged: what it had received when
     # it closed
     fin_ack: int | None = None
+    # per segment, how far into the other side's stream it acknowledged (-1: not known)
+    acked: list[int] = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -58,6 +60,11 @@ class Stream:
         """The segment holding this byte, -1 where none was captured."""
         k = bisect_right(self.start, offset) - 1
         return k if k >= 0 and offset < self.end[k] else -1
+
+    def snapped(self, offset: int) -> bool:
+        """This byte was sent in a captured segment and cut from it by the snap length."""
+        k = self.segment(offset)
+        return k >= 0 and offset - self.start[k] >= self.captured[k]
 
     def when(self, offset: int) -> int | None:
         k = self.segment(offset)
@@ -143,7 +150,8 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
 
 class SideStreams:
     """Every side's segments in stream order, worked out for all sides at once (`rows`: the
-    sides' packets, never none, sorted by side and time)."""
+    sides' packets, never none, sorted by side and time; `key`: a side's, whose other side's
+    is key ^ 1)."""
 
     def __init__(
         self,
@@ -156,10 +164,13 @@ class SideStreams:
         change = key[1:] != key[:-1]
         begin = np.flatnonzero(np.r_[True, change])
         side = np.cumsum(np.r_[False, change])
+        side_key = key[begin]
+        other = np.minimum(np.searchsorted(side_key, side_key ^ 1), len(side_key) - 1)
+        other = np.where(side_key[other] == side_key ^ 1, other, -1)  # -1: not captured
         flags = c.tcp_flags[rows]
         seq = c.seq[rows].astype(np.int64)
         far = np.iinfo(np.int64).max
-        syn_at = np.minimum.reduceat(np.where(flags & SYN, np.arange(len(rows)), far), begin)
+        syn_at = _answered_syns(c, rows, begin, side, other)
         has_syn = syn_at < far
         ref = np.where(has_syn, seq[np.where(has_syn, syn_at, begin)] + 1, seq[begin])
         rel = ((seq - ref[side] + (1 << 31)) % (1 << 32)) - (1 << 31)  # wraps and reorders
@@ -168,7 +179,15 @@ class SideStreams:
         low = np.minimum.reduceat(np.where(carry, rel, far), begin)
         shift = np.where(has_syn | (low == far), 0, low)
         rel -= shift[side]
-        self.fin_ack = self._fin_acks(c, rows, begin, key[begin], (ref, shift))
+        # each packet's acknowledgement as an offset in the other side's stream (-1 unknown)
+        theirs = other[side]
+        acked = ((c.ack[rows].astype(np.int64) - ref[theirs] + (1 << 31)) % (1 << 32)) - (1 << 31)
+        acked -= shift[theirs]
+        acked = np.where((theirs >= 0) & ((flags & ACK) > 0), acked, -1)
+        fin_at = np.minimum.reduceat(np.where(flags & FIN, np.arange(len(rows)), far), begin)
+        self.fin_ack = [
+            int(acked[k]) if k < far and acked[k] >= 0 else None for k in fin_at.tolist()
+        ]
         self.fin, self.rst = (
             [None if t == far else t for t in first.tolist()]
             for first in (
@@ -176,47 +195,27 @@ class SideStreams:
                 for bit in (FIN, RST)
             )
         )
-        self.keys = {k: i for i, k in enumerate(key[begin].tolist())}
+        self.keys = {k: i for i, k in enumerate(side_key.tolist())}
         self.points = c.point[rows[begin]].tolist()
-        r, g, start = rows[carry], side[carry], rel[carry]
+        at = np.flatnonzero(carry)
+        r, g, start = rows[at], side[at], rel[at]
         # the payload's length is the headers' (a snap length cuts what is captured of it)
         order = np.lexsort((c.ts[r], start, g))
-        r, g, start = r[order], g[order], start[order]
+        r, g, start, at = r[order], g[order], start[order], at[order]
         end = start + c.paylen[r]
         # a segment is kept where it reaches past every earlier one of its side
         reach = (g.astype(np.int64) << 41) + end + (1 << 40)
         new = np.r_[True, reach[1:] > np.maximum.accumulate(reach)[:-1]][: len(r)]
-        r, g, start, end = r[new], g[new], start[new], end[new]
+        r, g, start, end, at = r[new], g[new], start[new], end[new], at[new]
         self.bounds = np.searchsorted(g, np.arange(len(begin) + 1)).tolist()
         self.start, self.end = start.tolist(), end.tolist()
+        self.acked = acked[at].tolist()
         captured = np.minimum(end - start, c.caplen[r].astype(np.int64) - c.payoff[r])
         self.captured = captured.clip(0).tolist()
         self.at = (c.offset[r] + c.payoff[r]).tolist()
         self.ts, self.row = c.ts[r].tolist(), r.tolist()
         first = r[np.minimum(self.bounds[:-1], len(r) - 1)] if len(r) else np.zeros(0, np.int64)
         self.lead = np.where(np.diff(self.bounds) > 0, _words(index, first), 0).tolist()
-
-    @staticmethod
-    def _fin_acks(
-        c: PacketColumns,
-        rows: np.ndarray,
-        begin: np.ndarray,
-        side_key: np.ndarray,
-        base: tuple[np.ndarray, np.ndarray],
-    ) -> list[int | None]:
-        """Per side: its first FIN's acknowledgement as an offset in the other side's stream
-        (None without a FIN, an ACK on it, or the other side)."""
-        ref, shift = base
-        far = np.iinfo(np.int64).max
-        flags = c.tcp_flags[rows]
-        fin_at = np.minimum.reduceat(np.where(flags & FIN, np.arange(len(rows)), far), begin)
-        has_fin = fin_at < far
-        fin_row = rows[np.where(has_fin, fin_at, 0)]
-        other = np.minimum(np.searchsorted(side_key, side_key ^ 1), len(side_key) - 1)
-        known = has_fin & (side_key[other] == side_key ^ 1) & ((c.tcp_flags[fin_row] & ACK) > 0)
-        acked = c.ack[fin_row].astype(np.int64) - ref[other]
-        acked = ((acked + (1 << 31)) % (1 << 32)) - (1 << 31) - shift[other]
-        return [a if ok else None for a, ok in zip(acked.tolist(), known.tolist(), strict=True)]
 
     def get(self, key: int) -> Stream:
         k = self.keys.get(key)
@@ -235,7 +234,39 @@ class SideStreams:
             self.rst[k],
             self.lead[k],
             self.fin_ack[k],
+            self.acked[lo:hi],
         )
+
+
+def _answered_syns(
+    c: PacketColumns, rows: np.ndarray, begin: np.ndarray, side: np.ndarray, other: np.ndarray
+) -> np.ndarray:
+    """Per side, the position of the SYN its stream counts from (int64 max: none): the first,
+    or where SYNs of different sequence numbers came (a middlebox's SYN/ACK beside the
+    server's, a TCP Fast Open retry), the one the other side's first ACK acknowledges."""
+    far = np.iinfo(np.int64).max
+    flags = c.tcp_flags[rows]
+    position = np.arange(len(rows))
+    syn_at = np.minimum.reduceat(np.where(flags & SYN, position, far), begin)
+    syns = np.flatnonzero(flags & SYN)
+    first_seq = c.seq[rows[np.where(syn_at < far, syn_at, 0)]]
+    differ = distinct(side[syns[c.seq[rows[syns]] != first_seq[side[syns]]]])
+    if not len(differ):
+        return syn_at
+    acks = np.flatnonzero(((flags & ACK) > 0) & ((flags & SYN) == 0))
+    first_ack = np.full(len(begin), far, np.int64)
+    np.minimum.at(first_ack, side[acks], acks)
+    for g in differ.tolist():
+        theirs = int(other[g])
+        k = int(first_ack[theirs]) if theirs >= 0 else far
+        if k == far:
+            continue
+        wanted = (int(c.ack[rows[k]]) - 1) % (1 << 32)
+        mine = syns[side[syns] == g]
+        chosen = mine[c.seq[rows[mine]].astype(np.int64) == wanted]
+        if len(chosen):
+            syn_at[g] = chosen[0]
+    return syn_at
 
 
 def _asks(s: Stream) -> bool:

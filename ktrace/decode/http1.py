@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 METHODS = frozenset(
     b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PROPFIND MKCOL COPY MOVE".split()
@@ -59,6 +59,7 @@ class Head:
     method: str = ""
     target: str = ""
     status: int = 0
+    cut: bool = False  # cut by the capture's snap length: `length` is what was captured
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "")
@@ -102,6 +103,18 @@ def parse_head(data: bytes) -> Head:
         method, target = parts[0].decode(), parts[1].decode("latin-1")
         return Head(length, parts[2][5:].decode("latin-1"), joined, method=method, target=target)
     raise ValueError("not an HTTP/1.x start line")
+
+
+def parse_cut_head(data: bytes) -> Head:
+    """A head the capture's snap length cut: its start line and the header lines whole
+    before the cut (a cut line could read as another value: Content-Length: 12 of 1234).
+    NeedMore when not even the start line is whole; ValueError when it is not HTTP/1.x."""
+    whole = data.rfind(b"\n") + 1
+    if whole == 0:
+        raise NeedMore
+    ending = b"\r\n" if data[:whole].endswith(b"\r\n") else b"\n"
+    head = parse_head(data[:whole] + ending)
+    return replace(head, length=whole, cut=True)
 
 
 def dpkt_headers(block: bytes) -> dict[str, str]:

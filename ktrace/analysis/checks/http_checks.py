@@ -225,8 +225,8 @@ def _unanswered(e: HttpExchange, end: int) -> bool:
     """No answer: the server ended the connection, the client gave up after waiting (a hedged
     or cancelled request is let go sooner), or the capture went on long after the request."""
     t = e.primary
-    if t.response_ts is not None or not t.asked:
-        return False
+    if t.response_ts is not None or not t.asked or t.ended == "unseen":
+        return False  # answered, no request, or answered in bytes the capture missed
     if t.ended in ("reset", "closed"):
         return t.ended_by == "server" or (t.ended_ts or 0) - t.request_ts >= GRACE_NS
     return t.request_ts + HANG_NS <= end
