@@ -47,6 +47,7 @@ EXPECTED = {
     "http-503": {"http.errors"},
     "http-slow": {"http.slow"},
     "http-reset": {"http.reset"},
+    "grpc-midway": set(),
     # recorded fresh on the dual-stack shape only (tests/test_lab.py)
     "healthy-v6": set(),
     "policy-drop-v6": {"path.drop"},

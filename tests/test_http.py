@@ -16,6 +16,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from ktrace.analysis.http import HttpTransaction
+from ktrace.decode.h2 import HeaderDecoder
 from ktrace.pcap.writer import PcapWriter
 from tests.helpers import LAB, PCAPS, T0, run_analysis
 
@@ -362,6 +363,20 @@ def test_lab_request_followed_from_client_to_backend() -> None:
     assert not data["findings"]
 
 
+def test_lab_grpc_channel_opened_before_the_capture() -> None:
+    """A real gRPC stack's channel, opened before the capture began: its three calls are
+    found at every point from the client to web-2, each with its status and its wait split
+    into server and network time; the path it indexed before reads '?' and is said."""
+    _, data = run_analysis(LAB / "grpc-midway")
+    calls = [r for r in data["http"] if r["protocol"] == "HTTP/2"]
+    assert [(r["method"], r["path"], r["status"]) for r in calls] == [("POST", "?", 200)] * 3
+    for r in calls:
+        assert r["backend_name"].endswith("(default/web-2)") and len(r["points"]) == 6
+        assert r["server_ms"] > 0 and r["network_ms"] > 0
+    assert any("HTTP/2 header field" in w for w in data["warnings"])
+    assert not data["findings"]
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -667,3 +682,90 @@ def test_an_answer_whose_head_the_snap_length_cut_still_counts(tmp_path: Path) -
     assert any(
         "3 HTTP message heads cut by the capture's snap length" in w for w in data["warnings"]
     )
+
+
+def grpc_connection(calls: int = 12) -> Conn:
+    """A long-lived gRPC connection: calls one after another on streams 1, 3, 5 ..., each
+    request, answer and trailers encoded by real HPACK encoders (names and values reused
+    from the connection's header table once sent); the fifth call onwards asks a method
+    not asked before, every third answer fails with UNAVAILABLE, the eighth NOT_FOUND."""
+    client, server = hpack.Encoder(), hpack.Encoder()
+    conn = Conn(dport=50051)
+    conn.c(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b""))
+    conn.s(h2_frame(4, 0, 0, b"") + h2_frame(4, 1, 0, b""))
+    for k in range(calls):
+        sid = 2 * k + 1
+        method = "Hello" if k < 4 else "Bye"
+        call = [(":method", "POST"), (":scheme", "http"), (":path", f"/pkg.Greeter/{method}"),
+                (":authority", "greeter:50051"), ("content-type", "application/grpc"),
+                ("te", "trailers")]  # fmt: skip
+        conn.c(h2_frame(1, 4, sid, client.encode(call)) + h2_frame(0, 1, sid, b"\0\0\0\0\x02hi"))
+        conn.wait(3)
+        answer = [(":status", "200"), ("content-type", "application/grpc")]
+        status = "5" if k == 7 else "14" if k % 3 == 2 else "0"
+        conn.s(h2_frame(1, 4, sid, server.encode(answer)) + h2_frame(0, 0, sid, b"\0\0\0\0\x01x"))
+        conn.s(h2_frame(1, 5, sid, server.encode([("grpc-status", status)])))
+    return conn
+
+
+def test_http2_caught_midway_reads_what_the_capture_holds(tmp_path: Path) -> None:
+    """A capture begun long after a gRPC connection's preface, SETTINGS and first calls:
+    its frames are found where a segment starts, each call still has its stream, method,
+    status, gRPC status and times, and what the header table held from before the capture
+    reads '?' and is said."""
+    conn = grpc_connection()
+    conn.packets = conn.packets[9:]  # the handshake, the preface, SETTINGS, two calls
+    result, data = run_analysis(write(tmp_path / "midway.pcap", [conn]))
+    got = [(t.stream, t.method, t.path, t.status, t.grpc_status, t.ended)
+           for t in result.analysis.http.transactions]  # fmt: skip
+    assert got == [
+        (3, "", "", 200, None, "complete"),  # asked before the capture began
+        # a gRPC status sent before reads again as a table entry: not known
+        (5, "POST", "?", 200, None, "complete"),
+        (7, "POST", "?", 200, None, "complete"),
+        *((sid, "POST", "/pkg.Greeter/Bye", 200, None, "complete") for sid in (9, 11, 13)),
+        # a status new to the table, under the name the table held from before: not known
+        (15, "POST", "/pkg.Greeter/Bye", 200, None, "complete"),
+        *((sid, "POST", "/pkg.Greeter/Bye", 200, None, "complete") for sid in (17, 19, 21, 23)),
+    ]
+    assert all(t.latency_ns == 4 * MS for t in result.analysis.http.transactions if t.asked)
+    assert any("HTTP/2 header field" in w and "reads ?" in w for w in data["warnings"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from([":path", ":status", "grpc-status", "x-id", "cookie", "Te"]),
+                st.text("abcXYZ019/-_ ", max_size=12),
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(0, 11),
+)
+def test_header_blocks_read_as_hpack_reads_them_from_any_block_on(
+    blocks: list[list[tuple[str, str]]], first: int
+) -> None:
+    """From the first block, every field reads as the hpack library reads it; from any
+    later one, each field read is the one sent, and each left out is counted."""
+    encoder, reference = hpack.Encoder(), hpack.Decoder()
+    wire = [encoder.encode(b) for b in blocks]
+    whole, midway = HeaderDecoder(), HeaderDecoder()
+    for k, block in enumerate(wire):
+        sent = reference.decode(block)
+        expected: dict[str, str] = {}
+        for name, value in sent:
+            key = name.lower()
+            expected[key] = f"{expected[key]}, {value}" if key in expected else value
+        assert whole.decode(block) == expected
+        if k >= min(first, len(wire) - 1):
+            for name, value in midway.decode(block).items():
+                values = iter([v for n, v in sent if n.lower() == name])
+                # in the order sent, some left out (values hold no ", " here)
+                assert all(any(v == got for v in values) for got in value.split(", "))
+    assert whole.unseen == 0

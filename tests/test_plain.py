@@ -200,7 +200,8 @@ def test_every_short_payload_and_message_start_decode_alike(
     starts = [b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"\x16\x03\x01\x00\x10",
               b"\x15\x03\x03\x00\x02", b"\x15\x03\x05\x00\x02", b"PRI * HTTP/2.0\r\n",
               b"PROPFIND / HTTP/1.1\r\n", b"UNSUBSCRIBE", b"ACL ", b"A_-Z", b"@ABC",
-              b"AB[ "]  # fmt: skip
+              b"AB[ ", b"\x00\x00\x2a\x01", b"\x00\x40\xff\x09", b"\x00\x41\x00\x00",
+              b"\x00\x00\x04\x0a"]  # fmt: skip
     payloads = [bytes(range(1, n + 1)) for n in range(10)] + starts
     path = tmp_path / "edges.pcap"
     with PcapWriter(path, LinkType.EN10MB) as w:

@@ -10,6 +10,7 @@ import pytest
 
 from ktrace import chunking
 from ktrace.analysis import sorting
+from ktrace.decode.h2 import frame_like
 from ktrace.decode.http1 import method_like
 from ktrace.decode.lead import KNOWN_WORDS, looks_like_app
 from ktrace.distinct import distinct
@@ -83,6 +84,7 @@ def test_app_words_are_found_by_lookup_as_by_isin() -> None:
         np.isin(words >> 16, [0x1603, 0x1503]) & (((words >> 8) & 0xFF) <= 4)
     )
     want |= np.array([method_like(int(w)) for w in words], bool)  # any method (RFC 9110 9.1)
+    want |= np.array([frame_like(int(w)) for w in words], bool)  # HTTP/2 caught midway
     assert np.array_equal(looks_like_app(words), want) and want.sum() >= len(KNOWN_WORDS) + 2
 
 

@@ -4,11 +4,11 @@ and their answers (HTTP/1.x, HTTP/2 and gRPC), and what TLS showed in clear."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ktrace.analysis.flows import FlowTable, flow_endpoint
-from ktrace.analysis.http_walk import Exchange, walk_http
+from ktrace.analysis.http_walk import Exchange, Tally, oriented, walk_http
 from ktrace.analysis.tcp_streams import connections
 from ktrace.analysis.tls_sessions import TlsSession, tls_session
 from ktrace.decode.index import PacketIndex
@@ -91,7 +91,7 @@ class HttpResult:
     transactions: list[HttpTransaction]  # by request time
     tls: list[TlsSession]
     connections: int  # connections at any point that carried HTTP or TLS
-    cut_heads: int = 0  # message heads the capture's snap length cut
+    unread: Tally = field(default_factory=Tally)  # what could not be read whole
 
 
 def http_transactions(
@@ -99,7 +99,8 @@ def http_transactions(
 ) -> HttpResult:
     out: list[HttpTransaction] = []
     sessions: list[TlsSession] = []
-    seen = cut = 0
+    seen = 0
+    tally = Tally()
     named: dict[tuple[int, str], str] = {}  # a connection seen at several points: named once
 
     def endpoint(flow: int, side: str) -> str:
@@ -108,10 +109,11 @@ def http_transactions(
             text = named[flow, side] = flow_endpoint(index, flows, flow, side)
         return text
 
-    for conn in connections(index, flows):
+    for found in connections(index, flows):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         seen += 1
+        conn = oriented(found)
         client = endpoint(conn.flow, "a" if conn.client_is_a else "b")
         server = endpoint(conn.flow, "b" if conn.client_is_a else "a")
         if looks_like_tls(conn.client.read(0, 3)):
@@ -119,12 +121,12 @@ def http_transactions(
             if session is not None:
                 sessions.append(session)
             continue
-        for e in walk_http(conn):
-            out.append(_transaction(conn.point, conn.flow, client, server, e))
-            cut += e.cut_heads
+        out.extend(
+            _transaction(conn.point, conn.flow, client, server, e) for e in walk_http(conn, tally)
+        )
     out.sort(key=lambda t: (t.request_ts, t.point, t.stream))
     sessions.sort(key=lambda s: (s.hello_ts, s.point))
-    return HttpResult(out, sessions, seen, cut)
+    return HttpResult(out, sessions, seen, tally)
 
 
 def _transaction(point: int, flow: int, client: str, server: str, e: Exchange) -> HttpTransaction:

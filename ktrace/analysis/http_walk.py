@@ -26,6 +26,8 @@ from ktrace.decode.http1 import (
 FIRST_READ = 4096
 MAX_MESSAGES = 100_000  # per connection: a bound on a hostile or garbled stream
 RESYNC_SEGMENTS = 64  # a capture that began mid-connection: segments tried for a message start
+FRAMES_TO_TRUST = 8  # frames followed from a segment's start to where a segment ends
+REQUEST_PSEUDO = frozenset({":method", ":path", ":scheme", ":authority"})
 
 
 @dataclass
@@ -48,7 +50,6 @@ class Exchange:
     ended_by: str = ""
     ended_ts: int | None = None  # when the reset or the close came
     request_end: int | None = None  # where the request ends in the client's stream
-    cut_heads: int = 0  # of its request and answer, heads the snap length cut
 
     def status(self) -> int | None:
         text = self.response.get(":status", "")
@@ -63,6 +64,14 @@ class Exchange:
         return urllib.parse.unquote(text)
 
 
+@dataclass
+class Tally:
+    """What a walk could not read whole, over all connections: said once in the warnings."""
+
+    cut_heads: int = 0  # message heads the capture's snap length cut
+    unseen_fields: int = 0  # HTTP/2 header fields naming table entries the capture missed
+
+
 @dataclass(frozen=True)
 class _Message:
     """An HTTP/1.x message in a stream: where its head, body and end are."""
@@ -75,12 +84,48 @@ class _Message:
     until_close: bool = False  # its body ends with the connection: nothing follows it
 
 
-def walk_http(conn: Connection) -> Iterator[Exchange]:
+def oriented(conn: Connection) -> Connection:
+    """The connection with its client the side that asks. Only HTTP/2 caught midway needs
+    it (its first bytes are frames either side sends): the side whose header blocks carry
+    a request's pseudo-headers asks, the one whose carry :status answers."""
+    if conn.client.lead == PREFACE_WORD or _http1(conn):
+        return conn
+    starts = _frames_start(conn.client), _frames_start(conn.server)
+    if starts == (None, None):
+        return conn
+    asks = [0, 0]
+    for side, (s, at) in enumerate(zip((conn.client, conn.server), starts, strict=True)):
+        for _, _, headers in _frames(s, s.length if at is None else at, Tally()):
+            if headers is not None:
+                asks[side] += bool(REQUEST_PSEUDO & headers.keys())
+                asks[side] -= ":status" in headers
+    if asks[1] > asks[0]:
+        return Connection(conn.flow, conn.point, conn.server, conn.client, not conn.client_is_a)
+    return conn
+
+
+def _http1(conn: Connection) -> bool:
+    """Either side starts an HTTP/1.x message somewhere near its start."""
+    return (
+        _resync(conn.client, request=True) is not None
+        or _resync(conn.server, request=False) is not None
+    )
+
+
+def walk_http(conn: Connection, tally: Tally) -> Iterator[Exchange]:
     client = conn.client
     if client.lead == PREFACE_WORD and client.read(0, len(H2_PREFACE)) == H2_PREFACE:
-        yield from _h2(conn, len(H2_PREFACE), 0, {})
+        yield from _h2(conn, len(H2_PREFACE), 0, {}, tally)
         return
     requests = _messages(client, _resync(client, request=True))
+    if not requests and _resync(conn.server, request=False) is None:
+        # no HTTP/1.x either way: HTTP/2 whose preface came before the capture, if any
+        client_at, server_at = _frames_start(client), _frames_start(conn.server)
+        if (client_at, server_at) != (None, None):
+            client_from = client.length if client_at is None else client_at
+            server_from = conn.server.length if server_at is None else server_at
+            yield from _h2(conn, client_from, server_from, {}, tally)
+        return
     exchanges: list[Exchange] = []
     for k, m in enumerate(requests):
         h = m.head
@@ -94,18 +139,17 @@ def walk_http(conn: Connection) -> Iterator[Exchange]:
                 request | h.headers,
                 request_bytes=_measured(m),
                 request_end=m.end,
-                cut_heads=int(h.cut),
             )
         )
-    upgrade = yield from _answers(conn, requests, exchanges)
+    upgrade = yield from _answers(conn, requests, exchanges, tally)
     if upgrade is not None:
         k, after_101 = upgrade
         after_request = (requests[k].end or 0) + len(H2_PREFACE)
-        yield from _h2(conn, after_request, after_101, {1: exchanges[k]})
+        yield from _h2(conn, after_request, after_101, {1: exchanges[k]}, tally)
 
 
 def _answers(
-    conn: Connection, requests: list[_Message], exchanges: list[Exchange]
+    conn: Connection, requests: list[_Message], exchanges: list[Exchange], tally: Tally
 ) -> Generator[Exchange, None, tuple[int, int] | None]:
     """Pair responses with requests in order; the exchanges are yielded as they complete.
     After an h2c upgrade, returns the upgraded request's number and where the server's
@@ -142,7 +186,7 @@ def _answers(
         e.response_ts, e.response_row = at, _row(server, m.offset)
         e.response = {":status": str(status)} | m.head.headers
         e.response_bytes = _measured(m, server)
-        e.cut_heads += m.head.cut
+        tally.cut_heads += m.head.cut
         _finish(e, server, client, m.end)
         yield e
         if status == 101 or (e.request.get(":method") == "CONNECT" and status < 300):
@@ -337,15 +381,19 @@ def _row(s: Stream, offset: int) -> int:
 
 
 def _h2(
-    conn: Connection, client_at: int, server_at: int, known: dict[int, Exchange]
+    conn: Connection,
+    client_at: int,
+    server_at: int,
+    known: dict[int, Exchange],
+    tally: Tally,
 ) -> Iterator[Exchange]:
     """HTTP/2 from these offsets: the client's frames, then the server's (each direction has
     its own header table), exchanges keyed by stream id."""
     exchanges = dict(known)
     for e in exchanges.values():
         e.protocol = "HTTP/2"
-    _follow(conn.client, client_at, exchanges, from_client=True)
-    _follow(conn.server, server_at, exchanges, from_client=False)
+    _follow(conn.client, client_at, exchanges, True, tally)
+    _follow(conn.server, server_at, exchanges, False, tally)
     for sid in sorted(exchanges):
         e = exchanges[sid]
         if e.ended == "open" and e.done_ts is None:
@@ -353,36 +401,76 @@ def _h2(
         yield e
 
 
-def _frames(s: Stream, pos: int) -> Iterator[tuple[h2.FrameHeader, int, dict[str, str] | None]]:
+def _frames(
+    s: Stream, pos: int, tally: Tally
+) -> Iterator[tuple[h2.FrameHeader, int, dict[str, str] | None]]:
     """Each frame from `pos` with its offset, and for the frame that ends a header block the
-    block's headers. Stops where a header block was lost: the header table is lost with it."""
+    block's headers. Where frames were lost, the next segment that starts a run of frames
+    is where they go on; the header table is then known only from what follows."""
     decoder = h2.HeaderDecoder()
     block = bytearray()
-    for _ in range(MAX_MESSAGES * 10):
-        head = s.read(pos, h2.FRAME_HEADER)
-        if len(head) < h2.FRAME_HEADER:
-            return
-        frame = h2.frame_header(head)
-        headers = None
-        if frame.type in (h2.HEADERS, h2.CONTINUATION):
-            payload = s.read(pos + h2.FRAME_HEADER, frame.length)
-            try:
-                if len(payload) < frame.length:
+    try:
+        for _ in range(MAX_MESSAGES * 10):
+            head = s.read(pos, h2.FRAME_HEADER)
+            if len(head) < h2.FRAME_HEADER or not h2.plausible(*_frame(head)):
+                if pos >= s.length:
                     return
-                if frame.type == h2.HEADERS:
+                found = _frames_start(s, after=pos)
+                if found is None:
+                    return
+                pos = found
+                decoder.forget()  # what the lost blocks added is unknown
+                block.clear()
+                continue
+            frame = h2.frame_header(head)
+            headers = None
+            if frame.type in (h2.HEADERS, h2.CONTINUATION):
+                payload = s.read(pos + h2.FRAME_HEADER, frame.length)
+                if len(payload) < frame.length:
+                    decoder.forget()
                     block.clear()
-                block += h2.block_fragment(frame, payload)
-                if frame.flags & h2.END_HEADERS:
-                    headers = decoder.decode(bytes(block))
-            except h2.H2Error:
-                return
-        yield frame, pos, headers
-        pos += h2.FRAME_HEADER + frame.length
+                else:
+                    if frame.type == h2.HEADERS:
+                        block.clear()
+                    block += h2.block_fragment(frame, payload)
+                    if frame.flags & h2.END_HEADERS:
+                        headers = decoder.decode(bytes(block))
+            yield frame, pos, headers
+            pos += h2.FRAME_HEADER + frame.length
+    except h2.H2Error:
+        return
+    finally:
+        tally.unseen_fields += decoder.unseen
 
 
-def _follow(s: Stream, pos: int, exchanges: dict[int, Exchange], from_client: bool) -> None:
+def _frame(head: bytes) -> tuple[h2.FrameHeader, bool]:
+    """A frame header, and whether its reserved bit is set."""
+    return h2.frame_header(head), bool(head[5] & 0x80)
+
+
+def _frames_start(s: Stream, after: int = -1) -> int | None:
+    """Where HTTP/2 frames start after `after`: the first of the next segments to start a
+    run of plausible frames that ends where a segment does (a frame spanning segments is
+    followed to its end)."""
+    first = bisect_right(s.start, after)
+    for start in s.start[first : first + RESYNC_SEGMENTS]:
+        pos = start
+        for _ in range(FRAMES_TO_TRUST):
+            head = s.read(pos, h2.FRAME_HEADER)
+            if len(head) < h2.FRAME_HEADER or not h2.plausible(*_frame(head)):
+                break
+            pos += h2.FRAME_HEADER + h2.frame_header(head).length
+            k = s.segment(pos - 1)
+            if k >= 0 and s.end[k] == pos:
+                return start
+    return None
+
+
+def _follow(
+    s: Stream, pos: int, exchanges: dict[int, Exchange], from_client: bool, tally: Tally
+) -> None:
     opened: dict[int, int] = {}  # stream -> offset of the HEADERS frame that began its block
-    for frame, offset, headers in _frames(s, pos):
+    for frame, offset, headers in _frames(s, pos, tally):
         sid = frame.stream
         if frame.type == h2.HEADERS:
             opened[sid] = offset
@@ -431,13 +519,19 @@ def _headers(
 ) -> None:
     sid, offset = where
     if from_client:
-        if sid not in exchanges and ":method" in headers:
-            exchanges[sid] = Exchange("HTTP/2", sid, _when(s, offset), _row(s, offset), headers)
-        return
-    e = exchanges.get(sid)
-    if e is None:
+        # a block with a request's pseudo-headers opens a stream (a trailer has none); those
+        # a table entry set before the capture held read UNSEEN
+        if sid not in exchanges and REQUEST_PSEUDO & headers.keys():
+            request = {":method": h2.UNSEEN, ":path": h2.UNSEEN} | headers
+            exchanges[sid] = Exchange("HTTP/2", sid, _when(s, offset), _row(s, offset), request)
         return
     status = headers.get(":status", "")
+    e = exchanges.get(sid)
+    if e is None:
+        if not status:
+            return
+        # the answer to a request made before the capture began
+        e = exchanges[sid] = Exchange("HTTP/2", sid, _when(s, offset), _row(s, offset), {})
     if status.startswith("1"):
         return  # interim
     if status and not e.response:

@@ -41,6 +41,7 @@ from ktrace.analysis.row_columns import (
 )
 from ktrace.analysis.views import ConversationRow, busiest_conversations, conversations
 from ktrace.chunking import in_order
+from ktrace.decode.h2 import UNSEEN
 from ktrace.decode.tunnel import Tunnel
 from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
@@ -602,21 +603,26 @@ class Result:
 
     @property
     def warnings(self) -> list[str]:
-        cut = self.analysis.http.cut_heads
-        snapped = (
-            [
-                f"{plural(cut, 'HTTP message head')} cut by the capture's snap length: read "
-                "up to the cut (the start line, the headers whole before it); their bodies "
-                "are not measured. Capture whole packets to read them (tcpdump -s 0; ktrace's "
-                "own captures keep them whole)"
-            ]
-            if cut
-            else []
-        )
+        unread = self.analysis.http.unread
+        http = []
+        if unread.cut_heads:
+            http.append(
+                f"{plural(unread.cut_heads, 'HTTP message head')} cut by the capture's snap "
+                "length: read up to the cut (the start line, the headers whole before it); "
+                "their bodies are not measured. Capture whole packets to read them (tcpdump "
+                "-s 0; ktrace's own captures keep them whole)"
+            )
+        if unread.unseen_fields:
+            http.append(
+                f"{plural(unread.unseen_fields, 'HTTP/2 header field')} (counted at each point "
+                "that saw them) named entries of their connection's header table set before "
+                "the capture began or in frames it missed: left out, and a method or path "
+                f"they held reads {UNSEEN}"
+            )
         return (
             list(self.notes)
             + self.analysis.index.warnings
-            + snapped
+            + http
             + [f"check {e.check} failed: {e.message}" for e in self.check_errors]
         )
 

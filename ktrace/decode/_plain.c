@@ -58,9 +58,12 @@ static int known_word(uint32_t w, const uint32_t *known, Py_ssize_t nknown) {
      * too */
     uint8_t b0 = w >> 24, b1 = w >> 16, b2 = w >> 8, b3 = w;
 #define TOKEN_UPPER(c) (((c) >= 'A' && (c) <= 'Z') || (c) == '-' || (c) == '_')
-    return b0 >= 'A' && b0 <= 'Z' && TOKEN_UPPER(b1) && TOKEN_UPPER(b2) &&
-           (TOKEN_UPPER(b3) || b3 == ' ');
+    if (b0 >= 'A' && b0 <= 'Z' && TOKEN_UPPER(b1) && TOKEN_UPPER(b2) &&
+        (TOKEN_UPPER(b3) || b3 == ' '))
+        return 1;
 #undef TOKEN_UPPER
+    /* an HTTP/2 frame (h2.frame_like): a length up to 0x40ff, one of the ten types */
+    return b0 == 0 && b1 <= 0x40 && b3 <= 9;
 }
 
 #define NOUT 18

@@ -1,11 +1,12 @@
 """What a TCP payload's first four bytes say it starts: an HTTP/1.x message, the HTTP/2
-preface or a TLS record. Read by the index decoder while the header windows are in hand, so
-that finding the connections worth reassembling costs no second pass over the capture."""
+preface or a frame, or a TLS record. Read by the index decoder while the header windows are in
+hand, so that finding the connections worth reassembling costs no second pass over the capture."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ktrace.decode.h2 import FRAME_LENGTH_HIGH, LAST_FRAME_TYPE
 from ktrace.decode.http1 import STARTS
 from ktrace.decode.tls import ALERT, HANDSHAKE
 
@@ -16,7 +17,8 @@ KNOWN_WORDS = np.array(sorted(STARTS), np.uint32)
 
 def looks_like_app(words: np.ndarray) -> np.ndarray:
     """Per big-endian word: it starts an HTTP/1.x message, the HTTP/2 preface or a TLS
-    record, or could start a request of another method (http1.method_like)."""
+    record, or could start a request of another method (http1.method_like) or an HTTP/2
+    frame (h2.frame_like: a connection that began before the capture)."""
     # a lookup in the sorted words: np.isin sorts the two together, and imports numpy.ma
     at = np.searchsorted(KNOWN_WORDS, words).clip(max=len(KNOWN_WORDS) - 1)
     known = KNOWN_WORDS[at] == words
@@ -25,4 +27,5 @@ def looks_like_app(words: np.ndarray) -> np.ndarray:
     upper = [(x >= 65) & (x <= 90) for x in b]
     token = [u | (x == 45) | (x == 95) for u, x in zip(upper, b, strict=True)]
     method = upper[0] & token[1] & token[2] & (token[3] | (b[3] == 32))
-    return known | tls | method
+    frame = (b[0] == 0) & (b[1] <= FRAME_LENGTH_HIGH) & (b[3] <= LAST_FRAME_TYPE)
+    return known | tls | method | frame

@@ -104,6 +104,13 @@ class Rows:
         cut = (have < wanted) | ((local < 0) & (wanted > 0))
         todo = np.flatnonzero((have > 0) & (local >= 0) & ~cut)
         out[cut] = UNKNOWN_HASH
+        # a cut payload's first four bytes, where captured, still say what it starts
+        cut_four = np.flatnonzero(cut & (have >= 4) & (local >= 0))
+        starts = local[cut_four]
+        for start in distinct(starts).tolist():
+            rows = cut_four[starts == start]
+            at = self.skip + start
+            lead[rows] = self.win[rows, at : at + 4].copy().view(">u4").reshape(-1)
         if not len(todo):
             return out, lead
         # Payloads start at a handful of offsets: read each group as one 8-byte column.

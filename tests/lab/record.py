@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ class Scenario:
     runs_in: str = "client"  # the lab namespace the code runs in (a pod, a node, outside)
     extra_points: tuple[str, ...] = ()  # ids from EXTRA_POINTS, besides the usual ones
     target: str = "pod/client"
+    # the code starts before the capture, prints READY once its connections are open, and
+    # goes on when a line comes on its stdin: the capture begins mid-connection
+    begun_before: bool = False
 
 
 def resolve(*names: str) -> str:
@@ -96,15 +100,34 @@ with grpc.insecure_channel("WEB2:PORT") as channel:
 """
 
 
+READY = "ready: the capture may start"
+GRPC_MIDWAY = """
+import grpc, sys
+with grpc.insecure_channel("WEB2:PORT") as channel:
+    say = channel.unary_unary("/ktrace.lab.Echo/Say")
+    try:  # opens the connection, whatever the answer
+        print("Say (before the capture):", say(b"before", timeout=3))
+    except grpc.RpcError as exc:
+        print("Say (before the capture) failed:", exc.code(), exc.details())
+    print("READY", flush=True)
+    sys.stdin.readline()
+    for k in range(3):
+        try:
+            print("Say:", say(b"hello %d" % k, timeout=3))
+        except grpc.RpcError as exc:
+            print("Say failed:", exc.code(), exc.details())
+"""
+
+
 def keepalive(*paths: str, timeout: float = 5, host: str = "web") -> str:
     """Two keep-alive connections to `host`, each asking for every path in turn."""
     return f"PATHS = {list(paths)!r}\nTIMEOUT = {timeout}\nHOST = {host!r}\n" + KEEPALIVE
 
 
-def grpc_calls() -> str:
+def grpc_calls(code: str = GRPC) -> str:
     """Three gRPC calls (HTTP/2, prior knowledge) to web-2's server, across the overlay."""
     web2 = next(p.ip for p in topo.PODS if p.name == "web-2")
-    return GRPC.replace("WEB2", web2).replace("PORT", str(GRPC_PORT))
+    return code.replace("WEB2", web2).replace("PORT", str(GRPC_PORT)).replace("READY", READY)
 
 
 STALL = """
@@ -158,6 +181,16 @@ SCENARIOS = {
             keepalive("/", "/index.html", "/") + grpc_calls(),
             "web-2 sheds load: its three answers on the second keep-alive connection are 503 "
             "while web-1 answers 200, and its gRPC calls fail UNAVAILABLE",
+        ),
+        Scenario(
+            "grpc-midway",
+            (),
+            grpc_calls(GRPC_MIDWAY),
+            "a gRPC channel to web-2 opened (preface, SETTINGS, a first call) before the "
+            "capture began, as long-lived gRPC connections are: its three calls in the "
+            "capture read from frames found mid-connection, what the header table held "
+            "from before (the method's path, the gRPC status) unknown",
+            begun_before=True,
         ),
         Scenario(
             "http-slow",
@@ -527,9 +560,17 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
     try:
         lab.reset_balancing()
         (bundle / "nodes").mkdir(mode=0o700)
-        with tcpdumps(lab, points, points_dir) as stats, kernel_drops(bundle):
+        with contextlib.ExitStack() as stack:
+            opened = stack.enter_context(_begun(lab, spec)) if spec.begun_before else None
+            stats = stack.enter_context(tcpdumps(lab, points, points_dir))
+            stack.enter_context(kernel_drops(bundle))
             counters(lab, bundle, "start")
-            output = lab.client_python(spec.code, timeout=60, ns=spec.runs_in)
+            if opened is None:
+                output = lab.client_python(spec.code, timeout=60, ns=spec.runs_in)
+            else:
+                output = opened.communicate("go\n", timeout=60)[0]
+                if opened.returncode:
+                    raise LabError(f"{spec.name}: the client exited {opened.returncode}")
             counters(lab, bundle, "end")
         node_metadata(lab, bundle)
     finally:
@@ -567,6 +608,31 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
         },
     )
     return bundle
+
+
+@contextlib.contextmanager
+def _begun(lab: Lab, spec: Scenario) -> Iterator[subprocess.Popen[str]]:
+    """The scenario's client, started and waited for until its connections are open."""
+    proc = subprocess.Popen(
+        lab.in_ns(spec.runs_in, sys.executable, "-c", spec.code),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        before = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == READY:
+                break
+            before.append(line)
+        else:
+            raise LabError(f"{spec.name}: the client ended before it was ready: {before}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def describe(bundle: Path) -> str:
