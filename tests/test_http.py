@@ -769,3 +769,62 @@ def test_header_blocks_read_as_hpack_reads_them_from_any_block_on(
                 # in the order sent, some left out (values hold no ", " here)
                 assert all(any(v == got for v in values) for got in value.split(", "))
     assert whole.unseen == 0
+
+
+def tls_after_plaintext() -> list[Conn]:
+    """TLS that starts after a plaintext part: SMTP's STARTTLS, PostgreSQL's SSL request, a
+    SOCKS5 tunnel, an HTTP CONNECT tunnel (asked twice: the proxy wants credentials); and
+    plain HTTP through a CONNECT tunnel."""
+    alert = b"\x15\x03\x03\x00\x02\x02\x28"  # the server refuses: fatal handshake_failure
+    smtp = Conn(41100, 25)
+    smtp.s(b"220 mail.example ESMTP\r\n")
+    smtp.c(b"EHLO client.example\r\n")
+    smtp.s(b"250-mail.example\r\n250 STARTTLS\r\n")
+    smtp.c(b"STARTTLS\r\n")
+    smtp.s(b"220 Ready to start TLS\r\n")
+    smtp.c(client_hello("mail.example", []))
+    smtp.s(alert)
+    postgres = Conn(41101, 5432)
+    postgres.c(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # SSLRequest
+    postgres.s(b"S")
+    postgres.c(client_hello("db.example", ["postgresql"]))
+    postgres.s(alert)
+    socks = Conn(41102, 1080)
+    socks.c(b"\x05\x01\x00")
+    socks.s(b"\x05\x00")
+    socks.c(b"\x05\x01\x00\x03\x0bapi.example\x01\xbb")
+    socks.s(b"\x05\x00\x00\x01\x0a\x00\x00\x01\x01\xbb")
+    socks.c(client_hello("api.example", ["h2"]))
+    socks.s(alert)
+    connect = Conn(41103, 3128)
+    connect.c(b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n\r\n")
+    connect.s(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+    connect.c(b"CONNECT api.example:443 HTTP/1.1\r\nProxy-Authorization: Basic eDp5\r\n\r\n")
+    connect.s(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    connect.c(client_hello("api.example", ["h2", "http/1.1"]))
+    connect.s(alert)
+    proxied = Conn(41104, 3128)
+    proxied.c(b"CONNECT web.example:80 HTTP/1.1\r\nHost: web.example:80\r\n\r\n")
+    proxied.s(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    proxied.c(b"GET /inside HTTP/1.1\r\nHost: web.example\r\n\r\n")
+    proxied.s(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    return [smtp, postgres, socks, connect, proxied]
+
+
+def test_tls_and_http_after_a_plaintext_start_are_read(tmp_path: Path) -> None:
+    result, _ = run_analysis(write(tmp_path / "upgraded.pcap", tls_after_plaintext()))
+    tls = sorted((s.server.rsplit(":", 1)[1], s.sni, s.alert) for s in result.analysis.http.tls)
+    refused = "server fatal handshake_failure"
+    assert tls == [
+        ("1080", "api.example", refused),
+        ("25", "mail.example", refused),
+        ("3128", "api.example", refused),
+        ("5432", "db.example", refused),
+    ]
+    http = sorted((t.method, t.path, t.status) for t in result.analysis.http.transactions)
+    assert http == [
+        ("CONNECT", "api.example:443", 200),
+        ("CONNECT", "api.example:443", 407),  # asked again with credentials
+        ("CONNECT", "web.example:80", 200),
+        ("GET", "/inside", 404),
+    ]

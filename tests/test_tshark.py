@@ -607,3 +607,24 @@ def test_http2_caught_midway_reads_as_tshark_reads_it(tmp_path: Path) -> None:
             mine[t.stream]["status"] = str(t.status)
     assert mine == theirs
     assert len(theirs) == 11 and sum("method" in v for v in theirs.values()) == 10
+
+
+def test_tls_after_a_plaintext_start_is_found_as_tshark_finds_it(tmp_path: Path) -> None:
+    """ClientHellos after SMTP's STARTTLS, PostgreSQL's SSL request, a SOCKS5 handshake and
+    an HTTP CONNECT (asked twice) carry the server names tshark's dissectors find; and the
+    HTTP requests and answers are tshark's, but for the plain HTTP inside the CONNECT
+    tunnel to port 80, which tshark leaves undissected (bare TCP segments)."""
+    from tests.test_http import tls_after_plaintext, write
+
+    path = write(tmp_path / "upgraded.pcap", tls_after_plaintext())
+    result = run_analysis(path)[0]
+    theirs = tshark("-r", str(path), "-Y", "tls.handshake.type==1", "-T", "fields",
+                    "-e", "tcp.dstport", "-e", "tls.handshake.extensions_server_name")  # fmt: skip
+    mine = {f"{s.server.rsplit(':', 1)[1]}\t{s.sni}" for s in result.analysis.http.tls}
+    assert mine == set(theirs.splitlines()) and len(mine) == 4
+    txs = result.analysis.http.transactions
+    methods = Counter(t.method for t in txs if t.method)
+    statuses = Counter(t.status for t in txs if t.status is not None)
+    theirs_methods, theirs_statuses = tshark_http_tree(path)
+    assert methods == theirs_methods + Counter({"GET": 1})
+    assert statuses == theirs_statuses + Counter({404: 1})

@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 from ktrace.analysis.flows import FlowTable, flow_endpoint
 from ktrace.analysis.http_walk import Exchange, Tally, oriented, walk_http
-from ktrace.analysis.tcp_streams import connections
-from ktrace.analysis.tls_sessions import TlsSession, tls_session
+from ktrace.analysis.tcp_streams import Connection, connections
+from ktrace.analysis.tls_sessions import TlsSession, tls_session, tls_start
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.tls import looks_like_tls
 from ktrace.errors import Cancelled
@@ -116,17 +116,46 @@ def http_transactions(
         conn = oriented(found)
         client = endpoint(conn.flow, "a" if conn.client_is_a else "b")
         server = endpoint(conn.flow, "b" if conn.client_is_a else "a")
-        if looks_like_tls(conn.client.read(0, 3)):
-            session = tls_session(conn, client, server)
-            if session is not None:
-                sessions.append(session)
-            continue
-        out.extend(
-            _transaction(conn.point, conn.flow, client, server, e) for e in walk_http(conn, tally)
-        )
+        read = _Read(conn, client, server, tally)
+        read.connection()
+        out.extend(read.transactions)
+        sessions.extend(read.sessions)
     out.sort(key=lambda t: (t.request_ts, t.point, t.stream))
     sessions.sort(key=lambda s: (s.hello_ts, s.point))
     return HttpResult(out, sessions, seen, tally)
+
+
+@dataclass
+class _Read:
+    """What one connection carries: TLS from its start; HTTP, and inside an answered CONNECT
+    what the tunnel carries (TLS or HTTP); or a plaintext start and TLS after it."""
+
+    conn: Connection
+    client: str
+    server: str
+    tally: Tally
+    transactions: list[HttpTransaction] = field(default_factory=list)
+    sessions: list[TlsSession] = field(default_factory=list)
+
+    def connection(self, conn: Connection | None = None, tunnelled: bool = False) -> None:
+        conn = conn or self.conn
+        if looks_like_tls(conn.client.read(0, 3)):
+            self._tls(conn)
+            return
+        exchanges = list(walk_http(conn, self.tally))
+        self.transactions.extend(
+            _transaction(conn.point, conn.flow, self.client, self.server, e) for e in exchanges
+        )
+        tunnel = next((e.tunnel for e in exchanges if e.tunnel is not None), None)
+        if tunnel is not None and not tunnelled:
+            self.connection(conn.after(*tunnel), tunnelled=True)
+        elif not exchanges and (start := tls_start(conn)) is not None:
+            self._tls(conn.after(*start))
+
+    def _tls(self, conn: Connection) -> None:
+        session = tls_session(conn, self.client, self.server)
+        if session is not None:
+            self.sessions.append(session)
 
 
 def _transaction(point: int, flow: int, client: str, server: str, e: Exchange) -> HttpTransaction:

@@ -50,6 +50,8 @@ class Exchange:
     ended_by: str = ""
     ended_ts: int | None = None  # when the reset or the close came
     request_end: int | None = None  # where the request ends in the client's stream
+    # an answered CONNECT: where the tunnel starts in the client's and the server's streams
+    tunnel: tuple[int, int] | None = None
 
     def status(self) -> int | None:
         text = self.response.get(":status", "")
@@ -127,8 +129,18 @@ def walk_http(conn: Connection, tally: Tally) -> Iterator[Exchange]:
             yield from _h2(conn, client_from, server_from, {}, tally)
         return
     exchanges: list[Exchange] = []
-    for k, m in enumerate(requests):
-        h = m.head
+    _asked(client, requests, exchanges)
+    upgrade = yield from _answers(conn, requests, exchanges, tally)
+    if upgrade is not None:
+        k, after_101 = upgrade
+        after_request = (requests[k].end or 0) + len(H2_PREFACE)
+        yield from _h2(conn, after_request, after_101, {1: exchanges[k]}, tally)
+
+
+def _asked(client: Stream, requests: list[_Message], exchanges: list[Exchange]) -> None:
+    """An exchange for each request not yet given one."""
+    for k in range(len(exchanges), len(requests)):
+        h, m = requests[k].head, requests[k]
         request = {":method": h.method, ":path": h.target, ":authority": h.header("host")}
         exchanges.append(
             Exchange(
@@ -141,11 +153,6 @@ def walk_http(conn: Connection, tally: Tally) -> Iterator[Exchange]:
                 request_end=m.end,
             )
         )
-    upgrade = yield from _answers(conn, requests, exchanges, tally)
-    if upgrade is not None:
-        k, after_101 = upgrade
-        after_request = (requests[k].end or 0) + len(H2_PREFACE)
-        yield from _h2(conn, after_request, after_101, {1: exchanges[k]}, tally)
 
 
 def _answers(
@@ -189,7 +196,13 @@ def _answers(
         tally.cut_heads += m.head.cut
         _finish(e, server, client, m.end)
         yield e
-        if status == 101 or (e.request.get(":method") == "CONNECT" and status < 300):
+        if e.request.get(":method") == "CONNECT":
+            if 200 <= status < 300:
+                e.tunnel = (e.request_end or 0, m.body)
+            elif k == len(requests):  # refused (407): the client may ask again, in HTTP
+                requests += _messages(client, _next(client, requests[-1], request=True))
+                _asked(client, requests, exchanges)
+        if status == 101 or e.tunnel is not None:
             break  # another protocol (a WebSocket, a tunnel) follows: nothing more to pair
         previous, m = m, _next(server, m, request=False)
         after_gap = m is not None and m.offset != previous.end
@@ -257,7 +270,7 @@ def _messages(s: Stream, first: _Message | None) -> list[_Message]:
     m = first
     while m is not None and len(out) < MAX_MESSAGES:
         out.append(m)
-        if m.head.header("upgrade").lower() == "h2c":
+        if m.head.header("upgrade").lower() == "h2c" or m.head.method == "CONNECT":
             break  # what follows depends on the answer
         m = _next(s, m, request=True)
     return out

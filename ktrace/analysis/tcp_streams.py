@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -61,6 +61,31 @@ class Stream:
         k = bisect_right(self.start, offset) - 1
         return k if k >= 0 and offset < self.end[k] else -1
 
+    def after(self, offset: int, theirs: int) -> Stream:
+        """The stream from `offset` on, counted from there; its acknowledgements counted
+        from `theirs` in the other side's (what a tunnel carries, after its set-up)."""
+        k = bisect_right(self.end, offset)
+        start, end = self.start[k:], self.end[k:]
+        at, captured = self.at[k:], self.captured[k:]
+        if start and start[0] < offset:  # the segment the tunnel begins in
+            skip = offset - start[0]
+            at = [at[0] + skip, *at[1:]]
+            captured = [max(captured[0] - skip, 0), *captured[1:]]
+            start = [offset, *start[1:]]
+        lead = self.read(offset, 4)
+        return replace(
+            self,
+            start=[x - offset for x in start],
+            end=[x - offset for x in end],
+            captured=captured,
+            at=at,
+            ts=self.ts[k:],
+            row=self.row[k:],
+            lead=int.from_bytes(lead, "big") if len(lead) == 4 else 0,
+            fin_ack=None if self.fin_ack is None else self.fin_ack - theirs,
+            acked=[a - theirs if a >= 0 else a for a in self.acked[k:]],
+        )
+
     def snapped(self, offset: int) -> bool:
         """This byte was sent in a captured segment and cut from it by the snap length."""
         k = self.segment(offset)
@@ -109,6 +134,14 @@ class Connection:
     client: Stream
     server: Stream
     client_is_a: bool
+
+    def after(self, client_at: int, server_at: int) -> Connection:
+        """What the connection carries from these offsets on: a tunnel's inside."""
+        return replace(
+            self,
+            client=self.client.after(client_at, server_at),
+            server=self.server.after(server_at, client_at),
+        )
 
 
 def _words(index: PacketIndex, rows: np.ndarray) -> np.ndarray:

@@ -5,9 +5,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ktrace.analysis.tcp_streams import Connection, Stream
-from ktrace.decode.tls import ALERT, HANDSHAKE, Alert, Hello, NotTls, alert, hello, records
+from ktrace.decode.tls import (
+    ALERT,
+    HANDSHAKE,
+    Alert,
+    Hello,
+    NotTls,
+    alert,
+    hello,
+    looks_like_tls,
+    records,
+)
 
 HANDSHAKE_READ = 16384  # the hellos and any plaintext alert are within the first records
+TLS_SEARCH = 64  # segments of a plaintext start searched for a ClientHello
 
 
 class TlsSession(NamedTuple):
@@ -26,6 +37,23 @@ class TlsSession(NamedTuple):
     alert: str  # "" or "<sender> <level> <description>", the first plaintext alert
     failed: bool  # a fatal alert during the handshake, or the server closed without a word
     rows: tuple[int, ...]  # the ClientHello's, and the alert's or the close's packet
+
+
+def tls_start(conn: Connection) -> tuple[int, int] | None:
+    """Where TLS starts in each side after a plaintext start (STARTTLS in SMTP, IMAP or FTP,
+    PostgreSQL's and MySQL's SSL requests, a SOCKS or HTTP CONNECT tunnel): the client's
+    first segment that starts a ClientHello, and the server's first after it that starts a
+    TLS record (its end when none did)."""
+    client, server = conn.client, conn.server
+    for k, begin in enumerate(client.start[:TLS_SEARCH]):
+        head = client.read(begin, 6)
+        if len(head) == 6 and looks_like_tls(head) and head[0] == HANDSHAKE and head[5] == 1:
+            asked = client.ts[k]
+            for j, answer in enumerate(server.start[:TLS_SEARCH]):
+                if server.ts[j] >= asked and looks_like_tls(server.read(answer, 3)):
+                    return begin, answer
+            return begin, server.length
+    return None
 
 
 def tls_session(conn: Connection, client: str, server: str) -> TlsSession | None:
