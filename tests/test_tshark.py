@@ -628,3 +628,32 @@ def test_tls_after_a_plaintext_start_is_found_as_tshark_finds_it(tmp_path: Path)
     theirs_methods, theirs_statuses = tshark_http_tree(path)
     assert methods == theirs_methods + Counter({"GET": 1})
     assert statuses == theirs_statuses + Counter({404: 1})
+
+
+def test_ip_lengths_that_contradict_the_packet_are_malformed_as_for_tshark(
+    tmp_path: Path,
+) -> None:
+    """IPv4 total lengths below the header's (11) and beyond the frame: tshark flags both
+    as errors, and ktrace counts both as malformed. Where tshark is wrong: it still reads a
+    ClientHello from the second, whose IP header contradicts the frame it came in; ktrace
+    invents nothing from it and reads only the well-formed one beside them."""
+    from tests.test_http import client_hello
+
+    hello = client_hello("real.example", [])
+    bogus = [11, 4000]
+    packets = [
+        *(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", len=n) / TCP(dport=443) / hello
+          for n in bogus),
+        *tcp_session(sport=41000, dport=443, data=hello, reply=b"\x15\x03\x03\x00\x02\x02\x28"),
+    ]  # fmt: skip
+    path = write_pcap(tmp_path / "bogus.pcap", 1, frames(packets))
+    result, data = run_analysis(path)
+    flagged = tshark("-r", str(path), "-Y", "_ws.expert.severity == error && ip", "-T",
+                     "fields", "-e", "frame.number")  # fmt: skip
+    hellos = tshark("-r", str(path), "-Y", "tls.handshake.type == 1", "-T", "fields",
+                    "-e", "frame.number")  # fmt: skip
+    said = [w for w in data["warnings"] if "malformed" in w]
+    assert flagged.split() == ["1", "2"]
+    assert said[0].startswith("2 packets whose IP length fields contradict the packet")
+    assert hellos.split() == ["2", "6"]  # the first from the bogus frame 2
+    assert [s.hello_row + 1 for s in result.analysis.http.tls] == [6]
