@@ -78,4 +78,8 @@ def test_reused_client_ports_are_separate_connections(busy: tuple[Path, Path]) -
     )
     answered = [r for r in data["http"] if r["status"] == 200]
     assert len(answered) >= 0.99 * len(http)
-    assert all(r["latency_ms"] < 1000 for r in answered)
+    # an answer whose request tcpdump lost under load has no wait to tell, and says so
+    asked = [r for r in answered if r["method"]]
+    assert len(asked) >= 0.99 * len(answered)
+    assert all(r["latency_ms"] < 1000 for r in asked)
+    assert all(r["latency_ms"] is None for r in answered if not r["method"])

@@ -56,7 +56,7 @@ class Analysis:
     def capture_loss(self) -> list[PointLoss]:
         """Per point, what its capture failed to record: asked only by the checks that judge
         something "unanswered" against it."""
-        return point_losses(self.index, self.flows.flow)
+        return point_losses(self.index, self.flows)
 
     @cached_property
     def _path_by_conv(self) -> dict[int, ConvPath]:

@@ -8,7 +8,7 @@ segment seen at two points is not taken for a retransmission.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -53,6 +53,9 @@ class FlowTable:
     zero_window: np.ndarray
     flow: np.ndarray  # per packet: flow number, or NO_FLOW
     forward: np.ndarray  # per packet: True when sent a -> b
+    # per capture point: TCP data segments it did not record (tcp_sequence.unrecorded); empty
+    # until TCP health is worked out
+    unrecorded: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.l3)
@@ -405,9 +408,15 @@ def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
 
 def with_tcp_health(flows: FlowTable, c: PacketColumns, npoints: int) -> FlowTable:
     """The table with its handshake times, retransmissions and segments out of order."""
-    handshake, retrans, out_of_order = tcp_health(c, flows.flow, flows.forward, len(flows), npoints)
+    handshake, retrans, out_of_order, unrecorded = tcp_health(
+        c, flows.flow, flows.forward, len(flows), npoints
+    )
     return replace(
-        flows, handshake_ns=handshake, retransmissions=retrans, out_of_order=out_of_order
+        flows,
+        handshake_ns=handshake,
+        retransmissions=retrans,
+        out_of_order=out_of_order,
+        unrecorded=unrecorded,
     )
 
 

@@ -20,12 +20,14 @@ from ktrace.decode.gather import gather
 from ktrace.decode.http1 import REQUEST_WORDS, RESPONSE_WORD, method_like
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import APP_START
+from ktrace.decode.lead import starts_surely
 from ktrace.decode.tls import CLIENT_HELLO, HANDSHAKE
 from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
 from ktrace.distinct import distinct
 from ktrace.pcap.hot import Buffer
 
 MAX_READ = 1 << 20
+MAYBE_SHARE = 32  # of a flow's packets, one in this many starting like HTTP makes it HTTP
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,13 @@ def connections(index: PacketIndex, flows: FlowTable) -> Iterator[Connection]:
     """The connections at each point that carry HTTP or TLS, in flow and point order."""
     c = index.columns
     marked = np.flatnonzero(((c.ipflags & APP_START) != 0) & (flows.flow >= 0))
+    # a flow marked only by shapes random bytes take (any method, an HTTP/2 frame) is taken
+    # where they start many of its segments, not once in a bulk transfer's million
+    maybe = ~starts_surely(_words(index, marked))
+    if maybe.any():
+        doubtful = np.bincount(flows.flow[marked[maybe]], minlength=len(flows))
+        trusted = doubtful * MAYBE_SHARE >= flows.packets_ab + flows.packets_ba
+        marked = marked[~maybe | trusted.take(flows.flow[marked])]
     if not len(marked):
         return
     npoints = len(index.points)

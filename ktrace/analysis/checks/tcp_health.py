@@ -63,7 +63,8 @@ def _lost_and_resent(analysis: Analysis, flows: np.ndarray) -> np.ndarray:
     # the conversations' flows, before and after NAT: the receiver's copies may be in another
     wanted = np.append(np.isin(conv, conv[flows]), False)  # the last: "no flow" (-1)
     tcp = np.flatnonzero(wanted[f.flow] & (c.proto == TCP))
-    rows, again, _ = resent_rows(c, tcp, f.flow, f.forward, npoints)
+    walk = resent_rows(c, tcp, f.flow, f.forward, npoints)
+    rows, again = walk.rows, walk.again
     carries = (c.paylen[rows] > 0) | ((c.tcp_flags[rows] & (SYN | FIN)) != 0)
     rows, again = rows[carries], again[carries]
     point = c.point[rows].astype(np.int64)
