@@ -6,6 +6,7 @@ for leftovers: no tcpdump on the machine, no node pod, no running ephemeral cont
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -13,18 +14,27 @@ import signal
 import subprocess
 import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from ktrace.analysis.pipeline import analyze
 from ktrace.bundle.manifest import read_manifest
+from ktrace.kube.api import Api, KubeFlags, explain, status_of
+from ktrace.kube.debug import node_pod_spec
 from tests.cluster import build
 from tests.cluster.cluster import Cluster, unavailable
 from tests.cluster.layout import DNS_VIP, NODES, WEB_VIP
+from tests.cluster.manifests import RESTRICTED_SECURITY
 from tests.cluster.processes import running
+from tests.lab import topology as topo
+from tests.lab.apiserver.server import ApiServer
+from tests.lab.lab import Lab
 from tests.running import Running, rows
 
 WHY = unavailable()
@@ -390,3 +400,170 @@ def test_kube_proxy_in_nftables_mode(real: Real, tmp_path: Path) -> None:
         found = analyze([tmp_path / fault]).findings
         assert [f.id for f in found if f.severity >= 3] == [check], [f.title for f in found]
         assert words in " ".join(" ".join(f.explanation.split()) for f in found)
+
+
+# --- the lab's imitation answers every request ktrace makes as the real server does ----------
+@dataclass
+class World:
+    """One API server, and where in it each request's subject lives."""
+
+    admin: Api
+    viewer: Api
+    pending: str  # a pod that never runs
+    node: str
+    psa: Callable[[str], str]  # an enforce level -> the namespace of a `client` pod under it
+    names: dict[str, str]  # this world's own names -> what they read as in the comparison
+
+
+Ask = Callable[[World], tuple[Api, Callable[[Api], Any]]]
+
+
+def _caps_patch(api: Api, namespace: str, pod: str) -> Any:
+    body = {"spec": {"ephemeralContainers": [{
+        "name": "ktrace-conform", "image": IMAGE, "command": ["sleep", "1"],
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False,
+                            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+    }]}}  # fmt: skip
+    return api.core.patch_namespaced_pod_ephemeralcontainers(
+        pod, namespace, body, dry_run="All", _preload_content=False
+    )
+
+
+def _node_pod(api: Api, namespace: str, node: str) -> Any:
+    spec = node_pod_spec(node, namespace, IMAGE, 60, "conform")
+    spec["metadata"]["name"] = "ktrace-node-conform"
+    return api.core.create_namespaced_pod(namespace, spec, dry_run="All", _preload_content=False)
+
+
+def _review(api: Api, namespace: str) -> Any:
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"namespace": namespace, "verb": "patch",
+                                            "resource": "pods",
+                                            "subresource": "ephemeralcontainers"}}}  # fmt: skip
+    return client.AuthorizationV1Api(api.api_client).create_self_subject_access_review(
+        body, _preload_content=False
+    )
+
+
+def _self(api: Api) -> Any:
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    return client.AuthenticationV1Api(api.api_client).create_self_subject_review(
+        body, _preload_content=False
+    )
+
+
+# every request ktrace makes (kube/), asked so that it succeeds and so that it is refused
+REQUESTS: dict[str, Ask] = {
+    "read pod": lambda w: (w.admin, lambda a: a.core.read_namespaced_pod(
+        "client", "default", _preload_content=False)),
+    "read pod, missing": lambda w: (w.admin, lambda a: a.core.read_namespaced_pod(
+        "nope", "default", _preload_content=False)),
+    "read pending pod": lambda w: (w.admin, lambda a: a.core.read_namespaced_pod(
+        w.pending, "default", _preload_content=False)),
+    "list pods by label": lambda w: (w.admin, lambda a: a.core.list_namespaced_pod(
+        "default", label_selector="app=web", _preload_content=False)),
+    "list every pod": lambda w: (w.viewer, lambda a: a.core.list_pod_for_all_namespaces(
+        _preload_content=False)),
+    "read deployment, missing": lambda w: (w.admin, lambda a: a.apps.read_namespaced_deployment(
+        "nope", "default", _preload_content=False)),
+    "read service": lambda w: (w.admin, lambda a: a.core.read_namespaced_service(
+        "web", "default", _preload_content=False)),
+    "read service, missing": lambda w: (w.admin, lambda a: a.core.read_namespaced_service(
+        "nope", "default", _preload_content=False)),
+    "list every service": lambda w: (w.viewer, lambda a: a.core.list_service_for_all_namespaces(
+        _preload_content=False)),
+    "list a service's slices": lambda w: (w.admin, lambda a: (
+        a.discovery.list_namespaced_endpoint_slice(
+            "default", label_selector="kubernetes.io/service-name=web", _preload_content=False))),
+    "list every slice": lambda w: (w.viewer, lambda a: (
+        a.discovery.list_endpoint_slice_for_all_namespaces(_preload_content=False))),
+    "read namespace": lambda w: (w.admin, lambda a: a.core.read_namespace(
+        "default", _preload_content=False)),
+    "list nodes": lambda w: (w.admin, lambda a: a.core.list_node(_preload_content=False)),
+    "list nodes, view-only": lambda w: (w.viewer, lambda a: a.core.list_node(
+        _preload_content=False)),
+    "access review": lambda w: (w.admin, lambda a: _review(a, "default")),
+    "access review, view-only": lambda w: (w.viewer, lambda a: _review(a, "default")),
+    "self review, view-only": lambda w: (w.viewer, _self),
+    "ephemeral container, view-only": lambda w: (w.viewer, lambda a: _caps_patch(
+        a, "default", "client")),
+    "ephemeral container, restricted": lambda w: (w.admin, lambda a: _caps_patch(
+        a, w.psa("restricted"), "client")),
+    "ephemeral container, baseline": lambda w: (w.admin, lambda a: _caps_patch(
+        a, w.psa("baseline"), "client")),
+    "node pod": lambda w: (w.admin, lambda a: _node_pod(a, "default", w.node)),
+    "node pod, view-only": lambda w: (w.viewer, lambda a: _node_pod(a, "default", w.node)),
+    "node pod, baseline": lambda w: (w.admin, lambda a: _node_pod(a, w.psa("baseline"), w.node)),
+    "delete pod, missing": lambda w: (w.admin, lambda a: a.core.delete_namespaced_pod(
+        "ktrace-node-gone", "default", grace_period_seconds=0, _preload_content=False)),
+}  # fmt: skip
+
+
+def answer(world: World, ask: Ask) -> tuple[int, str]:
+    """(HTTP code, and what ktrace makes of it: the object's kind and the fields it reads,
+    or its one sentence), each world's own names replaced."""
+    api, request = ask(world)
+    try:
+        data = json.loads(request(api).data)
+        code = 200
+        read = {"kind": data.get("kind"), "allowed": data.get("status", {}).get("allowed"),
+                "phase": data.get("status", {}).get("phase"),
+                "items": sorted({i.get("kind", "") for i in data.get("items", [])})}  # fmt: skip
+        said = json.dumps({k: v for k, v in read.items() if v not in (None, [])})
+    except ApiException as exc:
+        code, status = status_of(exc)
+        said = f"{status.get('reason')}: {explain(code, status)}"
+    for own, common in world.names.items():
+        said = said.replace(own, common)
+    return code, said
+
+
+@pytest.fixture(scope="module")
+def imitation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, Path]]:
+    lab = Lab().up()
+    server = ApiServer(lab.description()).start()
+    try:
+        yield server, server.kubeconfig(tmp_path_factory.mktemp("imitation") / "kubeconfig")
+    finally:
+        server.stop()
+        lab.down()
+
+
+@pytest.mark.parametrize("request_name", sorted(REQUESTS))
+def test_the_labs_api_server_answers_as_the_real_one(
+    real: Real, imitation: tuple[ApiServer, Path], request_name: str
+) -> None:
+    server, kubeconfig = imitation
+    labels = server.cluster.namespaces["default"]["metadata"]["labels"]
+
+    client_pod = server.cluster.pods[("default", "client")]
+    as_it_was = copy.deepcopy(client_pod)
+
+    def lab_level(level: str) -> str:
+        labels["pod-security.kubernetes.io/enforce"] = level
+        if level == "restricted":  # as the real world's pod there, made to be admitted
+            for c in client_pod["spec"]["containers"]:
+                c["securityContext"] = RESTRICTED_SECURITY
+        return "default"
+
+    real_world = World(
+        Api(KubeFlags(kubeconfig=str(real.cluster.kubeconfig("admin")))),
+        Api(KubeFlags(kubeconfig=str(real.cluster.kubeconfig("viewer")))),
+        "pending", NODES[0].name, lambda level: level,
+        {"ktrace-test-viewer": "VIEWER", "pending": "PENDING", '"restricted" enforces':
+         '"NS" enforces', '"baseline" enforces': '"NS" enforces', NODES[0].name: "NODE"},
+    )  # fmt: skip
+    lab_world = World(
+        Api(KubeFlags(kubeconfig=str(kubeconfig), context="ktrace-lab")),
+        Api(KubeFlags(kubeconfig=str(kubeconfig), context="ktrace-lab-viewer")),
+        "pending-1", topo.NODES[0].name, lab_level,
+        {"viewer": "VIEWER", "pending-1": "PENDING", '"default" enforces': '"NS" enforces',
+         topo.NODES[0].name: "NODE"},
+    )  # fmt: skip
+    try:
+        theirs = answer(real_world, REQUESTS[request_name])
+        ours = answer(lab_world, REQUESTS[request_name])
+    finally:
+        labels.pop("pod-security.kubernetes.io/enforce", None)
+        server.cluster.pods[("default", "client")] = as_it_was
+    assert ours == theirs

@@ -91,74 +91,153 @@ def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _who(names: list[str]) -> str:
+def _who(names: list[str], one: str = "container", many: str = "containers") -> str:
     quoted = ", ".join(f'"{n}"' for n in names)
-    return f"container {quoted}" if len(names) == 1 else f"containers {quoted}"
+    return f"{one} {quoted}" if len(names) == 1 else f"{many} {quoted}"
 
 
-def pod_security_violations(spec: dict[str, Any], level: str) -> list[str]:
-    if level == "privileged":
-        return []
+def _context(c: dict[str, Any]) -> dict[str, Any]:
+    return c.get("securityContext") or {}
+
+
+def _added(c: dict[str, Any]) -> list[str]:
+    return list((_context(c).get("capabilities") or {}).get("add") or [])
+
+
+def _setters(pod: bool, containers: list[str]) -> str:
+    return " and ".join([*(["pod"] if pod else []), *([_who(containers)] if containers else [])])
+
+
+def _baseline(spec: dict[str, Any], restricted: bool) -> list[str]:
+    """The baseline checks in the order of their IDs; restricted overrides the capability one."""
     out = []
-    by_caps: dict[tuple[str, ...], list[str]] = {}
-    for c in _containers(spec):
-        added = ((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
-        bad = tuple(sorted(cap for cap in added if cap not in BASELINE_CAPS))
-        if bad:
-            by_caps.setdefault(bad, []).append(c["name"])
-    for bad, names in by_caps.items():
-        caps = ", ".join(f'"{c}"' for c in bad)
+    caps = sorted({cap for c in _containers(spec) for cap in _added(c) if cap not in BASELINE_CAPS})
+    adding = [c["name"] for c in _containers(spec) if set(_added(c)) - BASELINE_CAPS]
+    if adding and not restricted:
         out.append(
-            f"non-default capabilities ({_who(names)} must not include {caps} in "
-            "securityContext.capabilities.add)"
+            f"non-default capabilities ({_who(adding)} must not include "
+            f"{', '.join(map(_quote, caps))} in securityContext.capabilities.add)"
         )
     hosts = [f"{k}=true" for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k)]
     if hosts:
         out.append(f"host namespaces ({', '.join(hosts)})")
     paths = [v["name"] for v in spec.get("volumes", []) if "hostPath" in v]
     if paths:
-        out.append(
-            f"hostPath volumes ({', '.join(f'volume {n!r}' for n in paths)})".replace("'", '"')
-        )
-    privileged = [
-        c["name"] for c in _containers(spec) if (c.get("securityContext") or {}).get("privileged")
-    ]
+        out.append(f"hostPath volumes ({_who(paths, 'volume', 'volumes')})")
+    privileged = [c["name"] for c in _containers(spec) if _context(c).get("privileged")]
     if privileged:
         out.append(f"privileged ({_who(privileged)} must not set securityContext.privileged=true)")
-    if level == "restricted":
-        loose = [
-            c["name"]
-            for c in _containers(spec)
-            if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is not False
-        ]
-        if loose:
-            out.append(
-                f"allowPrivilegeEscalation != false ({_who(loose)} must set "
-                "securityContext.allowPrivilegeEscalation=false)"
-            )
-        undropped = [
-            c["name"]
-            for c in _containers(spec)
-            if "ALL"
-            not in (((c.get("securityContext") or {}).get("capabilities") or {}).get("drop") or [])
-        ]
-        if undropped:
-            out.append(
-                f"unrestricted capabilities ({_who(undropped)} must set "
-                'securityContext.capabilities.drop=["ALL"])'
-            )
-        pod_nonroot = (spec.get("securityContext") or {}).get("runAsNonRoot") is True
-        root = [
-            c["name"]
-            for c in _containers(spec)
-            if not pod_nonroot and (c.get("securityContext") or {}).get("runAsNonRoot") is not True
-        ]
-        if root:
-            out.append(
-                f"runAsNonRoot != true (pod or {_who(root)} must set "
-                "securityContext.runAsNonRoot=true)"
-            )
     return out
+
+
+def _restricted(spec: dict[str, Any]) -> list[str]:
+    """The restricted checks, in the order of their IDs, worded as pod-security-admission's."""
+    out = []
+    pod = spec.get("securityContext") or {}
+    loose = [
+        c["name"]
+        for c in _containers(spec)
+        if _context(c).get("allowPrivilegeEscalation") is not False
+    ]
+    if loose:
+        out.append(
+            f"allowPrivilegeEscalation != false ({_who(loose)} must set "
+            "securityContext.allowPrivilegeEscalation=false)"
+        )
+    undropped = [
+        c["name"]
+        for c in _containers(spec)
+        if "ALL" not in ((_context(c).get("capabilities") or {}).get("drop") or [])
+    ]
+    extra = sorted(
+        {cap for c in _containers(spec) for cap in _added(c) if cap != "NET_BIND_SERVICE"}
+    )
+    adding = [c["name"] for c in _containers(spec) if set(_added(c)) - {"NET_BIND_SERVICE"}]
+    details = []
+    if undropped:
+        details.append(f'{_who(undropped)} must set securityContext.capabilities.drop=["ALL"]')
+    if adding:
+        details.append(
+            f"{_who(adding)} must not include {', '.join(map(_quote, extra))} in "
+            "securityContext.capabilities.add"
+        )
+    if details:
+        out.append(f"unrestricted capabilities ({'; '.join(details)})")
+    out.extend(_run_as_non_root(spec, pod))
+    root = [c["name"] for c in _containers(spec) if _context(c).get("runAsUser") == 0]
+    if pod.get("runAsUser") == 0 or root:
+        out.append(
+            f"runAsUser=0 ({_setters(pod.get('runAsUser') == 0, root)} must not set runAsUser=0)"
+        )
+    out.extend(_seccomp(spec, pod))
+    return out
+
+
+def _run_as_non_root(spec: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    pod_false = pod.get("runAsNonRoot") is False
+    pod_true = pod.get("runAsNonRoot") is True
+    said = [c["name"] for c in _containers(spec) if _context(c).get("runAsNonRoot") is False]
+    if pod_false or said:
+        return [
+            f"runAsNonRoot != true ({_setters(pod_false, said)} must not set "
+            "securityContext.runAsNonRoot=false)"
+        ]
+    unsaid = [
+        c["name"]
+        for c in _containers(spec)
+        if _context(c).get("runAsNonRoot") is None and not pod_true
+    ]
+    if unsaid:
+        return [
+            f"runAsNonRoot != true (pod or {_who(unsaid)} must set "
+            "securityContext.runAsNonRoot=true)"
+        ]
+    return []
+
+
+def _seccomp(spec: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    def kind(context: dict[str, Any]) -> str | None:
+        profile = context.get("seccompProfile")
+        return None if profile is None else str(profile.get("type", ""))
+
+    good = {"RuntimeDefault", "Localhost"}
+    pod_kind = kind(pod)
+    pod_bad = pod_kind is not None and pod_kind not in good
+    bad = [c["name"] for c in _containers(spec) if kind(_context(c)) not in (None, *good)]
+    if pod_bad or bad:
+        values = sorted(
+            {
+                k
+                for k in [pod_kind, *(kind(_context(c)) for c in _containers(spec))]
+                if k is not None and k not in good
+            }
+        )
+        return [
+            f"seccompProfile ({_setters(pod_bad, bad)} must not set "
+            f"securityContext.seccompProfile.type to {', '.join(map(_quote, values))})"
+        ]
+    unset = [
+        c["name"] for c in _containers(spec) if kind(_context(c)) is None and pod_kind not in good
+    ]
+    if unset:
+        return [
+            f"seccompProfile (pod or {_who(unset)} must set securityContext.seccompProfile."
+            'type to "RuntimeDefault" or "Localhost")'
+        ]
+    return []
+
+
+def _quote(text: str) -> str:
+    return f'"{text}"'
+
+
+def pod_security_violations(spec: dict[str, Any], level: str) -> list[str]:
+    """What pod-security-admission says of a pod at this level: baseline checks, then the
+    restricted ones, each group in the order of its check IDs."""
+    if level == "privileged":
+        return []
+    restricted = level == "restricted"
+    return _baseline(spec, restricted) + (_restricted(spec) if restricted else [])
 
 
 def check_pod_security(namespace: dict[str, Any], pod_name: str, spec: dict[str, Any]) -> None:

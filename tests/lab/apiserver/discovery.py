@@ -101,9 +101,9 @@ def _pod_row(pod: dict[str, Any]) -> list[Any]:
     ]
 
 
-def table(items: list[dict[str, Any]], version: str) -> dict[str, Any]:
+def table(items: list[dict[str, Any]], kind: str, version: str) -> dict[str, Any]:
     """`kubectl get` output: the columns the server chooses (pods get the usual five)."""
-    pods = bool(items) and items[0]["kind"] == "Pod"
+    pods = kind == "Pod"
     columns = (
         [
             ("Name", 0),

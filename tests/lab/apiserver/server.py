@@ -254,14 +254,16 @@ class Handler(BaseHTTPRequestHandler):
             )
             version = str(self.cluster.version)
             if "as=Table" in self.headers.get("Accept", ""):
-                self._json(discovery.table(items, version))
+                self._json(discovery.table(items, kind, version))
                 return
+            # a list's items carry no kind or apiVersion of their own: the list says them
+            bare = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
             self._json(
                 {
                     "kind": f"{kind}List",
                     "apiVersion": api,
                     "metadata": {"resourceVersion": version},
-                    "items": items,
+                    "items": bare,
                 }
             )
 
@@ -471,7 +473,8 @@ class Handler(BaseHTTPRequestHandler):
                     "request: hostPath volumes are not allowed",
                 )
             if self._q("dryRun") == "All":  # judged, admitted, and kept nowhere
-                self._json(body, 201)
+                self._json({**body, "kind": "Pod", "apiVersion": "v1",
+                            "status": {"phase": "Pending"}}, 201)  # fmt: skip
                 return
             self._json(self.cluster.create_pod(body), 201)
 
