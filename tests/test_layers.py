@@ -64,6 +64,20 @@ def test_no_function_in_ktrace_is_over_80_lines() -> None:
     assert not long
 
 
+def test_every_class_in_ktrace_has_a_name_of_its_own() -> None:
+    """A name says what it holds: two `Progress` classes (indexing, a capture's stderr line)
+    make a reader open both files to learn which one an import means."""
+    import ast
+    from collections import defaultdict
+
+    where = defaultdict(list)
+    for path in sorted((REPO / "ktrace").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                where[node.name].append(str(path.relative_to(REPO)))
+    assert {name: paths for name, paths in where.items() if len(paths) > 1} == {}
+
+
 def test_the_c_walker_is_built_where_a_compiler_exists() -> None:
     from ktrace.pcap import hot
 

@@ -51,7 +51,7 @@ def tcp_dns_messages(index: PacketIndex) -> TcpMessages:
     """Every DNS message sent over TCP to or from port 53."""
     c = index.columns
     rows = np.flatnonzero((c.proto == TCP) & ((c.sport == DNS_PORT) | (c.dport == DNS_PORT)))
-    found = _Found(len(index.points))
+    found = _StreamMessages(len(index.points))
     if len(rows):
         here = (c.src[rows].astype(np.uint64) << 16) | c.sport[rows]
         there = (c.dst[rows].astype(np.uint64) << 16) | c.dport[rows]
@@ -72,7 +72,7 @@ def tcp_dns_messages(index: PacketIndex) -> TcpMessages:
     return found.result()
 
 
-class _Found:
+class _StreamMessages:
     def __init__(self, npoints: int) -> None:
         self.joined_point = npoints
         self.row: list[int] = []

@@ -22,7 +22,7 @@ from ktrace.analysis.names import Names
 from ktrace.analysis.paths import conversation_paths
 from ktrace.analysis.result import Result
 from ktrace.bundle.inputs import Inputs, read_inputs
-from ktrace.decode.index import IndexBuilder, PacketIndex, Progress, scan
+from ktrace.decode.index import IndexBuilder, IndexProgress, PacketIndex, scan
 from ktrace.errors import Cancelled, KtraceError
 from ktrace.perf import release_free_memory
 
@@ -64,7 +64,7 @@ class Analyzed:
     result: Result
 
 
-Step = Progress | FileFailed | Indexed | Analysing | Analyzed
+Step = IndexProgress | FileFailed | Indexed | Analysing | Analyzed
 
 
 def run_pipeline(

@@ -268,17 +268,17 @@ def path_packets(a: Analysis, path: ConvPath, limit: int = 5000) -> list[PathPac
 
 
 @dataclass(frozen=True)
-class DnsRow:
+class LookupRow:
     """A DNS transaction under the name its client looked up."""
 
     lookup: str  # the name the client looked up (search-path chains grouped under it)
     transaction: DnsTransaction
 
 
-def dns_lookups(a: Analysis) -> list[DnsRow]:
+def dns_lookups(a: Analysis) -> list[LookupRow]:
     primary = a.dns.transactions.take(a.dns_primary())
     lookup = search_chains(primary)
-    rows = [DnsRow(lookup[id(t)], t) for t in primary]
+    rows = [LookupRow(lookup[id(t)], t) for t in primary]
     first_seen: dict[tuple[str, str], int] = {}
     for r in rows:
         key = (client_ip(r.transaction), r.lookup)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ktrace.bundle.manifest import write_json
 from ktrace.capture.resolver import (
-    Answer,
+    DigAnswer,
     Lookup,
     ResolvConf,
     candidates,
@@ -48,7 +48,7 @@ def query(
     server: str,
     tcp: bool = False,
     small: bool = False,
-) -> Answer:
+) -> DigAnswer:
     began = time.monotonic()
     r = run(api, c.namespace, c.pod, c.name, dig_argv(name, qtype, server, TIMEOUT, tcp, small))
     took = (time.monotonic() - began) * 1000

@@ -24,7 +24,7 @@ def line(r: PointRun) -> str:
     return f"  {r.plan.id:<28} {packets:>9} packets {human_size(r.bytes):>9}{dropped}{state}"
 
 
-class Progress:
+class CaptureProgress:
     def __init__(self, out: TextIO, interactive: bool) -> None:
         self.out = out
         self.interactive = interactive

@@ -57,7 +57,7 @@ def candidates(name: str, conf: ResolvConf) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Answer:
+class DigAnswer:
     """One query as dig reported it."""
 
     name: str
@@ -76,15 +76,15 @@ class Answer:
 
 def parse_dig(
     output: str, name: str, qtype: str, server: str, transport: str, took_ms: float
-) -> Answer:
+) -> DigAnswer:
     status = STATUS.search(output)
     if status is None:
         timed_out = "timed out" in output or "no servers could be reached" in output
-        return Answer(name, qtype, server, transport, "TIMEOUT" if timed_out else "ERROR", None)
+        return DigAnswer(name, qtype, server, transport, "TIMEOUT" if timed_out else "ERROR", None)
     flags = FLAGS.search(output)
     ms = QUERY_TIME.search(output)
     addresses = tuple(m.group(3) for m in ANSWER.finditer(output) if m.group(2) == qtype)
-    return Answer(
+    return DigAnswer(
         name,
         qtype,
         server,
@@ -113,10 +113,10 @@ class Lookup:
     """A name as the pod's resolver would look it up."""
 
     name: str
-    tried: list[Answer] = field(default_factory=list)
+    tried: list[DigAnswer] = field(default_factory=list)
 
     @property
-    def found(self) -> Answer | None:
+    def found(self) -> DigAnswer | None:
         return next((a for a in self.tried if a.status == "NOERROR" and a.addresses), None)
 
     @property

@@ -37,7 +37,7 @@ from ktrace.bundle.node_evidence import FAILED, SNAPSHOT
 from ktrace.capture import kernel_drops, tcpdump
 from ktrace.capture.plan import node_points, pod_iflink, pod_points
 from ktrace.capture.point import Plan, PointRun
-from ktrace.capture.progress import Progress
+from ktrace.capture.progress import CaptureProgress
 from ktrace.errors import ClusterError, ExitStatus, UsageError
 from ktrace.kube import access, debug
 from ktrace.kube.api import Api, PodSecurityError
@@ -387,7 +387,7 @@ class Session:
                 hint = "tcpdump needs NET_RAW: this runtime does not grant it by default"
             raise ClusterError(f"tcpdump at {r.plan.id} did not start: {r.error}", hint)
 
-    def wait(self, stop: threading.Event, progress: Progress) -> str:
+    def wait(self, stop: threading.Event, progress: CaptureProgress) -> str:
         """Until a stop condition; returns why ("" for a normal end)."""
         began = time.monotonic()
         pod_runs = [r for r in self.runs if r.plan.count]
@@ -565,7 +565,7 @@ def capture(
     session = Session(api, target, pods, bundle, opts, err)
     stop = stop or threading.Event()
     status, reason = CaptureStatus.COMPLETE, ""
-    progress = Progress(err, opts.interactive)
+    progress = CaptureProgress(err, opts.interactive)
     cause = StopCause.END
     try:
         with signals_interrupt() as came:
@@ -623,7 +623,9 @@ def _quiet_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def _finish(session: Session, status: CaptureStatus, reason: str, progress: Progress) -> None:
+def _finish(
+    session: Session, status: CaptureStatus, reason: str, progress: CaptureProgress
+) -> None:
     deadline = Deadline(STOP_BUDGET)
     session.stop_points(deadline)
     progress.done(session.runs)

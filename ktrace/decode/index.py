@@ -54,7 +54,7 @@ class CaptureFile:
 
 
 @dataclass(frozen=True)
-class Progress:
+class IndexProgress:
     """How far indexing has got: bytes of the current file, packets in all."""
 
     file: Path
@@ -319,13 +319,13 @@ class IndexBuilder:
         self._point_packets = np.zeros(0, np.int64)
         self._point_bytes = np.zeros(0, np.int64)
 
-    def progress(self, path: Path, done: int, total: int) -> Progress:
+    def progress(self, path: Path, done: int, total: int) -> IndexProgress:
         n = len(self.points)
         packets = np.zeros(n, np.int64)
         sizes = np.zeros(n, np.int64)
         m = min(n, len(self._point_packets))
         packets[:m], sizes[:m] = self._point_packets[:m], self._point_bytes[:m]
-        return Progress(
+        return IndexProgress(
             path,
             done,
             total,
@@ -429,7 +429,7 @@ def scan(
     cancel: threading.Event | None = None,
     workers: int | None = None,
     declared: dict[Path, Point] | None = None,
-) -> Iterator[Progress]:
+) -> Iterator[IndexProgress]:
     """Index `paths` into `builder`, which gains their points and files; yields progress.
 
     `declared` gives the point a file is (from a bundle's manifest): its id, kind and place.
@@ -500,7 +500,7 @@ def _scan_sharded(
     cancel: threading.Event | None,
     workers: int,
     info: CaptureFile,
-) -> Generator[Progress, None, int | None]:
+) -> Generator[IndexProgress, None, int | None]:
     """Returns the offset to continue sequentially from, or None when the shards covered all.
 
     Threads, not processes: the walk and the C decoder run without the GIL, and the pages

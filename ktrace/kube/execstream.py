@@ -30,7 +30,7 @@ class StreamLost(ClusterError):
 
 
 @dataclass(frozen=True)
-class Result:
+class ExecResult:
     code: int
     stdout: bytes
     stderr: bytes
@@ -155,7 +155,7 @@ class ExecStream:
 
 def run(
     api: Api, namespace: str, pod: str, container: str, command: list[str], timeout: float = 30
-) -> Result:
+) -> ExecResult:
     """A short command: its exit code and whole output."""
     stream = ExecStream(api, namespace, pod, container, command)
     out, err = bytearray(), bytearray()
@@ -168,4 +168,4 @@ def run(
                 (out if channel == STDOUT else err).extend(data)
     finally:
         stream.close()
-    return Result(exit_code(stream.status or {}), bytes(out), bytes(err))
+    return ExecResult(exit_code(stream.status or {}), bytes(out), bytes(err))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ktrace.analysis.pipeline import Analysing, Indexed, Step
-from ktrace.decode.index import Progress
+from ktrace.decode.index import IndexProgress
 from ktrace.report.table import human_size
 
 QUIET_FOR_S = 1.0
@@ -33,10 +33,10 @@ class ProgressLine:
         self.stage: Analysing | None = None
 
     def step(self, step: Step) -> None:
-        if isinstance(step, Progress) and step.file != self.current:
+        if isinstance(step, IndexProgress) and step.file != self.current:
             self.base += self.current_size
             self.current = step.file
-        if isinstance(step, Progress):
+        if isinstance(step, IndexProgress):
             self.current_size = step.total
         now = time.monotonic()
         if isinstance(step, Indexed):
@@ -53,11 +53,11 @@ class ProgressLine:
             return
         if now - self.started < QUIET_FOR_S or now - self.shown < EVERY_S:
             return
-        if isinstance(step, Progress):
+        if isinstance(step, IndexProgress):
             self._write(self._indexing(step, now))
         self.shown = now
 
-    def _indexing(self, p: Progress, now: float) -> str:
+    def _indexing(self, p: IndexProgress, now: float) -> str:
         done = self.base + p.done
         rate = done / max(now - self.started, 1e-6)
         left = (self.total - done) / rate if rate else 0.0

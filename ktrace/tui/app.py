@@ -23,13 +23,11 @@ from ktrace.analysis.pipeline import Analysing, FileFailed, Indexed, run_pipelin
 from ktrace.analysis.pipeline import Step as PipelineStep
 from ktrace.analysis.result import Result
 from ktrace.bundle.inputs import Inputs, capture_files, read_inputs
-from ktrace.decode.index import PacketIndex, default_workers
-from ktrace.decode.index import Progress as Step
+from ktrace.decode.index import IndexProgress, PacketIndex, default_workers
 from ktrace.errors import Cancelled, KtraceError, UiError
 from ktrace.model import PacketRef, Point
 from ktrace.tui import keymap
-from ktrace.tui.messages import Analyzed, LoadError, Progress
-from ktrace.tui.messages import Indexed as IndexedMessage
+from ktrace.tui.messages import AnalysisDone, IndexBuilt, IndexStepped, LoadError
 from ktrace.tui.screens.help import HelpScreen, live_bindings
 from ktrace.tui.screens.packets import PacketsView
 from ktrace.tui.screens.views import DnsView, FindingsView, FlowsView, HttpView, PointsView
@@ -103,7 +101,7 @@ class KtraceApp(App[None]):
         self.index: PacketIndex | None = None
         self.result: Result | None = None
         self.errors: list[str] = []
-        self.progress: Step | None = None
+        self.progress: IndexProgress | None = None
         self.cancel = threading.Event()
         self.phase = Phase.INDEXING
 
@@ -174,29 +172,29 @@ class KtraceApp(App[None]):
     def _message(step: PipelineStep) -> Message | None:
         if isinstance(step, Analysing):
             return None  # the status already says "analysing"
-        if isinstance(step, Step):
-            return Progress(step)
+        if isinstance(step, IndexProgress):
+            return IndexStepped(step)
         if isinstance(step, FileFailed):
             return LoadError(step.path, step.message)
         if isinstance(step, Indexed):
-            return IndexedMessage(step.index)
-        return Analyzed(step.result)
+            return IndexBuilt(step.index)
+        return AnalysisDone(step.result)
 
-    @on(Progress)
-    def on_progress(self, message: Progress) -> None:
+    @on(IndexStepped)
+    def on_progress(self, message: IndexStepped) -> None:
         self.progress = message.step
         self.points = list(message.step.points)
         self._refresh_views()
 
-    @on(IndexedMessage)
-    def on_indexed(self, message: IndexedMessage) -> None:
+    @on(IndexBuilt)
+    def on_indexed(self, message: IndexBuilt) -> None:
         self.index = message.index
         self.points = message.index.points
         self.phase = Phase.ANALYSING
         self._refresh_views()
 
-    @on(Analyzed)
-    def on_analyzed(self, message: Analyzed) -> None:
+    @on(AnalysisDone)
+    def on_analyzed(self, message: AnalysisDone) -> None:
         self.result = message.result
         self.phase = Phase.READY
         self._refresh_views()

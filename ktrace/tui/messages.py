@@ -7,26 +7,25 @@ from pathlib import Path
 from textual.message import Message
 
 from ktrace.analysis.result import Result
-from ktrace.decode.index import PacketIndex
-from ktrace.decode.index import Progress as Step
+from ktrace.decode.index import IndexProgress, PacketIndex
 
 
-class Progress(Message):
-    def __init__(self, step: Step) -> None:
+class IndexStepped(Message):
+    def __init__(self, step: IndexProgress) -> None:
         super().__init__()
         self.step = step
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, Progress)
+        return isinstance(message, IndexStepped)
 
 
-class Indexed(Message):
+class IndexBuilt(Message):
     def __init__(self, index: PacketIndex) -> None:
         super().__init__()
         self.index = index
 
 
-class Analyzed(Message):
+class AnalysisDone(Message):
     def __init__(self, result: Result) -> None:
         super().__init__()
         self.result = result
