@@ -3,6 +3,7 @@ the analysis of a few files."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +17,7 @@ from scapy.layers.l2 import Ether  # noqa: E402
 
 from ktrace.analysis.pipeline import analyze  # noqa: E402
 from ktrace.analysis.result import Result  # noqa: E402
+from ktrace.kernels import twins_only  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PCAPS = REPO / "pcaps"
@@ -61,6 +63,11 @@ EXPECTED = {
     "hairpin": set(),
     "host-network": set(),
 }
+
+
+def c_parts(on: bool) -> contextlib.AbstractContextManager[None]:
+    """The speed wing's C parts in use (where built), or every twin instead."""
+    return contextlib.nullcontext() if on else twins_only()
 
 
 def findings(*paths: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from ktrace import chunking
+from ktrace import chunking, kernels
 from ktrace.analysis.dns import DnsTransaction, dns_rows, dns_transactions
 from ktrace.analysis.dns import _located as dns_located
 from ktrace.analysis.dns_patterns import (
@@ -31,10 +31,10 @@ from ktrace.analysis.dns_patterns import (
     search_base,
 )
 from ktrace.bundle.inputs import read_inputs
-from ktrace.decode import dns_bulk
 from ktrace.decode.dns import COMPRESSED, DnsError, parse_dns, question, read_name
 from ktrace.decode.index import PacketIndex, build_index
-from tests.helpers import CLIENT, LAB, PCAPS, SERVER, T0, answer, query, run_analysis
+from ktrace.kernels import dns_questions
+from tests.helpers import CLIENT, LAB, PCAPS, SERVER, T0, answer, c_parts, query, run_analysis
 
 Make = Callable[..., Path]
 
@@ -239,9 +239,9 @@ def test_bulk_pairing_matches_one_message_at_a_time(
     longer than the bulk window, no question, DNS over TCP and over IPv6, garbage on port 53,
     responses without query and a last message cut by the end of the file; read by the C loop
     (in one thread, and split across three) and by the numpy path."""
-    if compiled and dns_bulk.questions_c is None:
+    if compiled and dns_questions._C is None:
         pytest.skip("the C loop was not built")
-    monkeypatch.setattr(dns_bulk, "enabled", compiled)
+    monkeypatch.setattr(kernels, "_use_c", compiled)
     monkeypatch.setattr(chunking, "THREADED_MIN", 0)
     monkeypatch.setattr(chunking, "cores", lambda reserve=0: threads)
     rng = random.Random(7)
@@ -304,12 +304,11 @@ def test_bulk_pairing_matches_one_message_at_a_time(
 def test_c_and_numpy_questions_give_the_same_transactions(
     capture: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if dns_bulk.questions_c is None:
+    if dns_questions._C is None:
         pytest.skip("the C loop was not built")
     found = []
     for compiled in (True, False):
-        monkeypatch.setattr(dns_bulk, "enabled", compiled)
-        with build_index(read_inputs([capture]).files, workers=1) as index:
+        with c_parts(compiled), build_index(read_inputs([capture]).files, workers=1) as index:
             result = dns_transactions(index)
             found.append((list(result.transactions), result.malformed, result.orphan_responses))
     assert found[0] == found[1] and found[0][0]
@@ -321,7 +320,7 @@ def test_c_and_numpy_hash_every_byte_of_names_and_bodies_alike(make_pcap: Make) 
     them together, numpy a column at a time. Their hashes are built differently, but both
     must tell apart exactly the names that differ once ASCII letters are lowercased, and
     the messages that differ, with the same fields."""
-    if dns_bulk.questions_c is None:
+    if dns_questions._C is None:
         pytest.skip("the C loop was not built")
     rng = random.Random(3)
     near = [b"@`", b"[{", b"Zz", b"Aa", b"\xc1\xe1", b"\xda\xfa", b"\x7f\xff", b"09"]
@@ -335,12 +334,9 @@ def test_c_and_numpy_hash_every_byte_of_names_and_bodies_alike(make_pcap: Make) 
         pkts.append(Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=40000, dport=53) / body)
     with build_index([make_pcap(pkts)], workers=1) as index:
         point, start, size = dns_located(index, dns_rows(index))
-        read = [dns_bulk.read_questions(index.mapped, point, start, size)]
-        dns_bulk.enabled = False
-        try:
-            read.append(dns_bulk.read_questions(index.mapped, point, start, size))
-        finally:
-            dns_bulk.enabled = dns_bulk.questions_c is not None
+        read = [dns_questions.read_questions(index.mapped, point, start, size)]
+        with c_parts(False):
+            read.append(dns_questions.read_questions(index.mapped, point, start, size))
     c, numpy_read = read
     assert c.ok.all()
     for field in ("ident", "flags", "qtype", "ok"):

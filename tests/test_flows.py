@@ -16,7 +16,7 @@ from ktrace.analysis import flows as flows_module
 from ktrace.analysis.flows import build_flows
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.index import build_index
-from tests.helpers import T0, frames, run_analysis, tcp_session, udp
+from tests.helpers import T0, c_parts, frames, run_analysis, tcp_session, udp
 
 Make = Callable[..., Path]
 
@@ -262,8 +262,6 @@ def test_resent_and_late_segments_match_the_set_operations(
     """Directions (a new one where `start`), sequence numbers drawn from a few so that they
     repeat, segments below what was sent and segments carrying nothing, in any mix: in C
     (where built) and in numpy."""
-    from unittest import mock
-
     from ktrace.analysis import tcp_sequence
 
     start = np.array([k == 0 or s for k, (s, _, _, _) in enumerate(segments)])
@@ -272,8 +270,8 @@ def test_resent_and_late_segments_match_the_set_operations(
     carries = np.array([c for _, _, _, c in segments]) | behind
     rows = np.arange(len(segments))
     want = _resent_reference(rows, start, behind, rel, carries)
-    for c_part in {tcp_sequence._resent_c, None}:
-        with mock.patch.object(tcp_sequence, "_resent_c", c_part):
+    for on in (True, False):
+        with c_parts(on):
             got = tcp_sequence._resent(rows, start, behind, rel, carries)
         assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
 
@@ -296,18 +294,21 @@ def _random_columns(n: int, seed: int) -> tuple[PacketColumns, np.ndarray, np.nd
 def test_flows_grouped_by_the_c_hash_table_are_numbered_as_by_sorting(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if flows_module._flow_ids is None:
+    from ktrace.kernels import sorting
+
+    if sorting._C is None:
         pytest.skip("no compiler where ktrace was installed: sorting is the one in use")
     c, sport, dport = _random_columns(50_000, seed)
+    keys = (c.l3, c.proto, c.src, c.dst, sport, dport)
     for mix in (flows_module._MIX, np.uint64(0)):  # 0: every hash collides with others
         monkeypatch.setattr(flows_module, "_MIX", mix)
-        hashed = flows_module._group_hashed(flows_module._flow_ids, c, sport, dport)
-        assert hashed is not None
+        assert sorting.flow_ids(keys, len(c)) is not None
+        hashed = flows_module._group(c, sport, dport)
         for got, want in zip(hashed, flows_module._group_sorted(c, sport, dport), strict=True):
             assert np.array_equal(got, want)
     # mostly flows of their own: the table gives way to sorting
     c.src[:] = np.arange(len(c))
-    assert flows_module._group_hashed(flows_module._flow_ids, c, sport, dport) is None
+    assert sorting.flow_ids(keys, len(c)) is None
 
 
 @pytest.mark.parametrize("seed", [6, 7])
@@ -316,8 +317,9 @@ def test_the_c_flow_sums_equal_numpys(seed: int) -> None:
     IP in the last flow, more than a chunk): C and numpy alike, and the C refuses a flow
     number outside its outputs."""
     from ktrace.chunking import CHUNK
+    from ktrace.kernels import tally
 
-    if flows_module._tally_c is None:
+    if tally._C is None:
         pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
     rng = np.random.default_rng(seed)
     n, nflows = 2 * CHUNK + 5, 40
@@ -329,19 +331,20 @@ def test_the_c_flow_sums_equal_numpys(seed: int) -> None:
     c.wirelen[:] = rng.integers(0, 2**32, n, dtype=np.uint32)
     flow = rng.integers(0, nflows + 1, n).astype(np.int32)
     fw, is_syn = rng.random(n) < 0.5, rng.random(n) < 0.1
-    got = flows_module._counts(c, flow, fw, nflows)
-    want = flows_module._counts_numpy(c, flow, fw, nflows)
+    columns = (c.wirelen, c.tcp_flags, c.win, c.proto)
+    got = tally.counts(flow, fw, columns, nflows)
+    with c_parts(False):
+        want = tally.counts(flow, fw, columns, nflows)
+        spans_numpy = tally.time_spans(flow, c.ts, is_syn, nflows + 1)
     assert got.keys() == want.keys()
     for name in want:
         assert np.array_equal(got[name], want[name]) and got[name].any(), name
-    spans = flows_module._time_spans(c, flow, is_syn, nflows + 1)
-    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    out = (np.full(nflows + 1, big), np.full(nflows + 1, small), np.full(nflows + 1, big))
-    for g, w in zip(spans, flows_module._time_spans_numpy(c, flow, is_syn, out), strict=True):
+    spans = tally.time_spans(flow, c.ts, is_syn, nflows + 1)
+    for g, w in zip(spans, spans_numpy, strict=True):
         assert np.array_equal(g, w)
     flow[7] = nflows + 1
     with pytest.raises(ValueError, match="outside"):
-        flows_module._counts(c, flow, fw, nflows)
+        tally.counts(flow, fw, columns, nflows)
 
 
 @pytest.mark.parametrize(("seed", "npoints"), [(8, 1), (9, 3)])
@@ -349,12 +352,11 @@ def test_the_c_handshake_times_equal_numpys(seed: int, npoints: int) -> None:
     """SYN, SYN/ACK and ACK of random packets (every flag mix, both directions, packets of no
     flow, not TCP, several points, ties in time): C and numpy time the same handshakes, and
     the C refuses a point outside its tables."""
-    from unittest import mock
-
     from ktrace.analysis import tcp_sequence
     from ktrace.chunking import CHUNK
+    from ktrace.kernels import sequence
 
-    if tcp_sequence._handshakes_c is None:
+    if sequence._C is None:
         pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
     rng = np.random.default_rng(seed)
     n, nflows = 2 * CHUNK + 9, 50
@@ -367,7 +369,7 @@ def test_the_c_handshake_times_equal_numpys(seed: int, npoints: int) -> None:
     c.proto[flow >= nflows - 5] = 17  # flows without a handshake
     forward = rng.random(n) < 0.5
     got = tcp_sequence._handshakes(c, flow, forward, nflows, npoints)
-    with mock.patch.object(tcp_sequence, "_handshakes_c", None):
+    with c_parts(False):
         want = tcp_sequence._handshakes(c, flow, forward, nflows, npoints)
     assert np.array_equal(got, want) and (got >= 0).any() and (got == -1).any()
     c.point[5] = npoints
@@ -379,10 +381,10 @@ def test_the_c_handshake_times_equal_numpys(seed: int, npoints: int) -> None:
 def test_the_c_sequence_walk_equals_numpys(seed: int) -> None:
     """Directions of random segments (keep-alives, SYN and FIN, repeats, sequence numbers
     wrapping past 2**32, runs crossing numpy's chunks): C and numpy mark the same rows."""
-    from ktrace.analysis import tcp_sequence
     from ktrace.chunking import CHUNK
+    from ktrace.kernels import sequence
 
-    if tcp_sequence._behind_c is None:
+    if sequence._C is None:
         pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
     rng = np.random.default_rng(seed)
     n = 3 * CHUNK + 17
@@ -393,8 +395,9 @@ def test_the_c_sequence_walk_equals_numpys(seed: int) -> None:
     c.seq[:] = (2**32 - 5000 + np.cumsum(step) - rng.integers(0, 2, n) * 700) % 2**32
     start = np.r_[True, rng.random(n - 1) < 0.002]
     for rows in (rng.permutation(n).astype(np.int32), np.arange(n, dtype=np.int64)):
-        got = tcp_sequence._behind(c, rows, start)
-        want = tcp_sequence._behind_numpy(c, rows, start)
+        got = sequence.behind_sent((c.tcp_flags, c.paylen, c.seq), rows, start)
+        with c_parts(False):
+            want = sequence.behind_sent((c.tcp_flags, c.paylen, c.seq), rows, start)
         for g, w in zip(got, want, strict=True):
             assert np.array_equal(g, w) and g.dtype == w.dtype
         assert got[0].any() and (got[0] != got[2]).any()  # rows of each kind were there

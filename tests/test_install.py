@@ -53,9 +53,9 @@ def test_the_wheel_carries_the_stylesheet_and_the_c_parts(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "ktrace/tui/ktrace.tcss" in names
     if shutil.which("cc"):  # pip builds the C parts where it can (ktrace/native.py)
-        for module in ("ktrace/pcap/_walk", "ktrace/decode/_plain", "ktrace/decode/_dns",
-                       "ktrace/decode/_mix", "ktrace/analysis/_group",
-                       "ktrace/analysis/_sequence", "ktrace/analysis/_rows"):  # fmt: skip
+        for module in ("ktrace/pcap/_walk", "ktrace/kernels/_plain", "ktrace/kernels/_dns",
+                       "ktrace/kernels/_mix", "ktrace/kernels/_group", "ktrace/kernels/_tally",
+                       "ktrace/kernels/_sequence", "ktrace/kernels/_rows"):  # fmt: skip
             assert any(n.startswith(module) and n.endswith(".so") for n in names), module
     assert not any(n.startswith(("tests/", "pcaps/")) for n in names)
 

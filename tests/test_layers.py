@@ -3,6 +3,7 @@ textual, kubernetes nor scapy, checked in a fresh interpreter."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 
 from tests.helpers import REPO
 
+WALKER = {"ktrace/pcap/hot.py", "ktrace/pcap/source.py"}
+
 CODE = """
 import importlib, pkgutil, sys
 import ktrace
@@ -19,7 +22,7 @@ core = []
 for mod in pkgutil.walk_packages(ktrace.__path__, 'ktrace.'):
     name = mod.name
     layer = name.split('.')[1]
-    if layer in ('pcap', 'decode', 'analysis', 'report') and name != 'ktrace.decode.deep':
+    if layer in ('pcap', 'decode', 'kernels', 'analysis', 'report') and name != 'ktrace.decode.deep':
         importlib.import_module(name)
         core.append(name)
 print(len(core))
@@ -76,6 +79,36 @@ def test_every_class_in_ktrace_has_a_name_of_its_own() -> None:
             if isinstance(node, ast.ClassDef):
                 where[node.name].append(str(path.relative_to(REPO)))
     assert {name: paths for name, paths in where.items() if len(paths) > 1} == {}
+
+
+def test_c_or_numpy_is_chosen_only_in_the_speed_wing() -> None:
+    """Domain modules call the wing's plain functions; only ktrace/kernels/ (and the record
+    walker, which stays with pcap/) loads a C part or asks whether it is in use."""
+    import ast
+
+    choosing = []
+    for path in sorted((REPO / "ktrace").rglob("*.py")):
+        where = path.relative_to(REPO).as_posix()
+        if where.startswith("ktrace/kernels/") or where in WALKER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "ktrace.kernels":
+                names = {a.name for a in node.names}
+                if names & {"load", "native", "twins_only"}:
+                    choosing.append(f"{where}:{node.lineno}")
+            named_c = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if named_c and re.fullmatch(r"ktrace\.[a-z.]+\._[a-z]+", node.value):  # a C module
+                choosing.append(f"{where}:{node.lineno}")
+    assert choosing == []
+
+
+def test_every_c_part_is_built_where_a_compiler_exists() -> None:
+    from ktrace.kernels import dns_questions, json_rows, mix, plain, sequence, sorting, tally
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: the twins are the ones in use")
+    parts = (dns_questions, json_rows, mix, plain, sequence, sorting, tally)
+    assert [m.__name__ for m in parts if m._C is None] == []
 
 
 def test_the_c_walker_is_built_where_a_compiler_exists() -> None:

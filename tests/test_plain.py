@@ -1,4 +1,4 @@
-"""The C loop for common packets (decode/_plain.c) gives the columns the numpy layers give:
+"""The C loop for common packets (kernels/_plain.c) gives the columns the numpy layers give:
 on every sample and lab bundle, and on frames built field by field with the values that sit
 on its edges (VLAN tags, IPv4 options and fragments, zero lengths, IPv6 extension headers,
 tunnel ports, TCP data offsets, payloads that start like HTTP or TLS, snapped captures)."""
@@ -14,14 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ktrace.bundle.inputs import read_inputs
-from ktrace.decode import plain
 from ktrace.decode.columns import SCHEMA
 from ktrace.decode.index import PacketIndex, build_index
+from ktrace.kernels import plain
 from ktrace.pcap.linktype import LinkType
 from ktrace.pcap.writer import PcapWriter
-from tests.helpers import LAB, PCAPS, T0
+from tests.helpers import LAB, PCAPS, T0, c_parts
 
-pytestmark = pytest.mark.skipif(plain.decode_c is None, reason="the C loop was not built")
+pytestmark = pytest.mark.skipif(plain._C is None, reason="the C loop was not built")
 
 CAPTURES = sorted(PCAPS.glob("*.pcap")) + sorted(p for p in LAB.iterdir() if p.is_dir())
 
@@ -30,8 +30,7 @@ def both_ways(paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Packe
     """The index built with the C loop and without it."""
     out = []
     for enabled in (True, False):
-        monkeypatch.setattr(plain, "enabled", enabled)
-        with build_index(paths, workers=1) as index:
+        with c_parts(enabled), build_index(paths, workers=1) as index:
             out.append(index)
     return tuple(out)
 

@@ -9,27 +9,31 @@ import orjson
 import pytest
 
 from ktrace.analysis.row_columns import (
-    CODED,
-    INTEGERS,
-    MILLIS,
-    PER_ROW,
-    TIMES,
-    UNKNOWN,
     Coded,
     Integers,
     Listed,
     Millis,
     Times,
     Vocabulary,
-    _json_rows_c,
-    _per_row,
     flags,
+    json_pieces,
+)
+from ktrace.kernels import json_rows
+from ktrace.kernels.json_rows import (
+    CODED,
+    INTEGERS,
+    MILLIS,
+    PER_ROW,
+    TIMES,
+    UNKNOWN,
+    _per_row,
     iso,
     isos,
-    json_pieces,
     json_rows_python,
     laid_out,
 )
+
+_json_rows_c = None if json_rows._C is None else json_rows._C.json_rows
 
 
 def reference_iso(ts_ns: int) -> str:

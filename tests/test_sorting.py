@@ -3,17 +3,15 @@ identically, and the fast paths must equal argsort/unique exactly."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from ktrace import chunking
-from ktrace.analysis import sorting
 from ktrace.decode.h2 import frame_like
 from ktrace.decode.http1 import method_like
 from ktrace.decode.lead import KNOWN_WORDS, looks_like_app
 from ktrace.distinct import distinct
+from ktrace.kernels import sorting
 
 RNG = np.random.default_rng(11)
 CASES = {
@@ -35,8 +33,7 @@ def _reference(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def test_numberings_agree_with_numpy_unique(case: str) -> None:
     values = CASES[case]
     first, inverse = _reference(values)
-    ways = [sorting.number_sorting] + ([sorting.number_c] if sorting.number_c else [])
-    for number in ways:
+    for number in (sorting.number_sorting, sorting.number):
         got_first, got_inverse = number(values)
         assert np.array_equal(got_first, first) and np.array_equal(got_inverse, inverse)
         assert got_inverse.dtype == np.int32
@@ -88,12 +85,6 @@ def test_app_words_are_found_by_lookup_as_by_isin() -> None:
     assert np.array_equal(looks_like_app(words), want) and want.sum() >= len(KNOWN_WORDS) + 2
 
 
-def test_the_c_grouping_is_built_where_a_compiler_exists() -> None:
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler: numpy's sorting is the one in use")
-    assert sorting.number_c is not None
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_repeated_marks_exactly_the_values_seen_twice(
     case: str, monkeypatch: pytest.MonkeyPatch
@@ -139,11 +130,11 @@ def test_columns_mixed_in_c_at_rows_equal_numpys_mix(
     threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ktrace import chunking
-    from ktrace.decode import mix
+    from ktrace.kernels import mix
 
     monkeypatch.setattr(chunking, "cores", lambda reserve=0: threads)
     monkeypatch.setattr(chunking, "THREADED_MIN", 1000)
-    if mix._mix_rows_c is None:
+    if mix._C is None:
         pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
     n = 50_000
     columns = tuple(

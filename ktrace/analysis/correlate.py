@@ -18,7 +18,6 @@ from itertools import pairwise
 import numpy as np
 
 from ktrace.analysis.flows import FlowTable, group_pairs
-from ktrace.analysis.sorting import repeated_at
 from ktrace.analysis.stitch_rules import (
     home_addresses,
     link_scoped,
@@ -27,9 +26,10 @@ from ktrace.analysis.stitch_rules import (
 )
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
-from ktrace.decode.mix import K1, K2, mix_rows
 from ktrace.decode.rows import UNKNOWN_HASH
 from ktrace.distinct import distinct
+from ktrace.kernels.mix import K1, K2, mix_rows
+from ktrace.kernels.sorting import repeated_at
 from ktrace.model import Point
 
 # Two copies of one packet at different points are at most this far apart (after clock

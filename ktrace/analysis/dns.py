@@ -12,14 +12,14 @@ import numpy as np
 
 from ktrace.analysis.dns_tcp import TcpMessages, tcp_dns_messages
 from ktrace.analysis.row_columns import Coded, Column, Integers, Vocabulary, flags, or_none
-from ktrace.analysis.sorting import factorize, sorted_runs
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.dns import DNS_PORT, QR, DnsError, DnsMessage, parse_dns, rcode_name
-from ktrace.decode.dns_bulk import Questions, read_questions
 from ktrace.decode.index import PacketIndex
-from ktrace.decode.mix import K1, K2, mix_rows
 from ktrace.decode.transport import TCP, UDP
+from ktrace.kernels.dns_questions import Questions, read_questions
+from ktrace.kernels.mix import K1, K2, mix_rows
+from ktrace.kernels.sorting import factorize, sorted_runs
 from ktrace.pcap.hot import Buffer
 
 BUILD_SLICE = 8192  # transactions made into tuples at a time when iterating

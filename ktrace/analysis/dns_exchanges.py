@@ -9,7 +9,7 @@ import numpy as np
 
 from ktrace.analysis.correlate import Correlation
 from ktrace.analysis.dns import DnsTable
-from ktrace.analysis.sorting import repeated
+from ktrace.kernels.sorting import repeated
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ktrace.analysis.dns import DnsTable, DnsTransaction
-from ktrace.analysis.sorting import first_seen
+from ktrace.kernels.sorting import first_seen
 
 RETRY_AFTER_NS = 4_000_000_000  # glibc's default timeout is 5 s
 

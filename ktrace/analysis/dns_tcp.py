@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ktrace.analysis.sorting import factorize
 from ktrace.analysis.tcp_streams import SideStreams, Stream
 from ktrace.decode.dns import DNS_PORT, QR, DnsError, question
 from ktrace.decode.index import PacketIndex
-from ktrace.decode.mix import mix
 from ktrace.decode.transport import TCP
+from ktrace.kernels.mix import mix
+from ktrace.kernels.sorting import factorize
 
 HEADER = 12
 SCAN = 4096  # bytes of a segment searched for a message's start, after a hole

@@ -7,21 +7,20 @@ segment seen at two points is not taken for a retransmission.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ktrace.analysis.sorting import factorize
 from ktrace.analysis.tcp_sequence import tcp_health
 from ktrace.chunking import CHUNK, chunks, counted_keys, row_type
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.ip import LATER_FRAGMENT, MORE_FRAGMENTS
-from ktrace.decode.mix import K1 as _MIX
-from ktrace.decode.transport import ACK, FIN, RST, SCTP, SYN, TCP, UDP
+from ktrace.decode.transport import ACK, SCTP, SYN, TCP, UDP
 from ktrace.distinct import distinct
-from ktrace.native import compiled
+from ktrace.kernels.mix import K1 as _MIX
+from ktrace.kernels.sorting import factorize, flow_ids
+from ktrace.kernels.tally import counts, time_spans
 
 NO_FLOW = -1
 
@@ -159,9 +158,6 @@ def group_pairs(k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return first, inv
 
 
-_flow_ids = compiled("ktrace.analysis._group", "flow_ids")
-
-
 def _exact_pairs(k1: np.ndarray, k2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((np.arange(len(k1)), k2, k1))
     s1, s2 = k1[order], k2[order]
@@ -205,25 +201,11 @@ def _group(
     c: PacketColumns, sport: np.ndarray, dport: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first row of each flow, flow per row with non-IP rows at len(first), swap per row)."""
-    if _flow_ids is not None:
-        found = _group_hashed(_flow_ids, c, sport, dport)
-        if found is not None:
-            return found
-    return _group_sorted(c, sport, dport)
-
-
-def _group_hashed(
-    flow_ids: Callable[..., bytes | None], c: PacketColumns, sport: np.ndarray, dport: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """_group in one pass of a hash table on the exact keys (C), the flows then numbered as
-    the sorted path numbers them; None when most packets are flows of their own."""
-    n = len(c)
-    ids, swap = np.empty(n, np.int32), np.empty(n, bool)
-    columns = (c.l3, c.proto, c.src, c.dst, sport, dport)
-    found = flow_ids(*map(np.ascontiguousarray, columns), ids, swap.view(np.uint8), n // 8 + 1024)
+    found = flow_ids((c.l3, c.proto, c.src, c.dst, sport, dport), len(c))
     if found is None:
-        return None
-    first = np.frombuffer(found, np.int64)
+        return _group_sorted(c, sport, dport)
+    first, ids, swap = found
+    # the flows numbered as the sorted path numbers them
     k1, k2, _ = _keys(c, sport, dport, first)
     h = (k1 * _MIX) ^ k2
     order = np.argsort(h, kind="stable")
@@ -306,99 +288,6 @@ def _initiators(
         firsts = answers[order][np.r_[True, np.diff(flow[answers][order]) != 0]]
         lo_opens[flow[firsts]] = swap[firsts]
     return lo_opens
-
-
-_spans_c = compiled("ktrace.analysis._tally", "spans")
-_tally_c = compiled("ktrace.analysis._tally", "tally")
-
-
-def _time_spans(
-    c: PacketColumns, flow: np.ndarray, is_syn: np.ndarray, m: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per flow of m (the last: packets not IP), its earliest and latest time and its
-    earliest SYN's; int64's largest, smallest and largest where there is none."""
-    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    first, last = np.full(m, big, np.int64), np.full(m, small, np.int64)
-    first_syn = np.full(m, big, np.int64)
-    if _spans_c is not None:
-        flow32 = np.ascontiguousarray(flow, np.int32)
-        _spans_c(flow32, c.ts, is_syn.view(np.uint8), first, last, first_syn)
-        return first, last, first_syn
-    return _time_spans_numpy(c, flow, is_syn, (first, last, first_syn))
-
-
-def _time_spans_numpy(
-    c: PacketColumns,
-    flow: np.ndarray,
-    is_syn: np.ndarray,
-    out: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    first, last, first_syn = out
-    np.minimum.at(first, flow, c.ts)
-    np.maximum.at(last, flow, c.ts)
-    syn_rows = np.flatnonzero(is_syn)
-    np.minimum.at(first_syn, flow[syn_rows], c.ts[syn_rows])
-    return first, last, first_syn
-
-
-_COUNTS = (
-    "packets_ab",
-    "packets_ba",
-    "bytes_ab",
-    "bytes_ba",
-    "syn",
-    "synack",
-    "rst_ab",
-    "rst_ba",
-    "fin",
-    "zero_window",
-)
-
-
-def _counts(
-    c: PacketColumns, flow: np.ndarray, fw: np.ndarray, nflows: int
-) -> dict[str, np.ndarray]:
-    """Per flow: packets and bytes each way, and TCP flags, in one pass (in C)."""
-    if _tally_c is None:
-        return _counts_numpy(c, flow, fw, nflows)
-    counts = np.zeros((len(_COUNTS), nflows + 1), np.int64)
-    flow32 = np.ascontiguousarray(flow, np.int32)
-    _tally_c(flow32, fw.view(np.uint8), c.wirelen, c.tcp_flags, c.win, c.proto, counts)
-    return {name: counts[k, :nflows].copy() for k, name in enumerate(_COUNTS)}
-
-
-def _counts_numpy(
-    c: PacketColumns, flow: np.ndarray, fw: np.ndarray, nflows: int
-) -> dict[str, np.ndarray]:
-    """_counts summed chunk by chunk. Packets and bytes are counted by flow and direction in
-    one pass each; the flags only on the segments that carry SYN, RST or FIN or a zero
-    window, a few among many."""
-    out = {name: np.zeros(nflows + 1, np.int64) for name in _COUNTS}
-    packets, size = np.zeros(2 * nflows + 2, np.int64), np.zeros(2 * nflows + 2, np.int64)
-    for lo, hi in chunks(len(c)):
-        f, flags = flow[lo:hi], c.tcp_flags[lo:hi]
-        side = f.astype(np.int64) * 2 + fw[lo:hi]  # by flow, then from a (1) or b (0)
-        packets += np.bincount(side, minlength=2 * nflows + 2)
-        wire = c.wirelen[lo:hi].astype(np.float64)
-        size += np.bincount(side, wire, 2 * nflows + 2).astype(np.int64)
-        marked = ((flags & (SYN | RST | FIN)) != 0) | (c.win[lo:hi] == 0)
-        rows = np.flatnonzero(marked & (c.proto[lo:hi] == TCP))
-        f, w, flags = f[rows], fw[lo:hi][rows], flags[rows]
-        kind = flags & (SYN | ACK)
-        rst = (flags & RST) != 0
-        masks = {
-            "syn": (kind == SYN) & w,
-            "synack": (kind == (SYN | ACK)) & ~w,
-            "rst_ab": rst & w,
-            "rst_ba": rst & ~w,
-            "fin": (flags & FIN) != 0,
-            "zero_window": (c.win[lo:hi][rows] == 0) & ((flags & (RST | SYN | FIN)) == 0),
-        }
-        for name, mask in masks.items():
-            out[name] += np.bincount(f[mask], minlength=nflows + 1)
-    out["packets_ab"], out["packets_ba"] = packets[1::2], packets[0::2]
-    out["bytes_ab"], out["bytes_ba"] = size[1::2], size[0::2]
-    return {name: np.ascontiguousarray(v[:nflows]) for name, v in out.items()}
 
 
 def build_flows(c: PacketColumns, npoints: int) -> FlowTable:
@@ -486,7 +375,7 @@ def flow_table(c: PacketColumns) -> FlowTable:
     is_syn = (c.proto == TCP) & ((c.tcp_flags & (SYN | ACK)) == SYN)
     flow, first = _split_reused(c, flow, first, is_syn)
     nflows = len(first)
-    first_ts, last_ts, syn_ts = _time_spans(c, flow, is_syn, nflows + 1)
+    first_ts, last_ts, syn_ts = time_spans(flow, c.ts, is_syn, nflows + 1)
     lo_opens = _initiators(c, flow, is_syn, swap, (first_ts, syn_ts))
     del is_syn, syn_ts
     # sent by the initiator: ~swap means the packet's source is the "lo" endpoint
@@ -494,7 +383,7 @@ def flow_table(c: PacketColumns) -> FlowTable:
     for lo, hi in chunks(len(c)):
         fw[lo:hi] = (~swap[lo:hi]) == lo_opens.take(flow[lo:hi])
     fw &= c.l3 > 0
-    counts = _counts(c, flow, fw, nflows)
+    counted = counts(flow, fw, (c.wirelen, c.tcp_flags, c.win, c.proto), nflows)
 
     opens = lo_opens[:nflows]
     sw = swap[first]
@@ -517,5 +406,5 @@ def flow_table(c: PacketColumns) -> FlowTable:
         out_of_order=np.zeros(nflows, np.int64),
         flow=flow,
         forward=fw,
-        **counts,
+        **counted,
     )

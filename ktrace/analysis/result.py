@@ -31,18 +31,16 @@ from ktrace.analysis.row_columns import (
     Merges,
     Millis,
     Objects,
-    Pieces,
     Times,
     Vocabulary,
-    isos,
     json_pieces,
-    laid_out,
     merged,
 )
 from ktrace.analysis.views import ConversationRow, busiest_conversations, conversations
 from ktrace.chunking import in_order
 from ktrace.decode.h2 import UNSEEN
 from ktrace.decode.tunnel import Tunnel
+from ktrace.kernels.json_rows import Pieces, isos, laid_out
 from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
 

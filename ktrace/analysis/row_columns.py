@@ -2,37 +2,33 @@
 requests): each gives its values as a list, for row objects, and as each value's JSON, for
 --json, without an object per row on the way. A column of few distinct values (names,
 addresses, codes) is codes into a vocabulary whose values are encoded once, and the rows are
-laid out from the columns' pieces in one pass (in C, `_rows.c`, where it was built)."""
+laid out from the columns' pieces by the speed wing (kernels/json_rows.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
-from ktrace.native import compiled
+from ktrace.kernels.json_rows import (
+    CODED,
+    INTEGERS,
+    MILLIS,
+    MILLIS_EXACT,
+    PER_ROW,
+    TIMES,
+    UNKNOWN,
+    Pieces,
+    isos,
+)
 
-DAY_US = 86_400_000_000
-ISO = 26  # 2024-01-02T03:04:05.678901
-UTC = b"+00:00"
 # rows held in rows go through `default`, which writes them as plain() lays them out
 ROW_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 
-# A column's key and values as JSON, each row's piece '"key":value' written as `_rows.c`
-# describes: (PER_ROW, pieces, None): pieces[i]; (CODED, pieces, codes): pieces[codes[i]];
-# (INTEGERS, key, values): key + values[i] in decimal; (TIMES, key, ns): key + the time as an
-# ISO string; (MILLIS, key, micros): key + micros[i] / 1000 as JSON writes that float, or null.
-PER_ROW, CODED, INTEGERS, TIMES, MILLIS = range(5)
-UNKNOWN = np.iinfo(np.int64).min  # a MILLIS value written null
-MILLIS_EXACT = 1 << 50  # below, micros / 1000 reads back from its three decimals
-Pieces = tuple[int, Any, Any]
 MERGED_MAX = 4096  # pieces in a vocabulary merged from adjacent coded columns
-
-_json_rows_c = compiled("ktrace.analysis._rows", "json_rows")
 
 
 class Column(Protocol):
@@ -165,67 +161,11 @@ def or_none(values: np.ndarray, ok: np.ndarray) -> list[Any]:
 
 
 BOOLEANS = Vocabulary([False, True])
-TENS = (np.arange(100) // 10 + ord("0")).astype(np.uint8)  # of 0-99, as ASCII digits
-ONES = (np.arange(100) % 10 + ord("0")).astype(np.uint8)
 
 
 def flags(values: np.ndarray) -> Coded:
     """A boolean column."""
     return Coded(values.astype(np.int8), BOOLEANS)
-
-
-def isos(ts_ns: np.ndarray) -> list[str]:
-    """ISO 8601 times to the nearest microsecond, UTC, always with six decimals."""
-    if not len(ts_ns):
-        return []
-    lines = np.full((len(ts_ns), ISO + len(UTC) + 1), ord("\n"), np.uint8)
-    lines[:, :-1] = _iso_bytes(ts_ns)
-    return lines.tobytes().decode("ascii").split("\n")[:-1]
-
-
-def iso(ts_ns: int) -> str:
-    return isos(np.array([ts_ns], np.int64))[0]
-
-
-def _iso_bytes(ts_ns: np.ndarray) -> np.ndarray:
-    """(n, 32) ASCII: the times' digits worked out in integers, the dates looked up per day
-    (a capture spans few): numpy's datetime_as_string took 0.5 µs a value."""
-    micros = (np.asarray(ts_ns, np.int64) + 500) // 1000
-    day = micros // DAY_US
-    out = np.empty((len(micros), ISO + len(UTC)), np.uint8)
-    if not len(day):
-        return out
-    low, high = int(day.min()), int(day.max())
-    if high - low < len(day):  # every day of the span: no sorting
-        days, which = np.arange(low, high + 1), day - low
-    else:
-        days, which = np.unique(day, return_inverse=True)
-    dates = np.frombuffer(b"".join(map(_date, days.tolist())), np.uint8).reshape(-1, 10)
-    out[:, :10] = dates[which]
-    seconds, fraction = np.divmod(micros - day * DAY_US, 1_000_000)
-    minutes, out_seconds = np.divmod(seconds, 60)
-    hours, out_minutes = np.divmod(minutes, 60)
-    high_digits, low_digits = np.divmod(fraction, 10_000)
-    for at, value in (
-        (11, hours),
-        (14, out_minutes),
-        (17, out_seconds),
-        (20, high_digits),
-        (22, low_digits // 100),
-        (24, low_digits % 100),
-    ):
-        out[:, at] = TENS[value]
-        out[:, at + 1] = ONES[value]
-    out[:, 10] = ord("T")
-    out[:, 13] = out[:, 16] = ord(":")
-    out[:, 19] = ord(".")
-    out[:, ISO:] = np.frombuffer(UTC, np.uint8)
-    return out
-
-
-@cache
-def _date(day: int) -> bytes:
-    return str(np.datetime64(day, "D")).encode("ascii")
 
 
 def json_pieces(columns: Sequence[tuple[str, Column]]) -> list[Pieces]:
@@ -258,34 +198,3 @@ def merged(pieces: list[Pieces], made: Merges) -> list[Pieces]:
                 continue
         out.append(piece)
     return out
-
-
-def laid_out(pieces: Sequence[Pieces], rows: int) -> bytes:
-    """The rows of these columns' pieces as JSON objects, in C where it was built (without
-    the GIL: another thread can make the next rows' pieces meanwhile)."""
-    return (_json_rows_c or json_rows_python)(pieces, rows) if rows else b""
-
-
-def json_rows_python(columns: Sequence[Pieces], rows: int) -> bytes:
-    """The rows as `_rows.c` lays them out: one list holding each row's opening and its
-    columns' pieces, each column's put into every k-th place, joined once."""
-    if not rows:
-        return b""
-    k = len(columns) + 1
-    parts: list[bytes] = [b"},{"] * (rows * k)
-    parts[0] = b"{"
-    for at, column in enumerate(columns, 1):
-        parts[at::k] = _per_row(*column)
-    return b"".join(parts) + b"}"
-
-
-def _per_row(kind: int, a: Any, b: Any) -> list[bytes]:
-    if kind == PER_ROW:
-        return list(a)
-    if kind == CODED:
-        return [a[code] for code in b.tolist()]
-    if kind == INTEGERS:
-        return [a + str(v).encode() for v in b.tolist()]
-    if kind == TIMES:
-        return [a + b'"' + t.encode() + b'"' for t in isos(b)]
-    return [a + (b"null" if v == UNKNOWN else orjson.dumps(v / 1000)) for v in b.tolist()]

@@ -13,20 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ktrace.analysis.sorting import sorted_runs
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
-from ktrace.decode.transport import ACK, FIN, RST, SYN, TCP
+from ktrace.decode.transport import FIN, SYN, TCP
 from ktrace.distinct import distinct
-from ktrace.native import compiled
+from ktrace.kernels.sequence import LOW as _LOW
+from ktrace.kernels.sequence import SHIFT as _SHIFT
+from ktrace.kernels.sequence import behind_sent, handshake_times, resent
+from ktrace.kernels.sorting import sorted_runs
 
-_behind_c = compiled("ktrace.analysis._sequence", "behind")
-_resent_c = compiled("ktrace.analysis._sequence", "resent")
-_handshakes_c = compiled("ktrace.analysis._sequence", "handshakes")
-_SHIFT = 34  # a direction's rank above the 33 bits an end can take (32-bit sequence + length)
 # A gap this close to the end of a point's capture may be filled after it stopped.
 TAIL_NS = 1_500_000_000
-_LOW = (1 << _SHIFT) - 1
 
 
 def tcp_health(
@@ -85,7 +82,7 @@ def resent_rows(
     del group
     rows = tcp.take(order)
     del tcp, order
-    behind, rel, carries = _behind(c, rows, start)
+    behind, rel, carries = behind_sent((c.tcp_flags, c.paylen, c.seq), rows, start)
     again, late = _resent(rows, start, behind, rel, carries)
     return Walk(rows, start, rel, again, late)
 
@@ -147,60 +144,6 @@ def _point_ends(c: PacketColumns, rows: np.ndarray, npoints: int) -> np.ndarray:
     return ends
 
 
-def _behind(
-    c: PacketColumns, rows: np.ndarray, start: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per sorted row: whether it ends at or below what its direction already sent (and is
-    not a keep-alive), its sequence relative to the direction's first, whether it carries
-    anything that takes sequence space."""
-    if _behind_c is None:
-        return _behind_numpy(c, rows, start)
-    n = len(rows)
-    behind, rel, carries = np.empty(n, bool), np.empty(n, np.uint32), np.empty(n, bool)
-    columns = (c.tcp_flags, c.paylen, c.seq, rows, start)
-    _behind_c(
-        *map(np.ascontiguousarray, columns), behind.view(np.uint8), rel, carries.view(np.uint8)
-    )
-    return behind, rel, carries
-
-
-def _behind_numpy(
-    c: PacketColumns, rows: np.ndarray, start: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """_behind in numpy: running maxima over (direction rank, end) packed in one integer, a
-    chunk at a time with what one chunk hands the next carried over."""
-    n = len(rows)
-    behind = np.empty(n, bool)
-    rel_all = np.empty(n, np.uint32)
-    carries_all = np.empty(n, bool)
-    base_carry, seen_carry, rank_carry = 0, -1, -1
-    for lo, hi in chunks(n):
-        r, st = rows[lo:hi], start[lo:hi]
-        flags = c.tcp_flags[r]
-        syn = ((flags & SYN) != 0).astype(np.int64)
-        fin = ((flags & FIN) != 0).astype(np.int64)
-        length = c.paylen[r].astype(np.int64)
-        seq = c.seq[r].astype(np.int64)
-        here = np.maximum.accumulate(np.where(st, np.arange(hi - lo), -1))
-        base = np.where(here >= 0, seq[here.clip(0)], base_carry)
-        rel = (seq - base) & 0xFFFFFFFF
-        end = rel + length + syn + fin
-        rank = rank_carry + np.cumsum(st)
-        seen = np.maximum(np.maximum.accumulate((rank << _SHIFT) | end), seen_carry)
-        prev = np.empty_like(seen)
-        prev[0] = seen_carry
-        prev[1:] = seen[:-1]
-        same = (prev >> _SHIFT) == rank
-        prev_end = np.where(same, prev & _LOW, -1)
-        carries = (length > 0) | (syn > 0) | (fin > 0)
-        keepalive = (length <= 1) & (rel + 1 == prev_end) & (syn == 0) & (fin == 0)
-        behind[lo:hi] = carries & same & (end <= prev_end) & ~keepalive
-        rel_all[lo:hi] = rel
-        carries_all[lo:hi] = carries
-        base_carry, seen_carry, rank_carry = int(base[-1]), int(seen[-1]), int(rank[-1])
-    return behind, rel_all, carries_all
-
-
 def _resent(
     rows: np.ndarray, start: np.ndarray, behind: np.ndarray, rel: np.ndarray, carries: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -216,42 +159,7 @@ def _resent(
     begins = np.flatnonzero(start)
     direction = np.searchsorted(begins, hits, side="right") - 1
     suspects = distinct((direction.astype(np.int64) << _SHIFT) | rel[hits])
-    if _resent_c is not None:
-        start8, carries8, behind8 = (
-            np.ascontiguousarray(a).view(np.uint8) for a in (start, carries, behind)
-        )
-        _resent_c(
-            start8, rel, carries8, behind8, suspects, again.view(np.uint8), late.view(np.uint8)
-        )
-        return again, late
-    repeated = _repeated_numpy(start, rel, carries, suspects)
-    np.logical_and(behind, repeated, out=again)
-    np.logical_and(behind, ~repeated, out=late)
-    return again, late
-
-
-def _repeated_numpy(
-    start: np.ndarray, rel: np.ndarray, carries: np.ndarray, suspects: np.ndarray
-) -> np.ndarray:
-    """Per row: it carries a segment at a suspect key that an earlier row carried too, the
-    rows at those keys found by binary search a chunk at a time."""
-    n = len(start)
-    cand, keys, done = [], [], -1
-    for lo, hi in chunks(n):
-        key = done + np.cumsum(start[lo:hi], dtype=np.int64)  # the row's direction
-        done = int(key[-1])
-        key <<= _SHIFT
-        key |= rel[lo:hi]
-        at = np.searchsorted(suspects, key).clip(max=len(suspects) - 1)
-        found = np.flatnonzero((suspects[at] == key) & carries[lo:hi])
-        cand.append(lo + found)
-        keys.append(key[found])
-    rows_found, key_found = np.concatenate(cand), np.concatenate(keys)
-    _, first = np.unique(key_found, return_index=True)  # the first segment at each key
-    repeated = np.zeros(n, bool)
-    repeated[rows_found] = True
-    repeated[rows_found[first]] = False
-    return repeated
+    return resent(start, rel, carries, behind, suspects)
 
 
 def _handshakes(
@@ -268,44 +176,13 @@ def _handshakes(
         np.full(size, big, np.int64),
         np.full(size, big, np.int64),
     )
-    if _handshakes_c is not None:
-        flow32 = np.ascontiguousarray(flow, np.int32)
-        columns = (c.point, forward.view(np.uint8), c.tcp_flags, c.proto, c.ts)
-        _handshakes_c(flow32, *map(np.ascontiguousarray, columns), width, *tables)
-    else:
-        _handshakes_numpy(c, flow, forward, width, tables)
+    handshake_times(flow, forward, (c.point, c.tcp_flags, c.proto, c.ts), width, tables)
     t_syn, _, t_ack = tables
     syn = t_syn.reshape(nflows + 1, width)[:nflows]
     first_point = syn.argmin(axis=1)
     idx = np.arange(nflows)
     s, a = syn[idx, first_point], t_ack.reshape(nflows + 1, width)[idx, first_point]
     return np.where((s < big) & (a < big), a - s, -1)
-
-
-def _handshakes_numpy(
-    c: PacketColumns,
-    flow: np.ndarray,
-    forward: np.ndarray,
-    width: int,
-    tables: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> None:
-    """_handshakes' tables filled by ufunc.at (ten times faster on one index than on a
-    pair); a row of no flow (-1) lands in the spare last flow's place, as negative indices
-    do."""
-    t_syn, t_synack, t_ack = tables
-    tcp = c.proto == TCP
-    kind = c.tcp_flags & (SYN | ACK)
-    for table, mask in (
-        (t_syn, tcp & (kind == SYN) & forward),
-        (t_synack, tcp & (kind == (SYN | ACK)) & ~forward),
-    ):
-        rows = np.flatnonzero(mask)
-        np.minimum.at(table, flow[rows].astype(np.int64) * width + c.point[rows], c.ts[rows])
-    for lo, hi in chunks(len(c)):
-        place = flow[lo:hi].astype(np.int64) * width + c.point[lo:hi]
-        is_ack = tcp[lo:hi] & ((c.tcp_flags[lo:hi] & (SYN | ACK | RST)) == ACK) & forward[lo:hi]
-        after = np.flatnonzero(is_ack & (c.ts[lo:hi] >= t_synack[place]))
-        np.minimum.at(t_ack, place[after], c.ts[lo:hi][after])
 
 
 def per_point_max(flow: np.ndarray, point: np.ndarray, nflows: int, npoints: int) -> np.ndarray:

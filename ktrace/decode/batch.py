@@ -26,7 +26,6 @@ from ktrace.decode.link import (
     link_layer,
     unwrap,
 )
-from ktrace.decode.plain import decode_plain
 from ktrace.decode.rows import Rows
 from ktrace.decode.transport import TCP, parse_transport
 from ktrace.decode.tunnel import (
@@ -36,6 +35,7 @@ from ktrace.decode.tunnel import (
     find_inner,
     undecoded,
 )
+from ktrace.kernels.plain import decode_plain
 from ktrace.pcap.records import WINDOW, RecordBatch
 
 MAX_DEPTH = 3  # tunnels inside tunnels, at most
@@ -146,7 +146,7 @@ class _Decoder:
         return pos, etype
 
     def plain(self, linktypes: list[int]) -> np.ndarray | None:
-        """The common packets decoded in C (decode.plain): the rows it took, or None."""
+        """The common packets decoded in C (kernels.plain): the rows it took, or None."""
         if len(set(linktypes)) != 1:
             return None
         b = self.batch

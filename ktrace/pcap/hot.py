@@ -12,7 +12,7 @@ import struct
 from array import array
 from collections.abc import Callable
 
-from ktrace.native import compiled
+from ktrace.kernels import load
 
 # What the walk reads: a mapped file, or the bytes of a decompressed one.
 Buffer = mmap.mmap | bytes | bytearray | memoryview
@@ -77,5 +77,5 @@ def walk_python(
     return array("q", data).tobytes(), bytes(rows), off, reason
 
 
-walk_c: Walk | None = compiled("ktrace.pcap._walk", "walk")
+walk_c: Walk | None = getattr(load("ktrace.pcap._walk"), "walk", None)
 walk: Walk = walk_c or walk_python

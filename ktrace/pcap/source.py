@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ktrace.errors import CaptureFileError
-from ktrace.native import compiled
+from ktrace.kernels import load
 
 GZIP_MAGIC = b"\x1f\x8b"
-_forget_c = compiled("ktrace.pcap._walk", "forget")
+_forget_c = getattr(load("ktrace.pcap._walk"), "forget", None)
 
 
 @dataclass

@@ -16,8 +16,8 @@ from ktrace.analysis.result import (
     TlsRow,
     TunnelRow,
 )
-from ktrace.analysis.row_columns import iso
 from ktrace.analysis.views import ConversationRow
+from ktrace.kernels.json_rows import iso
 from ktrace.model import Finding
 from ktrace.report.table import human_size, render
 

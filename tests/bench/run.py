@@ -232,26 +232,14 @@ def main() -> None:
     t_other, _ = timed(lambda: run_ktrace(path, other), repeat=3)
     results.append((f"ktrace index+flows ({other} {one_or_more})", t_other, packets))
     if hot.walk_c is not None:
-        from ktrace.analysis import flows as flow_table
-        from ktrace.analysis import sorting, tcp_sequence
-        from ktrace.decode import plain
+        from ktrace.kernels import twins_only
 
-        c_parts = {
-            (module, name): getattr(module, name)
-            for module, names in (
-                (flow_table, ("_flow_ids", "_spans_c", "_tally_c")),
-                (tcp_sequence, ("_behind_c", "_resent_c", "_handshakes_c")),
-            )
-            for name in names
-        }
-        hot.walk, sorting.number, plain.enabled = hot.walk_python, sorting.number_sorting, False
-        for module, name in c_parts:
-            setattr(module, name, None)
-        t_py, _ = timed(lambda: run_ktrace(path, workers), repeat=1)
-        hot.walk, sorting.number = hot.walk_c, sorting.number_c or sorting.number_sorting
-        plain.enabled = plain.decode_c is not None
-        for (module, name), part in c_parts.items():
-            setattr(module, name, part)
+        hot.walk = hot.walk_python
+        try:
+            with twins_only():
+                t_py, _ = timed(lambda: run_ktrace(path, workers), repeat=1)
+        finally:
+            hot.walk = hot.walk_c
         results.append(("ktrace, no C (no compiler at install)", t_py, packets))
     t_tshark = None
     if shutil.which("tshark"):

@@ -20,10 +20,10 @@ import numpy as np
 from ktrace.chunking import in_threads
 from ktrace.decode.dns import COMPRESSED, NO_QUESTION, DnsError, parse_dns, question
 from ktrace.decode.gather import gather
-from ktrace.decode.mix import K1, K2, mix
 from ktrace.distinct import distinct
 from ktrace.errors import Cancelled
-from ktrace.native import compiled
+from ktrace.kernels import load, native
+from ktrace.kernels.mix import K1, K2, mix
 from ktrace.pcap.hot import Buffer
 
 HEADER = 12
@@ -45,8 +45,7 @@ class Questions:
     ok: np.ndarray  # bool
 
 
-questions_c: Callable[..., None] | None = compiled("ktrace.decode._dns", "questions")
-enabled = questions_c is not None
+_C = load("ktrace.kernels._dns")
 
 
 def read_questions(
@@ -66,8 +65,9 @@ def read_questions(
         body=np.zeros((n, 2), np.uint64),
         ok=np.zeros(n, bool),
     )
-    if enabled and questions_c is not None:
-        _read_compiled(questions_c, buffer, point, start, size, out, cancel)
+    c_part = native(_C)
+    if c_part is not None:
+        _read_compiled(c_part.questions, buffer, point, start, size, out, cancel)
         return out
     for lo in range(0, n, CHUNK):
         if cancel is not None and cancel.is_set():

@@ -14,11 +14,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ktrace.chunking import chunks
-from ktrace.decode.mix import K1 as _MIX
 from ktrace.distinct import distinct
-from ktrace.native import compiled
-
-Numbering = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+from ktrace.kernels import load, native
+from ktrace.kernels.mix import K1 as _MIX
 
 
 def sorted_runs(key: np.ndarray, spend: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -69,47 +67,54 @@ def number_sorting(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[new], inverse
 
 
-_first_seen_c = compiled("ktrace.analysis._group", "factorize")
+_C = load("ktrace.kernels._group")
 
 
 def _hashed(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(first positions, ids) numbered in order of first appearance by the C table, or None
-    when it was not built or the values are mostly distinct (sorting them is faster)."""
-    if _first_seen_c is None:
+    when it is not in use or the values are mostly distinct (sorting them is faster)."""
+    c_part = native(_C)
+    if c_part is None:
         return None
     ids = np.empty(len(values), np.int32)
-    found = _first_seen_c(values, ids, max(len(values) // 8, 1024))
+    found = c_part.factorize(values, ids, max(len(values) // 8, 1024))
     return None if found is None else (np.frombuffer(found, np.int64), ids)
 
 
-def _compiled() -> Numbering | None:
-    if _first_seen_c is None:
-        return None
-
-    def number_hashing(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hashed = _hashed(values)
-        if hashed is None:
-            return number_sorting(values)
-        firsts, ids = hashed
-        order = np.argsort(values[firsts], kind="stable")  # as np.unique numbers them
-        rank = np.empty(len(order), np.int32)
-        rank[order] = np.arange(len(order), dtype=np.int32)
-        return firsts[order], rank[ids]
-
-    return number_hashing
-
-
-number_c = _compiled()
-number: Numbering = number_c or number_sorting
+def number(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """number_sorting's result, by the C hash table where it serves."""
+    hashed = _hashed(values)
+    if hashed is None:
+        return number_sorting(values)
+    firsts, ids = hashed
+    order = np.argsort(values[firsts], kind="stable")  # as np.unique numbers them
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return firsts[order], rank[ids]
 
 
 def first_seen(values: np.ndarray) -> np.ndarray:
     """Per element, its value's number in order of first appearance (int32). Values are
     taken as uint64."""
     values = np.ascontiguousarray(values, np.uint64)
-    # the table where `number` is the C one (the benchmark's no-C run swaps it for sorting)
-    hashed = _hashed(values) if number is number_c else None
+    hashed = _hashed(values)
     return hashed[1] if hashed is not None else first_seen_sorting(values)
+
+
+def flow_ids(
+    columns: tuple[np.ndarray, ...], n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Rows grouped on their exact keys (l3, proto, src, dst, sport, dport; both directions
+    of a flow together) in one pass of the C hash table: (first row of each group in order
+    of appearance, group per row, whether the row was sent by the higher endpoint). None
+    where the C part is not in use or most rows are groups of their own: group by sorting."""
+    c_part = native(_C)
+    if c_part is None:
+        return None
+    ids, swap = np.empty(n, np.int32), np.empty(n, bool)
+    contiguous = map(np.ascontiguousarray, columns)
+    found = c_part.flow_ids(*contiguous, ids, swap.view(np.uint8), n // 8 + 1024)
+    return None if found is None else (np.frombuffer(found, np.int64), ids, swap)
 
 
 def first_seen_sorting(values: np.ndarray) -> np.ndarray:

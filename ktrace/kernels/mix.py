@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ktrace.chunking import chunks, in_threads
-from ktrace.native import compiled
+from ktrace.kernels import load, native
 
 K1 = np.uint64(0x9E3779B97F4A7C15)
 K2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -29,11 +29,12 @@ def mix(parts: Iterable[np.ndarray], n: int, k: np.uint64 = K1) -> np.ndarray:
 def mix_rows(columns: tuple[np.ndarray, ...], rows: np.ndarray, k: np.uint64 = K1) -> np.ndarray:
     """mix(..., k) of the columns (unsigned integers) read at `rows`: in one C pass, its rows
     split across the cores, where it was built, else a chunk of rows at a time."""
-    if _mix_rows_c is not None:
+    c_part = native(_C)
+    if c_part is not None:
         out = np.empty(len(rows), np.uint64)
         contiguous = tuple(np.ascontiguousarray(c) for c in columns)
         rows = np.ascontiguousarray(rows)
-        mix_c, first, last = _mix_rows_c, int(k), int(K2 if k is K1 else K1)
+        mix_c, first, last = c_part.mix_rows, int(k), int(K2 if k is K1 else K1)
         in_threads(
             len(rows), lambda lo, hi: mix_c(contiguous, rows[lo:hi], out[lo:hi], first, last)
         )
@@ -51,4 +52,4 @@ def mix_rows_numpy(
     return out
 
 
-_mix_rows_c = compiled("ktrace.decode._mix", "mix_rows")
+_C = load("ktrace.kernels._mix")

@@ -6,12 +6,10 @@ tests/test_plain.py requires identical columns both ways."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from ktrace.decode.lead import KNOWN_WORDS
-from ktrace.native import compiled
+from ktrace.kernels import load, native
 from ktrace.pcap.linktype import LinkType, normalise
 
 # what the C loop calls each link type it takes
@@ -30,8 +28,7 @@ COLUMNS = (
 )  # fmt: skip
 
 
-decode_c: Callable[..., int] | None = compiled("ktrace.decode._plain", "decode")
-enabled = decode_c is not None
+_C = load("ktrace.kernels._plain")
 _KNOWN = KNOWN_WORDS.astype(np.uint32).tobytes()
 
 
@@ -47,13 +44,14 @@ def decode_plain(
     the IPv6 rows' addresses as (n, 16) bytes (None when it took none); None when it cannot
     help (not built, or a link type it does not read)."""
     link = LINKS.get(normalise(linktype))
-    if not enabled or decode_c is None or link is None:
+    c_part = native(_C)
+    if c_part is None or link is None:
         return None
     n = len(caplen)
     taken = np.zeros(n, np.uint8)
     src6, dst6 = np.zeros((n, 16), np.uint8), np.zeros((n, 16), np.uint8)
     width = window.shape[1] - skip
-    six = decode_c(
+    six = c_part.decode(
         np.ascontiguousarray(window),
         skip,
         width,
