@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
+
+
+class PointKind(StrEnum):
+    """Where a capture point sits, which decides what it can see and its place on a path."""
+
+    POD = "pod"  # inside a pod's network namespace: its eth0
+    VETH = "veth"  # the pod's host-side interface
+    TUNNEL = "tunnel"  # a node's overlay device (VXLAN, Geneve, IPIP)
+    NODE = "node"  # a node's NIC
+    HOST = "host"  # a machine outside the cluster: a client, a load balancer
+    FILE = "file"  # a capture file nothing says more of
+
+    @classmethod
+    def read(cls, text: str) -> PointKind:
+        """A manifest's word; one this version does not know says no more than a file."""
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.FILE
 
 
 @dataclass(frozen=True)
@@ -14,7 +33,7 @@ class Point:
     file: str
     interface: str = ""
     linktype: int = 1
-    kind: str = "file"  # pod | veth | node | tunnel | file
+    kind: PointKind = PointKind.FILE
     node: str | None = None
     namespace: str | None = None
     pod: str | None = None

@@ -258,34 +258,37 @@ def test_segments_acknowledged_but_not_recorded_are_capture_loss(make_pcap: Make
 
 def test_dual_stack_inventories_name_both_families() -> None:
     from ktrace.analysis.names import Names
+    from ktrace.bundle.inventory import Inventory
 
     names = Names.from_inventory(
-        {
-            "pods": [
-                {
-                    "name": "web-2",
-                    "namespace": "default",
-                    "ip": "10.244.1.2",
-                    "ips": ["10.244.1.2", "fd00:10:244:1::2"],
-                    "node": "node-b",
-                }
-            ],
-            "services": [
-                {
-                    "name": "web",
-                    "namespace": "default",
-                    "clusterIP": "10.96.0.20",
-                    "clusterIPs": ["10.96.0.20", "fd00:10:96::14"],
-                }
-            ],
-            "endpointslices": [  # one per family, as the EndpointSlice controller makes them
-                {"service": "web", "namespace": "default", "endpoints": [e]}
-                for e in (
-                    {"ip": "10.244.1.2", "node": "node-b", "ready": True},
-                    {"ip": "fd00:10:244:1::2", "node": "node-b", "ready": True},
-                )
-            ],
-        }
+        Inventory.parse(
+            {
+                "pods": [
+                    {
+                        "name": "web-2",
+                        "namespace": "default",
+                        "ip": "10.244.1.2",
+                        "ips": ["10.244.1.2", "fd00:10:244:1::2"],
+                        "node": "node-b",
+                    }
+                ],
+                "services": [
+                    {
+                        "name": "web",
+                        "namespace": "default",
+                        "clusterIP": "10.96.0.20",
+                        "clusterIPs": ["10.96.0.20", "fd00:10:96::14"],
+                    }
+                ],
+                "endpointslices": [  # one per family, as the EndpointSlice controller makes them
+                    {"service": "web", "namespace": "default", "endpoints": [e]}
+                    for e in (
+                        {"ip": "10.244.1.2", "node": "node-b", "ready": True},
+                        {"ip": "fd00:10:244:1::2", "node": "node-b", "ready": True},
+                    )
+                ],
+            }
+        )
     )
     assert names.label("[fd00:10:244:1::2]:80") == "[fd00:10:244:1::2]:80 (default/web-2)"
     assert names.label("[fd00:10:96::14]:80") == "[fd00:10:96::14]:80 (svc default/web)"

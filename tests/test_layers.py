@@ -1,5 +1,5 @@
-"""The core runs headless: pcap, decode (but deep.py), analysis and report import neither
-textual, kubernetes nor scapy, checked in a fresh interpreter."""
+"""The core runs headless: pcap, decode (but deep.py), kernels, analysis, report and bundle import
+neither textual, kubernetes nor scapy, checked in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ core = []
 for mod in pkgutil.walk_packages(ktrace.__path__, 'ktrace.'):
     name = mod.name
     layer = name.split('.')[1]
-    if layer in ('pcap', 'decode', 'kernels', 'analysis', 'report') and name != 'ktrace.decode.deep':
+    core_layer = layer in ('pcap', 'decode', 'kernels', 'analysis', 'report', 'bundle')
+    if core_layer and name != 'ktrace.decode.deep':
         importlib.import_module(name)
         core.append(name)
 print(len(core))
@@ -109,6 +110,18 @@ def test_every_c_part_is_built_where_a_compiler_exists() -> None:
         pytest.skip("no C compiler: the twins are the ones in use")
     parts = (dns_questions, json_rows, mix, plain, sequence, sorting, tally)
     assert [m.__name__ for m in parts if m._C is None] == []
+
+
+def test_screens_know_the_app_only_as_a_workbench() -> None:
+    """Screens ask the app through tui/workbench.py, never by importing the App."""
+    import ast
+
+    reaching = []
+    for path in sorted((REPO / "ktrace" / "tui" / "screens").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "ktrace.tui.app":
+                reaching.append(f"{path.name}:{node.lineno}")
+    assert reaching == []
 
 
 def test_the_c_walker_is_built_where_a_compiler_exists() -> None:

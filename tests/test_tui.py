@@ -21,6 +21,7 @@ from ktrace.tui import keymap
 from ktrace.tui.app import KtraceApp
 from ktrace.tui.screens.base import StatusLine
 from ktrace.tui.screens.packets import PacketList
+from ktrace.tui.workbench import Workbench
 from tests.helpers import PCAPS
 from tests.tmux import Tmux
 
@@ -49,6 +50,7 @@ def table_rows(app: KtraceApp) -> list[list[str]]:
 
 async def test_from_the_finding_to_the_last_point_reached() -> None:
     app = KtraceApp([POLICY])
+    assert isinstance(app, Workbench)  # all that the screens may ask of it
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await pilot.press("5")

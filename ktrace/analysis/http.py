@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ktrace.analysis.flows import FlowTable, flow_endpoint
-from ktrace.analysis.http_walk import Exchange, Tally, oriented, walk_http
+from ktrace.analysis.http_walk import Exchange, HttpEnd, Side, Tally, oriented, walk_http
 from ktrace.analysis.tcp_streams import Connection, connections
 from ktrace.analysis.tls_sessions import TlsSession, tls_session, tls_start
 from ktrace.decode.index import PacketIndex
@@ -49,10 +49,8 @@ class HttpTransaction(NamedTuple):
     response_ts: int | None  # first byte of the answer
     response_row: int | None
     done_ts: int | None  # last byte of the answer; None when it did not complete
-    # how the answer ended: complete | reset | closed | open (the capture ended first) |
-    # crossed (the server had closed the idle connection before the request reached it)
-    ended: str
-    ended_by: str  # client | server: who reset or closed it when the answer did not complete
+    ended: HttpEnd
+    ended_by: Side  # who reset or closed it when the answer did not complete
     ended_ts: int | None  # when
     # request -> first byte of the answer (None without either): every check and row reads it
     latency_ns: int | None

@@ -8,6 +8,7 @@ import urllib.parse
 from bisect import bisect_right
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from ktrace.analysis.tcp_streams import Connection, Stream
 from ktrace.decode import h2
@@ -30,6 +31,27 @@ FRAMES_TO_TRUST = 8  # frames followed from a segment's start to where a segment
 REQUEST_PSEUDO = frozenset({":method", ":path", ":scheme", ":authority"})
 
 
+class HttpEnd(StrEnum):
+    """How an answer ended."""
+
+    COMPLETE = "complete"  # its last byte seen
+    RESET = "reset"
+    CLOSED = "closed"
+    OPEN = "open"  # the capture ended first
+    # the server had closed the idle connection before the request reached it (clients send
+    # it again), or a GOAWAY left the stream untaken
+    CROSSED = "crossed"
+    UNSEEN = "unseen"  # the answer was in bytes the capture missed
+
+
+class Side(StrEnum):
+    """Which end of a connection did something."""
+
+    CLIENT = "client"
+    SERVER = "server"
+    NEITHER = ""
+
+
 @dataclass
 class Exchange:
     """One request and what came back, filled in as the streams are walked."""
@@ -46,8 +68,8 @@ class Exchange:
     response_ts: int | None = None
     response_row: int | None = None
     done_ts: int | None = None
-    ended: str = "open"
-    ended_by: str = ""
+    ended: HttpEnd = HttpEnd.OPEN
+    ended_by: Side = Side.NEITHER
     ended_ts: int | None = None  # when the reset or the close came
     request_end: int | None = None  # where the request ends in the client's stream
     # an answered CONNECT: where the tunnel starts in the client's and the server's streams
@@ -169,7 +191,7 @@ def _answers(
         if after_gap:
             j = _answered(server, m, requests, k)
             for e in exchanges[k:j]:
-                e.ended = "unseen"  # its answer was in the bytes the capture missed
+                e.ended = HttpEnd.UNSEEN  # its answer was in the bytes the capture missed
                 yield e
             k, after_gap = j, False
         method = requests[k].head.method if k < len(requests) else ""
@@ -240,9 +262,9 @@ def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> Non
     """How the answer ended: its last byte seen, or the connection reset or closed first."""
     last = server.when(end - 1) if end is not None and end > 0 else None
     if last is not None and e.response_ts is not None:
-        e.done_ts, e.ended = last, "complete"
+        e.done_ts, e.ended = last, HttpEnd.COMPLETE
         return
-    if e.ended == "unseen":
+    if e.ended == HttpEnd.UNSEEN:
         return  # its answer was in bytes the capture missed
     if (
         e.response_ts is None
@@ -252,13 +274,14 @@ def _finish(e: Exchange, server: Stream, client: Stream, end: int | None) -> Non
     ):
         # the server closed an idle keep-alive connection before the request reached it:
         # the request crossed the FIN, and clients send it again on a new connection
-        e.ended, e.ended_by, e.ended_ts = "crossed", "server", server.fin_ts
+        e.ended, e.ended_by, e.ended_ts = HttpEnd.CROSSED, Side.SERVER, server.fin_ts
         return
     for kind, server_ts, client_ts in (
-        ("reset", server.rst_ts, client.rst_ts),
-        ("closed", server.fin_ts, client.fin_ts),
+        (HttpEnd.RESET, server.rst_ts, client.rst_ts),
+        (HttpEnd.CLOSED, server.fin_ts, client.fin_ts),
     ):
-        ends = [(t, who) for t, who in ((server_ts, "server"), (client_ts, "client")) if t]
+        sides = ((server_ts, Side.SERVER), (client_ts, Side.CLIENT))
+        ends = [(t, who) for t, who in sides if t]
         if ends:
             (e.ended_ts, e.ended_by), e.ended = min(ends), kind
             return
@@ -409,7 +432,7 @@ def _h2(
     _follow(conn.server, server_at, exchanges, False, tally)
     for sid in sorted(exchanges):
         e = exchanges[sid]
-        if e.ended == "open" and e.done_ts is None:
+        if e.ended == HttpEnd.OPEN and e.done_ts is None:
             _finish(e, conn.server, conn.client, None)
         yield e
 
@@ -500,7 +523,7 @@ def _follow(
             else:
                 e.response_bytes += frame.length
         elif frame.type == h2.RST_STREAM and e.done_ts is None:
-            e.ended, e.ended_by = "reset", "client" if from_client else "server"
+            e.ended, e.ended_by = HttpEnd.RESET, Side.CLIENT if from_client else Side.SERVER
             e.ended_ts = s.when(offset)
         if (
             frame.flags & h2.END_STREAM
@@ -510,7 +533,7 @@ def _follow(
         ):
             last = s.when(offset + h2.FRAME_HEADER + frame.length - 1)
             if last is not None:
-                e.done_ts, e.ended = last, "complete"
+                e.done_ts, e.ended = last, HttpEnd.COMPLETE
 
 
 def _unprocessed(s: Stream, exchanges: dict[int, Exchange], offset: int) -> None:
@@ -520,7 +543,7 @@ def _unprocessed(s: Stream, exchanges: dict[int, Exchange], offset: int) -> None
     last = int.from_bytes(s.read(offset + h2.FRAME_HEADER, 4).ljust(4, b"\xff"), "big")
     for sid, e in exchanges.items():
         if sid > last & 0x7FFFFFFF and e.response_ts is None:
-            e.ended, e.ended_by, e.ended_ts = "crossed", "server", s.when(offset)
+            e.ended, e.ended_by, e.ended_ts = HttpEnd.CROSSED, Side.SERVER, s.when(offset)
 
 
 def _headers(

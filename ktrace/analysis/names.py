@@ -5,19 +5,37 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ktrace.bundle.inventory import Inventory
+
+
+class NameKind(StrEnum):
+    """What an address is in the cluster."""
+
+    POD = "pod"
+    SERVICE = "service"  # a ClusterIP
+    NODE = "node"
+    LB = "lb"  # a LoadBalancer address: arrives before any DNAT
+
+    @property
+    def prefix(self) -> str:
+        """How a name of this kind is written: pods bare, the others with their kind."""
+        return {NameKind.POD: "", NameKind.SERVICE: "svc "}.get(self, f"{self.value} ")
 
 
 @dataclass(frozen=True)
 class Named:
     """What an address is in the cluster: a pod, a Service, a node, a load balancer."""
 
-    kind: str  # pod | service | node | lb (a LoadBalancer address: arrives before any DNAT)
+    kind: NameKind
     name: str  # "namespace/name" for pods and Services
     node: str | None = None
 
     def __str__(self) -> str:
-        return {"pod": "", "service": "svc ", "node": "node ", "lb": "lb "}[self.kind] + self.name
+        return self.kind.prefix + self.name
 
 
 @dataclass(frozen=True)
@@ -46,37 +64,34 @@ class Names:
     pod_cidrs: tuple[tuple[str, str], ...] = ()  # (CIDR, node)
 
     @classmethod
-    def from_inventory(cls, inventory: dict[str, Any] | None) -> Names:
-        if not inventory:
+    def from_inventory(cls, inventory: Inventory | None) -> Names:
+        if inventory is None:
             return cls()
         by_ip: dict[str, Named] = {}
-        for n in inventory.get("nodes", []):
-            for key in ("internalIP", "externalIP"):
-                if n.get(key):
-                    by_ip[n[key]] = Named("node", n["name"], n["name"])
-        for p in inventory.get("pods", []):
-            if p.get("hostNetwork"):
-                continue
-            for ip in {p.get("ip"), *p.get("ips", [])} - {None, ""}:
-                by_ip[ip] = Named("pod", f"{p['namespace']}/{p['name']}", p.get("node"))
-        for s in inventory.get("services", []):
-            for ip in _cluster_ips(s):
-                by_ip[ip] = Named("service", f"{s['namespace']}/{s['name']}")
-            for ip in s.get("loadBalancerIPs") or []:
-                by_ip[ip] = Named("lb", f"{s['namespace']}/{s['name']}")
+        for n in inventory.nodes:
+            for ip in (n.internal_ip, n.external_ip):
+                if ip:
+                    by_ip[ip] = Named(NameKind.NODE, n.name, n.name)
+        for p in inventory.pods:
+            if not p.host_network:
+                for ip in p.ips:
+                    by_ip[ip] = Named(NameKind.POD, f"{p.namespace}/{p.name}", p.node or None)
+        for s in inventory.services:
+            for ip in s.cluster_ips:
+                by_ip[ip] = Named(NameKind.SERVICE, f"{s.namespace}/{s.name}")
+            for ip in s.lb_ips:
+                by_ip[ip] = Named(NameKind.LB, f"{s.namespace}/{s.name}")
         canonical = {_canonical(ip): named for ip, named in by_ip.items()}
         ready = _ready_nodes(inventory)
         node_ports, lb_ports = _exposures(inventory, ready)
         return cls(
             canonical,
-            inventory.get("clusterDomain", "cluster.local"),
+            inventory.cluster_domain,
             _endpoint_nodes(inventory, ready),
             node_ports,
             lb_ports,
             {e.health_port: e for e in node_ports.values() if e.health_port},
-            tuple(
-                (n["podCIDR"], n["name"]) for n in inventory.get("nodes", []) if n.get("podCIDR")
-            ),
+            tuple((n.pod_cidr, n.name) for n in inventory.nodes if n.pod_cidr),
         )
 
     def host_of(self, ip: str) -> str | None:
@@ -84,7 +99,7 @@ class Names:
         no pod's (the bridge, tunnel or gateway address SNAT uses)."""
         named = self.by_ip.get(ip)
         if named is not None:
-            return named.node if named.kind == "node" else None
+            return named.node if named.kind is NameKind.NODE else None
         addr = ipaddress.ip_address(ip)
         for cidr, node in self.pod_cidrs:
             net = ipaddress.ip_network(cidr, strict=False)
@@ -98,14 +113,15 @@ class Names:
         named = self.by_ip.get(ip)
         if named is None:
             return None
-        if named.kind == "node":
+        if named.kind is NameKind.NODE:
             return self.node_ports.get(port)
-        return self.lb_ports.get((ip, port)) if named.kind == "lb" else None
+        return self.lb_ports.get((ip, port)) if named.kind is NameKind.LB else None
 
     def health_check(self, ip: str, port: int) -> Exposure | None:
         """The Service whose health check node port ip:port is (ip: a node's address)."""
         named = self.by_ip.get(ip)
-        return self.health_ports.get(port) if named is not None and named.kind == "node" else None
+        on_node = named is not None and named.kind is NameKind.NODE
+        return self.health_ports.get(port) if on_node else None
 
     def node_of(self, ip: str) -> str | None:
         named = self.by_ip.get(ip)
@@ -122,7 +138,7 @@ class Names:
             else endpoint
         )
         named = self.by_ip.get(ip)
-        if named is not None and named.kind == "node" and endpoint != ip:
+        if named is not None and named.kind is NameKind.NODE and endpoint != ip:
             port = int(endpoint.rsplit(":", 1)[1])
             exposed = self.node_ports.get(port)
             if exposed is not None:
@@ -134,10 +150,10 @@ class Names:
 
     def is_service(self, ip: str) -> bool:
         named = self.by_ip.get(ip)
-        return named is not None and named.kind == "service"
+        return named is not None and named.kind is NameKind.SERVICE
 
     def services(self) -> set[str]:
-        return {ip for ip, n in self.by_ip.items() if n.kind == "service"}
+        return {ip for ip, n in self.by_ip.items() if n.kind is NameKind.SERVICE}
 
 
 def service_of_name(qname: str, names: Names) -> str | None:
@@ -158,48 +174,43 @@ def _canonical(ip: str) -> str:
         return ip
 
 
-def _cluster_ips(service: dict[str, Any]) -> set[str]:
-    """A Service's ClusterIPs: one per family on a dual-stack cluster."""
-    return {service.get("clusterIP"), *service.get("clusterIPs", [])} - {None, "", "None"}
-
-
-def _ready_nodes(inventory: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
+def _ready_nodes(inventory: Inventory) -> dict[tuple[str, str], frozenset[str]]:
     """(namespace, Service) -> the nodes of its ready endpoints."""
     nodes_of: dict[tuple[str, str], set[str]] = {}
-    for sl in inventory.get("endpointslices", []):  # one slice per address family
-        nodes = nodes_of.setdefault((sl.get("namespace", ""), sl.get("service", "")), set())
-        nodes.update(e["node"] for e in sl.get("endpoints", []) if e.get("ready") and e.get("node"))
+    for sl in inventory.slices:  # one slice per address family
+        nodes = nodes_of.setdefault((sl.namespace, sl.service), set())
+        nodes.update(e.node for e in sl.endpoints if e.ready and e.node)
     return {k: frozenset(v) for k, v in nodes_of.items()}
 
 
 def _endpoint_nodes(
-    inventory: dict[str, Any], ready: dict[tuple[str, str], frozenset[str]]
+    inventory: Inventory, ready: dict[tuple[str, str], frozenset[str]]
 ) -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
-    for s in inventory.get("services", []):
-        nodes = ready.get((s["namespace"], s["name"]))
+    for s in inventory.services:
+        nodes = ready.get((s.namespace, s.name))
         if nodes is not None:  # an empty set: its slices list no ready endpoint
-            out.update({_canonical(ip): nodes for ip in _cluster_ips(s)})
+            out.update({_canonical(ip): nodes for ip in s.cluster_ips})
     return out
 
 
 def _exposures(
-    inventory: dict[str, Any], ready: dict[tuple[str, str], frozenset[str]]
+    inventory: Inventory, ready: dict[tuple[str, str], frozenset[str]]
 ) -> tuple[dict[int, Exposure], dict[tuple[str, int], Exposure]]:
     node_ports: dict[int, Exposure] = {}
     lb_ports: dict[tuple[str, int], Exposure] = {}
-    for s in inventory.get("services", []):
-        if s.get("type") not in ("NodePort", "LoadBalancer"):
+    for s in inventory.services:
+        if s.type not in ("NodePort", "LoadBalancer"):
             continue
         exposed = Exposure(
-            f"{s['namespace']}/{s['name']}",
-            s.get("externalTrafficPolicy") or "Cluster",
-            ready.get((s["namespace"], s["name"]), frozenset()),
-            int(s.get("healthCheckNodePort") or 0),
+            f"{s.namespace}/{s.name}",
+            s.external_traffic_policy,
+            ready.get((s.namespace, s.name), frozenset()),
+            s.health_check_node_port,
         )
-        for port in s.get("ports", []):
-            if port.get("nodePort"):
-                node_ports[int(port["nodePort"])] = exposed
-            for ip in s.get("loadBalancerIPs") or []:
-                lb_ports[(_canonical(ip), int(port["port"]))] = exposed
+        for port in s.ports:
+            if port.node_port:
+                node_ports[port.node_port] = exposed
+            for ip in s.lb_ips:
+                lb_ports[(_canonical(ip), port.port)] = exposed
     return node_ports, lb_ports

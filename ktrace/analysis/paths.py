@@ -4,21 +4,31 @@ rewrote it, which tunnel carried it, and where its packets stopped."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 import numpy as np
 
 from ktrace.analysis.correlate import Correlation
 from ktrace.analysis.flows import FlowTable
-from ktrace.analysis.names import Names
+from ktrace.analysis.names import NameKind, Names
 from ktrace.chunking import chunks, distinct_keys
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import SYN
 from ktrace.distinct import distinct
+from ktrace.model import PointKind
 
 # A packet that reached a point this close to the end of the next point's capture may simply
 # have been cut off by the capture stopping.
 END_GRACE_NS = 200_000_000
-POINT_ORDER = {"pod": 0, "veth": 1, "tunnel": 2, "node": 3, "file": 4}
+# a path's points in the order a packet from a pod meets them
+POINT_ORDER = {
+    PointKind.POD: 0,
+    PointKind.VETH: 1,
+    PointKind.TUNNEL: 2,
+    PointKind.NODE: 3,
+    PointKind.HOST: 4,
+    PointKind.FILE: 4,
+}
 
 
 @dataclass(frozen=True)
@@ -35,11 +45,34 @@ class Hop:
     leg: int = 0
 
 
+class NatKind(StrEnum):
+    """Which end of a conversation an address translation rewrote."""
+
+    DNAT = "DNAT"  # the destination (a Service address to a pod's)
+    SNAT = "SNAT"  # the source (a pod's address to its node's)
+    BOTH = "DNAT+SNAT"
+
+    @property
+    def destination(self) -> bool:
+        return self is not NatKind.SNAT
+
+    @property
+    def source(self) -> bool:
+        return self is not NatKind.DNAT
+
+
+class Direction(StrEnum):
+    """Which way along a conversation: from its initiator (a) or back to it."""
+
+    FORWARD = "a->b"
+    BACK = "b->a"
+
+
 @dataclass(frozen=True)
 class NatChange:
     """An address translation between two hops of a path."""
 
-    kind: str  # DNAT | SNAT | DNAT+SNAT
+    kind: NatKind
     after_hop: int  # the change happened between hops[after_hop] and hops[after_hop + 1]
     before: int  # flow before
     after: int  # flow after
@@ -49,7 +82,7 @@ class NatChange:
 class Loss:
     """Packets seen at one hop of a path and never at the next."""
 
-    direction: str  # "a->b" or "b->a"
+    direction: Direction
     last_hop: int  # index of the last hop that saw the packets (in a->b order)
     missing_hop: int  # the next hop, which never did
     packets: int
@@ -74,10 +107,12 @@ class ConvPath:
         return self.flows[0]
 
 
-def _tuple_change(flows: FlowTable, a: int, b: int) -> str | None:
+def _tuple_change(flows: FlowTable, a: int, b: int) -> NatKind | None:
     dnat = (flows.b_addr[a], flows.b_port[a]) != (flows.b_addr[b], flows.b_port[b])
     snat = (flows.a_addr[a], flows.a_port[a]) != (flows.a_addr[b], flows.a_port[b])
-    return "DNAT+SNAT" if dnat and snat else "DNAT" if dnat else "SNAT" if snat else None
+    if dnat and snat:
+        return NatKind.BOTH
+    return NatKind.DNAT if dnat else NatKind.SNAT if snat else None
 
 
 def _cross_node_points(index: PacketIndex, flows: FlowTable, names: Names) -> set[int]:
@@ -109,7 +144,10 @@ def _node_side(index: PacketIndex, node: str, carriers: frozenset[int]) -> list[
     return [
         k
         for k, p in enumerate(index.points)
-        if p.node == node and p.pod is None and p.kind in ("node", "tunnel") and k in carriers
+        if p.node == node
+        and p.pod is None
+        and p.kind in (PointKind.NODE, PointKind.TUNNEL)
+        and k in carriers
     ]
 
 
@@ -131,7 +169,7 @@ def _expected(
     named = names.get(dst_ip)
     out: list[int] = []
     dst_nodes: frozenset[str] = frozenset()
-    if named is not None and named.kind == "pod":
+    if named is not None and named.kind is NameKind.POD:
         dst_nodes = frozenset([named.node]) if named.node else frozenset()
         namespace, pod = named.name.split("/", 1)
         out += [
@@ -139,7 +177,7 @@ def _expected(
             for k, p in enumerate(index.points)
             if p.pod == pod and (p.namespace in (None, namespace))
         ]
-    elif named is not None and named.kind == "service":
+    elif named is not None and named.kind is NameKind.SERVICE:
         dst_nodes = names.endpoint_nodes.get(dst_ip, frozenset())
     if src_node and dst_nodes and src_node not in dst_nodes:
         out += _node_side_expected(index, src_node, carriers, present)
@@ -157,7 +195,7 @@ def _node_side_expected(
     is not known here, so neither is expected. A tunnel device and its NIC are in series."""
     side = _node_side(index, node, carriers)
     out = []
-    for kind in ("node", "tunnel"):
+    for kind in (PointKind.NODE, PointKind.TUNNEL):
         alike = [k for k in side if index.points[k].kind == kind]
         if len(alike) == 1 and alike[0] not in present:
             out += alike
@@ -305,21 +343,21 @@ def _hop_order(
     pod -> veth -> NIC, then the other nodes NIC -> veth -> pod). `extra`: points expected
     but never reached, placed where the topology puts them."""
     n = len(index.points)
-    hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER.get(index.points[p % n].kind, 4)))
+    hop_points = sorted(keys, key=lambda p: (keys[p], POINT_ORDER[index.points[p % n].kind]))
     src = names.get(src_ip)
     everyone = hop_points + extra
     if src is None or not src.node or not all(index.points[p % n].node for p in everyone):
-        return hop_points + sorted(extra, key=lambda k: -POINT_ORDER.get(index.points[k].kind, 4))
+        return hop_points + sorted(extra, key=lambda k: -POINT_ORDER[index.points[k].kind])
     inf = float("inf")
     node_time: dict[str, float] = {}
     for p in hop_points:
         node = index.points[p % n].node or ""
         node_time[node] = min(node_time.get(node, keys[p]), keys[p])
-    src_pod = src.name.split("/", 1)[-1] if src.kind == "pod" else None
+    src_pod = src.name.split("/", 1)[-1] if src.kind is NameKind.POD else None
 
     def topo(p: int) -> tuple[int, float, int, float]:
         pt = index.points[p % n]
-        rank = POINT_ORDER.get(pt.kind, 4)
+        rank = POINT_ORDER[pt.kind]
         key = keys.get(p, inf)
         outbound = p < n  # a second pass through a point is on the way in (a hairpin)
         if outbound and pt.pod is not None and pt.pod == src_pod:
@@ -429,14 +467,14 @@ def _one(
     f_rows = np.flatnonzero(fwd)  # a->b copies of one packet: time between consecutive hops
     hops = [_hop(index, seen, f_rows, hop_points, i) for i in range(len(hop_points))]
     losses = []
-    for direction, mask in (("a->b", fwd), ("b->a", ~fwd)):
+    for direction, mask in ((Direction.FORWARD, fwd), (Direction.BACK, ~fwd)):
         losses.extend(_losses(index, direction, mask, seen, hops, position, where.window))
     return ConvPath(conv, members, tuple(hops), tuple(_nat_changes(flows, hops)), tuple(losses))
 
 
 def _losses(
     index: PacketIndex,
-    direction: str,
+    direction: Direction,
     mask: np.ndarray,
     seen: _Sightings,
     hops: list[Hop],
@@ -452,7 +490,7 @@ def _losses(
         return []
     c = index.columns
     pos = np.array([position[p] for p in point[sel].tolist()])
-    if direction == "b->a":
+    if direction is Direction.BACK:
         pos = len(hops) - 1 - pos
     order = np.lexsort((pos, ident[sel]))
     ids, ps = ident[sel][order], pos[order]
@@ -468,7 +506,7 @@ def _losses(
     groups: dict[int, list[int]] = {}
     for lp, r in zip(last_pos[stuck].tolist(), last_row[stuck].tolist(), strict=True):
         nxt = lp + 1
-        hop_next = hops[nxt if direction == "a->b" else len(hops) - 1 - nxt]
+        hop_next = hops[nxt if direction is Direction.FORWARD else len(hops) - 1 - nxt]
         start, end = window[:, hop_next.point]
         if when[r] < start or when[r] + END_GRACE_NS > end:
             continue  # that point's capture had not started, or ended before it could arrive
@@ -478,8 +516,8 @@ def _losses(
         found = [int(rows[r]) for r in members]
         sizes = c.wirelen[found]
         flags = c.tcp_flags[found]
-        last_hop = lp if direction == "a->b" else len(hops) - 1 - lp
-        missing = lp + 1 if direction == "a->b" else len(hops) - 2 - lp
+        last_hop = lp if direction is Direction.FORWARD else len(hops) - 1 - lp
+        missing = lp + 1 if direction is Direction.FORWARD else len(hops) - 2 - lp
         out.append(
             Loss(
                 direction,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.correlate import correlate, scope
@@ -27,6 +27,7 @@ from ktrace.errors import Cancelled, KtraceError
 from ktrace.perf import release_free_memory
 
 if TYPE_CHECKING:
+    from ktrace.bundle.inventory import Inventory
     from ktrace.bundle.node_evidence import NodeEvidence
 
 # A live point whose tcpdump has not written its file header yet has nothing to read.
@@ -107,7 +108,7 @@ def run_pipeline(
 
 def analysis_steps(
     index: PacketIndex,
-    inventory: dict[str, Any] | None = None,
+    inventory: Inventory | None = None,
     cancel: threading.Event | None = None,
     notes: tuple[str, ...] = (),
     nodes: dict[str, NodeEvidence] | None = None,

@@ -21,7 +21,8 @@ from ktrace.analysis.findings import CheckError
 from ktrace.analysis.flows import flow_endpoints, packets_at_points
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
-from ktrace.analysis.paths import ConvPath, Hop
+from ktrace.analysis.http_walk import HttpEnd, Side
+from ktrace.analysis.paths import ConvPath, Direction, Hop, NatKind
 from ktrace.analysis.row_columns import (
     ROW_OPTIONS,
     Coded,
@@ -155,7 +156,7 @@ class HopRow:
 class NatRow:
     """An address translation of a path as reported."""
 
-    kind: str  # DNAT | SNAT | DNAT+SNAT
+    kind: NatKind
     between: tuple[str, str]
     before: str
     after: str
@@ -166,7 +167,7 @@ class NatRow:
 class LossRow:
     """A loss on a path as reported."""
 
-    direction: str  # a->b | b->a
+    direction: Direction
     last_seen: str
     never_at: str
     packets: int
@@ -246,8 +247,8 @@ class HttpRow:
     network_ms: float | None  # the client's wait less the server's
     request_bytes: int
     response_bytes: int
-    ended: str  # complete | reset | closed | open
-    ended_by: str
+    ended: HttpEnd
+    ended_by: Side
     points: tuple[HttpPointRow, ...]
     packet: PacketRef
 
@@ -560,7 +561,7 @@ class Result:
 
         def rank(e: HttpExchange) -> tuple[bool, int]:
             t = e.primary
-            return t.ended == "complete" and not t.failed, -(t.latency_ns or 0)
+            return t.ended == HttpEnd.COMPLETE and not t.failed, -(t.latency_ns or 0)
 
         return self.http_rows(sorted(self.analysis.http_exchanges, key=rank)[:limit])
 

@@ -20,9 +20,10 @@ import numpy as np
 
 from ktrace.analysis.flows import FlowTable
 from ktrace.analysis.names import Names
-from ktrace.analysis.paths import ConvPath
+from ktrace.analysis.paths import ConvPath, NatKind
 from ktrace.decode.index import PacketIndex
 from ktrace.distinct import distinct
+from ktrace.model import PointKind
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,11 @@ def _translation(index: PacketIndex, path: ConvPath) -> tuple[str, int, int, int
     """(translating node, hop of the change, flow before, flow after) for a DNAT that kept
     the client's address; None for anything else (an SNAT makes the return symmetric)."""
     for n in path.nat:
-        if n.kind != "DNAT":
+        if n.kind != NatKind.DNAT:
             continue
         a = index.points[path.hops[n.after_hop].point]
         b = index.points[path.hops[n.after_hop + 1].point]
-        node = b.node if b.kind in ("node", "tunnel") else a.node
+        node = b.node if b.kind in (PointKind.NODE, PointKind.TUNNEL) else a.node
         if node:
             return node, n.after_hop, n.before, n.after
     return None
@@ -80,7 +81,7 @@ def bypasses(
             r
             for r in replies.tolist()
             if c.tunnel[r] == 0
-            and index.points[int(c.point[r])].kind == "node"
+            and index.points[int(c.point[r])].kind == PointKind.NODE
             and index.points[int(c.point[r])].node not in (None, node)
         ]
         outside = names.by_ip and names.get(client_ip) is None

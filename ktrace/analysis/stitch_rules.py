@@ -23,9 +23,10 @@ from ktrace.chunking import chunks
 from ktrace.decode.columns import PacketColumns
 from ktrace.decode.transport import TCP
 from ktrace.distinct import distinct
-from ktrace.model import Point
+from ktrace.model import Point, PointKind
 
-ENDPOINT_KINDS = ("pod", "veth", "file")  # node NICs and tunnels carry many hosts' packets
+# node NICs and tunnels carry many hosts' packets
+ENDPOINT_KINDS = (PointKind.POD, PointKind.VETH, PointKind.FILE)
 MIN_HOME_PACKETS = 2
 
 

@@ -12,7 +12,7 @@ from ktrace.analysis.context import Analysis
 from ktrace.analysis.dns import DnsTransaction
 from ktrace.analysis.dns_patterns import client_ip, search_chains
 from ktrace.analysis.flows import packets_at_points
-from ktrace.analysis.paths import ConvPath
+from ktrace.analysis.paths import ConvPath, NatKind
 from ktrace.chunking import chunks
 from ktrace.decode.transport import ACK, FIN, PSH, RST, SYN, TCP
 from ktrace.distinct import distinct
@@ -31,7 +31,7 @@ class ConversationRow:
     a: str
     b: str
     nat: str  # "10.96.0.20:80 => 10.244.1.2:80", or ""
-    nat_kind: str  # "DNAT", "SNAT", "DNAT+SNAT" or ""
+    nat_kind: NatKind | None
     points: frozenset[int]
     packets: int
     bytes: int
@@ -60,7 +60,7 @@ def _nat_text(a: Analysis, path: ConvPath | None) -> str:
     if not (path and path.nat):
         return ""
     n = path.nat[0]
-    side = "b" if "DNAT" in n.kind else "a"
+    side = "b" if n.kind.destination else "a"
     return f"{a.endpoint(n.before, side)} => {a.endpoint(n.after, side)}"
 
 
@@ -173,7 +173,7 @@ class _Conversations:
                     a=a.named(a.endpoint(first, "a")),
                     b=a.named(a.endpoint(first, "b")),
                     nat=_nat_text(a, path),
-                    nat_kind=path.nat[0].kind if path and path.nat else "",
+                    nat_kind=path.nat[0].kind if path and path.nat else None,
                     points=frozenset(presence.get(k, set())),
                     packets=int(self.packets[k]),
                     bytes=int(self.size[k]),

@@ -10,7 +10,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ktrace.errors import CaptureFileError
 from ktrace.model import Point
@@ -18,6 +18,7 @@ from ktrace.model import Point
 if TYPE_CHECKING:
     import tarfile
 
+    from ktrace.bundle.inventory import Inventory
     from ktrace.bundle.manifest import Manifest
     from ktrace.bundle.node_evidence import NodeEvidence
 
@@ -31,7 +32,7 @@ class Inputs:
     paths: tuple[Path, ...]  # as given (a .tar.gz as its unpacked directory)
     files: tuple[Path, ...]
     declared: dict[Path, Point]  # from bundle manifests
-    inventory: dict[str, Any] | None
+    inventory: Inventory | None
     notes: tuple[str, ...] = ()  # a bundle cut short, or still being written
     nodes: dict[str, NodeEvidence] = field(default_factory=dict)  # from bundles' nodes/
 
@@ -140,7 +141,7 @@ def read_inputs(inputs: list[Path]) -> Inputs:
     the rest is still read."""
     paths: list[Path] = []
     declared: dict[Path, Point] = {}
-    inventory: dict[str, Any] | None = None
+    inventory: Inventory | None = None
     plain: list[Path] = []
     notes: list[str] = []
     nodes: dict[str, NodeEvidence] = {}
@@ -170,9 +171,17 @@ def read_inputs(inputs: list[Path]) -> Inputs:
         declared.update(points)
         notes.extend(missing)
         try:
-            inventory = read_inventory(p) or inventory
+            read = read_inventory(p)
         except CaptureFileError as exc:
             notes.append(exc.message)
+        else:
+            inventory = read or inventory
+            if read is not None and read.unreadable:
+                entries = "an entry" if read.unreadable == 1 else f"{read.unreadable} entries"
+                notes.append(
+                    f"{p}: {entries} of inventory.json not as ktrace writes them: left out, "
+                    "their addresses shown without names"
+                )
         nodes.update(read_nodes(p))
     if not declared and not plain:
         raise CaptureFileError(

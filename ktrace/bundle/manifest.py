@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ktrace import __version__
+from ktrace.bundle.inventory import Inventory
 from ktrace.errors import CaptureFileError
+from ktrace.model import PointKind
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -38,7 +40,7 @@ class PointSpec:
     """A capture point as the bundle's manifest declares it."""
 
     id: str
-    kind: str  # pod | veth | node | tunnel | host (a machine outside the cluster)
+    kind: PointKind
     file: str  # relative to the bundle
     node: str | None = None
     namespace: str | None = None
@@ -117,7 +119,8 @@ def read_manifest(bundle: Path) -> Manifest | None:
         data = json.loads(path.read_text())
         known = {f.name for f in fields(PointSpec)}
         points = tuple(
-            PointSpec(**{k: v for k, v in p.items() if k in known}) for p in data.pop("points")
+            PointSpec(**{k: v for k, v in p.items() if k in known} | {"kind": _kind(p)})
+            for p in data.pop("points")
         )
         keep = {f.name for f in fields(Manifest)} - {"points", "status"}
         status = CaptureStatus(data.get("status", CaptureStatus.COMPLETE))
@@ -129,7 +132,11 @@ def read_manifest(bundle: Path) -> Manifest | None:
         ) from None
 
 
-def read_inventory(bundle: Path) -> dict[str, Any] | None:
+def _kind(point: dict[str, Any]) -> PointKind:
+    return PointKind.read(str(point["kind"]))
+
+
+def read_inventory(bundle: Path) -> Inventory | None:
     path = bundle / INVENTORY
     if not path.exists():
         return None
@@ -143,4 +150,4 @@ def read_inventory(bundle: Path) -> dict[str, Any] | None:
         raise CaptureFileError(
             f"{path}: not an inventory (a JSON object): addresses are shown without names"
         )
-    return data
+    return Inventory.parse(data)

@@ -14,6 +14,7 @@ from ktrace.kube.api import Api
 from ktrace.kube.debug import Container
 from ktrace.kube.execstream import run
 from ktrace.kube.targets import Pod
+from ktrace.model import PointKind
 
 LINK = re.compile(r"^(\d+):\s+([^:@\s]+)(?:@[^:\s]+)?:\s")
 OVERLAY_KINDS = ("vxlan", "geneve", "ipip")
@@ -65,7 +66,7 @@ def pod_points(pod: Pod, c: Container, bpf: str, count: int | None) -> list[Plan
     return [
         Plan(
             id=f"{pod.name}-eth0",
-            kind="pod",
+            kind=PointKind.POD,
             node=pod.node,
             interface="eth0",
             container=c,
@@ -98,7 +99,7 @@ def node_points(
         plans.append(
             Plan(
                 id=f"{pod.name}-veth",
-                kind="veth",
+                kind=PointKind.VETH,
                 node=node,
                 interface=peer.name,
                 container=c,
@@ -112,7 +113,7 @@ def node_points(
         plans.append(
             Plan(
                 id=f"{node}-{dev.name}",
-                kind="tunnel",
+                kind=PointKind.TUNNEL,
                 node=node,
                 interface=dev.name,
                 container=c,
@@ -124,7 +125,7 @@ def node_points(
         plans.append(
             Plan(
                 id=f"{node}-{nic}",
-                kind="node",
+                kind=PointKind.NODE,
                 node=node,
                 interface=nic,
                 container=c,

@@ -19,6 +19,7 @@ from ktrace.capture import tcpdump
 from ktrace.errors import ClusterError
 from ktrace.kube.debug import Container
 from ktrace.kube.execstream import STDOUT, ExecStream, exit_code
+from ktrace.model import PointKind
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Plan:
     """Where a point is and how it is captured."""
 
     id: str
-    kind: str  # pod | veth | node | tunnel
+    kind: PointKind
     node: str
     interface: str
     container: Container

@@ -44,6 +44,7 @@ from ktrace.kube.api import Api, PodSecurityError
 from ktrace.kube.execstream import ExecStream, run
 from ktrace.kube.image import DEFAULT_IMAGE
 from ktrace.kube.targets import Pod, inventory
+from ktrace.model import PointKind
 
 NODE_METADATA = {
     "ip-addr": ["ip", "-d", "addr"],
@@ -283,7 +284,7 @@ class Session:
                 self.say(f"starting node debug pod on {node}")
                 c = self._node_pod(node)
                 found = node_points(self.api, node, nodes.get(node, ""), c, on_node, self.opts.bpf)
-                with_veth = {p.pod for p in found if p.kind == "veth"}
+                with_veth = {p.pod for p in found if p.kind == PointKind.VETH}
                 for pod, iflink in on_node:
                     if pod.name not in with_veth:
                         self.say(

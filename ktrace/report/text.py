@@ -6,6 +6,8 @@ import textwrap
 from collections.abc import Sequence
 
 from ktrace.analysis.checks import plural
+from ktrace.analysis.http_walk import HttpEnd
+from ktrace.analysis.paths import NatKind
 from ktrace.analysis.result import (
     ExchangeRow,
     HopRow,
@@ -120,6 +122,16 @@ def _ms_text(value: float | None) -> str | None:
     return f"{value:.2f}ms" if value is not None else None
 
 
+def _ends(c: ConversationRow) -> tuple[str, str]:
+    """The conversation's two ends, the one a translation rewrote followed by what it became
+    (with both rewritten, the destination: the Service a client asked for)."""
+    after = c.nat.split(" => ")[-1]
+    kind = c.nat_kind
+    a = f"{c.a} => {after}" if kind is NatKind.SNAT else c.a
+    b = f"{c.b} => {after}" if kind is not None and kind.destination else c.b
+    return a, b
+
+
 def render_flows(ordered: Sequence[ConversationRow], total: int, points: int) -> str:
     """Conversations once each across the points (NAT and tunnels joined): those that lost
     packets, then the biggest (the rows as given: Result.busiest_conversations orders them)."""
@@ -128,8 +140,7 @@ def render_flows(ordered: Sequence[ConversationRow], total: int, points: int) ->
     rows = [
         [
             c.proto,
-            c.a if c.nat_kind != "SNAT" else f"{c.a} => {c.nat.split(' => ')[-1]}",
-            c.b if "DNAT" not in c.nat_kind else f"{c.b} => {c.nat.split(' => ')[-1]}",
+            *_ends(c),
             c.packets,
             human_size(c.bytes),
             iso(c.first_ts)[11:23],
@@ -202,7 +213,7 @@ def render_http(ordered: Sequence[HttpRow], points: int, total: int) -> str:
                 _ms_text(r.latency_ms),
                 _ms_text(r.server_ms),
                 _ms_text(r.network_ms),
-                "" if r.ended == "complete" else r.ended,
+                "" if r.ended == HttpEnd.COMPLETE else r.ended,
                 *([len(r.points)] if points > 1 else []),
             ]
             for r in ordered

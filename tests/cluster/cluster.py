@@ -39,6 +39,7 @@ from tests.cluster.layout import (
     STATE,
     UPSTREAM,
     UPSTREAM_NS,
+    WEB_VIP,
     Node,
 )
 from tests.cluster.processes import ClusterError, running, sh, start, stop, wait_for
@@ -356,6 +357,15 @@ class Cluster:
             [*self.enter(node), str(self.bin / "kube-proxy"), f"--config={config}", "--v=1"],
         )
 
+    def _proxied(self, node: Node, vip: str = DNS_VIP, word: str = "") -> bool:
+        """kube-proxy's rules on the node have a line for `vip` holding `word` (a restarted
+        kube-proxy answers its health check before its first full sync; one told of a
+        Service without endpoints takes a moment to write its reject)."""
+        iptables = self.settings["proxy_mode"] == "iptables"
+        argv = ["iptables-save"] if iptables else ["nft", "list", "ruleset"]
+        out = subprocess.run([*self.enter(node), *argv], capture_output=True, text=True)
+        return any(vip in line and word in line.lower() for line in out.stdout.splitlines())
+
     def _firewall(self, node: Node) -> None:
         """kube-router's NetworkPolicy firewall alone (no routing, no service proxy, no CNI
         of its own): iptables chains and ipsets in the node's network namespace."""
@@ -496,6 +506,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         elif name == "no-endpoints":
             if on:
                 self.kubectl("delete", "pod", "web-1", "web-2", "--ignore-not-found", "--wait")
+                for node in NODES:
+                    wait_for(f"kube-proxy's reject on {node.name}",
+                             lambda n=node: self._proxied(n, WEB_VIP, "reject"), 60)  # fmt: skip
             else:
                 self.apply([manifests.web_pod("web-1", NODES[0].name),
                             manifests.web_pod("web-2", NODES[1].name)])  # fmt: skip
@@ -507,6 +520,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     self._stop_proxy(node)
                 else:
                     self.start_proxy(node)
+            for node in NODES if not on else ():
+                wait_for(f"kube-proxy's rules on {node.name}", lambda n=node: self._proxied(n), 60)
         else:
             self._upstream(on)
         faults = set(self.settings.get("faults", []))

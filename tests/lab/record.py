@@ -24,6 +24,7 @@ from ktrace.bundle.manifest import (
     write_private,
 )
 from ktrace.bundle.node_evidence import CLOCK_MARK, KFREE_SKB_FILTER, SNAPSHOT
+from ktrace.model import PointKind
 from tests.lab import topology as topo
 from tests.lab.lab import GRPC_PORT, Lab, LabError
 
@@ -580,7 +581,7 @@ def record(lab: Lab, scenario: str, bundle: Path) -> Path:
         points=tuple(
             PointSpec(
                 id=p.id,
-                kind=p.kind,
+                kind=PointKind(p.kind),
                 file=f"points/{p.id}.pcap",
                 node=p.node or None,
                 namespace=p.namespace,

@@ -10,24 +10,24 @@ import numpy as np
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, conversation_label, plural
 from ktrace.analysis.context import Analysis
-from ktrace.analysis.names import Exposure
+from ktrace.analysis.names import Exposure, NameKind
 from ktrace.analysis.returns import Bypass
 from ktrace.decode.transport import ACK, SYN, TCP
 from ktrace.distinct import distinct
-from ktrace.model import Finding, Severity
+from ktrace.model import Finding, PointKind, Severity
 
 
 def receiving_node(analysis: Analysis, flow: int) -> str | None:
     """The node a connection to a NodePort or LoadBalancer address arrived at: the node
     whose address it is, or (a LoadBalancer address) the node whose NIC saw it."""
     named = analysis.names.get(analysis.host(flow, "b"))
-    if named is not None and named.kind == "node":
+    if named is not None and named.kind is NameKind.NODE:
         return named.node
     rows = analysis.rows_of_flows([flow])
     nodes = {
         analysis.index.points[int(p)].node
         for p in distinct(analysis.index.columns.point[rows]).tolist()
-        if analysis.index.points[int(p)].kind == "node"
+        if analysis.index.points[int(p)].kind == PointKind.NODE
     }
     return next(iter(nodes)) if len(nodes) == 1 else None
 

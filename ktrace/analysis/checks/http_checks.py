@@ -22,6 +22,7 @@ from ktrace.analysis.checks import (
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.http import GRPC_NAMES
 from ktrace.analysis.http_exchanges import HttpExchange
+from ktrace.analysis.http_walk import HttpEnd, Side
 from ktrace.model import Finding, PacketRef, Severity
 
 SLOW_MS = 500  # to the first byte of the answer
@@ -225,10 +226,10 @@ def _unanswered(e: HttpExchange, end: int) -> bool:
     """No answer: the server ended the connection, the client gave up after waiting (a hedged
     or cancelled request is let go sooner), or the capture went on long after the request."""
     t = e.primary
-    if t.response_ts is not None or not t.asked or t.ended == "unseen":
+    if t.response_ts is not None or not t.asked or t.ended == HttpEnd.UNSEEN:
         return False  # answered, no request, or answered in bytes the capture missed
-    if t.ended in ("reset", "closed"):
-        return t.ended_by == "server" or (t.ended_ts or 0) - t.request_ts >= GRACE_NS
+    if t.ended in (HttpEnd.RESET, HttpEnd.CLOSED):
+        return t.ended_by == Side.SERVER or (t.ended_ts or 0) - t.request_ts >= GRACE_NS
     return t.request_ts + HANG_NS <= end
 
 
@@ -244,11 +245,11 @@ def run_unanswered(analysis: Analysis) -> Iterator[Finding]:
     )
     if by_capture:
         return  # answers the capture itself failed to record, as far as can be told
-    ended = any(e.primary.ended != "open" for e in lost)
+    ended = any(e.primary.ended != HttpEnd.OPEN for e in lost)
     how = Counter(
-        f"the {e.primary.ended_by} {'closed' if e.primary.ended == 'closed' else 'reset'} "
+        f"the {e.primary.ended_by} {'closed' if e.primary.ended == HttpEnd.CLOSED else 'reset'} "
         "the connection"
-        if e.primary.ended in ("closed", "reset")
+        if e.primary.ended in (HttpEnd.CLOSED, HttpEnd.RESET)
         else "still waiting when the capture ended"
         for e in lost
     )
@@ -280,8 +281,8 @@ def run_reset(analysis: Analysis) -> Iterator[Finding]:
         e
         for e in analysis.http_exchanges
         if e.primary.response_ts is not None
-        and e.primary.ended == "reset"
-        and e.primary.ended_by == "server"
+        and e.primary.ended == HttpEnd.RESET
+        and e.primary.ended_by == Side.SERVER
     ]
     if not cut:
         return

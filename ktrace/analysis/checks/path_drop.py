@@ -26,7 +26,7 @@ from ktrace.analysis.node_story import (
     link_story,
     loss_story,
 )
-from ktrace.analysis.paths import ConvPath, Loss
+from ktrace.analysis.paths import ConvPath, Direction, Loss
 from ktrace.decode.transport import TCP
 from ktrace.model import Finding, Severity
 
@@ -52,7 +52,7 @@ class _Drops:
     last: str
     missing: str
     dest: str
-    direction: str
+    direction: Direction
     syn_only: bool
     missing_saw_others: bool
     missed: bool  # never retransmitted: the capture at `missing` lost them, not the network
@@ -131,7 +131,7 @@ def _what(g: _Drops) -> str:
             return f"SYN to {g.dest}"
         clients = f" from {plural(len(g.clients), 'client')}" if len(g.clients) > 1 else ""
         return f"{plural(g.packets, 'SYN')}{clients} to {g.dest}"
-    if g.direction == "a->b":
+    if g.direction is Direction.FORWARD:
         return f"{plural(g.packets, 'packet')} to {g.dest}"
     return f"{plural(g.packets, 'reply packet')} from {g.dest}"
 

@@ -13,7 +13,7 @@ from ktrace.analysis.context import Analysis
 from ktrace.analysis.node_story import absent, kernel_story, rule_for
 from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import ACK, RST, SYN, TCP
-from ktrace.model import Finding, Severity
+from ktrace.model import Finding, PointKind, Severity
 
 if TYPE_CHECKING:
     from ktrace.bundle.node_evidence import NodeEvidence, Rule
@@ -95,7 +95,7 @@ def run_nat_missing(analysis: Analysis) -> Iterator[Finding]:
     if not vips:
         return
     c = index.columns
-    on_wire = np.array([p.kind in ("node", "tunnel") for p in index.points], bool)
+    on_wire = np.array([p.kind in (PointKind.NODE, PointKind.TUNNEL) for p in index.points], bool)
     to_vip = np.zeros(len(c), bool)
     for family, values in _column_values(index, vips).items():
         to_vip |= (c.l3 == family) & np.isin(c.dst, list(values))

@@ -21,6 +21,7 @@ from ktrace.analysis.checks import (
 from ktrace.analysis.checks.external import claimed
 from ktrace.analysis.context import Analysis
 from ktrace.analysis.node_story import drop_recorded
+from ktrace.analysis.paths import Direction
 from ktrace.decode.transport import ACK, SYN, TCP
 from ktrace.distinct import distinct
 from ktrace.model import Finding, Severity
@@ -87,7 +88,7 @@ def _unanswered(analysis: Analysis) -> Iterator[tuple[int, np.ndarray]]:
         if claimed(analysis, flow):
             continue  # svc.local-no-endpoint or svc.health-check say why
         path = analysis.path_of_flow(flow)
-        if path and any(x.direction == "a->b" and x.syn for x in path.losses):
+        if path and any(x.direction is Direction.FORWARD and x.syn for x in path.losses):
             continue  # located: path.drop says between which points it died
         yield flow, everyone
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from ktrace.analysis.checks import MAX_EVIDENCE, FunctionCheck, plural
 from ktrace.analysis.context import Analysis
+from ktrace.analysis.names import NameKind
 from ktrace.analysis.stitch_rules import address_key, home_addresses
 from ktrace.analysis.tcp_sequence import per_point_max, resent_rows
 from ktrace.decode.transport import FIN, SYN, TCP
@@ -102,7 +103,7 @@ def _at_receiver(analysis: Analysis, rows: np.ndarray) -> np.ndarray:
     for l3 in (4, 6):
         home = home_addresses(c, points, analysis.correlation.local, l3, guess=False)
         out |= home[point] == dst
-    listed = {n.name for n in names.by_ip.values() if n.kind == "pod"}
+    listed = {n.name for n in names.by_ip.values() if n.kind is NameKind.POD}
     pairs, at = np.unique((point << 36) | dst, return_inverse=True)  # a key: below 2**35
     at = at.reshape(-1)
     for k, pair in enumerate(pairs.tolist()):
@@ -110,7 +111,7 @@ def _at_receiver(analysis: Analysis, rows: np.ndarray) -> np.ndarray:
         pod = f"{points[p].namespace}/{points[p].pod}"
         if points[p].pod and pod in listed:
             named = names.get(analysis.index.address(key % 8, key // 8))
-            out[at == k] = named is not None and named.kind == "pod" and named.name == pod
+            out[at == k] = named is not None and named.kind is NameKind.POD and named.name == pod
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -13,10 +13,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from ktrace.tui import keymap
-
-if TYPE_CHECKING:
-    from ktrace.tui.app import KtraceApp
-
+from ktrace.tui.workbench import Workbench, workbench
 
 MAX_ROWS = 2000
 
@@ -41,8 +38,8 @@ class TableView(Screen[None]):
         self.rows: list[tuple[Any, tuple[Any, ...]]] = []  # (key, cells)
 
     @property
-    def ktrace(self) -> KtraceApp:
-        return cast("KtraceApp", self.app)
+    def ktrace(self) -> Workbench:
+        return workbench(self)
 
     def compose(self) -> ComposeResult:
         yield Static(self.TITLE, id="title", markup=False)

@@ -3,7 +3,7 @@ and run in a worker, for this packet only."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
@@ -13,10 +13,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, Tree
 
 from ktrace.tui import keymap
+from ktrace.tui.workbench import workbench
 
 if TYPE_CHECKING:
     from ktrace.decode.deep import Layer
-    from ktrace.tui.app import KtraceApp
 
 
 class PacketView(Screen[None]):
@@ -34,7 +34,7 @@ class PacketView(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        app = cast("KtraceApp", self.app)
+        app = workbench(self)
         index = app.index
         assert index is not None
         c = index.columns

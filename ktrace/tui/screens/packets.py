@@ -3,8 +3,6 @@ million-packet capture scrolls as fast as a small one."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
-
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
@@ -23,9 +21,7 @@ from ktrace.decode.index import PacketIndex
 from ktrace.decode.transport import TCP
 from ktrace.tui import keymap
 from ktrace.tui.screens.base import StatusLine
-
-if TYPE_CHECKING:
-    from ktrace.tui.app import KtraceApp
+from ktrace.tui.workbench import Workbench, workbench
 
 PROTO = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6", 132: "SCTP"}
 CURSOR = Style(reverse=True)
@@ -50,8 +46,8 @@ class PacketList(ScrollView, can_focus=True):
         self._cache: dict[int, str] = {}
 
     @property
-    def ktrace(self) -> KtraceApp:
-        return cast("KtraceApp", self.app)
+    def ktrace(self) -> Workbench:
+        return workbench(self)
 
     def show(self, rows: np.ndarray | None) -> None:
         index = self.ktrace.index
@@ -167,12 +163,12 @@ class PacketsView(Screen[None]):
         self.refresh_data()
 
     def refresh_data(self) -> None:
-        app = cast("KtraceApp", self.app)
+        app = workbench(self)
         self.query_one(StatusLine).update(app.status_text())
         self.apply_filter(self.query_one("#filter", Input).value)
 
     def apply_filter(self, text: str) -> None:
-        app = cast("KtraceApp", self.app)
+        app = workbench(self)
         plist = self.query_one(PacketList)
         if app.index is None:
             return

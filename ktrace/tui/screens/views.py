@@ -9,8 +9,10 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
+from ktrace.analysis.http_walk import HttpEnd
 from ktrace.analysis.result import Result
 from ktrace.analysis.views import dns_lookups, path_packets
+from ktrace.model import Severity
 from ktrace.pcap import linktype
 from ktrace.report.table import human_size
 from ktrace.report.text import QUESTIONLESS, UNSEEN, clip
@@ -18,11 +20,11 @@ from ktrace.tui import keymap
 from ktrace.tui.screens.base import TableView
 
 SEVERITY_STYLE = {
-    "critical": "bold white on red",
-    "high": "bold red",
-    "medium": "yellow",
-    "low": "cyan",
-    "info": "dim",
+    Severity.CRITICAL: "bold white on red",
+    Severity.HIGH: "bold red",
+    Severity.MEDIUM: "yellow",
+    Severity.LOW: "cyan",
+    Severity.INFO: "dim",
 }
 
 
@@ -273,7 +275,7 @@ class HttpView(DetailedTableView):
         rows = []
         for k, r in enumerate(result.http):
             status = r.outcome
-            style = "bold red" if r.failed or r.ended != "complete" else ""
+            style = "bold red" if r.failed or r.ended != HttpEnd.COMPLETE else ""
             request = f"{r.method} {r.host}{r.path}" if r.method else UNSEEN
             cells = (
                 r.time[11:23],
@@ -283,7 +285,7 @@ class HttpView(DetailedTableView):
                 short_endpoint(r.backend_name),
                 _ms(r.server_ms),
                 _ms(r.network_ms),
-                "" if r.ended == "complete" else r.ended,
+                "" if r.ended == HttpEnd.COMPLETE else r.ended,
             )
             rows.append((k, cells))
         return rows
@@ -331,7 +333,7 @@ class FindingsView(DetailedTableView):
             (
                 k,
                 (
-                    Text(f.severity.name.lower(), style=SEVERITY_STYLE[f.severity.name.lower()]),
+                    Text(f.severity.name.lower(), style=SEVERITY_STYLE[f.severity]),
                     f.id,
                     f.title,
                 ),
