@@ -45,8 +45,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if args.output == "json":
             # pieces of a few MB encoded by orjson, compact: json.dump's small writes and
             # pure-Python encoding cost seconds on a large capture; jq indents for a human
+            from ktrace.report.json_report import json_chunks
+
             sys.stdout.flush()
-            sys.stdout.buffer.writelines(result.json_chunks())
+            sys.stdout.buffer.writelines(json_chunks(result))
             sys.stdout.buffer.write(b"\n")
         else:
             sys.stdout.write(render_report(result, args.limit))

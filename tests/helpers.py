@@ -18,6 +18,7 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from ktrace.analysis.pipeline import analyze  # noqa: E402
 from ktrace.analysis.result import Result  # noqa: E402
 from ktrace.kernels import twins_only  # noqa: E402
+from ktrace.report.json_report import json_document  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PCAPS = REPO / "pcaps"
@@ -76,7 +77,7 @@ def findings(*paths: Path) -> list[dict[str, Any]]:
 
 def run_analysis(*paths: Path) -> tuple[Result, dict[str, Any]]:
     result = analyze(list(paths), workers=1)
-    return result, result.to_dict()
+    return result, json_document(result)
 
 
 def tcp_session(

@@ -27,6 +27,7 @@ from ktrace.analysis.pipeline import analyze
 from ktrace.bundle.manifest import read_manifest
 from ktrace.kube.api import Api, KubeFlags, explain, status_of
 from ktrace.kube.debug import node_pod_spec
+from ktrace.report.json_report import json_document
 from tests.cluster import build
 from tests.cluster.cluster import Cluster, unavailable
 from tests.cluster.layout import DNS_VIP, NODES, WEB_VIP
@@ -180,7 +181,7 @@ def test_capture_a_pod_through_kubectls_plugin_dispatch(real: Real, tmp_path: Pa
         if s["name"].startswith("ktrace-") and s["image"].endswith(IMAGE)
     ]  # fmt: skip
     assert ours and all(s["containerID"].startswith("containerd://") for s in ours)
-    http = analyze([bundle]).to_dict()["http"]
+    http = json_document(analyze([bundle]))["http"]
     assert [r["status"] for r in http if r["server"].startswith(f"{WEB_VIP}:")]
 
 

@@ -19,6 +19,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from ktrace.decode import transport
+from ktrace.report.json_report import json_chunks
 from tests.helpers import EXPECTED, LAB, PCAPS, T0, findings, frames, run_analysis, tcp_session
 
 
@@ -292,11 +293,11 @@ def test_a_bundle_packed_as_tar_gz(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "sample", [*(LAB / b for b in sorted(EXPECTED)), *sorted(PCAPS.glob("*.pcap*"))], ids=str
 )
-def test_streamed_json_is_the_encoding_of_to_dict(sample: Path) -> None:
+def test_streamed_json_is_the_encoding_of_the_document(sample: Path) -> None:
     """--json lays the rows out with one function call per row, not plain() per field: the
-    very bytes of to_dict() encoded, on every kind of section the samples hold."""
+    very bytes of json_document() encoded, on every kind of section the samples hold."""
     result, data = run_analysis(sample)
-    assert b"".join(result.json_chunks()) == orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    assert b"".join(json_chunks(result)) == orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from ktrace.bundle.inputs import read_inputs
 from ktrace.decode.dns import COMPRESSED, DnsError, parse_dns, question, read_name
 from ktrace.decode.index import PacketIndex, build_index
 from ktrace.kernels import dns_questions
+from ktrace.report.json_report import json_chunks
 from tests.helpers import CLIENT, LAB, PCAPS, SERVER, T0, answer, c_parts, query, run_analysis
 
 Make = Callable[..., Path]
@@ -365,7 +366,7 @@ def test_streamed_json_is_the_result(make_pcap: Make, name: bytes) -> None:
     weird = Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=40000, dport=53) / body
     web = "web.default.svc.cluster.local"
     result, data = run_analysis(make_pcap([weird, query(web, ident=9), answer(web, ident=9)]))
-    text = b"".join(result.json_chunks())
+    text = b"".join(json_chunks(result))
     assert json.loads(text) == data
     assert text == orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)  # the very bytes
     assert {d["qname"] for d in data["dns"]} == {web, parse_dns(bytes(body)).qname}

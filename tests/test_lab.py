@@ -18,6 +18,7 @@ from ktrace.bundle.manifest import read_manifest
 from ktrace.decode.index import PacketIndex, build_index
 from ktrace.decode.ip import ICMP_ERROR
 from ktrace.decode.transport import ACK, SYN, TCP, UDP
+from ktrace.report.json_report import json_document
 from tests.helpers import EXPECTED, findings
 from tests.lab import topology as topo
 from tests.lab.lab import ETC_NETNS, Lab, unavailable
@@ -82,7 +83,7 @@ class Capture:
 def dns_at(bundle: Path, point: str) -> list[dict]:  # type: ignore[type-arg]
     from ktrace.analysis.pipeline import analyze
 
-    data = analyze([bundle / "points" / f"{point}.pcap"], workers=1).to_dict()
+    data = json_document(analyze([bundle / "points" / f"{point}.pcap"], workers=1))
     return data["dns"]  # type: ignore[return-value]
 
 
@@ -224,12 +225,12 @@ def test_slow_dns(bundles: dict[str, Path]) -> None:
 def test_slow_backend_is_server_time_and_reset_is_the_server(bundles: dict[str, Path]) -> None:
     from ktrace.analysis.pipeline import analyze
 
-    slow = analyze([bundles["http-slow"]], workers=1).to_dict()["http"]
+    slow = json_document(analyze([bundles["http-slow"]], workers=1))["http"]
     via_web2 = [r for r in slow if r["server"] == f"{VIP}:80" and len(r["points"]) == 6]  # type: ignore[index]
     assert len(via_web2) == 2
     for r in via_web2:
         assert r["server_ms"] >= 790 and r["network_ms"] < 50  # type: ignore[index]
-    reset = analyze([bundles["http-reset"]], workers=1).to_dict()["http"]
+    reset = json_document(analyze([bundles["http-reset"]], workers=1))["http"]
     cut = [r for r in reset if r["ended"] == "reset"]  # type: ignore[index]
     assert len(cut) == 1 and cut[0]["ended_by"] == "server"  # type: ignore[index]
     assert cut[0]["backend_name"] == f"{WEB2}:80 (default/web-2)"  # type: ignore[index]

@@ -29,6 +29,7 @@ from ktrace.kube.api import Api, KubeFlags
 from ktrace.kube.debug import Container, add_ephemeral, end_ephemeral, wait_running
 from ktrace.kube.execstream import run as exec_in
 from ktrace.kube.targets import resolve
+from ktrace.report.json_report import json_document
 from tests.lab import topology as topo
 from tests.lab.apiserver.server import ApiServer
 from tests.lab.lab import Lab, unavailable
@@ -325,7 +326,7 @@ def test_capture_a_service_through_the_python_entry_point(env: Env, tmp_path: Pa
     assert (client, web1) in {(s, d) for s, _, d, dp, _ in rows(bundle, "web-1-eth0") if dp == 80}
     # the user's filter does not hide the overlay on the NIC
     assert any(t and d == web2 for _, _, d, _, t in rows(bundle, "node-b-eth0"))
-    report = analyze([bundle]).to_dict()
+    report = json_document(analyze([bundle]))
     assert report["findings"] == []
     crossing = [
         p
@@ -364,7 +365,7 @@ def test_capture_from_outside_places_a_nodeport_call_on_the_node_that_dropped_it
     manifest = read_manifest(bundle)
     assert manifest is not None
     assert {p.id for p in manifest.points} >= {"web-2-eth0", "node-a-eth0", "node-b-eth0"}
-    serious = [f for f in analyze([bundle]).to_dict()["findings"] if f["severity"] != "info"]
+    serious = [f for f in json_document(analyze([bundle]))["findings"] if f["severity"] != "info"]
     assert [(f["id"], "no ready endpoint on node-a" in f["title"]) for f in serious] == [
         ("svc.local-no-endpoint", True)
     ]
@@ -538,7 +539,7 @@ def test_trace_through_kubectl_names_the_kernel_reason_and_the_rule(
     # the same offline, from the bundle
     again = " ".join(
         " ".join(f["explanation"].split())
-        for f in analyze([tmp_path / "t"]).to_dict()["findings"]
+        for f in json_document(analyze([tmp_path / "t"]))["findings"]
         if f["id"] == "path.drop"
     )
     assert "NETFILTER_DROP" in again and "-j DROP" in again
@@ -602,7 +603,7 @@ def test_dns_resolves_as_the_pod_does(
     ]
     assert all(s["tcp"]["status"] == "NOERROR" for s in results["servers"]["servers"])
     # the queries are in the bundle: every one tried, answered at the pod's eth0
-    dns = analyze([bundle]).to_dict()["dns"]
+    dns = json_document(analyze([bundle]))["dns"]
     names = {d["qname"].rstrip(".") for d in dns}
     assert {
         "example.com.default.svc.cluster.local",
@@ -690,7 +691,7 @@ def test_a_cut_stream_keeps_what_arrived_and_kills_tcpdump(env: Env, tmp_path: P
     assert "client-eth0" in manifest.reason and "connection" in manifest.reason
     data = (bundle / "points" / "client-eth0.pcap").read_bytes()
     assert len(data) > 1000 and rows(bundle, "client-eth0")  # what arrived is readable
-    warnings = analyze([bundle]).to_dict()["warnings"]
+    warnings = json_document(analyze([bundle]))["warnings"]
     assert any("the capture was cut short" in w and "client-eth0" in w for w in warnings)
 
 

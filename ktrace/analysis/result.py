@@ -1,20 +1,17 @@
 """The typed result of an analysis: what `analyze` prints, `--json` writes, the UI and `trace`
-read. Rows are frozen dataclasses built from the analysis on first use; `to_dict` is the one
-JSON shape (README "JSON output")."""
+read. Rows are frozen dataclasses built from the analysis on first use; each row's fields are
+named for output by their metadata (plain, row_layout); report/json.py writes the document."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, IntEnum
 from functools import cache, cached_property
 from itertools import islice
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
-import orjson
 
-from ktrace import __version__
 from ktrace.analysis.checks import conversation_label, plural
 from ktrace.analysis.context import Analysis, proto_name
 from ktrace.analysis.findings import CheckError
@@ -24,24 +21,19 @@ from ktrace.analysis.http_exchanges import HttpExchange
 from ktrace.analysis.http_walk import HttpEnd, Side
 from ktrace.analysis.paths import ConvPath, Direction, Hop, NatKind
 from ktrace.analysis.row_columns import (
-    ROW_OPTIONS,
     Coded,
     Column,
     Integers,
     Listed,
-    Merges,
     Millis,
     Objects,
     Times,
     Vocabulary,
-    json_pieces,
-    merged,
 )
 from ktrace.analysis.views import ConversationRow, busiest_conversations, conversations
-from ktrace.chunking import in_order
 from ktrace.decode.h2 import UNSEEN
 from ktrace.decode.tunnel import Tunnel
-from ktrace.kernels.json_rows import Pieces, isos, laid_out
+from ktrace.kernels.json_rows import isos
 from ktrace.model import Finding, PacketRef
 from ktrace.pcap import linktype
 
@@ -76,7 +68,6 @@ HTTP_AS_IS = (
     "ended_by",
 )
 HTTP_OBJECTS = ("points", "packet")  # rows held in the row
-JSON_SLICE = 8192  # DNS transactions or flows encoded at a time: a few MB of their JSON
 
 
 def _ms(ns: float | None) -> float | None:
@@ -549,7 +540,7 @@ class Result:
         for name in HTTP_AS_IS:
             columns[name] = [getattr(t, name) for t in first]
         return {
-            f.name: Objects(columns[f.name], _row_dict)
+            f.name: Objects(columns[f.name], row_dict)
             if f.name in HTTP_OBJECTS
             else Listed(columns[f.name])
             for f in fields(HttpRow)
@@ -625,107 +616,23 @@ class Result:
             + [f"check {e.check} failed: {e.message}" for e in self.check_errors]
         )
 
-    def to_dict(self) -> dict[str, object]:
-        return {k: v if k != "dns" else self._dns_json() for k, v in self._document().items()}
-
-    def _document(self, native: bool = False) -> dict[str, object]:
-        """The JSON document, "dns" left out (None): it can be the largest part by far.
-        `native`: the rows left as they are, for orjson to lay out with _row_dict (findings,
-        whose severity plain() writes by name, excepted), and "flows" and "http" left out too:
-        like "dns", written a slice of rows at a time, from their columns."""
-
-        def rows(value: tuple[object, ...]) -> object:
-            return value if native else plain(value)
-
-        return {
-            "ktrace": __version__,
-            "points": rows(self.points),
-            "findings": plain(self.findings),
-            "paths": rows(self.paths),
-            "flows": None if native else plain(self.flows),
-            "dns": None,
-            "http": None if native else plain(self.http),
-            "tls": rows(self.tls),
-            "tunnels": rows(self.tunnels),
-            "warnings": self.warnings,
-            "dns_malformed": self.analysis.dns.malformed,
-            "dns_orphan_responses": self.analysis.dns.orphan_responses,
-        }
-
-    def json_chunks(self) -> Iterator[bytes]:
-        """to_dict() as JSON (UTF-8, compact), in pieces encoded by orjson: the flows, the
-        DNS transactions and the HTTP requests a slice at a time from their columns, so that
-        a storm's hundreds of thousands never exist as dicts all at once."""
-        sep = b"{"
-        exchanges = self.analysis.http_exchanges
-
-        def http_columns(ks: np.ndarray) -> dict[str, Column]:
-            return self.http_columns([exchanges[k] for k in ks.tolist()])
-
-        by_column = {
-            "flows": (len(self.analysis.flows), self.flow_columns, FlowRow),
-            "dns": (len(self.analysis.dns.transactions), self.dns_columns, DnsRow),
-            "http": (len(exchanges), http_columns, HttpRow),
-        }
-        for key, value in self._document(native=True).items():
-            yield sep + orjson.dumps(key) + b":"
-            sep = b","
-            if key not in by_column:
-                yield orjson.dumps(value, default=_row_dict, option=ROW_OPTIONS)
-                continue
-            n, columns_of, row = by_column[key]
-            yield b"["
-            # each slice's columns made here while the slice before is laid out in C
-            for k, encoded in enumerate(in_order(_laid_out, _slices(row, columns_of, n))):
-                if k:
-                    yield b","  # apart: joined, each slice's MBs would be copied once more
-                yield encoded
-            yield b"]"
-        yield b"}"
-
-    def _dns_json(self) -> list[dict[str, object]]:
-        """As plain(self.dns), without a DnsRow per transaction on the way."""
-        columns = self.dns_columns(np.arange(len(self.analysis.dns.transactions)))
-        listed = {attr: column.listed() for attr, column in columns.items()}
-        listed["answers"] = [list(cast(tuple[str, ...], a)) for a in listed["answers"]]
-        layout = [(attr, name) for attr, name, _ in _layout(DnsRow) if attr in listed]
-        values = [listed[attr] for attr, _ in layout]
-        names = [name for _, name in layout]
-        return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
-
-
-def _slices(
-    row: type, columns_of: Callable[[np.ndarray], dict[str, Column]], n: int
-) -> Iterator[tuple[list[Pieces], int]]:
-    """n rows of the row class, JSON_SLICE at a time: each slice's pieces (laid out in the
-    row's order, under its JSON names) and its length."""
-    made: Merges = {}
-    for lo in range(0, n, JSON_SLICE):
-        columns = columns_of(np.arange(lo, min(lo + JSON_SLICE, n)))
-        layout = [(name, columns[attr]) for attr, name, _ in _layout(row) if attr in columns]
-        yield merged(json_pieces(layout), made), min(JSON_SLICE, n - lo)
-
-
-def _laid_out(rows: tuple[list[Pieces], int]) -> bytes:
-    return laid_out(*rows)
-
 
 SCALARS = (str, int, float, bool, type(None))
 
 
-def _row_dict(row: object) -> dict[str, object]:
+def row_dict(row: object) -> dict[str, object]:
     """A row as plain() lays it out (names, fields left out or dropped from the row held),
     its values left to orjson: a Python call per row, not per field."""
     if not is_dataclass(row) or isinstance(row, type):
         raise TypeError(f"{type(row).__name__} is not JSON")
     return {
         name: plain(getattr(row, attr), inner) if inner else getattr(row, attr)
-        for attr, name, inner in _layout(type(row))
+        for attr, name, inner in row_layout(type(row))
     }
 
 
 @cache
-def _layout(cls: type) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+def row_layout(cls: type) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
     """A row class's fields as JSON shows them: (attribute, JSON name, fields to drop)."""
     return tuple(
         (f.name, f.metadata.get("json", f.name), f.metadata.get("drop", ()))
@@ -743,7 +650,7 @@ def plain(value: object, drop: tuple[str, ...] = ()) -> object:
     if is_dataclass(value) and not isinstance(value, type):
         return {
             name: plain(getattr(value, attr), inner)
-            for attr, name, inner in _layout(type(value))
+            for attr, name, inner in row_layout(type(value))
             if attr not in drop
         }
     if isinstance(value, IntEnum):
