@@ -1,9 +1,11 @@
 """Benchmark: ktrace's index + flow table and the whole `ktrace analyze` against tshark's
 conversation table, a dpkt loop and scapy, on the same >= 1M-packet capture, in one run; then
-`ktrace analyze` on 20M packets built from it (tests/bench/scale.py).
+`ktrace analyze` on 20M packets built from it (tests/bench/scale.py). Two kinds of traffic by
+default: bench.pcap (bulk TCP, keep-alive HTTP, a DNS storm) and busy.pcap (a busy service's
+node: bulk TCP, short non-keep-alive HTTP, sequential DNS).
 
-    python -m tests.bench.run [CAPTURE]    (without CAPTURE, root records one from real traffic
-                                            between two network namespaces into bench-data/)
+    python -m tests.bench.run [CAPTURE...]   (without CAPTURE, root records the two from real
+                                              traffic between network namespaces into bench-data/)
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from tests.samples.record import REPO
 
 T = TypeVar("T")
 DEFAULT = REPO / "bench-data" / "bench.pcap"
+BUSY = REPO / "bench-data" / "busy.pcap"
+COMMANDS = (("ktrace analyze FILE (text)", ()), ("ktrace analyze FILE --json", ("--json",)))
+BUSY_SECONDS = 60  # about a million packets
+BUSY_BUFFER_KIB = 65536  # tcpdump keeps up: the benchmark measures ktrace, not loss
 SCAPY_SUBSET = 20_000
 SCALE_PACKETS = 20_000_000
 
@@ -211,13 +217,40 @@ def main() -> None:
     from ktrace.perf import tune_process
 
     tune_process()
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
-    if not path.exists():
-        from tests.bench.traffic import record
+    paths = [Path(a) for a in sys.argv[1:]] or [DEFAULT, BUSY]
+    for path in paths:
+        if not path.exists():
+            record_capture(path)
+    for path in paths:
+        measure(path)
+        measure_scaled(path)
+    points = correlation_inputs(paths[0])
+    best = min((run_correlation(points) for _ in range(3)), key=lambda r: r[1])
+    t_index, t_corr, n, convs = best
+    print(
+        f"\ncorrelation, {len(points)} points x {n // len(points):,} packets (best of 3): "
+        f"index + flows {t_index:.2f} s, correlate + paths {t_corr:.2f} s "
+        f"({n / t_corr:,.0f} packets/s), {convs:,} conversations across points"
+    )
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"recording {path} from real traffic (about a minute)...", flush=True)
+
+def record_capture(path: Path) -> None:
+    """The default captures, from real traffic between two network namespaces (as root):
+    bench.pcap (bulk TCP, keep-alive HTTP, DNS as fast as it goes) or busy.pcap (a busy
+    service's node: bulk TCP in 1200-byte segments, ~10,000 short non-keep-alive HTTP
+    requests, ~37,000 sequential DNS lookups)."""
+    from tests.bench.traffic import record, record_busy
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"recording {path} from real traffic (about a minute)...", flush=True)
+    if path.name == BUSY.name:
+        record_busy(path, BUSY_SECONDS, buffer_kib=BUSY_BUFFER_KIB)
+    else:
         record(path, bulk_bytes=1_000_000_000)
+
+
+def measure(path: Path) -> None:
+    """Index + flows against tshark, dpkt and scapy, then the whole command, on one capture."""
     size = path.stat().st_size
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
     from ktrace.decode.index import default_workers
@@ -245,8 +278,7 @@ def main() -> None:
     if shutil.which("tshark"):
         t_tshark, _ = timed(lambda: run_tshark(path))
         results.append(("tshark -z conv,tcp -z conv,udp", t_tshark, packets))
-    commands = (("ktrace analyze FILE (text)", ()), ("ktrace analyze FILE --json", ("--json",)))
-    whole = [(label, *best_analyze(path, *flags)) for label, flags in commands]
+    whole = [(label, *best_analyze(path, *flags)) for label, flags in COMMANDS]
     t, n = timed(lambda: run_dpkt(path))
     results.append(("dpkt loop, 5-tuple table", t, n))
     t, n = timed(lambda: run_scapy(path))
@@ -280,7 +312,10 @@ def main() -> None:
         f"{t_http:.2f} s, {100 * t_http / whole[0][1]:.0f}% of `ktrace analyze FILE`"
     )
 
-    scaled = path.parent / f"scale-{SCALE_PACKETS // 1_000_000}m.pcap"
+
+def measure_scaled(path: Path) -> None:
+    """The whole command on SCALE_PACKETS built from the capture (tests/bench/scale.py)."""
+    scaled = path.parent / f"{path.stem}-{SCALE_PACKETS // 1_000_000}m.pcap"
     if not scaled.exists():
         from tests.bench.scale import build
 
@@ -290,21 +325,12 @@ def main() -> None:
     print(f"\n{SCALE_PACKETS:,} packets ({scaled.name}: {path.name} repeated with shifted times,")
     print("ports and IP IDs, cut to 192 bytes a packet; one run each):")
     print(f"{'':44} {'seconds':>9} {'packets/s':>12} {'peak anon':>10} {'B/packet':>9}")
-    for label, flags in commands:
+    for label, flags in COMMANDS:
         seconds, peak = run_analyze(scaled, *flags)
         print(
             f"{label.replace('FILE', scaled.name):44} {seconds:9.2f} "
             f"{SCALE_PACKETS / seconds:12,.0f} {peak / 1e6:8.0f} MB {peak / SCALE_PACKETS:9.0f}"
         )
-
-    points = correlation_inputs(path)
-    best = min((run_correlation(points) for _ in range(3)), key=lambda r: r[1])
-    t_index, t_corr, n, convs = best
-    print(
-        f"\ncorrelation, {len(points)} points x {n // len(points):,} packets (best of 3): "
-        f"index + flows {t_index:.2f} s, correlate + paths {t_corr:.2f} s "
-        f"({n / t_corr:,.0f} packets/s), {convs:,} conversations across points"
-    )
 
 
 if __name__ == "__main__":
