@@ -489,3 +489,37 @@ def test_a_reused_client_port_is_a_new_connection(make_pcap: Make) -> None:
         assert f.packets_ab.tolist() == [5, 5, 4] and f.packets_ba.tolist() == [3, 3, 3]
         assert (f.a_port == 40001).all() and f.syn.tolist() == [1, 1, 0]
         assert (f.handshake_ns[:2] > 0).all()
+
+
+@pytest.mark.parametrize(("seed", "npoints"), [(10, 1), (11, 3)])
+def test_the_c_count_of_missed_segments_equals_numpys(seed: int, npoints: int) -> None:
+    """Directions of random segments (gaps opened and filled late, pure ACKs, SYN and FIN,
+    sequence numbers before the direction's first, times near each point's end, more than a
+    chunk): C and numpy count the same missed segments at each point."""
+    from ktrace.chunking import CHUNK
+    from ktrace.kernels import sequence
+
+    if sequence._C is None:
+        pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
+    rng = np.random.default_rng(seed)
+    n = 3 * CHUNK + 11
+    c = PacketColumns.empty(n)
+    c.tcp_flags[:] = rng.choice(np.array([0x10, 0x18, 0x02, 0x12, 0x11, 0x04], np.uint8), n)
+    c.paylen[:] = rng.choice(np.array([0, 0, 1, 100, 1448], np.uint32), n)
+    c.ts[:] = np.sort(rng.integers(0, 4_000_000_000, n))
+    c.point[:] = rng.integers(0, npoints, n)
+    step = c.paylen.astype(np.int64) * (rng.random(n) < 0.9)
+    c.seq[:] = (2**32 - 3000 + np.cumsum(step) + rng.integers(0, 3, n) * 1448) % 2**32
+    rows = np.lexsort((np.arange(n), c.point)).astype(np.int32)  # by point, file order
+    start = np.r_[True, (c.point[rows][1:] != c.point[rows][:-1]) | (rng.random(n - 1) < 0.003)]
+    behind, rel, _ = sequence.behind_sent((c.tcp_flags, c.paylen, c.seq), rows, start)
+    late = behind & (rng.random(n) < 0.5)
+    walk = sequence.Walk(rows, start, rel, behind & ~late, late)
+    columns = (c.tcp_flags, c.paylen, c.ts, c.point)
+    got = sequence.missed_segments(columns, walk, npoints, 1_500_000_000)
+    with c_parts(False):
+        want = sequence.missed_segments(columns, walk, npoints, 1_500_000_000)
+    assert got.tolist() == want.tolist() and got.sum() > 0
+    rows[3] = n
+    with pytest.raises(ValueError, match="outside"):
+        sequence.missed_segments(columns, walk, npoints, 1_500_000_000)

@@ -9,17 +9,14 @@ few MB whatever the capture's size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ktrace.chunking import chunks, row_type
 from ktrace.decode.columns import PacketColumns
-from ktrace.decode.transport import FIN, SYN, TCP
+from ktrace.decode.transport import TCP
 from ktrace.distinct import distinct
-from ktrace.kernels.sequence import LOW as _LOW
 from ktrace.kernels.sequence import SHIFT as _SHIFT
-from ktrace.kernels.sequence import behind_sent, handshake_times, resent
+from ktrace.kernels.sequence import Walk, behind_sent, handshake_times, missed_segments, resent
 from ktrace.kernels.sorting import sorted_runs
 
 # A gap this close to the end of a point's capture may be filled after it stopped.
@@ -53,17 +50,6 @@ def _resends(
     )
 
 
-@dataclass(frozen=True, eq=False)
-class Walk:
-    """TCP rows grouped by (flow, point, direction), file order within a group."""
-
-    rows: np.ndarray
-    start: np.ndarray  # bool: the first row of its group
-    rel: np.ndarray  # uint32: sequence number relative to the group's first row's
-    again: np.ndarray  # bool: sent again (a retransmission)
-    late: np.ndarray  # bool: filled a gap late (out of order)
-
-
 def resent_rows(
     c: PacketColumns, tcp: np.ndarray, flow: np.ndarray, forward: np.ndarray, npoints: int
 ) -> Walk:
@@ -92,56 +78,9 @@ def unrecorded(c: PacketColumns, walk: Walk, npoints: int) -> np.ndarray:
     proves passed it (later data was seen) and nothing recorded later filled (the sender
     never had to send them again: they arrived). A gap opened within TAIL_NS of the point's
     last packet is not judged: its fill may have come after the capture stopped. Counted in
-    segments of the direction's largest size; a chunk at a time, with what one chunk hands
-    the next carried over."""
-    rows, start, rel, late = walk.rows, walk.start, walk.rel, walk.late
-    n = len(rows)
-    groups = int(np.count_nonzero(start))
-    opened = np.zeros(groups, np.int64)  # gap bytes, per group
-    filled = np.zeros(groups, np.int64)  # bytes late segments brought
-    largest = np.zeros(groups, np.int64)
-    point_of = np.zeros(groups, np.int64)
-    last = _point_ends(c, rows, npoints)
-    seen_carry, group_carry = -1, -1
-    for lo, hi in chunks(n):
-        r, st = rows[lo:hi], start[lo:hi]
-        group = group_carry + np.cumsum(st)
-        size = c.paylen.take(r).astype(np.int64)
-        flags = c.tcp_flags.take(r)
-        first = rel[lo:hi].astype(np.int64)
-        ahead = first < 1 << 31  # else before the direction's first row (reordered)
-        syn_fin = ((flags & SYN) != 0).astype(np.int64) + ((flags & FIN) != 0)
-        end = first + size + syn_fin
-        # what was sent so far: a pure ACK's number is where the next byte will be, sent or not
-        sent = np.where(ahead & ((size > 0) | (syn_fin > 0)), end, 0)
-        seen = np.maximum.accumulate((group << _SHIFT) | sent)
-        seen = np.maximum(seen, seen_carry)
-        prev = np.r_[seen_carry, seen[:-1]]
-        same = (prev >> _SHIFT) == group
-        reach = np.where(same, prev & _LOW, first)
-        ts = c.ts.take(r)
-        judged = ts + TAIL_NS <= last.take(c.point.take(r))
-        gap = np.where(ahead & same & (size > 0) & judged, np.maximum(first - reach, 0), 0)
-        opened += np.bincount(group, gap, minlength=groups).astype(np.int64)
-        filled += np.bincount(group, np.where(late[lo:hi], size, 0), minlength=groups).astype(
-            np.int64
-        )
-        heads = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        np.maximum.at(largest, group[heads], np.maximum.reduceat(size, heads))
-        point_of[group[heads]] = c.point.take(r[heads])
-        seen_carry, group_carry = int(seen[-1]), int(group[-1])
-    lost = np.maximum(opened - filled, 0)
-    segments = -(-lost // np.maximum(largest, 1))
-    return np.bincount(point_of, segments, minlength=npoints).astype(np.int64)
-
-
-def _point_ends(c: PacketColumns, rows: np.ndarray, npoints: int) -> np.ndarray:
-    """Each point's last time among these rows."""
-    ends = np.full(max(npoints, 1), np.iinfo(np.int64).min, np.int64)
-    for lo, hi in chunks(len(rows)):
-        r = rows[lo:hi]
-        np.maximum.at(ends, c.point.take(r), c.ts.take(r))
-    return ends
+    segments of the direction's largest size."""
+    columns = (c.tcp_flags, c.paylen, c.ts, c.point)
+    return missed_segments(columns, walk, npoints, TAIL_NS)
 
 
 def _resent(

@@ -2,8 +2,8 @@
  * keeping the highest sequence end sent so far. numpy does it with running maxima over packed
  * keys, a dozen passes; this is one.
  *
- * ktrace/analysis/tcp_sequence.py holds the same walk in numpy (_behind_numpy); it is used
- * when this module was not built, and the tests run both and require identical results.
+ * ktrace/kernels/sequence.py holds each function's twin in numpy; it is used when this module
+ * was not built, and the tests run both and require identical results.
  *
  * behind(tcp_flags, paylen, seq, rows, start, behind, rel, carries)
  *   tcp_flags (uint8), paylen (uint32), seq (uint32): packet columns; rows: int32 or int64,
@@ -24,7 +24,15 @@
  *   `points`), forward (uint8), flags, proto (uint8), ts (int64). The tables: int64 per (flow,
  *   point), flat, (flows + 1) x points, given filled with the largest int64; lowered to the
  *   earliest SYN from the initiator, SYN/ACK to it, and ACK from it at or after the SYN/ACK.
- *   tcp_sequence._handshakes_numpy does the same with ufunc.at.
+ *   sequence._handshakes_numpy does the same with ufunc.at.
+ *
+ * unrecorded(flags, paylen, ts, point, rows, start, rel, late, tail_ns, out)
+ *   Packet columns flags (uint8), paylen (uint32), ts (int64), point (uint16); per row in
+ *   walking order: rows (int32 or int64), start, rel and late (as behind() and resent() give
+ *   them). Adds to out (int64 per point) the data segments each point did not record: per
+ *   direction, the bytes of the gaps a data segment opened beyond what had been sent (judged
+ *   only more than tail_ns before the point's last row), less the bytes late segments brought,
+ *   in segments of the direction's largest. sequence._unrecorded_numpy does it in chunks.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -225,10 +233,102 @@ done:
     return result;
 }
 
+static void flush_gaps(int64_t opened, int64_t filled, int64_t largest, int64_t at,
+                       int64_t *out) {
+    int64_t lost = opened - filled;
+    if (lost > 0)
+        out[at] += (lost + (largest > 1 ? largest : 1) - 1) / (largest > 1 ? largest : 1);
+}
+
+static PyObject *unrecorded(PyObject *self, PyObject *args) {
+    Py_buffer flagsb, paylenb, tsb, pointb, rowsb, startb, relb, lateb, outb;
+    long long tail;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*Lw*", &flagsb, &paylenb, &tsb, &pointb, &rowsb,
+                          &startb, &relb, &lateb, &tail, &outb))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t *ends = NULL;
+    Py_ssize_t packets = flagsb.len, n = startb.len, points = outb.len / 8;
+    Py_ssize_t width = n ? rowsb.len / n : 4;
+    if (paylenb.len != 4 * packets || tsb.len != 8 * packets || pointb.len != 2 * packets ||
+        (width != 4 && width != 8) || rowsb.len != width * n || relb.len != 4 * n ||
+        lateb.len != n || outb.len != 8 * points || points < 1) {
+        PyErr_SetString(PyExc_ValueError, "unrecorded: columns of different lengths or types");
+        goto done;
+    }
+    ends = PyMem_Malloc(points * sizeof(int64_t));
+    if (!ends) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint8_t *flags = flagsb.buf, *start = startb.buf, *late = lateb.buf;
+    const uint32_t *paylen = paylenb.buf, *rel = relb.buf;
+    const int64_t *ts = tsb.buf;
+    const uint16_t *point = pointb.buf;
+    int64_t *out = outb.buf;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < points; p++)
+        ends[p] = INT64_MIN;
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        int64_t r = width == 4 ? ((const int32_t *)rowsb.buf)[i] : ((const int64_t *)rowsb.buf)[i];
+        if (r < 0 || r >= packets || point[r] >= points)
+            bad = 1;
+        else if (ts[r] > ends[point[r]])
+            ends[point[r]] = ts[r];
+    }
+    /* per direction: gap bytes opened, bytes filled late, its largest segment, its point */
+    int64_t opened = 0, filled = 0, largest = 0, at = 0, reach = 0;
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        int64_t r = width == 4 ? ((const int32_t *)rowsb.buf)[i] : ((const int64_t *)rowsb.buf)[i];
+        int same = !start[i];
+        if (!same) {
+            if (i)
+                flush_gaps(opened, filled, largest, at, out);
+            opened = filled = largest = 0;
+            at = point[r];
+        }
+        int64_t size = paylen[r], first = rel[i];
+        int64_t syn_fin = ((flags[r] & TCP_SYN) != 0) + ((flags[r] & TCP_FIN) != 0);
+        int ahead = first < ((int64_t)1 << 31); /* else before the direction's first row */
+        int judged = ts[r] + tail <= ends[point[r]];
+        if (ahead && same && size > 0 && judged && first > reach)
+            opened += first - reach;
+        if (late[i])
+            filled += size;
+        if (size > largest)
+            largest = size;
+        /* what was sent so far: a pure ACK's number is where the next byte goes, sent or not */
+        int64_t sent = ahead && (size > 0 || syn_fin > 0) ? first + size + syn_fin : 0;
+        if (!same || sent > reach)
+            reach = same ? sent : (sent > 0 ? sent : 0);
+    }
+    if (n && !bad)
+        flush_gaps(opened, filled, largest, at, out);
+    Py_END_ALLOW_THREADS
+    if (bad)
+        PyErr_SetString(PyExc_ValueError, "unrecorded: a row or point outside the columns");
+    else
+        result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(ends);
+    PyBuffer_Release(&flagsb);
+    PyBuffer_Release(&paylenb);
+    PyBuffer_Release(&tsb);
+    PyBuffer_Release(&pointb);
+    PyBuffer_Release(&rowsb);
+    PyBuffer_Release(&startb);
+    PyBuffer_Release(&relb);
+    PyBuffer_Release(&lateb);
+    PyBuffer_Release(&outb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"handshakes", handshakes, METH_VARARGS, "Earliest SYN, SYN/ACK and ACK per flow and point."},
     {"behind", behind, METH_VARARGS, "Walk TCP directions for segments already sent."},
     {"resent", resent, METH_VARARGS, "Tell retransmissions from late segments, in one pass."},
+    {"unrecorded", unrecorded, METH_VARARGS, "Count the data segments each point missed."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -9,6 +9,8 @@ the next carried over.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ktrace.chunking import chunks
@@ -18,6 +20,17 @@ from ktrace.kernels import load, native
 _C = load("ktrace.kernels._sequence")
 SHIFT = 34  # a direction's rank above the 33 bits an end can take (32-bit sequence + length)
 LOW = (1 << SHIFT) - 1
+
+
+@dataclass(frozen=True, eq=False)
+class Walk:
+    """TCP rows grouped by (flow, point, direction), file order within a group."""
+
+    rows: np.ndarray
+    start: np.ndarray  # bool: the first row of its group
+    rel: np.ndarray  # uint32: sequence number relative to the group's first row's
+    again: np.ndarray  # bool: sent again (a retransmission)
+    late: np.ndarray  # bool: filled a gap late (out of order)
 
 
 def behind_sent(
@@ -170,3 +183,74 @@ def _handshakes_numpy(
         is_ack = tcp[lo:hi] & ((tcp_flags[lo:hi] & (SYN | ACK | RST)) == ACK) & forward[lo:hi]
         after = np.flatnonzero(is_ack & (ts[lo:hi] >= t_synack[place]))
         np.minimum.at(t_ack, place[after], ts[lo:hi][after])
+
+
+def missed_segments(
+    columns: tuple[np.ndarray, ...], walk: Walk, npoints: int, tail_ns: int
+) -> np.ndarray:
+    """Per point, the data segments of the walked rows it did not record (see
+    tcp_sequence.unrecorded). `columns`: every packet's (tcp_flags, paylen, ts, point)."""
+    out = np.zeros(max(npoints, 1), np.int64)
+    c_part = native(_C)
+    if c_part is not None:
+        tcp_flags, paylen, ts, point = map(np.ascontiguousarray, columns)
+        rows = np.ascontiguousarray(walk.rows)
+        c_part.unrecorded(tcp_flags, paylen, ts, point, rows, walk.start.view(np.uint8),
+                          walk.rel, walk.late.view(np.uint8), tail_ns, out)  # fmt: skip
+        return out[:npoints]
+    return _unrecorded_numpy(columns, walk, npoints, tail_ns)
+
+
+def _unrecorded_numpy(
+    columns: tuple[np.ndarray, ...], walk: Walk, npoints: int, tail_ns: int
+) -> np.ndarray:
+    """missed_segments a chunk at a time, with what one chunk hands the next carried over."""
+    tcp_flags, paylen, ts_all, point = columns
+    rows, start, rel, late = walk.rows, walk.start, walk.rel, walk.late
+    n = len(rows)
+    groups = int(np.count_nonzero(start))
+    opened = np.zeros(groups, np.int64)  # gap bytes, per group
+    filled = np.zeros(groups, np.int64)  # bytes late segments brought
+    largest = np.zeros(groups, np.int64)
+    point_of = np.zeros(groups, np.int64)
+    last = _point_ends(rows, ts_all, point, npoints)
+    seen_carry, group_carry = -1, -1
+    for lo, hi in chunks(n):
+        r, st = rows[lo:hi], start[lo:hi]
+        group = group_carry + np.cumsum(st)
+        size = paylen.take(r).astype(np.int64)
+        flags = tcp_flags.take(r)
+        first = rel[lo:hi].astype(np.int64)
+        ahead = first < 1 << 31  # else before the direction's first row (reordered)
+        syn_fin = ((flags & SYN) != 0).astype(np.int64) + ((flags & FIN) != 0)
+        end = first + size + syn_fin
+        # what was sent so far: a pure ACK's number is where the next byte will be, sent or not
+        sent = np.where(ahead & ((size > 0) | (syn_fin > 0)), end, 0)
+        seen = np.maximum.accumulate((group << SHIFT) | sent)
+        seen = np.maximum(seen, seen_carry)
+        prev = np.r_[seen_carry, seen[:-1]]
+        same = (prev >> SHIFT) == group
+        reach = np.where(same, prev & LOW, first)
+        ts = ts_all.take(r)
+        judged = ts + tail_ns <= last.take(point.take(r))
+        gap = np.where(ahead & same & (size > 0) & judged, np.maximum(first - reach, 0), 0)
+        opened += np.bincount(group, gap, minlength=groups).astype(np.int64)
+        filled += np.bincount(group, np.where(late[lo:hi], size, 0), minlength=groups).astype(
+            np.int64
+        )
+        heads = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        np.maximum.at(largest, group[heads], np.maximum.reduceat(size, heads))
+        point_of[group[heads]] = point.take(r[heads])
+        seen_carry, group_carry = int(seen[-1]), int(group[-1])
+    lost = np.maximum(opened - filled, 0)
+    segments = -(-lost // np.maximum(largest, 1))
+    return np.bincount(point_of, segments, minlength=npoints).astype(np.int64)[:npoints]
+
+
+def _point_ends(rows: np.ndarray, ts: np.ndarray, point: np.ndarray, npoints: int) -> np.ndarray:
+    """Each point's last time among these rows."""
+    ends = np.full(max(npoints, 1), np.iinfo(np.int64).min, np.int64)
+    for lo, hi in chunks(len(rows)):
+        r = rows[lo:hi]
+        np.maximum.at(ends, point.take(r), ts.take(r))
+    return ends
