@@ -386,11 +386,8 @@ def test_the_c_sequence_walk_equals_numpys(seed: int) -> None:
 
     if sequence._C is None:
         pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
-    rng = np.random.default_rng(seed)
     n = 3 * CHUNK + 17
-    c = PacketColumns.empty(n)
-    c.tcp_flags[:] = rng.choice(np.array([0x10, 0x18, 0x02, 0x12, 0x11, 0x04], np.uint8), n)
-    c.paylen[:] = rng.choice(np.array([0, 0, 1, 100, 1448], np.uint32), n)
+    rng, c = _random_segments(seed, n)
     step = c.paylen.astype(np.int64) * (rng.random(n) < 0.8)  # a fifth resent or late
     c.seq[:] = (2**32 - 5000 + np.cumsum(step) - rng.integers(0, 2, n) * 700) % 2**32
     start = np.r_[True, rng.random(n - 1) < 0.002]
@@ -501,11 +498,8 @@ def test_the_c_count_of_missed_segments_equals_numpys(seed: int, npoints: int) -
 
     if sequence._C is None:
         pytest.skip("no compiler where ktrace was installed: numpy is the one in use")
-    rng = np.random.default_rng(seed)
     n = 3 * CHUNK + 11
-    c = PacketColumns.empty(n)
-    c.tcp_flags[:] = rng.choice(np.array([0x10, 0x18, 0x02, 0x12, 0x11, 0x04], np.uint8), n)
-    c.paylen[:] = rng.choice(np.array([0, 0, 1, 100, 1448], np.uint32), n)
+    rng, c = _random_segments(seed, n)
     c.ts[:] = np.sort(rng.integers(0, 4_000_000_000, n))
     c.point[:] = rng.integers(0, npoints, n)
     step = c.paylen.astype(np.int64) * (rng.random(n) < 0.9)
@@ -523,3 +517,12 @@ def test_the_c_count_of_missed_segments_equals_numpys(seed: int, npoints: int) -
     rows[3] = n
     with pytest.raises(ValueError, match="outside"):
         sequence.missed_segments(columns, walk, npoints, 1_500_000_000)
+
+
+def _random_segments(seed: int, n: int) -> tuple[np.random.Generator, PacketColumns]:
+    """n TCP segments of every common flag mix and size (empty, one byte, small, full)."""
+    rng = np.random.default_rng(seed)
+    c = PacketColumns.empty(n)
+    c.tcp_flags[:] = rng.choice(np.array([0x10, 0x18, 0x02, 0x12, 0x11, 0x04], np.uint8), n)
+    c.paylen[:] = rng.choice(np.array([0, 0, 1, 100, 1448], np.uint32), n)
+    return rng, c
