@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(plain._C is None, reason="the C loop was not bui
 CAPTURES = sorted(PCAPS.glob("*.pcap")) + sorted(p for p in LAB.iterdir() if p.is_dir())
 
 
-def both_ways(paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[PacketIndex, ...]:
+def both_ways(paths: list[Path]) -> tuple[PacketIndex, ...]:
     """The index built with the C loop and without it."""
     out = []
     for enabled in (True, False):
@@ -46,10 +46,8 @@ def assert_same(fast: PacketIndex, slow: PacketIndex) -> None:
 
 
 @pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
-def test_samples_and_lab_bundles_decode_alike(
-    capture: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fast, slow = both_ways(read_inputs([capture]).files, monkeypatch)
+def test_samples_and_lab_bundles_decode_alike(capture: Path) -> None:
+    fast, slow = both_ways(read_inputs([capture]).files)
     assert len(fast) > 0
     assert_same(fast, slow)
 
@@ -176,9 +174,7 @@ def frames(draw: st.DrawFn) -> tuple[int, bytes, int]:
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(frames(), min_size=1, max_size=25))
-def test_edge_frames_decode_alike(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, made: list[tuple[int, bytes, int]]
-) -> None:
+def test_edge_frames_decode_alike(tmp_path: Path, made: list[tuple[int, bytes, int]]) -> None:
     paths = []
     for linktype in {link for link, _, _ in made}:
         path = tmp_path / f"edge-{linktype}.pcap"
@@ -187,13 +183,11 @@ def test_edge_frames_decode_alike(
                 if link == linktype:
                     w.write(T0 + k * 1000, frame[:cut], len(frame))
         paths.append(path)
-    fast, slow = both_ways(paths, monkeypatch)
+    fast, slow = both_ways(paths)
     assert_same(fast, slow)
 
 
-def test_every_short_payload_and_message_start_decode_alike(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_short_payload_and_message_start_decode_alike(tmp_path: Path) -> None:
     """Each payload length around the 8 bytes hashed and each word a message starts with,
     over TCP and UDP, IPv4 and IPv6: hypothesis may not draw every one of them."""
     starts = [b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"\x16\x03\x01\x00\x10",
@@ -208,14 +202,13 @@ def test_every_short_payload_and_message_start_decode_alike(
             for proto, l4 in ((6, _tcp(payload)), (17, _udp(payload))):
                 w.write(T0 + k, _ether(0x0800, _ipv4(l4, proto)))
                 w.write(T0 + k, _ether(0x86DD, _ipv6(l4, proto)))
-    fast, slow = both_ways([path], monkeypatch)
+    fast, slow = both_ways([path])
     assert_same(fast, slow)
     assert len(set(fast.columns.phash.tolist())) > 10  # the hashes do differ
 
 
 def test_a_snap_length_cuts_bytes_not_lengths(
     make_pcap,  # type: ignore[no-untyped-def]
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Cut by a snap length, a packet keeps the payload length its headers give (both ways:
     C and numpy), and its payload hash says the first bytes were not all captured."""
@@ -233,7 +226,7 @@ def test_a_snap_length_cuts_bytes_not_lengths(
     struct.pack_into("<I", blob, second + 8, 58)
     del blob[second + 16 + 58 :]
     path.write_bytes(bytes(blob))
-    fast, slow = both_ways([path], monkeypatch)
+    fast, slow = both_ways([path])
     assert_same(fast, slow)
     assert fast.columns.paylen.tolist() == [500, 500]
     assert fast.columns.phash[1] == UNKNOWN_HASH != fast.columns.phash[0]

@@ -1,6 +1,7 @@
 """The typed result of an analysis: what `analyze` prints, `--json` writes, the UI and `trace`
 read. Rows are frozen dataclasses built from the analysis on first use; each row's fields are
-named for output by their metadata (plain, row_layout); report/json.py writes the document."""
+named for output by their metadata (plain, row_layout); report/json_report.py writes the
+document."""
 
 from __future__ import annotations
 
