@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from ktrace.decode.index import build_index
@@ -19,8 +18,16 @@ class Running:
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
         )
         self.lines: list[str] = []
+        self.out: list[str] = []
         self.seen = threading.Condition()
-        threading.Thread(target=self._follow, daemon=True).start()
+        # both pipes read by threads of their own, to their end: communicate() would race
+        # the stderr follower for the same pipe and close it under it
+        self.readers = [
+            threading.Thread(target=self._follow, daemon=True),
+            threading.Thread(target=self._collect, daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
 
     def _follow(self) -> None:
         assert self.proc.stderr is not None
@@ -28,6 +35,10 @@ class Running:
             with self.seen:
                 self.lines.append(line)
                 self.seen.notify_all()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        self.out.extend(self.proc.stdout)
 
     def wait_for(self, text: str, timeout: float = 60) -> None:
         with self.seen:
@@ -38,9 +49,10 @@ class Running:
         assert ok and any(text in ln for ln in self.lines), "".join(self.lines)
 
     def finish(self, timeout: float = 90) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        time.sleep(0.1)
-        return self.proc.returncode, out, "".join(self.lines)
+        self.proc.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout)
+        return self.proc.returncode, "".join(self.out), "".join(self.lines)
 
 
 def rows(bundle: Path, point: str) -> list[tuple[str, int, str, int, int]]:
